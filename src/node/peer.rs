@@ -1,0 +1,119 @@
+//! One peer: its key, the address that key owns, its WireGuard tunnel and where to reach it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::Tunn;
+use boringtun::x25519;
+use serde::Serialize;
+
+use crate::addr::NodeAddr;
+use crate::identity::NodeKey;
+
+/// A WireGuard session older than this is gone (boringtun's REJECT_AFTER_TIME is 180 s).
+const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+
+/// How a peer is configured: its key and, when known, where it listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub key: NodeKey,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// How the node currently reaches a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// A live WireGuard session straight to the peer's endpoint.
+    Direct,
+    /// Through the rendezvous relay (NAT traversal issue).
+    Relay,
+    /// No live session.
+    None,
+}
+
+/// A snapshot of one peer for `pilotctl peers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub address: String,
+    pub node: String,
+    pub hostname: Option<String>,
+    pub public_key: String,
+    pub path: PathKind,
+    pub endpoint: Option<String>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub last_handshake_secs: Option<u64>,
+    pub rtt_ms: Option<f64>,
+}
+
+pub(crate) struct Peer {
+    pub key: NodeKey,
+    pub addr: NodeAddr,
+    pub tunn: Tunn,
+    pub endpoint: Option<SocketAddr>,
+    /// boringtun queued datagrams for this peer that `poll_transmit` must drain.
+    pub needs_flush: bool,
+    /// The 250 ms timer tick has not yet been applied to this peer.
+    pub timers_due: bool,
+    /// Latest round trip measured by `pilotctl ping`.
+    pub last_rtt: Option<Duration>,
+}
+
+impl Peer {
+    pub fn new(
+        config: &PeerConfig,
+        wg_public: x25519::PublicKey,
+        own_secret: x25519::StaticSecret,
+        index: u32,
+        keepalive: Option<u16>,
+        rate_limiter: Arc<RateLimiter>,
+    ) -> Peer {
+        Peer {
+            key: config.key,
+            addr: config.key.address(),
+            tunn: Tunn::new(
+                own_secret,
+                wg_public,
+                None,
+                keepalive,
+                index,
+                Some(rate_limiter),
+            ),
+            endpoint: config.endpoint,
+            needs_flush: false,
+            timers_due: false,
+            last_rtt: None,
+        }
+    }
+
+    pub fn path(&self) -> PathKind {
+        let (since_handshake, ..) = self.tunn.stats();
+        match (self.endpoint, since_handshake) {
+            (Some(_), Some(t)) if t < SESSION_LIFETIME => PathKind::Direct,
+            _ => PathKind::None,
+        }
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        let (since_handshake, tx_bytes, rx_bytes, _loss, rtt) = self.tunn.stats();
+        let rtt_ms = self
+            .last_rtt
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .or(rtt.map(f64::from));
+        PeerStatus {
+            address: self.addr.to_ipv6().to_string(),
+            node: self.addr.to_string(),
+            hostname: None,
+            public_key: self.key.to_string(),
+            path: self.path(),
+            endpoint: self.endpoint.map(|e| e.to_string()),
+            rx_bytes: rx_bytes as u64,
+            tx_bytes: tx_bytes as u64,
+            last_handshake_secs: since_handshake.map(|d| d.as_secs()),
+            rtt_ms,
+        }
+    }
+}

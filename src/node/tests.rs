@@ -1,0 +1,402 @@
+//! The node core on crafted packets: two (or three) nodes wired back to back in memory.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const A_EP: &str = "192.0.2.1:51870";
+const B_EP: &str = "198.51.100.2:51870";
+const C_EP: &str = "203.0.113.3:51870";
+
+fn ep(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn secret(n: u8) -> [u8; 32] {
+    // Deterministic keys; skip any whose address would be reserved.
+    (0..=255u8)
+        .map(|i| [n ^ i.wrapping_mul(31); 32])
+        .find(|s| !Identity::from_secret_bytes(s).address().is_reserved())
+        .unwrap()
+}
+
+fn identity(n: u8) -> Identity {
+    Identity::from_secret_bytes(&secret(n))
+}
+
+/// Node number `me` with peers given by number and endpoint.
+fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
+    Node::new(NodeConfig {
+        identity: identity(me),
+        peers: peers
+            .iter()
+            .map(|(n, e)| PeerConfig {
+                key: identity(*n).public_key(),
+                endpoint: e.map(ep),
+            })
+            .collect(),
+        keepalive: None,
+        seed: 0x5eed,
+    })
+    .unwrap()
+}
+
+/// An IPv6/UDP packet as a kernel would write it into the TUN.
+fn udp_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40 + 8 + payload.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[48..].copy_from_slice(payload);
+    p
+}
+
+/// Two nodes and the datagrams in flight between them.
+struct Pair {
+    a: Node,
+    b: Node,
+    now: Instant,
+    /// Packets each side's node wrote to its TUN.
+    a_tun: Vec<Vec<u8>>,
+    b_tun: Vec<Vec<u8>>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            a: node(1, &[(2, Some(B_EP))]),
+            b: node(2, &[(1, Some(A_EP))]),
+            now: Instant::now(),
+            a_tun: Vec::new(),
+            b_tun: Vec::new(),
+        }
+    }
+
+    /// Delivers `datagrams` (from, to, bytes) and everything they cause, until quiet.
+    fn run(&mut self, mut wire: Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
+        let mut out = vec![0u8; 2048];
+        for _ in 0..100 {
+            for (from, to, bytes) in std::mem::take(&mut wire) {
+                let (node, tun, me) = if to == ep(A_EP) {
+                    (&mut self.a, &mut self.a_tun, ep(A_EP))
+                } else if to == ep(B_EP) {
+                    (&mut self.b, &mut self.b_tun, ep(B_EP))
+                } else {
+                    continue;
+                };
+                match node.handle_datagram(from, &bytes, self.now, &mut out) {
+                    NetOutput::Tun(p) => tun.push(p.to_vec()),
+                    NetOutput::Send(t) => wire.push((me, t.to, t.payload.to_vec())),
+                    NetOutput::Nothing => {}
+                }
+            }
+            for (node, me) in [(&mut self.a, ep(A_EP)), (&mut self.b, ep(B_EP))] {
+                while let Some(t) = node.poll_transmit(self.now, &mut out) {
+                    wire.push((me, t.to, t.payload.to_vec()));
+                }
+            }
+            if wire.is_empty() {
+                return;
+            }
+            self.now += Duration::from_millis(1);
+        }
+        panic!("no quiescence");
+    }
+
+    fn send_from_a(&mut self, packet: &[u8]) -> TunVerdict {
+        let mut out = vec![0u8; 2048];
+        let verdict = match self.a.handle_tun_packet(packet, self.now, &mut out) {
+            TunOutput::Send(t) => {
+                let d = (ep(A_EP), t.to, t.payload.to_vec());
+                self.run(vec![d]);
+                TunVerdict::Sent
+            }
+            TunOutput::Reply(p) => TunVerdict::Reply(p.to_vec()),
+            TunOutput::Nothing => TunVerdict::Nothing,
+        };
+        self.run(vec![]);
+        verdict
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum TunVerdict {
+    Sent,
+    Reply(Vec<u8>),
+    Nothing,
+}
+
+#[test]
+fn packets_cross_both_ways_after_the_handshake() {
+    let mut p = Pair::new();
+    let (a_ip, b_ip) = (p.a.addr().to_ipv6(), p.b.addr().to_ipv6());
+    let first = udp_packet(a_ip, b_ip, b"hello over pilot");
+    assert_eq!(
+        p.send_from_a(&first),
+        TunVerdict::Sent,
+        "handshake initiation goes out"
+    );
+    // The first packet waited in the tunnel's queue and was flushed once the session came up.
+    assert_eq!(p.b_tun, vec![first.clone()]);
+
+    let back = udp_packet(b_ip, a_ip, b"and back");
+    let mut out = vec![0u8; 2048];
+    let TunOutput::Send(t) = p.b.handle_tun_packet(&back, p.now, &mut out) else {
+        panic!("session is up: data goes straight out")
+    };
+    assert_eq!(t.to, ep(A_EP));
+    assert!(
+        !t.payload.windows(8).any(|w| w == b"and back"),
+        "payload is encrypted"
+    );
+    let d = (ep(B_EP), t.to, t.payload.to_vec());
+    p.run(vec![d]);
+    assert_eq!(p.a_tun, vec![back]);
+    assert_eq!(p.a.peers().next().unwrap().path, PathKind::Direct);
+    assert_eq!(p.a.counters().iter().map(|(_, n)| n).sum::<u64>(), 0);
+}
+
+#[test]
+fn forged_inner_source_is_dropped_and_counted() {
+    let mut p = Pair::new();
+    let (a_ip, b_ip) = (p.a.addr().to_ipv6(), p.b.addr().to_ipv6());
+    p.send_from_a(&udp_packet(a_ip, b_ip, b"warm up"));
+    assert_eq!(p.b_tun.len(), 1);
+
+    // A's kernel emits a packet claiming to come from another overlay node, and from outside.
+    for forged_src in ["fd70::1234:5678:9abc", "2001:db8::1"] {
+        let forged = udp_packet(forged_src.parse().unwrap(), b_ip, b"forged");
+        assert_eq!(p.send_from_a(&forged), TunVerdict::Sent);
+    }
+    assert_eq!(p.b_tun.len(), 1, "nothing forged reached B's TUN");
+    assert_eq!(p.b.counters().get(DropReason::SpoofedSource), 2);
+}
+
+#[test]
+fn decrypted_packet_for_another_destination_is_dropped() {
+    // A malicious peer holding A's real key encrypts whatever it likes.
+    let (ia, ib) = (identity(1), identity(2));
+    let mut b = node(2, &[(1, Some(A_EP))]);
+    let mut evil = Tunn::new(
+        ia.x25519_secret(),
+        ib.public_key().x25519_public().unwrap(),
+        None,
+        None,
+        7,
+        None,
+    );
+    let now = Instant::now();
+    let mut out = vec![0u8; 2048];
+    let mut back = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(init) = evil.format_handshake_initiation(&mut out, false) else {
+        panic!()
+    };
+    let NetOutput::Send(resp) = b.handle_datagram(ep(A_EP), init, now, &mut back) else {
+        panic!("B answers A's key")
+    };
+    assert!(matches!(
+        evil.decapsulate(None, resp.payload, &mut out),
+        TunnResult::WriteToNetwork(_)
+    ));
+    let elsewhere = udp_packet(
+        ia.address().to_ipv6(),
+        "fd70::aaaa:bbbb:cccc".parse().unwrap(),
+        b"x",
+    );
+    let TunnResult::WriteToNetwork(d) = evil.encapsulate(&elsewhere, &mut out) else {
+        panic!()
+    };
+    assert_eq!(
+        b.handle_datagram(ep(A_EP), d, now, &mut back),
+        NetOutput::Nothing
+    );
+    assert_eq!(b.counters().get(DropReason::WrongDestination), 1);
+
+    let to_b = udp_packet(ia.address().to_ipv6(), ib.address().to_ipv6(), b"fine");
+    let TunnResult::WriteToNetwork(d) = evil.encapsulate(&to_b, &mut out) else {
+        panic!()
+    };
+    assert_eq!(
+        b.handle_datagram(ep(A_EP), d, now, &mut back),
+        NetOutput::Tun(&to_b[..])
+    );
+}
+
+#[test]
+fn handshake_from_an_unknown_key_gets_no_answer() {
+    let (ib, ic) = (identity(2), identity(3));
+    let mut b = node(2, &[]);
+    let mut c = Tunn::new(
+        ic.x25519_secret(),
+        ib.public_key().x25519_public().unwrap(),
+        None,
+        None,
+        1,
+        None,
+    );
+    let mut out = vec![0u8; 2048];
+    let mut back = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(init) = c.format_handshake_initiation(&mut out, false) else {
+        panic!()
+    };
+    assert_eq!(
+        b.handle_datagram(ep(C_EP), init, Instant::now(), &mut back),
+        NetOutput::Nothing
+    );
+    assert_eq!(b.counters().get(DropReason::UnknownPeer), 1);
+    assert!(b.poll_transmit(Instant::now(), &mut back).is_none());
+}
+
+#[test]
+fn packet_to_an_address_with_no_peer_gets_icmp_unreachable() {
+    let mut p = Pair::new();
+    let a_ip = p.a.addr().to_ipv6();
+    let packet = udp_packet(a_ip, "fd70::dead:beef:1".parse().unwrap(), b"anyone?");
+    let TunVerdict::Reply(icmp) = p.send_from_a(&packet) else {
+        panic!("expected an ICMPv6 error")
+    };
+    assert_eq!(
+        crate::wire::ip::ipv6_addrs(&icmp).unwrap().1,
+        &a_ip.octets(),
+        "error goes back to the sender"
+    );
+    assert_eq!(icmp[40], 1, "destination unreachable");
+    assert_eq!(p.a.counters().get(DropReason::NoPeer), 1);
+    // Errors are rate limited: a flood of them stops at the budget.
+    let replies = (0..100)
+        .filter(|_| matches!(p.send_from_a(&packet), TunVerdict::Reply(_)))
+        .count();
+    assert_eq!(replies, ICMP_ERRORS_PER_SEC as usize - 1);
+    assert_eq!(p.a.counters().get(DropReason::NoPeer), 101);
+}
+
+#[test]
+fn non_overlay_and_non_ipv6_packets_are_dropped() {
+    let mut p = Pair::new();
+    let a_ip = p.a.addr().to_ipv6();
+    assert_eq!(
+        p.send_from_a(&udp_packet(a_ip, "ff02::16".parse().unwrap(), b"mld")),
+        TunVerdict::Nothing
+    );
+    assert_eq!(p.send_from_a(&[0x45; 60]), TunVerdict::Nothing);
+    assert_eq!(p.a.counters().get(DropReason::NotOverlay), 1);
+    assert_eq!(p.a.counters().get(DropReason::NotIpv6), 1);
+}
+
+#[test]
+fn datagrams_are_demultiplexed_by_first_byte() {
+    let mut p = Pair::new();
+    let mut out = vec![0u8; 2048];
+    for (bytes, reason) in [
+        (&[0x50, 1, 2][..], DropReason::UnhandledControl),
+        (&[0x00, 1][..], DropReason::UnknownDatagram),
+        (&[0x04, 0, 0, 0, 1][..], DropReason::BadWireGuard),
+        (&[][..], DropReason::UnknownDatagram),
+    ] {
+        assert_eq!(
+            p.b.handle_datagram(ep(C_EP), bytes, p.now, &mut out),
+            NetOutput::Nothing
+        );
+        assert_eq!(
+            p.b.counters().get(reason),
+            1 + u64::from(reason == DropReason::UnknownDatagram && bytes.is_empty())
+        );
+    }
+}
+
+#[test]
+fn ping_reply_is_consumed_and_reported() {
+    let mut p = Pair::new();
+    let b_addr = p.b.addr();
+    p.a.ping(b_addr, 9).unwrap();
+    p.run(vec![]);
+    // B's kernel received the echo request; answer it as a kernel would.
+    let [request] = &p.b_tun[..] else {
+        panic!("one echo request expected, got {:?}", p.b_tun)
+    };
+    let ident = u16::from_be_bytes([request[44], request[45]]);
+    let seq = u16::from_be_bytes([request[46], request[47]]);
+    let mut reply = [0u8; 128];
+    let n = crate::wire::ip::write_echo_reply(
+        &mut reply,
+        p.b.addr().to_ipv6(),
+        p.a.addr().to_ipv6(),
+        ident,
+        seq,
+        &request[48..],
+    )
+    .unwrap();
+    let reply = reply[..n].to_vec();
+    p.now += Duration::from_millis(5);
+    let mut out = vec![0u8; 2048];
+    let TunOutput::Send(t) = p.b.handle_tun_packet(&reply, p.now, &mut out) else {
+        panic!()
+    };
+    let d = (ep(B_EP), t.to, t.payload.to_vec());
+    p.run(vec![d]);
+    assert!(
+        p.a_tun.is_empty(),
+        "our own ping reply is not written to the TUN"
+    );
+    let Some(Event::PingReply { peer, seq: 9, rtt }) = p.a.poll_event() else {
+        panic!("no ping reply event")
+    };
+    assert_eq!(peer, p.b.key());
+    assert!(rtt >= Duration::from_millis(5));
+    assert_eq!(p.a.poll_event(), None);
+    // A second, unsolicited copy of the reply is consumed too, and reports nothing.
+    let TunOutput::Send(t) = p.b.handle_tun_packet(&reply, p.now, &mut out) else {
+        panic!()
+    };
+    let d = (ep(B_EP), t.to, t.payload.to_vec());
+    p.run(vec![d]);
+    assert!(p.a_tun.is_empty());
+    assert_eq!(p.a.poll_event(), None);
+    assert_eq!(
+        p.a.ping("fd70::1:2:3".parse().unwrap(), 1),
+        Err(PingError::NoSuchPeer("1.2.3".parse().unwrap()))
+    );
+}
+
+#[test]
+fn timers_start_the_handshake_and_keep_it() {
+    let mut p = Pair::new();
+    p.a.handle_timeout(p.now);
+    p.b.handle_timeout(p.now);
+    let (t, why) = p.a.poll_timeout().unwrap();
+    assert!(t > p.now && !why.is_empty());
+    // No traffic yet: WireGuard starts no handshake by itself without keepalive.
+    p.run(vec![]);
+    assert!(p.a_tun.is_empty() && p.b_tun.is_empty());
+}
+
+#[test]
+fn bad_peer_configs_are_refused() {
+    let (ia, ib) = (identity(1), identity(2));
+    let mut a = node(1, &[(2, None)]);
+    assert_eq!(
+        a.add_peer(&PeerConfig {
+            key: ib.public_key(),
+            endpoint: None
+        }),
+        Err(PeerError::Duplicate(ib.public_key()))
+    );
+    assert_eq!(
+        a.add_peer(&PeerConfig {
+            key: ia.public_key(),
+            endpoint: None
+        }),
+        Err(PeerError::OwnKey(ia.public_key()))
+    );
+    // A peer with no endpoint yet: packets to it are refused with an ICMPv6 error, not sent.
+    let pkt = udp_packet(ia.address().to_ipv6(), ib.address().to_ipv6(), b"x");
+    assert!(matches!(
+        a.handle_tun_packet(&pkt, Instant::now(), &mut [0u8; 2048]),
+        TunOutput::Reply(_)
+    ));
+    assert_eq!(a.counters().get(DropReason::NoEndpoint), 1);
+}
