@@ -1,9 +1,13 @@
 //! Pilot: a kernel-visible overlay network.
 //!
 //! Module map (dependencies point down the list): `cli` → `daemon` → `node` → `wire`, `addr`,
-//! `identity`; `io` is the real I/O the daemon feeds to the sans-IO `node`.
+//! `identity`. `io` is the real I/O (TUN, netlink, batched UDP) the daemon feeds to the sans-IO
+//! `node`.
 
 pub mod addr;
+pub mod cli;
+pub mod daemon;
 pub mod identity;
+pub mod io;
 pub mod node;
 pub mod wire;

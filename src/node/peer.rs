@@ -7,7 +7,7 @@ use std::time::Duration;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
 use boringtun::x25519;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::addr::NodeAddr;
 use crate::identity::NodeKey;
@@ -23,7 +23,7 @@ pub struct PeerConfig {
 }
 
 /// How the node currently reaches a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
     /// A live WireGuard session straight to the peer's endpoint.
@@ -34,8 +34,18 @@ pub enum PathKind {
     None,
 }
 
+impl PathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Relay => "relay",
+            PathKind::None => "none",
+        }
+    }
+}
+
 /// A snapshot of one peer for `pilotctl peers`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub address: String,
     pub node: String,

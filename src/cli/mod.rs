@@ -1,0 +1,4 @@
+//! Command lines of the two binaries.
+
+pub mod pilotctl;
+pub mod pilotd;

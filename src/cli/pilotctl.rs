@@ -1,0 +1,235 @@
+//! `pilotctl`: talks to the local daemon over its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::daemon::control::{self, ClientError, InfoReply, PingReply, Request};
+use crate::node::PeerStatus;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(name = "pilotctl", version, about = "Control a running pilotd")]
+struct Cli {
+    /// Control socket of the daemon [default: /run/pilot/pilotd.sock for root, $XDG_RUNTIME_DIR/pilot/pilotd.sock otherwise]
+    #[arg(long, global = true, env = "PILOT_CONTROL")]
+    control: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// This node: address, key, interface, port, endpoint, NAT type.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Peers with their path, endpoint, traffic and last handshake.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send ICMPv6 echo requests through the tunnel and print each reply's RTT and path.
+    Ping {
+        /// Node address (xxxx.xxxx.xxxx), fd70:: address or public key.
+        peer: String,
+        /// Number of pings.
+        #[arg(short = 'c', long, default_value_t = 4)]
+        count: u32,
+        /// Seconds between pings.
+        #[arg(short = 'i', long, default_value_t = 1.0)]
+        interval: f64,
+        /// Seconds to wait for each reply.
+        #[arg(short = 'W', long, default_value_t = 2.0)]
+        timeout: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the `pilotctl` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli.control.unwrap_or_else(control::default_socket_path);
+    let result = match cli.command {
+        Command::Info { json } => info(&socket, json),
+        Command::Peers { json } => peers(&socket, json),
+        Command::Ping {
+            peer,
+            count,
+            interval,
+            timeout,
+            json,
+        } => ping(&socket, &peer, count, interval, timeout, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pilotctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn call(socket: &PathBuf, request: &Request) -> Result<Value, ClientError> {
+    control::request(socket, request, REQUEST_TIMEOUT)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError> {
+    serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+fn info(socket: &PathBuf, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &Request::Info)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let info: InfoReply = parse(value)?;
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("address      {}", info.address);
+    println!("node         {}", info.node);
+    println!("public_key   {}", info.public_key);
+    println!("hostname     {}", or_dash(&info.hostname));
+    println!("interface    {} (mtu {})", info.interface, info.mtu);
+    println!("listen_port  {}", info.listen_port);
+    println!("endpoint     {}", or_dash(&info.endpoint));
+    println!("nat          {}", or_dash(&info.nat));
+    println!("peers        {}", info.peers);
+    let drops: Vec<String> = info
+        .drops
+        .iter()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    println!(
+        "drops        {}",
+        if drops.is_empty() {
+            "none".into()
+        } else {
+            drops.join(" ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peers(socket: &PathBuf, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &Request::Peers)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let peers: Vec<PeerStatus> = parse(value)?;
+    if peers.is_empty() {
+        println!("no peers");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<16} {:<7} {:<24} {:>12} {:>12} {:>10} {:>8}",
+        "ADDRESS", "NODE", "PATH", "ENDPOINT", "RX", "TX", "HANDSHAKE", "RTT"
+    );
+    for p in peers {
+        println!(
+            "{:<24} {:<16} {:<7} {:<24} {:>12} {:>12} {:>10} {:>8}",
+            p.address,
+            p.hostname.unwrap_or(p.node),
+            p.path.as_str(),
+            p.endpoint.unwrap_or_else(|| "-".into()),
+            p.rx_bytes,
+            p.tx_bytes,
+            p.last_handshake_secs
+                .map_or("-".into(), |s| format!("{s}s ago")),
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ping(
+    socket: &PathBuf,
+    peer: &str,
+    count: u32,
+    interval: f64,
+    timeout: f64,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let interval = Duration::try_from_secs_f64(interval).unwrap_or(Duration::from_secs(1));
+    let timeout_ms = (timeout.max(0.001) * 1000.0) as u64;
+    let mut rtts = Vec::new();
+    for i in 0..count {
+        let started = Instant::now();
+        let request = Request::Ping {
+            peer: peer.to_owned(),
+            timeout_ms,
+        };
+        match call(socket, &request) {
+            Ok(value) => {
+                let reply: PingReply = parse(value.clone())?;
+                if json {
+                    println!("{value}");
+                } else {
+                    println!(
+                        "reply from {} ({}): seq={} time={:.2} ms path={}",
+                        reply.address,
+                        reply.node,
+                        i + 1,
+                        reply.rtt_ms,
+                        reply.path
+                    );
+                }
+                rtts.push(reply.rtt_ms);
+            }
+            // The daemon is gone or the peer is unknown: no point in trying again.
+            Err(
+                e
+                @ (ClientError::NotRunning { .. } | ClientError::Io(_) | ClientError::Protocol(_)),
+            ) => return Err(e),
+            Err(ClientError::Daemon(e)) if !e.starts_with("no reply") => {
+                return Err(ClientError::Daemon(e))
+            }
+            Err(e) => {
+                if !json {
+                    println!("seq={}: {e}", i + 1);
+                }
+            }
+        }
+        if i + 1 < count {
+            std::thread::sleep(interval.saturating_sub(started.elapsed()));
+        }
+    }
+    if !json {
+        let lost = count as usize - rtts.len();
+        let loss = if count == 0 {
+            0.0
+        } else {
+            100.0 * lost as f64 / f64::from(count)
+        };
+        print!("{count} sent, {} received, {loss:.0}% loss", rtts.len());
+        if !rtts.is_empty() {
+            let min = rtts.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = rtts.iter().copied().fold(0.0, f64::max);
+            let avg = rtts.iter().sum::<f64>() / rtts.len() as f64;
+            print!(", rtt min/avg/max = {min:.2}/{avg:.2}/{max:.2} ms");
+        }
+        println!();
+    }
+    Ok(if rtts.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

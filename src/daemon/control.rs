@@ -1,0 +1,308 @@
+//! The control socket: a Unix stream socket, owner-only, speaking newline-delimited JSON.
+//!
+//! Each request is one JSON object on one line, `{"cmd": "...", ...}`; each answer is one line,
+//! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. A connection may carry any
+//! number of requests in turn. The protocol is documented in README.md ("Control protocol").
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::node::PeerStatus;
+
+/// Longest request line accepted; anything longer is refused and the connection closed.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Longest a single ping may wait for its reply.
+const MAX_PING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request from `pilotctl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Info,
+    Peers,
+    /// One ICMPv6 echo across the tunnel. `peer`: text address, fd70 address or public key.
+    Ping {
+        peer: String,
+        timeout_ms: u64,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `info`'s result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InfoReply {
+    pub address: String,
+    pub node: String,
+    pub public_key: String,
+    pub hostname: Option<String>,
+    pub interface: String,
+    pub mtu: u32,
+    pub listen_port: u16,
+    pub endpoint: Option<String>,
+    pub nat: Option<String>,
+    pub peers: usize,
+    pub drops: serde_json::Map<String, serde_json::Value>,
+    pub version: String,
+}
+
+/// `ping`'s result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingReply {
+    pub address: String,
+    pub node: String,
+    pub seq: u16,
+    pub rtt_ms: f64,
+    pub path: String,
+}
+
+/// What the control server asks of the data plane, with where to send the answer.
+pub enum Command {
+    Info(oneshot::Sender<InfoReply>),
+    Peers(oneshot::Sender<Vec<PeerStatus>>),
+    Ping {
+        peer: String,
+        reply: oneshot::Sender<Result<oneshot::Receiver<PingReply>, String>>,
+    },
+}
+
+/// Where the control socket lives when `--control`/`PILOT_CONTROL` do not say:
+/// `/run/pilot/pilotd.sock` for root, `$XDG_RUNTIME_DIR/pilot/pilotd.sock` otherwise.
+pub fn default_socket_path() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/pilot/pilotd.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("pilot/pilotd.sock"),
+        _ => crate::identity::default_state_dir().join("pilotd.sock"),
+    }
+}
+
+/// The listening control socket; the file is removed when this is dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path` with mode 0600, creating its directory (0700) if needed. A stale socket
+    /// left by a crashed daemon is replaced; a live one means another daemon runs: error.
+    pub fn bind(path: &Path) -> io::Result<ControlSocket> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use: another pilotd is running", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        // Bind with a restrictive umask-equivalent: chmod right after, before anyone can use it.
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Accepts connections forever, one task each, forwarding requests to the data plane.
+    pub async fn serve(self, commands: mpsc::Sender<Command>) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(stream, commands.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_connection(stream: UnixStream, commands: mpsc::Sender<Command>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_line(&mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let response = if line.len() > MAX_REQUEST {
+            failure(format!("request longer than {MAX_REQUEST} bytes"))
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(request) => handle(request, &commands).await,
+                Err(e) => failure(format!("bad request: {e}")),
+            }
+        };
+        let mut text = serde_json::to_string(&response).expect("response serializes");
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() || line.len() > MAX_REQUEST {
+            return;
+        }
+    }
+}
+
+async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response {
+    let stopped = || failure("the daemon is shutting down".into());
+    match request {
+        Request::Info => {
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::Info(tx)).await.is_err() {
+                return stopped();
+            }
+            rx.await.map_or_else(|_| stopped(), success)
+        }
+        Request::Peers => {
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::Peers(tx)).await.is_err() {
+                return stopped();
+            }
+            rx.await.map_or_else(|_| stopped(), success)
+        }
+        Request::Ping { peer, timeout_ms } => {
+            let (tx, rx) = oneshot::channel();
+            if commands
+                .send(Command::Ping { peer, reply: tx })
+                .await
+                .is_err()
+            {
+                return stopped();
+            }
+            let waiter = match rx.await {
+                Ok(Ok(waiter)) => waiter,
+                Ok(Err(e)) => return failure(e),
+                Err(_) => return stopped(),
+            };
+            let timeout = Duration::from_millis(timeout_ms).min(MAX_PING_TIMEOUT);
+            match tokio::time::timeout(timeout, waiter).await {
+                Ok(Ok(reply)) => success(reply),
+                Ok(Err(_)) => stopped(),
+                Err(_) => failure(format!("no reply within {} ms", timeout.as_millis())),
+            }
+        }
+    }
+}
+
+fn success<T: Serialize>(value: T) -> Response {
+    Response {
+        ok: true,
+        result: Some(serde_json::to_value(value).expect("serializes")),
+        error: None,
+    }
+}
+
+fn failure(error: String) -> Response {
+    Response {
+        ok: false,
+        result: None,
+        error: Some(error),
+    }
+}
+
+/// Client side, for `pilotctl`: sends one request and waits for its answer.
+pub fn request(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
+    use std::io::{BufRead, Write};
+    let not_running = |source| ClientError::NotRunning {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(not_running)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(ClientError::Io)?;
+    let mut text = serde_json::to_string(request).expect("request serializes");
+    text.push('\n');
+    stream.write_all(text.as_bytes()).map_err(ClientError::Io)?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(ClientError::Io)?;
+    let response: Response =
+        serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line:?}")))?;
+    match (response.ok, response.result, response.error) {
+        (true, Some(result), _) => Ok(result),
+        (_, _, Some(error)) => Err(ClientError::Daemon(error)),
+        _ => Err(ClientError::Protocol(line)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("pilotd is not running (cannot connect to {}: {source}); start it with `sudo pilotd up`", .path.display())]
+    NotRunning { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Daemon(String),
+    #[error("control socket: {0}")]
+    Io(#[source] io::Error),
+    #[error("unexpected answer from pilotd: {0}")]
+    Protocol(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let ping = Request::Ping {
+            peer: "a1b2.c3d4.e5f6".into(),
+            timeout_ms: 1000,
+        };
+        let text = serde_json::to_string(&ping).unwrap();
+        assert_eq!(
+            text,
+            r#"{"cmd":"ping","peer":"a1b2.c3d4.e5f6","timeout_ms":1000}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), ping);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"info"}"#).unwrap(),
+            Request::Info
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"info","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+}

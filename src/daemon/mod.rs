@@ -1,0 +1,127 @@
+//! The node daemon (`pilotd up`): wires the sans-IO node to a real TUN, UDP socket, clock and
+//! control socket, and cleans up on SIGINT/SIGTERM.
+
+pub mod control;
+mod dataplane;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+pub use dataplane::resolve_peer;
+
+use crate::addr::OVERLAY_PREFIX_LEN;
+use crate::identity::Identity;
+use crate::io::{netlink, tun::TunDevice, udp::UdpSocket};
+use crate::node::{Node, NodeConfig, PeerConfig};
+use control::ControlSocket;
+use dataplane::{DataPlane, Facts};
+
+/// Default UDP port of the node.
+pub const DEFAULT_LISTEN_PORT: u16 = 51870;
+/// Default TUN MTU: a 1500-byte underlay minus outer IPv6 (40) and UDP (8) headers, WireGuard's
+/// data overhead (32), and 40 bytes kept for a relay header.
+pub const DEFAULT_MTU: u32 = 1380;
+/// Default TUN interface name.
+pub const DEFAULT_INTERFACE: &str = "pilot0";
+
+/// Everything `pilotd up` needs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub state_dir: PathBuf,
+    pub interface: String,
+    pub mtu: u32,
+    pub listen_port: u16,
+    pub peers: Vec<PeerConfig>,
+    pub control: PathBuf,
+    /// WireGuard persistent keepalive, seconds (0 = off).
+    pub keepalive: u16,
+}
+
+/// Runs the node until SIGINT or SIGTERM. The TUN interface and control socket are gone when
+/// this returns, whether it returns an error or not.
+pub fn run_up(options: UpOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(up(options))
+}
+
+async fn up(options: UpOptions) -> anyhow::Result<()> {
+    let identity = Identity::load_or_create(&options.state_dir)?;
+    let address = identity.address();
+    let node = Node::new(NodeConfig {
+        identity,
+        peers: options.peers.clone(),
+        keepalive: (options.keepalive > 0).then_some(options.keepalive),
+        seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+    })
+    .context("invalid --peer")?;
+
+    let tun = TunDevice::create(&options.interface)?;
+    let interface = tun.name().to_owned();
+    // From here on the interface exists: every exit path must remove it.
+    let result = async {
+        netlink::configure_interface(&interface, address.to_ipv6(), OVERLAY_PREFIX_LEN, options.mtu)
+            .await
+            .with_context(|| format!("configuring interface {interface}"))?;
+        let udp = UdpSocket::bind(options.listen_port).with_context(|| {
+            format!("binding UDP port {} (is another pilotd running? choose another with --listen-port)", options.listen_port)
+        })?;
+        let listen_port = udp.local_port();
+        let control = ControlSocket::bind(&options.control)
+            .with_context(|| format!("control socket {}", options.control.display()))?;
+        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port };
+        let plane = DataPlane::new(node, tun, udp, facts).context("registering I/O with the runtime")?;
+
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let server = tokio::spawn(control.serve(commands_tx));
+        tracing::info!(
+            address = %address.to_ipv6(),
+            node = %address,
+            %interface,
+            listen_port,
+            peers = options.peers.len(),
+            control = %options.control.display(),
+            "pilotd up"
+        );
+        let outcome = plane.run(commands_rx, shutdown_signal()?).await;
+        server.abort();
+        // Wait for the server task to go so the control socket file is removed now.
+        let _ = server.await;
+        outcome.context("data plane")
+    }
+    .await;
+    // The TUN fd is closed (dropped with the data plane); the kernel removes the interface.
+    // Deleting explicitly as well covers an interface someone made persistent meanwhile.
+    if let Err(e) = netlink::delete_interface(&interface).await {
+        tracing::warn!("removing interface {interface}: {e}");
+    }
+    if result.is_ok() {
+        tracing::info!("pilotd stopped; interface {interface} removed");
+    }
+    result
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    })
+}
+
+/// Checks `--mtu` against what IPv6 and the tunnel allow.
+pub fn check_mtu(mtu: u32) -> anyhow::Result<()> {
+    if !(1280..=65535 - 80).contains(&mtu) {
+        bail!("--mtu {mtu} is out of range: IPv6 needs at least 1280, and datagrams are at most 65455 bytes of payload");
+    }
+    Ok(())
+}
