@@ -1,6 +1,6 @@
 //! `pilotctl`: talks to the local daemon over its control socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn call(socket: &PathBuf, request: &Request) -> Result<Value, ClientError> {
+fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
     control::request(socket, request, REQUEST_TIMEOUT)
 }
 
@@ -84,7 +84,7 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError>
     serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
-fn info(socket: &PathBuf, json: bool) -> Result<ExitCode, ClientError> {
+fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     let value = call(socket, &Request::Info)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value).expect("json"));
@@ -118,7 +118,7 @@ fn info(socket: &PathBuf, json: bool) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn peers(socket: &PathBuf, json: bool) -> Result<ExitCode, ClientError> {
+fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     let value = call(socket, &Request::Peers)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value).expect("json"));
@@ -151,7 +151,7 @@ fn peers(socket: &PathBuf, json: bool) -> Result<ExitCode, ClientError> {
 }
 
 fn ping(
-    socket: &PathBuf,
+    socket: &Path,
     peer: &str,
     count: u32,
     interval: f64,

@@ -1,0 +1,297 @@
+//! A tiny lab for tests that need the real kernel: network namespaces joined by veth, `pilotd`
+//! processes inside them, and cleanup that removes everything a test made, even when it fails.
+//!
+//! Needs root. Without it a test prints why and passes — except under `CI=true`, where a
+//! missing prerequisite fails the test instead of hiding it.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PILOTD: &str = env!("CARGO_BIN_EXE_pilotd");
+pub const PILOTCTL: &str = env!("CARGO_BIN_EXE_pilotctl");
+pub const PORT: u16 = 51870;
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Whether root-only tests can run here. Under `CI=true` a missing prerequisite panics.
+pub fn privileged(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root");
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun");
+    }
+    for tool in ["ip", "curl", "python3", "setpriv"] {
+        if !command_exists(tool) {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{test}: CI=true but this test cannot run: missing {}",
+            missing.join(", ")
+        );
+    }
+    eprintln!("SKIP {test}: needs {}", missing.join(", "));
+    false
+}
+
+fn command_exists(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// Namespaces, processes and a scratch directory, all removed on drop.
+pub struct Lab {
+    pub tag: String,
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+/// A node in a namespace.
+pub struct NodeHandle {
+    pub ns: String,
+    pub state_dir: PathBuf,
+    pub control: PathBuf,
+    pub log: PathBuf,
+    pub key: String,
+    pub address: String,
+    pub underlay: String,
+    child: Option<usize>,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        // Short and unique across parallel tests and parallel runs: namespace names and the
+        // interface names made from them stay within 15 bytes.
+        let tag = format!(
+            "p{:x}{}",
+            std::process::id() % 0xfffff,
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("pilot-lab-{tag}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Lab {
+            tag,
+            dir,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// A namespace with loopback up.
+    pub fn netns(&mut self, suffix: &str) -> String {
+        let name = format!("{}{}", self.tag, suffix);
+        run("ip", &["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// Two namespaces on one virtual LAN, 198.51.100.1 and .2 (documentation range).
+    pub fn two_hosts(&mut self) -> (String, String) {
+        let (a, b) = (self.netns("a"), self.netns("b"));
+        let (va, vb) = (format!("{}va", self.tag), format!("{}vb", self.tag));
+        run(
+            "ip",
+            &[
+                "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
+            ],
+        );
+        for (ns, dev, ip) in [(&a, &va, "198.51.100.1/24"), (&b, &vb, "198.51.100.2/24")] {
+            run("ip", &["-n", ns, "addr", "add", ip, "dev", dev]);
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+        }
+        (a, b)
+    }
+
+    /// Makes (or reuses) the identity of a node that will live in `ns`.
+    pub fn node(&self, ns: &str, name: &str, underlay: &str) -> NodeHandle {
+        let state_dir = self.dir.join(name);
+        let out = run(
+            PILOTD,
+            &[
+                "identity",
+                "--json",
+                "--state-dir",
+                state_dir.to_str().unwrap(),
+            ],
+        );
+        let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        NodeHandle {
+            ns: ns.to_owned(),
+            control: state_dir.join("pilotd.sock"),
+            log: self.dir.join(format!("{name}.log")),
+            state_dir,
+            key: id["public_key"].as_str().unwrap().to_owned(),
+            address: id["address"].as_str().unwrap().to_owned(),
+            underlay: underlay.to_owned(),
+            child: None,
+        }
+    }
+
+    /// Starts `pilotd up` for `node` with `peers` as static peers and waits until it answers.
+    pub fn start(&mut self, node: &mut NodeHandle, peers: &[&NodeHandle]) {
+        let log = fs::File::create(&node.log).unwrap();
+        let mut args: Vec<String> = [
+            "netns",
+            "exec",
+            &node.ns,
+            PILOTD,
+            "up",
+            "--log-level",
+            "debug",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(["--state-dir".into(), node.state_dir.display().to_string()]);
+        args.extend(["--control".into(), node.control.display().to_string()]);
+        for p in peers {
+            args.extend(["--peer".into(), format!("{}@{}:{PORT}", p.key, p.underlay)]);
+        }
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        node.child = Some(self.children.len() - 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ctl(node, &["info"]).status.success() {
+            if let Some(status) = self.children[node.child.unwrap()].try_wait().unwrap() {
+                panic!(
+                    "pilotd exited ({status}) during start:\n{}",
+                    fs::read_to_string(&node.log).unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pilotd did not come up:\n{}",
+                node.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` to a node's daemon and waits for it to exit; returns whether it exited 0.
+    pub fn stop(&mut self, node: &mut NodeHandle, signal: nix::sys::signal::Signal) -> bool {
+        let index = node.child.take().expect("node was started");
+        let child = &mut self.children[index];
+        // `ip netns exec` execs pilotd in place, so the child's pid is pilotd's.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "pilotd ignored {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a long-lived helper process in `ns` (an HTTP server, a listener); killed on drop.
+    pub fn spawn_in(&mut self, ns: &str, cmd: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl NodeHandle {
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn info(&self) -> serde_json::Value {
+        let out = ctl(self, &["info", "--json"]);
+        assert!(
+            out.status.success(),
+            "info failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.info()["drops"][reason].as_u64().unwrap()
+    }
+}
+
+/// `pilotctl --control <node's socket> args…`
+pub fn ctl(node: &NodeHandle, args: &[&str]) -> Output {
+    Command::new(PILOTCTL)
+        .arg("--control")
+        .arg(&node.control)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command in a namespace and returns its output (not checked).
+pub fn ns_exec(ns: &str, cmd: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,338 @@
+//! Two real nodes in two network namespaces: real TUN devices, real kernel TCP, real UDP.
+//! Needs root (see `lab::privileged`).
+
+mod lab;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sha2::{Digest, Sha256};
+
+use lab::{ctl, eventually, ns_exec, Lab, NodeHandle};
+
+/// Two namespaces on one LAN with a node in each, peered statically.
+fn two_nodes(lab: &mut Lab) -> (NodeHandle, NodeHandle) {
+    let (na, nb) = lab.two_hosts();
+    let mut a = lab.node(&na, "a", "198.51.100.1");
+    let mut b = lab.node(&nb, "b", "198.51.100.2");
+    lab.start(&mut a, &[&b]);
+    lab.start(&mut b, &[&a]);
+    (a, b)
+}
+
+/// Serves `dir` over HTTP on port 8080 of every address of `node`'s namespace, and waits
+/// until `from` can fetch `probe` from it across the overlay.
+fn serve(lab: &mut Lab, node: &NodeHandle, dir: &std::path::Path, from: &NodeHandle, probe: &str) {
+    let dir = dir.to_str().unwrap();
+    lab.spawn_in(
+        &node.ns,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "::",
+            "8080",
+            "--directory",
+            dir,
+        ],
+    );
+    let url = format!("http://[{}]:8080/{probe}", node.address);
+    let ok = eventually(Duration::from_secs(10), || {
+        ns_exec(
+            &from.ns,
+            &["curl", "-sS", "--fail", "-m", "2", "-o", "/dev/null", &url],
+        )
+        .status
+        .success()
+        .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "HTTP across the overlay never worked\nA:\n{}\nB:\n{}",
+        from.log_text(),
+        node.log_text()
+    );
+}
+
+#[test]
+fn curl_across_the_overlay_returns_exact_content() {
+    if !lab::privileged("curl_across_the_overlay_returns_exact_content") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (a, b) = two_nodes(&mut lab);
+    let www = lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    let page = format!("<h1>hello from {}</h1>\n", b.address);
+    fs::write(www.join("index.html"), &page).unwrap();
+    // 20 MB of deterministic pseudo-random bytes: incompressible, and any corruption shows.
+    let mut big = vec![0u8; 20 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    fs::write(www.join("big.bin"), &big).unwrap();
+    serve(&mut lab, &b, &www, &a, "index.html");
+
+    let out = ns_exec(
+        &a.ns,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "-m",
+            "10",
+            &format!("http://[{}]:8080/index.html", b.address),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), page);
+
+    let fetched = lab.dir.join("fetched.bin");
+    let out = ns_exec(
+        &a.ns,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "-m",
+            "60",
+            "-o",
+            fetched.to_str().unwrap(),
+            &format!("http://[{}]:8080/big.bin", b.address),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = fs::read(&fetched).unwrap();
+    assert_eq!(got.len(), big.len());
+    assert_eq!(
+        Sha256::digest(&got),
+        Sha256::digest(&big),
+        "20 MB transfer corrupted"
+    );
+
+    // Both sides account the traffic and see a direct path.
+    let peers: serde_json::Value =
+        serde_json::from_slice(&ctl(&a, &["peers", "--json"]).stdout).unwrap();
+    let peer = &peers[0];
+    assert_eq!(peer["address"], b.address.as_str());
+    assert_eq!(peer["path"], "direct");
+    assert_eq!(peer["endpoint"], "198.51.100.2:51870");
+    assert!(peer["rx_bytes"].as_u64().unwrap() >= big.len() as u64);
+
+    // pilotctl ping reports each reply with its path, and the peer may be named by key.
+    let out = ctl(&a, &["ping", &b.key, "-c", "2", "-i", "0.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("path=direct").count(), 2, "{text}");
+}
+
+#[test]
+fn forged_inner_source_is_not_delivered() {
+    if !lab::privileged("forged_inner_source_is_not_delivered") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (a, b) = two_nodes(&mut lab);
+    // A UDP listener on B that records every datagram it gets.
+    let received = lab.dir.join("received");
+    fs::write(&received, "").unwrap();
+    fs::set_permissions(&lab.dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let listener = format!(
+        "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\ns.bind(('::',9999))\n\
+         while True:\n d,_=s.recvfrom(4096)\n f=open('{}','ab'); f.write(d+b'\\n'); f.close()",
+        received.display()
+    );
+    lab.spawn_in(&b.ns, &["python3", "-c", &listener]);
+    let send_from = |src: &str, msg: &str| {
+        let code = format!(
+            "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\ns.bind(('{src}',0))\n\
+             s.sendto(b'{msg}',('{}',9999))",
+            b.address
+        );
+        let out = ns_exec(&a.ns, &["python3", "-c", &code]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A genuine datagram arrives (retried while the listener starts and the handshake runs).
+    let genuine = eventually(Duration::from_secs(10), || {
+        send_from(&a.address, "genuine");
+        fs::read_to_string(&received)
+            .unwrap()
+            .contains("genuine")
+            .then_some(())
+    });
+    assert!(
+        genuine.is_some(),
+        "the control datagram never arrived:\n{}",
+        b.log_text()
+    );
+
+    // A's kernel now owns a second overlay address that belongs to nobody's key, and sends
+    // from it. The packet is encrypted by A's node and decrypted by B's, which must drop it.
+    let forged = "fd70::1234:5678:9abc";
+    lab::run(
+        "ip",
+        &[
+            "-n",
+            &a.ns,
+            "addr",
+            "add",
+            &format!("{forged}/128"),
+            "dev",
+            "pilot0",
+            "nodad",
+        ],
+    );
+    let before = b.drops("spoofed_source");
+    for _ in 0..5 {
+        send_from(forged, "forged");
+    }
+    let counted = eventually(Duration::from_secs(5), || {
+        (b.drops("spoofed_source") >= before + 5).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "B did not count the forged packets: {}",
+        b.info()
+    );
+    send_from(&a.address, "after");
+    assert!(
+        eventually(Duration::from_secs(5), || fs::read_to_string(&received)
+            .unwrap()
+            .contains("after")
+            .then_some(()))
+        .is_some()
+    );
+    let text = fs::read_to_string(&received).unwrap();
+    assert!(
+        !text.contains("forged"),
+        "a forged packet reached B's kernel: {text:?}"
+    );
+}
+
+#[test]
+fn restart_keeps_the_address_and_shutdown_removes_the_interface() {
+    if !lab::privileged("restart_keeps_the_address_and_shutdown_removes_the_interface") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let ns = lab.netns("r");
+    let mut node = lab.node(&ns, "r", "198.51.100.9");
+    lab.start(&mut node, &[]);
+    let first = node.info();
+    assert_eq!(first["address"], node.address.as_str());
+    assert_eq!(first["interface"], "pilot0");
+    let addr_show = ns_exec(&ns, &["ip", "-6", "addr", "show", "dev", "pilot0"]);
+    let shown = String::from_utf8_lossy(&addr_show.stdout);
+    assert!(shown.contains(&format!("{}/80", node.address)), "{shown}");
+    assert!(
+        !shown.contains("fe80"),
+        "link-local autoconfiguration must be off: {shown}"
+    );
+    let mode = fs::metadata(node.state_dir.join("identity.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&node.control).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        assert!(
+            lab.stop(&mut node, signal),
+            "pilotd did not exit cleanly on {signal}:\n{}",
+            node.log_text()
+        );
+        let link = ns_exec(&ns, &["ip", "link", "show", "pilot0"]);
+        assert!(!link.status.success(), "pilot0 still exists after {signal}");
+        assert!(
+            !node.control.exists(),
+            "control socket left behind after {signal}"
+        );
+        let out = ctl(&node, &["info"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not running") && err.contains(node.control.to_str().unwrap()),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+        lab.start(&mut node, &[]);
+        assert_eq!(
+            node.info()["address"],
+            first["address"],
+            "restart changed the address"
+        );
+        assert_eq!(node.info()["public_key"], first["public_key"]);
+    }
+}
+
+#[test]
+fn non_root_start_fails_with_the_documented_message() {
+    if !lab::privileged("non_root_start_fails_with_the_documented_message") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let ns = lab.netns("u");
+    // A state dir the unprivileged user can create its identity in.
+    let home = lab.dir.join("nobody");
+    fs::create_dir(&home).unwrap();
+    fs::set_permissions(&lab.dir, fs::Permissions::from_mode(0o755)).unwrap();
+    nix::unistd::chown(
+        &home,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let state = home.join("state");
+    let out = ns_exec(
+        &ns,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            lab::PILOTD,
+            "up",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--control",
+            home.join("sock").to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("CAP_NET_ADMIN"),
+        "{err}"
+    );
+    assert!(!ns_exec(&ns, &["ip", "link", "show", "pilot0"])
+        .status
+        .success());
+}
