@@ -85,7 +85,7 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError>
 }
 
 fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
-    let value = call(socket, &Request::Info)?;
+    let value = call(socket, &Request::Info {})?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value).expect("json"));
         return Ok(ExitCode::SUCCESS);
@@ -119,7 +119,7 @@ fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
 }
 
 fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
-    let value = call(socket, &Request::Peers)?;
+    let value = call(socket, &Request::Peers {})?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value).expect("json"));
         return Ok(ExitCode::SUCCESS);

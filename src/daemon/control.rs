@@ -25,8 +25,10 @@ const MAX_PING_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Info,
-    Peers,
+    // Empty struct variants rather than unit ones: serde enforces deny_unknown_fields only on
+    // variants with a body.
+    Info {},
+    Peers {},
     /// One ICMPv6 echo across the tunnel. `peer`: text address, fd70 address or public key.
     Ping {
         peer: String,
@@ -185,14 +187,14 @@ async fn serve_connection(stream: UnixStream, commands: mpsc::Sender<Command>) {
 async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response {
     let stopped = || failure("the daemon is shutting down".into());
     match request {
-        Request::Info => {
+        Request::Info {} => {
             let (tx, rx) = oneshot::channel();
             if commands.send(Command::Info(tx)).await.is_err() {
                 return stopped();
             }
             rx.await.map_or_else(|_| stopped(), success)
         }
-        Request::Peers => {
+        Request::Peers {} => {
             let (tx, rx) = oneshot::channel();
             if commands.send(Command::Peers(tx)).await.is_err() {
                 return stopped();
@@ -300,7 +302,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), ping);
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"info"}"#).unwrap(),
-            Request::Info
+            Request::Info {}
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"info","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
