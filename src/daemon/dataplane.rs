@@ -56,6 +56,8 @@ struct Core {
     /// Pings in flight by sequence number (unique within this daemon).
     ping_waiters: BTreeMap<u16, oneshot::Sender<PingReply>>,
     tun_write_errors: u64,
+    /// Replies dropped because the send batch stayed full.
+    send_dropped: u64,
 }
 
 impl DataPlane {
@@ -78,6 +80,7 @@ impl DataPlane {
             ping_seq: 0,
             ping_waiters: BTreeMap::new(),
             tun_write_errors: 0,
+            send_dropped: 0,
         };
         Ok(DataPlane { io, core })
     }
@@ -135,17 +138,29 @@ impl Core {
                         self.tun_write_errors += 1;
                     }
                 }
-                NetOutput::Send(t) => self.send.push(t.payload, t.to),
+                NetOutput::Send(t) => {
+                    // Replies (handshake responses, cookies) are rare; if the socket is backed
+                    // up so far that the batch is still full, WireGuard retries them anyway.
+                    if self.send.is_full() {
+                        let _ = self.send.flush(io.udp.get_ref());
+                    }
+                    if self.send.is_full() {
+                        self.send_dropped += 1;
+                    } else {
+                        self.send.push(t.payload, t.to);
+                    }
+                }
                 NetOutput::Nothing => {}
             }
         }
     }
 
     /// Reads up to a batch of packets from the TUN and encrypts each straight into a send slot.
-    /// Returns true when the TUN has nothing more to read.
+    /// Returns true when the TUN has nothing more to read. Stops early, leaving packets in the
+    /// kernel's queue, when the send batch is full: `drain_node` then waits for the socket.
     fn on_tun_readable(&mut self, io: &Io) -> bool {
         let now = Instant::now();
-        for _ in 0..MAX_BATCH {
+        while !self.send.is_full() {
             let n = match io.tun.get_ref().recv(&mut self.tun_buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -154,12 +169,6 @@ impl Core {
                     return true;
                 }
             };
-            if self.send.is_full() {
-                // Rare: replies from the receive side filled the batch. Send what we have first.
-                if let Err(e) = self.send.flush(io.udp.get_ref()) {
-                    tracing::trace!("udp send: {e}");
-                }
-            }
             let slot = self.send.next_slot();
             match self.node.handle_tun_packet(&self.tun_buf[..n], now, slot) {
                 TunOutput::Send(t) => {
@@ -180,11 +189,14 @@ impl Core {
     /// Sends everything the node and the batches hold, and delivers the node's events.
     async fn drain_node(&mut self, io: &Io) -> io::Result<()> {
         let now = Instant::now();
-        while let Some(t) = self.node.poll_transmit(now, &mut self.out_buf) {
-            self.send.push(t.payload, t.to);
+        loop {
             if self.send.is_full() {
                 self.flush(io).await?;
             }
+            let Some(t) = self.node.poll_transmit(now, &mut self.out_buf) else {
+                break;
+            };
+            self.send.push(t.payload, t.to);
         }
         self.flush(io).await?;
         while let Some(event) = self.node.poll_event() {
@@ -242,7 +254,10 @@ impl Core {
         let addr = self.node.addr();
         let mut drops = self.node.counters().to_json();
         drops.insert("tun_write_failed".into(), self.tun_write_errors.into());
-        drops.insert("udp_send_failed".into(), self.send.send_errors().into());
+        drops.insert(
+            "udp_send_failed".into(),
+            (self.send.send_errors() + self.send_dropped).into(),
+        );
         InfoReply {
             address: addr.to_ipv6().to_string(),
             node: addr.to_string(),

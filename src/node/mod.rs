@@ -145,6 +145,8 @@ pub struct Node {
     ping_ident: u16,
     ping_token: [u8; 8],
     pings: VecDeque<PendingPing>,
+    /// Peers with queued datagrams or due timers, for `poll_transmit`.
+    work: VecDeque<usize>,
     events: VecDeque<Event>,
     scratch: [u8; 128],
 }
@@ -175,6 +177,7 @@ impl Node {
             ping_ident: u16::from_le_bytes([seed[0], seed[1]]),
             ping_token: seed,
             pings: VecDeque::new(),
+            work: VecDeque::new(),
             events: VecDeque::new(),
             scratch: [0; 128],
         };
@@ -286,8 +289,9 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_tick.is_none_or(|t| now >= t) {
             self.next_tick = Some(now + TIMER_TICK);
-            for peer in &mut self.peers {
-                peer.timers_due = true;
+            for index in 0..self.peers.len() {
+                self.peers[index].timers_due = true;
+                self.schedule(index);
             }
         }
         if self.next_rate_reset.is_none_or(|t| now >= t) {
@@ -372,6 +376,7 @@ impl Node {
                 // Authenticated: follow the peer to wherever it now sends from (roaming).
                 peer.endpoint = Some(from);
                 peer.needs_flush = true;
+                self.schedule(index);
                 NetOutput::Send(Transmit {
                     to: from,
                     payload: reply,
@@ -423,6 +428,7 @@ impl Node {
             TunnResult::Done => {
                 peer.endpoint = Some(from);
                 peer.needs_flush = true;
+                self.schedule(index);
                 NetOutput::Nothing
             }
             TunnResult::Err(_) => {
@@ -495,13 +501,14 @@ impl Node {
             }
             // Queued behind the handshake: boringtun sends it once the session is up.
         }
-        for peer in &mut self.peers {
-            while peer.needs_flush || peer.timers_due {
-                let Some(endpoint) = peer.endpoint else {
-                    peer.needs_flush = false;
-                    peer.timers_due = false;
-                    break;
-                };
+        // Only peers with something to do are visited: no scan of the whole table per batch.
+        while let Some(&index) = self.work.front() {
+            let peer = &mut self.peers[index];
+            if peer.endpoint.is_none() {
+                peer.needs_flush = false;
+                peer.timers_due = false;
+            }
+            if let (Some(endpoint), true) = (peer.endpoint, peer.needs_flush || peer.timers_due) {
                 let result = if peer.needs_flush {
                     peer.tunn.decapsulate(None, &[], out)
                 } else {
@@ -509,13 +516,26 @@ impl Node {
                     peer.tunn.update_timers(out)
                 };
                 match result {
+                    // The peer stays at the front: it may have more queued.
                     TunnResult::WriteToNetwork(d) => return Some((endpoint, d.len())),
                     _ if peer.needs_flush => peer.needs_flush = false,
                     _ => {}
                 }
+                continue;
             }
+            peer.queued = false;
+            self.work.pop_front();
         }
         None
+    }
+
+    /// Puts a peer on the work list `poll_transmit` walks, once.
+    fn schedule(&mut self, index: usize) {
+        let peer = &mut self.peers[index];
+        if !peer.queued {
+            peer.queued = true;
+            self.work.push_back(index);
+        }
     }
 
     fn write_ping(&mut self, peer: usize, seq: u16) -> usize {

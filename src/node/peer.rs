@@ -68,6 +68,8 @@ pub(crate) struct Peer {
     pub needs_flush: bool,
     /// The 250 ms timer tick has not yet been applied to this peer.
     pub timers_due: bool,
+    /// On the node's work list already.
+    pub queued: bool,
     /// Latest round trip measured by `pilotctl ping`.
     pub last_rtt: Option<Duration>,
 }
@@ -95,6 +97,7 @@ impl Peer {
             endpoint: config.endpoint,
             needs_flush: false,
             timers_due: false,
+            queued: false,
             last_rtt: None,
         }
     }
