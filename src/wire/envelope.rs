@@ -1,0 +1,325 @@
+//! The signed envelope every Pilot control message travels in, and the replay guard that
+//! goes with it.
+//!
+//! ```text
+//! 0       type        u8   (>= wire::PILOT_FIRST)
+//! 1       version     u8   (1)
+//! 2..34   sender      Ed25519 public key
+//! 34..42  timestamp   u64 BE, milliseconds since the UNIX epoch
+//! 42..50  nonce       u64 BE, random
+//! 50..n   body        type-specific
+//! n..n+64 signature   Ed25519 over "pilot/v1/control" || bytes 0..n
+//! ```
+//!
+//! A receiver accepts a message only if the signature verifies, the timestamp is within
+//! [`MAX_SKEW`] of its own clock, and the (sender, nonce) pair has not been seen inside that
+//! window. A captured message therefore cannot be replayed, and nobody can speak for a key
+//! they do not hold.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use crate::identity::NodeKey;
+use crate::wire::PILOT_FIRST;
+
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 50;
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes an envelope adds around its body.
+pub const OVERHEAD: usize = HEADER_LEN + SIGNATURE_LEN;
+/// How far a message's timestamp may be from the receiver's clock.
+pub const MAX_SKEW: Duration = Duration::from_secs(30);
+const DOMAIN: &[u8] = b"pilot/v1/control";
+
+/// A verified message: who sent it, when, and its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened<'a> {
+    pub kind: u8,
+    pub sender: NodeKey,
+    pub timestamp_ms: u64,
+    pub nonce: u64,
+    pub body: &'a [u8],
+}
+
+/// Why an envelope was refused. Each is counted by the receiver; none changes its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("datagram too short for a control message")]
+    Truncated,
+    #[error("not a control message type")]
+    NotControl,
+    #[error("unsupported control message version {0}")]
+    Version(u8),
+    #[error("sender key is not a valid Ed25519 key")]
+    BadKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("timestamp outside the accepted window")]
+    Stale,
+    #[error("message already seen (replay)")]
+    Replay,
+    #[error("output buffer too small")]
+    BufferTooSmall,
+}
+
+/// Writes `kind` + `body` as a signed envelope into `out`; returns its length.
+pub fn seal(
+    out: &mut [u8],
+    kind: u8,
+    key: &SigningKey,
+    timestamp_ms: u64,
+    nonce: u64,
+    body: &[u8],
+) -> Result<usize, EnvelopeError> {
+    let signed_len = HEADER_LEN + body.len();
+    let total = signed_len + SIGNATURE_LEN;
+    if kind < PILOT_FIRST {
+        return Err(EnvelopeError::NotControl);
+    }
+    let out = out.get_mut(..total).ok_or(EnvelopeError::BufferTooSmall)?;
+    out[0] = kind;
+    out[1] = VERSION;
+    out[2..34].copy_from_slice(key.verifying_key().as_bytes());
+    out[34..42].copy_from_slice(&timestamp_ms.to_be_bytes());
+    out[42..50].copy_from_slice(&nonce.to_be_bytes());
+    out[HEADER_LEN..signed_len].copy_from_slice(body);
+    let signature = key.sign(&signing_input(&out[..signed_len]));
+    out[signed_len..].copy_from_slice(&signature.to_bytes());
+    Ok(total)
+}
+
+/// Checks an envelope's form and signature (not its freshness: see [`ReplayGuard`]).
+pub fn open(datagram: &[u8]) -> Result<Opened<'_>, EnvelopeError> {
+    if datagram.len() < OVERHEAD {
+        return Err(EnvelopeError::Truncated);
+    }
+    let kind = datagram[0];
+    if kind < PILOT_FIRST {
+        return Err(EnvelopeError::NotControl);
+    }
+    if datagram[1] != VERSION {
+        return Err(EnvelopeError::Version(datagram[1]));
+    }
+    let (signed, signature) = datagram.split_at(datagram.len() - SIGNATURE_LEN);
+    let sender: [u8; 32] = signed[2..34]
+        .try_into()
+        .map_err(|_| EnvelopeError::Truncated)?;
+    let verifying = VerifyingKey::from_bytes(&sender).map_err(|_| EnvelopeError::BadKey)?;
+    let signature = Signature::from_slice(signature).map_err(|_| EnvelopeError::BadSignature)?;
+    verifying
+        .verify(&signing_input(signed), &signature)
+        .map_err(|_| EnvelopeError::BadSignature)?;
+    let u64_at = |at: usize| {
+        signed[at..at + 8]
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| EnvelopeError::Truncated)
+    };
+    Ok(Opened {
+        kind,
+        sender: NodeKey(sender),
+        timestamp_ms: u64_at(34)?,
+        nonce: u64_at(42)?,
+        body: &signed[HEADER_LEN..],
+    })
+}
+
+/// The bytes actually signed: a domain tag, then the message, so a signature made for a
+/// control message can never be passed off as one for anything else the key signs.
+fn signing_input(signed: &[u8]) -> Vec<u8> {
+    // Control messages are rare (registrations, punches, keepalives): one small allocation
+    // per message is not on the packet path.
+    let mut input = Vec::with_capacity(DOMAIN.len() + signed.len());
+    input.extend_from_slice(DOMAIN);
+    input.extend_from_slice(signed);
+    input
+}
+
+/// Remembers recently seen (sender, nonce) pairs for as long as their timestamps could still
+/// be accepted, and refuses stale or repeated messages. Memory is bounded by
+/// `max_entries`: when full, the oldest entries are forgotten early, and messages older than
+/// the oldest remembered one are refused, so forgetting never reopens a replay.
+pub struct ReplayGuard {
+    window_ms: u64,
+    max_entries: usize,
+    seen: BTreeMap<(NodeKey, u64), u64>,
+    by_age: VecDeque<(u64, NodeKey, u64)>,
+    /// Messages at or before this timestamp are refused (raised when entries are evicted).
+    floor_ms: u64,
+}
+
+impl ReplayGuard {
+    pub fn new(max_entries: usize) -> ReplayGuard {
+        ReplayGuard {
+            window_ms: MAX_SKEW.as_millis() as u64,
+            max_entries: max_entries.max(1),
+            seen: BTreeMap::new(),
+            by_age: VecDeque::new(),
+            floor_ms: 0,
+        }
+    }
+
+    /// Accepts `message` at local time `now_ms` (ms since the UNIX epoch) if it is fresh and
+    /// new, and remembers it.
+    pub fn check(&mut self, message: &Opened<'_>, now_ms: u64) -> Result<(), EnvelopeError> {
+        self.expire(now_ms);
+        let ts = message.timestamp_ms;
+        if ts.abs_diff(now_ms) > self.window_ms || ts <= self.floor_ms {
+            return Err(EnvelopeError::Stale);
+        }
+        let id = (message.sender, message.nonce);
+        if self.seen.contains_key(&id) {
+            return Err(EnvelopeError::Replay);
+        }
+        while self.seen.len() >= self.max_entries {
+            let Some((old_ts, key, nonce)) = self.by_age.pop_front() else {
+                break;
+            };
+            self.seen.remove(&(key, nonce));
+            self.floor_ms = self.floor_ms.max(old_ts);
+        }
+        if ts <= self.floor_ms {
+            return Err(EnvelopeError::Stale);
+        }
+        self.seen.insert(id, ts);
+        // Keep by_age ordered by timestamp so expiry and eviction take the oldest first.
+        let pos = self.by_age.partition_point(|(t, ..)| *t <= ts);
+        self.by_age.insert(pos, (ts, message.sender, message.nonce));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Forgets entries whose timestamps can no longer pass the freshness check anyway.
+    fn expire(&mut self, now_ms: u64) {
+        let oldest_acceptable = now_ms.saturating_sub(self.window_ms);
+        while let Some(&(ts, key, nonce)) = self.by_age.front() {
+            if ts >= oldest_acceptable {
+                break;
+            }
+            self.by_age.pop_front();
+            self.seen.remove(&(key, nonce));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KIND: u8 = PILOT_FIRST + 1;
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn sealed(k: &SigningKey, ts: u64, nonce: u64, body: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let n = seal(&mut buf, KIND, k, ts, nonce, body).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn sealed_message_opens_with_its_sender_and_body() {
+        let k = key(1);
+        let msg = sealed(&k, NOW, 42, b"register me");
+        assert_eq!(msg.len(), OVERHEAD + 11);
+        let opened = open(&msg).unwrap();
+        assert_eq!(opened.kind, KIND);
+        assert_eq!(opened.sender, NodeKey(k.verifying_key().to_bytes()));
+        assert_eq!((opened.timestamp_ms, opened.nonce), (NOW, 42));
+        assert_eq!(opened.body, b"register me");
+    }
+
+    #[test]
+    fn any_altered_byte_is_refused() {
+        let msg = sealed(&key(1), NOW, 7, b"body");
+        for i in 0..msg.len() {
+            let mut bad = msg.clone();
+            bad[i] ^= 0x01;
+            assert!(open(&bad).is_err(), "flipping byte {i} went unnoticed");
+        }
+        // A valid signature by another key over the same claimed sender fails too.
+        let mut forged = sealed(&key(2), NOW, 7, b"body");
+        forged[2..34].copy_from_slice(&msg[2..34]);
+        assert_eq!(open(&forged), Err(EnvelopeError::BadSignature));
+    }
+
+    #[test]
+    fn short_and_foreign_input_is_refused_without_panic() {
+        assert_eq!(open(&[]), Err(EnvelopeError::Truncated));
+        assert_eq!(open(&[KIND; OVERHEAD - 1]), Err(EnvelopeError::Truncated));
+        let mut msg = sealed(&key(1), NOW, 1, b"");
+        msg[1] = 9;
+        assert_eq!(open(&msg), Err(EnvelopeError::Version(9)));
+        msg[0] = 4;
+        assert_eq!(open(&msg), Err(EnvelopeError::NotControl));
+        let mut x = 0x1234_5678_u32;
+        for len in 0..300 {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = open(&junk);
+        }
+        assert_eq!(
+            seal(&mut [0u8; 10], KIND, &key(1), NOW, 1, b""),
+            Err(EnvelopeError::BufferTooSmall)
+        );
+    }
+
+    #[test]
+    fn replays_and_stale_messages_are_refused() {
+        let k = key(3);
+        let mut guard = ReplayGuard::new(1000);
+        let fresh = sealed(&k, NOW, 1, b"x");
+        let m = open(&fresh).unwrap();
+        assert_eq!(guard.check(&m, NOW + 100), Ok(()));
+        assert_eq!(guard.check(&m, NOW + 200), Err(EnvelopeError::Replay));
+        // Same nonce from another sender is a different message.
+        let other = sealed(&key(4), NOW, 1, b"x");
+        assert_eq!(guard.check(&open(&other).unwrap(), NOW), Ok(()));
+        let skew = MAX_SKEW.as_millis() as u64;
+        let old = sealed(&k, NOW - skew - 1, 2, b"x");
+        assert_eq!(
+            guard.check(&open(&old).unwrap(), NOW),
+            Err(EnvelopeError::Stale)
+        );
+        let future = sealed(&k, NOW + skew + 1, 3, b"x");
+        assert_eq!(
+            guard.check(&open(&future).unwrap(), NOW),
+            Err(EnvelopeError::Stale)
+        );
+        // Once the window has passed, the original cannot come back either: it is stale.
+        assert_eq!(guard.check(&m, NOW + skew + 101), Err(EnvelopeError::Stale));
+        assert_eq!(guard.len(), 0, "expired entries are forgotten");
+    }
+
+    #[test]
+    fn a_full_guard_never_reopens_a_replay() {
+        let k = key(5);
+        let mut guard = ReplayGuard::new(4);
+        let msgs: Vec<Vec<u8>> = (0..10).map(|i| sealed(&k, NOW + i, i, b"")).collect();
+        for m in &msgs {
+            assert_eq!(guard.check(&open(m).unwrap(), NOW + 10), Ok(()));
+        }
+        assert_eq!(guard.len(), 4);
+        for m in &msgs {
+            assert!(guard.check(&open(m).unwrap(), NOW + 10).is_err());
+        }
+    }
+}
