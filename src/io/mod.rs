@@ -6,6 +6,7 @@
 //! `tokio::io::unix::AsyncFd` and decide itself when to call `recv`/`send`/`flush`.
 
 pub mod netlink;
+pub mod offload;
 pub mod tun;
 pub mod udp;
 

@@ -1,13 +1,23 @@
-//! The layer-3 TUN device: one descriptor, one IP packet per read(2)/write(2).
+//! The layer-3 TUN device: one descriptor, one IP packet per read(2)/write(2), or, with
+//! offloads, one virtio-net header plus packet (possibly a 64 KiB TCP super-segment) each.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use super::offload::{MAX_IPV6_PACKET, VNET_HDR_LEN};
+
+/// The smallest read buffer for a TUN with a virtio-net header: the header plus the largest
+/// IPv6 packet. A TSO super-segment is at most 64 KiB (the device's GSO limit), but the
+/// kernel silently truncates a read into a shorter buffer, so leave no doubt.
+pub const OFFLOAD_READ_LEN: usize = VNET_HDR_LEN + MAX_IPV6_PACKET;
 
 /// A TUN interface owned by this process. The kernel removes the interface when the
 /// descriptor is closed (the device is not persistent), so dropping this is the cleanup.
 pub struct TunDevice {
     device: ::tun::Device,
     name: String,
+    vnet_hdr: bool,
+    offload: bool,
 }
 
 /// Why a TUN device could not be created, phrased for the person running the daemon.
@@ -35,19 +45,49 @@ impl TunDevice {
     /// tun crate's IPv6 path fails with EINVAL). The interface disappears when the device
     /// is dropped (not persistent).
     pub fn create(name: &str) -> Result<TunDevice, TunError> {
+        Self::open(name, false)
+    }
+
+    /// Like [`TunDevice::create`], but with a virtio-net header (IFF_VNET_HDR) on every read
+    /// and write, and with checksum and TCPv6 segmentation offload (TUNSETOFFLOAD with
+    /// TUN_F_CSUM | TUN_F_TSO6 | TUN_F_TSO_ECN): the kernel then hands us TCP super-segments
+    /// of up to 64 KiB whose checksums are still to be finished, and accepts the same back.
+    ///
+    /// With this device, [`TunDevice::recv`] returns `VNET_HDR_LEN` header bytes then the
+    /// packet, into a buffer of at least [`OFFLOAD_READ_LEN`] bytes, and every buffer given
+    /// to [`TunDevice::send`] must start with a header (`VirtioNetHdr::NONE` for a plain
+    /// packet). Use `offload::segments` and `offload::Coalescer` for both directions.
+    ///
+    /// IFF_VNET_HDR cannot be taken back once set, so if TUNSETOFFLOAD fails (a kernel or
+    /// sandbox without it) the device still has headers but the kernel never sends GSO or
+    /// partial checksums; [`TunDevice::offload`] then says false and the same code works.
+    pub fn create_with_offload(name: &str) -> Result<TunDevice, TunError> {
+        Self::open(name, true)
+    }
+
+    fn open(name: &str, vnet_hdr: bool) -> Result<TunDevice, TunError> {
         validate_name(name)?;
         let mut config = ::tun::Configuration::default();
         // Only name and layer: address, MTU and up/down would go through the tun crate's
         // ioctls, which cannot do IPv6; `netlink::configure_interface` does all of that.
         config.tun_name(name).layer(::tun::Layer::L3);
+        config.platform_config(|p| {
+            p.vnet_hdr(vnet_hdr);
+        });
         let device = ::tun::create(&config).map_err(|e| classify(name, e))?;
         device
             .set_nonblock()
             .map_err(|e| TunError::Other(format!("setting O_NONBLOCK on TUN {name}"), e))?;
         // The kernel may rewrite a name containing "%d"; report what it really chose.
         let name = ::tun::AbstractDevice::tun_name(&device).unwrap_or_else(|_| name.to_owned());
-        tracing::debug!(%name, fd = device.as_raw_fd(), "TUN device created");
-        Ok(TunDevice { device, name })
+        let offload = vnet_hdr && enable_offload(device.as_raw_fd(), &name)?;
+        tracing::debug!(%name, fd = device.as_raw_fd(), vnet_hdr, offload, "TUN device created");
+        Ok(TunDevice {
+            device,
+            name,
+            vnet_hdr,
+            offload,
+        })
     }
 
     /// The interface name as the kernel knows it.
@@ -55,8 +95,21 @@ impl TunDevice {
         &self.name
     }
 
-    /// One IP packet; Err(WouldBlock) when none is queued. A packet longer than `buf` is
-    /// truncated by the kernel, so size `buf` to at least the interface MTU.
+    /// Whether every read and write carries a virtio-net header (made by
+    /// [`TunDevice::create_with_offload`]).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Whether the kernel may hand us TCP super-segments and partial checksums.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// One IP packet (after its virtio-net header when [`TunDevice::vnet_hdr`]);
+    /// Err(WouldBlock) when none is queued. A packet longer than `buf` is truncated by the
+    /// kernel, so size `buf` to at least the interface MTU, or [`OFFLOAD_READ_LEN`] with
+    /// offloads.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: the fd is open for as long as `self` lives and `buf` is valid for
         // writes of `buf.len()` bytes.
@@ -65,8 +118,9 @@ impl TunDevice {
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
-    /// One IP packet. The kernel validates nothing beyond the IP version nibble, so the
-    /// caller must only write packets it has checked (source address, length).
+    /// One IP packet (after its virtio-net header when [`TunDevice::vnet_hdr`]). The kernel
+    /// validates nothing beyond the IP version nibble and the header's offsets, so the caller
+    /// must only write packets it has checked (source address, length).
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         // SAFETY: as in `recv`; `packet` is valid for reads of `packet.len()` bytes.
         let n = unsafe { libc::write(self.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
@@ -87,6 +141,31 @@ impl AsFd for TunDevice {
         // SAFETY: the fd is owned by `self.device` and open for as long as `self` lives.
         unsafe { BorrowedFd::borrow_raw(self.as_raw_fd()) }
     }
+}
+
+/// Sets little-endian virtio-net headers and turns on checksum and TCPv6 segmentation
+/// offload. Ok(false) if the kernel refuses offloads (the device still works, without).
+fn enable_offload(fd: RawFd, name: &str) -> Result<bool, TunError> {
+    let le: libc::c_int = 1;
+    // SAFETY: TUNSETVNETLE reads one int through the pointer, which is valid for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNSETVNETLE, &le) };
+    // Little-endian is already the default on little-endian machines; elsewhere the headers
+    // would be unreadable to `VirtioNetHdr::parse`.
+    if rc != 0 && cfg!(target_endian = "big") {
+        return Err(TunError::Other(
+            format!("TUNSETVNETLE on TUN {name}"),
+            io::Error::last_os_error(),
+        ));
+    }
+    let features = libc::TUN_F_CSUM | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+    // SAFETY: TUNSETOFFLOAD takes the feature bits as the argument itself, not a pointer.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, libc::c_ulong::from(features)) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        tracing::warn!(%name, "TUN offloads unavailable ({err}); continuing without");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Rejects names the kernel would refuse, with a message that says why, instead of the
@@ -175,6 +254,36 @@ mod tests {
             assert!(!link.contains(",UP"), "must not be brought up: {link}");
             drop(tun);
             assert!(!ip_here(&["-br", "link"]).contains(&name));
+        });
+    }
+
+    #[test]
+    fn offload_device_has_vnet_hdr_and_offloads() {
+        if !privileged_or_skip("offload_device_has_vnet_hdr_and_offloads") {
+            return;
+        }
+        in_new_netns(|| {
+            let name = unique_ifname();
+            let tun = TunDevice::create_with_offload(&name).expect("create TUN");
+            assert!(tun.vnet_hdr() && tun.offload());
+            let link = ip_here(&["-d", "link", "show", &name]);
+            assert!(link.contains("vnet_hdr on"), "{link}");
+            let mut buf = vec![0u8; OFFLOAD_READ_LEN];
+            let err = tun.recv(&mut buf).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+            // The kernel checks the header: a GSO request with gso_size 0 is refused.
+            let mut bad = crate::io::offload::VirtioNetHdr {
+                gso_type: crate::io::offload::GSO_TCPV6,
+                ..crate::io::offload::VirtioNetHdr::NONE
+            }
+            .to_bytes()
+            .to_vec();
+            bad.extend_from_slice(&[0x60; 80]);
+            assert!(tun.send(&bad).is_err(), "gso_size 0 must be refused");
+            drop(tun);
+            let plain = TunDevice::create(&name).expect("create plain TUN");
+            assert!(!plain.vnet_hdr() && !plain.offload());
+            assert!(ip_here(&["-d", "link", "show", &name]).contains("vnet_hdr off"));
         });
     }
 
