@@ -1,0 +1,201 @@
+//! One UDP socket for all peers, read and written in batches with recvmmsg/sendmmsg, with
+//! UDP segmentation offload (GSO) on send and UDP GRO on receive where the kernel has them.
+//!
+//! - Send: `SendBatch::flush` turns each run of consecutive datagrams to one destination
+//!   that share a length (the last may be shorter) into a single sendmmsg entry carrying a
+//!   `UDP_SEGMENT` control message; the kernel (or the NIC) cuts it back into datagrams.
+//! - Receive: the socket asks for `UDP_GRO`, so the kernel may hand over several datagrams
+//!   from one source as one buffer plus their size; `RecvBatch` splits such buffers again,
+//!   so callers see single datagrams either way.
+//!
+//! All buffers and the kernel-facing arrays (iovec, mmsghdr, sockaddr, control messages)
+//! are allocated once; `RecvBatch::recv` and `SendBatch::flush` allocate nothing. The
+//! arrays hold raw pointers into the buffers, so they are rebuilt right before each
+//! syscall instead of being kept across moves of the structs.
+
+mod cmsg;
+mod recv;
+mod send;
+mod slots;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::socket::{self as nix_socket, sockopt, SockFlag, SockType};
+use nix::sys::socket::{AddressFamily, SockaddrStorage};
+
+pub use recv::RecvBatch;
+pub use send::SendBatch;
+
+/// Slots per batch as the daemon sizes them: 64 datagrams queued per `SendBatch::flush`,
+/// 64 buffers per `RecvBatch::recv` (each holding up to 64 datagrams with GRO).
+pub const MAX_BATCH: usize = 64;
+/// Largest UDP payload. The receive slot size is chosen by the caller (`RecvBatch::new`);
+/// with GRO the kernel fills a slot with up to this many bytes of coalesced datagrams, so
+/// receive slots should be this big.
+pub const MAX_DATAGRAM: usize = 65535;
+
+/// Socket buffer size asked for: room for bursts at multi-Gbit/s between two wake-ups.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Most datagrams one GSO send carries and one GRO buffer is expected to hold: the
+/// kernel's UDP_MAX_SEGMENTS since UDP GSO appeared in 4.18. Kernels since 2024 take 128
+/// (6.18 does), but older ones refuse more than 64 with EINVAL, and kernel GRO never
+/// merges more than 64 (UDP_GRO_CNT_MAX). Local senders can still hand a GRO socket up to
+/// 128 per buffer over loopback; `RecvBatch` copes with that too.
+const MAX_SEGMENTS: usize = 64;
+
+/// Most payload bytes one GSO send carries: the largest IPv4 UDP payload (65535 minus the
+/// IPv4 and UDP headers). IPv6 would allow 65527, but one limit for both keeps groups
+/// valid whichever family the destination has.
+const MAX_GSO_PAYLOAD: usize = 65507;
+
+/// The daemon's UDP socket: dual-stack IPv6 when possible, non-blocking.
+pub struct UdpSocket {
+    socket: std::net::UdpSocket,
+    /// True for an AF_INET6 socket with IPV6_V6ONLY=0; false for the IPv4-only fallback.
+    dual_stack: bool,
+    /// Sends may carry UDP_SEGMENT: the kernel knows the option and has not refused it.
+    /// Atomic only because `SendBatch::flush` gets `&UdpSocket`; never contended.
+    gso: AtomicBool,
+}
+
+impl UdpSocket {
+    /// Dual-stack: bind [::]:port with IPV6_V6ONLY=0 so IPv4 and IPv6 peers both work;
+    /// port 0 = any. Non-blocking. Tries to raise SO_RCVBUF/SO_SNDBUF to 4 MiB
+    /// (SO_RCVBUFFORCE/SO_SNDBUFFORCE first, then the plain options; never fails on
+    /// these). If binding [::] fails because IPv6 is disabled, falls back to 0.0.0.0:port.
+    ///
+    /// Also turns on UDP GRO (Linux 5.0+) and checks that the kernel knows UDP GSO
+    /// (4.18+); without either the socket simply carries one datagram per entry.
+    pub fn bind(port: u16) -> io::Result<UdpSocket> {
+        let (fd, dual_stack) = match bind_socket(port, true) {
+            Ok(fd) => (fd, true),
+            // EAFNOSUPPORT: booted with ipv6.disable=1. EADDRNOTAVAIL: no usable IPv6.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                ) =>
+            {
+                tracing::warn!("IPv6 unavailable ({e}); using an IPv4-only UDP socket");
+                (bind_socket(port, false)?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        raise_buffer(&fd, sockopt::RcvBufForce, sockopt::RcvBuf);
+        raise_buffer(&fd, sockopt::SndBufForce, sockopt::SndBuf);
+        // A kernel that does not know UDP_SEGMENT would not refuse the control message but
+        // ignore it and send one oversized datagram, so ask before ever using it. Reading
+        // the option leaves the socket's default segment size (0: none) alone.
+        let gso = nix_socket::getsockopt(&fd, sockopt::UdpGsoSegment).is_ok();
+        // Without GRO no UDP_GRO message ever comes and every buffer is one datagram.
+        let gro = nix_socket::setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
+        tracing::debug!(gso, gro, "UDP offloads");
+        Ok(UdpSocket {
+            socket: fd.into(),
+            dual_stack,
+            gso: AtomicBool::new(gso),
+        })
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.socket.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// One datagram outside any batch (control path); Err(WouldBlock) if the send buffer
+    /// is full. IPv4 destinations are handled as in `SendBatch::flush`.
+    pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let to = for_socket(to, self.dual_stack)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
+        self.socket.send_to(buf, to)
+    }
+
+    fn gso_enabled(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// For good: a GSO send was refused (`why`) while the same datagram went out alone.
+    fn disable_gso(&self, why: &io::Error) {
+        if self.gso.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "UDP segmentation offload refused ({why}); sending datagrams one by one \
+                 from now on"
+            );
+        }
+    }
+}
+
+/// The descriptor stays open and unchanged for the lifetime of the `UdpSocket`, which is
+/// what `tokio::io::unix::AsyncFd::register` (unsafe since tokio 1.54) requires.
+impl AsRawFd for UdpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl AsFd for UdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+/// `addr` in the form the socket takes: IPv4 as IPv4-mapped IPv6 on the dual-stack
+/// socket, IPv4-mapped IPv6 as plain IPv4 on the fallback; None if it cannot reach it.
+fn for_socket(addr: SocketAddr, dual_stack: bool) -> Option<SocketAddr> {
+    match (addr, dual_stack) {
+        (SocketAddr::V4(v4), true) => Some((v4.ip().to_ipv6_mapped(), v4.port()).into()),
+        (SocketAddr::V6(v6), false) => v6.ip().to_ipv4_mapped().map(|ip| (ip, v6.port()).into()),
+        (addr, _) => Some(addr),
+    }
+}
+
+/// A source address the kernel wrote, with IPv4-mapped IPv6 turned into plain IPv4.
+fn from_kernel(name: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(sin) = name.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*sin)));
+    }
+    let v6 = SocketAddrV6::from(*name.as_sockaddr_in6()?);
+    Some(match v6.ip().to_ipv4_mapped() {
+        Some(ip) => SocketAddr::from((ip, v6.port())),
+        None => SocketAddr::V6(v6),
+    })
+}
+
+fn bind_socket(port: u16, ipv6: bool) -> io::Result<OwnedFd> {
+    let family = if ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = nix_socket::socket(family, SockType::Datagram, flags, None)?;
+    if ipv6 {
+        // Explicitly, because the default follows the net.ipv6.bindv6only sysctl.
+        nix_socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+        let any = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
+        nix_socket::bind(fd.as_raw_fd(), &nix_socket::SockaddrIn6::from(any))?;
+    } else {
+        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        nix_socket::bind(fd.as_raw_fd(), &nix_socket::SockaddrIn::from(any))?;
+    }
+    Ok(fd)
+}
+
+/// The *FORCE option ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN; the plain one
+/// is capped by that sysctl. A smaller buffer only costs drops under bursts, so no error.
+fn raise_buffer<F, P>(fd: &OwnedFd, force: F, plain: P)
+where
+    F: nix_socket::SetSockOpt<Val = usize>,
+    P: nix_socket::SetSockOpt<Val = usize> + nix_socket::GetSockOpt<Val = usize> + Copy,
+{
+    if nix_socket::setsockopt(fd, force, &SOCKET_BUFFER_BYTES).is_err() {
+        let _ = nix_socket::setsockopt(fd, plain, &SOCKET_BUFFER_BYTES);
+    }
+    // The kernel reports twice the usable size (it counts its bookkeeping overhead).
+    tracing::debug!(bytes = ?nix_socket::getsockopt(fd, plain), "UDP socket buffer");
+}
