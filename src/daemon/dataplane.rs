@@ -2,8 +2,11 @@
 //! the control socket, and carries out what it asks.
 //!
 //! One task owns the node, so nothing is locked. Work is done in batches: one `recvmmsg` brings
-//! up to [`MAX_BATCH`] datagrams, packets read from the TUN are encrypted straight into the slots
-//! of a send batch, and one `sendmmsg` sends them. Buffers are allocated once, at start.
+//! up to [`MAX_BATCH`] datagrams (more with UDP GRO), packets read from the TUN are encrypted
+//! straight into the slots of a send batch, and one `sendmmsg` sends them. With TUN offloads the
+//! kernel hands over TCP super-segments of up to 64 KB, cut here into MTU-sized packets, and
+//! decrypted TCP segments are coalesced again before they are written back ([`TunWriter`]).
+//! Buffers are allocated once, at start.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -13,9 +16,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use super::control::{Command, InfoReply, PingReply};
+use super::tun_writer::TunWriter;
 use crate::addr::NodeAddr;
 use crate::identity::NodeKey;
-use crate::io::tun::TunDevice;
+use crate::io::offload::{segments, VirtioNetHdr};
+use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
 
@@ -23,6 +28,8 @@ use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
 const SLOT: usize = 65535;
 /// How long to sleep when the node has no timer (it always has one once started).
 const IDLE: Duration = Duration::from_secs(1);
+/// TUN reads per wake-up before the loop turns to the socket again (fairness).
+const TUN_READS_PER_WAKE: usize = 64;
 
 /// What the loop reports in `info` besides the node's own state.
 pub struct Facts {
@@ -48,20 +55,27 @@ struct Core {
     facts: Facts,
     recv: RecvBatch,
     send: SendBatch,
-    /// One TUN packet at a time is read here, then encrypted into a send slot.
+    /// The TUN carries virtio-net headers (offload mode).
+    vnet_hdr: bool,
+    /// One TUN read (a packet, or a TCP super-segment with offloads) lands here.
     tun_buf: Box<[u8]>,
+    /// One segment cut from a super-segment, before it is encrypted into a send slot.
+    seg_buf: Box<[u8]>,
     /// Decrypted packets and control-path outputs are written here.
     out_buf: Box<[u8]>,
+    writer: TunWriter,
+    /// TUN reads that could not be parsed or segmented.
+    offload_errors: u64,
     ping_seq: u16,
     /// Pings in flight by sequence number (unique within this daemon).
     ping_waiters: BTreeMap<u16, oneshot::Sender<PingReply>>,
-    tun_write_errors: u64,
     /// Replies dropped because the send batch stayed full.
     send_dropped: u64,
 }
 
 impl DataPlane {
     pub fn new(node: Node, tun: TunDevice, udp: UdpSocket, facts: Facts) -> io::Result<DataPlane> {
+        let vnet_hdr = tun.vnet_hdr();
         // SAFETY: TunDevice and UdpSocket own their descriptors, keep them open for their whole
         // lifetime and always return the same one from as_raw_fd.
         let io = unsafe {
@@ -75,11 +89,14 @@ impl DataPlane {
             facts,
             recv: RecvBatch::new(MAX_BATCH, SLOT),
             send: SendBatch::new(MAX_BATCH, SLOT),
-            tun_buf: vec![0; SLOT].into_boxed_slice(),
+            vnet_hdr,
+            tun_buf: vec![0; OFFLOAD_READ_LEN].into_boxed_slice(),
+            seg_buf: vec![0; SLOT].into_boxed_slice(),
             out_buf: vec![0; SLOT].into_boxed_slice(),
+            writer: TunWriter::new(vnet_hdr),
+            offload_errors: 0,
             ping_seq: 0,
             ping_waiters: BTreeMap::new(),
-            tun_write_errors: 0,
             send_dropped: 0,
         };
         Ok(DataPlane { io, core })
@@ -111,7 +128,7 @@ impl DataPlane {
                 }
                 guard = io.tun.readable() => {
                     let mut guard = guard?;
-                    if core.on_tun_readable(&io) {
+                    if core.on_tun_readable(&io).await? {
                         guard.clear_ready();
                     }
                 }
@@ -127,17 +144,14 @@ impl Core {
     /// Decrypts a received batch; plaintext goes to the TUN, replies to the send batch.
     fn on_datagrams(&mut self, io: &Io, count: usize) {
         let now = Instant::now();
+        let tun = io.tun.get_ref();
         for i in 0..count {
             let (from, datagram) = self.recv.get(i);
             match self
                 .node
                 .handle_datagram(from, datagram, now, &mut self.out_buf)
             {
-                NetOutput::Tun(packet) => {
-                    if io.tun.get_ref().send(packet).is_err() {
-                        self.tun_write_errors += 1;
-                    }
-                }
+                NetOutput::Tun(packet) => self.writer.push(tun, packet),
                 NetOutput::Send(t) => {
                     // Replies (handshake responses, cookies) are rare; if the socket is backed
                     // up so far that the batch is still full, WireGuard retries them anyway.
@@ -153,37 +167,70 @@ impl Core {
                 NetOutput::Nothing => {}
             }
         }
+        self.writer.flush(tun);
     }
 
-    /// Reads up to a batch of packets from the TUN and encrypts each straight into a send slot.
-    /// Returns true when the TUN has nothing more to read. Stops early, leaving packets in the
-    /// kernel's queue, when the send batch is full: `drain_node` then waits for the socket.
-    fn on_tun_readable(&mut self, io: &Io) -> bool {
+    /// Reads packets from the TUN and encrypts each straight into a send slot, cutting TCP
+    /// super-segments into packets first when offloads are on. When the send batch fills up
+    /// it is flushed, waiting for the socket if the kernel pushes back. Returns true when the
+    /// TUN has nothing more to read.
+    async fn on_tun_readable(&mut self, io: &Io) -> io::Result<bool> {
         let now = Instant::now();
-        while !self.send.is_full() {
-            let n = match io.tun.get_ref().recv(&mut self.tun_buf) {
+        let tun = io.tun.get_ref();
+        for _ in 0..TUN_READS_PER_WAKE {
+            let n = match tun.recv(&mut self.tun_buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) => {
                     tracing::debug!("tun read: {e}");
-                    return true;
+                    return Ok(true);
                 }
             };
-            let slot = self.send.next_slot();
-            match self.node.handle_tun_packet(&self.tun_buf[..n], now, slot) {
-                TunOutput::Send(t) => {
-                    let (to, len) = (t.to, t.payload.len());
-                    self.send.commit(len, to);
+            if !self.vnet_hdr {
+                if self.send.is_full() {
+                    flush_batch(&mut self.send, io).await?;
                 }
-                TunOutput::Reply(packet) => {
-                    if io.tun.get_ref().send(packet).is_err() {
-                        self.tun_write_errors += 1;
+                let packet = &self.tun_buf[..n];
+                encrypt(
+                    &mut self.node,
+                    &mut self.send,
+                    &mut self.writer,
+                    tun,
+                    packet,
+                    now,
+                );
+                continue;
+            }
+            let parsed = VirtioNetHdr::parse(&self.tun_buf[..n]).map(|(hdr, p)| segments(&hdr, p));
+            let Some(Ok(mut segs)) = parsed else {
+                self.offload_errors += 1;
+                continue;
+            };
+            loop {
+                if self.send.is_full() {
+                    flush_batch(&mut self.send, io).await?;
+                }
+                match segs.next_into(&mut self.seg_buf) {
+                    Ok(Some(len)) => {
+                        let packet = &self.seg_buf[..len];
+                        encrypt(
+                            &mut self.node,
+                            &mut self.send,
+                            &mut self.writer,
+                            tun,
+                            packet,
+                            now,
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.offload_errors += 1;
+                        break;
                     }
                 }
-                TunOutput::Nothing => {}
             }
         }
-        false
+        Ok(false)
     }
 
     /// Sends everything the node and the batches hold, and delivers the node's events.
@@ -191,14 +238,14 @@ impl Core {
         let now = Instant::now();
         loop {
             if self.send.is_full() {
-                self.flush(io).await?;
+                flush_batch(&mut self.send, io).await?;
             }
             let Some(t) = self.node.poll_transmit(now, &mut self.out_buf) else {
                 break;
             };
             self.send.push(t.payload, t.to);
         }
-        self.flush(io).await?;
+        flush_batch(&mut self.send, io).await?;
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::PingReply { peer, seq, rtt } => {
@@ -222,20 +269,6 @@ impl Core {
         Ok(())
     }
 
-    /// Flushes the send batch, waiting for the socket to drain when the kernel pushes back.
-    async fn flush(&mut self, io: &Io) -> io::Result<()> {
-        while !self.send.is_empty() {
-            match self.send.flush(io.udp.get_ref()) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    io.udp.writable().await?.clear_ready();
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Info(reply) => {
@@ -253,7 +286,8 @@ impl Core {
     fn info(&self) -> InfoReply {
         let addr = self.node.addr();
         let mut drops = self.node.counters().to_json();
-        drops.insert("tun_write_failed".into(), self.tun_write_errors.into());
+        drops.insert("tun_write_failed".into(), self.writer.errors().into());
+        drops.insert("tun_read_malformed".into(), self.offload_errors.into());
         drops.insert(
             "udp_send_failed".into(),
             (self.send.send_errors() + self.send_dropped).into(),
@@ -286,6 +320,39 @@ impl Core {
         self.ping_waiters.insert(self.ping_seq, tx);
         Ok(rx)
     }
+}
+
+/// Encrypts one packet from the TUN into the next send slot. The batch must not be full.
+fn encrypt(
+    node: &mut Node,
+    send: &mut SendBatch,
+    writer: &mut TunWriter,
+    tun: &TunDevice,
+    packet: &[u8],
+    now: Instant,
+) {
+    match node.handle_tun_packet(packet, now, send.next_slot()) {
+        TunOutput::Send(t) => {
+            let (to, len) = (t.to, t.payload.len());
+            send.commit(len, to);
+        }
+        TunOutput::Reply(reply) => writer.write_now(tun, reply),
+        TunOutput::Nothing => {}
+    }
+}
+
+/// Flushes the send batch, waiting for the socket to drain when the kernel pushes back.
+async fn flush_batch(send: &mut SendBatch, io: &Io) -> io::Result<()> {
+    while !send.is_empty() {
+        match send.flush(io.udp.get_ref()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.udp.writable().await?.clear_ready();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A peer named by text address, fd70 address or public key.

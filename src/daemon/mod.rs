@@ -3,6 +3,7 @@
 
 pub mod control;
 mod dataplane;
+mod tun_writer;
 
 use std::path::PathBuf;
 
@@ -61,7 +62,7 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
     })
     .context("invalid --peer")?;
 
-    let tun = TunDevice::create(&options.interface)?;
+    let tun = TunDevice::create_with_offload(&options.interface)?;
     let interface = tun.name().to_owned();
     // From here on the interface exists: every exit path must remove it.
     let result = async {
