@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # Measures what the overlay costs: TCP throughput and ping RTT between two pilot nodes, over
-# the plain underlay (veth) and over the overlay (pilot0, fd70:: addresses), in one run.
+# the plain underlay (veth) and over the overlay (pilot0, fd70:: addresses), in one run; then
+# the same measurements through other overlays on the same machine (wireguard-go, nebula), so
+# that pilot is compared with them side by side.
 #
 # Usage: sudo scripts/bench.sh
 #   BENCH_SECONDS=N   length of each iperf3 run (default 10)
 #   BENCH_JSON=FILE   also write the one-line JSON result to FILE
+#   BENCH_COMPARE=... overlays to compare with, e.g. "wireguard-go nebula" (default: each one
+#                     that is installed); "none" measures pilot alone
+#   BENCH_INSTALL=1   apt-get install the selected overlays that are missing (wireguard-go,
+#                     wireguard-tools, nebula); without it a missing one is skipped
+#   BENCH_MTU=N|native  tunnel MTU: N (1280-1440) for pilot and every other overlay; the
+#                     default is pilot's own (1380, or PILOT_MTU) for all of them; "native"
+#                     leaves each tool at its default (pilot 1380, wireguard-go 1420, nebula 1300)
 #   PILOT_BIN=DIR     where pilotd/pilotctl are (default: target/release; built if missing)
 #
 # It only measures and prints: there are no timing assertions. It exits non-zero only when a
 # step fails outright (a daemon dies, iperf3 cannot connect, ping gets no reply...).
-# Everything runs inside two network namespaces created for this run and removed at the end.
+# Every overlay runs inside its own two network namespaces, created for it and removed before
+# the next one starts (never two at once: the machine may have only a few cores). The underlay
+# is measured once, between pilot's namespaces. Everything is removed at the end, or on Ctrl-C.
 set -euo pipefail
 
 # shellcheck source=lib/twonode.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib/twonode.sh"
+# shellcheck source=lib/compare.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib/compare.sh"
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_COMPARE=${BENCH_COMPARE:-}
+BENCH_INSTALL=${BENCH_INSTALL:-0}
+BENCH_MTU=${BENCH_MTU:-}
 # Unique per run, as asked; each run also has its own namespaces, so this is belt and braces.
 IPERF_PORT=$((5201 + $$ % 1000))
 PING_COUNT=50
@@ -77,12 +93,172 @@ peak_rss_kib() {
     awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
 }
 
+
+# iface_mtu NS IFACE: the MTU an interface really has.
+iface_mtu() {
+    ip -n "$1" -o link show dev "$2" | sed -n 's/.* mtu \([0-9]*\) .*/\1/p'
+}
+
+# write_meta KEY FIELD=VALUE...: facts about one overlay's run, for the summary.
+write_meta() {
+    local key=$1
+    shift
+    printf '%s\n' "$@" >"$RESULTS/$key.meta"
+    printf '%s\n' "$key" >>"$RESULTS/overlays"
+}
+
+# skip_overlay NAME REASON: say so now, and again under the table.
+skip_overlay() {
+    tn_say "$1: $2; skipping"
+    printf '%s\t%s\n' "$1" "$2" >>"$RESULTS/skipped"
+}
+
+# Checks BENCH_* before anything is set up; a bad value is a usage error (exit 2).
+check_settings() {
+    local name
+    [[ $BENCH_SECONDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_SECONDS must be a positive integer" >&2; exit 2; }
+    case $BENCH_MTU in
+    "" | native) ;;
+    *)
+        # 1440 = the 1500-byte veth minus IPv4 (20), UDP (8) and the tunnel header and tag:
+        # 32 bytes for WireGuard (pilot, wireguard-go), 16 + 16 for nebula.
+        if ! [[ $BENCH_MTU =~ ^[0-9]+$ ]] || ((BENCH_MTU < 1280 || BENCH_MTU > 1440)); then
+            echo "BENCH_MTU must be a number from 1280 to 1440, or 'native'" >&2
+            exit 2
+        fi
+        ;;
+    esac
+    case ${BENCH_COMPARE,,} in
+    "" | all | none) ;;
+    *)
+        for name in ${BENCH_COMPARE//,/ }; do
+            cmp_is_known "$name" || {
+                echo "BENCH_COMPARE: unknown overlay '$name' (known: $(cmp_known | xargs), or none)" >&2
+                exit 2
+            }
+        done
+        ;;
+    esac
+}
+
+# Decides which overlays to compare pilot with (COMPARE, in order), installing missing ones
+# when BENCH_INSTALL=1 and skipping them otherwise.
+select_overlays() {
+    local requested=() name missing=()
+    COMPARE=()
+    case ${BENCH_COMPARE,,} in
+    none) ;;
+    "" | all) mapfile -t requested < <(cmp_known) ;;
+    *) read -ra requested <<<"${BENCH_COMPARE//,/ }" ;;
+    esac
+    for name in $(cmp_known); do
+        [[ " ${requested[*]} " == *" $name "* ]] || skip_overlay "$name" "not selected (BENCH_COMPARE=$BENCH_COMPARE)"
+    done
+    if [[ $BENCH_INSTALL =~ ^(1|yes|true)$ ]]; then
+        for name in "${requested[@]}"; do
+            cmp_installed "$name" || missing+=("$name")
+        done
+        cmp_install "${missing[@]}"
+    fi
+    for name in "${requested[@]}"; do
+        [[ " ${COMPARE[*]} " == *" $name "* ]] && continue # listed twice
+        if cmp_installed "$name"; then
+            COMPARE+=("$name")
+        else
+            skip_overlay "$name" "not installed (apt-get install -y $(cmp_packages "$name"), or BENCH_INSTALL=1)"
+        fi
+    done
+}
+
+# A pilotd older than the sources measures old code; say so (building is left to the user).
+warn_if_stale() {
+    [[ -z ${PILOT_BIN:-} && -x $TN_BIN/pilotd ]] || return 0
+    local newer
+    newer=$(find "$TN_ROOT/src" "$TN_ROOT/Cargo.toml" "$TN_ROOT/Cargo.lock" -newer "$TN_BIN/pilotd" \
+        -type f -print -quit 2>/dev/null || true)
+    [[ -z $newer ]] ||
+        tn_warn "$TN_BIN/pilotd is older than ${newer#"$TN_ROOT"/} (and maybe more): this measures the old build; run cargo build --release"
+}
+
+# Pilot, as this script has always measured it, plus the underlay between the same namespaces.
+bench_pilot() {
+    tn_say "pilot: setting up two nodes in network namespaces $TN_NS_A and $TN_NS_B"
+    tn_up
+    tn_wait_tunnel
+    local mtu ul_mtu
+    mtu=$(tn_ctl_a info --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["mtu"])')
+    ul_mtu=$(iface_mtu "$TN_NS_A" ul0)
+    tn_note "tunnel up: $TN_ADDR_A <-> $TN_ADDR_B, overlay MTU $mtu"
+
+    tn_say "Ping RTT, underlay then overlay ($PING_COUNT pings, ${PING_INTERVAL}s apart)"
+    run_ping underlay_ping "$TN_UL_B"
+    run_ping pilot_ping "$TN_ADDR_B"
+
+    tn_say "Starting iperf3 servers on node B (port $IPERF_PORT)"
+    start_iperf_server "$TN_UL_B"
+    start_iperf_server "$TN_ADDR_B"
+
+    tn_say "TCP throughput over the underlay (veth, no tunnel)"
+    run_iperf underlay_tcp "$TN_UL_B"
+    tn_say "TCP throughput over the overlay (pilot0, encrypted tunnel)"
+    run_iperf pilot_tcp "$TN_ADDR_B"
+    run_iperf pilot_tcp_reverse "$TN_ADDR_B" -R
+    run_iperf pilot_tcp_4streams "$TN_ADDR_B" -P 4
+
+    # Read the high-water marks while the daemons still run.
+    local rss_a rss_b version
+    rss_a=$(peak_rss_kib "$TN_PID_A")
+    rss_b=$(peak_rss_kib "$TN_PID_B")
+    version=$("$TN_BIN/pilotd" --version </dev/null | awk '{ print $2 }')
+    write_meta pilot name=pilot "mtu=$mtu" "underlay_mtu=$ul_mtu" inner=IPv6 \
+        "rss_a=$rss_a" "rss_b=$rss_b" "version=${version:-unknown}"
+
+    tn_say "pilot: stopping the nodes and removing their namespaces"
+    tn_release
+}
+
+# bench_overlay NAME: the same measurements through another overlay, in fresh namespaces.
+bench_overlay() {
+    local name=$1 key=${1//-/_} mtu
+    if [[ $BENCH_MTU == native ]]; then
+        mtu=$(cmp_default_mtu "$name")
+    else
+        mtu=$PILOT_MTU_USED
+    fi
+    tn_say "$name: setting up two nodes in fresh network namespaces"
+    cmp_up "$name" "$mtu"
+    mtu=$(iface_mtu "$TN_NS_A" "${CMP_IFACE}a")
+    tn_note "tunnel up: $CMP_ADDR_A <-> $CMP_ADDR_B ($CMP_INNER), MTU $mtu"
+
+    tn_say "$name: ping RTT through the tunnel ($PING_COUNT pings, ${PING_INTERVAL}s apart)"
+    run_ping "${key}_ping" "$CMP_ADDR_B"
+    tn_say "$name: TCP throughput through the tunnel (iperf3 server on node B, port $IPERF_PORT)"
+    start_iperf_server "$CMP_ADDR_B"
+    run_iperf "${key}_tcp" "$CMP_ADDR_B"
+    run_iperf "${key}_tcp_reverse" "$CMP_ADDR_B" -R
+    run_iperf "${key}_tcp_4streams" "$CMP_ADDR_B" -P 4
+
+    local rss_a rss_b
+    rss_a=$(peak_rss_kib "$TN_PID_A")
+    rss_b=$(peak_rss_kib "$TN_PID_B")
+    write_meta "$key" "name=$name" "mtu=$mtu" "inner=$CMP_INNER" \
+        "rss_a=$rss_a" "rss_b=$rss_b" "version=$(cmp_version "$name")"
+
+    tn_say "$name: stopping the nodes and removing their namespaces"
+    tn_release
+}
+
 # Reads the raw results and prints the human table, then the JSON line (also to BENCH_JSON).
 summarize() {
-    BENCH_SECONDS=$BENCH_SECONDS MTU=$1 RSS_A=$2 RSS_B=$3 RESULTS=$RESULTS \
+    local mtu_mode=equal
+    [[ $BENCH_MTU == native ]] && mtu_mode=native
+    BENCH_SECONDS=$BENCH_SECONDS RESULTS=$RESULTS MTU_MODE=$mtu_mode LOADAVG=$LOADAVG_BEFORE \
+        KNOWN="$(cmp_known | xargs)" \
+        WG_TOOLS_VERSION=$(command -v wg >/dev/null && cmp_version wireguard-tools || echo "") \
+        IPERF3_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR == 1 { print $2 }') \
         COMMIT=$(git -C "$TN_ROOT" describe --always --dirty 2>/dev/null || echo unknown) \
         python3 - <<'PY'
-import datetime, json, os, platform, re
+import datetime, json, os, platform, re, textwrap
 
 res = os.environ["RESULTS"]
 
@@ -102,48 +278,161 @@ def ping(name):
         raise SystemExit(f"cannot parse ping output for {name}:\n{text}")
     return float(rtt.group(2)), float(rtt.group(4)), float(loss.group(1)) if loss else None
 
-ul, ul_rt = iperf("underlay_tcp")
-ov, ov_rt = iperf("overlay_tcp")
-ovr, ovr_rt = iperf("overlay_tcp_reverse")
-ov4, ov4_rt = iperf("overlay_tcp_4streams")
-ul_rtt, ul_mdev, ul_loss = ping("underlay_ping")
-ov_rtt, ov_mdev, ov_loss = ping("overlay_ping")
+def meta(key):
+    with open(os.path.join(res, key + ".meta")) as f:
+        return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
 
-r3 = lambda x: round(x, 3)
+def lines(name):
+    path = os.path.join(res, name)
+    return open(path).read().splitlines() if os.path.exists(path) else []
+
+r3 = lambda x: None if x is None else round(x, 3)
+ratio = lambda a, b: r3(a / b) if a is not None and b else None
+
+ul, ul_rt = iperf("underlay_tcp")
+ul_rtt, ul_mdev, ul_loss = ping("underlay_ping")
+
+# One entry per measured overlay, pilot first, in the order they ran.
+keys = lines("overlays")
+ov = {}
+for k in keys:
+    m = meta(k)
+    o = {"name": m["name"], "mtu": int(m["mtu"]), "inner": m["inner"], "version": m["version"],
+         "rss": (int(m["rss_a"]), int(m["rss_b"]))}
+    o["tcp"], o["tcp_rt"] = iperf(k + "_tcp")
+    o["rev"], o["rev_rt"] = iperf(k + "_tcp_reverse")
+    o["p4"], o["p4_rt"] = iperf(k + "_tcp_4streams")
+    o["rtt"], o["mdev"], o["loss"] = ping(k + "_ping")
+    o["tcp_vs_ul"] = ratio(o["tcp"], ul)
+    o["rtt_vs_ul"] = ratio(o["rtt"], ul_rtt)
+    ov[k] = o
+p = ov["pilot"]
+comps = [k for k in keys if k != "pilot"]
+skipped = dict(l.split("\t", 1) for l in lines("skipped"))
+known = os.environ["KNOWN"].split()
+
 result = {
     "underlay_tcp_gbps": r3(ul),
-    "overlay_tcp_gbps": r3(ov),
-    "overlay_tcp_reverse_gbps": r3(ovr),
-    "overlay_tcp_4streams_gbps": r3(ov4),
-    "throughput_ratio": r3(ov / ul) if ul else None,
+    "overlay_tcp_gbps": r3(p["tcp"]),
+    "overlay_tcp_reverse_gbps": r3(p["rev"]),
+    "overlay_tcp_4streams_gbps": r3(p["p4"]),
+    "throughput_ratio": p["tcp_vs_ul"],
     "underlay_rtt_ms": ul_rtt,
     "underlay_rtt_mdev_ms": ul_mdev,
-    "overlay_rtt_ms": ov_rtt,
-    "overlay_rtt_mdev_ms": ov_mdev,
-    "rtt_ratio": r3(ov_rtt / ul_rtt) if ul_rtt else None,
-    "pilotd_rss_kib": {"a": int(os.environ["RSS_A"]), "b": int(os.environ["RSS_B"])},
+    "overlay_rtt_ms": p["rtt"],
+    "overlay_rtt_mdev_ms": p["mdev"],
+    "rtt_ratio": p["rtt_vs_ul"],
+    "pilotd_rss_kib": {"a": p["rss"][0], "b": p["rss"][1]},
+}
+# The other overlays: the same figures under their own prefix, and pilot's divided by theirs
+# (null when not measured, so the set of keys never changes).
+versions = {"pilot": p["version"]}
+for name in known:
+    k = name.replace("-", "_")
+    o = ov.get(k)
+    get = lambda f: o[f] if o else None
+    result.update({
+        f"{k}_tcp_gbps": r3(get("tcp")),
+        f"{k}_tcp_reverse_gbps": r3(get("rev")),
+        f"{k}_tcp_4streams_gbps": r3(get("p4")),
+        f"{k}_throughput_ratio": get("tcp_vs_ul"),
+        f"{k}_rtt_ms": get("rtt"),
+        f"{k}_rtt_mdev_ms": get("mdev"),
+        f"{k}_rtt_ratio": get("rtt_vs_ul"),
+        f"{k}_rss_kib": {"a": o["rss"][0], "b": o["rss"][1]} if o else None,
+        f"{k}_mtu": get("mtu"),
+        f"pilot_vs_{k}_ratio": ratio(p["tcp"], get("tcp")),
+        f"pilot_vs_{k}_reverse_ratio": ratio(p["rev"], get("rev")),
+        f"pilot_vs_{k}_4streams_ratio": ratio(p["p4"], get("p4")),
+        f"pilot_vs_{k}_rtt_ratio": ratio(p["rtt"], get("rtt")),
+    })
+    versions[k] = get("version")
+if "wireguard_go" in ov:
+    versions["wireguard_tools"] = os.environ.get("WG_TOOLS_VERSION") or None
+versions["iperf3"] = os.environ.get("IPERF3_VERSION") or None
+load = [float(x) for x in os.environ["LOADAVG"].split()[:3]]
+result.update({
+    "versions": versions,
+    "compared": {name: "measured" if name.replace("-", "_") in ov else skipped.get(name, "not measured")
+                 for name in known},
+    "mtu_mode": os.environ["MTU_MODE"],
     "kernel": platform.release(),
     "cpus": os.cpu_count(),
-    "mtu": int(os.environ["MTU"]),
+    "mtu": p["mtu"],
     "seconds": int(os.environ["BENCH_SECONDS"]),
     "commit": os.environ["COMMIT"],
+    "loadavg_before": load,
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-}
+})
 
-rt = lambda n: "-" if n is None else str(n)
+# The table: one column per overlay (underlay first), then pilot/X for each other overlay.
+short = {"wireguard_go": "wg-go"}
+L, W = 28, 13
+heads = ["underlay"] + [ov[k]["name"] for k in keys] + ["pilot/" + short.get(k, k) for k in comps]
+fmt = lambda x, spec: "-" if x is None else format(x, spec)
+
+def row(label, under, field, spec, with_ratio=False):
+    cells = [under] + [fmt(ov[k][field], spec) for k in keys]
+    if with_ratio:
+        cells += [fmt(ratio(p[field], ov[k][field]), ".3f") for k in comps]
+    print(f"{label:<{L}}" + "".join(f"{c:>{W}}" for c in cells).rstrip())
+
 print()
-print(f"{'measurement':<34} {'result':>14} {'retransmits':>12}")
-print(f"{'TCP underlay A->B':<34} {ul:>9.3f} Gb/s {rt(ul_rt):>12}")
-print(f"{'TCP overlay A->B':<34} {ov:>9.3f} Gb/s {rt(ov_rt):>12}")
-print(f"{'TCP overlay B->A (-R)':<34} {ovr:>9.3f} Gb/s {rt(ovr_rt):>12}")
-print(f"{'TCP overlay A->B, 4 streams (-P 4)':<34} {ov4:>9.3f} Gb/s {rt(ov4_rt):>12}")
-print(f"{'throughput overlay/underlay':<34} {str(result['throughput_ratio']):>14}")
-print(f"{'RTT underlay (avg ± mdev)':<34} {ul_rtt:>8.3f} ± {ul_mdev:.3f} ms  loss {ul_loss}%")
-print(f"{'RTT overlay (avg ± mdev)':<34} {ov_rtt:>8.3f} ± {ov_mdev:.3f} ms  loss {ov_loss}%")
-print(f"{'RTT overlay/underlay':<34} {str(result['rtt_ratio']):>14}")
-print(f"{'pilotd peak RSS A / B':<34} {result['pilotd_rss_kib']['a']:>7} / {result['pilotd_rss_kib']['b']} KiB")
-print(f"(kernel {result['kernel']}, {result['cpus']} CPUs, overlay MTU {result['mtu']}, "
-      f"{result['seconds']}s per iperf3 run, commit {result['commit']})")
+print(f"{'':<{L}}" + "".join(f"{h:>{W}}" for h in heads))
+row("TCP A->B (Gbit/s)", f"{ul:.3f}", "tcp", ".3f", True)
+row("TCP B->A, -R (Gbit/s)", "-", "rev", ".3f", True)
+row("TCP A->B, -P 4 (Gbit/s)", "-", "p4", ".3f", True)
+row("  retransmits A->B", fmt(ul_rt, "d"), "tcp_rt", "d")
+row("  retransmits B->A, -R", "-", "rev_rt", "d")
+row("  retransmits A->B, -P 4", "-", "p4_rt", "d")
+row("RTT avg (ms)", f"{ul_rtt:.3f}", "rtt", ".3f", True)
+row("RTT mdev (ms)", f"{ul_mdev:.3f}", "mdev", ".3f")
+row("ping loss (%)", fmt(ul_loss, ".1f"), "loss", ".1f")
+row("TCP A->B / underlay", "-", "tcp_vs_ul", ".3f")
+row("RTT / underlay", "-", "rtt_vs_ul", ".3f")
+row("tunnel MTU", meta("pilot").get("underlay_mtu", "-"), "mtu", "d")
+row("inner IP version", "IPv4", "inner", "")
+for k in keys:
+    ov[k]["rss_txt"] = "%d/%d" % ov[k]["rss"]
+row("peak RSS A/B (KiB)", "-", "rss_txt", "")
+row("version", "-", "version", "")
+notes = []
+if comps:
+    notes.append("pilot/X = pilot's figure divided by X's: above 1 for throughput means pilot is"
+                 " faster, below 1 for RTT means pilot answers sooner.")
+mtus = ", ".join(f"{ov[k]['name']} {ov[k]['mtu']}" for k in keys)
+if not comps:
+    pass
+elif os.environ["MTU_MODE"] == "native":
+    notes.append(f"MTU: each overlay at its own default ({mtus}); BENCH_MTU=N sets one for all.")
+else:
+    notes.append(f"MTU: the same tunnel MTU for every overlay ({mtus}), so packets are the same"
+                 " size; BENCH_MTU=native leaves each tool at its default instead.")
+if "nebula" in ov:
+    notes.append("nebula carries IPv4 only: at the same MTU its TCP segments are 20 bytes larger"
+                 " than over the IPv6 of pilot and wireguard-go.")
+vs = [f"pilot {p['version']} (commit {result['commit']})"]
+if "wireguard_go" in ov:
+    v = ov["wireguard_go"]["version"]
+    note = ""
+    m = re.fullmatch(r"0\.0\.(\d{8})", v)
+    if m and int(m.group(1)) < 20230223:
+        note = " (no GSO/GRO: added in 0.0.20230223)"
+    vs.append(f"wireguard-go {v}{note}, wireguard-tools {versions.get('wireguard_tools')}")
+if "nebula" in ov:
+    vs.append(f"nebula {ov['nebula']['version']}")
+vs.append(f"iperf3 {versions['iperf3']}")
+notes.append("versions: " + ", ".join(vs))
+for name in known:
+    if name in skipped:
+        notes.append(f"not measured: {name}: {skipped[name]}")
+notes.append(f"(kernel {result['kernel']}, {result['cpus']} CPUs, load average before the run"
+             f" {os.environ['LOADAVG']}, {result['seconds']}s per iperf3 run; each overlay ran"
+             " alone in its own namespaces, one after another; the underlay was measured between"
+             " pilot's)")
+print()
+for n in notes:
+    print(textwrap.fill(n, width=100, subsequent_indent="  "))
 print()
 line = json.dumps(result, separators=(",", ":"))
 print(line)
@@ -154,40 +443,24 @@ PY
 }
 
 main() {
-    [[ $BENCH_SECONDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_SECONDS must be a positive integer" >&2; exit 2; }
+    check_settings
     command -v iperf3 >/dev/null || { echo "missing command: iperf3" >&2; exit 1; }
+    LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
     tn_init pbn
     RESULTS=$TN_DIR/results
     mkdir -p "$RESULTS"
+    [[ $BENCH_MTU =~ ^[0-9]+$ ]] && TN_MTU=$BENCH_MTU
 
-    tn_say "Setting up two nodes in network namespaces $TN_NS_A and $TN_NS_B"
-    tn_up
-    tn_wait_tunnel
-    local mtu
-    mtu=$(tn_ctl_a info --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["mtu"])')
-    tn_note "tunnel up: $TN_ADDR_A <-> $TN_ADDR_B, overlay MTU $mtu"
+    select_overlays
+    warn_if_stale
+    bench_pilot
+    PILOT_MTU_USED=$(awk -F= '$1 == "mtu" { print $2 }' "$RESULTS/pilot.meta")
+    local name
+    for name in "${COMPARE[@]}"; do
+        bench_overlay "$name"
+    done
 
-    tn_say "Ping RTT, underlay then overlay ($PING_COUNT pings, ${PING_INTERVAL}s apart)"
-    run_ping underlay_ping "$TN_UL_B"
-    run_ping overlay_ping "$TN_ADDR_B"
-
-    tn_say "Starting iperf3 servers on node B (port $IPERF_PORT)"
-    start_iperf_server "$TN_UL_B"
-    start_iperf_server "$TN_ADDR_B"
-
-    tn_say "TCP throughput over the underlay (veth, no tunnel)"
-    run_iperf underlay_tcp "$TN_UL_B"
-    tn_say "TCP throughput over the overlay (pilot0, encrypted tunnel)"
-    run_iperf overlay_tcp "$TN_ADDR_B"
-    run_iperf overlay_tcp_reverse "$TN_ADDR_B" -R
-    run_iperf overlay_tcp_4streams "$TN_ADDR_B" -P 4
-
-    # Read the high-water marks while the daemons still run.
-    local rss_a rss_b
-    rss_a=$(peak_rss_kib "$TN_PID_A")
-    rss_b=$(peak_rss_kib "$TN_PID_B")
-
-    summarize "$mtu" "$rss_a" "$rss_b"
+    summarize
 }
 
 main "$@"

@@ -16,6 +16,8 @@
 #   tn_wait_tunnel          # (optional) until a ping from A reaches B through the tunnel
 #   tn_in_a curl …          # run a command on node A (tn_in_b for node B)
 #   tn_spawn b LOG cmd …    # start a background process on node B; cleanup kills it
+#   tn_release              # (optional) stop all that and delete the namespaces, keep TN_DIR,
+#                           # e.g. to set up another pair (new TN_NS_A/B) with tn_make_netns
 #
 # Cleanup runs on EXIT, INT and TERM, also when interrupted half-way through setup. It kills
 # only the processes this file started (recorded PIDs, plus anything still running inside the
@@ -35,6 +37,10 @@ TN_TIMEOUT=${TN_TIMEOUT:-20}
 TN_NAMESPACES=()   # namespaces this run created (only these are ever deleted)
 TN_PIDS=()         # background processes this run started (only these are ever killed)
 TN_DIR=""          # per-run temp dir (state dirs, sockets, logs); removed by cleanup
+TN_HOOKS=()        # functions run by tn_release after the processes are stopped
+TN_FD_OUT=""       # the script's stdout and stderr, saved by tn_init for tn_cleanup
+TN_FD_ERR=""
+TN_DAEMON=pilotd   # what TN_PID_A/TN_PID_B are, for messages (bench.sh also runs other overlays)
 TN_CLEANED=0
 
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +68,11 @@ tn_init() {
     TN_TAG="${prefix}$$"
     TN_NS_A="${TN_TAG}a"
     TN_NS_B="${TN_TAG}b"
+
+    # Keep the script's own stdout/stderr: a signal that arrives while a function runs with
+    # its output redirected (e.g. `tn_in_a ping … >/dev/null`) runs the traps inside that
+    # redirection, and cleanup must still be able to speak.
+    exec {TN_FD_OUT}>&1 {TN_FD_ERR}>&2
 
     # Traps first, so that an interrupt at any later point still cleans up. INT/TERM turn into
     # an ordinary exit (128+signal), which runs the EXIT trap exactly once.
@@ -164,7 +175,7 @@ tn_spawn() {
     ns=$(tn_ns_of "$1")
     local log=$2
     shift 2
-    ip netns exec "$ns" "$@" </dev/null >"$log" 2>&1 &
+    ip netns exec "$ns" "$@" </dev/null >"$log" 2>&1 {TN_FD_OUT}>&- {TN_FD_ERR}>&- &
     TN_LAST_PID=$!
     TN_PIDS+=("$TN_LAST_PID")
 }
@@ -239,8 +250,8 @@ tn_wait_listen() {
 
 # Fails if either daemon has exited (e.g. crashed under load).
 tn_check_alive() {
-    kill -0 "$TN_PID_A" 2>/dev/null || tn_die "pilotd on node A (pid $TN_PID_A) has exited"
-    kill -0 "$TN_PID_B" 2>/dev/null || tn_die "pilotd on node B (pid $TN_PID_B) has exited"
+    kill -0 "$TN_PID_A" 2>/dev/null || tn_die "$TN_DAEMON on node A (pid $TN_PID_A) has exited"
+    kill -0 "$TN_PID_B" 2>/dev/null || tn_die "$TN_DAEMON on node B (pid $TN_PID_B) has exited"
 }
 
 # All of the above: two nodes up and talking.
@@ -280,22 +291,11 @@ tn_stop_pid() {
     wait "$pid" 2>/dev/null || true # reap it if it is our child
 }
 
-tn_cleanup() {
-    local rc=$?
-    ((TN_CLEANED)) && return
-    TN_CLEANED=1
-    # Do not let a second Ctrl-C interrupt the teardown half-way.
-    trap '' INT TERM
-    set +e
-
-    if ((rc != 0 && rc != 130 && rc != 143)); then
-        printf '\nSomething failed (exit %s).\n' "$rc" >&2
-        tn_dump_logs
-    elif ((rc == 130 || rc == 143)); then
-        printf '\ninterrupted; cleaning up\n' >&2
-    fi
-
-    local pid ns
+# Stops every process this run has started so far, deletes the namespaces it has created and
+# runs the TN_HOOKS, but keeps TN_DIR: lets a script set up one pair of nodes after another
+# (bench.sh) in the same run. Returns non-zero if a namespace could not be deleted.
+tn_release() {
+    local pid ns hook rc=0
     for pid in "${TN_PIDS[@]}"; do
         tn_stop_pid "$pid"
     done
@@ -308,9 +308,40 @@ tn_cleanup() {
         done
         if ! ip netns del "$ns"; then
             tn_warn "could not delete namespace $ns"
-            ((rc == 0)) && rc=1
+            rc=1
         fi
     done
+    for hook in "${TN_HOOKS[@]}"; do
+        "$hook" || rc=1
+    done
+    # Forget them only now: an interrupt half-way leaves the lists for tn_cleanup to finish.
+    TN_PIDS=()
+    TN_NAMESPACES=()
+    TN_HOOKS=()
+    return "$rc"
+}
+
+tn_cleanup() {
+    local rc=$?
+    ((TN_CLEANED)) && return
+    TN_CLEANED=1
+    # Do not let a second Ctrl-C interrupt the teardown half-way.
+    trap '' INT TERM
+    set +e
+    if [[ -n $TN_FD_OUT ]]; then
+        exec 1>&"$TN_FD_OUT" 2>&"$TN_FD_ERR"
+    fi
+
+    if ((rc != 0 && rc != 130 && rc != 143)); then
+        printf '\nSomething failed (exit %s).\n' "$rc" >&2
+        tn_dump_logs
+    elif ((rc == 130 || rc == 143)); then
+        printf '\ninterrupted; cleaning up\n' >&2
+    fi
+
+    if ! tn_release; then
+        ((rc == 0)) && rc=1
+    fi
     if [[ -n $TN_DIR && -d $TN_DIR ]]; then
         rm -rf -- "$TN_DIR"
     fi
