@@ -143,6 +143,14 @@ fn curl_across_the_overlay_returns_exact_content() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(text.matches("path=direct").count(), 2, "{text}");
+
+    // An overlay address nobody owns: the sender's kernel hears "unreachable" at once.
+    let before = a.drops("no_peer");
+    let out = ns_exec(&a.ns, &["ping", "-c", "1", "-W", "2", "fd70::dead:beef:1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("Destination unreachable"), "{text}");
+    assert_eq!(a.drops("no_peer"), before + 1);
 }
 
 #[test]
