@@ -6,6 +6,7 @@
 //! (control, probes, relay frames — later issues) take first bytes from [`PILOT_FIRST`] up, far
 //! from WireGuard's range so neither can be mistaken for the other.
 
+pub mod control;
 pub mod envelope;
 pub mod ip;
 

@@ -1,0 +1,542 @@
+//! Pilot's control messages: registration, NAT discovery, punch coordination, path probes and
+//! relay frames. All but relay frames travel inside a signed [`envelope`](super::envelope).
+//!
+//! | first byte | message | from → to | signed |
+//! |---|---|---|---|
+//! | 0x50 | `Register` | node → rendezvous | node |
+//! | 0x51 | `Registered` | rendezvous → node | rendezvous |
+//! | 0x52 | `NatProbe` | node → rendezvous (main and alt port) | node |
+//! | 0x53 | `NatProbeReply` | rendezvous → node | rendezvous |
+//! | 0x54 | `Connect` | node → rendezvous | node |
+//! | 0x55 | `Punch` | rendezvous → both nodes | rendezvous |
+//! | 0x56 | relay frame to a node: `[0x56][destination key][WireGuard datagram]` | node → rendezvous | no |
+//! | 0x57 | relay frame from a node: `[0x57][source key][WireGuard datagram]` | rendezvous → node | no |
+//! | 0x58 | `Probe` | node → node, every candidate | node |
+//! | 0x59 | `ProbeAck` | node → node | node |
+//! | 0x5f | `Refused` | rendezvous → node | rendezvous |
+//!
+//! Relay frames are not signed: they carry WireGuard datagrams, which are authenticated end to
+//! end, and the rendezvous admits them only from the registered endpoint of the source key.
+//! Endpoints are encoded as `family (4|6) · address · port (BE)`. Every list has a small cap,
+//! checked before anything is read, so no length from the network sizes an allocation.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::identity::NodeKey;
+
+pub const REGISTER: u8 = 0x50;
+pub const REGISTERED: u8 = 0x51;
+pub const NAT_PROBE: u8 = 0x52;
+pub const NAT_PROBE_REPLY: u8 = 0x53;
+pub const CONNECT: u8 = 0x54;
+pub const PUNCH: u8 = 0x55;
+pub const RELAY_TO: u8 = 0x56;
+pub const RELAY_FROM: u8 = 0x57;
+pub const PROBE: u8 = 0x58;
+pub const PROBE_ACK: u8 = 0x59;
+pub const REFUSED: u8 = 0x5f;
+
+/// Most LAN endpoints a node reports.
+pub const MAX_LAN_ENDPOINTS: usize = 8;
+/// Most keys in a registration's allow-list (one datagram's worth).
+pub const MAX_ALLOW: usize = 32;
+/// Most candidate endpoints in a punch message.
+pub const MAX_CANDIDATES: usize = 9;
+/// Bytes a relay frame adds in front of the WireGuard datagram.
+pub const RELAY_HEADER_LEN: usize = 33;
+
+/// How the node's NAT maps its socket, as measured from two rendezvous ports.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NatKind {
+    /// Not measured yet.
+    Unknown,
+    /// The observed endpoint is one of the node's own: no NAT.
+    None,
+    /// Same public endpoint towards every destination (cone NATs): punching works.
+    EndpointIndependent,
+    /// A new public endpoint per destination (symmetric NAT): punching from this side fails.
+    EndpointDependent,
+}
+
+/// Why the rendezvous refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// The sender is not registered (re-register, then retry).
+    NotRegistered = 1,
+    /// The target is not registered or has expired.
+    UnknownTarget = 2,
+    /// The pair is not allowed by both sides.
+    NotAllowed = 3,
+    /// Too many requests.
+    RateLimited = 4,
+}
+
+/// A control message body (the envelope supplies sender, time and nonce).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Registers (or refreshes) the sender: its LAN endpoints and the keys it allows.
+    Register {
+        lan: Vec<SocketAddr>,
+        allow: Vec<NodeKey>,
+    },
+    /// Answers `Register` (echoing its nonce) with the endpoint the rendezvous saw.
+    Registered {
+        echo: u64,
+        observed: SocketAddr,
+        keepalive_secs: u16,
+    },
+    /// Asks for the endpoint seen at the port this was sent to.
+    NatProbe,
+    /// Answers `NatProbe`; `port` says which rendezvous port saw it.
+    NatProbeReply {
+        echo: u64,
+        observed: SocketAddr,
+        port: u16,
+    },
+    /// Asks the rendezvous to introduce the sender to `target`.
+    Connect { target: NodeKey },
+    /// Tells a node to probe `peer` at `candidates` now (its public endpoint first).
+    Punch {
+        peer: NodeKey,
+        peer_nat: NatKind,
+        candidates: Vec<SocketAddr>,
+    },
+    /// Path probe to `target`, sent to one candidate endpoint.
+    Probe { target: NodeKey },
+    /// Answers a `Probe` (echoing its nonce) with the endpoint it came from.
+    ProbeAck { echo: u64, observed: SocketAddr },
+    /// The rendezvous refused the request with nonce `echo`.
+    Refused { echo: u64, code: RefusalCode },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message body truncated")]
+    Truncated,
+    #[error("trailing bytes after the message body")]
+    Trailing,
+    #[error("unknown message type {0:#04x}")]
+    UnknownKind(u8),
+    #[error("bad endpoint encoding")]
+    BadEndpoint,
+    #[error("list longer than allowed")]
+    TooMany,
+    #[error("bad field value")]
+    BadValue,
+}
+
+impl Message {
+    /// The first byte this message travels under.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Register { .. } => REGISTER,
+            Message::Registered { .. } => REGISTERED,
+            Message::NatProbe => NAT_PROBE,
+            Message::NatProbeReply { .. } => NAT_PROBE_REPLY,
+            Message::Connect { .. } => CONNECT,
+            Message::Punch { .. } => PUNCH,
+            Message::Probe { .. } => PROBE,
+            Message::ProbeAck { .. } => PROBE_ACK,
+            Message::Refused { .. } => REFUSED,
+        }
+    }
+
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Register { lan, allow } => {
+                out.push(lan.len().min(MAX_LAN_ENDPOINTS) as u8);
+                lan.iter()
+                    .take(MAX_LAN_ENDPOINTS)
+                    .for_each(|e| put_endpoint(out, *e));
+                out.push(allow.len().min(MAX_ALLOW) as u8);
+                allow
+                    .iter()
+                    .take(MAX_ALLOW)
+                    .for_each(|k| out.extend_from_slice(&k.0));
+            }
+            Message::Registered {
+                echo,
+                observed,
+                keepalive_secs,
+            } => {
+                out.extend_from_slice(&echo.to_be_bytes());
+                put_endpoint(out, *observed);
+                out.extend_from_slice(&keepalive_secs.to_be_bytes());
+            }
+            Message::NatProbe => {}
+            Message::NatProbeReply {
+                echo,
+                observed,
+                port,
+            } => {
+                out.extend_from_slice(&echo.to_be_bytes());
+                put_endpoint(out, *observed);
+                out.extend_from_slice(&port.to_be_bytes());
+            }
+            Message::Connect { target } | Message::Probe { target } => {
+                out.extend_from_slice(&target.0)
+            }
+            Message::Punch {
+                peer,
+                peer_nat,
+                candidates,
+            } => {
+                out.extend_from_slice(&peer.0);
+                out.push(nat_to_byte(*peer_nat));
+                out.push(candidates.len().min(MAX_CANDIDATES) as u8);
+                candidates
+                    .iter()
+                    .take(MAX_CANDIDATES)
+                    .for_each(|e| put_endpoint(out, *e));
+            }
+            Message::ProbeAck { echo, observed } => {
+                out.extend_from_slice(&echo.to_be_bytes());
+                put_endpoint(out, *observed);
+            }
+            Message::Refused { echo, code } => {
+                out.extend_from_slice(&echo.to_be_bytes());
+                out.push(*code as u8);
+            }
+        }
+    }
+
+    /// Decodes the body of a message of type `kind`. Never panics; allocations are bounded by
+    /// the list caps.
+    pub fn decode(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader(body);
+        let message = match kind {
+            REGISTER => {
+                let lan = r.list(MAX_LAN_ENDPOINTS, Reader::endpoint)?;
+                let allow = r.list(MAX_ALLOW, Reader::key)?;
+                Message::Register { lan, allow }
+            }
+            REGISTERED => Message::Registered {
+                echo: r.u64()?,
+                observed: r.endpoint()?,
+                keepalive_secs: r.u16()?,
+            },
+            NAT_PROBE => Message::NatProbe,
+            NAT_PROBE_REPLY => Message::NatProbeReply {
+                echo: r.u64()?,
+                observed: r.endpoint()?,
+                port: r.u16()?,
+            },
+            CONNECT => Message::Connect { target: r.key()? },
+            PUNCH => Message::Punch {
+                peer: r.key()?,
+                peer_nat: nat_from_byte(r.u8()?)?,
+                candidates: r.list(MAX_CANDIDATES, Reader::endpoint)?,
+            },
+            PROBE => Message::Probe { target: r.key()? },
+            PROBE_ACK => Message::ProbeAck {
+                echo: r.u64()?,
+                observed: r.endpoint()?,
+            },
+            REFUSED => Message::Refused {
+                echo: r.u64()?,
+                code: refusal_from_byte(r.u8()?)?,
+            },
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError::Trailing);
+        }
+        Ok(message)
+    }
+}
+
+/// Writes a relay frame (`RELAY_TO` or `RELAY_FROM`) into `out`; returns its length.
+pub fn write_relay(out: &mut [u8], kind: u8, key: &NodeKey, datagram: &[u8]) -> Option<usize> {
+    let total = RELAY_HEADER_LEN + datagram.len();
+    let out = out.get_mut(..total)?;
+    out[0] = kind;
+    out[1..RELAY_HEADER_LEN].copy_from_slice(&key.0);
+    out[RELAY_HEADER_LEN..].copy_from_slice(datagram);
+    Some(total)
+}
+
+/// The key and WireGuard datagram of a relay frame.
+pub fn parse_relay(frame: &[u8]) -> Option<(NodeKey, &[u8])> {
+    let key: [u8; 32] = frame.get(1..RELAY_HEADER_LEN)?.try_into().ok()?;
+    let datagram = frame.get(RELAY_HEADER_LEN..)?;
+    (!datagram.is_empty()).then_some((NodeKey(key), datagram))
+}
+
+/// Whether a control datagram of this type is a (unsigned) relay frame.
+pub fn is_relay(kind: u8) -> bool {
+    kind == RELAY_TO || kind == RELAY_FROM
+}
+
+fn put_endpoint(out: &mut Vec<u8>, endpoint: SocketAddr) {
+    match endpoint {
+        SocketAddr::V4(v4) => {
+            out.push(4);
+            out.extend_from_slice(&v4.ip().octets());
+        }
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => {
+                out.push(4);
+                out.extend_from_slice(&v4.octets());
+            }
+            None => {
+                out.push(6);
+                out.extend_from_slice(&v6.ip().octets());
+            }
+        },
+    }
+    out.extend_from_slice(&endpoint.port().to_be_bytes());
+}
+
+fn nat_to_byte(nat: NatKind) -> u8 {
+    match nat {
+        NatKind::Unknown => 0,
+        NatKind::None => 1,
+        NatKind::EndpointIndependent => 2,
+        NatKind::EndpointDependent => 3,
+    }
+}
+
+fn nat_from_byte(b: u8) -> Result<NatKind, DecodeError> {
+    Ok(match b {
+        0 => NatKind::Unknown,
+        1 => NatKind::None,
+        2 => NatKind::EndpointIndependent,
+        3 => NatKind::EndpointDependent,
+        _ => return Err(DecodeError::BadValue),
+    })
+}
+
+fn refusal_from_byte(b: u8) -> Result<RefusalCode, DecodeError> {
+    Ok(match b {
+        1 => RefusalCode::NotRegistered,
+        2 => RefusalCode::UnknownTarget,
+        3 => RefusalCode::NotAllowed,
+        4 => RefusalCode::RateLimited,
+        _ => return Err(DecodeError::BadValue),
+    })
+}
+
+/// A cursor over a body; every read checks length first.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b: [u8; 8] = self
+            .take(8)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated)?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn key(&mut self) -> Result<NodeKey, DecodeError> {
+        let b: [u8; 32] = self
+            .take(32)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated)?;
+        Ok(NodeKey(b))
+    }
+
+    fn endpoint(&mut self) -> Result<SocketAddr, DecodeError> {
+        let ip = match self.u8()? {
+            4 => {
+                let b: [u8; 4] = self
+                    .take(4)?
+                    .try_into()
+                    .map_err(|_| DecodeError::Truncated)?;
+                IpAddr::V4(Ipv4Addr::from(b))
+            }
+            6 => {
+                let b: [u8; 16] = self
+                    .take(16)?
+                    .try_into()
+                    .map_err(|_| DecodeError::Truncated)?;
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            _ => return Err(DecodeError::BadEndpoint),
+        };
+        let port = self.u16()?;
+        if port == 0 || ip.is_unspecified() || ip.is_multicast() {
+            return Err(DecodeError::BadEndpoint);
+        }
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    fn list<T>(
+        &mut self,
+        cap: usize,
+        item: fn(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = usize::from(self.u8()?);
+        if n > cap {
+            return Err(DecodeError::TooMany);
+        }
+        (0..n).map(|_| item(self)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey([n; 32])
+    }
+
+    fn samples() -> Vec<Message> {
+        let v4: SocketAddr = "192.0.2.1:51870".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::7]:9".parse().unwrap();
+        vec![
+            Message::Register {
+                lan: vec![v4, v6],
+                allow: vec![key(1), key(2)],
+            },
+            Message::Register {
+                lan: vec![],
+                allow: vec![],
+            },
+            Message::Registered {
+                echo: 7,
+                observed: v4,
+                keepalive_secs: 25,
+            },
+            Message::NatProbe,
+            Message::NatProbeReply {
+                echo: 1,
+                observed: v6,
+                port: 3479,
+            },
+            Message::Connect { target: key(3) },
+            Message::Punch {
+                peer: key(4),
+                peer_nat: NatKind::EndpointDependent,
+                candidates: vec![v4, v6],
+            },
+            Message::Probe { target: key(5) },
+            Message::ProbeAck {
+                echo: u64::MAX,
+                observed: v4,
+            },
+            Message::Refused {
+                echo: 3,
+                code: RefusalCode::NotAllowed,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            let mut body = Vec::new();
+            m.encode(&mut body);
+            assert_eq!(Message::decode(m.kind(), &body), Ok(m.clone()), "{m:?}");
+            if !body.is_empty() {
+                assert!(
+                    Message::decode(m.kind(), &body[..body.len() - 1]).is_err(),
+                    "{m:?} truncated"
+                );
+            }
+            body.push(0);
+            assert_eq!(
+                Message::decode(m.kind(), &body),
+                Err(DecodeError::Trailing),
+                "{m:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mapped_ipv4_endpoints_travel_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.9]:5".parse().unwrap();
+        let m = Message::ProbeAck {
+            echo: 1,
+            observed: mapped,
+        };
+        let mut body = Vec::new();
+        m.encode(&mut body);
+        let Ok(Message::ProbeAck { observed, .. }) = Message::decode(PROBE_ACK, &body) else {
+            panic!()
+        };
+        assert_eq!(observed, "192.0.2.9:5".parse().unwrap());
+    }
+
+    #[test]
+    fn hostile_bodies_are_refused_without_panic() {
+        // Overlong list counts are refused before reading.
+        assert_eq!(Message::decode(REGISTER, &[200]), Err(DecodeError::TooMany));
+        assert_eq!(
+            Message::decode(PUNCH, &[0; 33]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            Message::decode(CONNECT, &[0; 31]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            Message::decode(0x5a, &[]),
+            Err(DecodeError::UnknownKind(0x5a))
+        );
+        // Port 0 and unspecified addresses are not endpoints.
+        assert_eq!(
+            Message::decode(PROBE_ACK, &[0, 0, 0, 0, 0, 0, 0, 0, 4, 192, 0, 2, 1, 0, 0]),
+            Err(DecodeError::BadEndpoint)
+        );
+        assert_eq!(
+            Message::decode(PROBE_ACK, &[0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 1]),
+            Err(DecodeError::BadEndpoint)
+        );
+        let mut x = 0x9e37_79b9_u32;
+        for kind in REGISTER..=REFUSED {
+            for len in 0..120 {
+                let junk: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        (x % 7) as u8
+                    })
+                    .collect();
+                let _ = Message::decode(kind, &junk);
+            }
+        }
+    }
+
+    #[test]
+    fn relay_frames_carry_key_and_datagram() {
+        let mut buf = [0u8; 64];
+        let n = write_relay(&mut buf, RELAY_TO, &key(9), b"wireguard").unwrap();
+        assert_eq!(n, RELAY_HEADER_LEN + 9);
+        assert_eq!(parse_relay(&buf[..n]), Some((key(9), &b"wireguard"[..])));
+        assert_eq!(
+            parse_relay(&buf[..RELAY_HEADER_LEN]),
+            None,
+            "empty datagram"
+        );
+        assert_eq!(parse_relay(&buf[..10]), None);
+        assert_eq!(
+            write_relay(&mut [0u8; 10], RELAY_TO, &key(9), b"wireguard"),
+            None
+        );
+    }
+}
