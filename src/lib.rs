@@ -6,6 +6,7 @@
 
 pub mod addr;
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod identity;
 pub mod io;
