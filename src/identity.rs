@@ -109,6 +109,11 @@ impl Identity {
         NodeAddr::from_public_key(&self.public_key().0)
     }
 
+    /// The Ed25519 key, for signing control messages.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
     /// The WireGuard static secret: the X25519 form of the Ed25519 key.
     pub fn x25519_secret(&self) -> x25519::StaticSecret {
         x25519::StaticSecret::from(self.signing.to_scalar_bytes())

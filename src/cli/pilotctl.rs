@@ -34,6 +34,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Public endpoint and NAT behaviour as measured against the rendezvous.
+    Netcheck {
+        #[arg(long)]
+        json: bool,
+    },
     /// Send ICMPv6 echo requests through the tunnel and print each reply's RTT and path.
     Ping {
         /// Node address (xxxx.xxxx.xxxx), fd70:: address or public key.
@@ -59,6 +64,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { json } => info(&socket, json),
         Command::Peers { json } => peers(&socket, json),
+        Command::Netcheck { json } => netcheck(&socket, json),
         Command::Ping {
             peer,
             count,
@@ -99,7 +105,11 @@ fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     println!("interface    {} (mtu {})", info.interface, info.mtu);
     println!("listen_port  {}", info.listen_port);
     println!("endpoint     {}", or_dash(&info.endpoint));
-    println!("nat          {}", or_dash(&info.nat));
+    let nat = info
+        .nat
+        .and_then(|n| serde_json::to_value(n).ok())
+        .and_then(|v| v.as_str().map(str::to_owned));
+    println!("nat          {}", or_dash(&nat));
     println!("peers        {}", info.peers);
     let drops: Vec<String> = info
         .drops
@@ -147,6 +157,37 @@ fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
             p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &Request::Netcheck {})?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |key: &str| match &value[key] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if value["rendezvous"].is_null() {
+        println!("no rendezvous configured (start pilotd with --rendezvous HOST:PORT)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "rendezvous      {} (registered: {})",
+        text("rendezvous"),
+        text("registered")
+    );
+    println!("endpoint        {}", text("endpoint"));
+    println!("nat             {}", text("nat"));
+    println!("port_preserved  {}", text("port_preserved"));
+    println!(
+        "mapped          main {} / alt {}",
+        text("mapped_main"),
+        text("mapped_alt")
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,7 @@ use crate::daemon::{
     self, control, UpOptions, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU,
 };
 use crate::identity::{self, Identity, NodeKey};
-use crate::node::PeerConfig;
+use crate::node::{PeerConfig, RendezvousConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "pilotd", version, about = "Pilot overlay network daemon")]
@@ -61,6 +61,18 @@ struct UpArgs {
     /// `pilotctl info`; HOST an IP address (IPv6 in brackets) or a name.
     #[arg(long = "peer", value_name = "KEY@HOST:PORT", value_parser = parse_peer)]
     peers: Vec<PeerConfig>,
+    /// Rendezvous server, [KEY@]HOST:PORT: registration, NAT discovery, hole punching and
+    /// relay. With KEY, its answers must be signed by that key; without, the first key that
+    /// answers is pinned in the state directory and required from then on.
+    #[arg(long, value_name = "[KEY@]HOST:PORT", value_parser = parse_rendezvous)]
+    rendezvous: Option<RendezvousConfig>,
+    /// The rendezvous' second UDP port, used to measure NAT behaviour [default: its port + 1]
+    #[arg(long, value_name = "PORT", requires = "rendezvous")]
+    rendezvous_alt_port: Option<u16>,
+    /// A peer to reach through the rendezvous, by public key (repeatable). Traffic flows only
+    /// when both sides allow each other.
+    #[arg(long = "allow", value_name = "KEY", requires = "rendezvous")]
+    allow: Vec<NodeKey>,
     /// WireGuard persistent keepalive in seconds, to hold NAT mappings open (0 = off).
     #[arg(long, default_value_t = 25)]
     keepalive: u16,
@@ -88,6 +100,19 @@ pub fn main() -> ExitCode {
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
     daemon::check_mtu(args.mtu)?;
+    let mut rendezvous = args.rendezvous;
+    if let (Some(r), Some(alt)) = (&mut rendezvous, args.rendezvous_alt_port) {
+        r.alt_port = alt;
+    }
+    let mut peers = args.peers;
+    for key in args.allow {
+        if !peers.iter().any(|p| p.key == key) {
+            peers.push(PeerConfig {
+                key,
+                endpoint: None,
+            });
+        }
+    }
     daemon::run_up(UpOptions {
         state_dir: args
             .state
@@ -96,7 +121,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         interface: args.interface,
         mtu: args.mtu,
         listen_port: args.listen_port,
-        peers: args.peers,
+        peers,
+        rendezvous,
         control: args.control.unwrap_or_else(control::default_socket_path),
         keepalive: args.keepalive,
     })
@@ -132,6 +158,26 @@ fn parse_peer(text: &str) -> Result<PeerConfig, String> {
     Ok(PeerConfig {
         key,
         endpoint: Some(endpoint),
+    })
+}
+
+/// Parses `[KEY@]HOST:PORT` for `--rendezvous`; the alternate port defaults to PORT + 1.
+fn parse_rendezvous(text: &str) -> Result<RendezvousConfig, String> {
+    let (key, endpoint) = match text.split_once('@') {
+        Some((key, endpoint)) => (
+            Some(key.parse::<NodeKey>().map_err(|e| format!("{e}"))?),
+            endpoint,
+        ),
+        None => (None, text),
+    };
+    let addr = resolve_endpoint(endpoint)?;
+    let alt_port = addr.port().checked_add(1).ok_or_else(|| {
+        format!("`{text}`: port 65535 leaves no room for the alternate port; give --rendezvous-alt-port")
+    })?;
+    Ok(RendezvousConfig {
+        addr,
+        alt_port,
+        key,
     })
 }
 

@@ -14,7 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::PeerStatus;
+use crate::node::{NetStatus, PeerStatus};
+use crate::wire::control::NatKind;
 
 /// Longest request line accepted; anything longer is refused and the connection closed.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -29,6 +30,8 @@ pub enum Request {
     // variants with a body.
     Info {},
     Peers {},
+    /// Public endpoint and NAT behaviour as measured against the rendezvous.
+    Netcheck {},
     /// One ICMPv6 echo across the tunnel. `peer`: text address, fd70 address or public key.
     Ping {
         peer: String,
@@ -57,7 +60,8 @@ pub struct InfoReply {
     pub mtu: u32,
     pub listen_port: u16,
     pub endpoint: Option<String>,
-    pub nat: Option<String>,
+    /// NAT mapping behaviour, when a rendezvous is configured.
+    pub nat: Option<NatKind>,
     pub peers: usize,
     pub drops: serde_json::Map<String, serde_json::Value>,
     pub version: String,
@@ -81,6 +85,7 @@ pub enum Command {
         peer: String,
         reply: oneshot::Sender<Result<oneshot::Receiver<PingReply>, String>>,
     },
+    NetCheck(oneshot::Sender<NetStatus>),
 }
 
 /// Where the control socket lives when `--control`/`PILOT_CONTROL` do not say:
@@ -197,6 +202,13 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
         Request::Peers {} => {
             let (tx, rx) = oneshot::channel();
             if commands.send(Command::Peers(tx)).await.is_err() {
+                return stopped();
+            }
+            rx.await.map_or_else(|_| stopped(), success)
+        }
+        Request::Netcheck {} => {
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::NetCheck(tx)).await.is_err() {
                 return stopped();
             }
             rx.await.map_or_else(|_| stopped(), success)

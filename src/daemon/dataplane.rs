@@ -31,11 +31,13 @@ const IDLE: Duration = Duration::from_secs(1);
 /// TUN reads per wake-up before the loop turns to the socket again (fairness).
 const TUN_READS_PER_WAKE: usize = 64;
 
-/// What the loop reports in `info` besides the node's own state.
+/// What the loop reports in `info` besides the node's own state, and where it pins the
+/// rendezvous key it learns.
 pub struct Facts {
     pub interface: String,
     pub mtu: u32,
     pub listen_port: u16,
+    pub rendezvous_pin: Option<super::pin::RendezvousPin>,
 }
 
 pub struct DataPlane {
@@ -253,7 +255,7 @@ impl Core {
                         let addr = peer.address();
                         let path = self
                             .node
-                            .peer_status(addr)
+                            .peer_status(addr, now)
                             .map_or(PathKind::None, |s| s.path);
                         let _ = waiter.send(PingReply {
                             address: addr.to_ipv6().to_string(),
@@ -262,6 +264,25 @@ impl Core {
                             rtt_ms: rtt.as_secs_f64() * 1000.0,
                             path: path.as_str().to_owned(),
                         });
+                    }
+                }
+                Event::PathChanged {
+                    peer,
+                    path,
+                    endpoint,
+                } => {
+                    let endpoint = endpoint.map(|e| e.to_string()).unwrap_or_default();
+                    tracing::info!(peer = %peer.address(), path = path.as_str(), %endpoint, "path changed");
+                }
+                Event::PublicEndpoint(endpoint) => {
+                    tracing::info!(%endpoint, "public endpoint (as the rendezvous sees it)");
+                }
+                Event::RendezvousKey(key) => {
+                    tracing::info!(%key, "rendezvous key learned on first contact; pinned from now on");
+                    if let Some(pin) = &self.facts.rendezvous_pin {
+                        if let Err(e) = pin.save(key) {
+                            tracing::warn!("cannot pin the rendezvous key: {e:#}");
+                        }
                     }
                 }
             }
@@ -275,16 +296,21 @@ impl Core {
                 let _ = reply.send(self.info());
             }
             Command::Peers(reply) => {
-                let _ = reply.send(self.node.peers().collect());
+                let _ = reply.send(self.node.peers(Instant::now()).collect());
             }
             Command::Ping { peer, reply } => {
                 let _ = reply.send(self.start_ping(&peer));
+            }
+            Command::NetCheck(reply) => {
+                let _ = reply.send(self.node.net_status(Instant::now()));
             }
         }
     }
 
     fn info(&self) -> InfoReply {
+        let now = Instant::now();
         let addr = self.node.addr();
+        let net = self.node.net_status(now);
         let mut drops = self.node.counters().to_json();
         drops.insert("tun_write_failed".into(), self.writer.errors().into());
         drops.insert("tun_read_malformed".into(), self.offload_errors.into());
@@ -300,9 +326,9 @@ impl Core {
             interface: self.facts.interface.clone(),
             mtu: self.facts.mtu,
             listen_port: self.facts.listen_port,
-            endpoint: None,
-            nat: None,
-            peers: self.node.peers().count(),
+            endpoint: net.endpoint,
+            nat: net.rendezvous.is_some().then_some(net.nat),
+            peers: self.node.peers(now).count(),
             drops,
             version: env!("CARGO_PKG_VERSION").into(),
         }
@@ -314,7 +340,7 @@ impl Core {
         self.ping_waiters.retain(|_, w| !w.is_closed());
         self.ping_seq = self.ping_seq.wrapping_add(1);
         self.node
-            .ping(addr, self.ping_seq)
+            .ping(addr, self.ping_seq, Instant::now())
             .map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         self.ping_waiters.insert(self.ping_seq, tx);

@@ -3,6 +3,7 @@
 
 pub mod control;
 mod dataplane;
+mod pin;
 mod tun_writer;
 
 use std::path::PathBuf;
@@ -14,9 +15,11 @@ use tokio::sync::mpsc;
 pub use dataplane::resolve_peer;
 
 use crate::addr::OVERLAY_PREFIX_LEN;
+use crate::clock::WallClock;
 use crate::identity::Identity;
 use crate::io::{netlink, tun::TunDevice, udp::UdpSocket};
-use crate::node::{Node, NodeConfig, PeerConfig};
+use crate::node::{Node, NodeConfig, PeerConfig, RendezvousConfig};
+use crate::wire::control::MAX_LAN_ENDPOINTS;
 use control::ControlSocket;
 use dataplane::{DataPlane, Facts};
 
@@ -39,6 +42,8 @@ pub struct UpOptions {
     pub control: PathBuf,
     /// WireGuard persistent keepalive, seconds (0 = off).
     pub keepalive: u16,
+    /// The rendezvous to register with, if any (its key pinned when given).
+    pub rendezvous: Option<RendezvousConfig>,
 }
 
 /// Runs the node until SIGINT or SIGTERM. The TUN interface and control socket are gone when
@@ -54,13 +59,19 @@ pub fn run_up(options: UpOptions) -> anyhow::Result<()> {
 async fn up(options: UpOptions) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&options.state_dir)?;
     let address = identity.address();
-    let node = Node::new(NodeConfig {
-        identity,
-        peers: options.peers.clone(),
-        keepalive: (options.keepalive > 0).then_some(options.keepalive),
-        seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
-    })
-    .context("invalid --peer")?;
+    let mut rendezvous = options.rendezvous.clone();
+    let pin = rendezvous
+        .as_ref()
+        .map(|r| pin::RendezvousPin::new(&options.state_dir, &r.addr.to_string()));
+    if let (Some(r), Some(pin)) = (&mut rendezvous, &pin) {
+        match (r.key, pin.load()?) {
+            (Some(given), Some(pinned)) if given != pinned => {
+                tracing::warn!(%pinned, %given, "--rendezvous names a different key than the one pinned; using the one given");
+            }
+            (None, pinned) => r.key = pinned,
+            _ => {}
+        }
+    }
 
     let tun = TunDevice::create_with_offload(&options.interface)?;
     let interface = tun.name().to_owned();
@@ -73,9 +84,20 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
             format!("binding UDP port {} (is another pilotd running? choose another with --listen-port)", options.listen_port)
         })?;
         let listen_port = udp.local_port();
+        let node = Node::new(NodeConfig {
+            identity,
+            peers: options.peers.clone(),
+            keepalive: (options.keepalive > 0).then_some(options.keepalive),
+            seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+            rendezvous,
+            lan: lan_endpoints(&interface, listen_port),
+            local_port: listen_port,
+            clock: WallClock::system(),
+        })
+        .context("invalid --peer or --allow")?;
         let control = ControlSocket::bind(&options.control)
             .with_context(|| format!("control socket {}", options.control.display()))?;
-        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port };
+        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin };
         let plane = DataPlane::new(node, tun, udp, facts).context("registering I/O with the runtime")?;
 
         let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -105,6 +127,45 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
         tracing::info!("pilotd stopped; interface {interface} removed");
     }
     result
+}
+
+/// This host's own endpoints for the node's port: every global or private address on its
+/// interfaces except loopback, link-local, and the overlay itself. Peers on the same LAN
+/// reach each other through these without going through the NAT.
+fn lan_endpoints(tun: &str, port: u16) -> Vec<std::net::SocketAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut endpoints = Vec::new();
+    for ifaddr in addrs {
+        if ifaddr.interface_name == tun {
+            continue;
+        }
+        let Some(addr) = ifaddr.address else { continue };
+        let ip: std::net::IpAddr = if let Some(v4) = addr.as_sockaddr_in() {
+            v4.ip().into()
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            v6.ip().into()
+        } else {
+            continue;
+        };
+        let usable = match ip {
+            std::net::IpAddr::V4(v4) => {
+                !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified()
+            }
+            std::net::IpAddr::V6(v6) => {
+                !v6.is_loopback()
+                    && !v6.is_unicast_link_local()
+                    && !v6.is_unspecified()
+                    && crate::addr::NodeAddr::from_ipv6(v6).is_none()
+            }
+        };
+        let endpoint = std::net::SocketAddr::new(ip, port);
+        if usable && !endpoints.contains(&endpoint) && endpoints.len() < MAX_LAN_ENDPOINTS {
+            endpoints.push(endpoint);
+        }
+    }
+    endpoints
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -22,14 +22,19 @@ pub enum DropReason {
     UnknownPeer,
     /// WireGuard datagram that failed to parse, authenticate or decrypt, or was replayed.
     BadWireGuard,
-    /// A Pilot control datagram this node does not handle.
-    UnhandledControl,
+    /// A control message that failed to parse or whose signature did not verify.
+    BadControl,
+    /// A control message that was stale or already seen (replay).
+    ReplayedControl,
+    /// A well-formed control message from someone not entitled to send it (not our
+    /// rendezvous, not a peer), or one this node does not handle.
+    UnexpectedControl,
     /// A datagram whose first byte is no known kind.
     UnknownDatagram,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NotIpv6,
         DropReason::NotOverlay,
         DropReason::NoPeer,
@@ -39,7 +44,9 @@ impl DropReason {
         DropReason::NotIpv6Inner,
         DropReason::UnknownPeer,
         DropReason::BadWireGuard,
-        DropReason::UnhandledControl,
+        DropReason::BadControl,
+        DropReason::ReplayedControl,
+        DropReason::UnexpectedControl,
         DropReason::UnknownDatagram,
     ];
 
@@ -55,7 +62,9 @@ impl DropReason {
             DropReason::NotIpv6Inner => "not_ipv6_inner",
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::BadWireGuard => "bad_wireguard",
-            DropReason::UnhandledControl => "unhandled_control",
+            DropReason::BadControl => "bad_control",
+            DropReason::ReplayedControl => "replayed_control",
+            DropReason::UnexpectedControl => "unexpected_control",
             DropReason::UnknownDatagram => "unknown_datagram",
         }
     }

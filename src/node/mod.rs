@@ -1,4 +1,5 @@
-//! The node, sans-IO: peers, cryptokey routing, the anti-spoofing gate and timers.
+//! The node, sans-IO: peers, cryptokey routing, the anti-spoofing gate, paths (direct or
+//! relayed), the rendezvous link and timers.
 //!
 //! [`Node`] owns no socket, no TUN and no clock. The daemon feeds it packets read from the TUN
 //! ([`Node::handle_tun_packet`]), datagrams read from the UDP socket ([`Node::handle_datagram`])
@@ -9,32 +10,48 @@
 //! Cryptokey routing: a packet to `fd70::X` is encrypted for the peer whose key derives X, and a
 //! decrypted packet is handed to the TUN only if its inner source is the sending peer's own
 //! address and its destination is ours. Nothing else reaches the kernel.
+//!
+//! Layout: this file holds the types and the public API; `tunnel` the WireGuard side (routing
+//! datagrams to peers, direct or wrapped for the relay); `control` the signed control messages
+//! (registration, NAT discovery, punching, probes); `path` and `rendezvous` their state.
 
+mod control;
 mod counters;
+mod path;
 mod peer;
+mod rendezvous;
+mod tunnel;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
+use ed25519_dalek::SigningKey;
 
 pub use counters::{Counters, DropReason};
 pub use peer::{PathKind, PeerConfig, PeerStatus};
+pub use rendezvous::{NetStatus, RendezvousConfig};
 
 use crate::addr::NodeAddr;
+use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
-use crate::wire::ip::{self, UnreachableCode};
-use crate::wire::{classify, DatagramKind};
+use crate::wire::control::RELAY_FROM;
+use crate::wire::envelope::ReplayGuard;
+use crate::wire::ip::UnreachableCode;
+use crate::wire::{classify, ip, DatagramKind};
+use path::{PeerPath, Route};
 use peer::Peer;
+use rendezvous::RendezvousLink;
+use tunnel::Via;
 
-/// Smallest buffer the caller may pass for outputs: boringtun needs `len + 32` and at least 148.
-pub const MIN_OUT_BUF: usize = 1500 + 32;
-/// How often WireGuard's timers (handshake retry, rekey, keepalive) are run.
+/// Smallest buffer the caller may pass for outputs: boringtun needs `len + 32` and at least
+/// 148, and a relay frame adds its header.
+pub const MIN_OUT_BUF: usize = 1500 + 32 + crate::wire::control::RELAY_HEADER_LEN;
+/// How often WireGuard's timers (handshake retry, rekey, keepalive) and the path and
+/// rendezvous timers are run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Handshake messages per second answered before cookies are demanded (boringtun's default).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -44,15 +61,27 @@ const ICMP_ERRORS_PER_SEC: u32 = 10;
 const MAX_PINGS_IN_FLIGHT: usize = 64;
 /// WireGuard peer indices are 24 bits.
 const MAX_PEERS: usize = 1 << 24;
+/// Control messages remembered for replay protection.
+const REPLAY_MEMORY: usize = 4096;
+/// Default registration refresh until the rendezvous says otherwise.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 
 /// Static settings of a node.
 pub struct NodeConfig {
     pub identity: Identity,
+    /// Peers: with an endpoint they are reached there directly; without one they are found
+    /// through the rendezvous (and allowed to connect to us).
     pub peers: Vec<PeerConfig>,
     /// WireGuard persistent keepalive in seconds, to hold NAT mappings open.
     pub keepalive: Option<u16>,
-    /// Randomness for the ping token; the caller supplies it so simulations replay.
+    /// Randomness for nonces and the ping token; the caller supplies it so simulations replay.
     pub seed: u64,
+    pub rendezvous: Option<RendezvousConfig>,
+    /// The node's own endpoints on its local networks, offered to peers as candidates.
+    pub lan: Vec<SocketAddr>,
+    /// The UDP port the node's socket is bound to (for `netcheck`'s port preservation).
+    pub local_port: u16,
+    pub clock: WallClock,
 }
 
 /// A datagram to send.
@@ -93,6 +122,16 @@ pub enum Event {
         seq: u16,
         rtt: Duration,
     },
+    /// The rendezvous answered for the first time with this key; pin it from now on.
+    RendezvousKey(NodeKey),
+    /// How a peer is reached changed.
+    PathChanged {
+        peer: NodeKey,
+        path: PathKind,
+        endpoint: Option<SocketAddr>,
+    },
+    /// Our public endpoint, as the rendezvous sees it, is new or changed.
+    PublicEndpoint(SocketAddr),
 }
 
 /// Why a ping could not be sent.
@@ -100,7 +139,7 @@ pub enum Event {
 pub enum PingError {
     #[error("{0} is not a peer of this node")]
     NoSuchPeer(NodeAddr),
-    #[error("no endpoint is known for peer {0} yet")]
+    #[error("no path to peer {0} yet (no endpoint, and not registered with a rendezvous)")]
     NoEndpoint(NodeAddr),
 }
 
@@ -130,13 +169,21 @@ pub struct Node {
     key: NodeKey,
     addr: NodeAddr,
     ip: Ipv6Addr,
+    signing: SigningKey,
     secret: x25519::StaticSecret,
     public: x25519::PublicKey,
     keepalive: Option<u16>,
     rate_limiter: Arc<RateLimiter>,
     peers: Vec<Peer>,
     by_addr: BTreeMap<NodeAddr, usize>,
+    by_key: BTreeMap<NodeKey, usize>,
     by_wg_key: BTreeMap<[u8; 32], usize>,
+    link: Option<RendezvousLink>,
+    lan: Vec<SocketAddr>,
+    local_port: u16,
+    clock: WallClock,
+    replay: ReplayGuard,
+    rng: u64,
     counters: Counters,
     next_tick: Option<Instant>,
     next_rate_reset: Option<Instant>,
@@ -147,6 +194,8 @@ pub struct Node {
     pings: VecDeque<PendingPing>,
     /// Peers with queued datagrams or due timers, for `poll_transmit`.
     work: VecDeque<usize>,
+    /// Sealed control messages waiting to be sent.
+    control_out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     scratch: [u8; 128],
 }
@@ -162,13 +211,23 @@ impl Node {
             key,
             addr,
             ip: addr.to_ipv6(),
+            signing: config.identity.signing_key().clone(),
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
             secret,
             public,
             keepalive: config.keepalive,
             peers: Vec::new(),
             by_addr: BTreeMap::new(),
+            by_key: BTreeMap::new(),
             by_wg_key: BTreeMap::new(),
+            link: config
+                .rendezvous
+                .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE)),
+            lan: config.lan,
+            local_port: config.local_port,
+            clock: config.clock,
+            replay: ReplayGuard::new(REPLAY_MEMORY),
+            rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
             counters: Counters::default(),
             next_tick: None,
             next_rate_reset: None,
@@ -178,6 +237,7 @@ impl Node {
             ping_token: seed,
             pings: VecDeque::new(),
             work: VecDeque::new(),
+            control_out: VecDeque::new(),
             events: VecDeque::new(),
             scratch: [0; 128],
         };
@@ -214,8 +274,12 @@ impl Node {
             return Err(PeerError::TooMany);
         }
         let index = self.peers.len();
+        let path = config
+            .endpoint
+            .map_or_else(PeerPath::discovered, PeerPath::fixed);
         self.peers.push(Peer::new(
-            config,
+            config.key,
+            path,
             wg_public,
             self.secret.clone(),
             index as u32,
@@ -223,12 +287,13 @@ impl Node {
             self.rate_limiter.clone(),
         ));
         self.by_addr.insert(addr, index);
+        self.by_key.insert(config.key, index);
         self.by_wg_key.insert(*wg_public.as_bytes(), index);
         Ok(())
     }
 
-    /// A packet the kernel wrote into the TUN. `out` must hold at least `packet.len() + 32`
-    /// bytes and [`MIN_OUT_BUF`] for ICMP errors.
+    /// A packet the kernel wrote into the TUN. `out` must hold at least [`MIN_OUT_BUF`] and
+    /// `packet.len() + 32` plus a relay header.
     pub fn handle_tun_packet<'a>(
         &mut self,
         packet: &[u8],
@@ -247,20 +312,20 @@ impl Node {
             self.counters.drop(DropReason::NoPeer);
             return self.unreachable(UnreachableCode::NoRoute, packet, now, out);
         };
-        let peer = &mut self.peers[index];
-        let Some(endpoint) = peer.endpoint else {
+        if self.route(index, now) == Route::Nowhere {
             self.counters.drop(DropReason::NoEndpoint);
             return self.unreachable(UnreachableCode::AddressUnreachable, packet, now, out);
-        };
+        }
+        self.peers[index].path.on_tx(now);
         // The source is not checked here: the receiving peer enforces that a packet's source is
         // the sender's own address, which is the check that matters.
-        match peer.tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(datagram) => TunOutput::Send(Transmit {
-                to: endpoint,
-                payload: datagram,
+        match self.send_via_path(index, now, out, |tunn, buf| tunn.encapsulate(packet, buf)) {
+            Some((to, len)) => TunOutput::Send(Transmit {
+                to,
+                payload: &out[..len],
             }),
             // Queued inside boringtun until the handshake completes.
-            _ => TunOutput::Nothing,
+            None => TunOutput::Nothing,
         }
     }
 
@@ -273,9 +338,21 @@ impl Node {
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
         match classify(datagram) {
-            DatagramKind::WireGuard => self.handle_wireguard(from, datagram, now, out),
+            DatagramKind::WireGuard => self.handle_wireguard(Via::Direct(from), datagram, now, out),
+            DatagramKind::Pilot(RELAY_FROM) => {
+                let from_rendezvous = self.link.as_ref().is_some_and(|l| l.is_rendezvous(from));
+                match crate::wire::control::parse_relay(datagram) {
+                    Some((_, inner)) if from_rendezvous => {
+                        self.handle_wireguard(Via::Relay(from), inner, now, out)
+                    }
+                    _ => {
+                        self.counters.drop(DropReason::UnexpectedControl);
+                        NetOutput::Nothing
+                    }
+                }
+            }
             DatagramKind::Pilot(_) => {
-                self.counters.drop(DropReason::UnhandledControl);
+                self.handle_control(from, datagram, now);
                 NetOutput::Nothing
             }
             DatagramKind::Unknown => {
@@ -293,6 +370,7 @@ impl Node {
                 self.peers[index].timers_due = true;
                 self.schedule(index);
             }
+            self.drive(now);
         }
         if self.next_rate_reset.is_none_or(|t| now >= t) {
             self.next_rate_reset = Some(now + Duration::from_secs(1));
@@ -302,7 +380,7 @@ impl Node {
 
     /// When the node next needs [`Node::handle_timeout`], and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        let tick = self.next_tick.map(|t| (t, "wireguard timers"));
+        let tick = self.next_tick.map(|t| (t, "timers"));
         let reset = self
             .next_rate_reset
             .map(|t| (t, "handshake rate limit reset"));
@@ -328,12 +406,12 @@ impl Node {
 
     /// Queues an ICMPv6 echo request to the peer owning `target`; the reply comes back as
     /// [`Event::PingReply`] and is not written to the TUN.
-    pub fn ping(&mut self, target: NodeAddr, seq: u16) -> Result<(), PingError> {
+    pub fn ping(&mut self, target: NodeAddr, seq: u16, now: Instant) -> Result<(), PingError> {
         let &peer = self
             .by_addr
             .get(&target)
             .ok_or(PingError::NoSuchPeer(target))?;
-        if self.peers[peer].endpoint.is_none() {
+        if self.route(peer, now) == Route::Nowhere {
             return Err(PingError::NoEndpoint(target));
         }
         if self.pings.len() >= MAX_PINGS_IN_FLIGHT {
@@ -347,231 +425,55 @@ impl Node {
         Ok(())
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
-        self.peers.iter().map(Peer::status)
+    pub fn peers(&self, now: Instant) -> impl Iterator<Item = PeerStatus> + '_ {
+        (0..self.peers.len()).map(move |i| self.peer_status_at(i, now))
     }
 
     /// The peer owning `addr`, if any.
-    pub fn peer_status(&self, addr: NodeAddr) -> Option<PeerStatus> {
-        self.by_addr.get(&addr).map(|&i| self.peers[i].status())
+    pub fn peer_status(&self, addr: NodeAddr, now: Instant) -> Option<PeerStatus> {
+        self.by_addr
+            .get(&addr)
+            .map(|&i| self.peer_status_at(i, now))
+    }
+
+    /// Public endpoint and NAT behaviour, as far as measured.
+    pub fn net_status(&self, now: Instant) -> NetStatus {
+        match &self.link {
+            Some(link) => link.status(self.local_port, now),
+            None => NetStatus {
+                rendezvous: None,
+                registered: false,
+                endpoint: None,
+                nat: crate::wire::control::NatKind::Unknown,
+                port_preserved: None,
+                mapped_main: None,
+                mapped_alt: None,
+            },
+        }
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    fn handle_wireguard<'a>(
-        &mut self,
-        from: SocketAddr,
-        datagram: &[u8],
-        now: Instant,
-        out: &'a mut [u8],
-    ) -> NetOutput<'a> {
-        let Some(index) = self.route_wireguard(from, datagram, out) else {
-            return NetOutput::Nothing;
-        };
-        let peer = &mut self.peers[index];
-        match peer.tunn.decapsulate(Some(from.ip()), datagram, out) {
-            TunnResult::WriteToNetwork(reply) => {
-                // Authenticated: follow the peer to wherever it now sends from (roaming).
-                peer.endpoint = Some(from);
-                peer.needs_flush = true;
-                self.schedule(index);
-                NetOutput::Send(Transmit {
-                    to: from,
-                    payload: reply,
-                })
-            }
-            TunnResult::WriteToTunnelV6(packet, src) => {
-                peer.endpoint = Some(from);
-                if NodeAddr::from_ipv6(src) != Some(peer.addr) {
-                    self.counters.drop(DropReason::SpoofedSource);
-                    return NetOutput::Nothing;
-                }
-                let Some((_, dst)) = ip::ipv6_addrs(packet) else {
-                    self.counters.drop(DropReason::NotIpv6Inner);
-                    return NetOutput::Nothing;
-                };
-                if *dst != self.ip.octets() {
-                    self.counters.drop(DropReason::WrongDestination);
-                    return NetOutput::Nothing;
-                }
-                if let Some((ident, seq, data)) = ip::parse_echo_reply(packet) {
-                    if ident == self.ping_ident && data == self.ping_token {
-                        let pos = self
-                            .pings
-                            .iter()
-                            .position(|p| p.peer == index && p.seq == seq);
-                        if let Some(PendingPing {
-                            sent: Some(sent), ..
-                        }) = pos.and_then(|i| self.pings.remove(i))
-                        {
-                            let rtt = now.saturating_duration_since(sent);
-                            self.peers[index].last_rtt = Some(rtt);
-                            self.events.push_back(Event::PingReply {
-                                peer: self.peers[index].key,
-                                seq,
-                                rtt,
-                            });
-                        }
-                        return NetOutput::Nothing;
-                    }
-                }
-                NetOutput::Tun(packet)
-            }
-            TunnResult::WriteToTunnelV4(..) => {
-                peer.endpoint = Some(from);
-                self.counters.drop(DropReason::NotIpv6Inner);
-                NetOutput::Nothing
-            }
-            // A keepalive, or a handshake response that completed the session.
-            TunnResult::Done => {
-                peer.endpoint = Some(from);
-                peer.needs_flush = true;
-                self.schedule(index);
-                NetOutput::Nothing
-            }
-            TunnResult::Err(_) => {
-                self.counters.drop(DropReason::BadWireGuard);
-                NetOutput::Nothing
-            }
-        }
+    fn peer_status_at(&self, index: usize, now: Instant) -> PeerStatus {
+        let relay = self.link.as_ref().map(|l| l.config.addr);
+        self.peers[index].status(self.route(index, now), relay)
     }
 
-    /// Which peer a WireGuard datagram is for: by our receiver index for responses and data,
-    /// by the initiator's static key (decrypted from the message) for handshake initiations.
-    fn route_wireguard(
-        &mut self,
-        from: SocketAddr,
-        datagram: &[u8],
-        scratch: &mut [u8],
-    ) -> Option<usize> {
-        let index = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(_)) => {
-                // mac1 (and, under load, the cookie) is checked before the expensive
-                // Diffie-Hellman that reveals the sender's key.
-                let Ok(Packet::HandshakeInit(init)) =
-                    self.rate_limiter
-                        .verify_packet(Some(from.ip()), datagram, scratch)
-                else {
-                    self.counters.drop(DropReason::BadWireGuard);
-                    return None;
-                };
-                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
-                    self.counters.drop(DropReason::BadWireGuard);
-                    return None;
-                };
-                let Some(&index) = self.by_wg_key.get(&half.peer_static_public) else {
-                    self.counters.drop(DropReason::UnknownPeer);
-                    return None;
-                };
-                index
-            }
-            Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
-            Err(_) => {
-                self.counters.drop(DropReason::BadWireGuard);
-                return None;
-            }
-        };
-        if index >= self.peers.len() {
-            self.counters.drop(DropReason::BadWireGuard);
-            return None;
-        }
-        Some(index)
+    /// Where datagrams for peer `index` go now.
+    fn route(&self, index: usize, now: Instant) -> Route {
+        let relay = self.link.as_ref().is_some_and(|l| l.is_registered(now));
+        self.peers[index].path.route(relay)
     }
 
-    /// Writes the next datagram into `out`; returns where it goes and its length. Lengths rather
-    /// than slices keep the borrow of `out` local to each branch.
-    fn next_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
-        while let Some(i) = self.pings.iter().position(|p| p.sent.is_none()) {
-            let peer_index = self.pings[i].peer;
-            let Some(endpoint) = self.peers[peer_index].endpoint else {
-                self.pings.remove(i);
-                continue;
-            };
-            self.pings[i].sent = Some(now);
-            let len = self.write_ping(peer_index, self.pings[i].seq);
-            if let TunnResult::WriteToNetwork(d) = self.peers[peer_index]
-                .tunn
-                .encapsulate(&self.scratch[..len], out)
-            {
-                return Some((endpoint, d.len()));
-            }
-            // Queued behind the handshake: boringtun sends it once the session is up.
-        }
-        // Only peers with something to do are visited: no scan of the whole table per batch.
-        while let Some(&index) = self.work.front() {
-            let peer = &mut self.peers[index];
-            if peer.endpoint.is_none() {
-                peer.needs_flush = false;
-                peer.timers_due = false;
-            }
-            if let (Some(endpoint), true) = (peer.endpoint, peer.needs_flush || peer.timers_due) {
-                let result = if peer.needs_flush {
-                    peer.tunn.decapsulate(None, &[], out)
-                } else {
-                    peer.timers_due = false;
-                    peer.tunn.update_timers(out)
-                };
-                match result {
-                    // The peer stays at the front: it may have more queued.
-                    TunnResult::WriteToNetwork(d) => return Some((endpoint, d.len())),
-                    _ if peer.needs_flush => peer.needs_flush = false,
-                    _ => {}
-                }
-                continue;
-            }
-            peer.queued = false;
-            self.work.pop_front();
-        }
-        None
-    }
-
-    /// Puts a peer on the work list `poll_transmit` walks, once.
-    fn schedule(&mut self, index: usize) {
-        let peer = &mut self.peers[index];
-        if !peer.queued {
-            peer.queued = true;
-            self.work.push_back(index);
-        }
-    }
-
-    fn write_ping(&mut self, peer: usize, seq: u16) -> usize {
-        let dst = self.peers[peer].addr.to_ipv6();
-        ip::write_echo_request(
-            &mut self.scratch,
-            self.ip,
-            dst,
-            self.ping_ident,
-            seq,
-            &self.ping_token,
-        )
-        .expect("scratch holds an echo request")
-    }
-
-    fn unreachable<'a>(
-        &mut self,
-        code: UnreachableCode,
-        packet: &[u8],
-        now: Instant,
-        out: &'a mut [u8],
-    ) -> TunOutput<'a> {
-        if self.icmp_refill.is_none_or(|t| now >= t) {
-            self.icmp_refill = Some(now + Duration::from_secs(1));
-            self.icmp_tokens = ICMP_ERRORS_PER_SEC;
-        }
-        if self.icmp_tokens == 0 {
-            return TunOutput::Nothing;
-        }
-        match ip::write_unreachable(out, self.ip, code, packet) {
-            Some(len) => {
-                self.icmp_tokens -= 1;
-                TunOutput::Reply(&out[..len])
-            }
-            None => TunOutput::Nothing,
-        }
+    fn next_nonce(&mut self) -> u64 {
+        // SplitMix64: nonces only need to be unique per sender within the replay window.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 

@@ -9,6 +9,7 @@ use boringtun::noise::Tunn;
 use boringtun::x25519;
 use serde::{Deserialize, Serialize};
 
+use super::path::{PeerPath, Route};
 use crate::addr::NodeAddr;
 use crate::identity::NodeKey;
 
@@ -28,7 +29,7 @@ pub struct PeerConfig {
 pub enum PathKind {
     /// A live WireGuard session straight to the peer's endpoint.
     Direct,
-    /// Through the rendezvous relay (NAT traversal issue).
+    /// Through the rendezvous relay.
     Relay,
     /// No live session.
     None,
@@ -63,7 +64,7 @@ pub(crate) struct Peer {
     pub key: NodeKey,
     pub addr: NodeAddr,
     pub tunn: Tunn,
-    pub endpoint: Option<SocketAddr>,
+    pub path: PeerPath,
     /// boringtun queued datagrams for this peer that `poll_transmit` must drain.
     pub needs_flush: bool,
     /// The 250 ms timer tick has not yet been applied to this peer.
@@ -76,7 +77,8 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub fn new(
-        config: &PeerConfig,
+        key: NodeKey,
+        path: PeerPath,
         wg_public: x25519::PublicKey,
         own_secret: x25519::StaticSecret,
         index: u32,
@@ -84,8 +86,8 @@ impl Peer {
         rate_limiter: Arc<RateLimiter>,
     ) -> Peer {
         Peer {
-            key: config.key,
-            addr: config.key.address(),
+            key,
+            addr: key.address(),
             tunn: Tunn::new(
                 own_secret,
                 wg_public,
@@ -94,7 +96,7 @@ impl Peer {
                 index,
                 Some(rate_limiter),
             ),
-            endpoint: config.endpoint,
+            path,
             needs_flush: false,
             timers_due: false,
             queued: false,
@@ -102,18 +104,20 @@ impl Peer {
         }
     }
 
-    pub fn path(&self) -> PathKind {
-        let (since_handshake, ..) = self.tunn.stats();
-        match (self.endpoint, since_handshake) {
-            (Some(_), Some(t)) if t < SESSION_LIFETIME => PathKind::Direct,
-            _ => PathKind::None,
-        }
-    }
-
-    pub fn status(&self) -> PeerStatus {
+    /// A snapshot for `pilotctl peers`; `route` is where datagrams go now, `relay` the
+    /// rendezvous address when there is one.
+    pub fn status(&self, route: Route, relay: Option<SocketAddr>) -> PeerStatus {
         let (since_handshake, tx_bytes, rx_bytes, _loss, rtt) = self.tunn.stats();
+        let live = since_handshake.is_some_and(|t| t < SESSION_LIFETIME);
+        let (path, endpoint) = match route {
+            Route::Direct(e) if live => (PathKind::Direct, Some(e)),
+            Route::Relay if live => (PathKind::Relay, relay),
+            Route::Direct(e) => (PathKind::None, Some(e)),
+            _ => (PathKind::None, None),
+        };
         let rtt_ms = self
             .last_rtt
+            .or(self.path.direct_rtt().filter(|_| path == PathKind::Direct))
             .map(|d| d.as_secs_f64() * 1000.0)
             .or(rtt.map(f64::from));
         PeerStatus {
@@ -121,8 +125,8 @@ impl Peer {
             node: self.addr.to_string(),
             hostname: None,
             public_key: self.key.to_string(),
-            path: self.path(),
-            endpoint: self.endpoint.map(|e| e.to_string()),
+            path,
+            endpoint: endpoint.map(|e| e.to_string()),
             rx_bytes: rx_bytes as u64,
             tx_bytes: tx_bytes as u64,
             last_handshake_secs: since_handshake.map(|d| d.as_secs()),

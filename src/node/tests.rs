@@ -4,6 +4,8 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::clock::WallClock;
+use boringtun::noise::{Tunn, TunnResult};
 
 const A_EP: &str = "192.0.2.1:51870";
 const B_EP: &str = "198.51.100.2:51870";
@@ -38,6 +40,10 @@ fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
             .collect(),
         keepalive: None,
         seed: 0x5eed,
+        rendezvous: None,
+        lan: Vec::new(),
+        local_port: 51870,
+        clock: WallClock::new(Instant::now(), 1_800_000_000_000),
     })
     .unwrap()
 }
@@ -156,7 +162,7 @@ fn packets_cross_both_ways_after_the_handshake() {
     let d = (ep(B_EP), t.to, t.payload.to_vec());
     p.run(vec![d]);
     assert_eq!(p.a_tun, vec![back]);
-    assert_eq!(p.a.peers().next().unwrap().path, PathKind::Direct);
+    assert_eq!(p.a.peers(p.now).next().unwrap().path, PathKind::Direct);
     assert_eq!(p.a.counters().iter().map(|(_, n)| n).sum::<u64>(), 0);
 }
 
@@ -292,7 +298,7 @@ fn datagrams_are_demultiplexed_by_first_byte() {
     let mut p = Pair::new();
     let mut out = vec![0u8; 2048];
     for (bytes, reason) in [
-        (&[0x50, 1, 2][..], DropReason::UnhandledControl),
+        (&[0x50, 1, 2][..], DropReason::BadControl),
         (&[0x00, 1][..], DropReason::UnknownDatagram),
         (&[0x04, 0, 0, 0, 1][..], DropReason::BadWireGuard),
         (&[][..], DropReason::UnknownDatagram),
@@ -312,7 +318,7 @@ fn datagrams_are_demultiplexed_by_first_byte() {
 fn ping_reply_is_consumed_and_reported() {
     let mut p = Pair::new();
     let b_addr = p.b.addr();
-    p.a.ping(b_addr, 9).unwrap();
+    p.a.ping(b_addr, 9, p.now).unwrap();
     p.run(vec![]);
     // B's kernel received the echo request; answer it as a kernel would.
     let [request] = &p.b_tun[..] else {
@@ -357,7 +363,7 @@ fn ping_reply_is_consumed_and_reported() {
     assert!(p.a_tun.is_empty());
     assert_eq!(p.a.poll_event(), None);
     assert_eq!(
-        p.a.ping("fd70::1:2:3".parse().unwrap(), 1),
+        p.a.ping("fd70::1:2:3".parse().unwrap(), 1, p.now),
         Err(PingError::NoSuchPeer("1.2.3".parse().unwrap()))
     );
 }

@@ -1,0 +1,246 @@
+//! Control messages on the node: sealing and sending them, checking and dispatching what
+//! arrives, and the timer-driven work — registration refresh, NAT measurement, introductions
+//! through the rendezvous, punch probes and watching direct paths.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{DropReason, Event, Node, PathKind};
+use crate::wire::control::{Message, RefusalCode, MAX_ALLOW};
+use crate::wire::envelope::{self, EnvelopeError, Opened};
+
+impl Node {
+    /// A signed control datagram from `from`. Anything that does not verify, is stale or
+    /// replayed, or comes from someone not entitled to send it is dropped and counted;
+    /// nothing changes.
+    pub(super) fn handle_control(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        let opened = match envelope::open(datagram) {
+            Ok(opened) => opened,
+            Err(_) => return self.counters.drop(DropReason::BadControl),
+        };
+        let Ok(message) = Message::decode(opened.kind, opened.body) else {
+            return self.counters.drop(DropReason::BadControl);
+        };
+        match self.replay.check(&opened, self.clock.unix_ms(now)) {
+            Ok(()) => {}
+            Err(EnvelopeError::Stale | EnvelopeError::Replay) => {
+                return self.counters.drop(DropReason::ReplayedControl)
+            }
+            Err(_) => return self.counters.drop(DropReason::BadControl),
+        }
+        let handled = match message {
+            Message::Registered { .. }
+            | Message::NatProbeReply { .. }
+            | Message::Punch { .. }
+            | Message::Refused { .. } => self.on_rendezvous_message(from, &opened, message, now),
+            Message::Probe { target } if target == self.key => self.on_probe(from, &opened, now),
+            Message::ProbeAck { echo, .. } => self.on_probe_ack(from, &opened, echo, now),
+            _ => false,
+        };
+        if !handled {
+            self.counters.drop(DropReason::UnexpectedControl);
+        }
+    }
+
+    /// The timer-driven control work; runs every tick and right after events that need it.
+    pub(super) fn drive(&mut self, now: Instant) {
+        self.drive_rendezvous(now);
+        let registered = self.link.as_ref().is_some_and(|l| l.is_registered(now));
+        for index in 0..self.peers.len() {
+            if self.peers[index].path.is_fixed() {
+                continue;
+            }
+            if self.peers[index].path.check_direct(now) {
+                self.path_changed(
+                    index,
+                    if registered {
+                        PathKind::Relay
+                    } else {
+                        PathKind::None
+                    },
+                    None,
+                );
+            }
+            if registered && self.peers[index].path.wants_connect(now) {
+                let target = self.peers[index].key;
+                self.send_to_rendezvous(0, &Message::Connect { target }, now);
+            }
+            self.send_probes(index, now);
+        }
+    }
+
+    fn drive_rendezvous(&mut self, now: Instant) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        if link.register_due(now) {
+            // Discovered peers first: they are the ones the allow-list is for.
+            let mut allow: Vec<_> = self
+                .peers
+                .iter()
+                .filter(|p| !p.path.is_fixed())
+                .map(|p| p.key)
+                .collect();
+            allow.truncate(MAX_ALLOW);
+            let register = Message::Register {
+                lan: self.lan.clone(),
+                allow,
+            };
+            let nonce = self.send_to_rendezvous(0, &register, now);
+            if let Some(link) = &mut self.link {
+                link.register_sent(nonce, now);
+            }
+        }
+        if self.link.as_ref().is_some_and(|l| l.nat_probe_due(now)) {
+            let nonces = [0, 1].map(|port| self.send_to_rendezvous(port, &Message::NatProbe, now));
+            if let Some(link) = &mut self.link {
+                link.nat_probes_sent(nonces, now);
+            }
+        }
+    }
+
+    /// Messages only the rendezvous may send, from one of its ports, signed with its key.
+    fn on_rendezvous_message(
+        &mut self,
+        from: SocketAddr,
+        opened: &Opened<'_>,
+        message: Message,
+        now: Instant,
+    ) -> bool {
+        let Some(link) = &mut self.link else {
+            return false;
+        };
+        if !link.is_rendezvous(from) || !link.accepts(&opened.sender) {
+            return false;
+        }
+        match message {
+            Message::Registered {
+                echo,
+                observed,
+                keepalive_secs,
+            } => {
+                let first_key = link.key.is_none();
+                let changed =
+                    link.on_registered(opened.sender, echo, observed, keepalive_secs, now);
+                if first_key && link.key.is_some() {
+                    self.events.push_back(Event::RendezvousKey(opened.sender));
+                }
+                if changed {
+                    // New public endpoint: measure the NAT again and re-introduce every
+                    // discovered peer, whose path may have died with the old mapping.
+                    self.events.push_back(Event::PublicEndpoint(observed));
+                    for peer in &mut self.peers {
+                        peer.path.reconnect_now(now);
+                    }
+                    self.drive(now);
+                }
+                true
+            }
+            Message::NatProbeReply { echo, observed, .. } => {
+                link.on_nat_probe_reply(echo, observed, &self.lan, now);
+                true
+            }
+            Message::Punch {
+                peer, candidates, ..
+            } => {
+                let Some(&index) = self.by_key.get(&peer) else {
+                    return false;
+                };
+                self.peers[index].path.start_punch(&candidates, now);
+                self.send_probes(index, now);
+                true
+            }
+            Message::Refused { code, .. } => {
+                if code == RefusalCode::NotRegistered {
+                    link.forget_registration(now);
+                }
+                tracing::debug!(?code, "rendezvous refused a request");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A peer probing a path to us: answer where it came from, and probe back there.
+    fn on_probe(&mut self, from: SocketAddr, opened: &Opened<'_>, now: Instant) -> bool {
+        let Some(&index) = self.by_key.get(&opened.sender) else {
+            return false;
+        };
+        let ack = Message::ProbeAck {
+            echo: opened.nonce,
+            observed: from,
+        };
+        self.send_control(from, &ack, now);
+        self.peers[index].path.on_probe_from(from, now);
+        self.send_probes(index, now);
+        true
+    }
+
+    fn on_probe_ack(
+        &mut self,
+        from: SocketAddr,
+        opened: &Opened<'_>,
+        echo: u64,
+        now: Instant,
+    ) -> bool {
+        let Some(&index) = self.by_key.get(&opened.sender) else {
+            return false;
+        };
+        if self.peers[index].path.on_probe_ack(echo, from, now) {
+            self.path_changed(index, PathKind::Direct, Some(from));
+        }
+        true
+    }
+
+    /// Sends the probes peer `index`'s path wants now.
+    fn send_probes(&mut self, index: usize, now: Instant) {
+        let mut due = Vec::new();
+        self.peers[index].path.poll_probes(now, |p| due.push(p.to));
+        let target = self.peers[index].key;
+        for to in due {
+            let nonce = self.send_control(to, &Message::Probe { target }, now);
+            self.peers[index].path.probe_sent(nonce, to, now);
+        }
+    }
+
+    /// Seals `message` to one of the rendezvous ports (0 main, 1 alternate); returns its nonce.
+    fn send_to_rendezvous(&mut self, port: usize, message: &Message, now: Instant) -> u64 {
+        let Some(to) = self.link.as_ref().map(|l| l.ports()[port]) else {
+            return 0;
+        };
+        self.send_control(to, message, now)
+    }
+
+    /// Seals `message` with this node's key and queues it for `to`; returns its nonce.
+    fn send_control(&mut self, to: SocketAddr, message: &Message, now: Instant) -> u64 {
+        let mut body = Vec::new();
+        message.encode(&mut body);
+        let nonce = self.next_nonce();
+        let mut sealed = vec![0u8; envelope::OVERHEAD + body.len()];
+        let unix_ms = self.clock.unix_ms(now);
+        match envelope::seal(
+            &mut sealed,
+            message.kind(),
+            &self.signing,
+            unix_ms,
+            nonce,
+            &body,
+        ) {
+            Ok(len) => {
+                sealed.truncate(len);
+                self.control_out.push_back((to, sealed));
+            }
+            Err(e) => tracing::warn!("cannot seal a control message: {e}"),
+        }
+        nonce
+    }
+
+    fn path_changed(&mut self, index: usize, path: PathKind, endpoint: Option<SocketAddr>) {
+        let peer = self.peers[index].key;
+        self.events.push_back(Event::PathChanged {
+            peer,
+            path,
+            endpoint,
+        });
+    }
+}

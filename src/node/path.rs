@@ -1,0 +1,372 @@
+//! How the node reaches one peer: straight to an endpoint, or through the rendezvous relay,
+//! and the probing that upgrades a relayed pair to direct.
+//!
+//! A pair starts on the relay the moment the rendezvous introduces it, while both sides probe
+//! each other's candidates (public and LAN endpoints) for [`PUNCH_WINDOW`]. The first answered
+//! probe makes the path direct; a faster one found later replaces it (a LAN path beats a
+//! hairpin through the NAT). While traffic flows on a direct path that has gone quiet, it is
+//! probed; after [`DIRECT_TIMEOUT`] without an answer the pair drops back to the relay and asks
+//! for a new punch. Relayed pairs ask again every [`RETRY_DIRECT`].
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long one punch keeps probing.
+pub const PUNCH_WINDOW: Duration = Duration::from_secs(5);
+/// Time between probe rounds during a punch.
+const PUNCH_INTERVAL: Duration = Duration::from_millis(250);
+/// A direct path with traffic but nothing heard for this long is probed.
+const PROBE_QUIET: Duration = Duration::from_secs(2);
+/// A direct path with traffic but nothing heard for this long is given up.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer sent to within this long is active: its direct path is watched.
+const ACTIVE: Duration = Duration::from_secs(10);
+/// Relayed pairs ask for a new punch this often.
+pub const RETRY_DIRECT: Duration = Duration::from_secs(30);
+/// Most candidates kept from one punch.
+const MAX_CANDIDATES: usize = 16;
+/// A newly answered candidate replaces the current one only if this much faster.
+const SWITCH_MARGIN: Duration = Duration::from_micros(500);
+
+/// Where the next datagram for a peer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Direct(SocketAddr),
+    Relay,
+    /// No way to reach the peer yet.
+    Nowhere,
+}
+
+/// A probe the node must send: the caller seals it and reports the nonce back with
+/// [`PeerPath::probe_sent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeDue {
+    pub to: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    endpoint: SocketAddr,
+    /// `None` for a configured endpoint that has not answered yet.
+    last_rx: Option<Instant>,
+    rtt: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    nonce: u64,
+    to: SocketAddr,
+    sent: Instant,
+}
+
+/// The path state of one peer.
+#[derive(Debug, Default)]
+pub struct PeerPath {
+    /// Configured with `--peer KEY@HOST:PORT`: always direct, no relay, no probing.
+    fixed: bool,
+    direct: Option<Direct>,
+    candidates: Vec<SocketAddr>,
+    punch_until: Option<Instant>,
+    next_round: Option<Instant>,
+    /// Probes sent and not yet answered (bounded ring).
+    outstanding: Vec<Outstanding>,
+    last_tx: Option<Instant>,
+    last_probe: Option<Instant>,
+    last_relay_rx: Option<Instant>,
+    next_connect: Option<Instant>,
+}
+
+impl PeerPath {
+    /// A peer at a configured endpoint.
+    pub fn fixed(endpoint: SocketAddr) -> PeerPath {
+        PeerPath {
+            fixed: true,
+            direct: Some(Direct {
+                endpoint,
+                last_rx: None,
+                rtt: None,
+            }),
+            ..PeerPath::default()
+        }
+    }
+
+    /// A peer found through the rendezvous.
+    pub fn discovered() -> PeerPath {
+        PeerPath::default()
+    }
+
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
+    }
+
+    /// Where to send now. `relay` says whether the rendezvous can relay for us.
+    pub fn route(&self, relay: bool) -> Route {
+        match self.direct {
+            Some(d) => Route::Direct(d.endpoint),
+            None if relay => Route::Relay,
+            None => Route::Nowhere,
+        }
+    }
+
+    pub fn direct_endpoint(&self) -> Option<SocketAddr> {
+        self.direct.map(|d| d.endpoint)
+    }
+
+    pub fn direct_rtt(&self) -> Option<Duration> {
+        self.direct.and_then(|d| d.rtt)
+    }
+
+    pub fn on_tx(&mut self, now: Instant) {
+        self.last_tx = Some(now);
+    }
+
+    /// An authenticated datagram arrived straight from `from`: that is where the peer is now
+    /// (roaming and NAT rebinding are followed this way).
+    pub fn on_direct_rx(&mut self, from: SocketAddr, now: Instant) {
+        match &mut self.direct {
+            Some(d) if d.endpoint == from => d.last_rx = Some(now),
+            _ => {
+                self.direct = Some(Direct {
+                    endpoint: from,
+                    last_rx: Some(now),
+                    rtt: None,
+                })
+            }
+        }
+    }
+
+    pub fn on_relay_rx(&mut self, now: Instant) {
+        self.last_relay_rx = Some(now);
+    }
+
+    /// The rendezvous introduced us: probe these candidates from now on.
+    pub fn start_punch(&mut self, candidates: &[SocketAddr], now: Instant) {
+        for c in candidates {
+            if !self.candidates.contains(c) && self.candidates.len() < MAX_CANDIDATES {
+                self.candidates.push(*c);
+            }
+        }
+        self.punch_until = Some(now + PUNCH_WINDOW);
+        self.next_round = Some(now);
+        self.next_connect = Some(now + RETRY_DIRECT);
+    }
+
+    /// The peer's probe reached us from `from`: probe back there too (it is the endpoint its
+    /// NAT opened towards us, which may be the only one that works).
+    pub fn on_probe_from(&mut self, from: SocketAddr, now: Instant) {
+        if self.fixed || self.direct.is_some_and(|d| d.endpoint == from) {
+            return;
+        }
+        self.start_punch(&[from], now);
+    }
+
+    /// Remembers a probe the caller sent.
+    pub fn probe_sent(&mut self, nonce: u64, to: SocketAddr, now: Instant) {
+        if self.outstanding.len() >= 4 * MAX_CANDIDATES {
+            self.outstanding.remove(0);
+        }
+        self.outstanding.push(Outstanding {
+            nonce,
+            to,
+            sent: now,
+        });
+        self.last_probe = Some(now);
+    }
+
+    /// A probe answer from `from` echoing `nonce`. Returns true if it made or changed the
+    /// direct path.
+    pub fn on_probe_ack(&mut self, nonce: u64, from: SocketAddr, now: Instant) -> bool {
+        let Some(i) = self
+            .outstanding
+            .iter()
+            .position(|o| o.nonce == nonce && o.to == from)
+        else {
+            return false;
+        };
+        let probe = self.outstanding.swap_remove(i);
+        let rtt = now.saturating_duration_since(probe.sent);
+        match &mut self.direct {
+            Some(d) if d.endpoint == from => {
+                d.last_rx = Some(now);
+                d.rtt = Some(rtt);
+                false
+            }
+            Some(d) if d.rtt.is_some_and(|cur| rtt + SWITCH_MARGIN >= cur) => false,
+            _ => {
+                self.direct = Some(Direct {
+                    endpoint: from,
+                    last_rx: Some(now),
+                    rtt: Some(rtt),
+                });
+                true
+            }
+        }
+    }
+
+    /// Probes due at `now`: every candidate once per punch round, and the direct endpoint when
+    /// it has gone quiet under traffic.
+    pub fn poll_probes(&mut self, now: Instant, mut due: impl FnMut(ProbeDue)) {
+        if self.fixed {
+            return;
+        }
+        if let (Some(until), Some(next)) = (self.punch_until, self.next_round) {
+            if now >= until {
+                self.punch_until = None;
+                self.next_round = None;
+            } else if now >= next {
+                self.next_round = Some(now + PUNCH_INTERVAL);
+                for &to in &self.candidates {
+                    due(ProbeDue { to });
+                }
+            }
+        }
+        if let Some(d) = self.direct {
+            let quiet = d
+                .last_rx
+                .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+            let probed_lately = self
+                .last_probe
+                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_QUIET / 2);
+            if self.active(now) && quiet >= PROBE_QUIET && !probed_lately {
+                due(ProbeDue { to: d.endpoint });
+            }
+        }
+    }
+
+    /// Drops a direct path that went silent under traffic. Returns true if it did.
+    pub fn check_direct(&mut self, now: Instant) -> bool {
+        let Some(d) = self.direct else {
+            return false;
+        };
+        if self.fixed
+            || !self.active(now)
+            || d.last_rx
+                .is_some_and(|t| now.saturating_duration_since(t) < DIRECT_TIMEOUT)
+        {
+            return false;
+        }
+        self.direct = None;
+        // Ask for a new punch at once: the peer may have moved.
+        self.next_connect = Some(now);
+        true
+    }
+
+    /// Whether to ask the rendezvous for a punch now.
+    pub fn wants_connect(&mut self, now: Instant) -> bool {
+        if self.fixed || self.direct.is_some() {
+            return false;
+        }
+        if self.next_connect.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.next_connect = Some(now + RETRY_DIRECT);
+        true
+    }
+
+    /// Forget the punch schedule (after our own endpoint changed): connect again now.
+    pub fn reconnect_now(&mut self, now: Instant) {
+        if !self.fixed {
+            self.next_connect = Some(now);
+        }
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        self.last_tx
+            .is_some_and(|t| now.saturating_duration_since(t) < ACTIVE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn probes(path: &mut PeerPath, now: Instant) -> Vec<SocketAddr> {
+        let mut v = Vec::new();
+        path.poll_probes(now, |p| v.push(p.to));
+        v
+    }
+
+    #[test]
+    fn relayed_until_a_probe_is_answered_then_direct() {
+        let t0 = Instant::now();
+        let mut p = PeerPath::discovered();
+        assert_eq!(p.route(false), Route::Nowhere);
+        assert_eq!(p.route(true), Route::Relay);
+        assert!(p.wants_connect(t0));
+        assert!(!p.wants_connect(t0), "not twice in a row");
+        let (public, lan) = (ep("203.0.113.2:40000"), ep("192.0.2.10:51870"));
+        p.start_punch(&[public, lan], t0);
+        assert_eq!(probes(&mut p, t0), vec![public, lan]);
+        assert!(
+            probes(&mut p, t0 + Duration::from_millis(50)).is_empty(),
+            "rounds are paced"
+        );
+        p.probe_sent(1, public, t0);
+        p.probe_sent(2, lan, t0);
+        assert!(
+            !p.on_probe_ack(1, lan, t0),
+            "an ack must come from where the probe went"
+        );
+        assert!(p.on_probe_ack(1, public, t0 + Duration::from_millis(10)));
+        assert_eq!(p.route(true), Route::Direct(public));
+        // The LAN answers faster: it takes over.
+        assert!(p.on_probe_ack(2, lan, t0 + Duration::from_millis(2)));
+        assert_eq!(p.route(true), Route::Direct(lan));
+        assert!(
+            !p.wants_connect(t0 + RETRY_DIRECT * 2),
+            "direct pairs do not re-punch"
+        );
+        let after = t0 + PUNCH_WINDOW + Duration::from_millis(1);
+        assert!(probes(&mut p, after).is_empty(), "the punch window closes");
+    }
+
+    #[test]
+    fn a_silent_direct_path_under_traffic_falls_back_to_the_relay() {
+        let t0 = Instant::now();
+        let mut p = PeerPath::discovered();
+        let peer = ep("203.0.113.2:40000");
+        p.on_direct_rx(peer, t0);
+        // Idle: nothing is watched, the path stays.
+        assert!(!p.check_direct(t0 + DIRECT_TIMEOUT * 3));
+        let t1 = t0 + DIRECT_TIMEOUT * 3;
+        p.on_tx(t1);
+        assert_eq!(
+            probes(&mut p, t1),
+            vec![peer],
+            "quiet under traffic: probe it"
+        );
+        p.probe_sent(9, peer, t1);
+        assert!(
+            probes(&mut p, t1 + Duration::from_millis(100)).is_empty(),
+            "paced"
+        );
+        p.on_tx(t1 + DIRECT_TIMEOUT);
+        assert!(p.check_direct(t1 + DIRECT_TIMEOUT));
+        assert_eq!(p.route(true), Route::Relay);
+        assert!(p.wants_connect(t1 + DIRECT_TIMEOUT), "a new punch at once");
+    }
+
+    #[test]
+    fn traffic_from_a_new_endpoint_moves_the_path() {
+        let t0 = Instant::now();
+        let mut p = PeerPath::discovered();
+        p.on_direct_rx(ep("203.0.113.2:40000"), t0);
+        p.on_direct_rx(ep("203.0.113.2:40999"), t0);
+        assert_eq!(p.route(true), Route::Direct(ep("203.0.113.2:40999")));
+    }
+
+    #[test]
+    fn fixed_peers_never_probe_or_fall_back() {
+        let t0 = Instant::now();
+        let mut p = PeerPath::fixed(ep("198.51.100.2:51870"));
+        p.on_tx(t0 + Duration::from_secs(60));
+        assert!(!p.check_direct(t0 + Duration::from_secs(60)));
+        assert!(probes(&mut p, t0 + Duration::from_secs(60)).is_empty());
+        assert!(!p.wants_connect(t0));
+        assert_eq!(p.route(false), Route::Direct(ep("198.51.100.2:51870")));
+    }
+}

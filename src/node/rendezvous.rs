@@ -1,0 +1,280 @@
+//! The node's side of the rendezvous: registration and its refresh (which also holds the NAT
+//! mapping open), NAT-behaviour discovery from two rendezvous ports, and checking that every
+//! answer is signed by the rendezvous we trust.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::identity::NodeKey;
+use crate::wire::control::NatKind;
+
+/// Until the first `Registered`, and after a lost one, registration is retried this often.
+const REGISTER_RETRY: Duration = Duration::from_secs(2);
+/// NAT behaviour is measured again this often (and whenever the public endpoint changes).
+const NAT_RECHECK: Duration = Duration::from_secs(300);
+/// NAT probes are answered within this, or the measurement is retried.
+const NAT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the rendezvous is and, if known, its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RendezvousConfig {
+    pub addr: SocketAddr,
+    /// The second port used to tell endpoint-independent from endpoint-dependent mapping.
+    pub alt_port: u16,
+    /// Pinned key. `None`: trust the first key that answers and report it (see
+    /// `Event::RendezvousKey`) so the daemon can pin it from then on.
+    pub key: Option<NodeKey>,
+}
+
+/// What `pilotctl netcheck` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetStatus {
+    pub rendezvous: Option<String>,
+    pub registered: bool,
+    /// Public endpoint as the rendezvous sees it.
+    pub endpoint: Option<String>,
+    pub nat: NatKind,
+    /// The NAT kept the local port number.
+    pub port_preserved: Option<bool>,
+    /// Endpoints seen at the rendezvous' two ports (equal for endpoint-independent mapping).
+    pub mapped_main: Option<String>,
+    pub mapped_alt: Option<String>,
+}
+
+pub(crate) struct RendezvousLink {
+    pub config: RendezvousConfig,
+    /// The key replies must be signed with (pinned, or learned on first contact).
+    pub key: Option<NodeKey>,
+    pub keepalive: Duration,
+    /// Nonce of the registration awaiting its answer.
+    pub pending_register: Option<u64>,
+    pub next_register: Option<Instant>,
+    /// Last `Registered`, and when; registration lapses after three missed refreshes.
+    pub last_registered: Option<Instant>,
+    pub observed: Option<SocketAddr>,
+    pub nat: NatKind,
+    pub nat_probes: [Option<u64>; 2],
+    pub mapped: [Option<SocketAddr>; 2],
+    pub next_nat_probe: Option<Instant>,
+}
+
+impl RendezvousLink {
+    pub fn new(config: RendezvousConfig, keepalive: Duration) -> RendezvousLink {
+        RendezvousLink {
+            key: config.key,
+            config,
+            keepalive,
+            pending_register: None,
+            next_register: None,
+            last_registered: None,
+            observed: None,
+            nat: NatKind::Unknown,
+            nat_probes: [None; 2],
+            mapped: [None; 2],
+            next_nat_probe: None,
+        }
+    }
+
+    /// The two rendezvous endpoints: main, then alternate.
+    pub fn ports(&self) -> [SocketAddr; 2] {
+        let mut alt = self.config.addr;
+        alt.set_port(self.config.alt_port);
+        [self.config.addr, alt]
+    }
+
+    /// Registered and not lapsed: the relay will carry our frames.
+    pub fn is_registered(&self, now: Instant) -> bool {
+        self.last_registered
+            .is_some_and(|t| now.saturating_duration_since(t) < self.keepalive * 3)
+    }
+
+    /// Whether a datagram from `from` comes from the rendezvous (either port).
+    pub fn is_rendezvous(&self, from: SocketAddr) -> bool {
+        self.ports().contains(&from)
+    }
+
+    /// Whether `sender` may speak for the rendezvous. On first contact without a pinned key,
+    /// the first signed answer to our own registration decides (trust on first use).
+    pub fn accepts(&self, sender: &NodeKey) -> bool {
+        self.key.is_none_or(|k| k == *sender)
+    }
+
+    /// A registration is due.
+    pub fn register_due(&self, now: Instant) -> bool {
+        self.next_register.is_none_or(|t| now >= t)
+    }
+
+    pub fn register_sent(&mut self, nonce: u64, now: Instant) {
+        self.pending_register = Some(nonce);
+        self.next_register = Some(now + REGISTER_RETRY);
+    }
+
+    /// A `Registered` answer. Returns true if our public endpoint changed (or is new), which
+    /// means NAT behaviour must be measured again and peers re-introduced.
+    pub fn on_registered(
+        &mut self,
+        sender: NodeKey,
+        echo: u64,
+        observed: SocketAddr,
+        keepalive_secs: u16,
+        now: Instant,
+    ) -> bool {
+        if self.pending_register != Some(echo) {
+            return false;
+        }
+        self.key.get_or_insert(sender);
+        self.pending_register = None;
+        self.last_registered = Some(now);
+        if keepalive_secs > 0 {
+            self.keepalive = Duration::from_secs(u64::from(keepalive_secs));
+        }
+        self.next_register = Some(now + self.keepalive);
+        let changed = self.observed != Some(observed);
+        self.observed = Some(observed);
+        if changed {
+            self.next_nat_probe = Some(now);
+            self.mapped = [None; 2];
+        }
+        changed
+    }
+
+    /// The rendezvous no longer knows us (it refused with NotRegistered): register now.
+    pub fn forget_registration(&mut self, now: Instant) {
+        self.last_registered = None;
+        self.next_register = Some(now);
+    }
+
+    pub fn nat_probe_due(&self, now: Instant) -> bool {
+        self.last_registered.is_some() && self.next_nat_probe.is_some_and(|t| now >= t)
+    }
+
+    pub fn nat_probes_sent(&mut self, nonces: [u64; 2], now: Instant) {
+        self.nat_probes = nonces.map(Some);
+        self.mapped = [None; 2];
+        self.next_nat_probe = Some(now + NAT_PROBE_TIMEOUT);
+    }
+
+    /// A `NatProbeReply`; once both ports answered, classify the mapping. `own` are the
+    /// node's own (LAN) endpoints.
+    pub fn on_nat_probe_reply(
+        &mut self,
+        echo: u64,
+        observed: SocketAddr,
+        own: &[SocketAddr],
+        now: Instant,
+    ) {
+        let Some(i) = self.nat_probes.iter().position(|n| *n == Some(echo)) else {
+            return;
+        };
+        self.nat_probes[i] = None;
+        self.mapped[i] = Some(observed);
+        if let [Some(main), Some(alt)] = self.mapped {
+            self.nat = if own.contains(&main) {
+                NatKind::None
+            } else if main == alt {
+                NatKind::EndpointIndependent
+            } else {
+                NatKind::EndpointDependent
+            };
+            self.next_nat_probe = Some(now + NAT_RECHECK);
+        }
+    }
+
+    pub fn status(&self, local_port: u16, now: Instant) -> NetStatus {
+        NetStatus {
+            rendezvous: Some(self.config.addr.to_string()),
+            registered: self.is_registered(now),
+            endpoint: self.observed.map(|e| e.to_string()),
+            nat: self.nat,
+            port_preserved: self.mapped[0].map(|m| m.port() == local_port),
+            mapped_main: self.mapped[0].map(|e| e.to_string()),
+            mapped_alt: self.mapped[1].map(|e| e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> RendezvousLink {
+        let config = RendezvousConfig {
+            addr: "203.0.113.10:7000".parse().unwrap(),
+            alt_port: 7001,
+            key: None,
+        };
+        RendezvousLink::new(config, Duration::from_secs(25))
+    }
+
+    #[test]
+    fn registration_learns_the_key_once_and_the_public_endpoint() {
+        let t0 = Instant::now();
+        let mut l = link();
+        assert!(l.register_due(t0) && !l.is_registered(t0));
+        l.register_sent(11, t0);
+        let pub1 = "203.0.113.1:51870".parse().unwrap();
+        assert!(
+            !l.on_registered(NodeKey([1; 32]), 99, pub1, 25, t0),
+            "wrong echo is ignored"
+        );
+        assert!(l.on_registered(NodeKey([1; 32]), 11, pub1, 25, t0));
+        assert!(
+            l.is_registered(t0) && l.accepts(&NodeKey([1; 32])) && !l.accepts(&NodeKey([2; 32]))
+        );
+        assert!(
+            !l.register_due(t0 + Duration::from_secs(24))
+                && l.register_due(t0 + Duration::from_secs(25))
+        );
+        assert!(
+            !l.is_registered(t0 + Duration::from_secs(75)),
+            "lapses after three missed refreshes"
+        );
+        // Same endpoint on refresh: no change; a new one (NAT rebinding): change.
+        l.register_sent(12, t0);
+        assert!(!l.on_registered(NodeKey([1; 32]), 12, pub1, 25, t0));
+        l.register_sent(13, t0);
+        assert!(l.on_registered(
+            NodeKey([1; 32]),
+            13,
+            "203.0.113.1:1024".parse().unwrap(),
+            25,
+            t0
+        ));
+    }
+
+    #[test]
+    fn nat_kind_comes_from_the_two_ports() {
+        let t0 = Instant::now();
+        let own: SocketAddr = "192.0.2.10:51870".parse().unwrap();
+        let cases = [
+            (own, own, NatKind::None),
+            (
+                "203.0.113.2:51870".parse().unwrap(),
+                "203.0.113.2:51870".parse().unwrap(),
+                NatKind::EndpointIndependent,
+            ),
+            (
+                "203.0.113.2:40001".parse().unwrap(),
+                "203.0.113.2:40002".parse().unwrap(),
+                NatKind::EndpointDependent,
+            ),
+        ];
+        for (main, alt, kind) in cases {
+            let mut l = link();
+            l.register_sent(1, t0);
+            l.on_registered(NodeKey([1; 32]), 1, main, 25, t0);
+            assert!(l.nat_probe_due(t0));
+            l.nat_probes_sent([5, 6], t0);
+            l.on_nat_probe_reply(6, alt, &[own], t0);
+            assert_eq!(l.nat, NatKind::Unknown, "one answer is not enough");
+            l.on_nat_probe_reply(5, main, &[own], t0);
+            assert_eq!(l.nat, kind);
+            assert_eq!(
+                l.status(51870, t0).port_preserved,
+                Some(main.port() == 51870)
+            );
+        }
+    }
+}

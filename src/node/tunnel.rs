@@ -1,0 +1,358 @@
+//! The WireGuard side of the node: which peer a datagram belongs to, decryption with the
+//! anti-spoofing gate, and writing datagrams where a peer's path needs them — at the start of
+//! the caller's buffer for a direct path, behind a relay header for the relay, so neither case
+//! copies the datagram.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use super::path::Route;
+use super::{
+    DropReason, Event, NetOutput, Node, PathKind, PendingPing, Transmit, TunOutput,
+    ICMP_ERRORS_PER_SEC,
+};
+use crate::addr::NodeAddr;
+use crate::wire::control::{RELAY_HEADER_LEN, RELAY_TO};
+use crate::wire::ip::{self, UnreachableCode};
+
+/// How a WireGuard datagram reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// Straight from this endpoint.
+    Direct(SocketAddr),
+    /// Inside a relay frame from the rendezvous at this endpoint.
+    Relay(SocketAddr),
+}
+
+/// What a boringtun call produced, as positions in the caller's buffer.
+enum Produced {
+    /// A datagram of this many bytes at the start of the buffer, for this endpoint.
+    Network(SocketAddr, usize),
+    /// A decrypted IPv6 packet in this range of the buffer, with this inner source.
+    Tunnel(Range<usize>, Ipv6Addr),
+    TunnelV4,
+    Done,
+    Failed,
+}
+
+impl Node {
+    pub(super) fn handle_wireguard<'a>(
+        &mut self,
+        via: Via,
+        datagram: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> NetOutput<'a> {
+        let (Via::Direct(from) | Via::Relay(from)) = via;
+        let Some(index) = self.route_wireguard(from, datagram, out) else {
+            return NetOutput::Nothing;
+        };
+        // Answer the way the datagram came.
+        let route = match via {
+            Via::Direct(from) => Route::Direct(from),
+            Via::Relay(_) => Route::Relay,
+        };
+        let produced = self.tunnel_io(index, route, out, |tunn, buf| {
+            tunn.decapsulate(Some(from.ip()), datagram, buf)
+        });
+        if matches!(produced, Produced::Failed) {
+            self.counters.drop(DropReason::BadWireGuard);
+            return NetOutput::Nothing;
+        }
+        // Authenticated: this is where the peer is now (roaming, NAT rebinding, a punched path).
+        self.on_authenticated(index, via, now);
+        match produced {
+            Produced::Network(to, len) => {
+                self.peers[index].needs_flush = true;
+                self.schedule(index);
+                NetOutput::Send(Transmit {
+                    to,
+                    payload: &out[..len],
+                })
+            }
+            Produced::Tunnel(range, src) => self.deliver(index, src, range, now, out),
+            Produced::TunnelV4 => {
+                self.counters.drop(DropReason::NotIpv6Inner);
+                NetOutput::Nothing
+            }
+            // A keepalive, or a handshake response that completed the session.
+            Produced::Done => {
+                self.peers[index].needs_flush = true;
+                self.schedule(index);
+                NetOutput::Nothing
+            }
+            Produced::Failed => NetOutput::Nothing,
+        }
+    }
+
+    /// Runs a boringtun operation producing a datagram for peer `index`, sent along its current
+    /// path. Returns where to send the datagram and its length in `out`.
+    pub(super) fn send_via_path(
+        &mut self,
+        index: usize,
+        now: Instant,
+        out: &mut [u8],
+        op: impl for<'b> FnOnce(&mut Tunn, &'b mut [u8]) -> TunnResult<'b>,
+    ) -> Option<(SocketAddr, usize)> {
+        let route = self.route(index, now);
+        match self.tunnel_io(index, route, out, op) {
+            Produced::Network(to, len) => Some((to, len)),
+            _ => None,
+        }
+    }
+
+    /// Writes the next datagram into `out`; returns where it goes and its length. Lengths rather
+    /// than slices keep the borrow of `out` local to each branch.
+    pub(super) fn next_transmit(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        while let Some((to, bytes)) = self.control_out.pop_front() {
+            if let Some(dst) = out.get_mut(..bytes.len()) {
+                dst.copy_from_slice(&bytes);
+                return Some((to, bytes.len()));
+            }
+        }
+        while let Some(i) = self.pings.iter().position(|p| p.sent.is_none()) {
+            let (index, seq) = (self.pings[i].peer, self.pings[i].seq);
+            self.pings[i].sent = Some(now);
+            let (packet, len) = self.write_ping(index, seq);
+            if let Some(sent) = self.send_via_path(index, now, out, |tunn, buf| {
+                tunn.encapsulate(&packet[..len], buf)
+            }) {
+                return Some(sent);
+            }
+            // Queued behind the handshake: boringtun sends it once the session is up.
+        }
+        // Only peers with something to do are visited: no scan of the whole table per batch.
+        while let Some(&index) = self.work.front() {
+            let (flush, timers) = (self.peers[index].needs_flush, self.peers[index].timers_due);
+            if !flush && !timers {
+                self.peers[index].queued = false;
+                self.work.pop_front();
+                continue;
+            }
+            let route = self.route(index, now);
+            let produced = if flush {
+                self.tunnel_io(index, route, out, |tunn, buf| {
+                    tunn.decapsulate(None, &[], buf)
+                })
+            } else {
+                self.peers[index].timers_due = false;
+                self.tunnel_io(index, route, out, |tunn, buf| tunn.update_timers(buf))
+            };
+            match produced {
+                // The peer stays at the front: it may have more queued.
+                Produced::Network(to, len) => return Some((to, len)),
+                _ if flush => self.peers[index].needs_flush = false,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Puts a peer on the work list `poll_transmit` walks, once.
+    pub(super) fn schedule(&mut self, index: usize) {
+        let peer = &mut self.peers[index];
+        if !peer.queued {
+            peer.queued = true;
+            self.work.push_back(index);
+        }
+    }
+
+    pub(super) fn unreachable<'a>(
+        &mut self,
+        code: UnreachableCode,
+        packet: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> TunOutput<'a> {
+        if self.icmp_refill.is_none_or(|t| now >= t) {
+            self.icmp_refill = Some(now + Duration::from_secs(1));
+            self.icmp_tokens = ICMP_ERRORS_PER_SEC;
+        }
+        if self.icmp_tokens == 0 {
+            return TunOutput::Nothing;
+        }
+        match ip::write_unreachable(out, self.ip, code, packet) {
+            Some(len) => {
+                self.icmp_tokens -= 1;
+                TunOutput::Reply(&out[..len])
+            }
+            None => TunOutput::Nothing,
+        }
+    }
+
+    /// Runs `op` on peer `index`'s tunnel with `out` laid out for `route`, and wraps a datagram
+    /// it produces in a relay frame when the route is the relay. With no route, datagrams are
+    /// dropped (the timers still run).
+    fn tunnel_io(
+        &mut self,
+        index: usize,
+        route: Route,
+        out: &mut [u8],
+        op: impl for<'b> FnOnce(&mut Tunn, &'b mut [u8]) -> TunnResult<'b>,
+    ) -> Produced {
+        let relay_to = match route {
+            Route::Relay => self.link.as_ref().map(|l| l.config.addr),
+            _ => None,
+        };
+        let offset = if relay_to.is_some() {
+            RELAY_HEADER_LEN
+        } else {
+            0
+        };
+        let Some(buf) = out.get_mut(offset..) else {
+            return Produced::Failed;
+        };
+        let base = buf.as_ptr() as usize;
+        let (network_len, produced) = match op(&mut self.peers[index].tunn, buf) {
+            TunnResult::WriteToNetwork(d) => (Some(d.len()), Produced::Done),
+            TunnResult::WriteToTunnelV6(p, src) => {
+                let start = offset + (p.as_ptr() as usize - base);
+                (None, Produced::Tunnel(start..start + p.len(), src))
+            }
+            TunnResult::WriteToTunnelV4(..) => (None, Produced::TunnelV4),
+            TunnResult::Done => (None, Produced::Done),
+            TunnResult::Err(_) => (None, Produced::Failed),
+        };
+        let Some(len) = network_len else {
+            return produced;
+        };
+        match (route, relay_to) {
+            (Route::Direct(to), _) => Produced::Network(to, len),
+            (Route::Relay, Some(rendezvous)) => {
+                out[0] = RELAY_TO;
+                out[1..RELAY_HEADER_LEN].copy_from_slice(&self.peers[index].key.0);
+                Produced::Network(rendezvous, RELAY_HEADER_LEN + len)
+            }
+            _ => Produced::Done,
+        }
+    }
+
+    /// The anti-spoofing gate, then ping interception, for a decrypted packet.
+    fn deliver<'a>(
+        &mut self,
+        index: usize,
+        src: Ipv6Addr,
+        range: Range<usize>,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> NetOutput<'a> {
+        if NodeAddr::from_ipv6(src) != Some(self.peers[index].addr) {
+            self.counters.drop(DropReason::SpoofedSource);
+            return NetOutput::Nothing;
+        }
+        let packet = &out[range];
+        let Some((_, dst)) = ip::ipv6_addrs(packet) else {
+            self.counters.drop(DropReason::NotIpv6Inner);
+            return NetOutput::Nothing;
+        };
+        if *dst != self.ip.octets() {
+            self.counters.drop(DropReason::WrongDestination);
+            return NetOutput::Nothing;
+        }
+        if let Some((ident, seq, data)) = ip::parse_echo_reply(packet) {
+            if ident == self.ping_ident && data == self.ping_token {
+                let pos = self
+                    .pings
+                    .iter()
+                    .position(|p| p.peer == index && p.seq == seq);
+                if let Some(PendingPing {
+                    sent: Some(sent), ..
+                }) = pos.and_then(|i| self.pings.remove(i))
+                {
+                    let rtt = now.saturating_duration_since(sent);
+                    self.peers[index].last_rtt = Some(rtt);
+                    let peer = self.peers[index].key;
+                    self.events.push_back(Event::PingReply { peer, seq, rtt });
+                }
+                return NetOutput::Nothing;
+            }
+        }
+        NetOutput::Tun(packet)
+    }
+
+    fn on_authenticated(&mut self, index: usize, via: Via, now: Instant) {
+        let path = &mut self.peers[index].path;
+        match via {
+            Via::Direct(from) => {
+                let before = path.direct_endpoint();
+                path.on_direct_rx(from, now);
+                if before != Some(from) {
+                    let peer = self.peers[index].key;
+                    let changed = Event::PathChanged {
+                        peer,
+                        path: PathKind::Direct,
+                        endpoint: Some(from),
+                    };
+                    self.events.push_back(changed);
+                }
+            }
+            Via::Relay(_) => path.on_relay_rx(now),
+        }
+    }
+
+    /// Which peer a WireGuard datagram is for: by our receiver index for responses and data,
+    /// by the initiator's static key (decrypted from the message) for handshake initiations.
+    fn route_wireguard(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        scratch: &mut [u8],
+    ) -> Option<usize> {
+        let index = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(_)) => {
+                // mac1 (and, under load, the cookie) is checked before the expensive
+                // Diffie-Hellman that reveals the sender's key.
+                let Ok(Packet::HandshakeInit(init)) =
+                    self.rate_limiter
+                        .verify_packet(Some(from.ip()), datagram, scratch)
+                else {
+                    self.counters.drop(DropReason::BadWireGuard);
+                    return None;
+                };
+                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
+                    self.counters.drop(DropReason::BadWireGuard);
+                    return None;
+                };
+                let Some(&index) = self.by_wg_key.get(&half.peer_static_public) else {
+                    self.counters.drop(DropReason::UnknownPeer);
+                    return None;
+                };
+                index
+            }
+            Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx >> 8) as usize,
+            Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8) as usize,
+            Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
+            Err(_) => {
+                self.counters.drop(DropReason::BadWireGuard);
+                return None;
+            }
+        };
+        if index >= self.peers.len() {
+            self.counters.drop(DropReason::BadWireGuard);
+            return None;
+        }
+        Some(index)
+    }
+
+    fn write_ping(&mut self, peer: usize, seq: u16) -> ([u8; 128], usize) {
+        let dst = self.peers[peer].addr.to_ipv6();
+        let len = ip::write_echo_request(
+            &mut self.scratch,
+            self.ip,
+            dst,
+            self.ping_ident,
+            seq,
+            &self.ping_token,
+        )
+        .expect("scratch holds an echo request");
+        (self.scratch, len)
+    }
+}
