@@ -11,4 +11,5 @@ pub mod daemon;
 pub mod identity;
 pub mod io;
 pub mod node;
+pub mod rendezvous;
 pub mod wire;

@@ -2,3 +2,4 @@
 
 pub mod pilotctl;
 pub mod pilotd;
+pub mod rendezvous;

@@ -34,6 +34,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the rendezvous server: registry, endpoint discovery, punch coordination and relay
+    Rendezvous(super::rendezvous::RendezvousArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +90,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up(args),
         Command::Identity { state, json } => show_identity(state, json),
+        Command::Rendezvous(args) => super::rendezvous::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

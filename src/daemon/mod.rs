@@ -4,6 +4,7 @@
 pub mod control;
 mod dataplane;
 mod pin;
+pub mod rendezvous;
 mod tun_writer;
 
 use std::path::PathBuf;

@@ -1,0 +1,370 @@
+//! How the server answers each datagram: signed control messages (`Register`, `NatProbe`,
+//! `Connect`) and relay frames.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::registry::{candidates, infer_nat};
+use super::relay;
+use super::{
+    Port, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
+    FLUSH_INTERVAL,
+};
+use crate::identity::NodeKey;
+use crate::wire::control::{Message, NatKind, RefusalCode};
+use crate::wire::envelope::{self, EnvelopeError, OVERHEAD};
+
+/// Who asked, and where the answer goes.
+#[derive(Clone, Copy)]
+struct Request {
+    sender: NodeKey,
+    nonce: u64,
+    local: Port,
+    from: SocketAddr,
+}
+
+impl Server {
+    pub(super) fn relay<'a>(
+        &mut self,
+        local: Port,
+        from: SocketAddr,
+        frame: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        if local != Port::Main {
+            self.counters.relay_drop(RelayDrop::WrongPort);
+            return None;
+        }
+        match relay::forward(&mut self.registry, self.relay_rate, from, frame, now, out) {
+            Ok((to, len)) => {
+                self.counters.relay_frames += 1;
+                self.counters.relay_bytes += len as u64;
+                tracing::trace!(%from, %to, len, "relayed");
+                Some(Transmit {
+                    port: Port::Main,
+                    to,
+                    payload: &out[..len],
+                })
+            }
+            Err(reason) => {
+                self.counters.relay_drop(reason);
+                tracing::trace!(%from, reason = reason.name(), "relay frame dropped");
+                None
+            }
+        }
+    }
+
+    pub(super) fn control<'a>(
+        &mut self,
+        local: Port,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let opened = match envelope::open(datagram) {
+            Ok(opened) => opened,
+            Err(e) => return self.refuse(refusal_of(e), from),
+        };
+        if let Err(e) = self.replay.check(&opened, self.clock.unix_ms(now)) {
+            return self.refuse(refusal_of(e), from);
+        }
+        let Ok(message) = Message::decode(opened.kind, opened.body) else {
+            return self.refuse(Refusal::Malformed, from);
+        };
+        let request = Request {
+            sender: opened.sender,
+            nonce: opened.nonce,
+            local,
+            from,
+        };
+        match (message, local) {
+            (Message::Register { lan, allow }, Port::Main) => {
+                self.register(request, lan, allow, now, out)
+            }
+            (Message::NatProbe, _) => self.nat_probe(request, now, out),
+            (Message::Connect { target }, Port::Main) => self.connect(request, target, now, out),
+            _ => self.refuse(Refusal::Unexpected, from),
+        }
+    }
+
+    fn register<'a>(
+        &mut self,
+        req: Request,
+        lan: Vec<SocketAddr>,
+        allow: Vec<NodeKey>,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let now_ms = self.clock.unix_ms(now);
+        let previous = self.registry.get(&req.sender);
+        if previous.is_none() && self.registry.len() >= self.config.max_nodes {
+            self.counters.refuse(Refusal::RegistryFull);
+            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        }
+        // The alternate port's observation is only comparable while the mapping is the same.
+        let alt_seen = previous
+            .filter(|p| p.observed == req.from)
+            .and_then(|p| p.alt_seen);
+        let nat = infer_nat(
+            req.from,
+            alt_seen,
+            &lan,
+            previous.map_or(NatKind::Unknown, |p| p.nat),
+        );
+        // Written at once when the acknowledged content differs from the store's: a change, or
+        // an earlier lazy change (an endpoint followed from a Connect) not yet written.
+        let changed = self.dirty.contains(&req.sender)
+            || previous.is_none_or(|p| p.observed != req.from || p.lan != lan || p.allow != allow);
+        let record = Registration {
+            key: req.sender,
+            observed: req.from,
+            lan,
+            allow,
+            nat,
+            first_seen_ms: previous.map_or(now_ms, |p| p.first_seen_ms),
+            last_seen_ms: now_ms,
+        };
+        if changed {
+            // Acknowledge only what would survive a crash right after the reply.
+            if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
+                self.store_error(&e);
+                self.counters.refuse(Refusal::StoreFailed);
+                return None;
+            }
+            self.store_ok();
+            self.dirty.remove(&req.sender);
+            tracing::debug!(node = %req.sender, observed = %req.from, "registered");
+        } else {
+            self.mark_dirty(req.sender, now);
+        }
+        self.registry.upsert(record, alt_seen, now);
+        self.counters.registrations += 1;
+        let reply = Message::Registered {
+            echo: req.nonce,
+            observed: req.from,
+            keepalive_secs: u16::try_from(self.config.keepalive.as_secs()).unwrap_or(u16::MAX),
+        };
+        self.reply(req, &reply, now, out)
+    }
+
+    fn nat_probe<'a>(
+        &mut self,
+        req: Request,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        // Anyone with a key may ask what endpoint it is seen at; only registered nodes are
+        // remembered, so unregistered senders cannot grow the server's memory.
+        if self.registry.fresh(&req.sender, now).is_some() {
+            match req.local {
+                Port::Main => {
+                    self.follow(req.sender, req.from, now);
+                }
+                Port::Alt => {
+                    if let Some(entry) = self.registry.get_mut(&req.sender) {
+                        entry.alt_seen = Some(req.from);
+                    }
+                }
+            }
+            self.reinfer_nat(req.sender, now);
+        }
+        self.counters.nat_probes += 1;
+        let port = match req.local {
+            Port::Main => self.config.main_port,
+            Port::Alt => self.config.alt_port,
+        };
+        let reply = Message::NatProbeReply {
+            echo: req.nonce,
+            observed: req.from,
+            port,
+        };
+        self.reply(req, &reply, now, out)
+    }
+
+    fn connect<'a>(
+        &mut self,
+        req: Request,
+        target: NodeKey,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let Some(sender) = self.registry.fresh_mut(&req.sender, now) else {
+            self.counters.refuse(Refusal::NotRegistered);
+            return self.refusal_reply(req, RefusalCode::NotRegistered, now, out);
+        };
+        if !sender.connects.take(CONNECT_RATE, 1, now) {
+            self.counters.refuse(Refusal::RateLimited);
+            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        }
+        self.follow(req.sender, req.from, now);
+        let Some(peer) = self.registry.fresh(&target, now) else {
+            self.counters.refuse(Refusal::UnknownTarget);
+            return self.refusal_reply(req, RefusalCode::UnknownTarget, now, out);
+        };
+        let (peer_observed, peer_nat, peer_candidates) =
+            (peer.observed, peer.nat, candidates(peer));
+        if !self.registry.mutually_allowed(&req.sender, &target, now) {
+            self.counters.refuse(Refusal::NotAllowed);
+            return self.refusal_reply(req, RefusalCode::NotAllowed, now, out);
+        }
+        let me = self.registry.get(&req.sender)?;
+        let to_peer = Message::Punch {
+            peer: req.sender,
+            peer_nat: me.nat,
+            candidates: candidates(me),
+        };
+        // Both sides must probe at the same moment: the peer's Punch goes out right after
+        // the reply, before anything else is read.
+        self.queue(Port::Main, peer_observed, &to_peer, now);
+        self.counters.punches += 1;
+        tracing::debug!(from = %req.sender, to = %target, "introduced");
+        let to_sender = Message::Punch {
+            peer: target,
+            peer_nat,
+            candidates: peer_candidates,
+        };
+        self.reply(req, &to_sender, now, out)
+    }
+
+    /// A signed message from a registered node's socket arrived at the main port from `from`:
+    /// that is where its NAT maps it now (rebinding is followed at once, not at the next
+    /// `Register`).
+    fn follow(&mut self, key: NodeKey, from: SocketAddr, now: Instant) {
+        if self.registry.move_to(&key, from) {
+            tracing::debug!(node = %key, observed = %from, "endpoint changed");
+            self.mark_dirty(key, now);
+        }
+    }
+
+    fn reinfer_nat(&mut self, key: NodeKey, now: Instant) {
+        let Some(entry) = self.registry.get_mut(&key) else {
+            return;
+        };
+        let nat = infer_nat(entry.observed, entry.alt_seen, &entry.lan, entry.nat);
+        if nat != entry.nat {
+            entry.nat = nat;
+            self.mark_dirty(key, now);
+        }
+    }
+
+    fn mark_dirty(&mut self, key: NodeKey, now: Instant) {
+        self.dirty.insert(key);
+        self.next_flush.get_or_insert(now + FLUSH_INTERVAL);
+    }
+
+    /// Counts a refused message; nothing is sent, so forged or replayed traffic learns nothing.
+    fn refuse<'a>(&mut self, reason: Refusal, from: SocketAddr) -> Option<Transmit<'a>> {
+        self.counters.refuse(reason);
+        tracing::trace!(%from, reason = reason.name(), "control message refused");
+        None
+    }
+
+    fn refusal_reply<'a>(
+        &mut self,
+        req: Request,
+        code: RefusalCode,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let reply = Message::Refused {
+            echo: req.nonce,
+            code,
+        };
+        self.reply(req, &reply, now, out)
+    }
+
+    /// Seals `message` into `out`, from the port the request came in at, back to its source.
+    fn reply<'a>(
+        &mut self,
+        req: Request,
+        message: &Message,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let len = self.seal(message, now, out)?;
+        Some(Transmit {
+            port: req.local,
+            to: req.from,
+            payload: &out[..len],
+        })
+    }
+
+    fn queue(&mut self, port: Port, to: SocketAddr, message: &Message, now: Instant) {
+        let mut buf = vec![0u8; 1500];
+        if let Some(len) = self.seal(message, now, &mut buf) {
+            buf.truncate(len);
+            self.queued.push_back((port, to, buf));
+        }
+    }
+
+    fn seal(&mut self, message: &Message, now: Instant, out: &mut [u8]) -> Option<usize> {
+        self.body.clear();
+        message.encode(&mut self.body);
+        let nonce = self.next_nonce();
+        let sealed = envelope::seal(
+            out,
+            message.kind(),
+            self.config.identity.signing_key(),
+            self.clock.unix_ms(now),
+            nonce,
+            &self.body,
+        );
+        debug_assert!(
+            sealed.is_ok() || out.len() < OVERHEAD + self.body.len(),
+            "{sealed:?}"
+        );
+        sealed.ok()
+    }
+
+    /// SplitMix64: nonces only need to be unique per sender, and a seeded generator keeps
+    /// simulations reproducible.
+    fn next_nonce(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub(super) fn store_error(&mut self, e: &StoreError) {
+        self.counters.store_errors += 1;
+        if !self.store_failing {
+            self.store_failing = true;
+            tracing::warn!("registry store failing: {e}; registrations are not acknowledged until it works again");
+        }
+    }
+
+    pub(super) fn store_ok(&mut self) {
+        if self.store_failing {
+            self.store_failing = false;
+            tracing::info!("registry store works again");
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 sources (from a dual-stack socket) as plain IPv4, so one node has one
+/// endpoint whichever socket saw it.
+pub(super) fn canonical(from: SocketAddr) -> SocketAddr {
+    match from {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => from,
+        },
+        v4 => v4,
+    }
+}
+
+fn refusal_of(e: EnvelopeError) -> Refusal {
+    match e {
+        EnvelopeError::BadSignature => Refusal::BadSignature,
+        EnvelopeError::Stale => Refusal::Stale,
+        EnvelopeError::Replay => Refusal::Replay,
+        EnvelopeError::Truncated
+        | EnvelopeError::NotControl
+        | EnvelopeError::Version(_)
+        | EnvelopeError::BadKey
+        | EnvelopeError::BufferTooSmall => Refusal::Malformed,
+    }
+}

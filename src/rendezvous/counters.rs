@@ -1,0 +1,178 @@
+//! What the rendezvous did and refused, counted. Counting is all the packet path does for a
+//! refused or dropped datagram: no logging above TRACE, no allocation.
+
+use std::fmt;
+
+/// Why a signed control message got no service (and usually no reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a control envelope (too short, unknown version, bad key) or an undecodable body.
+    Malformed,
+    /// The signature does not verify.
+    BadSignature,
+    /// The timestamp is outside the accepted window.
+    Stale,
+    /// The (sender, nonce) pair was seen before.
+    Replay,
+    /// A message the rendezvous never takes, or on the wrong port (e.g. `Register` on the
+    /// alternate port).
+    Unexpected,
+    /// `Connect` from a node that is not registered (or expired).
+    NotRegistered,
+    /// `Connect` to a node that is not registered (or expired).
+    UnknownTarget,
+    /// `Connect` between nodes that do not both allow each other.
+    NotAllowed,
+    /// `Connect` over the sender's rate.
+    RateLimited,
+    /// `Register` of a new node while the registry is at its size limit.
+    RegistryFull,
+    /// `Register` that could not be stored durably, so it was not acknowledged.
+    StoreFailed,
+}
+
+/// Why a relay frame was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayDrop {
+    /// Too short, or no datagram after the header.
+    Malformed,
+    /// Arrived at the alternate port (relaying happens on the main port only).
+    WrongPort,
+    /// The source endpoint is no fresh node's registered endpoint.
+    UnknownSender,
+    /// The destination key is not a fresh registered node.
+    UnknownTarget,
+    /// The two nodes do not both allow each other.
+    NotAllowed,
+    /// Over the sender's relay rate (or relaying is off).
+    RateLimited,
+    /// Larger than the caller's output buffer.
+    TooBig,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 11] = [
+        Refusal::Malformed,
+        Refusal::BadSignature,
+        Refusal::Stale,
+        Refusal::Replay,
+        Refusal::Unexpected,
+        Refusal::NotRegistered,
+        Refusal::UnknownTarget,
+        Refusal::NotAllowed,
+        Refusal::RateLimited,
+        Refusal::RegistryFull,
+        Refusal::StoreFailed,
+    ];
+
+    /// Stable snake_case name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Stale => "stale",
+            Refusal::Replay => "replay",
+            Refusal::Unexpected => "unexpected",
+            Refusal::NotRegistered => "not_registered",
+            Refusal::UnknownTarget => "unknown_target",
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::RegistryFull => "registry_full",
+            Refusal::StoreFailed => "store_failed",
+        }
+    }
+}
+
+impl RelayDrop {
+    pub const ALL: [RelayDrop; 7] = [
+        RelayDrop::Malformed,
+        RelayDrop::WrongPort,
+        RelayDrop::UnknownSender,
+        RelayDrop::UnknownTarget,
+        RelayDrop::NotAllowed,
+        RelayDrop::RateLimited,
+        RelayDrop::TooBig,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayDrop::Malformed => "malformed",
+            RelayDrop::WrongPort => "wrong_port",
+            RelayDrop::UnknownSender => "unknown_sender",
+            RelayDrop::UnknownTarget => "unknown_target",
+            RelayDrop::NotAllowed => "not_allowed",
+            RelayDrop::RateLimited => "rate_limited",
+            RelayDrop::TooBig => "too_big",
+        }
+    }
+}
+
+/// Everything the server counts since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// `Register` messages acknowledged (new registrations and refreshes).
+    pub registrations: u64,
+    /// `NatProbe` messages answered.
+    pub nat_probes: u64,
+    /// Introductions made (each sends a `Punch` to both nodes).
+    pub punches: u64,
+    /// Relay frames forwarded, and the bytes of those frames.
+    pub relay_frames: u64,
+    pub relay_bytes: u64,
+    /// Registrations that expired.
+    pub expired: u64,
+    /// Store operations that failed (writes are retried; see `Refusal::StoreFailed`).
+    pub store_errors: u64,
+    refused: [u64; Refusal::ALL.len()],
+    relay_drops: [u64; RelayDrop::ALL.len()],
+}
+
+impl Counters {
+    #[inline]
+    pub fn refuse(&mut self, reason: Refusal) {
+        self.refused[reason as usize] += 1;
+    }
+
+    #[inline]
+    pub fn relay_drop(&mut self, reason: RelayDrop) {
+        self.relay_drops[reason as usize] += 1;
+    }
+
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize]
+    }
+
+    pub fn relay_dropped(&self, reason: RelayDrop) -> u64 {
+        self.relay_drops[reason as usize]
+    }
+}
+
+/// One line, `name=value` pairs: the totals, then every non-zero refusal (`refused_REASON`)
+/// and relay drop (`relay_dropped_REASON`).
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "registrations={} nat_probes={} punches={} relay_frames={} relay_bytes={} \
+             expired={} store_errors={}",
+            self.registrations,
+            self.nat_probes,
+            self.punches,
+            self.relay_frames,
+            self.relay_bytes,
+            self.expired,
+            self.store_errors
+        )?;
+        for r in Refusal::ALL {
+            if self.refused(r) > 0 {
+                write!(f, " refused_{}={}", r.name(), self.refused(r))?;
+            }
+        }
+        for d in RelayDrop::ALL {
+            if self.relay_dropped(d) > 0 {
+                write!(f, " relay_dropped_{}={}", d.name(), self.relay_dropped(d))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! The rendezvous server, sans-IO: registry, endpoint discovery, punch coordination and relay.
+//!
+//! [`Server`] owns no socket and reads no clock. The daemon (or a simulation) hands it every
+//! datagram that arrived at its main or alternate port ([`Server::handle_datagram`]), and
+//! timer ticks ([`Server::handle_timeout`]), each with an explicit `now`; it pulls the
+//! datagrams to send with the return value and [`Server::poll_transmit`]. Randomness (reply
+//! nonces) comes in as a seed, wall time as a [`WallClock`], storage as a [`Store`].
+//!
+//! Durability rule: a `Registered` reply is sent only after the registration is in the store
+//! whenever the registration changed (new node, new observed endpoint, LAN list or allow-list).
+//! A refresh that only moves `last_seen` (and a re-measured NAT kind, or an endpoint learned
+//! from a `Connect`/`NatProbe`) is written lazily, within [`FLUSH_INTERVAL`], and on
+//! [`Server::flush`]. A crash therefore loses at most each node's latest refresh, never
+//! anything a node was told was registered: a node that refreshes every `keepalive` then
+//! looks at most one `keepalive` older than it is, and as long as `expiry > 2 × keepalive`
+//! (the default is 3 × keepalive + 5 s) its next refresh arrives before that older
+//! `last_seen` expires. Writing every refresh instead would cost an fsync per node per
+//! keepalive interval.
+//!
+
+mod control;
+mod counters;
+mod registry;
+mod relay;
+mod sqlite;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub use counters::{Counters, Refusal, RelayDrop};
+use relay::Rate;
+pub use sqlite::{SqliteStore, DB_FILE};
+pub use store::{MemoryStore, Registration, Store, StoreError};
+
+use crate::clock::WallClock;
+use crate::identity::{Identity, NodeKey};
+use crate::wire::control::RELAY_TO;
+use crate::wire::envelope::ReplayGuard;
+use control::canonical;
+use registry::Registry;
+
+/// How often lazily kept changes (`last_seen` of refreshes) are written to the store.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// How often registrations silent for longer than [`RETENTION`] are deleted from the store.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long an expired registration stays in the store (it is no longer acted on).
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `Connect` requests per second per node, and the burst allowed.
+const CONNECT_RATE: Rate = Rate {
+    per_sec: 5,
+    burst: 10,
+};
+/// (sender, nonce) pairs remembered against replays; beyond this the oldest are forgotten
+/// early and older messages refused (see [`ReplayGuard`]).
+const REPLAY_CAPACITY: usize = 100_000;
+/// The relay burst: a quarter second at the node's rate, at least one largest datagram.
+const RELAY_MIN_BURST: u64 = 65_535;
+
+/// Which of the server's two UDP ports a datagram arrived at or leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Port {
+    /// Registration, punching, relay, NAT probes.
+    Main,
+    /// NAT probes only: the second destination that tells mapping behaviours apart.
+    Alt,
+}
+
+/// A datagram to send from `port` to `to`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transmit<'a> {
+    pub port: Port,
+    pub to: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+/// Static settings of a server.
+pub struct Config {
+    /// The server's own identity: every reply is signed with it.
+    pub identity: Identity,
+    /// The port numbers, as told to nodes in `NatProbeReply`.
+    pub main_port: u16,
+    pub alt_port: u16,
+    /// Keepalive interval told to nodes in `Registered` (whole seconds, at most 65535).
+    pub keepalive: Duration,
+    /// A node not heard from (`Register`) for this long is no longer introduced or relayed to.
+    pub expiry: Duration,
+    /// Relay rate per sending node, bytes per second; 0 turns relaying off.
+    pub relay_bytes_per_sec: u64,
+    /// Most registrations held; new nodes beyond it are refused (`RateLimited`).
+    pub max_nodes: usize,
+}
+
+impl Config {
+    /// Defaults: keepalive 25 s, expiry 3 × keepalive + 5 s, relay 100 Mbit/s per node, at
+    /// most a million nodes.
+    pub fn new(identity: Identity, main_port: u16, alt_port: u16) -> Config {
+        Config {
+            identity,
+            main_port,
+            alt_port,
+            keepalive: Duration::from_secs(25),
+            expiry: Duration::from_secs(80),
+            relay_bytes_per_sec: 100_000_000 / 8,
+            max_nodes: 1_000_000,
+        }
+    }
+}
+
+/// The sans-IO rendezvous server.
+pub struct Server {
+    key: NodeKey,
+    config: Config,
+    relay_rate: Rate,
+    clock: WallClock,
+    rng: u64,
+    store: Box<dyn Store>,
+    registry: Registry,
+    replay: ReplayGuard,
+    counters: Counters,
+    /// Sealed datagrams waiting for `poll_transmit` (the second `Punch` of an introduction).
+    queued: VecDeque<(Port, SocketAddr, Vec<u8>)>,
+    /// Nodes whose in-memory state is ahead of the store.
+    dirty: BTreeSet<NodeKey>,
+    next_flush: Option<Instant>,
+    next_purge: Instant,
+    /// Scratch for encoding message bodies, reused.
+    body: Vec<u8>,
+    /// The last store operation failed (warnings are logged on the change only).
+    store_failing: bool,
+}
+
+impl Server {
+    /// A server over `store`, restoring the registrations in it that have not expired at `now`.
+    pub fn new(
+        config: Config,
+        mut store: Box<dyn Store>,
+        seed: u64,
+        clock: WallClock,
+        now: Instant,
+    ) -> Result<Server, StoreError> {
+        let now_ms = clock.unix_ms(now);
+        let expiry_ms = config.expiry.as_millis() as u64;
+        let mut registry = Registry::new(config.expiry);
+        let mut records = store.load()?;
+        // Oldest first, so that of two nodes last seen at one endpoint the newer one keeps it.
+        records.sort_by_key(|r| r.last_seen_ms);
+        for record in records {
+            let age = Duration::from_millis(now_ms.saturating_sub(record.last_seen_ms));
+            if age.as_millis() as u64 >= expiry_ms {
+                continue;
+            }
+            let last_seen = now.checked_sub(age).unwrap_or(now);
+            registry.upsert(record, None, last_seen);
+        }
+        let rate = config.relay_bytes_per_sec;
+        Ok(Server {
+            key: config.identity.public_key(),
+            relay_rate: Rate {
+                per_sec: rate,
+                burst: (rate / 4).max(RELAY_MIN_BURST),
+            },
+            config,
+            clock,
+            rng: seed,
+            store,
+            registry,
+            replay: ReplayGuard::new(REPLAY_CAPACITY),
+            counters: Counters::default(),
+            queued: VecDeque::new(),
+            dirty: BTreeSet::new(),
+            next_flush: None,
+            next_purge: now,
+            body: Vec::with_capacity(512),
+            store_failing: false,
+        })
+    }
+
+    /// The server's public key (nodes check replies against it).
+    pub fn public_key(&self) -> NodeKey {
+        self.key
+    }
+
+    /// A datagram that arrived at `local` from `from`. Relay frames and replies are written
+    /// into `out`, which should hold 65535 bytes (a relayed frame is as long as the one that
+    /// came in). More datagrams may wait in [`Server::poll_transmit`] afterwards.
+    pub fn handle_datagram<'a>(
+        &mut self,
+        local: Port,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let from = canonical(from);
+        if datagram.first() == Some(&RELAY_TO) {
+            return self.relay(local, from, datagram, now, out);
+        }
+        self.control(local, from, datagram, now, out)
+    }
+
+    /// The next queued datagram, written into `out`.
+    pub fn poll_transmit<'a>(&mut self, out: &'a mut [u8]) -> Option<Transmit<'a>> {
+        let (port, to, bytes) = self.queued.pop_front()?;
+        debug_assert!(out.len() >= bytes.len(), "poll_transmit buffer too small");
+        let slot = out.get_mut(..bytes.len())?;
+        slot.copy_from_slice(&bytes);
+        Some(Transmit {
+            port,
+            to,
+            payload: slot,
+        })
+    }
+
+    /// Runs what is due at `now`: expiry, lazy store writes, purging old records.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for key in self.registry.expire(now) {
+            self.counters.expired += 1;
+            // A node silent for the whole expiry had its last state flushed long ago.
+            self.dirty.remove(&key);
+            tracing::debug!(node = %key, "registration expired");
+        }
+        if self.next_flush.is_some_and(|t| t <= now) {
+            let _ = self.flush(now);
+        }
+        if self.next_purge <= now {
+            self.next_purge = now + PURGE_INTERVAL;
+            let keep_from = self
+                .clock
+                .unix_ms(now)
+                .saturating_sub((self.config.expiry + RETENTION).as_millis() as u64);
+            match self.store.purge(keep_from) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "purged long-expired registrations"),
+                Err(e) => self.store_error(&e),
+            }
+        }
+    }
+
+    /// When [`Server::handle_timeout`] should run next, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        let mut next = (self.next_purge, "purge");
+        if let Some(t) = self.registry.next_expiry().filter(|t| *t < next.0) {
+            next = (t, "expiry");
+        }
+        if let Some(t) = self.next_flush.filter(|t| *t < next.0) {
+            next = (t, "flush");
+        }
+        Some(next)
+    }
+
+    /// Writes everything kept lazily to the store now (call before a clean shutdown). On
+    /// failure it is retried [`FLUSH_INTERVAL`] later.
+    pub fn flush(&mut self, now: Instant) -> Result<(), StoreError> {
+        self.next_flush = None;
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Registration> = self
+            .dirty
+            .iter()
+            .filter_map(|k| self.registry.record(k))
+            .collect();
+        match self.store.save(&records) {
+            Ok(()) => {
+                self.dirty.clear();
+                self.store_ok();
+                Ok(())
+            }
+            Err(e) => {
+                self.store_error(&e);
+                self.next_flush = Some(now + FLUSH_INTERVAL);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Registrations held in memory (fresh ones, and expired ones not yet swept).
+    pub fn registered(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// The registration of `key` if it is fresh at `now`.
+    pub fn registration(&self, key: &NodeKey, now: Instant) -> Option<Registration> {
+        self.registry.fresh(key, now)?;
+        self.registry.record(key)
+    }
+}

@@ -1,0 +1,329 @@
+//! The real `pilotd rendezvous` on 127.0.0.1 (random free ports, no root), spoken to over
+//! UDP with hand-sealed envelopes.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pilot::identity::{Identity, NodeKey};
+use pilot::wire::control::{write_relay, Message, RELAY_FROM, RELAY_TO};
+use pilot::wire::envelope::{open, seal};
+
+const PILOTD: &str = env!("CARGO_BIN_EXE_pilotd");
+/// How long a silence must last to count as "no reply".
+const QUIET: Duration = Duration::from_millis(300);
+
+fn temp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pilot-rdv-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A running `pilotd rendezvous` and what it said about itself at start.
+struct Rendezvous {
+    child: Child,
+    key: NodeKey,
+    main: SocketAddr,
+    alt: SocketAddr,
+    log: mpsc::Receiver<String>,
+}
+
+impl Rendezvous {
+    fn start(dir: &Path, args: &[&str]) -> Rendezvous {
+        let mut child = Command::new(PILOTD)
+            .args(["--log-level", "info", "rendezvous", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = wait_for(&log, "rendezvous listening", Duration::from_secs(20));
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in `{line}`"))
+                .to_owned()
+        };
+        let port = |name: &str| -> u16 { field(name).parse().unwrap() };
+        Rendezvous {
+            key: field("public_key").parse().unwrap(),
+            main: SocketAddr::from(([127, 0, 0, 1], port("main_port"))),
+            alt: SocketAddr::from(([127, 0, 0, 1], port("alt_port"))),
+            child,
+            log,
+        }
+    }
+
+    /// SIGTERM, then the counters it logs on the way out.
+    fn stop(mut self) -> String {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let counters = wait_for(&self.log, "counters at exit:", Duration::from_secs(10));
+        assert!(self.child.wait().unwrap().success());
+        counters
+    }
+}
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(log: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no `{needle}` in the log:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// A test node: one UDP socket on 127.0.0.1 and a key.
+struct Client {
+    sock: UdpSocket,
+    identity: Identity,
+    nonce: u64,
+}
+
+impl Client {
+    fn new(n: u8) -> Client {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Client {
+            sock,
+            identity: Identity::from_secret_bytes(&[n; 32]),
+            nonce: u64::from(std::process::id()) << 20 | u64::from(n) << 12,
+        }
+    }
+
+    fn key(&self) -> NodeKey {
+        self.identity.public_key()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    fn sealed(&mut self, message: &Message) -> Vec<u8> {
+        self.nonce += 1;
+        let mut body = Vec::new();
+        message.encode(&mut body);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut buf = vec![0u8; 1500];
+        let key = self.identity.signing_key();
+        let n = seal(&mut buf, message.kind(), key, now_ms, self.nonce, &body).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn send(&self, datagram: &[u8], to: SocketAddr) {
+        self.sock.send_to(datagram, to).unwrap();
+    }
+
+    fn recv(&self, wait: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+        self.sock.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = vec![0u8; 65535];
+        let (n, from) = self.sock.recv_from(&mut buf).ok()?;
+        buf.truncate(n);
+        Some((from, buf))
+    }
+
+    /// The next signed message, checked to come from the rendezvous' key.
+    fn expect(&self, rdv: &Rendezvous) -> (SocketAddr, Message) {
+        let (from, datagram) = self.recv(Duration::from_secs(3)).expect("a reply");
+        let opened = open(&datagram).expect("a signed reply");
+        assert_eq!(opened.sender, rdv.key);
+        (from, Message::decode(opened.kind, opened.body).unwrap())
+    }
+
+    fn assert_quiet(&self, what: &str) {
+        if let Some((from, d)) = self.recv(QUIET) {
+            panic!("{what}: unexpected datagram from {from}: {d:?}");
+        }
+    }
+
+    fn register(&mut self, rdv: &Rendezvous, lan: &[&str], allow: &[NodeKey]) {
+        let msg = Message::Register {
+            lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
+            allow: allow.to_vec(),
+        };
+        let d = self.sealed(&msg);
+        self.send(&d, rdv.main);
+        let (from, reply) = self.expect(rdv);
+        assert_eq!(from, rdv.main);
+        assert_eq!(
+            reply,
+            Message::Registered {
+                echo: self.nonce,
+                observed: self.addr(),
+                keepalive_secs: 25
+            }
+        );
+    }
+
+    fn relay_to(&self, rdv: &Rendezvous, dst: &NodeKey, datagram: &[u8]) {
+        let mut frame = vec![0u8; 1500];
+        let n = write_relay(&mut frame, RELAY_TO, dst, datagram).unwrap();
+        self.send(&frame[..n], rdv.main);
+    }
+}
+
+#[test]
+fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
+    let dir = temp("main");
+    let rdv = Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
+    let (mut a, mut b, mut c) = (Client::new(1), Client::new(2), Client::new(3));
+    a.register(&rdv, &["192.0.2.1:51870"], &[b.key()]);
+    b.register(
+        &rdv,
+        &["192.0.2.2:51870", "[2001:db8::2]:51870"],
+        &[a.key(), c.key()],
+    );
+    c.register(&rdv, &[], &[a.key(), b.key()]);
+
+    // Both ports answer NAT probes from themselves, naming their own port.
+    for to in [rdv.main, rdv.alt] {
+        let d = a.sealed(&Message::NatProbe);
+        a.send(&d, to);
+        let (from, reply) = a.expect(&rdv);
+        assert_eq!(from, to);
+        assert_eq!(
+            reply,
+            Message::NatProbeReply {
+                echo: a.nonce,
+                observed: a.addr(),
+                port: to.port()
+            }
+        );
+    }
+
+    // Relay between a mutually allowed pair, and not between a and c (a does not allow c).
+    a.relay_to(&rdv, &b.key(), b"\x04wireguard");
+    let (from, frame) = b.recv(Duration::from_secs(3)).expect("relayed frame");
+    assert_eq!(from, rdv.main);
+    assert_eq!(frame[0], RELAY_FROM);
+    assert_eq!(&frame[1..33], &a.key().0);
+    assert_eq!(&frame[33..], b"\x04wireguard");
+    a.relay_to(&rdv, &c.key(), b"\x04not for c");
+    c.relay_to(&rdv, &a.key(), b"\x04not for a");
+    c.assert_quiet("relay to c");
+    a.assert_quiet("relay to a");
+
+    // kill -9, then a restart on the same directory and ports: the same key, and a and b are
+    // still registered (nobody registers again).
+    let (main, alt) = (rdv.main.port().to_string(), rdv.alt.port().to_string());
+    let key = rdv.key;
+    drop(rdv);
+    let rdv = Rendezvous::start(
+        &dir,
+        &["--listen", &format!("127.0.0.1:{main}"), "--alt-port", &alt],
+    );
+    assert_eq!(rdv.key, key, "identity kept");
+    let d = a.sealed(&Message::Connect { target: b.key() });
+    a.send(&d, rdv.main);
+    let (_, to_a) = a.expect(&rdv);
+    let expected_b: Vec<SocketAddr> = [
+        b.addr(),
+        "192.0.2.2:51870".parse().unwrap(),
+        "[2001:db8::2]:51870".parse().unwrap(),
+    ]
+    .to_vec();
+    assert!(
+        matches!(&to_a, Message::Punch { peer, candidates, .. } if *peer == b.key() && *candidates == expected_b),
+        "{to_a:?}"
+    );
+    let (from, to_b) = b.expect(&rdv);
+    assert_eq!(from, rdv.main);
+    let expected_a = vec![a.addr(), "192.0.2.1:51870".parse().unwrap()];
+    assert!(
+        matches!(&to_b, Message::Punch { peer, candidates, .. } if *peer == a.key() && *candidates == expected_a),
+        "{to_b:?}"
+    );
+    // Relaying works from the restored registrations too.
+    b.relay_to(&rdv, &a.key(), b"\x04again");
+    assert_eq!(
+        a.recv(Duration::from_secs(3)).unwrap().1[33..],
+        *b"\x04again"
+    );
+
+    // A replayed registration and a forged one get no answer, and are counted.
+    let d = c.sealed(&Message::Register {
+        lan: vec![],
+        allow: vec![a.key(), b.key()],
+    });
+    c.send(&d, rdv.main);
+    c.expect(&rdv);
+    c.send(&d, rdv.main);
+    c.assert_quiet("replayed registration");
+    let mut forged = c.sealed(&Message::Register {
+        lan: vec![],
+        allow: vec![],
+    });
+    *forged.last_mut().unwrap() ^= 1;
+    c.send(&forged, rdv.main);
+    c.assert_quiet("forged registration");
+    a.relay_to(&rdv, &c.key(), b"\x04still not for c");
+    c.assert_quiet("relay to c after restart");
+
+    let counters = rdv.stop();
+    for expected in [
+        "registrations=1 ",
+        "punches=1 ",
+        "relay_frames=1 ",
+        "refused_replay=1",
+        "refused_bad_signature=1",
+        "relay_dropped_not_allowed=1",
+    ] {
+        assert!(counters.contains(expected), "{expected} in {counters}");
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("rendezvous.db")), 0o600);
+    assert_eq!(mode(&dir.join("identity.json")), 0o600);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unreadable_registry_stops_the_start_and_is_kept() {
+    let dir = temp("corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let db = dir.join("rendezvous.db");
+    let junk = b"not a database at all ".repeat(50);
+    std::fs::write(&db, &junk).unwrap();
+    let out = Command::new(PILOTD)
+        .args(["rendezvous", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rendezvous.db") && err.contains("corrupt"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), junk, "never wiped");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
