@@ -27,7 +27,7 @@ pub fn privileged(test: &str) -> bool {
     if !Path::new("/dev/net/tun").exists() {
         missing.push("/dev/net/tun");
     }
-    for tool in ["ip", "curl", "python3", "setpriv"] {
+    for tool in ["ip", "curl", "python3", "setpriv", "nft", "ping"] {
         if !command_exists(tool) {
             missing.push(tool);
         }
@@ -57,6 +57,8 @@ pub struct Lab {
     pub dir: PathBuf,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    /// A `scripts/natlab.sh` topology this lab brought up (taken down on drop).
+    natlab: Option<String>,
 }
 
 /// A node in a namespace.
@@ -88,7 +90,23 @@ impl Lab {
             dir,
             namespaces: Vec::new(),
             children: Vec::new(),
+            natlab: None,
         }
+    }
+
+    /// Brings up the NAT topology of `scripts/natlab.sh` with the given router kinds; returns
+    /// the lab name (namespaces are `NAME-a`, `NAME-a2`, `NAME-b`, `NAME-rdv`, …).
+    pub fn natlab(&mut self, nat1: &str, nat2: &str) -> String {
+        // natlab names are at most 6 characters.
+        let unique = std::process::id() * 64 + NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let name = format!("n{:x}", unique % 0xf_ffff);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
+        self.natlab = Some(name.clone());
+        run(
+            "bash",
+            &[script, "up", &name, "--nat1", nat1, "--nat2", nat2],
+        );
+        name
     }
 
     /// A namespace with loopback up.
@@ -144,7 +162,25 @@ impl Lab {
 
     /// Starts `pilotd up` for `node` with `peers` as static peers and waits until it answers.
     pub fn start(&mut self, node: &mut NodeHandle, peers: &[&NodeHandle]) {
-        let log = fs::File::create(&node.log).unwrap();
+        let extra: Vec<String> = peers
+            .iter()
+            .flat_map(|p| {
+                [
+                    "--peer".to_owned(),
+                    format!("{}@{}:{PORT}", p.key, p.underlay),
+                ]
+            })
+            .collect();
+        self.start_with(node, &extra);
+    }
+
+    /// Starts `pilotd up` for `node` with extra flags and waits until it answers.
+    pub fn start_with(&mut self, node: &mut NodeHandle, extra: &[String]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
         let mut args: Vec<String> = [
             "netns",
             "exec",
@@ -158,9 +194,7 @@ impl Lab {
         .to_vec();
         args.extend(["--state-dir".into(), node.state_dir.display().to_string()]);
         args.extend(["--control".into(), node.control.display().to_string()]);
-        for p in peers {
-            args.extend(["--peer".into(), format!("{}@{}:{PORT}", p.key, p.underlay)]);
-        }
+        args.extend(extra.iter().cloned());
         let child = Command::new("ip")
             .args(&args)
             .stdin(Stdio::null())
@@ -204,16 +238,46 @@ impl Lab {
     }
 
     /// Runs a long-lived helper process in `ns` (an HTTP server, a listener); killed on drop.
-    pub fn spawn_in(&mut self, ns: &str, cmd: &[&str]) {
+    /// Returns its index for [`Lab::kill`] and [`Lab::wait`].
+    pub fn spawn_in(&mut self, ns: &str, cmd: &[&str]) -> usize {
+        self.spawn_logged(ns, cmd, None)
+    }
+
+    /// Like [`Lab::spawn_in`], with stderr written to `log`.
+    pub fn spawn_logged(&mut self, ns: &str, cmd: &[&str], log: Option<&Path>) -> usize {
+        let stderr = log.map_or_else(Stdio::null, |l| fs::File::create(l).unwrap().into());
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// SIGKILLs a process started by this lab.
+    pub fn kill(&mut self, index: usize) {
+        let child = &mut self.children[index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits for a process started by this lab; returns whether it exited 0.
+    pub fn wait(&mut self, index: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.children[index].try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not finish in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -227,6 +291,10 @@ impl Drop for Lab {
         }
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if let Some(name) = &self.natlab {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
+            let _ = Command::new("bash").args([script, "down", name]).output();
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

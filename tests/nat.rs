@@ -1,0 +1,289 @@
+//! NAT traversal on the real kernel: `scripts/natlab.sh` topologies with nftables NAT routers,
+//! a real `pilotd rendezvous`, and nodes that find each other through it. Needs root.
+
+mod lab;
+
+use std::fs;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use lab::{ctl, eventually, ns_exec, Lab, NodeHandle, PILOTD};
+
+const RDV: &str = "203.0.113.10:7000";
+
+/// A natlab topology with the rendezvous running and nodes `a` and `b` allowing each other.
+struct World {
+    lab: Lab,
+    name: String,
+    a: NodeHandle,
+    b: NodeHandle,
+    rendezvous: usize,
+}
+
+fn world(nat1: &str, nat2: &str, second: &str) -> World {
+    let mut lab = Lab::new();
+    let name = lab.natlab(nat1, nat2);
+    let rdv_dir = lab.dir.join("rdv");
+    let out = lab::run(
+        PILOTD,
+        &[
+            "identity",
+            "--json",
+            "--state-dir",
+            rdv_dir.to_str().unwrap(),
+        ],
+    );
+    let rdv_key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rdv_log = lab.dir.join("rdv.log");
+    let rendezvous = lab.spawn_logged(
+        &format!("{name}-rdv"),
+        &[
+            PILOTD,
+            "rendezvous",
+            "--listen",
+            RDV,
+            "--data-dir",
+            rdv_dir.to_str().unwrap(),
+            "--log-level",
+            "debug",
+        ],
+        Some(&rdv_log),
+    );
+    let pinned = format!("{}@{RDV}", rdv_key["public_key"].as_str().unwrap());
+    let mut a = lab.node(&format!("{name}-a"), "a", "");
+    let mut b = lab.node(&format!("{name}-{second}"), "b", "");
+    let (key_a, key_b) = (a.key.clone(), b.key.clone());
+    for (node, peer) in [(&mut a, key_b), (&mut b, key_a)] {
+        let flags = ["--rendezvous", &pinned, "--allow", &peer].map(String::from);
+        lab.start_with(node, &flags);
+    }
+    World {
+        lab,
+        name,
+        a,
+        b,
+        rendezvous,
+    }
+}
+
+impl World {
+    /// The path `from` reports for `to` once it is `want`, or the last seen one after `secs`.
+    fn wait_path(&self, from: &NodeHandle, to: &NodeHandle, want: &str, secs: u64) -> String {
+        let mut last = String::new();
+        let found = eventually(Duration::from_secs(secs), || {
+            let out = ctl(from, &["peers", "--json"]);
+            let peers: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let peer = peers
+                .as_array()?
+                .iter()
+                .find(|p| p["public_key"] == to.key.as_str())?
+                .clone();
+            last = format!("{} via {}", peer["path"], peer["endpoint"]);
+            (peer["path"] == want).then_some(())
+        });
+        if found.is_some() {
+            want.to_owned()
+        } else {
+            last
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- a\n{}\n--- b\n{}\n--- rendezvous\n{}",
+            self.a.log_text(),
+            self.b.log_text(),
+            fs::read_to_string(self.lab.dir.join("rdv.log")).unwrap_or_default()
+        )
+    }
+
+    /// Serves `www` on b and waits until a can fetch `probe` across the overlay.
+    fn serve(&mut self, www: &std::path::Path, probe: &str) {
+        let ns = self.b.ns.clone();
+        self.lab.spawn_in(
+            &ns,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "::",
+                "8080",
+                "--directory",
+                www.to_str().unwrap(),
+            ],
+        );
+        let url = format!("http://[{}]:8080/{probe}", self.b.address);
+        let ok = eventually(Duration::from_secs(20), || {
+            ns_exec(
+                &self.a.ns,
+                &["curl", "-sS", "--fail", "-m", "3", "-o", "/dev/null", &url],
+            )
+            .status
+            .success()
+            .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "HTTP across the overlay never worked\n{}",
+            self.logs()
+        );
+    }
+}
+
+/// curl across the overlay works for this NAT pair, and both sides report `want` as the path.
+fn pair(nat1: &str, nat2: &str, want: &str) {
+    if !lab::privileged(&format!("nat pair {nat1}/{nat2}")) {
+        return;
+    }
+    let mut w = world(nat1, nat2, "b");
+    let www = w.lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    let page = format!("{nat1}/{nat2} says hello\n");
+    fs::write(www.join("index.html"), &page).unwrap();
+    w.serve(&www, "index.html");
+    let url = format!("http://[{}]:8080/index.html", w.b.address);
+    let out = ns_exec(&w.a.ns, &["curl", "-sS", "--fail", "-m", "5", &url]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), page);
+    // A few round trips of traffic keep the pair active while paths settle.
+    ns_exec(
+        &w.a.ns,
+        &["ping", "-c", "5", "-i", "0.2", "-q", &w.b.address],
+    );
+    let seen_a = w.wait_path(&w.a, &w.b, want, 15);
+    let seen_b = w.wait_path(&w.b, &w.a, want, 5);
+    assert_eq!(
+        (seen_a.as_str(), seen_b.as_str()),
+        (want, want),
+        "{nat1}/{nat2}\n{}",
+        w.logs()
+    );
+    let _ = &w.name;
+}
+
+macro_rules! nat_pairs {
+    ($($test:ident: $nat1:literal / $nat2:literal => $want:literal;)*) => {
+        $(#[test] fn $test() { pair($nat1, $nat2, $want); })*
+    };
+}
+
+nat_pairs! {
+    none_none: "none" / "none" => "direct";
+    none_cone: "none" / "cone" => "direct";
+    none_prc: "none" / "prc" => "direct";
+    none_sym: "none" / "sym" => "direct";
+    cone_cone: "cone" / "cone" => "direct";
+    cone_prc: "cone" / "prc" => "direct";
+    cone_sym: "cone" / "sym" => "direct";
+    prc_prc: "prc" / "prc" => "direct";
+    prc_sym: "prc" / "sym" => "relay";
+    sym_sym: "sym" / "sym" => "relay";
+}
+
+#[test]
+fn hosts_on_one_lan_go_direct_over_the_lan() {
+    if !lab::privileged("hosts_on_one_lan_go_direct_over_the_lan") {
+        return;
+    }
+    // Behind a symmetric NAT with no hairpinning, only the LAN path can work.
+    let w = world("sym", "prc", "a2");
+    ns_exec(
+        &w.a.ns,
+        &["ping", "-c", "5", "-i", "0.2", "-q", &w.b.address],
+    );
+    assert_eq!(
+        w.wait_path(&w.a, &w.b, "direct", 15),
+        "direct",
+        "{}",
+        w.logs()
+    );
+    let peers: serde_json::Value =
+        serde_json::from_slice(&ctl(&w.a, &["peers", "--json"]).stdout).unwrap();
+    assert_eq!(
+        peers[0]["endpoint"], "198.51.100.11:51870",
+        "the LAN endpoint"
+    );
+}
+
+#[test]
+fn flushing_the_nat_mid_transfer_does_not_break_it() {
+    if !lab::privileged("flushing_the_nat_mid_transfer_does_not_break_it") {
+        return;
+    }
+    let mut w = world("prc", "prc", "b");
+    let www = w.lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(www.join("big.bin"), &big).unwrap();
+    w.serve(&www, "big.bin");
+    assert_eq!(
+        w.wait_path(&w.a, &w.b, "direct", 15),
+        "direct",
+        "{}",
+        w.logs()
+    );
+    // About 8 s at 2 MB/s; the NAT in front of a forgets every mapping 2 s in.
+    let fetched = w.lab.dir.join("fetched.bin");
+    let url = format!("http://[{}]:8080/big.bin", w.b.address);
+    let ns = w.a.ns.clone();
+    let curl = w.lab.spawn_in(
+        &ns,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "-m",
+            "60",
+            "--limit-rate",
+            "2M",
+            "-o",
+            fetched.to_str().unwrap(),
+            &url,
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
+    lab::run("bash", &[script, "flush", &w.name, "nat1"]);
+    assert!(
+        w.lab.wait(curl, Duration::from_secs(60)),
+        "the transfer failed after the flush\n{}",
+        w.logs()
+    );
+    let got = fs::read(&fetched).unwrap();
+    assert_eq!(got.len(), big.len());
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&big));
+}
+
+#[test]
+fn a_direct_path_survives_the_rendezvous_dying() {
+    if !lab::privileged("a_direct_path_survives_the_rendezvous_dying") {
+        return;
+    }
+    let mut w = world("cone", "prc", "b");
+    ns_exec(
+        &w.a.ns,
+        &["ping", "-c", "5", "-i", "0.2", "-q", &w.b.address],
+    );
+    assert_eq!(
+        w.wait_path(&w.a, &w.b, "direct", 15),
+        "direct",
+        "{}",
+        w.logs()
+    );
+    let rendezvous = w.rendezvous;
+    w.lab.kill(rendezvous);
+    let out = ns_exec(
+        &w.a.ns,
+        &["ping", "-c", "20", "-i", "0.5", "-W", "2", &w.b.address],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "pings lost after the rendezvous died:\n{text}\n{}",
+        w.logs()
+    );
+    assert_eq!(w.wait_path(&w.a, &w.b, "direct", 1), "direct");
+}

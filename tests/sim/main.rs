@@ -1,0 +1,528 @@
+//! Simulation: real `Node`s and a real rendezvous `Server` over a simulated internet with NAT
+//! models and a fake clock. A minute of network life runs in milliseconds, deterministically.
+
+mod net;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pilot::clock::WallClock;
+use pilot::identity::Identity;
+use pilot::node::{NetOutput, Node, NodeConfig, PathKind, PeerConfig, RendezvousConfig, TunOutput};
+use pilot::rendezvous::{Config, MemoryStore, Port, Refusal, Server};
+use pilot::wire::control::{Message, NatKind as Measured, REGISTER};
+use pilot::wire::envelope;
+
+use net::{NatKind, Net, ALL_KINDS};
+
+const RDV_IP: &str = "203.0.113.10";
+const RDV_PORT: u16 = 7000;
+const NODE_PORT: u16 = 51870;
+const EPOCH_MS: u64 = 1_800_000_000_000;
+
+struct SimNode {
+    host: usize,
+    node: Node,
+    local: SocketAddr,
+    /// Payloads of packets the node delivered to its TUN.
+    tun: Vec<Vec<u8>>,
+}
+
+struct Sim {
+    net: Net,
+    nodes: Vec<SimNode>,
+    server: Server,
+    server_host: usize,
+    now: Instant,
+    buf: Vec<u8>,
+}
+
+fn identity(n: u8) -> Identity {
+    (0..=255u8)
+        .map(|i| Identity::from_secret_bytes(&[n.wrapping_mul(37) ^ i; 32]))
+        .find(|id| !id.address().is_reserved())
+        .unwrap()
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let now = Instant::now();
+        let clock = WallClock::new(now, EPOCH_MS);
+        let mut net = Net::new(Duration::from_millis(20));
+        net.exempt = Some(RDV_IP.parse().unwrap());
+        let server_host = net.add_host(RDV_IP, None);
+        let config = Config::new(identity(200), RDV_PORT, RDV_PORT + 1);
+        let server = Server::new(config, Box::new(MemoryStore::new()), 7, clock, now).unwrap();
+        Sim {
+            net,
+            nodes: Vec::new(),
+            server,
+            server_host,
+            now,
+            buf: vec![0; 65536],
+        }
+    }
+
+    /// A node numbered `n` on host `host` that allows the listed peers.
+    fn add_node(&mut self, n: u8, host: usize, allow: &[u8]) -> usize {
+        let ip = self.net.hosts[host].ip;
+        let local = SocketAddr::new(ip, NODE_PORT);
+        let rendezvous = RendezvousConfig {
+            addr: SocketAddr::new(RDV_IP.parse().unwrap(), RDV_PORT),
+            alt_port: RDV_PORT + 1,
+            key: Some(self.server.public_key()),
+        };
+        let node = Node::new(NodeConfig {
+            identity: identity(n),
+            peers: allow
+                .iter()
+                .map(|&p| PeerConfig {
+                    key: identity(p).public_key(),
+                    endpoint: None,
+                })
+                .collect(),
+            keepalive: Some(25),
+            seed: u64::from(n),
+            rendezvous: Some(rendezvous),
+            lan: vec![local],
+            local_port: NODE_PORT,
+            clock: WallClock::new(self.now, EPOCH_MS),
+        })
+        .unwrap();
+        self.nodes.push(SimNode {
+            host,
+            node,
+            local,
+            tun: Vec::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Two nodes behind NATs of the given kinds, allowing each other.
+    fn pair(a: NatKind, b: NatKind) -> (Sim, usize, usize) {
+        let mut sim = Sim::new();
+        let (na, nb) = (
+            sim.net.add_nat(a, "203.0.113.1"),
+            sim.net.add_nat(b, "203.0.113.2"),
+        );
+        let ha = sim.net.add_host(
+            if a == NatKind::None {
+                "198.51.100.10"
+            } else {
+                "10.1.0.10"
+            },
+            Some(na),
+        );
+        let hb = sim.net.add_host(
+            if b == NatKind::None {
+                "198.51.100.20"
+            } else {
+                "10.2.0.10"
+            },
+            Some(nb),
+        );
+        let x = sim.add_node(1, ha, &[2]);
+        let y = sim.add_node(2, hb, &[1]);
+        (sim, x, y)
+    }
+
+    /// Runs the world until `until`, event by event.
+    fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        loop {
+            self.deliver_due();
+            for i in 0..self.nodes.len() {
+                if self.nodes[i]
+                    .node
+                    .poll_timeout()
+                    .is_none_or(|(t, _)| t <= self.now)
+                {
+                    self.nodes[i].node.handle_timeout(self.now);
+                }
+                self.drain_node(i);
+            }
+            if self
+                .server
+                .poll_timeout()
+                .is_some_and(|(t, _)| t <= self.now)
+            {
+                self.server.handle_timeout(self.now);
+            }
+            self.drain_server();
+            let next = [
+                self.net.next_arrival(),
+                self.server.poll_timeout().map(|(t, _)| t),
+                self.nodes
+                    .iter()
+                    .filter_map(|n| n.node.poll_timeout().map(|(t, _)| t))
+                    .min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(until);
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = next.max(self.now);
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        while let Some(d) = self.net.pop_due(self.now) {
+            if d.host == self.server_host {
+                let port = if d.to.port() == RDV_PORT {
+                    Port::Main
+                } else {
+                    Port::Alt
+                };
+                if let Some(t) =
+                    self.server
+                        .handle_datagram(port, d.from, &d.payload, self.now, &mut self.buf)
+                {
+                    let (to, payload, port) = (t.to, t.payload.to_vec(), t.port);
+                    self.server_send(port, to, &payload);
+                }
+                self.drain_server();
+                continue;
+            }
+            let Some(i) = self
+                .nodes
+                .iter()
+                .position(|n| n.host == d.host && n.local.port() == d.to.port())
+            else {
+                continue;
+            };
+            let node = &mut self.nodes[i];
+            match node
+                .node
+                .handle_datagram(d.from, &d.payload, self.now, &mut self.buf)
+            {
+                NetOutput::Tun(p) => node.tun.push(p.to_vec()),
+                NetOutput::Send(t) => {
+                    let (to, payload) = (t.to, t.payload.to_vec());
+                    let (host, local) = (node.host, node.local);
+                    self.net.send(self.now, host, local, to, &payload);
+                }
+                NetOutput::Nothing => {}
+            }
+            self.drain_node(i);
+        }
+    }
+
+    fn drain_node(&mut self, i: usize) {
+        let (host, local) = (self.nodes[i].host, self.nodes[i].local);
+        while let Some(t) = self.nodes[i].node.poll_transmit(self.now, &mut self.buf) {
+            let (to, payload) = (t.to, t.payload.to_vec());
+            self.net.send(self.now, host, local, to, &payload);
+        }
+        while self.nodes[i].node.poll_event().is_some() {}
+    }
+
+    fn drain_server(&mut self) {
+        while let Some(t) = self.server.poll_transmit(&mut self.buf) {
+            let (to, payload, port) = (t.to, t.payload.to_vec(), t.port);
+            self.server_send(port, to, &payload);
+        }
+    }
+
+    fn server_send(&mut self, port: Port, to: SocketAddr, payload: &[u8]) {
+        let local_port = if port == Port::Main {
+            RDV_PORT
+        } else {
+            RDV_PORT + 1
+        };
+        let from = SocketAddr::new(self.net.hosts[self.server_host].ip, local_port);
+        self.net.send(self.now, self.server_host, from, to, payload);
+    }
+
+    /// Node `from` writes an IPv6/UDP packet for node `to` into its TUN; returns whether it
+    /// left the node (it may wait for a handshake).
+    fn send_packet(&mut self, from: usize, to: usize, payload: &[u8]) {
+        let (src, dst) = (
+            self.nodes[from].node.addr().to_ipv6(),
+            self.nodes[to].node.addr().to_ipv6(),
+        );
+        let packet = udp_packet(src, dst, payload);
+        let node = &mut self.nodes[from];
+        if let TunOutput::Send(t) = node
+            .node
+            .handle_tun_packet(&packet, self.now, &mut self.buf)
+        {
+            let (to, payload) = (t.to, t.payload.to_vec());
+            let (host, local) = (node.host, node.local);
+            self.net.send(self.now, host, local, to, &payload);
+        }
+        self.drain_node(from);
+    }
+
+    /// Payloads node `i` has received so far.
+    fn received(&self, i: usize) -> Vec<Vec<u8>> {
+        self.nodes[i].tun.iter().map(|p| p[48..].to_vec()).collect()
+    }
+
+    fn path(&self, from: usize, to: usize) -> PathKind {
+        let addr = self.nodes[to].node.addr();
+        self.nodes[from]
+            .node
+            .peer_status(addr, self.now)
+            .map_or(PathKind::None, |s| s.path)
+    }
+}
+
+fn udp_packet(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 48 + payload.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[48..].copy_from_slice(payload);
+    p
+}
+
+/// Exchanges a packet each way every 100 ms for `duration`; returns how many of them arrived.
+fn traffic(sim: &mut Sim, x: usize, y: usize, duration: Duration) -> usize {
+    let before = sim.received(x).len() + sim.received(y).len();
+    let rounds = (duration.as_millis() / 100) as usize;
+    for i in 0..rounds {
+        sim.send_packet(x, y, format!("x{i}").as_bytes());
+        sim.send_packet(y, x, format!("y{i}").as_bytes());
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.received(x).len() + sim.received(y).len() - before
+}
+
+fn expected_path(a: NatKind, b: NatKind) -> PathKind {
+    use NatKind::*;
+    match (a, b) {
+        (Sym, Sym) | (Sym, Prc) | (Prc, Sym) => PathKind::Relay,
+        _ => PathKind::Direct,
+    }
+}
+
+#[test]
+fn every_nat_pair_connects_on_the_expected_path() {
+    for a in ALL_KINDS {
+        for b in ALL_KINDS {
+            let (mut sim, x, y) = Sim::pair(a, b);
+            sim.run_for(Duration::from_secs(1));
+            let arrived = traffic(&mut sim, x, y, Duration::from_secs(8));
+            assert!(
+                arrived >= 150,
+                "{a:?}/{b:?}: only {arrived} of 160 packets crossed"
+            );
+            let want = expected_path(a, b);
+            assert_eq!(sim.path(x, y), want, "{a:?}/{b:?} from the first node");
+            assert_eq!(sim.path(y, x), want, "{a:?}/{b:?} from the second node");
+        }
+    }
+}
+
+#[test]
+fn traffic_flows_over_the_relay_at_once_then_goes_direct() {
+    let (mut sim, x, y) = Sim::pair(NatKind::Prc, NatKind::Prc);
+    let start = sim.now;
+    // One round trip to the rendezvous (20 ms each way): registered, not yet introduced.
+    sim.run_for(Duration::from_millis(45));
+    assert!(sim.nodes[x].node.net_status(sim.now).registered);
+    sim.send_packet(x, y, b"first");
+    sim.run_for(Duration::from_millis(60));
+    assert!(
+        sim.server.counters().relay_frames > 0,
+        "the first packet went through the relay"
+    );
+    // Introduced and punched: direct within a few round trips (simulated time).
+    while sim.path(x, y) != PathKind::Direct {
+        assert!(
+            sim.now - start < Duration::from_millis(500),
+            "no direct path after 500 ms"
+        );
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        sim.received(y),
+        vec![b"first".to_vec()],
+        "the relayed packet arrived"
+    );
+    let before = sim.server.counters().relay_frames;
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(1)), 20);
+    assert_eq!(
+        sim.server.counters().relay_frames,
+        before,
+        "direct traffic avoids the relay"
+    );
+}
+
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay_within_seconds() {
+    let (mut sim, x, y) = Sim::pair(NatKind::Cone, NatKind::Prc);
+    sim.run_for(Duration::from_secs(2));
+    traffic(&mut sim, x, y, Duration::from_secs(2));
+    assert_eq!(sim.path(x, y), PathKind::Direct);
+    sim.net.block_direct = true;
+    // Under traffic, the path is given up after DIRECT_TIMEOUT and the relay carries on.
+    traffic(&mut sim, x, y, Duration::from_secs(7));
+    assert_eq!(sim.path(x, y), PathKind::Relay);
+    assert_eq!(sim.path(y, x), PathKind::Relay);
+    assert_eq!(
+        traffic(&mut sim, x, y, Duration::from_secs(2)),
+        40,
+        "relay carries everything"
+    );
+    // When the direct path comes back, the periodic retry finds it again.
+    sim.net.block_direct = false;
+    traffic(&mut sim, x, y, Duration::from_secs(35));
+    assert_eq!(sim.path(x, y), PathKind::Direct);
+}
+
+#[test]
+fn a_node_whose_public_endpoint_changes_recovers() {
+    let (mut sim, x, y) = Sim::pair(NatKind::Prc, NatKind::Cone);
+    sim.run_for(Duration::from_secs(2));
+    traffic(&mut sim, x, y, Duration::from_secs(2));
+    assert_eq!(sim.path(x, y), PathKind::Direct);
+    // The NAT in front of x forgets every mapping: x's packets leave from a new public port.
+    let nat = sim.net.hosts[sim.nodes[x].host].nat.unwrap();
+    sim.net.nats[nat].flush();
+    traffic(&mut sim, x, y, Duration::from_secs(30));
+    assert_eq!(sim.path(x, y), PathKind::Direct);
+    assert_eq!(sim.path(y, x), PathKind::Direct);
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(1)), 20);
+}
+
+#[test]
+fn hosts_behind_the_same_nat_talk_over_the_lan() {
+    let mut sim = Sim::new();
+    let nat = sim.net.add_nat(NatKind::Sym, "203.0.113.1");
+    let h1 = sim.net.add_host("10.1.0.10", Some(nat));
+    let h2 = sim.net.add_host("10.1.0.11", Some(nat));
+    let x = sim.add_node(1, h1, &[2]);
+    let y = sim.add_node(2, h2, &[1]);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(4)) as u64, 80);
+    assert_eq!(sim.path(x, y), PathKind::Direct);
+    let endpoint = sim.nodes[x]
+        .node
+        .peer_status(sim.nodes[y].node.addr(), sim.now)
+        .unwrap()
+        .endpoint;
+    assert_eq!(
+        endpoint.as_deref(),
+        Some("10.1.0.11:51870"),
+        "the LAN endpoint, not the NAT"
+    );
+}
+
+#[test]
+fn nat_behaviour_is_measured() {
+    for (kind, want) in [
+        (NatKind::None, Measured::None),
+        (NatKind::Cone, Measured::EndpointIndependent),
+        (NatKind::Prc, Measured::EndpointIndependent),
+        (NatKind::Sym, Measured::EndpointDependent),
+    ] {
+        let (mut sim, x, _) = Sim::pair(kind, NatKind::Cone);
+        sim.run_for(Duration::from_secs(2));
+        let status = sim.nodes[x].node.net_status(sim.now);
+        assert!(status.registered);
+        assert_eq!(status.nat, want, "{kind:?}");
+    }
+}
+
+#[test]
+fn pairs_not_allowed_by_both_sides_get_nothing() {
+    let mut sim = Sim::new();
+    let n1 = sim.net.add_nat(NatKind::Cone, "203.0.113.1");
+    let n2 = sim.net.add_nat(NatKind::Cone, "203.0.113.2");
+    let (h1, h2) = (
+        sim.net.add_host("10.1.0.10", Some(n1)),
+        sim.net.add_host("10.2.0.10", Some(n2)),
+    );
+    let x = sim.add_node(1, h1, &[2]);
+    let y = sim.add_node(2, h2, &[]); // y does not allow x
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(3)), 0);
+    assert_eq!(sim.path(x, y), PathKind::None);
+    assert!(
+        sim.server.counters().punches == 0,
+        "no introduction for a one-sided pair"
+    );
+}
+
+#[test]
+fn replayed_and_forged_registrations_are_refused() {
+    let mut sim = Sim::new();
+    let me = identity(1);
+    let from: SocketAddr = "203.0.113.1:51870".parse().unwrap();
+    let unix_ms = WallClock::new(sim.now, EPOCH_MS).unix_ms(sim.now);
+    let mut body = Vec::new();
+    Message::Register {
+        lan: vec![],
+        allow: vec![],
+    }
+    .encode(&mut body);
+    let mut register = vec![0u8; 512];
+    let n = envelope::seal(
+        &mut register,
+        REGISTER,
+        me.signing_key(),
+        unix_ms,
+        42,
+        &body,
+    )
+    .unwrap();
+    register.truncate(n);
+    let mut out = vec![0u8; 65536];
+    let first = sim
+        .server
+        .handle_datagram(Port::Main, from, &register, sim.now, &mut out);
+    assert!(first.is_some(), "a fresh registration is answered");
+    // The same bytes again, from the same or another address: refused, unanswered.
+    for replay_from in [from, "203.0.113.66:1234".parse().unwrap()] {
+        assert!(sim
+            .server
+            .handle_datagram(Port::Main, replay_from, &register, sim.now, &mut out)
+            .is_none());
+    }
+    assert_eq!(sim.server.counters().refused(Refusal::Replay), 2);
+    // Someone else's signature over a registration claiming node 1's key.
+    let mut forged = vec![0u8; 512];
+    let n = envelope::seal(
+        &mut forged,
+        REGISTER,
+        identity(9).signing_key(),
+        unix_ms,
+        43,
+        &body,
+    )
+    .unwrap();
+    forged.truncate(n);
+    forged[2..34].copy_from_slice(&me.public_key().0);
+    assert!(sim
+        .server
+        .handle_datagram(Port::Main, from, &forged, sim.now, &mut out)
+        .is_none());
+    assert_eq!(sim.server.counters().refused(Refusal::BadSignature), 1);
+    // A registration signed a minute ago (captured then, replayed now) is stale.
+    let mut old = vec![0u8; 512];
+    let n = envelope::seal(
+        &mut old,
+        REGISTER,
+        me.signing_key(),
+        unix_ms - 60_000,
+        44,
+        &body,
+    )
+    .unwrap();
+    old.truncate(n);
+    assert!(sim
+        .server
+        .handle_datagram(Port::Main, from, &old, sim.now, &mut out)
+        .is_none());
+    assert_eq!(sim.server.counters().refused(Refusal::Stale), 1);
+    assert_eq!(sim.server.counters().registrations, 1);
+}
