@@ -21,7 +21,9 @@ impl WallClock {
 
     /// Reads the system clock once, now.
     pub fn system() -> WallClock {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
         WallClock::new(Instant::now(), since_epoch.as_millis() as u64)
     }
 
@@ -29,7 +31,9 @@ impl WallClock {
     pub fn unix_ms(&self, now: Instant) -> u64 {
         match now.checked_duration_since(self.at) {
             Some(after) => self.unix_ms.saturating_add(after.as_millis() as u64),
-            None => self.unix_ms.saturating_sub(self.at.duration_since(now).as_millis() as u64),
+            None => self
+                .unix_ms
+                .saturating_sub(self.at.duration_since(now).as_millis() as u64),
         }
     }
 }
