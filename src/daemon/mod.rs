@@ -50,11 +50,17 @@ pub struct UpOptions {
 /// Runs the node until SIGINT or SIGTERM. The TUN interface and control socket are gone when
 /// this returns, whether it returns an error or not.
 pub fn run_up(options: UpOptions) -> anyhow::Result<()> {
+    block_on(up(options))
+}
+
+/// Runs a daemon's top-level future on a single-threaded runtime: each daemon is one event
+/// loop, and its state machines are owned by one task.
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(up(options))
+    runtime.block_on(future)
 }
 
 async fn up(options: UpOptions) -> anyhow::Result<()> {

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::socket::{self as nix_socket, sockopt};
 use tokio::net::UdpSocket;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::clock::WallClock;
 use crate::identity::Identity;
@@ -63,11 +62,7 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Runs the rendezvous until SIGINT or SIGTERM.
 pub fn run_rendezvous(options: RendezvousOptions) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(options))
+    super::block_on(serve(options))
 }
 
 async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
@@ -111,7 +106,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         send_errors: 0,
     };
-    core.run(&sockets, shutdown_signal()?, options.stats_interval)
+    core.run(&sockets, super::shutdown_signal()?, options.stats_interval)
         .await
 }
 
@@ -332,16 +327,4 @@ fn is_transient(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EINTR)
     )
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
-    })
 }

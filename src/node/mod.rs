@@ -62,7 +62,7 @@ const MAX_PINGS_IN_FLIGHT: usize = 64;
 /// WireGuard peer indices are 24 bits.
 const MAX_PEERS: usize = 1 << 24;
 /// Control messages remembered for replay protection.
-const REPLAY_MEMORY: usize = 4096;
+const REPLAY_MEMORY: usize = 16_384;
 /// Default registration refresh until the rendezvous says otherwise.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 
