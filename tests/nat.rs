@@ -258,6 +258,76 @@ fn flushing_the_nat_mid_transfer_does_not_break_it() {
 }
 
 #[test]
+fn a_capture_on_the_relay_shows_no_plaintext() {
+    if !lab::privileged("a_capture_on_the_relay_shows_no_plaintext") {
+        return;
+    }
+    assert!(
+        lab::command_exists("tcpdump"),
+        "tcpdump is needed (apt-get install tcpdump)"
+    );
+    // Symmetric on both sides: everything goes through the relay.
+    let mut w = world("sym", "sym", "b");
+    let marker = "pilot-plaintext-marker-7f3a9c";
+    let www = w.lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    fs::write(www.join("secret.txt"), marker.repeat(2000)).unwrap();
+    w.serve(&www, "secret.txt");
+    assert_eq!(
+        w.wait_path(&w.a, &w.b, "relay", 10),
+        "relay",
+        "{}",
+        w.logs()
+    );
+    let pcap = w.lab.dir.join("relay.pcap");
+    let rdv_ns = format!("{}-rdv", w.name);
+    let capture_log = w.lab.dir.join("tcpdump.log");
+    let capture = w.lab.spawn_logged(
+        &rdv_ns,
+        &[
+            "tcpdump",
+            "-i",
+            "any",
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            "udp",
+        ],
+        Some(&capture_log),
+    );
+    let listening = eventually(Duration::from_secs(10), || {
+        fs::read_to_string(&capture_log)
+            .ok()?
+            .contains("listening on")
+            .then_some(())
+    });
+    assert!(listening.is_some(), "tcpdump did not start");
+    std::thread::sleep(Duration::from_millis(500));
+    let url = format!("http://[{}]:8080/secret.txt", w.b.address);
+    let out = ns_exec(&w.a.ns, &["curl", "-sS", "--fail", "-m", "10", &url]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(marker),
+        "the page crossed"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    lab::run(
+        "ip",
+        &["netns", "exec", &rdv_ns, "pkill", "-INT", "-x", "tcpdump"],
+    );
+    w.lab.wait(capture, Duration::from_secs(10));
+    let captured = fs::read(&pcap).unwrap();
+    assert!(
+        captured.len() > 60_000,
+        "the relay carried the transfer ({} bytes captured)",
+        captured.len()
+    );
+    let found = captured
+        .windows(marker.len())
+        .any(|w| w == marker.as_bytes());
+    assert!(!found, "plaintext visible on the relay");
+}
+
+#[test]
 fn a_direct_path_survives_the_rendezvous_dying() {
     if !lab::privileged("a_direct_path_survives_the_rendezvous_dying") {
         return;

@@ -45,7 +45,7 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
-fn command_exists(tool: &str) -> bool {
+pub fn command_exists(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
         .unwrap_or(false)
@@ -256,6 +256,12 @@ impl Lab {
             .unwrap();
         self.children.push(child);
         self.children.len() - 1
+    }
+
+    /// Sends `signal` to a process started by this lab (by its PID, nothing else).
+    pub fn signal(&mut self, index: usize, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.children[index].id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
     }
 
     /// SIGKILLs a process started by this lab.
