@@ -14,7 +14,19 @@
 #   BENCH_MTU=N|native  tunnel MTU: N (1280-1440) for pilot and every other overlay; the
 #                     default is pilot's own (1380, or PILOT_MTU) for all of them; "native"
 #                     leaves each tool at its default (pilot 1380, wireguard-go 1420, nebula 1300)
+#   BENCH_NAT=0       skip the NAT section (default: run it)
+#   BENCH_NAT_PAIRS=".."  NAT pairs nat1/nat2 to measure (node A behind nat1, node B behind
+#                     nat2; kinds none, cone, prc, sym), default
+#                     "cone/prc prc/prc prc/sym sym/sym none/sym"
+#   BENCH_RELAY_RATE=MBIT  --relay-rate of the NAT section's rendezvous (default 10000, so the
+#                     relay's own speed is measured; pilotd's default is 100 Mbit/s per node)
 #   PILOT_BIN=DIR     where pilotd/pilotctl are (default: target/release; built if missing)
+#
+# The NAT section builds a fresh natlab (scripts/natlab.sh) per pair, with a rendezvous on its
+# "internet" and a node behind each router, starts both nodes at the same moment and measures
+# the time to the first byte of an HTTP reply across the overlay, the time until A reports the
+# path to B as direct, and then TCP throughput and ping RTT through the path it ended on
+# (direct, or relayed through the rendezvous).
 #
 # It only measures and prints: there are no timing assertions. It exits non-zero only when a
 # step fails outright (a daemon dies, iperf3 cannot connect, ping gets no reply...).
@@ -27,15 +39,26 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/twonode.sh"
 # shellcheck source=lib/compare.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib/compare.sh"
+# shellcheck source=lib/natpair.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib/natpair.sh"
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_COMPARE=${BENCH_COMPARE:-}
 BENCH_INSTALL=${BENCH_INSTALL:-0}
 BENCH_MTU=${BENCH_MTU:-}
+BENCH_NAT=${BENCH_NAT:-1}
+BENCH_NAT_PAIRS=${BENCH_NAT_PAIRS:-"cone/prc prc/prc prc/sym sym/sym none/sym"}
+BENCH_RELAY_RATE=${BENCH_RELAY_RATE:-10000}
 # Unique per run, as asked; each run also has its own namespaces, so this is belt and braces.
 IPERF_PORT=$((5201 + $$ % 1000))
 PING_COUNT=50
 PING_INTERVAL=0.02
+# NAT section: seconds (from starting the nodes) allowed for the first byte and for a direct
+# path; how long a relayed path must hold before it counts as where the pair ended; the HTTP
+# port on node B.
+NAT_TIMEOUT=20
+NAT_STABLE=3
+NAT_HTTP_PORT=8080
 
 # run_iperf NAME ADDR [iperf3 options...]: one iperf3 client run from node A to node B's
 # server on ADDR; raw JSON kept in $RESULTS/NAME.json for the summary.
@@ -128,6 +151,25 @@ check_settings() {
         fi
         ;;
     esac
+    case ${BENCH_NAT,,} in
+    0 | no | false | off) BENCH_NAT=0 ;;
+    1 | yes | true | on) BENCH_NAT=1 ;;
+    *) echo "BENCH_NAT must be 1 or 0" >&2; exit 2 ;;
+    esac
+    if ((BENCH_NAT)); then
+        local pair
+        NAT_PAIRS=()
+        for pair in ${BENCH_NAT_PAIRS//,/ }; do
+            if ! [[ $pair =~ ^([a-z]+)/([a-z]+)$ ]] || ! np_is_kind "${BASH_REMATCH[1]}" || ! np_is_kind "${BASH_REMATCH[2]}"; then
+                echo "BENCH_NAT_PAIRS: '$pair' is not NAT1/NAT2 with kinds from: $NP_KINDS" >&2
+                exit 2
+            fi
+            [[ " ${NAT_PAIRS[*]} " == *" $pair "* ]] || NAT_PAIRS+=("$pair")
+        done
+        ((${#NAT_PAIRS[@]})) || { echo "BENCH_NAT_PAIRS is empty (BENCH_NAT=0 skips the NAT section)" >&2; exit 2; }
+        [[ $BENCH_RELAY_RATE =~ ^[1-9][0-9]{0,5}$ ]] ||
+            { echo "BENCH_RELAY_RATE must be a number of Mbit/s from 1 to 999999" >&2; exit 2; }
+    fi
     case ${BENCH_COMPARE,,} in
     "" | all | none) ;;
     *)
@@ -248,11 +290,145 @@ bench_overlay() {
     tn_release
 }
 
+# nat_ms T: milliseconds from NAT_T0 to the timestamp T (date +%s.%N), or "" for "".
+nat_ms() {
+    [[ -n $1 ]] || return 0
+    awk -v t0="$NAT_T0" -v t="$1" 'BEGIN { printf "%.0f", (t - t0) * 1000 }'
+}
+
+# nat_watch_path FILE SECS: polls A's path to B every ~20 ms and appends "PATH TIMESTAMP" to
+# FILE whenever it changes; stops at "direct" or after SECS seconds. Runs in the background.
+nat_watch_path() {
+    local file=$1 end=$((SECONDS + $2)) path last=""
+    while ((SECONDS < end)); do
+        path=$(np_path)
+        if [[ -n $path && $path != "$last" ]]; then
+            printf '%s %s\n' "$path" "$(date +%s.%N)" >>"$file"
+            last=$path
+        fi
+        [[ $path == direct ]] && return 0
+        sleep 0.02
+    done
+}
+
+# nat_forget_pid PID: drop a PID we have stopped ourselves from TN_PIDS, so that cleanup never
+# signals it again (the number could belong to someone else by then).
+nat_forget_pid() {
+    local keep=() p
+    for p in "${TN_PIDS[@]}"; do
+        [[ $p == "$1" ]] || keep+=("$p")
+    done
+    TN_PIDS=("${keep[@]}")
+}
+
+# nat_first_byte URL: retries curl from node A every 20 ms (1 s timeout per try) until an HTTP
+# reply arrives; prints the timestamp of its first byte (curl's time to first byte, counted
+# back from when it returned).
+nat_first_byte() {
+    local url=$1 out now deadline=$((SECONDS + NAT_TIMEOUT))
+    while :; do
+        if out=$(tn_in_a curl -sS -o /dev/null -m 1 -w '%{time_total} %{time_starttransfer}' "$url" 2>/dev/null); then
+            now=$(date +%s.%N)
+            awk -v now="$now" -v w="$out" 'BEGIN { split(w, x, " "); printf "%.6f", now - x[1] + x[2] }'
+            return 0
+        fi
+        np_check_alive
+        ((SECONDS < deadline)) || tn_die "no HTTP reply from node B across the overlay within ${NAT_TIMEOUT}s ($url)"
+        sleep 0.02
+    done
+}
+
+# bench_nat_pair NAT1 NAT2: one NAT pair in a fresh natlab.
+bench_nat_pair() {
+    local nat1=$1 nat2=$2 pair="$1/$2" key="nat_${1}_${2}" want
+    want=$(np_expected_path "$nat1" "$nat2")
+    tn_say "NAT $pair: fresh natlab, node A behind nat1=$nat1, node B behind nat2=$nat2 (expected path: $want)"
+    np_lab_up "$nat1" "$nat2" b
+    np_make_identities "$TN_DIR/$key"
+    np_start_rendezvous "$key-rendezvous"
+    # The web server first: it binds ::, so it is ready before B's pilot0 exists, and the first
+    # byte measures the overlay alone.
+    local url="http://[$TN_ADDR_B]:$NAT_HTTP_PORT/"
+    tn_spawn b "$TN_DIR/logs/$key-http-server.log" \
+        python3 -m http.server --bind :: --directory "$NAT_SITE" "$NAT_HTTP_PORT"
+    tn_wait_listen b :: "$NAT_HTTP_PORT"
+
+    local paths=$RESULTS/$key.paths watcher
+    : >"$paths"
+    tn_note "starting both nodes, then curl $url every 20 ms; polling A's path every 20 ms"
+    NAT_T0=$(date +%s.%N)
+    np_start_nodes "$key-pilotd"
+    nat_watch_path "$paths" "$NAT_TIMEOUT" </dev/null {TN_FD_OUT}>&- {TN_FD_ERR}>&- &
+    watcher=$!
+    TN_PIDS+=("$watcher")
+
+    local t_first
+    t_first=$(nat_first_byte "$url")
+    tn_note "  -> first byte after $(nat_ms "$t_first") ms"
+
+    # Where does the pair end? Direct as soon as A says so; relay once it has held NAT_STABLE
+    # seconds (the watcher stops at direct, or gives up after NAT_TIMEOUT).
+    local last="" since=""
+    while kill -0 "$watcher" 2>/dev/null; do
+        np_check_alive
+        if [[ $want == relay && -s $paths ]]; then
+            read -r last since < <(tail -n 1 "$paths")
+            if [[ $last == relay ]] && awk -v s="$since" -v now="$(date +%s.%N)" -v h="$NAT_STABLE" 'BEGIN { exit !(now - s >= h) }'; then
+                break
+            fi
+        fi
+        sleep 0.05
+    done
+    tn_stop_pid "$watcher"
+    nat_forget_pid "$watcher"
+
+    local path t_direct t_relay
+    path=$(awk 'END { print $1 }' "$paths")
+    t_direct=$(awk '$1 == "direct" { print $2; exit }' "$paths")
+    t_relay=$(awk '$1 == "relay" { print $2; exit }' "$paths")
+    [[ -n $path ]] || path=$(np_path)
+    if [[ -n $t_direct ]]; then
+        tn_note "  -> path direct after $(nat_ms "$t_direct") ms"
+    else
+        tn_note "  -> path $path (held ${NAT_STABLE}s; relayed since $(nat_ms "$t_relay") ms)"
+    fi
+    [[ $path == "$want" ]] || tn_warn "NAT $pair: ended on '$path', expected '$want'"
+
+    tn_say "NAT $pair: ping RTT and TCP throughput through the $path path"
+    run_ping "${key}_ping" "$TN_ADDR_B"
+    start_iperf_server "$TN_ADDR_B"
+    run_iperf "${key}_tcp" "$TN_ADDR_B"
+    local path_after
+    path_after=$(np_path)
+    [[ $path_after == "$path" ]] || tn_warn "NAT $pair: the path changed from $path to $path_after during the measurements"
+
+    printf '%s\n' "pair=$pair" "key=$key" "want=$want" "path=$path" "path_after=$path_after" \
+        "first_byte_ms=$(nat_ms "$t_first")" "direct_ms=$(nat_ms "$t_direct")" \
+        "relay_ms=$(nat_ms "$t_relay")" >"$RESULTS/$key.nat"
+    printf '%s\n' "$key" >>"$RESULTS/nat_pairs"
+
+    tn_say "NAT $pair: stopping the nodes and the rendezvous, removing the lab"
+    tn_release
+}
+
+# The NAT section: each pair of BENCH_NAT_PAIRS in turn.
+bench_nat() {
+    NAT_SITE=$TN_DIR/site
+    mkdir -p "$NAT_SITE"
+    echo "pilot NAT bench" >"$NAT_SITE/index.html"
+    NP_RDV_ARGS=(--relay-rate "$BENCH_RELAY_RATE")
+    local pair
+    for pair in "${NAT_PAIRS[@]}"; do
+        bench_nat_pair "${pair%/*}" "${pair#*/}"
+    done
+}
+
 # Reads the raw results and prints the human table, then the JSON line (also to BENCH_JSON).
 summarize() {
     local mtu_mode=equal
     [[ $BENCH_MTU == native ]] && mtu_mode=native
     BENCH_SECONDS=$BENCH_SECONDS RESULTS=$RESULTS MTU_MODE=$mtu_mode LOADAVG=$LOADAVG_BEFORE \
+        BENCH_NAT=$BENCH_NAT RELAY_RATE=$BENCH_RELAY_RATE NAT_STABLE=$NAT_STABLE \
         KNOWN="$(cmp_known | xargs)" \
         WG_TOOLS_VERSION=$(command -v wg >/dev/null && cmp_version wireguard-tools || echo "") \
         IPERF3_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR == 1 { print $2 }') \
@@ -433,6 +609,62 @@ notes.append(f"(kernel {result['kernel']}, {result['cpus']} CPUs, load average b
 print()
 for n in notes:
     print(textwrap.fill(n, width=100, subsequent_indent="  "))
+
+# The NAT section: one row per pair, in the order they ran.
+nat = None
+if os.environ["BENCH_NAT"] == "1":
+    nat = {}
+    num = lambda v: int(v) if v else None
+    for key in lines("nat_pairs"):
+        with open(os.path.join(res, key + ".nat")) as f:
+            m = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        gbps, rt = iperf(key + "_tcp")
+        rtt, mdev, loss = ping(key + "_ping")
+        nat[m["pair"]] = {
+            "path": m["path"],
+            "expected_path": m["want"],
+            "first_byte_ms": num(m["first_byte_ms"]),
+            "direct_ms": num(m["direct_ms"]),
+            "relay_ms": num(m["relay_ms"]),
+            "tcp_gbps": r3(gbps),
+            "tcp_retransmits": rt,
+            "rtt_ms": rtt,
+            "rtt_mdev_ms": mdev,
+            "path_after": m["path_after"],
+        }
+    print()
+    heads = ["NAT pair (A/B)", "path", "first byte ms", "direct ms", "TCP Gbit/s", "RTT ms"]
+    widths = [16, 8, 15, 11, 12, 9]
+    print("".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(heads, widths))))
+    odd = []
+    for pair, n in nat.items():
+        path = n["path"] + ("*" if n["path"] != n["expected_path"] or n["path_after"] != n["path"] else "")
+        if n["path"] != n["expected_path"]:
+            odd.append(f"{pair} ended on {n['path']}, expected {n['expected_path']}.")
+        if n["path_after"] != n["path"]:
+            odd.append(f"{pair}: the path changed to {n['path_after']} during the measurements.")
+        cells = [pair, path, fmt(n["first_byte_ms"], "d"), fmt(n["direct_ms"], "d"),
+                 fmt(n["tcp_gbps"], ".3f"), fmt(n["rtt_ms"], ".3f")]
+        print("".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+    print()
+    nat_notes = [
+        "first byte: from starting both daemons (at the same moment) to the first byte of an HTTP"
+        " reply from B's fd70 address, curl retried from A every 20 ms with a 1 s timeout. direct:"
+        " until A's `pilotctl peers` (polled every ~20 ms) reports path=direct; '-' when the pair"
+        f" stays relayed (relay counted as settled after holding {os.environ['NAT_STABLE']} s)."
+        " TCP: iperf3, one stream A->B; RTT: kernel ping, both through the path the pair ended on.",
+        "natlab's routers, its 'internet' and the rendezvous are network namespaces on this same"
+        f" {os.cpu_count()}-core machine: a relayed packet goes A -> nat1 -> inet -> rendezvous ->"
+        " inet -> nat2 -> B, and the rendezvous process shares the cores with both daemons and"
+        " iperf3, so relayed throughput is bounded by that CPU, not by any link. The rendezvous"
+        f" ran with --relay-rate {os.environ['RELAY_RATE']} Mbit/s per node (pilotd's default, 100,"
+        " would cap relayed TCP near 0.1 Gbit/s); BENCH_RELAY_RATE=100 measures with the default.",
+    ] + odd
+    for n in nat_notes:
+        print(textwrap.fill(n, width=100, subsequent_indent="  "))
+result["nat"] = nat
+result["nat_relay_rate_mbit"] = int(os.environ["RELAY_RATE"]) if nat is not None else None
+
 print()
 line = json.dumps(result, separators=(",", ":"))
 print(line)
@@ -445,6 +677,10 @@ PY
 main() {
     check_settings
     command -v iperf3 >/dev/null || { echo "missing command: iperf3" >&2; exit 1; }
+    if ((BENCH_NAT)) && ! command -v nft >/dev/null; then
+        echo "missing command: nft (apt-get install nftables), needed by the NAT section; BENCH_NAT=0 skips it" >&2
+        exit 1
+    fi
     LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
     tn_init pbn
     RESULTS=$TN_DIR/results
@@ -459,6 +695,11 @@ main() {
     for name in "${COMPARE[@]}"; do
         bench_overlay "$name"
     done
+    if ((BENCH_NAT)); then
+        bench_nat
+    else
+        tn_say "NAT section: skipped (BENCH_NAT=0)"
+    fi
 
     summarize
 }

@@ -155,6 +155,7 @@ tn_ns_of() {
     case $1 in
     a) printf '%s' "$TN_NS_A" ;;
     b) printf '%s' "$TN_NS_B" ;;
+    rdv) printf '%s' "${TN_NS_RDV:?no rendezvous namespace (natpair.sh)}" ;;
     *) tn_die "unknown node '$1'" ;;
     esac
 }
