@@ -148,6 +148,8 @@ impl Node {
                 };
                 self.peers[index].path.start_punch(&candidates, now);
                 self.send_probes(index, now);
+                // Both sides are registered now: a handshake sent earlier may have been lost.
+                self.kick_handshake(index);
                 true
             }
             Message::Refused { code, .. } => {
@@ -188,6 +190,7 @@ impl Node {
         };
         if self.peers[index].path.on_probe_ack(echo, from, now) {
             self.path_changed(index, PathKind::Direct, Some(from));
+            self.kick_handshake(index);
         }
         true
     }

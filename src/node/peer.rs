@@ -71,6 +71,8 @@ pub(crate) struct Peer {
     pub timers_due: bool,
     /// On the node's work list already.
     pub queued: bool,
+    /// Start a handshake at the next `poll_transmit` unless a session is up.
+    pub kick_handshake: bool,
     /// Latest round trip measured by `pilotctl ping`.
     pub last_rtt: Option<Duration>,
 }
@@ -100,8 +102,15 @@ impl Peer {
             needs_flush: false,
             timers_due: false,
             queued: false,
+            kick_handshake: false,
             last_rtt: None,
         }
+    }
+
+    /// Whether a WireGuard session is up (a handshake completed within its lifetime).
+    pub fn has_session(&self) -> bool {
+        let (since_handshake, ..) = self.tunn.stats();
+        since_handshake.is_some_and(|t| t < SESSION_LIFETIME)
     }
 
     /// A snapshot for `pilotctl peers`; `route` is where datagrams go now, `relay` the

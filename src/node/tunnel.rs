@@ -131,6 +131,17 @@ impl Node {
         }
         // Only peers with something to do are visited: no scan of the whole table per batch.
         while let Some(&index) = self.work.front() {
+            if std::mem::take(&mut self.peers[index].kick_handshake)
+                && !self.peers[index].has_session()
+            {
+                let route = self.route(index, now);
+                let produced = self.tunnel_io(index, route, out, |tunn, buf| {
+                    tunn.format_handshake_initiation(buf, true)
+                });
+                if let Produced::Network(to, len) = produced {
+                    return Some((to, len));
+                }
+            }
             let (flush, timers) = (self.peers[index].needs_flush, self.peers[index].timers_due);
             if !flush && !timers {
                 self.peers[index].queued = false;
@@ -154,6 +165,20 @@ impl Node {
             }
         }
         None
+    }
+
+    /// A path to peer `index` just appeared (introduced, or a direct path answered): if no
+    /// session is up, start a handshake now rather than when boringtun's 5 s retry fires —
+    /// an initiation sent before the peer was reachable (over a relay that did not know it
+    /// yet) is simply lost. Both sides learn of the path at the same moment, and two
+    /// initiations that cross overwrite each other's handshake state (boringtun keeps one), so
+    /// only the side with the lower key kicks; the other answers.
+    pub(super) fn kick_handshake(&mut self, index: usize) {
+        if self.key >= self.peers[index].key {
+            return;
+        }
+        self.peers[index].kick_handshake = true;
+        self.schedule(index);
     }
 
     /// Puts a peer on the work list `poll_transmit` walks, once.

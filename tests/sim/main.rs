@@ -262,6 +262,36 @@ impl Sim {
         self.nodes[i].tun.iter().map(|p| p[48..].to_vec()).collect()
     }
 
+    /// Counters and peer views of every node, for failure messages.
+    fn debug(&self) -> String {
+        let mut text = String::new();
+        for n in &self.nodes {
+            let drops: Vec<String> = n
+                .node
+                .counters()
+                .iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(r, c)| format!("{}={c}", r.name()))
+                .collect();
+            let peers: Vec<String> = n
+                .node
+                .peers(self.now)
+                .map(|p| {
+                    format!(
+                        "{:?} via {:?}, rx {} tx {}",
+                        p.path, p.endpoint, p.rx_bytes, p.tx_bytes
+                    )
+                })
+                .collect();
+            text += &format!(
+                "node {}: drops {drops:?}; peers {peers:?}; {:?}\n",
+                n.node.addr(),
+                n.node.net_status(self.now)
+            );
+        }
+        text + &format!("rendezvous: {}\n", self.server.counters())
+    }
+
     fn path(&self, from: usize, to: usize) -> PathKind {
         let addr = self.nodes[to].node.addr();
         self.nodes[from]
@@ -312,7 +342,8 @@ fn every_nat_pair_connects_on_the_expected_path() {
             let arrived = traffic(&mut sim, x, y, Duration::from_secs(8));
             assert!(
                 arrived >= 150,
-                "{a:?}/{b:?}: only {arrived} of 160 packets crossed"
+                "{a:?}/{b:?}: only {arrived} of 160 packets crossed\n{}",
+                sim.debug()
             );
             let want = expected_path(a, b);
             assert_eq!(sim.path(x, y), want, "{a:?}/{b:?} from the first node");
@@ -355,6 +386,60 @@ fn traffic_flows_over_the_relay_at_once_then_goes_direct() {
         before,
         "direct traffic avoids the relay"
     );
+}
+
+#[test]
+fn a_packet_sent_before_the_peer_exists_arrives_soon_after_it_registers() {
+    for (first, second) in [(1, 2), (2, 1)] {
+        // Whichever side has the lower key, the early sender's first packet must not wait for
+        // WireGuard's 5 s handshake retry.
+        let mut sim = Sim::new();
+        let n1 = sim.net.add_nat(NatKind::Prc, "203.0.113.1");
+        let n2 = sim.net.add_nat(NatKind::Prc, "203.0.113.2");
+        let (h1, h2) = (
+            sim.net.add_host("10.1.0.10", Some(n1)),
+            sim.net.add_host("10.2.0.10", Some(n2)),
+        );
+        let x = sim.add_node(first, h1, &[second]);
+        sim.run_for(Duration::from_millis(100));
+        // x is registered; its peer is not even running. Its handshake goes nowhere.
+        sim.nodes.push(SimNode {
+            host: h2,
+            node: Node::new(NodeConfig {
+                identity: identity(second),
+                peers: vec![PeerConfig {
+                    key: identity(first).public_key(),
+                    endpoint: None,
+                }],
+                keepalive: Some(25),
+                seed: 99,
+                rendezvous: Some(RendezvousConfig {
+                    addr: SocketAddr::new(RDV_IP.parse().unwrap(), RDV_PORT),
+                    alt_port: RDV_PORT + 1,
+                    key: Some(sim.server.public_key()),
+                }),
+                lan: vec![SocketAddr::new("10.2.0.10".parse().unwrap(), NODE_PORT)],
+                local_port: NODE_PORT,
+                clock: WallClock::new(sim.now, EPOCH_MS),
+            })
+            .unwrap(),
+            local: SocketAddr::new("10.2.0.10".parse().unwrap(), NODE_PORT),
+            tun: Vec::new(),
+        });
+        let y = sim.nodes.len() - 1;
+        sim.send_packet(x, y, b"early");
+        sim.run_for(Duration::from_millis(300));
+        let started = sim.now;
+        while sim.received(y).is_empty() {
+            assert!(
+                sim.now - started < Duration::from_secs(1),
+                "key order {first}/{second}: packet still waiting\n{}",
+                sim.debug()
+            );
+            sim.run_for(Duration::from_millis(20));
+        }
+        assert_eq!(sim.received(y), vec![b"early".to_vec()]);
+    }
 }
 
 #[test]
