@@ -312,14 +312,15 @@ impl Node {
             self.counters.drop(DropReason::NoPeer);
             return self.unreachable(UnreachableCode::NoRoute, packet, now, out);
         };
-        if self.route(index, now) == Route::Nowhere {
+        let route = self.route(index, now);
+        if route == Route::Nowhere {
             self.counters.drop(DropReason::NoEndpoint);
             return self.unreachable(UnreachableCode::AddressUnreachable, packet, now, out);
         }
         self.peers[index].path.on_tx(now);
         // The source is not checked here: the receiving peer enforces that a packet's source is
         // the sender's own address, which is the check that matters.
-        match self.send_via_path(index, now, out, |tunn, buf| tunn.encapsulate(packet, buf)) {
+        match self.send_via_path(index, route, out, |tunn, buf| tunn.encapsulate(packet, buf)) {
             Some((to, len)) => TunOutput::Send(Transmit {
                 to,
                 payload: &out[..len],

@@ -89,16 +89,15 @@ impl Node {
         }
     }
 
-    /// Runs a boringtun operation producing a datagram for peer `index`, sent along its current
-    /// path. Returns where to send the datagram and its length in `out`.
+    /// Runs a boringtun operation producing a datagram for peer `index`, sent along `route`
+    /// (the peer's current one). Returns where to send the datagram and its length in `out`.
     pub(super) fn send_via_path(
         &mut self,
         index: usize,
-        now: Instant,
+        route: Route,
         out: &mut [u8],
         op: impl for<'b> FnOnce(&mut Tunn, &'b mut [u8]) -> TunnResult<'b>,
     ) -> Option<(SocketAddr, usize)> {
-        let route = self.route(index, now);
         match self.tunnel_io(index, route, out, op) {
             Produced::Network(to, len) => Some((to, len)),
             _ => None,
@@ -122,7 +121,8 @@ impl Node {
             let (index, seq) = (self.pings[i].peer, self.pings[i].seq);
             self.pings[i].sent = Some(now);
             let (packet, len) = self.write_ping(index, seq);
-            if let Some(sent) = self.send_via_path(index, now, out, |tunn, buf| {
+            let route = self.route(index, now);
+            if let Some(sent) = self.send_via_path(index, route, out, |tunn, buf| {
                 tunn.encapsulate(&packet[..len], buf)
             }) {
                 return Some(sent);
