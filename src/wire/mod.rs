@@ -9,6 +9,7 @@
 pub mod control;
 pub mod envelope;
 pub mod ip;
+pub mod trust;
 
 /// First byte of Pilot's own datagrams start here (`'P'`).
 pub const PILOT_FIRST: u8 = 0x50;

@@ -1,0 +1,368 @@
+//! Signed trust statements between two nodes: a handshake request, the bilateral trust record
+//! both sides sign, and a revocation either side can issue.
+//!
+//! Every statement is verified by the nodes themselves, never taken on the rendezvous' word:
+//! a record names both keys and carries both signatures over the same bytes, so the rendezvous
+//! (or anyone) can store and deliver it but cannot make one up or alter it. Which statement
+//! holds for a pair is decided by [`TrustLedger`]: the newest wins, and a revocation wins a tie.
+//!
+//! ```text
+//! request    = "pilot/v1/trust-request"  · requester · target · issued_ms · nonce · len · justification  + sig(requester)
+//! record     = "pilot/v1/trust-record"   · low key · high key · issued_ms                             + sig(low) + sig(high)
+//! revocation = "pilot/v1/trust-revoke"   · by · other · issued_ms                                     + sig(by)
+//! ```
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use crate::identity::NodeKey;
+
+/// Longest justification a request may carry, in bytes of UTF-8.
+pub const MAX_JUSTIFICATION: usize = 256;
+/// A request older than this is no longer offered for approval.
+pub const REQUEST_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Statements dated further in the future than this are refused (clock skew allowance).
+pub const MAX_FUTURE_MS: u64 = 5 * 60 * 1000;
+
+const REQUEST_DOMAIN: &[u8] = b"pilot/v1/trust-request";
+const RECORD_DOMAIN: &[u8] = b"pilot/v1/trust-record";
+const REVOKE_DOMAIN: &[u8] = b"pilot/v1/trust-revoke";
+
+/// "Please trust me", signed by the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRequest {
+    pub requester: NodeKey,
+    pub target: NodeKey,
+    pub issued_ms: u64,
+    pub nonce: u64,
+    pub justification: String,
+    pub signature: [u8; 64],
+}
+
+/// Mutual trust between two keys, signed by both over the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRecord {
+    /// The lower of the two keys (byte order), so both sides build identical bytes.
+    pub low: NodeKey,
+    pub high: NodeKey,
+    pub issued_ms: u64,
+    pub low_signature: [u8; 64],
+    pub high_signature: [u8; 64],
+}
+
+/// "I no longer trust `other`", signed by `by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub by: NodeKey,
+    pub other: NodeKey,
+    pub issued_ms: u64,
+    pub signature: [u8; 64],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("a key is not a valid Ed25519 key")]
+    BadKey,
+    #[error("a node cannot trust itself")]
+    SelfTrust,
+    #[error("justification longer than {MAX_JUSTIFICATION} bytes")]
+    JustificationTooLong,
+    #[error("statement dated in the future")]
+    FromTheFuture,
+    #[error("request expired")]
+    Expired,
+    #[error("the record's keys are not in canonical order")]
+    NotCanonical,
+    #[error("this key is not one of the record's two")]
+    NotAParty,
+}
+
+impl TrustRequest {
+    /// A request from `key`'s owner to `target`.
+    pub fn sign(
+        key: &SigningKey,
+        target: NodeKey,
+        issued_ms: u64,
+        nonce: u64,
+        justification: &str,
+    ) -> Result<TrustRequest, TrustError> {
+        let requester = NodeKey(key.verifying_key().to_bytes());
+        if requester == target {
+            return Err(TrustError::SelfTrust);
+        }
+        if justification.len() > MAX_JUSTIFICATION {
+            return Err(TrustError::JustificationTooLong);
+        }
+        let mut request = TrustRequest {
+            requester,
+            target,
+            issued_ms,
+            nonce,
+            justification: justification.to_owned(),
+            signature: [0; 64],
+        };
+        request.signature = key.sign(&request.signed_bytes()).to_bytes();
+        Ok(request)
+    }
+
+    /// Checks the signature, the size limit, and that it is neither from the future nor older
+    /// than [`REQUEST_LIFETIME_MS`] at `now_ms`.
+    pub fn verify(&self, now_ms: u64) -> Result<(), TrustError> {
+        if self.requester == self.target {
+            return Err(TrustError::SelfTrust);
+        }
+        if self.justification.len() > MAX_JUSTIFICATION {
+            return Err(TrustError::JustificationTooLong);
+        }
+        check_time(self.issued_ms, now_ms)?;
+        if now_ms.saturating_sub(self.issued_ms) > REQUEST_LIFETIME_MS {
+            return Err(TrustError::Expired);
+        }
+        verify(&self.requester, &self.signed_bytes(), &self.signature)
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut b = REQUEST_DOMAIN.to_vec();
+        b.extend_from_slice(&self.requester.0);
+        b.extend_from_slice(&self.target.0);
+        b.extend_from_slice(&self.issued_ms.to_be_bytes());
+        b.extend_from_slice(&self.nonce.to_be_bytes());
+        b.extend_from_slice(&(self.justification.len() as u16).to_be_bytes());
+        b.extend_from_slice(self.justification.as_bytes());
+        b
+    }
+}
+
+impl TrustRecord {
+    /// The approver's half: `key`'s owner signs trust with `other` as of `issued_ms`. The
+    /// record is complete once the other side adds its signature with [`TrustRecord::countersign`].
+    pub fn approve(
+        key: &SigningKey,
+        other: NodeKey,
+        issued_ms: u64,
+    ) -> Result<TrustRecord, TrustError> {
+        let me = NodeKey(key.verifying_key().to_bytes());
+        if me == other {
+            return Err(TrustError::SelfTrust);
+        }
+        let (low, high) = if me < other { (me, other) } else { (other, me) };
+        let mut record = TrustRecord {
+            low,
+            high,
+            issued_ms,
+            low_signature: [0; 64],
+            high_signature: [0; 64],
+        };
+        let signature = key.sign(&record.signed_bytes()).to_bytes();
+        *record.slot(&me)? = signature;
+        Ok(record)
+    }
+
+    /// Adds `key`'s signature (the second party's) after checking the first one.
+    pub fn countersign(mut self, key: &SigningKey, now_ms: u64) -> Result<TrustRecord, TrustError> {
+        let me = NodeKey(key.verifying_key().to_bytes());
+        let other = self.other(&me)?;
+        check_time(self.issued_ms, now_ms)?;
+        let their_signature = if other == self.low {
+            self.low_signature
+        } else {
+            self.high_signature
+        };
+        verify(&other, &self.signed_bytes(), &their_signature)?;
+        let signature = key.sign(&self.signed_bytes()).to_bytes();
+        *self.slot(&me)? = signature;
+        Ok(self)
+    }
+
+    /// Checks both signatures and the form. A record altered in any byte fails.
+    pub fn verify(&self, now_ms: u64) -> Result<(), TrustError> {
+        if self.low >= self.high {
+            return Err(if self.low == self.high {
+                TrustError::SelfTrust
+            } else {
+                TrustError::NotCanonical
+            });
+        }
+        check_time(self.issued_ms, now_ms)?;
+        let bytes = self.signed_bytes();
+        verify(&self.low, &bytes, &self.low_signature)?;
+        verify(&self.high, &bytes, &self.high_signature)
+    }
+
+    /// The party that is not `me`.
+    pub fn other(&self, me: &NodeKey) -> Result<NodeKey, TrustError> {
+        if *me == self.low {
+            Ok(self.high)
+        } else if *me == self.high {
+            Ok(self.low)
+        } else {
+            Err(TrustError::NotAParty)
+        }
+    }
+
+    fn slot(&mut self, party: &NodeKey) -> Result<&mut [u8; 64], TrustError> {
+        if *party == self.low {
+            Ok(&mut self.low_signature)
+        } else if *party == self.high {
+            Ok(&mut self.high_signature)
+        } else {
+            Err(TrustError::NotAParty)
+        }
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut b = RECORD_DOMAIN.to_vec();
+        b.extend_from_slice(&self.low.0);
+        b.extend_from_slice(&self.high.0);
+        b.extend_from_slice(&self.issued_ms.to_be_bytes());
+        b
+    }
+}
+
+impl Revocation {
+    pub fn sign(
+        key: &SigningKey,
+        other: NodeKey,
+        issued_ms: u64,
+    ) -> Result<Revocation, TrustError> {
+        let by = NodeKey(key.verifying_key().to_bytes());
+        if by == other {
+            return Err(TrustError::SelfTrust);
+        }
+        let mut revocation = Revocation {
+            by,
+            other,
+            issued_ms,
+            signature: [0; 64],
+        };
+        revocation.signature = key.sign(&revocation.signed_bytes()).to_bytes();
+        Ok(revocation)
+    }
+
+    pub fn verify(&self, now_ms: u64) -> Result<(), TrustError> {
+        if self.by == self.other {
+            return Err(TrustError::SelfTrust);
+        }
+        check_time(self.issued_ms, now_ms)?;
+        verify(&self.by, &self.signed_bytes(), &self.signature)
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut b = REVOKE_DOMAIN.to_vec();
+        b.extend_from_slice(&self.by.0);
+        b.extend_from_slice(&self.other.0);
+        b.extend_from_slice(&self.issued_ms.to_be_bytes());
+        b
+    }
+}
+
+/// What is known about one pair: its newest verified statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairState {
+    Trusted(TrustRecord),
+    Revoked(Revocation),
+}
+
+/// The verified trust statements a node (or the rendezvous) holds, one per pair. Only
+/// statements that verify are admitted, so nothing in here was made up by whoever delivered
+/// it; the newest statement for a pair wins, and a revocation wins a tie with a record.
+#[derive(Debug, Default, Clone)]
+pub struct TrustLedger {
+    pairs: BTreeMap<(NodeKey, NodeKey), PairState>,
+}
+
+impl TrustLedger {
+    pub fn new() -> TrustLedger {
+        TrustLedger::default()
+    }
+
+    /// Admits a record if it verifies and is newer than what is known for the pair. Returns
+    /// whether it changed the pair's state.
+    pub fn admit_record(&mut self, record: TrustRecord, now_ms: u64) -> Result<bool, TrustError> {
+        record.verify(now_ms)?;
+        let pair = (record.low, record.high);
+        let newer = match self.pairs.get(&pair) {
+            None => true,
+            Some(PairState::Trusted(r)) => record.issued_ms > r.issued_ms,
+            Some(PairState::Revoked(v)) => record.issued_ms > v.issued_ms,
+        };
+        if newer {
+            self.pairs.insert(pair, PairState::Trusted(record));
+        }
+        Ok(newer)
+    }
+
+    /// Admits a revocation if it verifies and is not older than what is known for the pair.
+    pub fn admit_revocation(
+        &mut self,
+        revocation: Revocation,
+        now_ms: u64,
+    ) -> Result<bool, TrustError> {
+        revocation.verify(now_ms)?;
+        let pair = ordered(revocation.by, revocation.other);
+        let wins = match self.pairs.get(&pair) {
+            None => true,
+            Some(PairState::Trusted(r)) => revocation.issued_ms >= r.issued_ms,
+            Some(PairState::Revoked(v)) => revocation.issued_ms > v.issued_ms,
+        };
+        if wins {
+            self.pairs.insert(pair, PairState::Revoked(revocation));
+        }
+        Ok(wins)
+    }
+
+    /// Whether `a` and `b` trust each other now.
+    pub fn trusted(&self, a: &NodeKey, b: &NodeKey) -> bool {
+        matches!(
+            self.pairs.get(&ordered(*a, *b)),
+            Some(PairState::Trusted(_))
+        )
+    }
+
+    pub fn state(&self, a: &NodeKey, b: &NodeKey) -> Option<&PairState> {
+        self.pairs.get(&ordered(*a, *b))
+    }
+
+    /// Every pair `key` is part of, with its state.
+    pub fn pairs_of<'a>(
+        &'a self,
+        key: &'a NodeKey,
+    ) -> impl Iterator<Item = (NodeKey, &'a PairState)> + 'a {
+        self.pairs.iter().filter_map(move |((low, high), state)| {
+            if low == key {
+                Some((*high, state))
+            } else if high == key {
+                Some((*low, state))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+fn ordered(a: NodeKey, b: NodeKey) -> (NodeKey, NodeKey) {
+    if a < b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+fn check_time(issued_ms: u64, now_ms: u64) -> Result<(), TrustError> {
+    if issued_ms > now_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(TrustError::FromTheFuture);
+    }
+    Ok(())
+}
+
+fn verify(key: &NodeKey, bytes: &[u8], signature: &[u8; 64]) -> Result<(), TrustError> {
+    let key = VerifyingKey::from_bytes(&key.0).map_err(|_| TrustError::BadKey)?;
+    key.verify(bytes, &Signature::from_bytes(signature))
+        .map_err(|_| TrustError::BadSignature)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+use super::*;
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn pubkey(n: u8) -> NodeKey {
+    NodeKey(key(n).verifying_key().to_bytes())
+}
+
+/// A complete record between nodes `a` and `b`, approved by `b` and countersigned by `a`.
+fn record(a: u8, b: u8, issued_ms: u64) -> TrustRecord {
+    TrustRecord::approve(&key(b), pubkey(a), issued_ms)
+        .unwrap()
+        .countersign(&key(a), NOW)
+        .unwrap()
+}
+
+#[test]
+fn a_request_verifies_and_any_change_breaks_it() {
+    let r = TrustRequest::sign(&key(1), pubkey(2), NOW, 7, "nightly sync").unwrap();
+    assert_eq!(r.verify(NOW + 1000), Ok(()));
+    let mut altered = r.clone();
+    altered.justification = "nightly sync!".into();
+    assert_eq!(altered.verify(NOW), Err(TrustError::BadSignature));
+    let mut retargeted = r.clone();
+    retargeted.target = pubkey(3);
+    assert_eq!(retargeted.verify(NOW), Err(TrustError::BadSignature));
+    let mut stolen = r.clone();
+    stolen.requester = pubkey(3);
+    assert_eq!(stolen.verify(NOW), Err(TrustError::BadSignature));
+    assert_eq!(
+        r.verify(NOW + REQUEST_LIFETIME_MS + 1),
+        Err(TrustError::Expired)
+    );
+    assert_eq!(
+        r.verify(NOW - MAX_FUTURE_MS - 1),
+        Err(TrustError::FromTheFuture)
+    );
+    assert_eq!(
+        TrustRequest::sign(
+            &key(1),
+            pubkey(2),
+            NOW,
+            1,
+            &"x".repeat(MAX_JUSTIFICATION + 1)
+        ),
+        Err(TrustError::JustificationTooLong)
+    );
+    assert_eq!(
+        TrustRequest::sign(&key(1), pubkey(1), NOW, 1, ""),
+        Err(TrustError::SelfTrust)
+    );
+}
+
+#[test]
+fn a_record_needs_both_signatures_over_the_same_bytes() {
+    let half = TrustRecord::approve(&key(2), pubkey(1), NOW).unwrap();
+    assert_eq!(
+        half.verify(NOW),
+        Err(TrustError::BadSignature),
+        "one signature is not trust"
+    );
+    let full = half.clone().countersign(&key(1), NOW).unwrap();
+    assert_eq!(full.verify(NOW), Ok(()));
+    // Either side may approve first: the bytes are the same.
+    let other_way = TrustRecord::approve(&key(1), pubkey(2), NOW)
+        .unwrap()
+        .countersign(&key(2), NOW)
+        .unwrap();
+    assert_eq!(other_way, full);
+    // A third party can neither countersign nor alter it.
+    assert_eq!(
+        half.clone().countersign(&key(3), NOW),
+        Err(TrustError::NotAParty)
+    );
+    let mut later = full.clone();
+    later.issued_ms += 1;
+    assert_eq!(later.verify(NOW), Err(TrustError::BadSignature));
+    for i in 0..64 {
+        let mut bad = full.clone();
+        bad.low_signature[i] ^= 1;
+        assert!(bad.verify(NOW).is_err());
+        let mut bad = full.clone();
+        bad.high_signature[i] ^= 1;
+        assert!(bad.verify(NOW).is_err());
+    }
+    // Countersigning checks the first signature: a forged half is not completed.
+    let mut forged_half = half.clone();
+    forged_half.high_signature = [7; 64];
+    forged_half.low_signature = [7; 64];
+    assert_eq!(
+        forged_half.countersign(&key(1), NOW),
+        Err(TrustError::BadSignature)
+    );
+}
+
+#[test]
+fn a_record_made_up_by_whoever_delivers_it_is_refused() {
+    // The rendezvous holds neither key: all it can do is sign with its own.
+    let rendezvous = key(9);
+    let mut fake = TrustRecord::approve(&rendezvous, pubkey(1), NOW).unwrap();
+    fake = TrustRecord {
+        low: pubkey(1).min(pubkey(2)),
+        high: pubkey(1).max(pubkey(2)),
+        ..fake
+    };
+    let mut ledger = TrustLedger::new();
+    assert_eq!(
+        ledger.admit_record(fake, NOW),
+        Err(TrustError::BadSignature)
+    );
+    assert!(!ledger.trusted(&pubkey(1), &pubkey(2)));
+    // Keys out of canonical order are refused before any signature work.
+    let mut swapped = record(1, 2, NOW);
+    std::mem::swap(&mut swapped.low, &mut swapped.high);
+    assert_eq!(swapped.verify(NOW), Err(TrustError::NotCanonical));
+}
+
+#[test]
+fn the_newest_statement_wins_and_a_revocation_wins_a_tie() {
+    let (a, b) = (pubkey(1), pubkey(2));
+    let mut ledger = TrustLedger::new();
+    assert_eq!(ledger.admit_record(record(1, 2, NOW - 100), NOW), Ok(true));
+    assert!(ledger.trusted(&a, &b) && ledger.trusted(&b, &a));
+    // Either side revokes; the revocation is newer, so trust ends.
+    let revoke = Revocation::sign(&key(2), a, NOW - 50).unwrap();
+    assert_eq!(ledger.admit_revocation(revoke.clone(), NOW), Ok(true));
+    assert!(!ledger.trusted(&a, &b));
+    // The old record delivered again (a replay) changes nothing.
+    assert_eq!(ledger.admit_record(record(1, 2, NOW - 100), NOW), Ok(false));
+    assert!(!ledger.trusted(&a, &b));
+    // A record as old as the revocation loses the tie.
+    assert_eq!(ledger.admit_record(record(1, 2, NOW - 50), NOW), Ok(false));
+    assert!(!ledger.trusted(&a, &b));
+    // A new approval after the revocation restores trust; a stale revocation cannot undo it.
+    assert_eq!(ledger.admit_record(record(1, 2, NOW - 10), NOW), Ok(true));
+    assert!(ledger.trusted(&a, &b));
+    assert_eq!(ledger.admit_revocation(revoke, NOW), Ok(false));
+    assert!(ledger.trusted(&a, &b));
+    assert_eq!(ledger.pairs_of(&a).count(), 1);
+    assert_eq!(ledger.pairs_of(&pubkey(3)).count(), 0);
+}
+
+#[test]
+fn forged_or_future_revocations_change_nothing() {
+    let (a, b) = (pubkey(1), pubkey(2));
+    let mut ledger = TrustLedger::new();
+    ledger.admit_record(record(1, 2, NOW - 100), NOW).unwrap();
+    // A third party "revoking" on b's behalf.
+    let mut forged = Revocation::sign(&key(3), a, NOW).unwrap();
+    forged.by = b;
+    assert_eq!(
+        ledger.admit_revocation(forged, NOW),
+        Err(TrustError::BadSignature)
+    );
+    let future = Revocation::sign(&key(2), a, NOW + MAX_FUTURE_MS + 1).unwrap();
+    assert_eq!(
+        ledger.admit_revocation(future, NOW),
+        Err(TrustError::FromTheFuture)
+    );
+    assert!(ledger.trusted(&a, &b));
+    assert_eq!(
+        Revocation::sign(&key(2), b, NOW),
+        Err(TrustError::SelfTrust)
+    );
+}
