@@ -2,37 +2,30 @@
 //! sockets (main and alternate port) and the clock, sends what it returns from the port it
 //! names, and logs its counters.
 //!
-//! One task owns the server, so nothing is locked. Each wake-up drains up to
-//! `DATAGRAMS_PER_WAKE` datagrams from a socket into one preallocated buffer and writes the
-//! answer or relayed frame into another: no allocation per datagram. The sockets are bound
-//! to the exact `--listen` address, so replies leave from the address nodes sent to (a
-//! wildcard socket on a host with several addresses could answer from another one, which a
-//! NAT would not let through). That is also why these are plain tokio sockets rather than
-//! `io::udp`'s recvmmsg/sendmmsg batches, which bind the wildcard address only; once that
-//! module can bind a given address, `Core::drain` is the one place to change.
+//! One task owns the server, so nothing is locked. Each wake-up takes one recvmmsg batch from
+//! a socket (`io::udp`, with GRO), writes each answer or relayed frame into a preallocated
+//! buffer and queues it on the send batch of the port it leaves from; one sendmmsg (with GSO
+//! for runs of frames to one node) sends them. No allocation per datagram. A send batch that
+//! finds its socket full is dropped, as a congested router would: nodes retry control
+//! messages and WireGuard copes with loss, and the relay never stalls the registry. The
+//! sockets are bound to the exact `--listen` address, so replies leave from the address
+//! nodes sent to (a wildcard socket on a host with several addresses could answer from
+//! another one, which a NAT would not let through).
 
 use std::fs;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nix::sys::socket::{self as nix_socket, sockopt};
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 use crate::clock::WallClock;
 use crate::identity::Identity;
-use crate::rendezvous::{Config, Port, Server, SqliteStore, DB_FILE};
-
-/// Datagrams handled per socket per wake-up before the loop looks at the other socket and
-/// the timers again (fairness).
-const DATAGRAMS_PER_WAKE: usize = 64;
-/// Largest UDP payload.
-const MAX_DATAGRAM: usize = 65535;
-/// Socket buffers asked for: the relay sees bursts from many nodes at once.
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
+use crate::rendezvous::{Config, Port, Server, SqliteStore, Transmit, DB_FILE};
 
 /// Everything `pilotd rendezvous` needs.
 #[derive(Debug, Clone)]
@@ -72,6 +65,14 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let main = bind(options.listen)?;
     let alt = bind(SocketAddr::new(options.listen.ip(), options.alt_port))?;
     let (main_port, alt_port) = (main.local_addr()?.port(), alt.local_addr()?.port());
+    // SAFETY: io::udp::UdpSocket owns its descriptor, keeps it open for its whole lifetime
+    // and always returns the same one from as_raw_fd.
+    let (main, alt) = unsafe {
+        (
+            AsyncFd::register(main).map_err(io::Error::from)?,
+            AsyncFd::register(alt).map_err(io::Error::from)?,
+        )
+    };
     let db = options.data_dir.join(DB_FILE);
     let store = SqliteStore::open(&db)?;
     let mut config = Config::new(identity, main_port, alt_port);
@@ -96,13 +97,14 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         data_dir = %options.data_dir.display(),
         "rendezvous listening"
     );
-    let sockets = Sockets {
-        main: Socket::new(main),
-        alt: Socket::new(alt),
-    };
+    let sockets = Sockets { main, alt };
     let mut core = Core {
         server,
-        recv_buf: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+        recv: RecvBatch::new(MAX_BATCH, MAX_DATAGRAM),
+        send: [
+            SendBatch::new(MAX_BATCH, MAX_DATAGRAM),
+            SendBatch::new(MAX_BATCH, MAX_DATAGRAM),
+        ],
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         send_errors: 0,
     };
@@ -113,19 +115,15 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
 /// The two sockets, kept apart from the state so that waiting on them borrows nothing the
 /// handlers change.
 struct Sockets {
-    main: Socket,
-    alt: Socket,
-}
-
-struct Socket {
-    udp: UdpSocket,
-    /// An IPv6 socket (IPv4 destinations must be written as IPv4-mapped).
-    v6: bool,
+    main: AsyncFd<UdpSocket>,
+    alt: AsyncFd<UdpSocket>,
 }
 
 struct Core {
     server: Server,
-    recv_buf: Box<[u8]>,
+    recv: RecvBatch,
+    /// One send batch per port: main, alternate.
+    send: [SendBatch; 2],
     out: Box<[u8]>,
     /// Datagrams the kernel refused or that found the send buffer full (dropped: nodes
     /// retry control messages, and WireGuard copes with loss).
@@ -133,18 +131,11 @@ struct Core {
 }
 
 impl Sockets {
-    fn get(&self, port: Port) -> &Socket {
+    fn get(&self, port: Port) -> &UdpSocket {
         match port {
-            Port::Main => &self.main,
-            Port::Alt => &self.alt,
+            Port::Main => self.main.get_ref(),
+            Port::Alt => self.alt.get_ref(),
         }
-    }
-}
-
-impl Socket {
-    fn new(udp: UdpSocket) -> Socket {
-        let v6 = udp.local_addr().is_ok_and(|a| a.is_ipv6());
-        Socket { udp, v6 }
     }
 }
 
@@ -169,13 +160,17 @@ impl Core {
                 .map_or_else(|| Instant::now() + stats_interval, |(t, _)| t);
             tokio::select! {
                 () = &mut shutdown => break,
-                ready = sockets.main.udp.readable() => {
-                    ready?;
-                    self.drain(sockets, Port::Main);
+                guard = sockets.main.readable() => {
+                    let mut guard = guard?;
+                    if self.drain(sockets, Port::Main) {
+                        guard.clear_ready();
+                    }
                 }
-                ready = sockets.alt.udp.readable() => {
-                    ready?;
-                    self.drain(sockets, Port::Alt);
+                guard = sockets.alt.readable() => {
+                    let mut guard = guard?;
+                    if self.drain(sockets, Port::Alt) {
+                        guard.clear_ready();
+                    }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {
                     self.server.handle_timeout(Instant::now());
@@ -200,55 +195,68 @@ impl Core {
         Ok(())
     }
 
-    /// Reads what the socket of `port` has queued (up to a limit) and answers each datagram.
-    fn drain(&mut self, sockets: &Sockets, port: Port) {
-        let socket = &sockets.get(port).udp;
-        for _ in 0..DATAGRAMS_PER_WAKE {
-            let (len, from) = match socket.try_recv_from(&mut self.recv_buf) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // ICMP errors for earlier sends (ECONNREFUSED and the like) surface here.
-                Err(e) if is_transient(&e) => continue,
-                // Nothing else is expected from a bound UDP socket; one bad read must not
-                // take the registry down.
-                Err(e) => {
-                    tracing::debug!("udp receive: {e}");
-                    return;
-                }
-            };
-            let now = Instant::now();
-            let datagram = &self.recv_buf[..len];
+    /// Answers one receive batch from the socket of `port` and sends the answers. Returns
+    /// true when the socket had nothing more to read.
+    fn drain(&mut self, sockets: &Sockets, port: Port) -> bool {
+        let count = match self.recv.recv(sockets.get(port)) {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            // ICMP errors for earlier sends (ECONNREFUSED and the like) surface here; the
+            // next read gets on with the datagrams.
+            Err(e) if is_transient(&e) => return false,
+            // Nothing else is expected from a bound UDP socket; one bad read must not take
+            // the registry down.
+            Err(e) => {
+                tracing::debug!("udp receive: {e}");
+                return true;
+            }
+        };
+        let now = Instant::now();
+        for i in 0..count {
+            let (from, datagram) = self.recv.get(i);
             if let Some(t) = self
                 .server
                 .handle_datagram(port, from, datagram, now, &mut self.out)
             {
-                let sent = send(sockets.get(t.port), t.to, t.payload);
-                self.send_errors += u64::from(!sent);
+                queue(&mut self.send, sockets, &mut self.send_errors, t);
             }
             // The second Punch of an introduction leaves right behind the first.
             while let Some(t) = self.server.poll_transmit(&mut self.out) {
-                let sent = send(sockets.get(t.port), t.to, t.payload);
-                self.send_errors += u64::from(!sent);
+                queue(&mut self.send, sockets, &mut self.send_errors, t);
             }
         }
+        for port in [Port::Main, Port::Alt] {
+            flush(&mut self.send, sockets, &mut self.send_errors, port);
+        }
+        false
     }
 }
 
-/// One datagram, now or never: a full send buffer drops it like a congested router would.
-fn send(socket: &Socket, to: SocketAddr, payload: &[u8]) -> bool {
-    let to = match to {
-        SocketAddr::V4(v4) if socket.v6 => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
-        _ => to,
-    };
-    match socket.udp.try_send_to(payload, to) {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::trace!(%to, "send failed: {e}");
-            false
-        }
+/// Queues `t` on the send batch of its port, flushing that batch first if it is full.
+fn queue(send: &mut [SendBatch; 2], sockets: &Sockets, errors: &mut u64, t: Transmit<'_>) {
+    if send[batch_of(t.port)].is_full() {
+        flush(send, sockets, errors, t.port);
     }
+    send[batch_of(t.port)].push(t.payload, t.to);
+}
+
+fn batch_of(port: Port) -> usize {
+    match port {
+        Port::Main => 0,
+        Port::Alt => 1,
+    }
+}
+
+/// Sends what the batch of `port` holds, now or never: whatever finds the socket full is
+/// dropped, as a congested router would drop it.
+fn flush(send: &mut [SendBatch; 2], sockets: &Sockets, errors: &mut u64, port: Port) {
+    let batch = &mut send[batch_of(port)];
+    let refused_before = batch.send_errors();
+    if let Err(e) = batch.flush(sockets.get(port)) {
+        tracing::trace!("send: {e}");
+        *errors += batch.clear() as u64;
+    }
+    *errors += batch.send_errors() - refused_before;
 }
 
 /// Makes the data directory (0700) if needed, and refuses one that others can write to.
@@ -280,45 +288,14 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A non-blocking UDP socket bound to exactly `addr`. A wildcard IPv6 address is made
-/// dual-stack explicitly (the default follows a sysctl), so `[::]` serves IPv4 nodes too.
+/// A non-blocking UDP socket bound to exactly `addr` (the IPv6 wildcard serves IPv4 too).
 fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    let context = || {
+    UdpSocket::bind_addr(addr).with_context(|| {
         format!(
             "binding UDP {addr} (is another rendezvous running? choose other ports with --listen \
              and --alt-port)"
         )
-    };
-    let socket = match addr.ip() {
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            bind_dual_stack(addr.port()).with_context(context)?
-        }
-        _ => std::net::UdpSocket::bind(addr).with_context(context)?,
-    };
-    socket.set_nonblocking(true)?;
-    // A smaller buffer only costs drops under bursts: best effort.
-    if nix_socket::setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER_BYTES).is_err() {
-        let _ = nix_socket::setsockopt(&socket, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES);
-    }
-    if nix_socket::setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER_BYTES).is_err() {
-        let _ = nix_socket::setsockopt(&socket, sockopt::SndBuf, &SOCKET_BUFFER_BYTES);
-    }
-    Ok(UdpSocket::from_std(socket)?)
-}
-
-fn bind_dual_stack(port: u16) -> io::Result<std::net::UdpSocket> {
-    use nix_socket::{AddressFamily, SockFlag, SockType, SockaddrIn6};
-    use std::os::fd::AsRawFd;
-    let fd = nix_socket::socket(
-        AddressFamily::Inet6,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    nix_socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
-    let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0);
-    nix_socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(any))?;
-    Ok(std::net::UdpSocket::from(fd))
+    })
 }
 
 /// Receive errors that report on an earlier datagram, not on the socket.

@@ -73,8 +73,7 @@ impl UdpSocket {
     /// Also turns on UDP GRO (Linux 5.0+) and checks that the kernel knows UDP GSO
     /// (4.18+); without either the socket simply carries one datagram per entry.
     pub fn bind(port: u16) -> io::Result<UdpSocket> {
-        let (fd, dual_stack) = match bind_socket(port, true) {
-            Ok(fd) => (fd, true),
+        match UdpSocket::bind_addr(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
             // EAFNOSUPPORT: booted with ipv6.disable=1. EADDRNOTAVAIL: no usable IPv6.
             Err(e)
                 if matches!(
@@ -83,10 +82,19 @@ impl UdpSocket {
                 ) =>
             {
                 tracing::warn!("IPv6 unavailable ({e}); using an IPv4-only UDP socket");
-                (bind_socket(port, false)?, false)
+                UdpSocket::bind_addr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
             }
-            Err(e) => return Err(e),
-        };
+            result => result,
+        }
+    }
+
+    /// Binds exactly `addr` (port 0 = any), so replies leave from the address peers sent to
+    /// — what a server on a host with several addresses needs. The IPv6 wildcard is made
+    /// dual-stack explicitly (the default follows the net.ipv6.bindv6only sysctl); any other
+    /// IPv6 address serves IPv6 only. Buffers and offloads as for [`UdpSocket::bind`].
+    pub fn bind_addr(addr: SocketAddr) -> io::Result<UdpSocket> {
+        let dual_stack = matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified());
+        let fd = bind_socket(addr, dual_stack)?;
         raise_buffer(&fd, sockopt::RcvBufForce, sockopt::RcvBuf);
         raise_buffer(&fd, sockopt::SndBufForce, sockopt::SndBuf);
         // A kernel that does not know UDP_SEGMENT would not refuse the control message but
@@ -101,6 +109,10 @@ impl UdpSocket {
             dual_stack,
             gso: AtomicBool::new(gso),
         })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
     }
 
     pub fn local_port(&self) -> u16 {
@@ -166,24 +178,21 @@ fn from_kernel(name: &SockaddrStorage) -> Option<SocketAddr> {
     })
 }
 
-fn bind_socket(port: u16, ipv6: bool) -> io::Result<OwnedFd> {
-    let family = if ipv6 {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
+fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<OwnedFd> {
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    let fd = nix_socket::socket(family, SockType::Datagram, flags, None)?;
-    if ipv6 {
-        // Explicitly, because the default follows the net.ipv6.bindv6only sysctl.
-        nix_socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
-        let any = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
-        nix_socket::bind(fd.as_raw_fd(), &nix_socket::SockaddrIn6::from(any))?;
-    } else {
-        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-        nix_socket::bind(fd.as_raw_fd(), &nix_socket::SockaddrIn::from(any))?;
+    match addr {
+        SocketAddr::V6(v6) => {
+            let fd = nix_socket::socket(AddressFamily::Inet6, SockType::Datagram, flags, None)?;
+            nix_socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!dual_stack)?;
+            nix_socket::bind(fd.as_raw_fd(), &nix_socket::SockaddrIn6::from(v6))?;
+            Ok(fd)
+        }
+        SocketAddr::V4(v4) => {
+            let fd = nix_socket::socket(AddressFamily::Inet, SockType::Datagram, flags, None)?;
+            nix_socket::bind(fd.as_raw_fd(), &nix_socket::SockaddrIn::from(v4))?;
+            Ok(fd)
+        }
     }
-    Ok(fd)
 }
 
 /// The *FORCE option ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN; the plain one

@@ -111,6 +111,14 @@ impl SendBatch {
         self.commit(datagram.len(), to);
     }
 
+    /// Drops everything still queued (after a flush that found the socket full, for a
+    /// sender that would rather lose datagrams than wait); returns how many were dropped.
+    pub fn clear(&mut self) -> usize {
+        let dropped = self.len();
+        (self.head, self.tail) = (0, 0);
+        dropped
+    }
+
     /// Datagrams dropped so far because the kernel refused them (or they were oversized).
     pub fn send_errors(&self) -> u64 {
         self.send_errors
