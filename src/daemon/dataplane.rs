@@ -57,8 +57,6 @@ struct Core {
     facts: Facts,
     recv: RecvBatch,
     send: SendBatch,
-    /// The TUN carries virtio-net headers (offload mode).
-    vnet_hdr: bool,
     /// One TUN read (a packet, or a TCP super-segment with offloads) lands here.
     tun_buf: Box<[u8]>,
     /// One segment cut from a super-segment, before it is encrypted into a send slot.
@@ -77,7 +75,12 @@ struct Core {
 
 impl DataPlane {
     pub fn new(node: Node, tun: TunDevice, udp: UdpSocket, facts: Facts) -> io::Result<DataPlane> {
-        let vnet_hdr = tun.vnet_hdr();
+        // Every read and write carries a virtio-net header: the packet path is written for it.
+        if !tun.vnet_hdr() {
+            return Err(io::Error::other(
+                "the TUN device has no virtio-net header (IFF_VNET_HDR)",
+            ));
+        }
         // SAFETY: TunDevice and UdpSocket own their descriptors, keep them open for their whole
         // lifetime and always return the same one from as_raw_fd.
         let io = unsafe {
@@ -91,11 +94,10 @@ impl DataPlane {
             facts,
             recv: RecvBatch::new(MAX_BATCH, SLOT),
             send: SendBatch::new(MAX_BATCH, SLOT),
-            vnet_hdr,
             tun_buf: vec![0; OFFLOAD_READ_LEN].into_boxed_slice(),
             seg_buf: vec![0; SLOT].into_boxed_slice(),
             out_buf: vec![0; SLOT].into_boxed_slice(),
-            writer: TunWriter::new(vnet_hdr),
+            writer: TunWriter::new(),
             offload_errors: 0,
             ping_seq: 0,
             ping_waiters: BTreeMap::new(),
@@ -173,7 +175,7 @@ impl Core {
     }
 
     /// Reads packets from the TUN and encrypts each straight into a send slot, cutting TCP
-    /// super-segments into packets first when offloads are on. When the send batch fills up
+    /// super-segments into packets first. When the send batch fills up
     /// it is flushed, waiting for the socket if the kernel pushes back. Returns true when the
     /// TUN has nothing more to read.
     async fn on_tun_readable(&mut self, io: &Io) -> io::Result<bool> {
@@ -188,21 +190,6 @@ impl Core {
                     return Ok(true);
                 }
             };
-            if !self.vnet_hdr {
-                if self.send.is_full() {
-                    flush_batch(&mut self.send, io).await?;
-                }
-                let packet = &self.tun_buf[..n];
-                encrypt(
-                    &mut self.node,
-                    &mut self.send,
-                    &mut self.writer,
-                    tun,
-                    packet,
-                    now,
-                );
-                continue;
-            }
             let parsed = VirtioNetHdr::parse(&self.tun_buf[..n]).map(|(hdr, p)| segments(&hdr, p));
             let Some(Ok(mut segs)) = parsed else {
                 self.offload_errors += 1;

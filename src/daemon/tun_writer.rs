@@ -1,8 +1,6 @@
-//! Writes decrypted packets into the TUN. With offloads on, TCP segments of one flow that
-//! arrive in the same receive batch are coalesced into one super-segment (GRO), so the kernel
-//! runs its TCP receive path once per ~64 KB instead of once per packet.
-
-use std::io;
+//! Writes decrypted packets into the TUN (which carries virtio-net headers). TCP segments of
+//! one flow that arrive in the same receive batch are coalesced into one super-segment (GRO),
+//! so the kernel runs its TCP receive path once per ~64 KB instead of once per packet.
 
 use crate::io::offload::{Coalescer, PushError, VirtioNetHdr, VNET_HDR_LEN};
 use crate::io::tun::TunDevice;
@@ -11,17 +9,16 @@ use crate::io::tun::TunDevice;
 const COALESCE_PACKETS: usize = 256;
 
 pub struct TunWriter {
-    /// `Some` when the TUN carries virtio-net headers (offload mode).
-    coalescer: Option<Coalescer>,
+    coalescer: Coalescer,
     /// A single packet with its virtio-net header, for writes outside a batch.
     single: Box<[u8]>,
     errors: u64,
 }
 
 impl TunWriter {
-    pub fn new(vnet_hdr: bool) -> TunWriter {
+    pub fn new() -> TunWriter {
         TunWriter {
-            coalescer: vnet_hdr.then(|| Coalescer::new(COALESCE_PACKETS, 0)),
+            coalescer: Coalescer::new(COALESCE_PACKETS, 0),
             single: vec![0; VNET_HDR_LEN + 65535].into_boxed_slice(),
             errors: 0,
         }
@@ -29,20 +26,11 @@ impl TunWriter {
 
     /// Queues a packet of the current batch; [`TunWriter::flush`] writes what is queued.
     pub fn push(&mut self, tun: &TunDevice, packet: &[u8]) {
-        let Some(coalescer) = &mut self.coalescer else {
-            self.count(tun.send(packet));
-            return;
-        };
-        match coalescer.push(packet) {
+        match self.coalescer.push(packet) {
             Ok(()) => {}
             Err(PushError::Full) => {
-                let errors = write_all(coalescer, tun);
-                self.errors += errors;
-                if self
-                    .coalescer
-                    .as_mut()
-                    .is_some_and(|c| c.push(packet).is_err())
-                {
+                self.flush(tun);
+                if self.coalescer.push(packet).is_err() {
                     self.errors += 1;
                 }
             }
@@ -52,45 +40,30 @@ impl TunWriter {
 
     /// Writes one packet now, outside any batch (ICMPv6 errors for local senders).
     pub fn write_now(&mut self, tun: &TunDevice, packet: &[u8]) {
-        if self.coalescer.is_none() {
-            self.count(tun.send(packet));
-            return;
-        }
         let Some(out) = self.single.get_mut(..VNET_HDR_LEN + packet.len()) else {
             self.errors += 1;
             return;
         };
         out[..VNET_HDR_LEN].copy_from_slice(&VirtioNetHdr::NONE.to_bytes());
         out[VNET_HDR_LEN..].copy_from_slice(packet);
-        let result = tun.send(out);
-        self.count(result);
+        if tun.send(out).is_err() {
+            self.errors += 1;
+        }
     }
 
     /// Writes everything queued since the last flush.
     pub fn flush(&mut self, tun: &TunDevice) {
-        if let Some(coalescer) = &mut self.coalescer {
-            self.errors += write_all(coalescer, tun);
-        }
+        let mut errors = 0;
+        self.coalescer.for_each_output(|buf| {
+            if tun.send(buf).is_err() {
+                errors += 1;
+            }
+        });
+        self.errors += errors;
     }
 
     /// Packets the kernel refused (queue full, or malformed).
     pub fn errors(&self) -> u64 {
         self.errors
     }
-
-    fn count(&mut self, result: io::Result<usize>) {
-        if result.is_err() {
-            self.errors += 1;
-        }
-    }
-}
-
-fn write_all(coalescer: &mut Coalescer, tun: &TunDevice) -> u64 {
-    let mut errors = 0;
-    coalescer.for_each_output(|buf| {
-        if tun.send(buf).is_err() {
-            errors += 1;
-        }
-    });
-    errors
 }
