@@ -192,40 +192,20 @@ async fn serve_connection(stream: UnixStream, commands: mpsc::Sender<Command>) {
 async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response {
     let stopped = || failure("the daemon is shutting down".into());
     match request {
-        Request::Info {} => {
-            let (tx, rx) = oneshot::channel();
-            if commands.send(Command::Info(tx)).await.is_err() {
-                return stopped();
-            }
-            rx.await.map_or_else(|_| stopped(), success)
-        }
-        Request::Peers {} => {
-            let (tx, rx) = oneshot::channel();
-            if commands.send(Command::Peers(tx)).await.is_err() {
-                return stopped();
-            }
-            rx.await.map_or_else(|_| stopped(), success)
-        }
-        Request::Netcheck {} => {
-            let (tx, rx) = oneshot::channel();
-            if commands.send(Command::NetCheck(tx)).await.is_err() {
-                return stopped();
-            }
-            rx.await.map_or_else(|_| stopped(), success)
-        }
+        Request::Info {} => ask(commands, Command::Info)
+            .await
+            .map_or_else(stopped, success),
+        Request::Peers {} => ask(commands, Command::Peers)
+            .await
+            .map_or_else(stopped, success),
+        Request::Netcheck {} => ask(commands, Command::NetCheck)
+            .await
+            .map_or_else(stopped, success),
         Request::Ping { peer, timeout_ms } => {
-            let (tx, rx) = oneshot::channel();
-            if commands
-                .send(Command::Ping { peer, reply: tx })
-                .await
-                .is_err()
-            {
-                return stopped();
-            }
-            let waiter = match rx.await {
-                Ok(Ok(waiter)) => waiter,
-                Ok(Err(e)) => return failure(e),
-                Err(_) => return stopped(),
+            let waiter = match ask(commands, |reply| Command::Ping { peer, reply }).await {
+                Some(Ok(waiter)) => waiter,
+                Some(Err(e)) => return failure(e),
+                None => return stopped(),
             };
             let timeout = Duration::from_millis(timeout_ms).min(MAX_PING_TIMEOUT);
             match tokio::time::timeout(timeout, waiter).await {
@@ -235,6 +215,17 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
             }
         }
     }
+}
+
+/// Sends the data plane the command `make` builds around a reply channel and waits for the
+/// answer; `None` when the data plane has stopped.
+async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    commands.send(make(tx)).await.ok()?;
+    rx.await.ok()
 }
 
 fn success<T: Serialize>(value: T) -> Response {

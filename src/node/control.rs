@@ -198,7 +198,7 @@ impl Node {
     /// Sends the probes peer `index`'s path wants now.
     fn send_probes(&mut self, index: usize, now: Instant) {
         let mut due = Vec::new();
-        self.peers[index].path.poll_probes(now, |p| due.push(p.to));
+        self.peers[index].path.poll_probes(now, |to| due.push(to));
         let target = self.peers[index].key;
         for to in due {
             let nonce = self.send_control(to, &Message::Probe { target }, now);

@@ -441,15 +441,7 @@ impl Node {
     pub fn net_status(&self, now: Instant) -> NetStatus {
         match &self.link {
             Some(link) => link.status(self.local_port, now),
-            None => NetStatus {
-                rendezvous: None,
-                registered: false,
-                endpoint: None,
-                nat: crate::wire::control::NatKind::Unknown,
-                port_preserved: None,
-                mapped_main: None,
-                mapped_alt: None,
-            },
+            None => NetStatus::default(),
         }
     }
 

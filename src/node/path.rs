@@ -37,13 +37,6 @@ pub enum Route {
     Nowhere,
 }
 
-/// A probe the node must send: the caller seals it and reports the nonce back with
-/// [`PeerPath::probe_sent`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeDue {
-    pub to: SocketAddr,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Direct {
     endpoint: SocketAddr,
@@ -205,7 +198,7 @@ impl PeerPath {
 
     /// Probes due at `now`: every candidate once per punch round, and the direct endpoint when
     /// it has gone quiet under traffic.
-    pub fn poll_probes(&mut self, now: Instant, mut due: impl FnMut(ProbeDue)) {
+    pub fn poll_probes(&mut self, now: Instant, mut due: impl FnMut(SocketAddr)) {
         if self.fixed {
             return;
         }
@@ -216,7 +209,7 @@ impl PeerPath {
             } else if now >= next {
                 self.next_round = Some(now + PUNCH_INTERVAL);
                 for &to in &self.candidates {
-                    due(ProbeDue { to });
+                    due(to);
                 }
             }
         }
@@ -228,7 +221,7 @@ impl PeerPath {
                 .last_probe
                 .is_some_and(|t| now.saturating_duration_since(t) < PROBE_QUIET / 2);
             if self.active(now) && quiet >= PROBE_QUIET && !probed_lately {
-                due(ProbeDue { to: d.endpoint });
+                due(d.endpoint);
             }
         }
     }
@@ -286,7 +279,7 @@ mod tests {
 
     fn probes(path: &mut PeerPath, now: Instant) -> Vec<SocketAddr> {
         let mut v = Vec::new();
-        path.poll_probes(now, |p| v.push(p.to));
+        path.poll_probes(now, |to| v.push(to));
         v
     }
 

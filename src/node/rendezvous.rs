@@ -29,7 +29,7 @@ pub struct RendezvousConfig {
 }
 
 /// What `pilotctl netcheck` reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct NetStatus {
     pub rendezvous: Option<String>,
     pub registered: bool,

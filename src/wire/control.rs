@@ -47,11 +47,21 @@ pub const RELAY_HEADER_LEN: usize = 33;
 
 /// How the node's NAT maps its socket, as measured from two rendezvous ports.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum NatKind {
     /// Not measured yet.
+    #[default]
     Unknown,
     /// The observed endpoint is one of the node's own: no NAT.
     None,
