@@ -100,33 +100,23 @@ impl World {
 
     /// Serves `www` on b and waits until a can fetch `probe` across the overlay.
     fn serve(&mut self, www: &std::path::Path, probe: &str) {
-        let ns = self.b.ns.clone();
-        self.lab.spawn_in(
-            &ns,
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "--bind",
-                "::",
-                "8080",
-                "--directory",
-                www.to_str().unwrap(),
-            ],
+        let ok = self
+            .lab
+            .serve_http(&self.b, www, &self.a, probe, Duration::from_secs(20));
+        assert!(ok, "HTTP across the overlay never worked\n{}", self.logs());
+    }
+
+    /// Sends a few pings a → b (traffic keeps the pair active while paths settle), then
+    /// asserts that a reports `want` as its path to b within 15 s.
+    fn settle(&self, want: &str) {
+        ns_exec(
+            &self.a.ns,
+            &["ping", "-c", "5", "-i", "0.2", "-q", &self.b.address],
         );
-        let url = format!("http://[{}]:8080/{probe}", self.b.address);
-        let ok = eventually(Duration::from_secs(20), || {
-            ns_exec(
-                &self.a.ns,
-                &["curl", "-sS", "--fail", "-m", "3", "-o", "/dev/null", &url],
-            )
-            .status
-            .success()
-            .then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "HTTP across the overlay never worked\n{}",
+        assert_eq!(
+            self.wait_path(&self.a, &self.b, want, 15),
+            want,
+            "{}",
             self.logs()
         );
     }
@@ -188,16 +178,7 @@ fn hosts_on_one_lan_go_direct_over_the_lan() {
     }
     // Behind a symmetric NAT with no hairpinning, only the LAN path can work.
     let w = world("sym", "prc", "a2");
-    ns_exec(
-        &w.a.ns,
-        &["ping", "-c", "5", "-i", "0.2", "-q", &w.b.address],
-    );
-    assert_eq!(
-        w.wait_path(&w.a, &w.b, "direct", 15),
-        "direct",
-        "{}",
-        w.logs()
-    );
+    w.settle("direct");
     let peers: serde_json::Value =
         serde_json::from_slice(&ctl(&w.a, &["peers", "--json"]).stdout).unwrap();
     assert_eq!(
@@ -333,16 +314,7 @@ fn a_direct_path_survives_the_rendezvous_dying() {
         return;
     }
     let mut w = world("cone", "prc", "b");
-    ns_exec(
-        &w.a.ns,
-        &["ping", "-c", "5", "-i", "0.2", "-q", &w.b.address],
-    );
-    assert_eq!(
-        w.wait_path(&w.a, &w.b, "direct", 15),
-        "direct",
-        "{}",
-        w.logs()
-    );
+    w.settle("direct");
     let rendezvous = w.rendezvous;
     w.lab.kill(rendezvous);
     let out = ns_exec(

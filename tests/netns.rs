@@ -22,35 +22,11 @@ fn two_nodes(lab: &mut Lab) -> (NodeHandle, NodeHandle) {
     (a, b)
 }
 
-/// Serves `dir` over HTTP on port 8080 of every address of `node`'s namespace, and waits
-/// until `from` can fetch `probe` from it across the overlay.
+/// Serves `dir` on `node` and waits until `from` can fetch `probe` across the overlay.
 fn serve(lab: &mut Lab, node: &NodeHandle, dir: &std::path::Path, from: &NodeHandle, probe: &str) {
-    let dir = dir.to_str().unwrap();
-    lab.spawn_in(
-        &node.ns,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "::",
-            "8080",
-            "--directory",
-            dir,
-        ],
-    );
-    let url = format!("http://[{}]:8080/{probe}", node.address);
-    let ok = eventually(Duration::from_secs(10), || {
-        ns_exec(
-            &from.ns,
-            &["curl", "-sS", "--fail", "-m", "2", "-o", "/dev/null", &url],
-        )
-        .status
-        .success()
-        .then_some(())
-    });
+    let ok = lab.serve_http(node, dir, from, probe, Duration::from_secs(10));
     assert!(
-        ok.is_some(),
+        ok,
         "HTTP across the overlay never worked\nA:\n{}\nB:\n{}",
         from.log_text(),
         node.log_text()

@@ -287,6 +287,41 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Serves `dir` over HTTP on port 8080 of every address of `server`'s namespace, and
+    /// returns whether `client` could fetch `probe` from it across the overlay within
+    /// `timeout` (retried: the first request may wait for a handshake or a punch).
+    pub fn serve_http(
+        &mut self,
+        server: &NodeHandle,
+        dir: &Path,
+        client: &NodeHandle,
+        probe: &str,
+        timeout: Duration,
+    ) -> bool {
+        let dir = dir.to_str().unwrap();
+        self.spawn_in(
+            &server.ns,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "::",
+                "8080",
+                "--directory",
+                dir,
+            ],
+        );
+        let url = format!("http://[{}]:8080/{probe}", server.address);
+        let get = ["curl", "-sS", "--fail", "-m", "3", "-o", "/dev/null", &url];
+        eventually(timeout, || {
+            ns_exec(&client.ns, &get).status.success().then_some(())
+        })
+        .is_some()
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for child in &mut self.children {
