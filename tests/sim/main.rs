@@ -34,6 +34,8 @@ struct Sim {
     server: Server,
     server_host: usize,
     now: Instant,
+    /// One wall clock for the whole world, however late a node joins.
+    clock: WallClock,
     buf: Vec<u8>,
 }
 
@@ -59,6 +61,7 @@ impl Sim {
             server,
             server_host,
             now,
+            clock,
             buf: vec![0; 65536],
         }
     }
@@ -86,7 +89,7 @@ impl Sim {
             rendezvous: Some(rendezvous),
             lan: vec![local],
             local_port: NODE_PORT,
-            clock: WallClock::new(self.now, EPOCH_MS),
+            clock: self.clock,
         })
         .unwrap();
         self.nodes.push(SimNode {
@@ -403,30 +406,7 @@ fn a_packet_sent_before_the_peer_exists_arrives_soon_after_it_registers() {
         let x = sim.add_node(first, h1, &[second]);
         sim.run_for(Duration::from_millis(100));
         // x is registered; its peer is not even running. Its handshake goes nowhere.
-        sim.nodes.push(SimNode {
-            host: h2,
-            node: Node::new(NodeConfig {
-                identity: identity(second),
-                peers: vec![PeerConfig {
-                    key: identity(first).public_key(),
-                    endpoint: None,
-                }],
-                keepalive: Some(25),
-                seed: 99,
-                rendezvous: Some(RendezvousConfig {
-                    addr: SocketAddr::new(RDV_IP.parse().unwrap(), RDV_PORT),
-                    alt_port: RDV_PORT + 1,
-                    key: Some(sim.server.public_key()),
-                }),
-                lan: vec![SocketAddr::new("10.2.0.10".parse().unwrap(), NODE_PORT)],
-                local_port: NODE_PORT,
-                clock: WallClock::new(sim.now, EPOCH_MS),
-            })
-            .unwrap(),
-            local: SocketAddr::new("10.2.0.10".parse().unwrap(), NODE_PORT),
-            tun: Vec::new(),
-        });
-        let y = sim.nodes.len() - 1;
+        let y = sim.add_node(second, h2, &[first]);
         sim.send_packet(x, y, b"early");
         sim.run_for(Duration::from_millis(300));
         let started = sim.now;
@@ -543,7 +523,7 @@ fn replayed_and_forged_registrations_are_refused() {
     let mut sim = Sim::new();
     let me = identity(1);
     let from: SocketAddr = "203.0.113.1:51870".parse().unwrap();
-    let unix_ms = WallClock::new(sim.now, EPOCH_MS).unix_ms(sim.now);
+    let unix_ms = sim.clock.unix_ms(sim.now);
     let mut body = Vec::new();
     Message::Register {
         lan: vec![],
