@@ -92,6 +92,81 @@ impl NodeAddr {
     }
 }
 
+/// DNS zone the daemon answers for: `NAME.pilot`.
+pub const NAME_ZONE: &str = "pilot";
+/// Longest hostname (one DNS label).
+pub const MAX_HOSTNAME: usize = 63;
+
+/// A node's hostname: one DNS label of lowercase letters, digits and `-`, 1–63 characters, not
+/// starting or ending with `-`. Unique at the rendezvous (the first key to claim it keeps it).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hostname(String);
+
+/// Why a string is not a hostname.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a valid hostname: use 1-{MAX_HOSTNAME} lowercase letters, digits and `-` (not at either end)")]
+pub struct HostnameError(pub String);
+
+impl Hostname {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as typed by a user: a trailing `.pilot` (and a final `.`) is accepted and
+    /// dropped, so `bob`, `bob.pilot` and `bob.pilot.` are the same name.
+    pub fn parse_user(s: &str) -> Result<Hostname, HostnameError> {
+        let trimmed = s.strip_suffix('.').unwrap_or(s);
+        let bare = trimmed
+            .strip_suffix(NAME_ZONE)
+            .and_then(|t| t.strip_suffix('.'))
+            .unwrap_or(trimmed);
+        bare.parse().map_err(|_| HostnameError(s.to_owned()))
+    }
+}
+
+impl FromStr for Hostname {
+    type Err = HostnameError;
+
+    fn from_str(s: &str) -> Result<Hostname, HostnameError> {
+        let valid = (1..=MAX_HOSTNAME).contains(&s.len())
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if valid {
+            Ok(Hostname(s.to_owned()))
+        } else {
+            Err(HostnameError(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hostname({})", self.0)
+    }
+}
+
+impl serde::Serialize for Hostname {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Hostname {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Hostname, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -208,5 +283,20 @@ mod tests {
             "fd70::ffff".parse::<NodeAddr>().map(NodeAddr::is_reserved),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn hostnames_are_one_lowercase_label() {
+        for good in ["a", "bob", "edge-7", "0", &"x".repeat(63)] {
+            assert_eq!(good.parse::<Hostname>().unwrap().as_str(), good);
+        }
+        for bad in ["", "Bob", "-bob", "bob-", "bo b", "bob.pilot", "bø", &"x".repeat(64)] {
+            assert!(bad.parse::<Hostname>().is_err(), "{bad:?} accepted");
+        }
+        for typed in ["bob", "bob.pilot", "bob.pilot."] {
+            assert_eq!(Hostname::parse_user(typed).unwrap().as_str(), "bob");
+        }
+        assert!(Hostname::parse_user(".pilot").is_err());
+        assert!(Hostname::parse_user("a.b.pilot").is_err());
     }
 }

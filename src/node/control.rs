@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{DropReason, Event, Node, PathKind};
-use crate::wire::control::{Message, RefusalCode, MAX_ALLOW};
+use crate::wire::control::{Message, RefusalCode};
 use crate::wire::envelope::{self, EnvelopeError, Opened};
 
 impl Node {
@@ -74,17 +74,9 @@ impl Node {
             return;
         };
         if link.register_due(now) {
-            // Discovered peers first: they are the ones the allow-list is for.
-            let mut allow: Vec<_> = self
-                .peers
-                .iter()
-                .filter(|p| !p.path.is_fixed())
-                .map(|p| p.key)
-                .collect();
-            allow.truncate(MAX_ALLOW);
             let register = Message::Register {
                 lan: self.lan.clone(),
-                allow,
+                hostname: None,
             };
             let nonce = self.send_to_rendezvous(0, &register, now);
             if let Some(link) = &mut self.link {

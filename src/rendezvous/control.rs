@@ -80,8 +80,8 @@ impl Server {
             from,
         };
         match (message, local) {
-            (Message::Register { lan, allow }, Port::Main) => {
-                self.register(request, lan, allow, now, out)
+            (Message::Register { lan, .. }, Port::Main) => {
+                self.register(request, lan, Vec::new(), now, out)
             }
             (Message::NatProbe, _) => self.nat_probe(request, now, out),
             (Message::Connect { target }, Port::Main) => self.connect(request, target, now, out),

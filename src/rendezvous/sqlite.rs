@@ -21,7 +21,9 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
 use super::store::{Registration, Store, StoreError};
 use crate::identity::NodeKey;
-use crate::wire::control::{NatKind, MAX_ALLOW, MAX_LAN_ENDPOINTS};
+use crate::wire::control::{NatKind, MAX_LAN_ENDPOINTS};
+
+const MAX_ALLOW: usize = 32;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "rendezvous.db";

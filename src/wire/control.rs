@@ -13,7 +13,13 @@
 //! | 0x57 | relay frame from a node: `[0x57][source key][WireGuard datagram]` | rendezvous → node | no |
 //! | 0x58 | `Probe` | node → node, every candidate | node |
 //! | 0x59 | `ProbeAck` | node → node | node |
+//! | 0x5a | `Submit` (a trust statement) | node → rendezvous | node (and the statement by its signer) |
+//! | 0x5b | `Stored` | rendezvous → node | rendezvous |
+//! | 0x5c | `Deliver` (a trust statement) | rendezvous → node | rendezvous (and the statement by its signer) |
+//! | 0x5d | `Ack` | node → rendezvous | node |
+//! | 0x5e | `Lookup` (hostname, address or key) | node → rendezvous | node |
 //! | 0x5f | `Refused` | rendezvous → node | rendezvous |
+//! | 0x60 | `LookupReply` | rendezvous → node | rendezvous |
 //!
 //! Relay frames are not signed: they carry WireGuard datagrams, which are authenticated end to
 //! end, and the rendezvous admits them only from the registered endpoint of the source key.
@@ -22,6 +28,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::trust::Statement;
+use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
 
 pub const REGISTER: u8 = 0x50;
@@ -34,12 +42,16 @@ pub const RELAY_TO: u8 = 0x56;
 pub const RELAY_FROM: u8 = 0x57;
 pub const PROBE: u8 = 0x58;
 pub const PROBE_ACK: u8 = 0x59;
+pub const SUBMIT: u8 = 0x5a;
+pub const STORED: u8 = 0x5b;
+pub const DELIVER: u8 = 0x5c;
+pub const ACK: u8 = 0x5d;
+pub const LOOKUP: u8 = 0x5e;
 pub const REFUSED: u8 = 0x5f;
+pub const LOOKUP_REPLY: u8 = 0x60;
 
 /// Most LAN endpoints a node reports.
 pub const MAX_LAN_ENDPOINTS: usize = 8;
-/// Most keys in a registration's allow-list (one datagram's worth).
-pub const MAX_ALLOW: usize = 32;
 /// Most candidate endpoints in a punch message.
 pub const MAX_CANDIDATES: usize = 9;
 /// Bytes a relay frame adds in front of the WireGuard datagram.
@@ -78,19 +90,38 @@ pub enum RefusalCode {
     NotRegistered = 1,
     /// The target is not registered or has expired.
     UnknownTarget = 2,
-    /// The pair is not allowed by both sides.
+    /// The pair has no valid mutual trust record.
     NotAllowed = 3,
     /// Too many requests.
     RateLimited = 4,
+    /// The hostname in `Register` belongs to another key.
+    NameTaken = 5,
+    /// A submitted trust statement does not verify, or is not the sender's to submit.
+    BadStatement = 6,
+}
+
+/// What a `Lookup` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Name(Hostname),
+    Address(NodeAddr),
+    Key(NodeKey),
+}
+
+/// A registered node, as a `LookupReply` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub key: NodeKey,
+    pub hostname: Option<Hostname>,
 }
 
 /// A control message body (the envelope supplies sender, time and nonce).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// Registers (or refreshes) the sender: its LAN endpoints and the keys it allows.
+    /// Registers (or refreshes) the sender: its LAN endpoints and the hostname it claims.
     Register {
         lan: Vec<SocketAddr>,
-        allow: Vec<NodeKey>,
+        hostname: Option<Hostname>,
     },
     /// Answers `Register` (echoing its nonce) with the endpoint the rendezvous saw.
     Registered {
@@ -120,6 +151,23 @@ pub enum Message {
     ProbeAck { echo: u64, observed: SocketAddr },
     /// The rendezvous refused the request with nonce `echo`.
     Refused { echo: u64, code: RefusalCode },
+    /// A trust statement for the rendezvous to store and pass on to the other party.
+    Submit { statement: Statement },
+    /// The submission with nonce `echo` is durably stored.
+    Stored { echo: u64 },
+    /// A trust statement for the receiving node; `id` is acknowledged with `Ack` once the node
+    /// has stored it. `from_name` is the hostname the other party registered, if any.
+    Deliver {
+        id: u64,
+        from_name: Option<Hostname>,
+        statement: Statement,
+    },
+    /// The delivery `id` is stored by the node: the rendezvous may forget it.
+    Ack { id: u64 },
+    /// Which key has this hostname or address (or what is this key's hostname).
+    Lookup { query: Query },
+    /// Answers `Lookup`; `None` when no such node is registered.
+    LookupReply { echo: u64, found: Option<Found> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -151,22 +199,24 @@ impl Message {
             Message::Probe { .. } => PROBE,
             Message::ProbeAck { .. } => PROBE_ACK,
             Message::Refused { .. } => REFUSED,
+            Message::Submit { .. } => SUBMIT,
+            Message::Stored { .. } => STORED,
+            Message::Deliver { .. } => DELIVER,
+            Message::Ack { .. } => ACK,
+            Message::Lookup { .. } => LOOKUP,
+            Message::LookupReply { .. } => LOOKUP_REPLY,
         }
     }
 
     /// Appends the body to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Message::Register { lan, allow } => {
+            Message::Register { lan, hostname } => {
                 out.push(lan.len().min(MAX_LAN_ENDPOINTS) as u8);
                 lan.iter()
                     .take(MAX_LAN_ENDPOINTS)
                     .for_each(|e| put_endpoint(out, *e));
-                out.push(allow.len().min(MAX_ALLOW) as u8);
-                allow
-                    .iter()
-                    .take(MAX_ALLOW)
-                    .for_each(|k| out.extend_from_slice(&k.0));
+                put_name(out, hostname.as_ref());
             }
             Message::Registered {
                 echo,
@@ -211,6 +261,44 @@ impl Message {
                 out.extend_from_slice(&echo.to_be_bytes());
                 out.push(*code as u8);
             }
+            Message::Submit { statement } => statement.encode(out),
+            Message::Stored { echo } | Message::Ack { id: echo } => {
+                out.extend_from_slice(&echo.to_be_bytes())
+            }
+            Message::Deliver {
+                id,
+                from_name,
+                statement,
+            } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                put_name(out, from_name.as_ref());
+                statement.encode(out);
+            }
+            Message::Lookup { query } => match query {
+                Query::Name(name) => {
+                    out.push(1);
+                    put_name(out, Some(name));
+                }
+                Query::Address(addr) => {
+                    out.push(2);
+                    out.extend_from_slice(&addr.bits().to_be_bytes()[2..]);
+                }
+                Query::Key(key) => {
+                    out.push(3);
+                    out.extend_from_slice(&key.0);
+                }
+            },
+            Message::LookupReply { echo, found } => {
+                out.extend_from_slice(&echo.to_be_bytes());
+                match found {
+                    None => out.push(0),
+                    Some(found) => {
+                        out.push(1);
+                        out.extend_from_slice(&found.key.0);
+                        put_name(out, found.hostname.as_ref());
+                    }
+                }
+            }
         }
     }
 
@@ -219,11 +307,10 @@ impl Message {
     pub fn decode(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
         let mut r = Reader(body);
         let message = match kind {
-            REGISTER => {
-                let lan = r.list(MAX_LAN_ENDPOINTS, Reader::endpoint)?;
-                let allow = r.list(MAX_ALLOW, Reader::key)?;
-                Message::Register { lan, allow }
-            }
+            REGISTER => Message::Register {
+                lan: r.list(MAX_LAN_ENDPOINTS, Reader::endpoint)?,
+                hostname: r.name()?,
+            },
             REGISTERED => Message::Registered {
                 echo: r.u64()?,
                 observed: r.endpoint()?,
@@ -249,6 +336,40 @@ impl Message {
             REFUSED => Message::Refused {
                 echo: r.u64()?,
                 code: refusal_from_byte(r.u8()?)?,
+            },
+            SUBMIT => Message::Submit {
+                statement: Statement::read(&mut r)?,
+            },
+            STORED => Message::Stored { echo: r.u64()? },
+            DELIVER => Message::Deliver {
+                id: r.u64()?,
+                from_name: r.name()?,
+                statement: Statement::read(&mut r)?,
+            },
+            ACK => Message::Ack { id: r.u64()? },
+            LOOKUP => Message::Lookup {
+                query: match r.u8()? {
+                    1 => Query::Name(r.name()?.ok_or(DecodeError::BadValue)?),
+                    2 => {
+                        let six: [u8; 6] = r.array()?;
+                        let mut bits = [0u8; 8];
+                        bits[2..].copy_from_slice(&six);
+                        Query::Address(NodeAddr::from_bits(u64::from_be_bytes(bits)))
+                    }
+                    3 => Query::Key(r.key()?),
+                    _ => return Err(DecodeError::BadValue),
+                },
+            },
+            LOOKUP_REPLY => Message::LookupReply {
+                echo: r.u64()?,
+                found: match r.u8()? {
+                    0 => None,
+                    1 => Some(Found {
+                        key: r.key()?,
+                        hostname: r.name()?,
+                    }),
+                    _ => return Err(DecodeError::BadValue),
+                },
             },
             other => return Err(DecodeError::UnknownKind(other)),
         };
@@ -301,6 +422,13 @@ fn put_endpoint(out: &mut Vec<u8>, endpoint: SocketAddr) {
     out.extend_from_slice(&endpoint.port().to_be_bytes());
 }
 
+/// A hostname as a length byte and its bytes; length 0 for none.
+fn put_name(out: &mut Vec<u8>, name: Option<&Hostname>) {
+    let name = name.map_or("", Hostname::as_str);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+}
+
 fn nat_to_byte(nat: NatKind) -> u8 {
     match nat {
         NatKind::Unknown => 0,
@@ -326,15 +454,17 @@ fn refusal_from_byte(b: u8) -> Result<RefusalCode, DecodeError> {
         2 => RefusalCode::UnknownTarget,
         3 => RefusalCode::NotAllowed,
         4 => RefusalCode::RateLimited,
+        5 => RefusalCode::NameTaken,
+        6 => RefusalCode::BadStatement,
         _ => return Err(DecodeError::BadValue),
     })
 }
 
 /// A cursor over a body; every read checks length first.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -343,16 +473,16 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(super) fn u16(&mut self) -> Result<u16, DecodeError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         let b: [u8; 8] = self
             .take(8)?
             .try_into()
@@ -360,7 +490,11 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(b))
     }
 
-    fn key(&mut self) -> Result<NodeKey, DecodeError> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| DecodeError::Truncated)
+    }
+
+    pub(super) fn key(&mut self) -> Result<NodeKey, DecodeError> {
         let b: [u8; 32] = self
             .take(32)?
             .try_into()
@@ -368,7 +502,18 @@ impl<'a> Reader<'a> {
         Ok(NodeKey(b))
     }
 
-    fn endpoint(&mut self) -> Result<SocketAddr, DecodeError> {
+    /// A hostname (length byte, then the name); `None` for length 0.
+    pub(super) fn name(&mut self) -> Result<Option<Hostname>, DecodeError> {
+        let len = usize::from(self.u8()?);
+        if len == 0 {
+            return Ok(None);
+        }
+        let bytes = self.take(len)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::BadValue)?;
+        text.parse().map(Some).map_err(|_| DecodeError::BadValue)
+    }
+
+    pub(super) fn endpoint(&mut self) -> Result<SocketAddr, DecodeError> {
         let ip = match self.u8()? {
             4 => {
                 let b: [u8; 4] = self
@@ -414,17 +559,25 @@ mod tests {
         NodeKey([n; 32])
     }
 
+    fn sample_statement() -> Statement {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let request =
+            crate::wire::trust::TrustRequest::sign(&signing, key(8), 1_700_000_000_000, 9, "why")
+                .unwrap();
+        Statement::Request(request)
+    }
+
     fn samples() -> Vec<Message> {
         let v4: SocketAddr = "192.0.2.1:51870".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::7]:9".parse().unwrap();
         vec![
             Message::Register {
                 lan: vec![v4, v6],
-                allow: vec![key(1), key(2)],
+                hostname: Some("edge-7".parse().unwrap()),
             },
             Message::Register {
                 lan: vec![],
-                allow: vec![],
+                hostname: None,
             },
             Message::Registered {
                 echo: 7,
@@ -451,6 +604,40 @@ mod tests {
             Message::Refused {
                 echo: 3,
                 code: RefusalCode::NotAllowed,
+            },
+            Message::Refused {
+                echo: 4,
+                code: RefusalCode::NameTaken,
+            },
+            Message::Submit {
+                statement: sample_statement(),
+            },
+            Message::Stored { echo: 11 },
+            Message::Deliver {
+                id: 12,
+                from_name: Some("alice".parse().unwrap()),
+                statement: sample_statement(),
+            },
+            Message::Ack { id: 12 },
+            Message::Lookup {
+                query: Query::Name("bob".parse().unwrap()),
+            },
+            Message::Lookup {
+                query: Query::Address(NodeAddr::from_bits(0xa1b2_c3d4_e5f6)),
+            },
+            Message::Lookup {
+                query: Query::Key(key(6)),
+            },
+            Message::LookupReply {
+                echo: 5,
+                found: Some(Found {
+                    key: key(7),
+                    hostname: None,
+                }),
+            },
+            Message::LookupReply {
+                echo: 5,
+                found: None,
             },
         ]
     }
@@ -504,8 +691,8 @@ mod tests {
             Err(DecodeError::Truncated)
         );
         assert_eq!(
-            Message::decode(0x5a, &[]),
-            Err(DecodeError::UnknownKind(0x5a))
+            Message::decode(0x61, &[]),
+            Err(DecodeError::UnknownKind(0x61))
         );
         // Port 0 and unspecified addresses are not endpoints.
         assert_eq!(
@@ -516,8 +703,13 @@ mod tests {
             Message::decode(PROBE_ACK, &[0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 1]),
             Err(DecodeError::BadEndpoint)
         );
+        // A hostname that is not a valid label is refused.
+        assert_eq!(
+            Message::decode(REGISTER, &[0, 3, b'B', b'o', b'b']),
+            Err(DecodeError::BadValue)
+        );
         let mut x = 0x9e37_79b9_u32;
-        for kind in REGISTER..=REFUSED {
+        for kind in REGISTER..=LOOKUP_REPLY {
             for len in 0..120 {
                 let junk: Vec<u8> = (0..len)
                     .map(|_| {

@@ -9,13 +9,18 @@
 //! ```text
 //! request    = "pilot/v1/trust-request"  · requester · target · issued_ms · nonce · len · justification  + sig(requester)
 //! record     = "pilot/v1/trust-record"   · low key · high key · issued_ms                             + sig(low) + sig(high)
-//! revocation = "pilot/v1/trust-revoke"   · by · other · issued_ms                                     + sig(by)
+//! revocation = "pilot/v1/trust-revoke"   · by · other · issued_ms · len · reason                      + sig(by)
 //! ```
+//!
+//! On the wire ([`Statement`]) each is a tag byte and its fields in the order above (numbers
+//! big-endian, strings as a `u16` length and UTF-8); a record whose second party has not signed
+//! yet (an approval on its way to the requester) carries 64 zero bytes in that slot.
 
 use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
+use super::control::{DecodeError, Reader};
 use crate::identity::NodeKey;
 
 /// Longest justification a request may carry, in bytes of UTF-8.
@@ -57,6 +62,8 @@ pub struct Revocation {
     pub by: NodeKey,
     pub other: NodeKey,
     pub issued_ms: u64,
+    /// Why, when a request was rejected (empty for a plain `untrust`).
+    pub reason: String,
     pub signature: [u8; 64],
 }
 
@@ -78,6 +85,8 @@ pub enum TrustError {
     NotCanonical,
     #[error("this key is not one of the record's two")]
     NotAParty,
+    #[error("the record is not signed by both parties")]
+    Incomplete,
 }
 
 impl TrustRequest {
@@ -130,8 +139,7 @@ impl TrustRequest {
         b.extend_from_slice(&self.target.0);
         b.extend_from_slice(&self.issued_ms.to_be_bytes());
         b.extend_from_slice(&self.nonce.to_be_bytes());
-        b.extend_from_slice(&(self.justification.len() as u16).to_be_bytes());
-        b.extend_from_slice(self.justification.as_bytes());
+        put_text(&mut b, &self.justification);
         b
     }
 }
@@ -177,8 +185,40 @@ impl TrustRecord {
         Ok(self)
     }
 
-    /// Checks both signatures and the form. A record altered in any byte fails.
-    pub fn verify(&self, now_ms: u64) -> Result<(), TrustError> {
+    /// Whether both parties have signed (not that the signatures verify).
+    pub fn is_complete(&self) -> bool {
+        self.low_signature != [0; 64] && self.high_signature != [0; 64]
+    }
+
+    /// The party whose signature is missing from an approval in transit, `None` when both slots
+    /// are filled.
+    pub fn unsigned_party(&self) -> Option<NodeKey> {
+        if self.low_signature == [0; 64] {
+            Some(self.low)
+        } else if self.high_signature == [0; 64] {
+            Some(self.high)
+        } else {
+            None
+        }
+    }
+
+    /// Checks an approval in transit: `signer`'s signature is present and valid and the other
+    /// slot is still empty.
+    pub fn verify_half(&self, signer: &NodeKey, now_ms: u64) -> Result<(), TrustError> {
+        self.check_form(now_ms)?;
+        let other = self.other(signer)?;
+        if self.unsigned_party() != Some(other) {
+            return Err(TrustError::Incomplete);
+        }
+        let signature = if *signer == self.low {
+            &self.low_signature
+        } else {
+            &self.high_signature
+        };
+        verify(signer, &self.signed_bytes(), signature)
+    }
+
+    fn check_form(&self, now_ms: u64) -> Result<(), TrustError> {
         if self.low >= self.high {
             return Err(if self.low == self.high {
                 TrustError::SelfTrust
@@ -186,7 +226,15 @@ impl TrustRecord {
                 TrustError::NotCanonical
             });
         }
-        check_time(self.issued_ms, now_ms)?;
+        check_time(self.issued_ms, now_ms)
+    }
+
+    /// Checks both signatures and the form. A record altered in any byte fails.
+    pub fn verify(&self, now_ms: u64) -> Result<(), TrustError> {
+        self.check_form(now_ms)?;
+        if !self.is_complete() {
+            return Err(TrustError::Incomplete);
+        }
         let bytes = self.signed_bytes();
         verify(&self.low, &bytes, &self.low_signature)?;
         verify(&self.high, &bytes, &self.high_signature)
@@ -227,15 +275,20 @@ impl Revocation {
         key: &SigningKey,
         other: NodeKey,
         issued_ms: u64,
+        reason: &str,
     ) -> Result<Revocation, TrustError> {
         let by = NodeKey(key.verifying_key().to_bytes());
         if by == other {
             return Err(TrustError::SelfTrust);
         }
+        if reason.len() > MAX_JUSTIFICATION {
+            return Err(TrustError::JustificationTooLong);
+        }
         let mut revocation = Revocation {
             by,
             other,
             issued_ms,
+            reason: reason.to_owned(),
             signature: [0; 64],
         };
         revocation.signature = key.sign(&revocation.signed_bytes()).to_bytes();
@@ -246,6 +299,9 @@ impl Revocation {
         if self.by == self.other {
             return Err(TrustError::SelfTrust);
         }
+        if self.reason.len() > MAX_JUSTIFICATION {
+            return Err(TrustError::JustificationTooLong);
+        }
         check_time(self.issued_ms, now_ms)?;
         verify(&self.by, &self.signed_bytes(), &self.signature)
     }
@@ -255,8 +311,129 @@ impl Revocation {
         b.extend_from_slice(&self.by.0);
         b.extend_from_slice(&self.other.0);
         b.extend_from_slice(&self.issued_ms.to_be_bytes());
+        put_text(&mut b, &self.reason);
         b
     }
+}
+
+/// Any trust statement, as it travels between nodes and the rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Statement {
+    Request(TrustRequest),
+    /// A complete record, or an approval waiting for the requester's countersignature.
+    Record(TrustRecord),
+    Revocation(Revocation),
+}
+
+const TAG_REQUEST: u8 = 1;
+const TAG_RECORD: u8 = 2;
+const TAG_REVOCATION: u8 = 3;
+/// Longest encoded statement (a request or revocation with the longest text).
+pub const MAX_STATEMENT_LEN: usize = 1 + 32 + 32 + 8 + 8 + 2 + MAX_JUSTIFICATION + 64;
+
+impl Statement {
+    /// The two keys the statement is about, in canonical (low, high) order.
+    pub fn pair(&self) -> (NodeKey, NodeKey) {
+        match self {
+            Statement::Request(r) => ordered(r.requester, r.target),
+            Statement::Record(r) => (r.low, r.high),
+            Statement::Revocation(v) => ordered(v.by, v.other),
+        }
+    }
+
+    /// When it was signed.
+    pub fn issued_ms(&self) -> u64 {
+        match self {
+            Statement::Request(r) => r.issued_ms,
+            Statement::Record(r) => r.issued_ms,
+            Statement::Revocation(v) => v.issued_ms,
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Statement::Request(r) => {
+                out.push(TAG_REQUEST);
+                out.extend_from_slice(&r.requester.0);
+                out.extend_from_slice(&r.target.0);
+                out.extend_from_slice(&r.issued_ms.to_be_bytes());
+                out.extend_from_slice(&r.nonce.to_be_bytes());
+                put_text(out, &r.justification);
+                out.extend_from_slice(&r.signature);
+            }
+            Statement::Record(r) => {
+                out.push(TAG_RECORD);
+                out.extend_from_slice(&r.low.0);
+                out.extend_from_slice(&r.high.0);
+                out.extend_from_slice(&r.issued_ms.to_be_bytes());
+                out.extend_from_slice(&r.low_signature);
+                out.extend_from_slice(&r.high_signature);
+            }
+            Statement::Revocation(v) => {
+                out.push(TAG_REVOCATION);
+                out.extend_from_slice(&v.by.0);
+                out.extend_from_slice(&v.other.0);
+                out.extend_from_slice(&v.issued_ms.to_be_bytes());
+                put_text(out, &v.reason);
+                out.extend_from_slice(&v.signature);
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_STATEMENT_LEN);
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes one statement that must fill `bytes` exactly. Only the form is checked here;
+    /// signatures are checked by `verify` (and by [`TrustLedger`]).
+    pub fn decode(bytes: &[u8]) -> Result<Statement, DecodeError> {
+        let mut r = Reader(bytes);
+        let statement = Statement::read(&mut r)?;
+        if !r.0.is_empty() {
+            return Err(DecodeError::Trailing);
+        }
+        Ok(statement)
+    }
+
+    /// Reads one statement from the front of `r`.
+    pub(super) fn read(r: &mut Reader<'_>) -> Result<Statement, DecodeError> {
+        Ok(match r.u8()? {
+            TAG_REQUEST => Statement::Request(TrustRequest {
+                requester: r.key()?,
+                target: r.key()?,
+                issued_ms: r.u64()?,
+                nonce: r.u64()?,
+                justification: read_text(r)?,
+                signature: r.array()?,
+            }),
+            TAG_RECORD => Statement::Record(TrustRecord {
+                low: r.key()?,
+                high: r.key()?,
+                issued_ms: r.u64()?,
+                low_signature: r.array()?,
+                high_signature: r.array()?,
+            }),
+            TAG_REVOCATION => Statement::Revocation(Revocation {
+                by: r.key()?,
+                other: r.key()?,
+                issued_ms: r.u64()?,
+                reason: read_text(r)?,
+                signature: r.array()?,
+            }),
+            _ => return Err(DecodeError::BadValue),
+        })
+    }
+}
+
+fn read_text(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let len = usize::from(r.u16()?);
+    if len > MAX_JUSTIFICATION {
+        return Err(DecodeError::TooMany);
+    }
+    let bytes = r.take(len)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::BadValue)
 }
 
 /// What is known about one pair: its newest verified statement.
@@ -349,6 +526,11 @@ fn ordered(a: NodeKey, b: NodeKey) -> (NodeKey, NodeKey) {
     } else {
         (b, a)
     }
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
 fn check_time(issued_ms: u64, now_ms: u64) -> Result<(), TrustError> {

@@ -66,7 +66,7 @@ impl Client {
     fn register(&mut self, sim: &mut Sim, lan: &[&str], allow: &[NodeKey]) -> Option<Message> {
         let msg = Message::Register {
             lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
-            allow: allow.to_vec(),
+            hostname: None,
         };
         let d = self.sealed(sim, &msg);
         sim.send(Port::Main, self.at, &d).map(|s| sim.message(&s))
@@ -150,7 +150,7 @@ fn registration_is_stored_before_it_is_acknowledged() {
         &sim,
         &Message::Register {
             lan: vec![],
-            allow: vec![],
+            hostname: None,
         },
     );
     let sent = sim.send(Port::Main, a.at, &d).unwrap();
@@ -184,7 +184,7 @@ fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing(
         &sim,
         &Message::Register {
             lan: vec![],
-            allow: vec![],
+            hostname: None,
         },
     );
     let mut forged = register.clone();
@@ -212,7 +212,7 @@ fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing(
         &sim,
         &Message::Register {
             lan: vec![],
-            allow: vec![],
+            hostname: None,
         },
     );
     assert_eq!(sim.send(Port::Alt, a.at, &on_alt), None);

@@ -60,9 +60,24 @@ fn a_record_needs_both_signatures_over_the_same_bytes() {
     let half = TrustRecord::approve(&key(2), pubkey(1), NOW).unwrap();
     assert_eq!(
         half.verify(NOW),
-        Err(TrustError::BadSignature),
+        Err(TrustError::Incomplete),
         "one signature is not trust"
     );
+    assert_eq!(half.verify_half(&pubkey(2), NOW), Ok(()));
+    assert_eq!(
+        half.verify_half(&pubkey(1), NOW),
+        Err(TrustError::Incomplete),
+        "the signature present is 2's, not 1's"
+    );
+    // Filling the empty slot with a copy of the other signature does not complete it.
+    let mut copied = half.clone();
+    let sig = if copied.low_signature == [0; 64] {
+        copied.high_signature
+    } else {
+        copied.low_signature
+    };
+    (copied.low_signature, copied.high_signature) = (sig, sig);
+    assert_eq!(copied.verify(NOW), Err(TrustError::BadSignature));
     let full = half.clone().countersign(&key(1), NOW).unwrap();
     assert_eq!(full.verify(NOW), Ok(()));
     // Either side may approve first: the bytes are the same.
@@ -107,6 +122,9 @@ fn a_record_made_up_by_whoever_delivers_it_is_refused() {
         high: pubkey(1).max(pubkey(2)),
         ..fake
     };
+    // Its own signature in both slots.
+    let sig = fake.low_signature.max(fake.high_signature);
+    (fake.low_signature, fake.high_signature) = (sig, sig);
     let mut ledger = TrustLedger::new();
     assert_eq!(
         ledger.admit_record(fake, NOW),
@@ -126,7 +144,7 @@ fn the_newest_statement_wins_and_a_revocation_wins_a_tie() {
     assert_eq!(ledger.admit_record(record(1, 2, NOW - 100), NOW), Ok(true));
     assert!(ledger.trusted(&a, &b) && ledger.trusted(&b, &a));
     // Either side revokes; the revocation is newer, so trust ends.
-    let revoke = Revocation::sign(&key(2), a, NOW - 50).unwrap();
+    let revoke = Revocation::sign(&key(2), a, NOW - 50, "").unwrap();
     assert_eq!(ledger.admit_revocation(revoke.clone(), NOW), Ok(true));
     assert!(!ledger.trusted(&a, &b));
     // The old record delivered again (a replay) changes nothing.
@@ -150,20 +168,61 @@ fn forged_or_future_revocations_change_nothing() {
     let mut ledger = TrustLedger::new();
     ledger.admit_record(record(1, 2, NOW - 100), NOW).unwrap();
     // A third party "revoking" on b's behalf.
-    let mut forged = Revocation::sign(&key(3), a, NOW).unwrap();
+    let mut forged = Revocation::sign(&key(3), a, NOW, "").unwrap();
     forged.by = b;
     assert_eq!(
         ledger.admit_revocation(forged, NOW),
         Err(TrustError::BadSignature)
     );
-    let future = Revocation::sign(&key(2), a, NOW + MAX_FUTURE_MS + 1).unwrap();
+    let future = Revocation::sign(&key(2), a, NOW + MAX_FUTURE_MS + 1, "").unwrap();
     assert_eq!(
         ledger.admit_revocation(future, NOW),
         Err(TrustError::FromTheFuture)
     );
     assert!(ledger.trusted(&a, &b));
     assert_eq!(
-        Revocation::sign(&key(2), b, NOW),
+        Revocation::sign(&key(2), b, NOW, ""),
         Err(TrustError::SelfTrust)
     );
+}
+
+#[test]
+fn statements_round_trip_and_hostile_bytes_are_refused() {
+    let request = TrustRequest::sign(&key(1), pubkey(2), NOW, 7, "nightly sync").unwrap();
+    let half = TrustRecord::approve(&key(2), pubkey(1), NOW).unwrap();
+    let full = record(1, 2, NOW);
+    let revocation = Revocation::sign(&key(2), pubkey(1), NOW, "not today").unwrap();
+    for s in [
+        Statement::Request(request),
+        Statement::Record(half),
+        Statement::Record(full),
+        Statement::Revocation(revocation),
+    ] {
+        let bytes = s.to_bytes();
+        assert!(bytes.len() <= MAX_STATEMENT_LEN);
+        assert_eq!(Statement::decode(&bytes), Ok(s.clone()));
+        assert_eq!(s.pair(), ordered(pubkey(1), pubkey(2)));
+        for cut in 0..bytes.len() {
+            assert!(Statement::decode(&bytes[..cut]).is_err(), "{s:?} cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Statement::decode(&longer), Err(DecodeError::Trailing));
+    }
+    // A text length beyond the limit is refused before anything is read.
+    let mut bytes = vec![1u8];
+    bytes.extend_from_slice(&[0; 80]);
+    bytes.extend_from_slice(&u16::MAX.to_be_bytes());
+    assert_eq!(Statement::decode(&bytes), Err(DecodeError::TooMany));
+    assert_eq!(Statement::decode(&[9]), Err(DecodeError::BadValue));
+    // An altered byte anywhere makes the statement fail verification (or decoding).
+    let full = Statement::Record(record(1, 2, NOW));
+    let bytes = full.to_bytes();
+    for i in 1..bytes.len() {
+        let mut altered = bytes.clone();
+        altered[i] ^= 0x01;
+        if let Ok(Statement::Record(r)) = Statement::decode(&altered) {
+            assert!(r.verify(NOW).is_err(), "byte {i}");
+        }
+    }
 }
