@@ -129,8 +129,7 @@ impl FromStr for Hostname {
 
     fn from_str(s: &str) -> Result<Hostname, HostnameError> {
         let valid = (1..=MAX_HOSTNAME).contains(&s.len())
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
@@ -290,7 +289,16 @@ mod tests {
         for good in ["a", "bob", "edge-7", "0", &"x".repeat(63)] {
             assert_eq!(good.parse::<Hostname>().unwrap().as_str(), good);
         }
-        for bad in ["", "Bob", "-bob", "bob-", "bo b", "bob.pilot", "bø", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Bob",
+            "-bob",
+            "bob-",
+            "bo b",
+            "bob.pilot",
+            "bø",
+            &"x".repeat(64),
+        ] {
             assert!(bad.parse::<Hostname>().is_err(), "{bad:?} accepted");
         }
         for typed in ["bob", "bob.pilot", "bob.pilot."] {

@@ -19,6 +19,11 @@ impl WallClock {
         WallClock { at, unix_ms }
     }
 
+    /// The `Instant` this clock was pinned at.
+    pub fn origin(&self) -> Instant {
+        self.at
+    }
+
     /// Reads the system clock once, now.
     pub fn system() -> WallClock {
         let since_epoch = SystemTime::now()

@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::daemon::control::{self, ClientError, InfoReply, PingReply, Request};
+use crate::daemon::control::{
+    self, ClientError, HandshakeReply, InfoReply, PeerRef, PingReply, Request, RequestInfo,
+    TrustReply,
+};
+use crate::node::HandshakeOutcome;
 use crate::node::PeerStatus;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,9 +43,57 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the fd70 address of a hostname (asking the rendezvous if needed).
+    Resolve {
+        /// Hostname (NAME or NAME.pilot), node address or public key.
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a peer for trust; packets flow once it approves. If it asked first, this approves.
+    Handshake {
+        /// Hostname, node address (xxxx.xxxx.xxxx), fd70:: address or public key.
+        peer: String,
+        /// Why, shown to the peer (at most 256 bytes).
+        #[arg(default_value = "")]
+        justification: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust requests waiting for your approval.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending trust request.
+    Approve {
+        /// Hostname, node address, fd70:: address or public key of the requester.
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject a pending trust request, optionally telling the requester why.
+    Reject {
+        peer: String,
+        #[arg(default_value = "")]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End trust with a peer (or withdraw a request); its session closes on both sides.
+    Untrust {
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trusted peers, and requests and approvals in flight.
+    Trust {
+        #[arg(long)]
+        json: bool,
+    },
     /// Send ICMPv6 echo requests through the tunnel and print each reply's RTT and path.
     Ping {
-        /// Node address (xxxx.xxxx.xxxx), fd70:: address or public key.
+        /// Hostname, node address (xxxx.xxxx.xxxx), fd70:: address or public key.
         peer: String,
         /// Number of pings.
         #[arg(short = 'c', long, default_value_t = 4)]
@@ -65,6 +117,19 @@ pub fn main() -> ExitCode {
         Command::Info { json } => info(&socket, json),
         Command::Peers { json } => peers(&socket, json),
         Command::Netcheck { json } => netcheck(&socket, json),
+        Command::Resolve { name, json } => resolve(&socket, name, json),
+        Command::Handshake {
+            peer,
+            justification,
+            json,
+        } => handshake(&socket, peer, justification, json),
+        Command::Pending { json } => pending(&socket, json),
+        Command::Approve { peer, json } => verb(&socket, Request::Approve { peer }, json),
+        Command::Reject { peer, reason, json } => {
+            verb(&socket, Request::Reject { peer, reason }, json)
+        }
+        Command::Untrust { peer, json } => verb(&socket, Request::Untrust { peer }, json),
+        Command::Trust { json } => trust(&socket, json),
         Command::Ping {
             peer,
             count,
@@ -111,6 +176,16 @@ fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         .and_then(|v| v.as_str().map(str::to_owned));
     println!("nat          {}", or_dash(&nat));
     println!("peers        {}", info.peers);
+    println!(
+        "trust        {} trusted, {} pending{}",
+        info.trusted,
+        info.pending,
+        if info.auto_approve {
+            ", auto-approve ON (every request is approved)"
+        } else {
+            ""
+        }
+    );
     let drops: Vec<String> = info
         .drops
         .iter()
@@ -156,6 +231,150 @@ fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
                 .map_or("-".into(), |s| format!("{s}s ago")),
             p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bob (fd70::…)`, or the node address when there is no hostname.
+fn who(peer: &PeerRef) -> String {
+    match &peer.hostname {
+        Some(name) => format!("{name} ({})", peer.address),
+        None => format!("{} ({})", peer.node, peer.address),
+    }
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("json"));
+}
+
+fn resolve(socket: &Path, name: String, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &Request::Resolve { name })?;
+    if json {
+        print_json(&value);
+    } else {
+        let peer: PeerRef = parse(value)?;
+        println!("{}", peer.address);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn handshake(
+    socket: &Path,
+    peer: String,
+    justification: String,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let value = call(
+        socket,
+        &Request::Handshake {
+            peer,
+            justification,
+        },
+    )?;
+    if json {
+        print_json(&value);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reply: HandshakeReply = parse(value)?;
+    match reply.outcome {
+        HandshakeOutcome::Requested => println!(
+            "asked {} for trust; packets flow once it approves (`pilotctl approve` on its side)",
+            who(&reply.peer)
+        ),
+        HandshakeOutcome::Approved => println!(
+            "{} had asked already: approved; packets flow as soon as its node countersigns",
+            who(&reply.peer)
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// approve, reject, untrust: one peer in, one peer out.
+fn verb(socket: &Path, request: Request, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &request)?;
+    if json {
+        print_json(&value);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let peer: PeerRef = parse(value["peer"].clone())?;
+    let peer = who(&peer);
+    match request {
+        Request::Approve { .. } => println!(
+            "approved {peer}; packets flow as soon as its node countersigns (automatically)"
+        ),
+        Request::Reject { .. } => println!("rejected the request from {peer}"),
+        _ => println!("no longer trusting {peer}; its session is closed"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn age(issued_ms: u64) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let secs = now_ms.saturating_sub(issued_ms) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+fn pending(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &Request::Pending {})?;
+    if json {
+        print_json(&value);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let requests: Vec<RequestInfo> = parse(value)?;
+    if requests.is_empty() {
+        println!("no pending trust requests");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<24} {:>9}  JUSTIFICATION",
+        "FROM", "ADDRESS", "ASKED"
+    );
+    for r in requests {
+        println!(
+            "{:<20} {:<24} {:>9}  {}",
+            r.peer.hostname.unwrap_or(r.peer.node),
+            r.peer.address,
+            age(r.issued_ms),
+            r.justification
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trust(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &Request::Trust {})?;
+    if json {
+        print_json(&value);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reply: TrustReply = parse(value)?;
+    if reply.trusted.is_empty() && reply.requested.is_empty() && reply.approved.is_empty() {
+        println!("no trusted peers (ask one with `pilotctl handshake PEER`)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for t in &reply.trusted {
+        let since = match t.since_ms {
+            Some(ms) => format!("since {}", age(ms)),
+            None => "configured (--peer)".into(),
+        };
+        println!("trusted    {:<44} {since}", who(&t.peer));
+    }
+    for r in &reply.requested {
+        let state = match &r.reason {
+            Some(reason) if !reason.is_empty() => format!("rejected: {reason}"),
+            Some(_) => "rejected".into(),
+            None => format!("waiting for approval, asked {}", age(r.issued_ms)),
+        };
+        println!("requested  {:<44} {state}", who(&r.peer));
+    }
+    for a in &reply.approved {
+        println!("approved   {:<44} waiting for its countersignature", who(a));
     }
     Ok(ExitCode::SUCCESS)
 }

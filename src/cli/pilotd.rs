@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::addr::Hostname;
 use crate::daemon::{
     self, control, UpOptions, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU,
 };
@@ -71,10 +72,17 @@ struct UpArgs {
     /// The rendezvous' second UDP port, used to measure NAT behaviour [default: its port + 1]
     #[arg(long, value_name = "PORT", requires = "rendezvous")]
     rendezvous_alt_port: Option<u16>,
-    /// A peer to reach through the rendezvous, by public key (repeatable). Traffic flows only
-    /// when both sides allow each other.
-    #[arg(long = "allow", value_name = "KEY", requires = "rendezvous")]
-    allow: Vec<NodeKey>,
+    /// Hostname to claim at the rendezvous (lowercase letters, digits and `-`, 1-63); peers then
+    /// reach this node as NAME.pilot. The first node to claim a name keeps it.
+    #[arg(long, value_name = "NAME", requires = "rendezvous", value_parser = parse_hostname)]
+    hostname: Option<Hostname>,
+    /// Approve every incoming trust request automatically (for public services; off by default).
+    #[arg(long)]
+    auto_approve: bool,
+    /// Keep a managed block of trusted peers' NAME.pilot entries in a hosts file (for systems
+    /// without systemd-resolved); given without a value, /etc/hosts.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "/etc/hosts")]
+    hosts_file: Option<PathBuf>,
     /// WireGuard persistent keepalive in seconds, to hold NAT mappings open (0 = off).
     #[arg(long, default_value_t = 25)]
     keepalive: u16,
@@ -107,15 +115,6 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     if let (Some(r), Some(alt)) = (&mut rendezvous, args.rendezvous_alt_port) {
         r.alt_port = alt;
     }
-    let mut peers = args.peers;
-    for key in args.allow {
-        if !peers.iter().any(|p| p.key == key) {
-            peers.push(PeerConfig {
-                key,
-                endpoint: None,
-            });
-        }
-    }
     daemon::run_up(UpOptions {
         state_dir: args
             .state
@@ -124,8 +123,11 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         interface: args.interface,
         mtu: args.mtu,
         listen_port: args.listen_port,
-        peers,
+        peers: args.peers,
         rendezvous,
+        hostname: args.hostname,
+        auto_approve: args.auto_approve,
+        hosts_file: args.hosts_file,
         control: args.control.unwrap_or_else(control::default_socket_path),
         keepalive: args.keepalive,
     })
@@ -152,6 +154,11 @@ fn show_identity(state: StateArg, json: bool) -> anyhow::Result<()> {
 }
 
 /// Parses `KEY@HOST:PORT`, resolving HOST once, now.
+fn parse_hostname(s: &str) -> Result<Hostname, String> {
+    s.parse()
+        .map_err(|e: crate::addr::HostnameError| e.to_string())
+}
+
 fn parse_peer(text: &str) -> Result<PeerConfig, String> {
     let (key, endpoint) = text
         .split_once('@')

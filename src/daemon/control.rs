@@ -32,11 +32,37 @@ pub enum Request {
     Peers {},
     /// Public endpoint and NAT behaviour as measured against the rendezvous.
     Netcheck {},
-    /// One ICMPv6 echo across the tunnel. `peer`: text address, fd70 address or public key.
+    /// One ICMPv6 echo across the tunnel. `peer`: hostname, text address, fd70 address or
+    /// public key.
     Ping {
         peer: String,
         timeout_ms: u64,
     },
+    /// Who a hostname (or address, or key) is.
+    Resolve {
+        name: String,
+    },
+    /// Ask `peer` for trust (or approve its request if it asked first).
+    Handshake {
+        peer: String,
+        #[serde(default)]
+        justification: String,
+    },
+    Approve {
+        peer: String,
+    },
+    Reject {
+        peer: String,
+        #[serde(default)]
+        reason: String,
+    },
+    Untrust {
+        peer: String,
+    },
+    /// Trusted peers, our requests and approvals in flight.
+    Trust {},
+    /// Requests waiting for our approval.
+    Pending {},
 }
 
 /// The daemon's answer.
@@ -63,8 +89,61 @@ pub struct InfoReply {
     /// NAT mapping behaviour, when a rendezvous is configured.
     pub nat: Option<NatKind>,
     pub peers: usize,
+    /// Whether incoming trust requests are approved automatically.
+    pub auto_approve: bool,
+    /// Peers with a valid mutual trust record.
+    pub trusted: usize,
+    /// Trust requests waiting for approval.
+    pub pending: usize,
     pub drops: serde_json::Map<String, serde_json::Value>,
     pub version: String,
+}
+
+/// A peer as the trust verbs name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRef {
+    pub address: String,
+    pub node: String,
+    pub hostname: Option<String>,
+    pub public_key: String,
+}
+
+/// `handshake`'s result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeReply {
+    pub peer: PeerRef,
+    pub outcome: crate::node::HandshakeOutcome,
+}
+
+/// `trust`'s result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrustReply {
+    pub trusted: Vec<TrustedPeer>,
+    /// Our requests: pending, or rejected (with the reason given).
+    pub requested: Vec<RequestInfo>,
+    /// Requests we approved whose requester has not countersigned yet.
+    pub approved: Vec<PeerRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrustedPeer {
+    #[serde(flatten)]
+    pub peer: PeerRef,
+    /// When the record was signed (UNIX ms); `None` for a configured (`--peer`) peer.
+    pub since_ms: Option<u64>,
+    pub configured: bool,
+}
+
+/// A trust request, ours or a peer's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestInfo {
+    #[serde(flatten)]
+    pub peer: PeerRef,
+    pub justification: String,
+    pub issued_ms: u64,
+    /// `pending` or `rejected`.
+    pub status: String,
+    pub reason: Option<String>,
 }
 
 /// `ping`'s result.
@@ -86,6 +165,28 @@ pub enum Command {
         reply: oneshot::Sender<Result<oneshot::Receiver<PingReply>, String>>,
     },
     NetCheck(oneshot::Sender<NetStatus>),
+    /// Finds the key behind a hostname, address or key (locally, else at the rendezvous).
+    Resolve {
+        name: String,
+        reply: oneshot::Sender<Result<PeerRef, String>>,
+    },
+    /// A trust verb on a resolved peer.
+    Trust {
+        verb: TrustVerb,
+        peer: crate::identity::NodeKey,
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
+    TrustList(oneshot::Sender<TrustReply>),
+    Pending(oneshot::Sender<Vec<RequestInfo>>),
+}
+
+/// What to do to a peer's trust.
+#[derive(Debug, Clone)]
+pub enum TrustVerb {
+    Handshake(String),
+    Approve,
+    Reject(String),
+    Untrust,
 }
 
 /// Where the control socket lives when `--control`/`PILOT_CONTROL` do not say:
@@ -201,6 +302,22 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
         Request::Netcheck {} => ask(commands, Command::NetCheck)
             .await
             .map_or_else(stopped, success),
+        Request::Resolve { name } => resolve(commands, name).await.map_or_else(failure, success),
+        Request::Handshake {
+            peer,
+            justification,
+        } => trust_verb(commands, peer, TrustVerb::Handshake(justification)).await,
+        Request::Approve { peer } => trust_verb(commands, peer, TrustVerb::Approve).await,
+        Request::Reject { peer, reason } => {
+            trust_verb(commands, peer, TrustVerb::Reject(reason)).await
+        }
+        Request::Untrust { peer } => trust_verb(commands, peer, TrustVerb::Untrust).await,
+        Request::Trust {} => ask(commands, Command::TrustList)
+            .await
+            .map_or_else(stopped, success),
+        Request::Pending {} => ask(commands, Command::Pending)
+            .await
+            .map_or_else(stopped, success),
         Request::Ping { peer, timeout_ms } => {
             let waiter = match ask(commands, |reply| Command::Ping { peer, reply }).await {
                 Some(Ok(waiter)) => waiter,
@@ -214,6 +331,33 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
                 Err(_) => failure(format!("no reply within {} ms", timeout.as_millis())),
             }
         }
+    }
+}
+
+/// Resolves a peer name to its key (waiting for the rendezvous if it must be asked).
+async fn resolve(commands: &mpsc::Sender<Command>, name: String) -> Result<PeerRef, String> {
+    let answer = ask(commands, |reply| Command::Resolve { name, reply }).await;
+    answer.unwrap_or_else(|| Err("the daemon is shutting down".into()))
+}
+
+async fn trust_verb(commands: &mpsc::Sender<Command>, peer: String, verb: TrustVerb) -> Response {
+    let peer = match resolve(commands, peer).await {
+        Ok(peer) => peer,
+        Err(e) => return failure(e),
+    };
+    let Ok(key) = peer.public_key.parse() else {
+        return failure(format!("bad key {}", peer.public_key));
+    };
+    match ask(commands, |reply| Command::Trust {
+        verb,
+        peer: key,
+        reply,
+    })
+    .await
+    {
+        Some(Ok(result)) => success(result),
+        Some(Err(e)) => failure(e),
+        None => failure("the daemon is shutting down".into()),
     }
 }
 

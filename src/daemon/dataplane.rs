@@ -15,14 +15,19 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
-use super::control::{Command, InfoReply, PingReply};
+use super::control::{
+    Command, HandshakeReply, InfoReply, PeerRef, PingReply, RequestInfo, TrustReply, TrustVerb,
+    TrustedPeer,
+};
+use super::trust_file::TrustFile;
 use super::tun_writer::TunWriter;
-use crate::addr::NodeAddr;
+use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
 use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
+use crate::wire::control::Query;
 
 /// Largest datagram the node sends or accepts: the largest TUN packet plus WireGuard overhead.
 const SLOT: usize = 65535;
@@ -38,6 +43,7 @@ pub struct Facts {
     pub mtu: u32,
     pub listen_port: u16,
     pub rendezvous_pin: Option<super::pin::RendezvousPin>,
+    pub trust_file: TrustFile,
 }
 
 pub struct DataPlane {
@@ -71,6 +77,12 @@ struct Core {
     ping_waiters: BTreeMap<u16, oneshot::Sender<PingReply>>,
     /// Replies dropped because the send batch stayed full.
     send_dropped: u64,
+    /// `resolve` commands waiting for the rendezvous, by lookup id.
+    resolve_waiters: BTreeMap<u64, (String, oneshot::Sender<Result<PeerRef, String>>)>,
+    /// Saving the trust state failed: do not try again before this.
+    next_save: Instant,
+    /// Why the daemon must stop (a refused hostname).
+    fatal: Option<String>,
 }
 
 impl DataPlane {
@@ -102,6 +114,9 @@ impl DataPlane {
             ping_seq: 0,
             ping_waiters: BTreeMap::new(),
             send_dropped: 0,
+            resolve_waiters: BTreeMap::new(),
+            next_save: Instant::now(),
+            fatal: None,
         };
         Ok(DataPlane { io, core })
     }
@@ -140,6 +155,9 @@ impl DataPlane {
                 Some(command) = commands.recv() => core.on_command(command),
             }
             core.drain_node(&io).await?;
+            if let Some(why) = core.fatal.take() {
+                return Err(io::Error::other(why));
+            }
         }
     }
 }
@@ -225,6 +243,7 @@ impl Core {
     /// Sends everything the node and the batches hold, and delivers the node's events.
     async fn drain_node(&mut self, io: &Io) -> io::Result<()> {
         let now = Instant::now();
+        self.save_trust(now);
         loop {
             if self.send.is_full() {
                 flush_batch(&mut self.send, io).await?;
@@ -264,6 +283,42 @@ impl Core {
                 Event::PublicEndpoint(endpoint) => {
                     tracing::info!(%endpoint, "public endpoint (as the rendezvous sees it)");
                 }
+                Event::TrustChanged { peer, trusted } => {
+                    let name = self.node.trust().name_of(&peer).map(|n| n.to_string());
+                    let verdict = if trusted {
+                        "trusted"
+                    } else {
+                        "no longer trusted"
+                    };
+                    tracing::info!(peer = %peer.address(), name = name.as_deref().unwrap_or("-"), "peer {verdict}");
+                }
+                Event::TrustRequest {
+                    from,
+                    name,
+                    justification,
+                } => {
+                    let who = name.map_or_else(|| from.address().to_string(), |n| n.to_string());
+                    tracing::info!(peer = %from.address(), %justification, "trust request from {who}; approve with `pilotctl approve {who}`");
+                }
+                Event::HostnameTaken(name) => {
+                    self.fatal = Some(format!(
+                        "hostname `{name}` is already registered by another node at the rendezvous; choose another with --hostname"
+                    ));
+                }
+                Event::LookupDone { id, found } => {
+                    if let Some((name, waiter)) = self.resolve_waiters.remove(&id) {
+                        let answer =
+                            found
+                                .map(|f| self.peer_ref(f.key, f.hostname))
+                                .ok_or_else(|| {
+                                    format!("no node `{name}` is registered at the rendezvous")
+                                });
+                        let _ = waiter.send(answer);
+                    }
+                }
+                Event::TrustWarning(warning) => {
+                    tracing::warn!("trust.json: {warning}");
+                }
                 Event::RendezvousKey(key) => {
                     tracing::info!(%key, "rendezvous key learned on first contact; pinned from now on");
                     if let Some(pin) = &self.facts.rendezvous_pin {
@@ -291,7 +346,181 @@ impl Core {
             Command::NetCheck(reply) => {
                 let _ = reply.send(self.node.net_status(Instant::now()));
             }
+            Command::Resolve { name, reply } => self.resolve(name, reply),
+            Command::Trust { verb, peer, reply } => {
+                let _ = reply.send(self.trust_verb(verb, peer));
+            }
+            Command::TrustList(reply) => {
+                let _ = reply.send(self.trust_list());
+            }
+            Command::Pending(reply) => {
+                let now_ms = self.node.wall_ms(Instant::now());
+                let pending = self
+                    .node
+                    .trust()
+                    .incoming(now_ms)
+                    .map(|i| RequestInfo {
+                        peer: self.peer_ref(i.request.requester, i.from_name.clone()),
+                        justification: i.request.justification.clone(),
+                        issued_ms: i.request.issued_ms,
+                        status: "pending".into(),
+                        reason: None,
+                    })
+                    .collect();
+                let _ = reply.send(pending);
+            }
         }
+    }
+
+    /// Saves the trust state if it changed, then lets the node acknowledge the deliveries it
+    /// holds. On failure the deliveries stay unacknowledged (the rendezvous sends them again).
+    fn save_trust(&mut self, now: Instant) {
+        if now < self.next_save {
+            return;
+        }
+        let Some(state) = self.node.take_trust_state() else {
+            return;
+        };
+        match self.facts.trust_file.save(&state) {
+            Ok(()) => self.node.trust_saved(now),
+            Err(e) => {
+                tracing::error!("cannot save the trust state: {e:#}");
+                self.node.trust_save_failed();
+                self.next_save = now + Duration::from_secs(1);
+            }
+        }
+    }
+
+    fn peer_ref(&self, key: NodeKey, hostname: Option<Hostname>) -> PeerRef {
+        let addr = key.address();
+        let hostname = hostname.or_else(|| self.node.trust().name_of(&key).cloned());
+        PeerRef {
+            address: addr.to_ipv6().to_string(),
+            node: addr.to_string(),
+            hostname: hostname.map(|n| n.to_string()),
+            public_key: key.to_string(),
+        }
+    }
+
+    /// A peer named by key, address or hostname: from what this node knows, else asked of
+    /// the rendezvous (the answer arrives as `Event::LookupDone`).
+    fn resolve(&mut self, name: String, reply: oneshot::Sender<Result<PeerRef, String>>) {
+        let query = match self.resolve_local(&name) {
+            Ok(Ok(key)) => {
+                let _ = reply.send(Ok(self.peer_ref(key, None)));
+                return;
+            }
+            Ok(Err(query)) => query,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        match self.node.lookup(query, Instant::now()) {
+            Ok(id) => {
+                self.resolve_waiters.retain(|_, (_, w)| !w.is_closed());
+                self.resolve_waiters.insert(id, (name, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(format!("`{name}` is not known locally, and {e}")));
+            }
+        }
+    }
+
+    /// `Ok(Ok(key))` when known here, `Ok(Err(query))` when the rendezvous must be asked.
+    fn resolve_local(&self, name: &str) -> Result<Result<NodeKey, Query>, String> {
+        if let Ok(key) = name.parse::<NodeKey>() {
+            return Ok(Ok(key));
+        }
+        if let Ok(addr) = name.parse::<NodeAddr>() {
+            return Ok(self
+                .known_keys()
+                .find(|k| k.address() == addr)
+                .ok_or(Query::Address(addr)));
+        }
+        if let Ok(host) = Hostname::parse_user(name) {
+            if self.node.hostname() == Some(&host) {
+                return Ok(Ok(self.node.key()));
+            }
+            return Ok(self.node.trust().key_named(&host).ok_or(Query::Name(host)));
+        }
+        Err(format!(
+            "`{name}` is not a peer: give a hostname, a node address (xxxx.xxxx.xxxx), an fd70:: address or a public key"
+        ))
+    }
+
+    /// Every key this node has heard of: peers, requests both ways, approvals, names.
+    fn known_keys(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        let trust = self.node.trust();
+        let now_ms = self.node.wall_ms(Instant::now());
+        self.node
+            .peer_keys()
+            .chain(trust.outgoing().map(|o| o.request.target))
+            .chain(trust.incoming(now_ms).map(|i| i.request.requester))
+            .chain(trust.approved())
+            .chain(trust.names().map(|(k, _)| *k))
+    }
+
+    fn trust_verb(&mut self, verb: TrustVerb, peer: NodeKey) -> Result<serde_json::Value, String> {
+        let now = Instant::now();
+        let peer_ref = self.peer_ref(peer, None);
+        let who = peer_ref
+            .hostname
+            .clone()
+            .unwrap_or_else(|| peer_ref.node.clone());
+        let done = match verb {
+            TrustVerb::Handshake(justification) => {
+                let outcome = self
+                    .node
+                    .handshake(peer, &justification, now)
+                    .map_err(|e| e.to_string())?;
+                let reply = HandshakeReply {
+                    peer: peer_ref,
+                    outcome,
+                };
+                return Ok(serde_json::to_value(reply).expect("serializes"));
+            }
+            TrustVerb::Approve => self.node.approve(peer, now),
+            TrustVerb::Reject(reason) => self.node.reject(peer, &reason, now),
+            TrustVerb::Untrust => self.node.untrust(peer, now),
+        };
+        done.map_err(|e| format!("{who}: {e}"))?;
+        Ok(serde_json::json!({ "peer": peer_ref }))
+    }
+
+    fn trust_list(&self) -> TrustReply {
+        let trust = self.node.trust();
+        let mut reply = TrustReply::default();
+        for key in self.node.configured_peers() {
+            reply.trusted.push(TrustedPeer {
+                peer: self.peer_ref(key, None),
+                since_ms: None,
+                configured: true,
+            });
+        }
+        for (key, record) in trust.trusted() {
+            reply.trusted.push(TrustedPeer {
+                peer: self.peer_ref(key, None),
+                since_ms: Some(record.issued_ms),
+                configured: false,
+            });
+        }
+        for o in trust.outgoing() {
+            reply.requested.push(RequestInfo {
+                peer: self.peer_ref(o.request.target, None),
+                justification: o.request.justification.clone(),
+                issued_ms: o.request.issued_ms,
+                status: if o.rejected.is_some() {
+                    "rejected"
+                } else {
+                    "pending"
+                }
+                .into(),
+                reason: o.rejected.as_ref().map(|r| r.1.clone()),
+            });
+        }
+        reply.approved = trust.approved().map(|k| self.peer_ref(k, None)).collect();
+        reply
     }
 
     fn info(&self) -> InfoReply {
@@ -309,20 +538,27 @@ impl Core {
             address: addr.to_ipv6().to_string(),
             node: addr.to_string(),
             public_key: self.node.key().to_string(),
-            hostname: None,
+            hostname: self.node.hostname().map(|n| n.to_string()),
             interface: self.facts.interface.clone(),
             mtu: self.facts.mtu,
             listen_port: self.facts.listen_port,
             endpoint: net.endpoint,
             nat: net.rendezvous.is_some().then_some(net.nat),
             peers: self.node.peers(now).count(),
+            auto_approve: self.node.auto_approve(),
+            trusted: self.node.trust().trusted().count(),
+            pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
             drops,
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 
     fn start_ping(&mut self, peer: &str) -> Result<oneshot::Receiver<PingReply>, String> {
-        let addr = resolve_peer(peer)?;
+        let addr = match self.resolve_local(peer)? {
+            Ok(key) => key.address(),
+            Err(Query::Address(addr)) => addr,
+            Err(_) => return Err(format!("`{peer}` is not a trusted peer of this node")),
+        };
         // Forget waiters whose pilotctl gave up.
         self.ping_waiters.retain(|_, w| !w.is_closed());
         self.ping_seq = self.ping_seq.wrapping_add(1);
@@ -366,14 +602,4 @@ async fn flush_batch(send: &mut SendBatch, io: &Io) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A peer named by text address, fd70 address or public key.
-pub fn resolve_peer(name: &str) -> Result<NodeAddr, String> {
-    if let Ok(key) = name.parse::<NodeKey>() {
-        return Ok(key.address());
-    }
-    name.parse::<NodeAddr>().map_err(|_| {
-        format!("`{name}` is not a peer: give a node address (xxxx.xxxx.xxxx), an fd70:: address or a public key")
-    })
 }

@@ -5,6 +5,7 @@ pub mod control;
 mod dataplane;
 mod pin;
 pub mod rendezvous;
+mod trust_file;
 mod tun_writer;
 
 use std::path::PathBuf;
@@ -13,9 +14,7 @@ use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-pub use dataplane::resolve_peer;
-
-use crate::addr::OVERLAY_PREFIX_LEN;
+use crate::addr::{Hostname, OVERLAY_PREFIX_LEN};
 use crate::clock::WallClock;
 use crate::identity::Identity;
 use crate::io::{netlink, tun::TunDevice, udp::UdpSocket};
@@ -45,6 +44,12 @@ pub struct UpOptions {
     pub keepalive: u16,
     /// The rendezvous to register with, if any (its key pinned when given).
     pub rendezvous: Option<RendezvousConfig>,
+    /// Hostname to claim at the rendezvous.
+    pub hostname: Option<Hostname>,
+    /// Approve incoming trust requests automatically.
+    pub auto_approve: bool,
+    /// Hosts file to keep trusted peers' names in (opt-in).
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// Runs the node until SIGINT or SIGTERM. The TUN interface and control socket are gone when
@@ -80,6 +85,9 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
         }
     }
 
+    let trust_file = trust_file::TrustFile::new(&options.state_dir);
+    let trust = trust_file.load()?;
+
     let tun = TunDevice::create_with_offload(&options.interface)?;
     let interface = tun.name().to_owned();
     // From here on the interface exists: every exit path must remove it.
@@ -94,6 +102,9 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
         let node = Node::new(NodeConfig {
             identity,
             peers: options.peers.clone(),
+            trust,
+            hostname: options.hostname.clone(),
+            auto_approve: options.auto_approve,
             keepalive: (options.keepalive > 0).then_some(options.keepalive),
             seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
             rendezvous,
@@ -101,10 +112,10 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
             local_port: listen_port,
             clock: WallClock::system(),
         })
-        .context("invalid --peer or --allow")?;
+        .context("invalid --peer")?;
         let control = ControlSocket::bind(&options.control)
             .with_context(|| format!("control socket {}", options.control.display()))?;
-        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin };
+        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin, trust_file };
         let plane = DataPlane::new(node, tun, udp, facts).context("registering I/O with the runtime")?;
 
         let (commands_tx, commands_rx) = mpsc::channel(64);

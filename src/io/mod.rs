@@ -5,6 +5,7 @@
 //! non-blocking and exposed through `AsRawFd` so the loop can register it with
 //! `tokio::io::unix::AsyncFd` and decide itself when to call `recv`/`send`/`flush`.
 
+pub mod file;
 pub mod netlink;
 pub mod offload;
 pub mod tun;

@@ -32,7 +32,12 @@ impl Node {
             Message::Registered { .. }
             | Message::NatProbeReply { .. }
             | Message::Punch { .. }
-            | Message::Refused { .. } => self.on_rendezvous_message(from, &opened, message, now),
+            | Message::Refused { .. }
+            | Message::Stored { .. }
+            | Message::Deliver { .. }
+            | Message::LookupReply { .. } => {
+                self.on_rendezvous_message(from, &opened, message, now)
+            }
             Message::Probe { target } if target == self.key => self.on_probe(from, &opened, now),
             Message::ProbeAck { echo, .. } => self.on_probe_ack(from, &opened, echo, now),
             _ => false,
@@ -46,8 +51,9 @@ impl Node {
     pub(super) fn drive(&mut self, now: Instant) {
         self.drive_rendezvous(now);
         let registered = self.link.as_ref().is_some_and(|l| l.is_registered(now));
+        self.drive_trust(now);
         for index in 0..self.peers.len() {
-            if self.peers[index].path.is_fixed() {
+            if self.peers[index].path.is_fixed() || !self.peers[index].trusted {
                 continue;
             }
             if self.peers[index].path.check_direct(now) {
@@ -76,7 +82,7 @@ impl Node {
         if link.register_due(now) {
             let register = Message::Register {
                 lan: self.lan.clone(),
-                hostname: None,
+                hostname: self.hostname.clone(),
             };
             let nonce = self.send_to_rendezvous(0, &register, now);
             if let Some(link) = &mut self.link {
@@ -138,19 +144,45 @@ impl Node {
                 let Some(&index) = self.by_key.get(&peer) else {
                     return false;
                 };
+                if !self.peers[index].trusted {
+                    return false;
+                }
                 self.peers[index].path.start_punch(&candidates, now);
                 self.send_probes(index, now);
                 // Both sides are registered now: a handshake sent earlier may have been lost.
                 self.kick_handshake(index);
                 true
             }
-            Message::Refused { code, .. } => {
-                if code == RefusalCode::NotRegistered {
-                    link.forget_registration(now);
+            Message::Refused { echo, code } => {
+                let registration = link.pending_register == Some(echo);
+                match code {
+                    RefusalCode::NotRegistered => link.forget_registration(now),
+                    RefusalCode::NameTaken if registration => {
+                        if let Some(name) = self.hostname.clone() {
+                            self.events.push_back(Event::HostnameTaken(name));
+                        }
+                    }
+                    RefusalCode::BadStatement => {
+                        self.on_submission_refused(echo);
+                    }
+                    _ => {}
                 }
                 tracing::debug!(?code, "rendezvous refused a request");
                 true
             }
+            // The rest only once the rendezvous' key is known (pinned, or learned when it
+            // answered our registration).
+            _ if link.key.is_none() => false,
+            Message::Stored { echo } => self.on_stored(echo, now),
+            Message::Deliver {
+                id,
+                from_name,
+                statement,
+            } => {
+                self.on_deliver(id, from_name, statement, now);
+                true
+            }
+            Message::LookupReply { echo, found } => self.on_lookup_reply(echo, found),
             _ => false,
         }
     }
@@ -160,6 +192,9 @@ impl Node {
         let Some(&index) = self.by_key.get(&opened.sender) else {
             return false;
         };
+        if !self.peers[index].trusted {
+            return false;
+        }
         let ack = Message::ProbeAck {
             echo: opened.nonce,
             observed: from,
@@ -180,6 +215,9 @@ impl Node {
         let Some(&index) = self.by_key.get(&opened.sender) else {
             return false;
         };
+        if !self.peers[index].trusted {
+            return false;
+        }
         if self.peers[index].path.on_probe_ack(echo, from, now) {
             self.path_changed(index, PathKind::Direct, Some(from));
             self.kick_handshake(index);
@@ -199,7 +237,12 @@ impl Node {
     }
 
     /// Seals `message` to one of the rendezvous ports (0 main, 1 alternate); returns its nonce.
-    fn send_to_rendezvous(&mut self, port: usize, message: &Message, now: Instant) -> u64 {
+    pub(super) fn send_to_rendezvous(
+        &mut self,
+        port: usize,
+        message: &Message,
+        now: Instant,
+    ) -> u64 {
         let Some(to) = self.link.as_ref().map(|l| l.ports()[port]) else {
             return 0;
         };

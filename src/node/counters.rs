@@ -31,10 +31,14 @@ pub enum DropReason {
     UnexpectedControl,
     /// A datagram whose first byte is no known kind.
     UnknownDatagram,
+    /// To or from a peer without a valid mutual trust record (or whose trust was revoked).
+    Untrusted,
+    /// A delivered trust statement that does not verify or is not about this node.
+    BadTrustStatement,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::NotIpv6,
         DropReason::NotOverlay,
         DropReason::NoPeer,
@@ -48,6 +52,8 @@ impl DropReason {
         DropReason::ReplayedControl,
         DropReason::UnexpectedControl,
         DropReason::UnknownDatagram,
+        DropReason::Untrusted,
+        DropReason::BadTrustStatement,
     ];
 
     /// Stable snake_case name used in JSON and metrics.
@@ -66,6 +72,8 @@ impl DropReason {
             DropReason::ReplayedControl => "replayed_control",
             DropReason::UnexpectedControl => "unexpected_control",
             DropReason::UnknownDatagram => "unknown_datagram",
+            DropReason::Untrusted => "untrusted",
+            DropReason::BadTrustStatement => "bad_trust_statement",
         }
     }
 }

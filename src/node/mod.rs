@@ -20,6 +20,8 @@ mod counters;
 mod path;
 mod peer;
 mod rendezvous;
+mod trust;
+mod trust_sync;
 mod tunnel;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -34,17 +36,22 @@ use ed25519_dalek::SigningKey;
 pub use counters::{Counters, DropReason};
 pub use peer::{PathKind, PeerConfig, PeerStatus};
 pub use rendezvous::{NetStatus, RendezvousConfig};
+pub use trust::{
+    HandshakeOutcome, Incoming, Outgoing, TrustBook, TrustState, VerbError, TRUST_STATE_VERSION,
+};
 
-use crate::addr::NodeAddr;
+use crate::addr::{Hostname, NodeAddr};
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
-use crate::wire::control::RELAY_FROM;
+use crate::wire::control::{Found, RELAY_FROM};
 use crate::wire::envelope::ReplayGuard;
 use crate::wire::ip::UnreachableCode;
+use crate::wire::trust::Statement;
 use crate::wire::{classify, ip, DatagramKind};
 use path::{PeerPath, Route};
 use peer::Peer;
 use rendezvous::RendezvousLink;
+use trust_sync::PendingLookup;
 use tunnel::Via;
 
 /// Smallest buffer the caller may pass for outputs: boringtun needs `len + 32` and at least
@@ -69,9 +76,16 @@ const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 /// Static settings of a node.
 pub struct NodeConfig {
     pub identity: Identity,
-    /// Peers: with an endpoint they are reached there directly; without one they are found
-    /// through the rendezvous (and allowed to connect to us).
+    /// Configured peers (`--peer KEY@HOST:PORT`), trusted by configuration on both sides as in
+    /// WireGuard. Without an endpoint a configured peer is found through the rendezvous.
+    /// Everyone else needs a signed mutual trust record (see [`TrustBook`]).
     pub peers: Vec<PeerConfig>,
+    /// The trust state saved by the daemon (`trust.json`); verified again on load.
+    pub trust: TrustState,
+    /// The hostname to claim at the rendezvous.
+    pub hostname: Option<Hostname>,
+    /// Approve every incoming trust request (an explicit opt-in, for public services).
+    pub auto_approve: bool,
     /// WireGuard persistent keepalive in seconds, to hold NAT mappings open.
     pub keepalive: Option<u16>,
     /// Randomness for nonces and the ping token; the caller supplies it so simulations replay.
@@ -132,13 +146,29 @@ pub enum Event {
     },
     /// Our public endpoint, as the rendezvous sees it, is new or changed.
     PublicEndpoint(SocketAddr),
+    /// A peer's gate opened (a valid mutual record) or closed (revoked).
+    TrustChanged { peer: NodeKey, trusted: bool },
+    /// A trust request waits for `pilotctl approve`.
+    TrustRequest {
+        from: NodeKey,
+        name: Option<Hostname>,
+        justification: String,
+    },
+    /// The rendezvous refused our registration: another key holds this hostname.
+    HostnameTaken(Hostname),
+    /// Answer to [`Node::lookup`] number `id`.
+    LookupDone { id: u64, found: Option<Found> },
+    /// Something in the saved trust state did not verify and was left out.
+    TrustWarning(String),
 }
 
 /// Why a ping could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PingError {
-    #[error("{0} is not a peer of this node")]
+    #[error("{0} is not a peer of this node (trust it first: pilotctl handshake)")]
     NoSuchPeer(NodeAddr),
+    #[error("{0} is not trusted (its trust was revoked)")]
+    Untrusted(NodeAddr),
     #[error("no path to peer {0} yet (no endpoint, and not registered with a rendezvous)")]
     NoEndpoint(NodeAddr),
 }
@@ -198,6 +228,18 @@ pub struct Node {
     control_out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     scratch: [u8; 128],
+    trust: TrustBook,
+    hostname: Option<Hostname>,
+    auto_approve: bool,
+    /// The trust book changed since the daemon last saved it.
+    trust_dirty: bool,
+    /// Deliveries to acknowledge once the trust state is saved.
+    pending_acks: Vec<u64>,
+    /// Statements submitted and not yet confirmed, by the nonce they went out with.
+    inflight: BTreeMap<u64, Statement>,
+    next_submit: Option<Instant>,
+    lookups: BTreeMap<u64, PendingLookup>,
+    lookup_seq: u64,
 }
 
 impl Node {
@@ -207,6 +249,8 @@ impl Node {
         let key = config.identity.public_key();
         let addr = config.identity.address();
         let seed = config.seed.to_le_bytes();
+        let now_ms = config.clock.unix_ms(config.clock.origin());
+        let (trust, warnings) = TrustBook::load(key, &config.trust, now_ms);
         let mut node = Node {
             key,
             addr,
@@ -238,11 +282,37 @@ impl Node {
             pings: VecDeque::new(),
             work: VecDeque::new(),
             control_out: VecDeque::new(),
-            events: VecDeque::new(),
+            events: warnings.into_iter().map(Event::TrustWarning).collect(),
             scratch: [0; 128],
+            trust,
+            hostname: config.hostname,
+            auto_approve: config.auto_approve,
+            trust_dirty: false,
+            pending_acks: Vec::new(),
+            inflight: BTreeMap::new(),
+            next_submit: None,
+            lookups: BTreeMap::new(),
+            lookup_seq: 0,
         };
         for peer in &config.peers {
             node.add_peer(peer)?;
+            let index = node.peers.len() - 1;
+            node.peers[index].trusted = true;
+        }
+        let trusted: Vec<NodeKey> = node.trust.trusted().map(|(k, _)| k).collect();
+        for key in trusted {
+            if !node.by_key.contains_key(&key) {
+                if let Err(e) = node.add_peer(&PeerConfig {
+                    key,
+                    endpoint: None,
+                }) {
+                    node.events
+                        .push_back(Event::TrustWarning(format!("trusted peer {key}: {e}")));
+                    continue;
+                }
+            }
+            let index = node.by_key[&key];
+            node.peers[index].trusted = true;
         }
         Ok(node)
     }
@@ -312,6 +382,10 @@ impl Node {
             self.counters.drop(DropReason::NoPeer);
             return self.unreachable(UnreachableCode::NoRoute, packet, now, out);
         };
+        if !self.peers[index].trusted {
+            self.counters.drop(DropReason::Untrusted);
+            return self.unreachable(UnreachableCode::AdminProhibited, packet, now, out);
+        }
         let route = self.route(index, now);
         if route == Route::Nowhere {
             self.counters.drop(DropReason::NoEndpoint);
@@ -368,8 +442,10 @@ impl Node {
         if self.next_tick.is_none_or(|t| now >= t) {
             self.next_tick = Some(now + TIMER_TICK);
             for index in 0..self.peers.len() {
-                self.peers[index].timers_due = true;
-                self.schedule(index);
+                if self.peers[index].trusted {
+                    self.peers[index].timers_due = true;
+                    self.schedule(index);
+                }
             }
             self.drive(now);
         }
@@ -412,6 +488,9 @@ impl Node {
             .by_addr
             .get(&target)
             .ok_or(PingError::NoSuchPeer(target))?;
+        if !self.peers[peer].trusted {
+            return Err(PingError::Untrusted(target));
+        }
         if self.route(peer, now) == Route::Nowhere {
             return Err(PingError::NoEndpoint(target));
         }
@@ -426,8 +505,11 @@ impl Node {
         Ok(())
     }
 
+    /// The peers packets may pass with now (configured or trusted).
     pub fn peers(&self, now: Instant) -> impl Iterator<Item = PeerStatus> + '_ {
-        (0..self.peers.len()).map(move |i| self.peer_status_at(i, now))
+        (0..self.peers.len())
+            .filter(|&i| self.peers[i].trusted)
+            .map(move |i| self.peer_status_at(i, now))
     }
 
     /// The peer owning `addr`, if any.
@@ -449,9 +531,32 @@ impl Node {
         &self.counters
     }
 
+    /// Wall-clock time at `now`, in UNIX milliseconds.
+    pub fn wall_ms(&self, now: Instant) -> u64 {
+        self.clock.unix_ms(now)
+    }
+
+    /// Keys of every peer in the table (trusted or not).
+    pub fn peer_keys(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        self.peers.iter().map(|p| p.key)
+    }
+
+    /// Keys of the peers configured with `--peer` (trusted by configuration).
+    pub fn configured_peers(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        self.peers
+            .iter()
+            .filter(|p| p.path.is_fixed())
+            .map(|p| p.key)
+    }
+
     fn peer_status_at(&self, index: usize, now: Instant) -> PeerStatus {
         let relay = self.link.as_ref().map(|l| l.config.addr);
-        self.peers[index].status(self.route(index, now), relay)
+        let mut status = self.peers[index].status(self.route(index, now), relay);
+        status.hostname = self
+            .trust
+            .name_of(&self.peers[index].key)
+            .map(|n| n.to_string());
+        status
     }
 
     /// Where datagrams for peer `index` go now.

@@ -75,6 +75,13 @@ pub(crate) struct Peer {
     pub kick_handshake: bool,
     /// Latest round trip measured by `pilotctl ping`.
     pub last_rtt: Option<Duration>,
+    /// The gate: a configured peer, or a valid mutual trust record. While false, nothing is
+    /// sent to the peer and nothing from it is answered or delivered.
+    pub trusted: bool,
+    own_secret: x25519::StaticSecret,
+    wg_public: x25519::PublicKey,
+    index: u32,
+    rate_limiter: Arc<RateLimiter>,
 }
 
 impl Peer {
@@ -91,12 +98,12 @@ impl Peer {
             key,
             addr: key.address(),
             tunn: Tunn::new(
-                own_secret,
+                own_secret.clone(),
                 wg_public,
                 None,
                 keepalive,
                 index,
-                Some(rate_limiter),
+                Some(rate_limiter.clone()),
             ),
             path,
             needs_flush: false,
@@ -104,7 +111,30 @@ impl Peer {
             queued: false,
             kick_handshake: false,
             last_rtt: None,
+            trusted: false,
+            own_secret,
+            wg_public,
+            index,
+            rate_limiter,
         }
+    }
+
+    /// Closes the gate and forgets the session: a fresh tunnel (same index) holds no keys, so
+    /// nothing sent under the old session is accepted any more, and the path starts over.
+    pub fn close(&mut self, keepalive: Option<u16>) {
+        self.trusted = false;
+        self.tunn = Tunn::new(
+            self.own_secret.clone(),
+            self.wg_public,
+            None,
+            keepalive,
+            self.index,
+            Some(self.rate_limiter.clone()),
+        );
+        self.path = PeerPath::discovered();
+        self.needs_flush = false;
+        self.kick_handshake = false;
+        self.last_rtt = None;
     }
 
     /// Whether a WireGuard session is up (a handshake completed within its lifetime).

@@ -38,6 +38,9 @@ fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
                 endpoint: e.map(ep),
             })
             .collect(),
+        trust: Default::default(),
+        hostname: None,
+        auto_approve: false,
         keepalive: None,
         seed: 0x5eed,
         rendezvous: None,

@@ -117,7 +117,11 @@ impl Node {
                 return Some((to, bytes.len()));
             }
         }
-        while let Some(i) = self.pings.iter().position(|p| p.sent.is_none()) {
+        while let Some(i) = self
+            .pings
+            .iter()
+            .position(|p| p.sent.is_none() && self.peers[p.peer].trusted)
+        {
             let (index, seq) = (self.pings[i].peer, self.pings[i].seq);
             self.pings[i].sent = Some(now);
             let (packet, len) = self.write_ping(index, seq);
@@ -131,6 +135,12 @@ impl Node {
         }
         // Only peers with something to do are visited: no scan of the whole table per batch.
         while let Some(&index) = self.work.front() {
+            if !self.peers[index].trusted {
+                // Closed since it was queued: nothing goes to it, not even a handshake.
+                self.peers[index].queued = false;
+                self.work.pop_front();
+                continue;
+            }
             if std::mem::take(&mut self.peers[index].kick_handshake)
                 && !self.peers[index].has_session()
             {
@@ -362,6 +372,11 @@ impl Node {
         };
         if index >= self.peers.len() {
             self.counters.drop(DropReason::BadWireGuard);
+            return None;
+        }
+        // The gate: without trust nothing from this key is answered or decrypted.
+        if !self.peers[index].trusted {
+            self.counters.drop(DropReason::Untrusted);
             return None;
         }
         Some(index)

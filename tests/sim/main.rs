@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use pilot::clock::WallClock;
 use pilot::identity::Identity;
-use pilot::node::{NetOutput, Node, NodeConfig, PathKind, PeerConfig, RendezvousConfig, TunOutput};
+use pilot::node::{NetOutput, Node, NodeConfig, PathKind, RendezvousConfig, TrustState, TunOutput};
 use pilot::rendezvous::{Config, MemoryStore, Port, Refusal, Server};
 use pilot::wire::control::{Message, NatKind as Measured, REGISTER};
 use pilot::wire::envelope;
+use pilot::wire::trust::{Statement, TrustRecord};
 
 use net::{NatKind, Net, ALL_KINDS};
 
@@ -37,6 +38,22 @@ struct Sim {
     /// One wall clock for the whole world, however late a node joins.
     clock: WallClock,
     buf: Vec<u8>,
+}
+
+/// A complete trust record between nodes `a` and `b`, signed by both.
+fn record(a: u8, b: u8, issued_ms: u64) -> TrustRecord {
+    TrustRecord::approve(
+        identity(a).signing_key(),
+        identity(b).public_key(),
+        issued_ms,
+    )
+    .unwrap()
+    .countersign(identity(b).signing_key(), issued_ms)
+    .unwrap()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn identity(n: u8) -> Identity {
@@ -66,8 +83,10 @@ impl Sim {
         }
     }
 
-    /// A node numbered `n` on host `host` that allows the listed peers.
-    fn add_node(&mut self, n: u8, host: usize, allow: &[u8]) -> usize {
+    /// A node numbered `n` on host `host` holding mutual trust records (signed by both keys,
+    /// as after a handshake and approval) with the listed peers. The node submits them to the
+    /// rendezvous when it registers, as after a restart.
+    fn add_node(&mut self, n: u8, host: usize, trusted: &[u8]) -> usize {
         let ip = self.net.hosts[host].ip;
         let local = SocketAddr::new(ip, NODE_PORT);
         let rendezvous = RendezvousConfig {
@@ -77,13 +96,20 @@ impl Sim {
         };
         let node = Node::new(NodeConfig {
             identity: identity(n),
-            peers: allow
-                .iter()
-                .map(|&p| PeerConfig {
-                    key: identity(p).public_key(),
-                    endpoint: None,
-                })
-                .collect(),
+            peers: Vec::new(),
+            trust: TrustState {
+                version: 1,
+                ledger: trusted
+                    .iter()
+                    .map(|&p| {
+                        let record = record(n, p, self.clock.unix_ms(self.now) - 1000);
+                        hex(&Statement::Record(record).to_bytes())
+                    })
+                    .collect(),
+                ..TrustState::default()
+            },
+            hostname: None,
+            auto_approve: false,
             keepalive: Some(25),
             seed: u64::from(n),
             rendezvous: Some(rendezvous),
@@ -219,6 +245,14 @@ impl Sim {
         while let Some(t) = self.nodes[i].node.poll_transmit(self.now, &mut self.buf) {
             let (to, payload) = (t.to, t.payload.to_vec());
             self.net.send(self.now, host, local, to, &payload);
+        }
+        // What the daemon does: save the trust state, then let the node acknowledge.
+        if self.nodes[i].node.take_trust_state().is_some() {
+            self.nodes[i].node.trust_saved(self.now);
+            while let Some(t) = self.nodes[i].node.poll_transmit(self.now, &mut self.buf) {
+                let (to, payload) = (t.to, t.payload.to_vec());
+                self.net.send(self.now, host, local, to, &payload);
+            }
         }
         while self.nodes[i].node.poll_event().is_some() {}
     }
@@ -499,23 +533,62 @@ fn nat_behaviour_is_measured() {
 }
 
 #[test]
-fn pairs_not_allowed_by_both_sides_get_nothing() {
+fn nothing_passes_until_both_sides_agree_and_untrust_stops_it() {
     let mut sim = Sim::new();
     let n1 = sim.net.add_nat(NatKind::Cone, "203.0.113.1");
-    let n2 = sim.net.add_nat(NatKind::Cone, "203.0.113.2");
+    let n2 = sim.net.add_nat(NatKind::Sym, "203.0.113.2");
     let (h1, h2) = (
         sim.net.add_host("10.1.0.10", Some(n1)),
         sim.net.add_host("10.2.0.10", Some(n2)),
     );
-    let x = sim.add_node(1, h1, &[2]);
-    let y = sim.add_node(2, h2, &[]); // y does not allow x
+    let x = sim.add_node(1, h1, &[]);
+    let y = sim.add_node(2, h2, &[]);
+    sim.run_for(Duration::from_secs(1));
+    let (kx, ky) = (identity(1).public_key(), identity(2).public_key());
+    sim.nodes[x]
+        .node
+        .handshake(ky, "nightly sync", sim.now)
+        .unwrap();
+    sim.drain_node(x);
     sim.run_for(Duration::from_secs(2));
+    // Asked, not approved: y sees the request, nothing passes either way, no introduction.
+    let now_ms = sim.clock.unix_ms(sim.now);
+    let pending: Vec<_> = sim.nodes[y]
+        .node
+        .trust()
+        .incoming(now_ms)
+        .cloned()
+        .collect();
+    assert_eq!(pending.len(), 1, "{}", sim.debug());
+    assert_eq!(pending[0].request.justification, "nightly sync");
     assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(3)), 0);
-    assert_eq!(sim.path(x, y), PathKind::None);
-    assert!(
-        sim.server.counters().punches == 0,
-        "no introduction for a one-sided pair"
+    assert_eq!(traffic(&mut sim, y, x, Duration::from_secs(1)), 0);
+    assert_eq!(
+        sim.server.counters().punches,
+        0,
+        "no introduction before approval"
     );
+    // y approves: x countersigns on its own, both hold the record, traffic flows.
+    sim.nodes[y].node.approve(kx, sim.now).unwrap();
+    sim.drain_node(y);
+    let approved = sim.now;
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.nodes[x].node.is_trusted(&ky), "{}", sim.debug());
+    assert!(sim.nodes[y].node.is_trusted(&kx), "{}", sim.debug());
+    assert!(
+        traffic(&mut sim, x, y, Duration::from_secs(2)) > 0,
+        "{}",
+        sim.debug()
+    );
+    assert!(sim.now - approved < Duration::from_secs(3));
+    // x withdraws: within seconds nothing passes either way, and y learned it too.
+    sim.nodes[x].node.untrust(ky, sim.now).unwrap();
+    sim.drain_node(x);
+    sim.run_for(Duration::from_secs(2));
+    assert!(!sim.nodes[y].node.is_trusted(&kx), "{}", sim.debug());
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 0);
+    assert_eq!(traffic(&mut sim, y, x, Duration::from_secs(2)), 0);
+    assert_eq!(sim.path(y, x), PathKind::None);
 }
 
 #[test]
@@ -527,7 +600,7 @@ fn replayed_and_forged_registrations_are_refused() {
     let mut body = Vec::new();
     Message::Register {
         lan: vec![],
-        allow: vec![],
+        hostname: None,
     }
     .encode(&mut body);
     let mut register = vec![0u8; 512];

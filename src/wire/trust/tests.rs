@@ -203,7 +203,10 @@ fn statements_round_trip_and_hostile_bytes_are_refused() {
         assert_eq!(Statement::decode(&bytes), Ok(s.clone()));
         assert_eq!(s.pair(), ordered(pubkey(1), pubkey(2)));
         for cut in 0..bytes.len() {
-            assert!(Statement::decode(&bytes[..cut]).is_err(), "{s:?} cut at {cut}");
+            assert!(
+                Statement::decode(&bytes[..cut]).is_err(),
+                "{s:?} cut at {cut}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
