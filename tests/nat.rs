@@ -12,7 +12,8 @@ use lab::{ctl, eventually, ns_exec, Lab, NodeHandle, PILOTD};
 
 const RDV: &str = "203.0.113.10:7000";
 
-/// A natlab topology with the rendezvous running and nodes `a` and `b` allowing each other.
+/// A natlab topology with the rendezvous running and nodes `a` and `b` trusting each other
+/// (handshake and approval done through `pilotctl`).
 struct World {
     lab: Lab,
     name: String,
@@ -24,40 +25,13 @@ struct World {
 fn world(nat1: &str, nat2: &str, second: &str) -> World {
     let mut lab = Lab::new();
     let name = lab.natlab(nat1, nat2);
-    let rdv_dir = lab.dir.join("rdv");
-    let out = lab::run(
-        PILOTD,
-        &[
-            "identity",
-            "--json",
-            "--state-dir",
-            rdv_dir.to_str().unwrap(),
-        ],
-    );
-    let rdv_key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rdv_log = lab.dir.join("rdv.log");
-    let rendezvous = lab.spawn_logged(
-        &format!("{name}-rdv"),
-        &[
-            PILOTD,
-            "rendezvous",
-            "--listen",
-            RDV,
-            "--data-dir",
-            rdv_dir.to_str().unwrap(),
-            "--log-level",
-            "debug",
-        ],
-        Some(&rdv_log),
-    );
-    let pinned = format!("{}@{RDV}", rdv_key["public_key"].as_str().unwrap());
+    let (pinned, rendezvous) = lab.rendezvous(&format!("{name}-rdv"), RDV);
     let mut a = lab.node(&format!("{name}-a"), "a", "");
     let mut b = lab.node(&format!("{name}-{second}"), "b", "");
-    let (key_a, key_b) = (a.key.clone(), b.key.clone());
-    for (node, peer) in [(&mut a, key_b), (&mut b, key_a)] {
-        let flags = ["--rendezvous", &pinned, "--allow", &peer].map(String::from);
-        lab.start_with(node, &flags);
+    for node in [&mut a, &mut b] {
+        lab.start_with(node, &["--rendezvous".to_owned(), pinned.clone()]);
     }
+    lab.trust(&a, &b);
     World {
         lab,
         name,

@@ -59,6 +59,8 @@ pub struct Lab {
     children: Vec<Child>,
     /// A `scripts/natlab.sh` topology this lab brought up (taken down on drop).
     natlab: Option<String>,
+    /// `/etc/netns/NS` directories this lab made (removed on drop).
+    etc_dirs: Vec<PathBuf>,
 }
 
 /// A node in a namespace.
@@ -91,6 +93,7 @@ impl Lab {
             namespaces: Vec::new(),
             children: Vec::new(),
             natlab: None,
+            etc_dirs: Vec::new(),
         }
     }
 
@@ -237,6 +240,90 @@ impl Lab {
         }
     }
 
+    /// Starts `pilotd rendezvous` in `ns` listening on `listen` (its data in the lab directory,
+    /// log in `rdv.log`); returns how nodes name it, `KEY@listen`, and its process index.
+    /// Starting it again later reuses the same data directory and key.
+    pub fn rendezvous(&mut self, ns: &str, listen: &str) -> (String, usize) {
+        let dir = self.dir.join("rdv");
+        let out = run(
+            PILOTD,
+            &["identity", "--json", "--state-dir", dir.to_str().unwrap()],
+        );
+        let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let log = self.dir.join("rdv.log");
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                PILOTD,
+                "rendezvous",
+                "--listen",
+                listen,
+            ])
+            .args(["--data-dir", dir.to_str().unwrap(), "--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        let key = id["public_key"].as_str().unwrap();
+        (format!("{key}@{listen}"), self.children.len() - 1)
+    }
+
+    /// The handshake a user does: `a` asks `b`, `b` sees the request and approves; returns once
+    /// both list each other as trusted.
+    pub fn trust(&self, a: &NodeHandle, b: &NodeHandle) {
+        let out = ctl(a, &["handshake", &b.key, "lab test"]);
+        assert!(
+            out.status.success(),
+            "handshake: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            a.log_text()
+        );
+        let asked = eventually(Duration::from_secs(10), || {
+            b.pending()
+                .iter()
+                .any(|p| p["public_key"] == a.key.as_str())
+                .then_some(())
+        });
+        assert!(asked.is_some(), "request never arrived\n{}", b.log_text());
+        let out = ctl(b, &["approve", &a.key]);
+        assert!(
+            out.status.success(),
+            "approve: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (x, y) in [(a, b), (b, a)] {
+            let trusted = eventually(Duration::from_secs(10), || x.trusts(y).then_some(()));
+            assert!(
+                trusted.is_some(),
+                "{} never trusted {}\n{}",
+                x.ns,
+                y.ns,
+                x.log_text()
+            );
+        }
+    }
+
+    /// Gives programs started with `ip netns exec NS` their own resolver configuration:
+    /// `ip netns exec` bind-mounts each file of `/etc/netns/NS/` over the one in `/etc`.
+    /// Writes `resolv.conf` (and an empty `hosts`, so the host's entries do not leak in).
+    pub fn resolver(&mut self, ns: &str, resolv_conf: &str) -> PathBuf {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        fs::create_dir_all(&dir).unwrap();
+        self.etc_dirs.push(dir.clone());
+        fs::write(dir.join("resolv.conf"), resolv_conf).unwrap();
+        fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        dir
+    }
+
     /// Runs a long-lived helper process in `ns` (an HTTP server, a listener); killed on drop.
     /// Returns its index for [`Lab::kill`] and [`Lab::wait`].
     pub fn spawn_in(&mut self, ns: &str, cmd: &[&str]) -> usize {
@@ -337,6 +424,9 @@ impl Drop for Lab {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
             let _ = Command::new("bash").args([script, "down", name]).output();
         }
+        for dir in &self.etc_dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -358,6 +448,23 @@ impl NodeHandle {
 
     pub fn drops(&self, reason: &str) -> u64 {
         self.info()["drops"][reason].as_u64().unwrap()
+    }
+
+    /// `pilotctl pending --json`.
+    pub fn pending(&self) -> Vec<serde_json::Value> {
+        let out = ctl(self, &["pending", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Whether this node lists `other` as trusted.
+    pub fn trusts(&self, other: &NodeHandle) -> bool {
+        let out = ctl(self, &["trust", "--json"]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        v["trusted"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|p| p["public_key"] == other.key.as_str()))
     }
 }
 
