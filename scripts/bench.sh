@@ -23,9 +23,10 @@
 #   PILOT_BIN=DIR     where pilotd/pilotctl are (default: target/release; built if missing)
 #
 # The NAT section builds a fresh natlab (scripts/natlab.sh) per pair, with a rendezvous on its
-# "internet" and a node behind each router, starts both nodes at the same moment and measures
-# the time to the first byte of an HTTP reply across the overlay, the time until A reports the
-# path to B as direct, and then TCP throughput and ping RTT through the path it ended on
+# "internet" and a node behind each router, starts both nodes, lets alice ask bob for trust and
+# bob approve (`pilotctl handshake`/`approve`), and measures from the approval the time to the
+# first byte of an HTTP reply across the overlay, the time until A reports the path to B as
+# direct, and then TCP throughput and ping RTT through the path it ended on
 # (direct, or relayed through the rendezvous).
 #
 # It only measures and prints: there are no timing assertions. It exits non-zero only when a
@@ -53,7 +54,7 @@ BENCH_RELAY_RATE=${BENCH_RELAY_RATE:-10000}
 IPERF_PORT=$((5201 + $$ % 1000))
 PING_COUNT=50
 PING_INTERVAL=0.02
-# NAT section: seconds (from starting the nodes) allowed for the first byte and for a direct
+# NAT section: seconds (from the approval) allowed for the first byte and for a direct
 # path; how long a relayed path must hold before it counts as where the pair ended; the HTTP
 # port on node B.
 NAT_TIMEOUT=20
@@ -355,9 +356,14 @@ bench_nat_pair() {
 
     local paths=$RESULTS/$key.paths watcher
     : >"$paths"
-    tn_note "starting both nodes, then curl $url every 20 ms; polling A's path every 20 ms"
-    NAT_T0=$(date +%s.%N)
+    tn_note "starting both nodes; alice asks bob for trust, bob approves; from the approval on, curl $url every 20 ms and poll A's path every 20 ms"
     np_start_nodes "$key-pilotd"
+    tn_wait_ready
+    np_wait_registered a
+    np_wait_registered b
+    np_trust quiet
+    # Times count from bob's approval: the moment both sides have agreed.
+    NAT_T0=$NP_T_APPROVED
     nat_watch_path "$paths" "$NAT_TIMEOUT" </dev/null {TN_FD_OUT}>&- {TN_FD_ERR}>&- &
     watcher=$!
     TN_PIDS+=("$watcher")
@@ -648,7 +654,7 @@ if os.environ["BENCH_NAT"] == "1":
         print("".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
     print()
     nat_notes = [
-        "first byte: from starting both daemons (at the same moment) to the first byte of an HTTP"
+        "first byte: from bob's `pilotctl approve` (both daemons up and registered) to the first byte of an HTTP"
         " reply from B's fd70 address, curl retried from A every 20 ms with a 1 s timeout. direct:"
         " until A's `pilotctl peers` (polled every ~20 ms) reports path=direct; '-' when the pair"
         f" stays relayed (relay counted as settled after holding {os.environ['NAT_STABLE']} s)."

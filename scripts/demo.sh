@@ -95,8 +95,9 @@ main() {
     tn_note "\$ pilotd rendezvous --listen $NP_RDV_IP:$NP_RDV_PORT"
     np_start_rendezvous rendezvous
 
-    tn_say "Starting pilotd on both nodes: each knows only the rendezvous and the other's public key"
-    tn_note "\$ pilotd up --rendezvous ${NP_RDV_KEY:0:8}…@$NP_RDV_IP:$NP_RDV_PORT --allow KEY_OF_THE_OTHER_NODE"
+    tn_say "Starting pilotd on both nodes: each knows only the rendezvous, and claims a hostname"
+    tn_note "\$ pilotd up --rendezvous ${NP_RDV_KEY:0:8}…@$NP_RDV_IP:$NP_RDV_PORT --hostname alice    # on node A"
+    tn_note "\$ pilotd up --rendezvous ${NP_RDV_KEY:0:8}…@$NP_RDV_IP:$NP_RDV_PORT --hostname bob      # on node B"
     T0=$(date +%s.%N)
     np_start_nodes pilotd
     tn_wait_ready
@@ -108,6 +109,10 @@ main() {
     tn_ctl_a netcheck | sed 's/^/    A: /'
     tn_note "\$ pilotctl netcheck    # on node B"
     tn_ctl_b netcheck | sed 's/^/    B: /'
+
+    tn_say "Trust is bilateral: nothing passes until alice asks and bob approves"
+    np_trust
+    tn_note "(trusted $(since_start) s after the nodes were started)"
 
     tn_say "Serving a small web page on node B (python3 -m http.server on port $HTTP_PORT)"
     local site=$TN_DIR/site

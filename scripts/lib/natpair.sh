@@ -17,7 +17,8 @@
 #                           # stops our processes and runs `natlab.sh down NAME`
 #   np_make_identities DIR  # keys of the rendezvous and both nodes, state under DIR
 #   np_start_rendezvous     # in NAME-rdv, waits until it listens
-#   np_start_nodes          # pilotd up on a and b, each allowing the other (no waiting)
+#   np_start_nodes          # pilotd up on a (alice) and b (bob), registering (no waiting)
+#   np_trust                # alice: handshake bob; bob: approve alice; until both trust
 #   tn_wait_ready           # until both control sockets answer
 #   np_path                 # A's path to B: direct, relay or none
 
@@ -134,12 +135,12 @@ np_start_rendezvous() {
     done
 }
 
-# np_start_nodes [LOGPREFIX]: pilotd up on a and b, back to back, each allowing the other and
+# np_start_nodes [LOGPREFIX]: pilotd up on a (hostname alice) and b (bob), back to back, each
 # registering with the rendezvous (pinned by its key). Does not wait for anything.
 np_start_nodes() {
-    local prefix=${1:-pilotd} side peer_key
+    local prefix=${1:-pilotd} side name
     for side in a b; do
-        if [[ $side == a ]]; then peer_key=$TN_KEY_B; else peer_key=$TN_KEY_A; fi
+        if [[ $side == a ]]; then name=alice; else name=bob; fi
         local ctl_var="TN_CTL_${side^^}"
         tn_spawn "$side" "$TN_DIR/logs/$prefix-$side.log" \
             "$TN_BIN/pilotd" up \
@@ -147,9 +148,39 @@ np_start_nodes() {
             --control "${!ctl_var}" \
             --interface "$TN_IFACE" \
             --rendezvous "$NP_RDV_KEY@$NP_RDV_IP:$NP_RDV_PORT" \
-            --allow "$peer_key" \
+            --hostname "$name" \
             --log-level "${PILOT_LOG_LEVEL:-info}"
         printf -v "TN_PID_${side^^}" '%s' "$TN_LAST_PID"
+    done
+}
+
+# np_trust [QUIET]: the handshake a user does — alice asks bob (by name), bob sees the request
+# and approves it — then waits until alice lists bob as trusted. Prints the commands and their
+# output unless QUIET is given.
+np_trust() {
+    local quiet=${1:-} deadline=$((SECONDS + TN_TIMEOUT)) out
+    [[ -n $quiet ]] || tn_note "\$ pilotctl handshake bob \"demo\"    # on node A"
+    out=$("$TN_BIN/pilotctl" --control "$TN_CTL_A" handshake bob "demo" 2>&1) ||
+        tn_die "pilotctl handshake bob failed: $out"
+    [[ -n $quiet ]] || sed 's/^/    A: /' <<<"$out"
+    until "$TN_BIN/pilotctl" --control "$TN_CTL_B" pending --json 2>/dev/null | grep -q "$TN_KEY_A"; do
+        np_check_alive
+        ((SECONDS < deadline)) || tn_die "bob never received alice's trust request within ${TN_TIMEOUT}s"
+        sleep 0.05
+    done
+    if [[ -z $quiet ]]; then
+        tn_note "\$ pilotctl pending    # on node B"
+        "$TN_BIN/pilotctl" --control "$TN_CTL_B" pending | sed 's/^/    B: /'
+        tn_note "\$ pilotctl approve alice    # on node B"
+    fi
+    out=$("$TN_BIN/pilotctl" --control "$TN_CTL_B" approve alice 2>&1) ||
+        tn_die "pilotctl approve alice failed: $out"
+    [[ -n $quiet ]] || sed 's/^/    B: /' <<<"$out"
+    NP_T_APPROVED=$(date +%s.%N)
+    until "$TN_BIN/pilotctl" --control "$TN_CTL_A" trust --json 2>/dev/null | grep -q "$TN_KEY_B"; do
+        np_check_alive
+        ((SECONDS < deadline)) || tn_die "alice never countersigned bob's approval within ${TN_TIMEOUT}s"
+        sleep 0.02
     done
 }
 
