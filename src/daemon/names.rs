@@ -23,5 +23,7 @@
 //!   only writes them safely.
 
 mod hosts;
+mod resolved;
 
 pub use hosts::HostsFile;
+pub use resolved::{register_with_resolved, resolved_running, revert_resolved};
