@@ -25,11 +25,13 @@
 //! ([`MAX_RESPONSE_LEN`] minus the IPv6 and UDP headers) fits in the 512 bytes every DNS client
 //! accepts, so truncation never arises.
 
-use std::fmt;
 use std::net::Ipv6Addr;
 
 use super::ip::{self, IPV6_HEADER_LEN, NEXT_HEADER_UDP};
-use crate::addr::{Hostname, MAX_HOSTNAME, NAME_ZONE};
+use name::MAX_NAME_LEN;
+pub use name::{HostLabel, Name, Zone};
+
+mod name;
 
 /// The reserved overlay address the stub answers on.
 pub const DNS_ADDR: Ipv6Addr = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, 0x53);
@@ -58,9 +60,6 @@ const _: () = assert!(MAX_RESPONSE_LEN - IPV6_HEADER_LEN - UDP_HEADER_LEN <= 512
 
 const UDP_HEADER_LEN: usize = 8;
 const DNS_HEADER_LEN: usize = 12;
-/// RFC 1035 §2.3.4: a name is at most 255 bytes on the wire, length bytes and root included.
-const MAX_NAME_LEN: usize = 255;
-const MAX_LABEL_LEN: usize = 63;
 /// Name (a pointer), type, class, TTL, RDLENGTH, the address.
 const AAAA_RECORD_LEN: usize = 2 + 2 + 2 + 4 + 2 + 16;
 /// A compression pointer to offset 12, where the echoed question's name starts.
@@ -98,36 +97,9 @@ pub enum Unanswerable {
 pub struct Question<'a> {
     /// Name, type and class exactly as received, echoed in the response.
     raw: &'a [u8],
-    name_len: usize,
+    name: Name<'a>,
     qtype: u16,
     qclass: u16,
-}
-
-/// A domain name in wire format (length-prefixed labels ending in the root label), checked to
-/// be well formed and uncompressed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Name<'a>(&'a [u8]);
-
-/// Where a name stands relative to the `pilot.` zone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Zone {
-    /// Not under `pilot.`: refused.
-    Outside,
-    /// `pilot.` itself.
-    Apex,
-    /// `LABEL.pilot.` with a label that is a valid hostname (lowercased).
-    Host(HostLabel),
-    /// Under `pilot.` but no node can hold it: more than one label below the zone, or a label
-    /// that is not a valid hostname.
-    Unassignable,
-}
-
-/// A hostname label taken from a query, lowercased into a fixed buffer so the packet path does
-/// not allocate. Follows the same rules as [`Hostname`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct HostLabel {
-    bytes: [u8; MAX_HOSTNAME],
-    len: u8,
 }
 
 /// What the stub says to a query.
@@ -310,7 +282,7 @@ impl<'a> Query<'a> {
 
 impl<'a> Question<'a> {
     pub fn name(&self) -> Name<'a> {
-        Name(&self.raw[..self.name_len])
+        self.name
     }
 
     pub fn qtype(&self) -> u16 {
@@ -328,19 +300,7 @@ impl<'a> Question<'a> {
 
     /// Where the name stands relative to `pilot.`, compared case-insensitively.
     pub fn zone(&self) -> Zone {
-        let name = self.name();
-        let in_zone = name
-            .labels()
-            .last()
-            .is_some_and(|last| last.eq_ignore_ascii_case(NAME_ZONE.as_bytes()));
-        if !in_zone {
-            return Zone::Outside;
-        }
-        match (name.labels().next(), name.labels().count()) {
-            (_, 1) => Zone::Apex,
-            (Some(first), 2) => HostLabel::new(first).map_or(Zone::Unassignable, Zone::Host),
-            _ => Zone::Unassignable,
-        }
+        self.name().zone()
     }
 
     /// The host label when the name is exactly `LABEL.pilot.` with a valid hostname label.
@@ -354,89 +314,6 @@ impl<'a> Question<'a> {
     /// Whether the name is `pilot.` or below it.
     pub fn in_zone(&self) -> bool {
         self.zone() != Zone::Outside
-    }
-}
-
-impl<'a> Name<'a> {
-    /// The labels, most specific first, as received (case preserved); the root is not one.
-    pub fn labels(&self) -> impl Iterator<Item = &'a [u8]> {
-        let mut rest = self.0;
-        std::iter::from_fn(move || {
-            let (&len, tail) = rest.split_first()?;
-            let label = tail.get(..usize::from(len)).filter(|l| !l.is_empty())?;
-            rest = &tail[label.len()..];
-            Some(label)
-        })
-    }
-
-    /// The name in wire format, root label included.
-    pub fn as_wire(&self) -> &'a [u8] {
-        self.0
-    }
-}
-
-/// Presentation format (`BoB.pilot.`), with bytes outside printable ASCII, dots and backslashes
-/// inside labels escaped as `\DDD` (RFC 4343 §2.1), for logs.
-impl fmt::Display for Name<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut any = false;
-        for label in self.labels() {
-            any = true;
-            for &b in label {
-                if b.is_ascii_graphic() && b != b'.' && b != b'\\' {
-                    write!(f, "{}", char::from(b))?;
-                } else {
-                    write!(f, "\\{b:03}")?;
-                }
-            }
-            f.write_str(".")?;
-        }
-        if !any {
-            f.write_str(".")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Name<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Name({self})")
-    }
-}
-
-impl HostLabel {
-    /// Lowercases `label` and checks it against the hostname rules, or `None`.
-    fn new(label: &[u8]) -> Option<HostLabel> {
-        let mut bytes = [0u8; MAX_HOSTNAME];
-        let dst = bytes.get_mut(..label.len())?;
-        for (d, s) in dst.iter_mut().zip(label) {
-            *d = s.to_ascii_lowercase();
-        }
-        let valid = !dst.is_empty()
-            && dst
-                .iter()
-                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && dst.first() != Some(&b'-')
-            && dst.last() != Some(&b'-');
-        let len = u8::try_from(dst.len()).ok()?;
-        valid.then_some(HostLabel { bytes, len })
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII is ever stored, so this is always the whole label.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
-    }
-
-    /// The label as a [`Hostname`]; allocates, so not for the packet path. Always `Some` while
-    /// the two follow the same rules (a test holds them to it).
-    pub fn to_hostname(&self) -> Option<Hostname> {
-        self.as_str().parse().ok()
-    }
-}
-
-impl fmt::Debug for HostLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HostLabel({})", self.as_str())
     }
 }
 
@@ -476,33 +353,15 @@ fn parse_question(message: &[u8]) -> Result<Question<'_>, Unanswerable> {
     if qd != 1 || an != 0 || ns != 0 || ar > 1 {
         return Err(malformed);
     }
-    let name_len = name_len(message.get(DNS_HEADER_LEN..).ok_or(malformed)?).ok_or(malformed)?;
-    let raw = message
-        .get(DNS_HEADER_LEN..DNS_HEADER_LEN + name_len + 4)
-        .ok_or(malformed)?;
+    let rest = message.get(DNS_HEADER_LEN..).ok_or(malformed)?;
+    let name = Name::parse_prefix(rest).ok_or(malformed)?;
+    let name_len = name.as_wire().len();
     Ok(Question {
-        raw,
-        name_len,
-        qtype: be16(raw, name_len).ok_or(malformed)?,
-        qclass: be16(raw, name_len + 2).ok_or(malformed)?,
+        raw: rest.get(..name_len + 4).ok_or(malformed)?,
+        name,
+        qtype: be16(rest, name_len).ok_or(malformed)?,
+        qclass: be16(rest, name_len + 2).ok_or(malformed)?,
     })
-}
-
-/// Length of the uncompressed name at the start of `bytes`, root label included. Compression
-/// pointers (and the obsolete extended label types) are refused: RFC 1035 lets a question's
-/// name point only backwards, and there is nothing before it but the header.
-fn name_len(bytes: &[u8]) -> Option<usize> {
-    let mut at = 0;
-    loop {
-        let len = usize::from(*bytes.get(at)?);
-        at += 1 + len;
-        if len > MAX_LABEL_LEN || at > MAX_NAME_LEN {
-            return None;
-        }
-        if len == 0 {
-            return Some(at);
-        }
-    }
 }
 
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
