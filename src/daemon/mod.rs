@@ -3,6 +3,7 @@
 
 pub mod control;
 mod dataplane;
+pub mod names;
 mod pin;
 pub mod rendezvous;
 mod trust_file;

@@ -1,10 +1,12 @@
 //! The few IPv6 and ICMPv6 fields the node reads and writes: addresses for cryptokey routing,
-//! echo request/reply for `pilotctl ping`, and destination-unreachable errors.
+//! echo request/reply for `pilotctl ping`, and destination-unreachable errors. The header and
+//! checksum helpers are shared with the other packets the daemon answers itself (DNS).
 
 use std::net::Ipv6Addr;
 
 pub const IPV6_HEADER_LEN: usize = 40;
 pub const NEXT_HEADER_ICMPV6: u8 = 58;
+pub const NEXT_HEADER_UDP: u8 = 17;
 const ICMPV6_DEST_UNREACHABLE: u8 = 1;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
@@ -34,7 +36,7 @@ pub fn ipv6_addrs(packet: &[u8]) -> Option<(&[u8; 16], &[u8; 16])> {
 }
 
 /// Next-header field and payload, checked against the payload-length field.
-fn ipv6_payload(packet: &[u8]) -> Option<(u8, &[u8])> {
+pub(crate) fn ipv6_payload(packet: &[u8]) -> Option<(u8, &[u8])> {
     ipv6_addrs(packet)?;
     let len = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
     let payload = packet.get(IPV6_HEADER_LEN..IPV6_HEADER_LEN + len)?;
@@ -95,7 +97,13 @@ fn write_echo(
     let icmp_len = 8 + data.len();
     let total = IPV6_HEADER_LEN + icmp_len;
     let out = buf.get_mut(..total)?;
-    write_ipv6_header(out, &src.octets(), &dst.octets(), icmp_len)?;
+    write_ipv6_header(
+        out,
+        &src.octets(),
+        &dst.octets(),
+        NEXT_HEADER_ICMPV6,
+        icmp_len,
+    )?;
     let icmp = &mut out[IPV6_HEADER_LEN..];
     icmp[0] = kind;
     icmp[1] = 0;
@@ -127,7 +135,7 @@ pub fn write_unreachable(
     let total = IPV6_HEADER_LEN + icmp_len;
     let orig_src = *orig_src;
     let out = buf.get_mut(..total)?;
-    write_ipv6_header(out, &src.octets(), &orig_src, icmp_len)?;
+    write_ipv6_header(out, &src.octets(), &orig_src, NEXT_HEADER_ICMPV6, icmp_len)?;
     let icmp = &mut out[IPV6_HEADER_LEN..];
     icmp[0] = ICMPV6_DEST_UNREACHABLE;
     icmp[1] = code as u8;
@@ -137,17 +145,19 @@ pub fn write_unreachable(
     Some(total)
 }
 
-fn write_ipv6_header(
+/// Writes a 40-byte IPv6 header (no flow label, hop limit 64) at the start of `out`.
+pub(crate) fn write_ipv6_header(
     out: &mut [u8],
     src: &[u8; 16],
     dst: &[u8; 16],
+    next_header: u8,
     payload_len: usize,
 ) -> Option<()> {
     let len = u16::try_from(payload_len).ok()?;
     let h = out.get_mut(..IPV6_HEADER_LEN)?;
     h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
     h[4..6].copy_from_slice(&len.to_be_bytes());
-    h[6] = NEXT_HEADER_ICMPV6;
+    h[6] = next_header;
     h[7] = HOP_LIMIT;
     h[8..24].copy_from_slice(src);
     h[24..40].copy_from_slice(dst);
@@ -166,6 +176,18 @@ fn finish_icmpv6(packet: &mut [u8]) {
 
 /// The Internet checksum over the IPv6 pseudo-header and `icmp`; 0 when verifying a correct one.
 fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
+    pseudo_header_checksum(src, dst, NEXT_HEADER_ICMPV6, icmp)
+}
+
+/// The Internet checksum over the IPv6 pseudo-header (RFC 8200 §8.1) and an upper-layer
+/// packet (ICMPv6, UDP) whose own checksum field is zero when writing; 0 when verifying a
+/// correct one.
+pub(crate) fn pseudo_header_checksum(
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    next_header: u8,
+    upper: &[u8],
+) -> u16 {
     let mut sum: u64 = 0;
     let mut add = |bytes: &[u8]| {
         let mut chunks = bytes.chunks_exact(2);
@@ -178,9 +200,9 @@ fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
     };
     add(src);
     add(dst);
-    add(&(icmp.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, NEXT_HEADER_ICMPV6]);
-    add(icmp);
+    add(&(upper.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, next_header]);
+    add(upper);
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -7,6 +7,7 @@
 //! from WireGuard's range so neither can be mistaken for the other.
 
 pub mod control;
+pub mod dns;
 pub mod envelope;
 pub mod ip;
 pub mod trust;
