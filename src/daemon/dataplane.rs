@@ -44,6 +44,8 @@ pub struct Facts {
     pub listen_port: u16,
     pub rendezvous_pin: Option<super::pin::RendezvousPin>,
     pub trust_file: TrustFile,
+    /// The opt-in hosts file kept listing this node's and its trusted peers' names.
+    pub hosts_file: Option<super::names::HostsFile>,
 }
 
 pub struct DataPlane {
@@ -130,6 +132,28 @@ impl DataPlane {
         let DataPlane { io, mut core } = self;
         tokio::pin!(shutdown);
         core.node.handle_timeout(Instant::now());
+        core.update_hosts_file();
+        let result = core.run(&io, &mut commands, shutdown).await;
+        if let Some(hosts) = &core.facts.hosts_file {
+            if let Err(e) = hosts.remove() {
+                tracing::warn!(
+                    "removing the pilot block from {}: {e}",
+                    hosts.path().display()
+                );
+            }
+        }
+        result
+    }
+}
+
+impl Core {
+    async fn run(
+        &mut self,
+        io: &Io,
+        commands: &mut mpsc::Receiver<Command>,
+        mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> io::Result<()> {
+        let core = self;
         loop {
             let wake = core
                 .node
@@ -154,15 +178,12 @@ impl DataPlane {
                 () = tokio::time::sleep_until(wake.into()) => core.node.handle_timeout(Instant::now()),
                 Some(command) = commands.recv() => core.on_command(command),
             }
-            core.drain_node(&io).await?;
+            core.drain_node(io).await?;
             if let Some(why) = core.fatal.take() {
                 return Err(io::Error::other(why));
             }
         }
     }
-}
-
-impl Core {
     /// Decrypts a received batch; plaintext goes to the TUN, replies to the send batch.
     fn on_datagrams(&mut self, io: &Io, count: usize) {
         let now = Instant::now();
@@ -382,11 +403,23 @@ impl Core {
             return;
         };
         match self.facts.trust_file.save(&state) {
-            Ok(()) => self.node.trust_saved(now),
+            Ok(()) => {
+                self.node.trust_saved(now);
+                self.update_hosts_file();
+            }
             Err(e) => {
                 tracing::error!("cannot save the trust state: {e:#}");
                 self.node.trust_save_failed();
                 self.next_save = now + Duration::from_secs(1);
+            }
+        }
+    }
+
+    /// Rewrites the hosts file's block when there is one (unchanged content is not rewritten).
+    fn update_hosts_file(&self) {
+        if let Some(hosts) = &self.facts.hosts_file {
+            if let Err(e) = hosts.write(&self.node.names()) {
+                tracing::warn!("updating {}: {e}", hosts.path().display());
             }
         }
     }

@@ -114,9 +114,17 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
             clock: WallClock::system(),
         })
         .context("invalid --peer")?;
+        // NAME.pilot for every program: resolved sends `~pilot` lookups to the stub on this link.
+        if names::resolved_running() {
+            match names::register_with_resolved(&interface, crate::wire::dns::DNS_ADDR) {
+                Ok(()) => tracing::info!("systemd-resolved: .pilot names resolve through {interface}"),
+                Err(e) => tracing::warn!("cannot register the .pilot DNS stub with systemd-resolved: {e:#}"),
+            }
+        }
         let control = ControlSocket::bind(&options.control)
             .with_context(|| format!("control socket {}", options.control.display()))?;
-        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin, trust_file };
+        let hosts_file = options.hosts_file.as_ref().map(names::HostsFile::new);
+        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin, trust_file, hosts_file };
         let plane = DataPlane::new(node, tun, udp, facts).context("registering I/O with the runtime")?;
 
         let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -137,6 +145,9 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
         outcome.context("data plane")
     }
     .await;
+    if names::resolved_running() {
+        names::revert_resolved(&interface);
+    }
     // The TUN fd is closed (dropped with the data plane); the kernel removes the interface.
     // Deleting explicitly as well covers an interface someone made persistent meanwhile.
     if let Err(e) = netlink::delete_interface(&interface).await {

@@ -17,6 +17,7 @@
 
 mod control;
 mod counters;
+mod names;
 mod path;
 mod peer;
 mod rendezvous;
@@ -378,6 +379,9 @@ impl Node {
             self.counters.drop(DropReason::NotOverlay);
             return TunOutput::Nothing;
         };
+        if dst.is_reserved() {
+            return self.serve_reserved(packet, now, out);
+        }
         let Some(&index) = self.by_addr.get(&dst) else {
             self.counters.drop(DropReason::NoPeer);
             return self.unreachable(UnreachableCode::NoRoute, packet, now, out);
