@@ -409,3 +409,61 @@ fn bad_peer_configs_are_refused() {
     ));
     assert_eq!(a.counters().get(DropReason::NoEndpoint), 1);
 }
+
+#[test]
+fn the_dns_stub_answers_own_and_trusted_names_only() {
+    use crate::wire::dns::{tests::query, TYPE_A, TYPE_AAAA};
+    let config = NodeConfig {
+        identity: identity(1),
+        peers: Vec::new(),
+        trust: Default::default(),
+        hostname: Some("alice".parse().unwrap()),
+        auto_approve: false,
+        keepalive: None,
+        seed: 1,
+        rendezvous: None,
+        lan: Vec::new(),
+        local_port: 51870,
+        clock: WallClock::new(Instant::now(), 1_800_000_000_000),
+    };
+    let mut a = Node::new(config).unwrap();
+    let mut out = vec![0u8; 2048];
+    let mut ask = |a: &mut Node, name: &str, qtype: u16| -> (u8, Vec<u8>) {
+        match a.handle_tun_packet(&query(name, qtype), Instant::now(), &mut out) {
+            TunOutput::Reply(reply) => (reply[48 + 3] & 0x0f, reply.to_vec()),
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    let (rcode, reply) = ask(&mut a, "Alice.pilot", TYPE_AAAA);
+    assert_eq!(rcode, 0);
+    assert_eq!(
+        &reply[reply.len() - 16..],
+        &identity(1).address().to_ipv6().octets()
+    );
+    assert_eq!(
+        ask(&mut a, "alice.pilot", TYPE_A).1.len(),
+        reply.len() - 28,
+        "A: no record"
+    );
+    assert_eq!(
+        ask(&mut a, "bob.pilot", TYPE_AAAA).0,
+        3,
+        "unknown: NXDOMAIN"
+    );
+    assert_eq!(
+        ask(&mut a, "example.com", TYPE_AAAA).0,
+        5,
+        "outside the zone: REFUSED"
+    );
+    // Other reserved addresses are not answered.
+    let to_reserved = udp_packet(
+        identity(1).address().to_ipv6(),
+        "fd70::7".parse().unwrap(),
+        b"x",
+    );
+    assert!(matches!(
+        a.handle_tun_packet(&to_reserved, Instant::now(), &mut out),
+        TunOutput::Reply(_)
+    ));
+    assert_eq!(a.counters().get(DropReason::NoPeer), 1);
+}

@@ -370,4 +370,4 @@ fn be16(bytes: &[u8], at: usize) -> Option<u16> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

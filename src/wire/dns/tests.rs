@@ -99,7 +99,7 @@ fn to_stub(message: &[u8]) -> Vec<u8> {
 }
 
 /// A standard recursive query for `name`, as glibc sends it.
-fn query(name: &str, qtype: u16) -> Vec<u8> {
+pub(crate) fn query(name: &str, qtype: u16) -> Vec<u8> {
     to_stub(&message(
         0x1234,
         RD,
