@@ -1,6 +1,9 @@
 //! The sans-IO server driven with hand-sealed datagrams, a fake clock and a memory store.
 
+mod delivery;
 mod introductions;
+mod names;
+mod trust;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -121,11 +124,19 @@ impl Sim {
     }
 
     fn with(store: MemoryStore, tweak: impl FnOnce(&mut Config)) -> Sim {
+        let mut sim = Sim::on(Box::new(store.clone()), tweak);
+        sim.store = store;
+        sim
+    }
+
+    /// A server on any store (`self.store` is then a stand-in that sees nothing).
+    fn on(store: Box<dyn Store>, tweak: impl FnOnce(&mut Config)) -> Sim {
         let t0 = Instant::now();
         let mut config = Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT);
         tweak(&mut config);
         let clock = WallClock::new(t0, EPOCH_MS);
-        let server = Server::new(config, Box::new(store.clone()), 7, clock, t0).unwrap();
+        let server = Server::new(config, store, 7, clock, t0).unwrap();
+        let store = MemoryStore::new();
         Sim {
             server,
             store,
@@ -197,14 +208,16 @@ impl Sim {
             .collect()
     }
 
-    /// A new server on the same store and wall clock, as after a crash.
-    fn restart(&mut self, store: Box<dyn Store>) {
+    /// A new server on the store `open` returns, with the same wall clock, as after a crash.
+    fn restart(&mut self, open: impl FnOnce() -> Box<dyn Store>) {
         // The old server goes first: a SQLite store stays locked while it is open.
         let config = || Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT);
         let clock = WallClock::new(self.t0, EPOCH_MS);
         let placeholder = Box::new(MemoryStore::new());
         self.server = Server::new(config(), placeholder, 8, clock, self.now).unwrap();
-        self.server = Server::new(config(), store, 9, clock, self.now).unwrap();
+        self.server = Server::new(config(), open(), 9, clock, self.now).unwrap();
+        // As the daemon does first thing.
+        self.server.handle_timeout(self.now);
     }
 }
 
@@ -427,7 +440,8 @@ fn a_restarted_server_keeps_fresh_registrations() {
     // Crash 5 s later, before the lazy write of a's refresh: a new server on the same store
     // and the same wall clock. The trust record comes back with it.
     sim.now += Duration::from_secs(5);
-    sim.restart(Box::new(sim.store.clone()));
+    let store = sim.store.clone();
+    sim.restart(|| Box::new(store));
     assert_eq!(sim.server.registered(), 3);
     let connect = Message::Connect { target: b.key() };
     assert!(matches!(
