@@ -101,7 +101,7 @@ impl Server {
     }
 
     /// Handles `Register`: stores the node's endpoints and hostname (durably first if they
-    /// changed), answers `Registered`, then sends the node what waits in its outbox.
+    /// changed), answers `Registered`, then starts sending the node what waits in its outbox.
     fn register<'a>(
         &mut self,
         req: Request,
@@ -171,7 +171,7 @@ impl Server {
             keepalive_secs: u16::try_from(self.config.keepalive.as_secs()).unwrap_or(u16::MAX),
         };
         // Queued, so they leave right behind the reply.
-        self.delivery_round(req.sender, now);
+        self.start_deliveries(req.sender, now);
         self.reply(req, &reply, now, out)
     }
 

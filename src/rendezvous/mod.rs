@@ -156,7 +156,8 @@ pub struct Server {
     stranger_lookups: TokenBucket,
     replay: ReplayGuard,
     counters: Counters,
-    /// Sealed datagrams waiting for `poll_transmit` (the second `Punch` of an introduction).
+    /// Sealed datagrams waiting for `poll_transmit` (the second `Punch` of an introduction,
+    /// deliveries).
     queued: VecDeque<(Port, SocketAddr, Vec<u8>)>,
     /// Nodes whose in-memory state is ahead of the store.
     dirty: BTreeSet<NodeKey>,

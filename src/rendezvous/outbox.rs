@@ -5,12 +5,17 @@
 //! left the store, so a restart neither loses nor resurrects one. A node gets its items:
 //!
 //! - at once, when one is stored while the node is registered and fresh;
-//! - after every `Register` (a node that was away, or a restarted rendezvous, catches up
-//!   within one keepalive), at most [`DELIVERY_ROUND`] at a time, oldest first;
+//! - when it registers (a node that was away catches up at once, and after a restart of the
+//!   rendezvous within one keepalive), at most [`DELIVERY_ROUND`] at a time, oldest first;
 //! - again every [`RESEND_INTERVAL`] while any is unacknowledged and the node is fresh
 //!   (a lost `Deliver` or `Ack` costs seconds, not a keepalive).
 //!
 //! Rounds are scheduled per node, not per item, so a node with many items costs one timer.
+//! A `Register` starts them only when they are not running: `Register` is not rate-limited
+//! and its source address is not proven (UDP), so a round per `Register` would let anyone who
+//! can spoof a source address turn a small datagram into a round of deliveries aimed at
+//! somebody else. Running rounds reach a node within [`RESEND_INTERVAL`], at its new endpoint
+//! if it moved.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -161,6 +166,13 @@ impl Server {
         self.send_delivery(id, to, now);
         if !self.outbox.is_scheduled(&target) {
             self.outbox.schedule(target, now + RESEND_INTERVAL);
+        }
+    }
+
+    /// After a `Register` of `target`: a round now, unless its rounds are running already.
+    pub(super) fn start_deliveries(&mut self, target: NodeKey, now: Instant) {
+        if !self.outbox.is_scheduled(&target) {
+            self.delivery_round(target, now);
         }
     }
 

@@ -160,6 +160,27 @@ fn a_fresh_target_is_told_at_once_and_until_it_acknowledges_or_leaves() {
 }
 
 #[test]
+fn registering_again_does_not_multiply_deliveries() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    a.register(&mut sim, &[]).unwrap();
+    let ask = request(&a, &b, sim.now_ms());
+    a.submit(&mut sim, &ask).unwrap();
+    // A burst of registrations (a node, or someone spoofing its source address) gets one
+    // round; the next comes with the running schedule, at b's latest endpoint.
+    for _ in 0..5 {
+        b.register(&mut sim, &[]).unwrap();
+    }
+    assert_eq!(sim.deliveries_to(b.at).len(), 1);
+    b.at = "203.0.113.2:50000".parse().unwrap();
+    b.register(&mut sim, &[]).unwrap();
+    assert_eq!(sim.drain(), vec![]);
+    sim.advance(RESEND_INTERVAL);
+    assert_eq!(sim.deliveries_to(b.at).len(), 1);
+}
+
+#[test]
 fn undelivered_items_are_purged_after_their_lifetime() {
     let mut sim = Sim::new();
     let mut a = Client::new(1, "198.51.100.1:40001");
