@@ -1,12 +1,14 @@
 //! Trust statements on their way to a node: delivered with `Deliver` until the node answers
 //! `Ack`, however often it comes and goes.
 //!
-//! Every item is in the store before it is in memory, and leaves memory only after its `Ack`
-//! left the store, so a restart neither loses nor resurrects one. A node gets its items:
+//! Every item is in the store before it is in memory, and leaves memory only once its
+//! deletion (on `Ack`, or at the end of its lifetime) is in the store, so a restart neither
+//! loses nor resurrects one. A node gets its items:
 //!
 //! - at once, when one is stored while the node is registered and fresh;
-//! - when it registers (a node that was away catches up at once, and after a restart of the
-//!   rendezvous within one keepalive), at most [`DELIVERY_ROUND`] at a time, oldest first;
+//! - when it registers (a node that was away catches up at once), and right after a restart
+//!   of the rendezvous if it is still registered, at most [`DELIVERY_ROUND`] at a time,
+//!   oldest first;
 //! - again every [`RESEND_INTERVAL`] while any is unacknowledged and the node is fresh
 //!   (a lost `Deliver` or `Ack` costs seconds, not a keepalive).
 //!
