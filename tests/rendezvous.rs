@@ -1,5 +1,5 @@
 //! The real `pilotd rendezvous` on 127.0.0.1 (random free ports, no root), spoken to over
-//! UDP with hand-sealed envelopes.
+//! UDP with hand-sealed envelopes and hand-signed trust statements.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -9,9 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pilot::addr::Hostname;
 use pilot::identity::{Identity, NodeKey};
-use pilot::wire::control::{write_relay, Message, RELAY_FROM, RELAY_TO};
+use pilot::wire::control::{write_relay, Found, Message, Query, RefusalCode, RELAY_FROM, RELAY_TO};
 use pilot::wire::envelope::{open, seal};
+use pilot::wire::trust::{Statement, TrustRecord, TrustRequest};
 
 const PILOTD: &str = env!("CARGO_BIN_EXE_pilotd");
 /// How long a silence must last to count as "no reply".
@@ -85,6 +87,13 @@ impl Drop for Rendezvous {
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn wait_for(log: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
@@ -127,13 +136,9 @@ impl Client {
         self.nonce += 1;
         let mut body = Vec::new();
         message.encode(&mut body);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
         let mut buf = vec![0u8; 1500];
         let key = self.identity.signing_key();
-        let n = seal(&mut buf, message.kind(), key, now_ms, self.nonce, &body).unwrap();
+        let n = seal(&mut buf, message.kind(), key, now_ms(), self.nonce, &body).unwrap();
         buf.truncate(n);
         buf
     }
@@ -164,15 +169,21 @@ impl Client {
         }
     }
 
-    fn register(&mut self, rdv: &Rendezvous, lan: &[&str], allow: &[NodeKey]) {
-        let msg = Message::Register {
-            lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
-            allow: allow.to_vec(),
-        };
-        let d = self.sealed(&msg);
+    /// Sends a signed message to the main port and returns the answer.
+    fn ask(&mut self, rdv: &Rendezvous, message: &Message) -> Message {
+        let d = self.sealed(message);
         self.send(&d, rdv.main);
         let (from, reply) = self.expect(rdv);
         assert_eq!(from, rdv.main);
+        reply
+    }
+
+    fn register(&mut self, rdv: &Rendezvous, lan: &[&str], hostname: Option<&str>) {
+        let msg = Message::Register {
+            lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
+            hostname: hostname.map(|h| h.parse().unwrap()),
+        };
+        let reply = self.ask(rdv, &msg);
         assert_eq!(
             reply,
             Message::Registered {
@@ -181,6 +192,35 @@ impl Client {
                 keepalive_secs: 25
             }
         );
+    }
+
+    /// Submits a statement and checks it was stored.
+    fn submit(&mut self, rdv: &Rendezvous, statement: &Statement) {
+        let msg = Message::Submit {
+            statement: statement.clone(),
+        };
+        let reply = self.ask(rdv, &msg);
+        assert_eq!(reply, Message::Stored { echo: self.nonce });
+    }
+
+    /// The next message, which must be a delivery: its id, sender's name and statement.
+    fn delivery(&self, rdv: &Rendezvous) -> (u64, Option<Hostname>, Statement) {
+        match self.expect(rdv) {
+            (
+                _,
+                Message::Deliver {
+                    id,
+                    from_name,
+                    statement,
+                },
+            ) => (id, from_name, statement),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    fn ack(&mut self, rdv: &Rendezvous, id: u64) {
+        let d = self.sealed(&Message::Ack { id });
+        self.send(&d, rdv.main);
     }
 
     fn relay_to(&self, rdv: &Rendezvous, dst: &NodeKey, datagram: &[u8]) {
@@ -195,13 +235,25 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
     let dir = temp("main");
     let rdv = Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
     let (mut a, mut b, mut c) = (Client::new(1), Client::new(2), Client::new(3));
-    a.register(&rdv, &["192.0.2.1:51870"], &[b.key()]);
-    b.register(
-        &rdv,
-        &["192.0.2.2:51870", "[2001:db8::2]:51870"],
-        &[a.key(), c.key()],
-    );
-    c.register(&rdv, &[], &[a.key(), b.key()]);
+    a.register(&rdv, &["192.0.2.1:51870"], Some("alice"));
+    b.register(&rdv, &["192.0.2.2:51870", "[2001:db8::2]:51870"], None);
+    c.register(&rdv, &[], None);
+
+    // a and b trust each other: b approves, a countersigns, each delivery is acknowledged.
+    let half = TrustRecord::approve(b.identity.signing_key(), a.key(), now_ms()).unwrap();
+    b.submit(&rdv, &Statement::Record(half.clone()));
+    let (id, from_name, delivered) = a.delivery(&rdv);
+    assert_eq!(delivered, Statement::Record(half.clone()));
+    assert_eq!(from_name, None, "b has no hostname");
+    a.ack(&rdv, id);
+    let complete = half
+        .countersign(a.identity.signing_key(), now_ms())
+        .unwrap();
+    a.submit(&rdv, &Statement::Record(complete.clone()));
+    let (id, from_name, delivered) = b.delivery(&rdv);
+    assert_eq!(delivered, Statement::Record(complete));
+    assert_eq!(from_name, Some("alice".parse().unwrap()));
+    b.ack(&rdv, id);
 
     // Both ports answer NAT probes from themselves, naming their own port.
     for to in [rdv.main, rdv.alt] {
@@ -219,7 +271,7 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
         );
     }
 
-    // Relay between a mutually allowed pair, and not between a and c (a does not allow c).
+    // Relay between a trusting pair, and not between a and c (no record).
     a.relay_to(&rdv, &b.key(), b"\x04wireguard");
     let (from, frame) = b.recv(Duration::from_secs(3)).expect("relayed frame");
     assert_eq!(from, rdv.main);
@@ -271,7 +323,7 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
     // A replayed registration and a forged one get no answer, and are counted.
     let d = c.sealed(&Message::Register {
         lan: vec![],
-        allow: vec![a.key(), b.key()],
+        hostname: None,
     });
     c.send(&d, rdv.main);
     c.expect(&rdv);
@@ -279,13 +331,26 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
     c.assert_quiet("replayed registration");
     let mut forged = c.sealed(&Message::Register {
         lan: vec![],
-        allow: vec![],
+        hostname: Some("carol".parse().unwrap()),
     });
     *forged.last_mut().unwrap() ^= 1;
     c.send(&forged, rdv.main);
     c.assert_quiet("forged registration");
     a.relay_to(&rdv, &c.key(), b"\x04still not for c");
     c.assert_quiet("relay to c after restart");
+    // No record, no introduction.
+    let reply = c.ask(&rdv, &Message::Connect { target: a.key() });
+    assert!(
+        matches!(
+            reply,
+            Message::Refused {
+                code: RefusalCode::NotAllowed,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    a.assert_quiet("no punch for a");
 
     let counters = rdv.stop();
     for expected in [
@@ -295,6 +360,7 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
         "refused_replay=1",
         "refused_bad_signature=1",
         "relay_dropped_not_allowed=1",
+        "refused_not_allowed=1",
     ] {
         assert!(counters.contains(expected), "{expected} in {counters}");
     }
@@ -302,6 +368,81 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("rendezvous.db")), 0o600);
     assert_eq!(mode(&dir.join("identity.json")), 0o600);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_request_reaches_an_absent_node_after_a_restart_and_names_are_kept() {
+    let dir = temp("deliver");
+    let rdv = Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
+    let (mut a, mut b) = (Client::new(4), Client::new(5));
+    a.register(&rdv, &[], Some("alice"));
+    let ask =
+        TrustRequest::sign(a.identity.signing_key(), b.key(), now_ms(), 1, "backups").unwrap();
+    a.submit(&rdv, &Statement::Request(ask.clone()));
+
+    // kill -9 and a restart on the same directory.
+    drop(rdv);
+    let rdv = Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
+    let taken = b.ask(
+        &rdv,
+        &Message::Register {
+            lan: vec![],
+            hostname: Some("alice".parse().unwrap()),
+        },
+    );
+    assert!(
+        matches!(
+            taken,
+            Message::Refused {
+                code: RefusalCode::NameTaken,
+                ..
+            }
+        ),
+        "{taken:?}"
+    );
+    b.register(&rdv, &[], Some("bob"));
+    let (id, from_name, statement) = b.delivery(&rdv);
+    assert_eq!(statement, Statement::Request(ask));
+    assert_eq!(from_name, Some("alice".parse().unwrap()));
+    // Not acknowledged: it comes again about two seconds later, from the timer.
+    let started = Instant::now();
+    assert_eq!(b.delivery(&rdv).0, id);
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    b.ack(&rdv, id);
+    b.assert_quiet("acknowledged");
+    std::thread::sleep(Duration::from_millis(2500));
+    b.assert_quiet("acknowledged");
+
+    let reply = b.ask(
+        &rdv,
+        &Message::Lookup {
+            query: Query::Name("alice".parse().unwrap()),
+        },
+    );
+    assert_eq!(
+        reply,
+        Message::LookupReply {
+            echo: b.nonce,
+            found: Some(Found {
+                key: a.key(),
+                hostname: Some("alice".parse().unwrap())
+            })
+        }
+    );
+    let counters = rdv.stop();
+    for expected in [
+        "deliveries=2 ",
+        "acks=1 ",
+        "lookups=1 ",
+        "refused_name_taken=1",
+    ] {
+        assert!(counters.contains(expected), "{expected} in {counters}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

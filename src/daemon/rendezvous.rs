@@ -152,7 +152,8 @@ impl Core {
         let mut stats = tokio::time::interval_at(first, stats_interval);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut logged = self.server.counters().clone();
-        self.server.handle_timeout(Instant::now());
+        // Deliveries waiting for nodes restored from the store start at once.
+        self.tick(sockets);
         loop {
             let wake = self
                 .server
@@ -172,9 +173,7 @@ impl Core {
                         guard.clear_ready();
                     }
                 }
-                () = tokio::time::sleep_until(wake.into()) => {
-                    self.server.handle_timeout(Instant::now());
-                }
+                () = tokio::time::sleep_until(wake.into()) => self.tick(sockets),
                 _ = stats.tick() => {
                     if *self.server.counters() != logged {
                         logged = self.server.counters().clone();
@@ -220,7 +219,8 @@ impl Core {
             {
                 queue(&mut self.send, sockets, &mut self.send_errors, t);
             }
-            // The second Punch of an introduction leaves right behind the first.
+            // What the answer set off (the second Punch of an introduction, deliveries to a
+            // node that registered or was just sent a statement) leaves right behind it.
             while let Some(t) = self.server.poll_transmit(&mut self.out) {
                 queue(&mut self.send, sockets, &mut self.send_errors, t);
             }
@@ -229,6 +229,17 @@ impl Core {
             flush(&mut self.send, sockets, &mut self.send_errors, port);
         }
         false
+    }
+
+    /// Runs the server's timers and sends what they queued (resent deliveries).
+    fn tick(&mut self, sockets: &Sockets) {
+        self.server.handle_timeout(Instant::now());
+        while let Some(t) = self.server.poll_transmit(&mut self.out) {
+            queue(&mut self.send, sockets, &mut self.send_errors, t);
+        }
+        for port in [Port::Main, Port::Alt] {
+            flush(&mut self.send, sockets, &mut self.send_errors, port);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! How the server answers each datagram: signed control messages (`Register`, `NatProbe`,
-//! `Connect`) and relay frames.
+//! How the server answers each datagram: signed control messages and relay frames. `Register`,
+//! `NatProbe` and `Connect` are answered here; `Submit` in `statements`, `Ack` in `outbox`,
+//! `Lookup` in `directory`.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -10,17 +11,18 @@ use super::{
     Port, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
     FLUSH_INTERVAL,
 };
+use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::wire::control::{Message, NatKind, RefusalCode};
 use crate::wire::envelope::{self, EnvelopeError, OVERHEAD};
 
 /// Who asked, and where the answer goes.
 #[derive(Clone, Copy)]
-struct Request {
-    sender: NodeKey,
-    nonce: u64,
-    local: Port,
-    from: SocketAddr,
+pub(super) struct Request {
+    pub sender: NodeKey,
+    pub nonce: u64,
+    pub local: Port,
+    pub from: SocketAddr,
 }
 
 impl Server {
@@ -36,7 +38,8 @@ impl Server {
             self.counters.relay_drop(RelayDrop::WrongPort);
             return None;
         }
-        match relay::forward(&mut self.registry, self.relay_rate, from, frame, now, out) {
+        let (registry, ledger, rate) = (&mut self.registry, &self.ledger, self.relay_rate);
+        match relay::forward(registry, ledger, rate, from, frame, now, out) {
             Ok((to, len)) => {
                 self.counters.relay_frames += 1;
                 self.counters.relay_bytes += len as u64;
@@ -80,20 +83,30 @@ impl Server {
             from,
         };
         match (message, local) {
-            (Message::Register { lan, .. }, Port::Main) => {
-                self.register(request, lan, Vec::new(), now, out)
+            (Message::Register { lan, hostname }, Port::Main) => {
+                self.register(request, lan, hostname, now, out)
             }
             (Message::NatProbe, _) => self.nat_probe(request, now, out),
             (Message::Connect { target }, Port::Main) => self.connect(request, target, now, out),
+            (Message::Submit { statement }, Port::Main) => {
+                self.submit(request, statement, now, out)
+            }
+            (Message::Ack { id }, Port::Main) => {
+                self.ack(request, id, now);
+                None
+            }
+            (Message::Lookup { query }, Port::Main) => self.lookup(request, query, now, out),
             _ => self.refuse(Refusal::Unexpected, from),
         }
     }
 
+    /// Handles `Register`: stores the node's endpoints and hostname (durably first if they
+    /// changed), answers `Registered`, then starts sending the node what waits in its outbox.
     fn register<'a>(
         &mut self,
         req: Request,
         lan: Vec<SocketAddr>,
-        allow: Vec<NodeKey>,
+        hostname: Option<Hostname>,
         now: Instant,
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
@@ -103,6 +116,14 @@ impl Server {
             self.counters.refuse(Refusal::RegistryFull);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
         }
+        // First come, first served; the registration is refused as a whole so the node does
+        // not believe it holds a name it does not.
+        let holder = hostname.as_ref().and_then(|n| self.directory.holder(n));
+        if holder.is_some_and(|k| k != req.sender) {
+            self.counters.refuse(Refusal::NameTaken);
+            return self.refusal_reply(req, RefusalCode::NameTaken, now, out);
+        }
+        let renamed = self.directory.name_of(&req.sender) != hostname.as_ref();
         // The alternate port's observation is only comparable while the mapping is the same.
         let alt_seen = previous
             .filter(|p| p.observed == req.from)
@@ -115,13 +136,14 @@ impl Server {
         );
         // Written at once when the acknowledged content differs from the store's: a change, or
         // an earlier lazy change (an endpoint followed from a Connect) not yet written.
-        let changed = self.dirty.contains(&req.sender)
-            || previous.is_none_or(|p| p.observed != req.from || p.lan != lan || p.allow != allow);
+        let changed = renamed
+            || self.dirty.contains(&req.sender)
+            || previous.is_none_or(|p| p.observed != req.from || p.lan != lan);
         let record = Registration {
             key: req.sender,
             observed: req.from,
             lan,
-            allow,
+            hostname: hostname.clone(),
             nat,
             first_seen_ms: previous.map_or(now_ms, |p| p.first_seen_ms),
             last_seen_ms: now_ms,
@@ -140,12 +162,16 @@ impl Server {
             self.mark_dirty(req.sender, now);
         }
         self.registry.upsert(record, alt_seen, now);
+        self.directory.set_name(req.sender, hostname);
+        self.directory.set_registered(req.sender, true);
         self.counters.registrations += 1;
         let reply = Message::Registered {
             echo: req.nonce,
             observed: req.from,
             keepalive_secs: u16::try_from(self.config.keepalive.as_secs()).unwrap_or(u16::MAX),
         };
+        // Queued, so they leave right behind the reply.
+        self.start_deliveries(req.sender, now);
         self.reply(req, &reply, now, out)
     }
 
@@ -194,21 +220,23 @@ impl Server {
             self.counters.refuse(Refusal::NotRegistered);
             return self.refusal_reply(req, RefusalCode::NotRegistered, now, out);
         };
-        if !sender.connects.take(CONNECT_RATE, 1, now) {
+        if !sender.buckets.connects.take(CONNECT_RATE, 1, now) {
             self.counters.refuse(Refusal::RateLimited);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
         }
         self.follow(req.sender, req.from, now);
+        // Trust first: without a record the answer does not even tell whether the target is
+        // online.
+        if !self.ledger.trusted(&req.sender, &target) {
+            self.counters.refuse(Refusal::NotAllowed);
+            return self.refusal_reply(req, RefusalCode::NotAllowed, now, out);
+        }
         let Some(peer) = self.registry.fresh(&target, now) else {
             self.counters.refuse(Refusal::UnknownTarget);
             return self.refusal_reply(req, RefusalCode::UnknownTarget, now, out);
         };
         let (peer_observed, peer_nat, peer_candidates) =
             (peer.observed, peer.nat, candidates(peer));
-        if !self.registry.mutually_allowed(&req.sender, &target, now) {
-            self.counters.refuse(Refusal::NotAllowed);
-            return self.refusal_reply(req, RefusalCode::NotAllowed, now, out);
-        }
         let me = self.registry.get(&req.sender)?;
         let to_peer = Message::Punch {
             peer: req.sender,
@@ -231,7 +259,7 @@ impl Server {
     /// A signed message from a registered node's socket arrived at the main port from `from`:
     /// that is where its NAT maps it now (rebinding is followed at once, not at the next
     /// `Register`).
-    fn follow(&mut self, key: NodeKey, from: SocketAddr, now: Instant) {
+    pub(super) fn follow(&mut self, key: NodeKey, from: SocketAddr, now: Instant) {
         if self.registry.move_to(&key, from) {
             tracing::debug!(node = %key, observed = %from, "endpoint changed");
             self.mark_dirty(key, now);
@@ -261,7 +289,7 @@ impl Server {
         None
     }
 
-    fn refusal_reply<'a>(
+    pub(super) fn refusal_reply<'a>(
         &mut self,
         req: Request,
         code: RefusalCode,
@@ -276,7 +304,7 @@ impl Server {
     }
 
     /// Seals `message` into `out`, from the port the request came in at, back to its source.
-    fn reply<'a>(
+    pub(super) fn reply<'a>(
         &mut self,
         req: Request,
         message: &Message,
@@ -291,7 +319,8 @@ impl Server {
         })
     }
 
-    fn queue(&mut self, port: Port, to: SocketAddr, message: &Message, now: Instant) {
+    /// Seals `message` for [`Server::poll_transmit`].
+    pub(super) fn queue(&mut self, port: Port, to: SocketAddr, message: &Message, now: Instant) {
         let mut buf = vec![0u8; 1500];
         if let Some(len) = self.seal(message, now, &mut buf) {
             buf.truncate(len);
@@ -332,7 +361,10 @@ impl Server {
         self.counters.store_errors += 1;
         if !self.store_failing {
             self.store_failing = true;
-            tracing::warn!("registry store failing: {e}; registrations are not acknowledged until it works again");
+            tracing::warn!(
+                "registry store failing: {e}; registrations and trust statements are not \
+                 acknowledged until it works again"
+            );
         }
     }
 

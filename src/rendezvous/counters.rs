@@ -17,18 +17,24 @@ pub enum Refusal {
     /// A message the rendezvous never takes, or on the wrong port (e.g. `Register` on the
     /// alternate port).
     Unexpected,
-    /// `Connect` from a node that is not registered (or expired).
+    /// `Connect` or `Submit` from a node that is not registered (or expired).
     NotRegistered,
     /// `Connect` to a node that is not registered (or expired).
     UnknownTarget,
-    /// `Connect` between nodes that do not both allow each other.
+    /// `Connect` between nodes without a valid mutual trust record.
     NotAllowed,
-    /// `Connect` over the sender's rate.
+    /// `Connect`, `Submit` or `Lookup` over the sender's rate.
     RateLimited,
     /// `Register` of a new node while the registry is at its size limit.
     RegistryFull,
-    /// `Register` that could not be stored durably, so it was not acknowledged.
+    /// `Register` or `Submit` that could not be stored durably, so it was not acknowledged.
     StoreFailed,
+    /// `Register` claiming a hostname another key holds.
+    NameTaken,
+    /// `Submit` of a statement that does not verify or is not the sender's to submit.
+    BadStatement,
+    /// `Submit` of a request or approval for a node with a full outbox.
+    OutboxFull,
 }
 
 /// Why a relay frame was not forwarded.
@@ -42,7 +48,7 @@ pub enum RelayDrop {
     UnknownSender,
     /// The destination key is not a fresh registered node.
     UnknownTarget,
-    /// The two nodes do not both allow each other.
+    /// The two nodes have no valid mutual trust record.
     NotAllowed,
     /// Over the sender's relay rate (or relaying is off).
     RateLimited,
@@ -51,7 +57,7 @@ pub enum RelayDrop {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::Malformed,
         Refusal::BadSignature,
         Refusal::Stale,
@@ -63,6 +69,9 @@ impl Refusal {
         Refusal::RateLimited,
         Refusal::RegistryFull,
         Refusal::StoreFailed,
+        Refusal::NameTaken,
+        Refusal::BadStatement,
+        Refusal::OutboxFull,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -79,6 +88,9 @@ impl Refusal {
             Refusal::RateLimited => "rate_limited",
             Refusal::RegistryFull => "registry_full",
             Refusal::StoreFailed => "store_failed",
+            Refusal::NameTaken => "name_taken",
+            Refusal::BadStatement => "bad_statement",
+            Refusal::OutboxFull => "outbox_full",
         }
     }
 }
@@ -121,6 +133,14 @@ pub struct Counters {
     pub relay_bytes: u64,
     /// Registrations that expired.
     pub expired: u64,
+    /// `Submit`s that changed something (a new delivery, a ledger change) and were stored.
+    pub statements_stored: u64,
+    /// `Deliver` messages sent (first sends and resends).
+    pub deliveries: u64,
+    /// `Ack`s that removed a delivered statement.
+    pub acks: u64,
+    /// `Lookup`s answered (found or not).
+    pub lookups: u64,
     /// Store operations that failed (writes are retried; see `Refusal::StoreFailed`).
     pub store_errors: u64,
     refused: [u64; Refusal::ALL.len()],
@@ -154,13 +174,17 @@ impl fmt::Display for Counters {
         write!(
             f,
             "registrations={} nat_probes={} punches={} relay_frames={} relay_bytes={} \
-             expired={} store_errors={}",
+             expired={} statements_stored={} deliveries={} acks={} lookups={} store_errors={}",
             self.registrations,
             self.nat_probes,
             self.punches,
             self.relay_frames,
             self.relay_bytes,
             self.expired,
+            self.statements_stored,
+            self.deliveries,
+            self.acks,
+            self.lookups,
             self.store_errors
         )?;
         for r in Refusal::ALL {

@@ -1,15 +1,23 @@
-//! The rendezvous server, sans-IO: registry, endpoint discovery, punch coordination and relay.
+//! The rendezvous server, sans-IO: registry, hostnames, trust records, endpoint discovery,
+//! punch coordination and relay.
 //!
 //! [`Server`] owns no socket and reads no clock. The daemon (or a simulation) hands it every
 //! datagram that arrived at its main or alternate port ([`Server::handle_datagram`]), and
 //! timer ticks ([`Server::handle_timeout`]), each with an explicit `now`; it pulls the
-//! datagrams to send with the return value and [`Server::poll_transmit`]. Randomness (reply
-//! nonces) comes in as a seed, wall time as a [`WallClock`], storage as a [`Store`].
+//! datagrams to send with the return value and [`Server::poll_transmit`] (which also holds
+//! what a timer tick sends: resent deliveries). Randomness (reply nonces) comes in as a seed,
+//! wall time as a [`WallClock`], storage as a [`Store`].
+//!
+//! Trust is bilateral and default-deny: `Connect` introduces, and the relay forwards, only
+//! between two keys for which the [`TrustLedger`] holds a valid record signed by both. The
+//! ledger is fed by `Submit` (see `statements`), which also passes requests, approvals and
+//! revocations on to the other party through a durable outbox (see `outbox`).
 //!
 //! Durability rule: a `Registered` reply is sent only after the registration is in the store
-//! whenever the registration changed (new node, new observed endpoint, LAN list or allow-list).
-//! A refresh that only moves `last_seen` (and a re-measured NAT kind, or an endpoint learned
-//! from a `Connect`/`NatProbe`) is written lazily, within [`FLUSH_INTERVAL`], and on
+//! whenever the registration changed (new node, new observed endpoint, LAN list or hostname),
+//! and a `Stored` reply only after the submitted statement is. A refresh that only moves
+//! `last_seen` (and a re-measured NAT kind, or an endpoint learned from a
+//! `Connect`/`NatProbe`) is written lazily, within [`FLUSH_INTERVAL`], and on
 //! [`Server::flush`]. A crash therefore loses at most each node's latest refresh, never
 //! anything a node was told was registered: a node that refreshes every `keepalive` then
 //! looks at most one `keepalive` older than it is, and as long as `expiry > 2 × keepalive`
@@ -20,9 +28,12 @@
 
 mod control;
 mod counters;
+mod directory;
+mod outbox;
 mod registry;
 mod relay;
 mod sqlite;
+mod statements;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -32,15 +43,23 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use counters::{Counters, Refusal, RelayDrop};
-use relay::Rate;
+pub use outbox::{DELIVERY_ROUND, RESEND_INTERVAL};
+use relay::{Rate, TokenBucket};
 pub use sqlite::{SqliteStore, DB_FILE};
-pub use store::{MemoryStore, Registration, Store, StoreError};
+pub use statements::MAX_OUTBOX;
+pub use store::{
+    MemoryStore, NewDelivery, OutboxItem, Purged, Registration, Snapshot, Store, StoreError,
+    Submission,
+};
 
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
 use crate::wire::control::RELAY_TO;
 use crate::wire::envelope::ReplayGuard;
+use crate::wire::trust::{Statement, TrustLedger, REQUEST_LIFETIME_MS};
 use control::canonical;
+use directory::Directory;
+use outbox::{Item, Outbox};
 use registry::Registry;
 
 /// How often lazily kept changes (`last_seen` of refreshes) are written to the store.
@@ -54,6 +73,14 @@ const CONNECT_RATE: Rate = Rate {
     per_sec: 5,
     burst: 10,
 };
+/// `Submit`s per second per node: a node that restarts resubmits what it holds, so the burst
+/// is larger than for `Connect`.
+const SUBMIT_RATE: Rate = Rate {
+    per_sec: 5,
+    burst: 20,
+};
+/// `Lookup`s per second per registered node.
+const LOOKUP_RATE: Rate = CONNECT_RATE;
 /// (sender, nonce) pairs remembered against replays; beyond this the oldest are forgotten
 /// early and older messages refused (see [`ReplayGuard`]).
 const REPLAY_CAPACITY: usize = 100_000;
@@ -119,9 +146,18 @@ pub struct Server {
     rng: u64,
     store: Box<dyn Store>,
     registry: Registry,
+    /// Hostnames, and keys by address.
+    directory: Directory,
+    /// Which pairs trust each other: what `Connect` and the relay ask.
+    ledger: TrustLedger,
+    /// Trust statements waiting for their target's `Ack`.
+    outbox: Outbox,
+    /// The one rate limit for `Lookup`s from senders that are not registered.
+    stranger_lookups: TokenBucket,
     replay: ReplayGuard,
     counters: Counters,
-    /// Sealed datagrams waiting for `poll_transmit` (the second `Punch` of an introduction).
+    /// Sealed datagrams waiting for `poll_transmit` (the second `Punch` of an introduction,
+    /// deliveries).
     queued: VecDeque<(Port, SocketAddr, Vec<u8>)>,
     /// Nodes whose in-memory state is ahead of the store.
     dirty: BTreeSet<NodeKey>,
@@ -134,7 +170,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server over `store`, restoring the registrations in it that have not expired at `now`.
+    /// A server over `store`, restoring what it holds: hostnames, the trust ledger, the outbox,
+    /// and the registrations that have not expired at `now`. Deliveries to those nodes resume
+    /// at once.
     pub fn new(
         config: Config,
         mut store: Box<dyn Store>,
@@ -142,22 +180,10 @@ impl Server {
         clock: WallClock,
         now: Instant,
     ) -> Result<Server, StoreError> {
-        let now_ms = clock.unix_ms(now);
-        let expiry_ms = config.expiry.as_millis() as u64;
-        let mut registry = Registry::new(config.expiry);
-        let mut records = store.load()?;
-        // Oldest first, so that of two nodes last seen at one endpoint the newer one keeps it.
-        records.sort_by_key(|r| r.last_seen_ms);
-        for record in records {
-            let age = Duration::from_millis(now_ms.saturating_sub(record.last_seen_ms));
-            if age.as_millis() as u64 >= expiry_ms {
-                continue;
-            }
-            let last_seen = now.checked_sub(age).unwrap_or(now);
-            registry.upsert(record, None, last_seen);
-        }
+        let snapshot = store.load()?;
+        let registry = Registry::new(config.expiry);
         let rate = config.relay_bytes_per_sec;
-        Ok(Server {
+        let mut server = Server {
             key: config.identity.public_key(),
             relay_rate: Rate {
                 per_sec: rate,
@@ -168,6 +194,10 @@ impl Server {
             rng: seed,
             store,
             registry,
+            directory: Directory::default(),
+            ledger: TrustLedger::new(),
+            outbox: Outbox::default(),
+            stranger_lookups: TokenBucket::default(),
             replay: ReplayGuard::new(REPLAY_CAPACITY),
             counters: Counters::default(),
             queued: VecDeque::new(),
@@ -176,7 +206,9 @@ impl Server {
             next_purge: now,
             body: Vec::with_capacity(512),
             store_failing: false,
-        })
+        };
+        server.restore(snapshot, now);
+        Ok(server)
     }
 
     /// The server's public key (nodes check replies against it).
@@ -215,28 +247,23 @@ impl Server {
         })
     }
 
-    /// Runs what is due at `now`: expiry, lazy store writes, purging old records.
+    /// Runs what is due at `now`: expiry, lazy store writes, delivery rounds, purging old
+    /// records. Deliveries wait in [`Server::poll_transmit`].
     pub fn handle_timeout(&mut self, now: Instant) {
         for key in self.registry.expire(now) {
             self.counters.expired += 1;
             // A node silent for the whole expiry had its last state flushed long ago.
             self.dirty.remove(&key);
+            self.directory.set_registered(key, false);
             tracing::debug!(node = %key, "registration expired");
         }
         if self.next_flush.is_some_and(|t| t <= now) {
             let _ = self.flush(now);
         }
+        self.run_deliveries(now);
         if self.next_purge <= now {
             self.next_purge = now + PURGE_INTERVAL;
-            let keep_from = self
-                .clock
-                .unix_ms(now)
-                .saturating_sub((self.config.expiry + RETENTION).as_millis() as u64);
-            match self.store.purge(keep_from) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "purged long-expired registrations"),
-                Err(e) => self.store_error(&e),
-            }
+            self.purge(now);
         }
     }
 
@@ -249,6 +276,9 @@ impl Server {
         if let Some(t) = self.next_flush.filter(|t| *t < next.0) {
             next = (t, "flush");
         }
+        if let Some(t) = self.outbox.next_round().filter(|t| *t < next.0) {
+            next = (t, "delivery");
+        }
         Some(next)
     }
 
@@ -259,11 +289,7 @@ impl Server {
         if self.dirty.is_empty() {
             return Ok(());
         }
-        let records: Vec<Registration> = self
-            .dirty
-            .iter()
-            .filter_map(|k| self.registry.record(k))
-            .collect();
+        let records: Vec<Registration> = self.dirty.iter().filter_map(|k| self.record(k)).collect();
         match self.store.save(&records) {
             Ok(()) => {
                 self.dirty.clear();
@@ -290,6 +316,103 @@ impl Server {
     /// The registration of `key` if it is fresh at `now`.
     pub fn registration(&self, key: &NodeKey, now: Instant) -> Option<Registration> {
         self.registry.fresh(key, now)?;
-        self.registry.record(key)
+        self.record(key)
+    }
+
+    /// The trust statements in force, one per pair.
+    pub fn ledger(&self) -> &TrustLedger {
+        &self.ledger
+    }
+
+    /// The registration of `key` as the store keeps it.
+    fn record(&self, key: &NodeKey) -> Option<Registration> {
+        let hostname = self.directory.name_of(key).cloned();
+        self.registry.record(key, hostname)
+    }
+
+    /// Takes in what the store held at start. Statements are verified again (the store is a
+    /// file anyone with access could edit): one that fails is skipped with a warning naming
+    /// it, and the nodes, which keep their own, resubmit it.
+    fn restore(&mut self, snapshot: Snapshot, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let expiry_ms = self.config.expiry.as_millis() as u64;
+        let mut records = snapshot.registrations;
+        // Oldest first, so that of two nodes last seen at one endpoint the newer one keeps it.
+        records.sort_by_key(|r| r.last_seen_ms);
+        for record in records {
+            if let Some(name) = &record.hostname {
+                match self.directory.holder(name) {
+                    Some(other) if other != record.key => tracing::warn!(
+                        node = %record.key, holder = %other, "hostname {name} stored twice; \
+                         the node must claim another"
+                    ),
+                    _ => self.directory.set_name(record.key, Some(name.clone())),
+                }
+            }
+            let age = Duration::from_millis(now_ms.saturating_sub(record.last_seen_ms));
+            if age.as_millis() as u64 >= expiry_ms {
+                continue;
+            }
+            let last_seen = now.checked_sub(age).unwrap_or(now);
+            self.directory.set_registered(record.key, true);
+            self.registry.upsert(record, None, last_seen);
+        }
+        for statement in snapshot.ledger {
+            let (low, high) = statement.pair();
+            let admitted = match statement {
+                Statement::Record(r) => self.ledger.admit_record(r, now_ms),
+                Statement::Revocation(v) => self.ledger.admit_revocation(v, now_ms),
+                Statement::Request(_) => {
+                    tracing::warn!(%low, %high, "skipping stored ledger statement: a request");
+                    continue;
+                }
+            };
+            if let Err(e) = admitted {
+                tracing::warn!(%low, %high, "skipping stored ledger statement: {e}");
+            }
+        }
+        for item in snapshot.outbox {
+            let (low, high) = item.statement.pair();
+            if item.target != low && item.target != high {
+                tracing::warn!(id = item.id, "skipping stored delivery: not for a party");
+                continue;
+            }
+            let kept = Item {
+                target: item.target,
+                statement: item.statement,
+                stored_ms: item.stored_ms,
+            };
+            self.outbox.insert(item.id, kept);
+        }
+        let waiting: Vec<NodeKey> = self.outbox.targets().collect();
+        for target in waiting {
+            if self.registry.fresh(&target, now).is_some() {
+                self.outbox.schedule(target, now);
+            }
+        }
+    }
+
+    /// Deletes long-expired registrations (releasing their hostnames) and expired deliveries.
+    fn purge(&mut self, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let keep_from = now_ms.saturating_sub((self.config.expiry + RETENTION).as_millis() as u64);
+        let stored_from = now_ms.saturating_sub(REQUEST_LIFETIME_MS);
+        match self.store.purge(keep_from, stored_from) {
+            Ok(purged) => {
+                self.store_ok();
+                for key in &purged.keys {
+                    self.directory.set_name(*key, None);
+                }
+                self.outbox.purge(stored_from);
+                if !purged.keys.is_empty() || purged.deliveries > 0 {
+                    tracing::info!(
+                        registrations = purged.keys.len(),
+                        deliveries = purged.deliveries,
+                        "purged long-expired registrations and deliveries"
+                    );
+                }
+            }
+            Err(e) => self.store_error(&e),
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! Registered nodes in memory: who is where, whom they allow, how their NAT maps, and when they
-//! expire. Only fresh registrations are acted on; expired ones are dropped from memory by
-//! [`Registry::expire`] (the store keeps them until they are purged).
+//! Registered nodes in memory: who is where, how their NAT maps, and when they expire. Only
+//! fresh registrations are acted on; expired ones are dropped from memory by
+//! [`Registry::expire`] (the store keeps them until they are purged). Whom a node trusts is
+//! the ledger's business, and its hostname the directory's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::relay::TokenBucket;
 use super::store::Registration;
+use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::wire::control::{NatKind, MAX_CANDIDATES};
 
@@ -16,15 +18,23 @@ use crate::wire::control::{NatKind, MAX_CANDIDATES};
 pub(super) struct Entry {
     pub observed: SocketAddr,
     pub lan: Vec<SocketAddr>,
-    pub allow: Vec<NodeKey>,
     pub nat: NatKind,
     /// The endpoint the alternate port last saw, while `observed` has not changed since.
     pub alt_seen: Option<SocketAddr>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
     pub last_seen: Instant,
-    pub connects: TokenBucket,
+    pub buckets: Buckets,
     pub relay: TokenBucket,
+}
+
+/// The node's rate limits on signed requests, one bucket per kind so that a node resubmitting
+/// its statements after a restart does not starve its introductions.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Buckets {
+    pub connects: TokenBucket,
+    pub submits: TokenBucket,
+    pub lookups: TokenBucket,
 }
 
 pub(super) struct Registry {
@@ -71,29 +81,20 @@ impl Registry {
         self.by_endpoint.get(endpoint).copied()
     }
 
-    /// Whether each of the two fresh nodes allows the other.
-    pub fn mutually_allowed(&self, a: &NodeKey, b: &NodeKey, now: Instant) -> bool {
-        match (self.fresh(a, now), self.fresh(b, now)) {
-            (Some(ea), Some(eb)) => a != b && ea.allow.contains(b) && eb.allow.contains(a),
-            _ => false,
-        }
-    }
-
-    /// Inserts or replaces the node's registration, last seen at `last_seen`. Rate-limit state
-    /// carries over from an existing entry.
+    /// Inserts or replaces the node's registration, last seen at `last_seen` (its hostname is
+    /// not kept here). Rate-limit state carries over from an existing entry.
     pub fn upsert(&mut self, r: Registration, alt_seen: Option<SocketAddr>, last_seen: Instant) {
         let previous = self.entries.get(&r.key);
-        let (connects, relay) = previous.map_or_else(Default::default, |p| (p.connects, p.relay));
+        let (buckets, relay) = previous.map_or_else(Default::default, |p| (p.buckets, p.relay));
         let entry = Entry {
             observed: r.observed,
             lan: r.lan,
-            allow: r.allow,
             nat: r.nat,
             alt_seen,
             first_seen_ms: r.first_seen_ms,
             last_seen_ms: r.last_seen_ms,
             last_seen,
-            connects,
+            buckets,
             relay,
         };
         self.unlink(&r.key);
@@ -143,13 +144,13 @@ impl Registry {
         self.deadlines.first().map(|(t, _)| *t)
     }
 
-    /// The registration of `key` as the store keeps it.
-    pub fn record(&self, key: &NodeKey) -> Option<Registration> {
+    /// The registration of `key` as the store keeps it, with the hostname it holds.
+    pub fn record(&self, key: &NodeKey, hostname: Option<Hostname>) -> Option<Registration> {
         self.entries.get(key).map(|e| Registration {
             key: *key,
             observed: e.observed,
             lan: e.lan.clone(),
-            allow: e.allow.clone(),
+            hostname,
             nat: e.nat,
             first_seen_ms: e.first_seen_ms,
             last_seen_ms: e.last_seen_ms,
@@ -269,7 +270,7 @@ mod tests {
                 key: NodeKey([1; 32]),
                 observed: public,
                 lan: lan.clone(),
-                allow: vec![],
+                hostname: None,
                 nat: NatKind::Unknown,
                 first_seen_ms: 0,
                 last_seen_ms: 0,

@@ -1,8 +1,9 @@
 //! The relay: forwards `RELAY_TO [dst][datagram]` from a registered node as
-//! `RELAY_FROM [src][datagram]` to another, if both allow each other, within a per-node rate.
+//! `RELAY_FROM [src][datagram]` to another, if the ledger holds a valid mutual trust record for
+//! the pair, within a per-node rate.
 //!
 //! This is the server's packet path: it allocates nothing, writes nothing to the store, logs
-//! nothing, and looks up three map entries per frame (source endpoint, target, sender).
+//! nothing, and looks up four map entries per frame (source endpoint, target, trust, sender).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::counters::RelayDrop;
 use super::registry::Registry;
 use crate::wire::control::{parse_relay, write_relay, RELAY_FROM};
+use crate::wire::trust::TrustLedger;
 
 /// A rate with a burst allowance, in units (bytes, requests) per second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,7 @@ impl TokenBucket {
 /// and its length.
 pub(super) fn forward(
     registry: &mut Registry,
+    ledger: &TrustLedger,
     rate: Rate,
     from: SocketAddr,
     frame: &[u8],
@@ -65,17 +68,16 @@ pub(super) fn forward(
     if src == dst {
         return Err(RelayDrop::NotAllowed);
     }
-    let target = registry.fresh(&dst, now).ok_or(RelayDrop::UnknownTarget)?;
-    if !target.allow.contains(&src) {
+    let to = registry
+        .fresh(&dst, now)
+        .ok_or(RelayDrop::UnknownTarget)?
+        .observed;
+    if !ledger.trusted(&src, &dst) {
         return Err(RelayDrop::NotAllowed);
     }
-    let to = target.observed;
     let sender = registry
         .fresh_mut(&src, now)
         .ok_or(RelayDrop::UnknownSender)?;
-    if !sender.allow.contains(&dst) {
-        return Err(RelayDrop::NotAllowed);
-    }
     if !sender.relay.take(rate, frame.len() as u64, now) {
         return Err(RelayDrop::RateLimited);
     }

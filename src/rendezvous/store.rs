@@ -1,5 +1,6 @@
-//! Durable storage of registrations, behind a small trait so the sans-IO [`Server`] runs on
-//! SQLite in the daemon and on a [`MemoryStore`] in simulations.
+//! Durable storage of registrations, hostnames, the trust ledger and the outbox, behind a
+//! small trait so the sans-IO [`Server`] runs on SQLite in the daemon and on a
+//! [`MemoryStore`] in simulations.
 //!
 //! [`Server`]: super::Server
 
@@ -9,8 +10,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::wire::control::NatKind;
+use crate::wire::trust::Statement;
 
 /// A registration as the rendezvous keeps it: wall-clock times (UNIX milliseconds), because
 /// `Instant`s mean nothing to the next process.
@@ -21,12 +24,63 @@ pub struct Registration {
     pub observed: SocketAddr,
     /// The node's own (LAN) endpoints, as it reported them.
     pub lan: Vec<SocketAddr>,
-    /// Keys the node accepts introductions and relayed traffic from.
-    pub allow: Vec<NodeKey>,
+    /// The hostname the node holds. Unique among stored registrations; it stays with the key
+    /// after the node expires and is released when the registration is purged.
+    pub hostname: Option<Hostname>,
     pub nat: NatKind,
     pub first_seen_ms: u64,
     /// Time of the last `Register`: the node expires when this gets too old.
     pub last_seen_ms: u64,
+}
+
+/// A trust statement waiting to be delivered to `target` (and acknowledged by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Assigned by the store, never reused: an `Ack` for an old id cannot remove a newer item.
+    pub id: u64,
+    pub target: NodeKey,
+    pub statement: Statement,
+    /// When it was stored (UNIX milliseconds); items are purged after
+    /// [`REQUEST_LIFETIME_MS`](crate::wire::trust::REQUEST_LIFETIME_MS).
+    pub stored_ms: u64,
+}
+
+/// Everything a server restores at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub registrations: Vec<Registration>,
+    /// The statement that holds for each pair: a complete record or a revocation.
+    pub ledger: Vec<Statement>,
+    pub outbox: Vec<OutboxItem>,
+}
+
+/// What one accepted `Submit` changes, written all or none: if the node was told `Stored`, the
+/// ledger change and the delivery to the other party both survive a crash.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Submission<'a> {
+    /// The statement that now holds for its pair (replacing the pair's row).
+    pub ledger: Option<&'a Statement>,
+    /// An outbox item the new one supersedes (an older request from the same requester).
+    pub replaces: Option<u64>,
+    /// A new outbox item.
+    pub deliver: Option<NewDelivery<'a>>,
+}
+
+/// An outbox item before the store gave it an id.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDelivery<'a> {
+    pub target: NodeKey,
+    pub statement: &'a Statement,
+    pub stored_ms: u64,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Keys whose registration (and hostname) is gone.
+    pub keys: Vec<NodeKey>,
+    /// Outbox items removed for their age.
+    pub deliveries: usize,
 }
 
 /// Why the store failed. Every variant says what to do about it.
@@ -53,23 +107,45 @@ pub enum StoreError {
     Read(String),
 }
 
-/// Where registrations survive restarts. Implementations must have made a `save` durable
-/// (surviving a crash of the process) by the time it returns `Ok`.
+/// Where the server's state survives restarts. Every write must be durable (surviving a crash
+/// of the process) by the time it returns `Ok`, and must change nothing when it fails.
 pub trait Store: Send {
-    /// Every stored registration, expired or not.
-    fn load(&mut self) -> Result<Vec<Registration>, StoreError>;
-    /// Inserts or replaces these registrations (by key), all or none.
+    /// Everything stored: registrations (expired or not) with their hostnames, the ledger and
+    /// the outbox.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Inserts or replaces these registrations (by key) and sets their hostnames, all or none.
+    /// The server has checked that no other key holds those names; should the store still
+    /// file one under another key, the registration being written takes it.
     fn save(&mut self, records: &[Registration]) -> Result<(), StoreError>;
-    /// Deletes registrations last seen before `last_seen_before_ms`; returns how many.
-    fn purge(&mut self, last_seen_before_ms: u64) -> Result<usize, StoreError>;
+    /// Writes one accepted submission, all or none; returns the id of the new outbox item.
+    fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError>;
+    /// Deletes the outbox item `id`: its target has it.
+    fn delivered(&mut self, id: u64) -> Result<(), StoreError>;
+    /// Deletes registrations last seen before `last_seen_before_ms` (releasing their
+    /// hostnames) and outbox items stored before `stored_before_ms`.
+    fn purge(
+        &mut self,
+        last_seen_before_ms: u64,
+        stored_before_ms: u64,
+    ) -> Result<Purged, StoreError>;
 }
 
 /// A store in memory, for simulations and tests. Clones share their contents, so a test can
 /// "restart" a server on the same store; [`MemoryStore::fail_writes`] simulates a full disk.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    records: Arc<Mutex<BTreeMap<NodeKey, Registration>>>,
+    contents: Arc<Mutex<Contents>>,
     failing: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+struct Contents {
+    records: BTreeMap<NodeKey, Registration>,
+    names: BTreeMap<Hostname, NodeKey>,
+    ledger: BTreeMap<(NodeKey, NodeKey), Statement>,
+    outbox: BTreeMap<u64, OutboxItem>,
+    /// Ids are never reused, as with SQLite's AUTOINCREMENT.
+    last_id: u64,
 }
 
 impl MemoryStore {
@@ -77,27 +153,45 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    /// While true, `save` and `purge` fail and change nothing.
+    /// While true, every write fails and changes nothing.
     pub fn fail_writes(&self, fail: bool) {
         self.failing.store(fail, Ordering::Relaxed);
     }
 
     /// A copy of what is stored for `key`.
     pub fn get(&self, key: &NodeKey) -> Option<Registration> {
-        self.lock().get(key).cloned()
+        self.lock().records.get(key).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().records.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeKey, Registration>> {
+    /// The key holding `name`.
+    pub fn holder(&self, name: &Hostname) -> Option<NodeKey> {
+        self.lock().names.get(name).copied()
+    }
+
+    /// The ledger's statement for the pair of `a` and `b`.
+    pub fn statement(&self, a: &NodeKey, b: &NodeKey) -> Option<Statement> {
+        let pair = if a < b { (*a, *b) } else { (*b, *a) };
+        self.lock().ledger.get(&pair).cloned()
+    }
+
+    /// The outbox items for `target`, oldest first.
+    pub fn outbox(&self, target: &NodeKey) -> Vec<OutboxItem> {
+        let contents = self.lock();
+        let items = contents.outbox.values();
+        items.filter(|i| i.target == *target).cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Contents> {
         // A panic while holding the lock leaves plain data behind, still usable.
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+        self.contents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
@@ -109,24 +203,84 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn load(&mut self) -> Result<Vec<Registration>, StoreError> {
-        Ok(self.lock().values().cloned().collect())
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let contents = self.lock();
+        Ok(Snapshot {
+            registrations: contents.records.values().cloned().collect(),
+            ledger: contents.ledger.values().cloned().collect(),
+            outbox: contents.outbox.values().cloned().collect(),
+        })
     }
 
     fn save(&mut self, records: &[Registration]) -> Result<(), StoreError> {
         self.check_writable()?;
-        let mut map = self.lock();
+        let mut contents = self.lock();
         for r in records {
-            map.insert(r.key, r.clone());
+            contents.names.retain(|_, k| *k != r.key);
+            if let Some(name) = &r.hostname {
+                let previous = contents.names.insert(name.clone(), r.key);
+                if let Some(other) = previous.and_then(|k| contents.records.get_mut(&k)) {
+                    other.hostname = None;
+                }
+            }
+            contents.records.insert(r.key, r.clone());
         }
         Ok(())
     }
 
-    fn purge(&mut self, last_seen_before_ms: u64) -> Result<usize, StoreError> {
+    fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {
         self.check_writable()?;
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, r| r.last_seen_ms >= last_seen_before_ms);
-        Ok(before - map.len())
+        let mut contents = self.lock();
+        if let Some(statement) = submission.ledger {
+            contents.ledger.insert(statement.pair(), statement.clone());
+        }
+        if let Some(id) = submission.replaces {
+            contents.outbox.remove(&id);
+        }
+        let Some(new) = submission.deliver else {
+            return Ok(None);
+        };
+        contents.last_id += 1;
+        let id = contents.last_id;
+        let item = OutboxItem {
+            id,
+            target: new.target,
+            statement: new.statement.clone(),
+            stored_ms: new.stored_ms,
+        };
+        contents.outbox.insert(id, item);
+        Ok(Some(id))
+    }
+
+    fn delivered(&mut self, id: u64) -> Result<(), StoreError> {
+        self.check_writable()?;
+        self.lock().outbox.remove(&id);
+        Ok(())
+    }
+
+    fn purge(
+        &mut self,
+        last_seen_before_ms: u64,
+        stored_before_ms: u64,
+    ) -> Result<Purged, StoreError> {
+        self.check_writable()?;
+        let mut contents = self.lock();
+        let mut purged = Purged::default();
+        contents.records.retain(|key, r| {
+            let keep = r.last_seen_ms >= last_seen_before_ms;
+            if !keep {
+                purged.keys.push(*key);
+            }
+            keep
+        });
+        for key in &purged.keys {
+            contents.names.retain(|_, k| k != key);
+        }
+        let before = contents.outbox.len();
+        contents
+            .outbox
+            .retain(|_, item| item.stored_ms >= stored_before_ms);
+        purged.deliveries = before - contents.outbox.len();
+        Ok(purged)
     }
 }

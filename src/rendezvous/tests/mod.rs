@@ -1,6 +1,10 @@
 //! The sans-IO server driven with hand-sealed datagrams, a fake clock and a memory store.
 
+mod delivery;
 mod introductions;
+mod names;
+mod registrations;
+mod trust;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -8,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::wire::control::{write_relay, Message, NatKind, RefusalCode, RELAY_FROM, RELAY_TO};
 use crate::wire::envelope::{open, seal};
+use crate::wire::trust::TrustRecord;
 
 const EPOCH_MS: u64 = 1_800_000_000_000;
 const MAIN: u16 = 7400;
@@ -63,10 +68,15 @@ impl Client {
         buf
     }
 
-    fn register(&mut self, sim: &mut Sim, lan: &[&str], allow: &[NodeKey]) -> Option<Message> {
+    fn register(&mut self, sim: &mut Sim, lan: &[&str]) -> Option<Message> {
+        self.register_as(sim, lan, None)
+    }
+
+    /// Registers claiming `hostname`.
+    fn register_as(&mut self, sim: &mut Sim, lan: &[&str], name: Option<&str>) -> Option<Message> {
         let msg = Message::Register {
             lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
-            hostname: None,
+            hostname: name.map(|n| n.parse().unwrap()),
         };
         let d = self.sealed(sim, &msg);
         sim.send(Port::Main, self.at, &d).map(|s| sim.message(&s))
@@ -76,6 +86,37 @@ impl Client {
         let d = self.sealed(sim, msg);
         sim.send(port, self.at, &d).map(|s| sim.message(&s))
     }
+
+    fn submit(&mut self, sim: &mut Sim, statement: &Statement) -> Option<Message> {
+        let msg = Message::Submit {
+            statement: statement.clone(),
+        };
+        self.ask(sim, Port::Main, &msg)
+    }
+
+    fn ack(&mut self, sim: &mut Sim, id: u64) {
+        let d = self.sealed(sim, &Message::Ack { id });
+        assert_eq!(
+            sim.send(Port::Main, self.at, &d),
+            None,
+            "acks are not answered"
+        );
+    }
+
+    fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        self.identity.signing_key()
+    }
+
+    /// This node's approval of `other`, issued at `issued_ms`.
+    fn approve(&self, other: &Client, issued_ms: u64) -> TrustRecord {
+        TrustRecord::approve(self.signing_key(), other.key(), issued_ms).unwrap()
+    }
+
+    /// A record approved by `self` and countersigned by `other`.
+    fn record_with(&self, other: &Client, issued_ms: u64) -> Statement {
+        let record = self.approve(other, issued_ms);
+        Statement::Record(record.countersign(other.signing_key(), issued_ms).unwrap())
+    }
 }
 
 impl Sim {
@@ -84,11 +125,19 @@ impl Sim {
     }
 
     fn with(store: MemoryStore, tweak: impl FnOnce(&mut Config)) -> Sim {
+        let mut sim = Sim::on(Box::new(store.clone()), tweak);
+        sim.store = store;
+        sim
+    }
+
+    /// A server on any store (`self.store` is then a stand-in that sees nothing).
+    fn on(store: Box<dyn Store>, tweak: impl FnOnce(&mut Config)) -> Sim {
         let t0 = Instant::now();
         let mut config = Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT);
         tweak(&mut config);
         let clock = WallClock::new(t0, EPOCH_MS);
-        let server = Server::new(config, Box::new(store.clone()), 7, clock, t0).unwrap();
+        let server = Server::new(config, store, 7, clock, t0).unwrap();
+        let store = MemoryStore::new();
         Sim {
             server,
             store,
@@ -117,282 +166,96 @@ impl Sim {
         Message::decode(opened.kind, opened.body).unwrap()
     }
 
+    /// Runs every timer due until `by` from now. What they send waits in `poll`.
     fn advance(&mut self, by: Duration) {
-        self.now += by;
+        let until = self.now + by;
         while let Some((t, _)) = self.server.poll_timeout() {
-            if t > self.now {
+            if t > until {
                 break;
             }
-            self.server.handle_timeout(t);
+            self.now = self.now.max(t);
+            self.server.handle_timeout(self.now);
         }
+        self.now = until;
+    }
+
+    /// The wall clock now, as signed statements carry it.
+    fn now_ms(&self) -> u64 {
+        EPOCH_MS + self.now.duration_since(self.t0).as_millis() as u64
+    }
+
+    /// Everything queued for sending, opened.
+    fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
+        let mut out = Vec::new();
+        while let Some(sent) = self.poll() {
+            out.push((sent.1, self.message(&sent)));
+        }
+        out
+    }
+
+    /// The `Deliver`s queued for `to`: (id, from_name, statement); everything else queued is
+    /// dropped.
+    fn deliveries_to(&mut self, to: SocketAddr) -> Vec<(u64, Option<String>, Statement)> {
+        let delivered = self.drain().into_iter().filter(|(at, _)| *at == to);
+        delivered
+            .filter_map(|(_, m)| match m {
+                Message::Deliver {
+                    id,
+                    from_name,
+                    statement,
+                } => Some((id, from_name.map(|n| n.to_string()), statement)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A new server on the store `open` returns, with the same wall clock, as after a crash.
+    fn restart(&mut self, open: impl FnOnce() -> Box<dyn Store>) {
+        // The old server goes first: a SQLite store stays locked while it is open.
+        let config = || Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT);
+        let clock = WallClock::new(self.t0, EPOCH_MS);
+        let placeholder = Box::new(MemoryStore::new());
+        self.server = Server::new(config(), placeholder, 8, clock, self.now).unwrap();
+        self.server = Server::new(config(), open(), 9, clock, self.now).unwrap();
+        // As the daemon does first thing.
+        self.server.handle_timeout(self.now);
     }
 }
 
+/// Registers a and b and makes them trust each other.
 fn pair(sim: &mut Sim) -> (Client, Client) {
     let mut a = Client::new(1, "198.51.100.1:40001");
     let mut b = Client::new(2, "203.0.113.2:40002");
     assert!(matches!(
-        a.register(sim, &["10.0.0.1:51870"], &[b.key()]),
+        a.register(sim, &["10.0.0.1:51870"]),
         Some(Message::Registered { .. })
     ));
     assert!(matches!(
-        b.register(sim, &["10.1.0.2:51870", "[fd00::2]:51870"], &[a.key()]),
+        b.register(sim, &["10.1.0.2:51870", "[fd00::2]:51870"]),
         Some(Message::Registered { .. })
     ));
+    trust(sim, &mut a, &mut b);
     (a, b)
 }
 
-#[test]
-fn registration_is_stored_before_it_is_acknowledged() {
-    let mut sim = Sim::new();
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let d = a.sealed(
-        &sim,
-        &Message::Register {
-            lan: vec![],
-            hostname: None,
-        },
-    );
-    let sent = sim.send(Port::Main, a.at, &d).unwrap();
-    assert_eq!((sent.0, sent.1), (Port::Main, a.at));
-    assert_eq!(
-        sim.message(&sent),
-        Message::Registered {
-            echo: a.nonce,
-            observed: a.at,
-            keepalive_secs: 25
-        }
-    );
-    assert_eq!(sim.store.get(&a.key()).unwrap().observed, a.at);
-    assert_eq!(sim.server.counters().registrations, 1);
-
-    // With the store failing, a new registration is not acknowledged and not held.
-    sim.store.fail_writes(true);
-    let mut b = Client::new(2, "198.51.100.2:1");
-    assert_eq!(b.register(&mut sim, &[], &[]), None);
-    assert_eq!(sim.server.counters().refused(Refusal::StoreFailed), 1);
-    assert!(sim.server.registration(&b.key(), sim.now).is_none());
-    sim.store.fail_writes(false);
-    assert!(b.register(&mut sim, &[], &[]).is_some());
-}
-
-#[test]
-fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing() {
-    let mut sim = Sim::new();
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let register = a.sealed(
-        &sim,
-        &Message::Register {
-            lan: vec![],
-            hostname: None,
-        },
-    );
-    let mut forged = register.clone();
-    forged[60] ^= 1;
-    assert_eq!(sim.send(Port::Main, a.at, &forged), None);
-    assert_eq!(sim.server.counters().refused(Refusal::BadSignature), 1);
-    assert_eq!(sim.server.registered(), 0);
-
-    assert!(sim.send(Port::Main, a.at, &register).is_some());
-    let moved: SocketAddr = "192.0.2.66:1".parse().unwrap();
-    assert_eq!(sim.send(Port::Main, moved, &register), None, "replay");
-    assert_eq!(sim.server.counters().refused(Refusal::Replay), 1);
-    assert_eq!(
-        sim.server.registration(&a.key(), sim.now).unwrap().observed,
-        a.at
-    );
-
-    let old = a.sealed(&sim, &Message::NatProbe);
-    sim.now += Duration::from_secs(31);
-    assert_eq!(sim.send(Port::Main, a.at, &old), None);
-    assert_eq!(sim.server.counters().refused(Refusal::Stale), 1);
-
-    // Register belongs on the main port; Punch is never sent to a rendezvous.
-    let on_alt = a.sealed(
-        &sim,
-        &Message::Register {
-            lan: vec![],
-            hostname: None,
-        },
-    );
-    assert_eq!(sim.send(Port::Alt, a.at, &on_alt), None);
-    let punch = Message::Punch {
-        peer: a.key(),
-        peer_nat: NatKind::None,
-        candidates: vec![],
-    };
-    assert_eq!(a.ask(&mut sim, Port::Main, &punch), None);
-    assert_eq!(sim.server.counters().refused(Refusal::Unexpected), 2);
-    assert_eq!(sim.server.counters().registrations, 1);
-}
-
-#[test]
-fn nat_probes_are_answered_per_port_and_classify_the_nat() {
-    let mut sim = Sim::new();
-    // Endpoint-independent: both ports see the same endpoint.
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    a.register(&mut sim, &["10.0.0.1:51870"], &[]);
-    for (port, number) in [(Port::Main, MAIN), (Port::Alt, ALT)] {
-        let d = a.sealed(&sim, &Message::NatProbe);
-        let sent = sim.send(port, a.at, &d).unwrap();
-        assert_eq!(sent.0, port, "answered from the port asked");
-        let Message::NatProbeReply {
-            observed,
-            port: told,
-            ..
-        } = sim.message(&sent)
-        else {
-            panic!()
-        };
-        assert_eq!((observed, told), (a.at, number));
+/// `a` submits a complete record with `b`, issued now; `b` takes delivery and acknowledges it.
+fn trust(sim: &mut Sim, a: &mut Client, b: &mut Client) {
+    let record = b.record_with(a, sim.now_ms());
+    assert!(matches!(
+        a.submit(sim, &record),
+        Some(Message::Stored { .. })
+    ));
+    for (id, _, statement) in sim.deliveries_to(b.at) {
+        assert_eq!(statement, record);
+        b.ack(sim, id);
     }
-    let nat = |sim: &Sim, c: &Client| sim.server.registration(&c.key(), sim.now).unwrap().nat;
-    assert_eq!(nat(&sim, &a), NatKind::EndpointIndependent);
-
-    // Endpoint-dependent: the alternate port sees another mapping.
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    b.register(&mut sim, &[], &[]);
-    assert_eq!(nat(&sim, &b), NatKind::Unknown);
-    let d = b.sealed(&sim, &Message::NatProbe);
-    sim.send(Port::Alt, "203.0.113.2:40999".parse().unwrap(), &d)
-        .unwrap();
-    assert_eq!(nat(&sim, &b), NatKind::EndpointDependent);
-
-    // No NAT: seen at one of its own endpoints.
-    let mut c = Client::new(3, "192.0.2.3:51870");
-    c.register(&mut sim, &["192.0.2.3:51870"], &[]);
-    assert_eq!(nat(&sim, &c), NatKind::None);
-
-    // Unregistered keys are answered but not remembered.
-    let mut d = Client::new(4, "192.0.2.4:1");
-    assert!(d.ask(&mut sim, Port::Alt, &Message::NatProbe).is_some());
-    assert_eq!(sim.server.registered(), 3);
-    assert_eq!(sim.server.counters().nat_probes, 4);
+    assert!(sim.server.ledger().trusted(&a.key(), &b.key()));
 }
 
-#[test]
-fn silent_nodes_expire_and_refreshes_are_written_lazily() {
-    let mut sim = Sim::new();
-    let (mut a, mut b) = pair(&mut sim);
-    let registered_ms = sim.store.get(&a.key()).unwrap().last_seen_ms;
-    sim.advance(Duration::from_secs(20));
-    a.register(&mut sim, &["10.0.0.1:51870"], &[b.key()]);
-    assert_eq!(
-        sim.store.get(&a.key()).unwrap().last_seen_ms,
-        registered_ms,
-        "lazy"
-    );
-    let (when, why) = sim.server.poll_timeout().unwrap();
-    assert_eq!((when, why), (sim.now + FLUSH_INTERVAL, "flush"));
-    sim.advance(FLUSH_INTERVAL);
-    assert_eq!(
-        sim.store.get(&a.key()).unwrap().last_seen_ms,
-        registered_ms + 20_000
-    );
-
-    // b has been silent since t0: it expires at t0 + 80 s.
-    assert_eq!(
-        sim.server.poll_timeout().unwrap(),
-        (sim.t0 + Duration::from_secs(80), "expiry")
-    );
-    sim.advance(Duration::from_secs(50));
-    assert_eq!(sim.server.counters().expired, 1);
-    assert!(sim.server.registration(&b.key(), sim.now).is_none());
-    let connect = Message::Connect { target: b.key() };
-    assert!(matches!(
-        a.ask(&mut sim, Port::Main, &connect),
-        Some(Message::Refused {
-            code: RefusalCode::UnknownTarget,
-            ..
-        })
-    ));
-    // It stays in the store until purged, and comes back by registering.
-    assert!(sim.store.get(&b.key()).is_some());
-    b.register(&mut sim, &[], &[a.key()]);
-    assert!(sim.server.registration(&b.key(), sim.now).is_some());
-}
-
-#[test]
-fn a_restarted_server_keeps_fresh_registrations() {
-    let mut sim = Sim::new();
-    let (mut a, b) = pair(&mut sim);
-    let mut old = Client::new(5, "192.0.2.5:5");
-    old.register(&mut sim, &[], &[]);
-    sim.advance(Duration::from_secs(60));
-    a.register(&mut sim, &["10.0.0.1:51870"], &[b.key()]);
-    // Crash 5 s later, before the lazy write of a's refresh: a new server on the same store
-    // and the same wall clock.
-    sim.now += Duration::from_secs(5);
-    sim.server = Server::new(
-        Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT),
-        Box::new(sim.store.clone()),
-        8,
-        WallClock::new(sim.t0, EPOCH_MS),
-        sim.now,
-    )
-    .unwrap();
-    assert_eq!(sim.server.registered(), 3);
-    let connect = Message::Connect { target: b.key() };
-    assert!(matches!(
-        a.ask(&mut sim, Port::Main, &connect),
-        Some(Message::Punch { .. })
-    ));
-    assert_eq!(
-        sim.poll().unwrap().1,
-        b.at,
-        "b is punched without re-registering"
-    );
-    // At most the one unwritten refresh was lost: a's next keepalive comes before the
-    // expiry of the refresh before it.
-    sim.advance(Duration::from_secs(10));
-    a.register(&mut sim, &["10.0.0.1:51870"], &[b.key()]);
-    sim.advance(Duration::from_secs(6));
-    assert_eq!(sim.server.registered(), 1);
-    assert!(sim.server.registration(&a.key(), sim.now).is_some());
-}
-
-#[test]
-fn a_full_registry_refuses_new_nodes_but_refreshes_old_ones() {
-    let mut sim = Sim::with(MemoryStore::new(), |c| c.max_nodes = 2);
-    let (mut a, b) = pair(&mut sim);
-    let mut c = Client::new(3, "192.0.2.3:3");
-    assert!(matches!(
-        c.register(&mut sim, &[], &[]),
-        Some(Message::Refused {
-            code: RefusalCode::RateLimited,
-            ..
-        })
-    ));
-    assert_eq!(sim.server.counters().refused(Refusal::RegistryFull), 1);
-    assert!(matches!(
-        a.register(&mut sim, &[], &[b.key()]),
-        Some(Message::Registered { .. })
-    ));
-}
-
-#[test]
-fn junk_never_panics_and_changes_nothing() {
-    let mut sim = Sim::new();
-    let (a, _b) = pair(&mut sim);
-    let before = sim.store.get(&a.key());
-    let mut x = 0x2545_f491_u32;
-    let mut junk = vec![0u8; 400];
-    for len in 0..400 {
-        for byte in junk.iter_mut().take(len) {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *byte = x as u8;
-        }
-        // Half of them look like Pilot control or relay datagrams.
-        if len > 0 && len % 2 == 0 {
-            junk[0] = 0x50 + (x % 8) as u8;
-        }
-        for port in [Port::Main, Port::Alt] {
-            assert_eq!(sim.send(port, a.at, &junk[..len]), None, "{len}");
-        }
+/// The refusal code of a reply.
+fn refused(reply: Option<Message>) -> RefusalCode {
+    match reply {
+        Some(Message::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(sim.store.get(&a.key()), before);
-    assert_eq!(sim.server.registered(), 2);
-    assert_eq!(sim.server.counters().registrations, 2);
 }

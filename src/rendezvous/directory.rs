@@ -1,0 +1,180 @@
+//! Who is who: the hostname each key holds, and which key is behind a 48-bit address, and the
+//! `Lookup` that asks about them.
+//!
+//! A key is known while it holds a hostname or has a registration in memory. Names outlive
+//! the registration's expiry (a node that is offline for a day keeps its name) and are
+//! released only when the store purges the registration. Addresses are a 48-bit hash, so two
+//! keys may share one; the key that was known first keeps answering for it, so a key ground
+//! to collide with a known node's address cannot take over its lookups.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::control::Request;
+use super::relay::Rate;
+use super::{Refusal, Server, Transmit, LOOKUP_RATE};
+use crate::addr::{Hostname, NodeAddr};
+use crate::identity::NodeKey;
+use crate::wire::control::{Found, Message, Query, RefusalCode};
+
+/// `Lookup`s per second from senders that are not registered, all together: they have no
+/// entry to keep a bucket in, and keys cost nothing to make.
+const STRANGER_LOOKUP_RATE: Rate = Rate {
+    per_sec: 50,
+    burst: 100,
+};
+
+#[derive(Debug, Default)]
+pub(super) struct Directory {
+    names: BTreeMap<Hostname, NodeKey>,
+    keys: BTreeMap<NodeKey, Known>,
+    /// Keys per address, in the order they became known (nearly always one).
+    by_address: BTreeMap<NodeAddr, Vec<NodeKey>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    name: Option<Hostname>,
+    registered: bool,
+}
+
+impl Directory {
+    /// The key holding `name`.
+    pub fn holder(&self, name: &Hostname) -> Option<NodeKey> {
+        self.names.get(name).copied()
+    }
+
+    /// The hostname `key` holds.
+    pub fn name_of(&self, key: &NodeKey) -> Option<&Hostname> {
+        self.keys.get(key)?.name.as_ref()
+    }
+
+    /// The key answering for `address`.
+    pub fn at_address(&self, address: NodeAddr) -> Option<NodeKey> {
+        self.by_address.get(&address)?.first().copied()
+    }
+
+    pub fn knows(&self, key: &NodeKey) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Gives `key` the hostname `name`, releasing the one it held; `None` releases it. The
+    /// caller has checked that no other key holds `name`.
+    pub fn set_name(&mut self, key: NodeKey, name: Option<Hostname>) {
+        if let Some(name) = &name {
+            debug_assert!(self.holder(name).is_none_or(|k| k == key), "{name} taken");
+            self.names.insert(name.clone(), key);
+        }
+        let released = self.update(key, |known| {
+            let old = std::mem::replace(&mut known.name, name);
+            old.filter(|old| Some(old) != known.name.as_ref())
+        });
+        if let Some(released) = released {
+            self.names.remove(&released);
+        }
+    }
+
+    /// Whether `key` has a registration in memory.
+    pub fn set_registered(&mut self, key: NodeKey, registered: bool) {
+        self.update(key, |known| {
+            known.registered = registered;
+            None::<()>
+        });
+    }
+
+    /// Runs `change` on what is known of `key` (new if unknown), then keeps the address index
+    /// in step; returns what `change` returned.
+    fn update<T>(
+        &mut self,
+        key: NodeKey,
+        change: impl FnOnce(&mut Known) -> Option<T>,
+    ) -> Option<T> {
+        let new = !self.keys.contains_key(&key);
+        let known = self.keys.entry(key).or_default();
+        let result = change(known);
+        let empty = known.name.is_none() && !known.registered;
+        let address = key.address();
+        if empty {
+            self.keys.remove(&key);
+            if let Some(keys) = self.by_address.get_mut(&address) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.by_address.remove(&address);
+                }
+            }
+        } else if new {
+            self.by_address.entry(address).or_default().push(key);
+        }
+        result
+    }
+}
+
+impl Server {
+    /// Answers `Lookup`: the key with a hostname or address, or the hostname of a key.
+    pub(super) fn lookup<'a>(
+        &mut self,
+        req: Request,
+        query: Query,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let allowed = match self.registry.fresh_mut(&req.sender, now) {
+            Some(entry) => entry.buckets.lookups.take(LOOKUP_RATE, 1, now),
+            None => self.stranger_lookups.take(STRANGER_LOOKUP_RATE, 1, now),
+        };
+        if !allowed {
+            self.counters.refuse(Refusal::RateLimited);
+            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        }
+        if self.registry.fresh(&req.sender, now).is_some() {
+            self.follow(req.sender, req.from, now);
+        }
+        let key = match &query {
+            Query::Name(name) => self.directory.holder(name),
+            Query::Address(address) => self.directory.at_address(*address),
+            Query::Key(key) => self.directory.knows(key).then_some(*key),
+        };
+        let found = key.map(|key| Found {
+            key,
+            hostname: self.directory.name_of(&key).cloned(),
+        });
+        self.counters.lookups += 1;
+        let reply = Message::LookupReply {
+            echo: req.nonce,
+            found,
+        };
+        self.reply(req, &reply, now, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Hostname {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn names_and_addresses_follow_their_keys() {
+        let (a, b) = (NodeKey([1; 32]), NodeKey([2; 32]));
+        let mut d = Directory::default();
+        d.set_name(a, Some(name("alice")));
+        d.set_registered(b, true);
+        assert_eq!(d.holder(&name("alice")), Some(a));
+        assert_eq!(d.at_address(a.address()), Some(a));
+        assert_eq!(d.at_address(b.address()), Some(b));
+        // Renaming releases the old name.
+        d.set_name(a, Some(name("alicia")));
+        assert_eq!(d.holder(&name("alice")), None);
+        assert_eq!(d.name_of(&a), Some(&name("alicia")));
+        // Known while it has a name or a registration; forgotten when it has neither.
+        d.set_registered(b, false);
+        assert!(!d.knows(&b));
+        assert_eq!(d.at_address(b.address()), None);
+        d.set_name(a, None);
+        assert_eq!(d.holder(&name("alicia")), None);
+        assert!(!d.knows(&a));
+        assert!(d.by_address.is_empty() && d.names.is_empty());
+    }
+}

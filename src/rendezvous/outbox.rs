@@ -1,0 +1,224 @@
+//! Trust statements on their way to a node: delivered with `Deliver` until the node answers
+//! `Ack`, however often it comes and goes.
+//!
+//! Every item is in the store before it is in memory, and leaves memory only once its
+//! deletion (on `Ack`, or at the end of its lifetime) is in the store, so a restart neither
+//! loses nor resurrects one. A node gets its items:
+//!
+//! - at once, when one is stored while the node is registered and fresh;
+//! - when it registers (a node that was away catches up at once), and right after a restart
+//!   of the rendezvous if it is still registered, at most [`DELIVERY_ROUND`] at a time,
+//!   oldest first;
+//! - again every [`RESEND_INTERVAL`] while any is unacknowledged and the node is fresh
+//!   (a lost `Deliver` or `Ack` costs seconds, not a keepalive).
+//!
+//! Rounds are scheduled per node, not per item, so a node with many items costs one timer.
+//! A `Register` starts them only when they are not running: `Register` is not rate-limited
+//! and its source address is not proven (UDP), so a round per `Register` would let anyone who
+//! can spoof a source address turn a small datagram into a round of deliveries aimed at
+//! somebody else. Running rounds reach a node within [`RESEND_INTERVAL`], at its new endpoint
+//! if it moved.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::control::Request;
+use super::{Port, Server};
+use crate::identity::NodeKey;
+use crate::wire::control::Message;
+use crate::wire::trust::Statement;
+
+/// Most `Deliver`s sent to one node per round.
+pub const DELIVERY_ROUND: usize = 32;
+/// How long an unacknowledged delivery waits before it is sent again.
+pub const RESEND_INTERVAL: Duration = Duration::from_secs(2);
+
+/// One statement for one node.
+#[derive(Debug, Clone)]
+pub(super) struct Item {
+    pub target: NodeKey,
+    pub statement: Statement,
+    pub stored_ms: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    items: BTreeMap<u64, Item>,
+    /// Each node's item ids; ids grow, so iteration is oldest first.
+    by_target: BTreeMap<NodeKey, BTreeSet<u64>>,
+    /// When each node's next round is due, and the same ordered by time.
+    rounds: BTreeMap<NodeKey, Instant>,
+    due: BTreeSet<(Instant, NodeKey)>,
+}
+
+impl Outbox {
+    pub fn insert(&mut self, id: u64, item: Item) {
+        self.by_target.entry(item.target).or_default().insert(id);
+        self.items.insert(id, item);
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Item> {
+        self.items.get(&id)
+    }
+
+    /// Removes an item; a node left without items has no more rounds.
+    pub fn remove(&mut self, id: u64) -> Option<Item> {
+        let item = self.items.remove(&id)?;
+        if let Some(ids) = self.by_target.get_mut(&item.target) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_target.remove(&item.target);
+                self.unschedule(&item.target);
+            }
+        }
+        Some(item)
+    }
+
+    /// `target`'s items, oldest first.
+    pub fn of<'a>(&'a self, target: &NodeKey) -> impl Iterator<Item = (u64, &'a Item)> + 'a {
+        let ids = self.by_target.get(target).into_iter().flatten();
+        ids.filter_map(|id| Some((*id, self.items.get(id)?)))
+    }
+
+    pub fn count(&self, target: &NodeKey) -> usize {
+        self.by_target.get(target).map_or(0, BTreeSet::len)
+    }
+
+    /// Nodes with items.
+    pub fn targets(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        self.by_target.keys().copied()
+    }
+
+    /// Sets `target`'s next round to `at`.
+    pub fn schedule(&mut self, target: NodeKey, at: Instant) {
+        self.unschedule(&target);
+        self.rounds.insert(target, at);
+        self.due.insert((at, target));
+    }
+
+    pub fn is_scheduled(&self, target: &NodeKey) -> bool {
+        self.rounds.contains_key(target)
+    }
+
+    pub fn unschedule(&mut self, target: &NodeKey) {
+        if let Some(at) = self.rounds.remove(target) {
+            self.due.remove(&(at, *target));
+        }
+    }
+
+    pub fn next_round(&self) -> Option<Instant> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// A node whose round is due at `now`, taken off the schedule.
+    pub fn take_due(&mut self, now: Instant) -> Option<NodeKey> {
+        let &(at, target) = self.due.first().filter(|(at, _)| *at <= now)?;
+        self.due.remove(&(at, target));
+        self.rounds.remove(&target);
+        Some(target)
+    }
+
+    /// Forgets items stored before `stored_before_ms` (already purged from the store).
+    pub fn purge(&mut self, stored_before_ms: u64) {
+        let old: Vec<u64> = self
+            .items
+            .iter()
+            .filter(|(_, item)| item.stored_ms < stored_before_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.remove(id);
+        }
+    }
+}
+
+impl Server {
+    /// Sends `target` its oldest items now if it is fresh, and schedules the next round;
+    /// a node that is gone or has nothing waiting gets no more rounds until it registers.
+    pub(super) fn delivery_round(&mut self, target: NodeKey, now: Instant) {
+        let Some(to) = self.registry.fresh(&target, now).map(|e| e.observed) else {
+            self.outbox.unschedule(&target);
+            return;
+        };
+        let ids: Vec<u64> = self
+            .outbox
+            .of(&target)
+            .take(DELIVERY_ROUND)
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        for id in ids {
+            self.send_delivery(id, to, now);
+        }
+        self.outbox.schedule(target, now + RESEND_INTERVAL);
+    }
+
+    /// Sends a just-stored item at once if its target is fresh, rather than at its next round,
+    /// and starts the target's rounds if none are running.
+    pub(super) fn deliver_new(&mut self, id: u64, now: Instant) {
+        let Some(target) = self.outbox.get(id).map(|i| i.target) else {
+            return;
+        };
+        let Some(to) = self.registry.fresh(&target, now).map(|e| e.observed) else {
+            return;
+        };
+        self.send_delivery(id, to, now);
+        if !self.outbox.is_scheduled(&target) {
+            self.outbox.schedule(target, now + RESEND_INTERVAL);
+        }
+    }
+
+    /// After a `Register` of `target`: a round now, unless its rounds are running already.
+    pub(super) fn start_deliveries(&mut self, target: NodeKey, now: Instant) {
+        if !self.outbox.is_scheduled(&target) {
+            self.delivery_round(target, now);
+        }
+    }
+
+    /// Runs every round due at `now`.
+    pub(super) fn run_deliveries(&mut self, now: Instant) {
+        while let Some(target) = self.outbox.take_due(now) {
+            self.delivery_round(target, now);
+        }
+    }
+
+    /// Handles `Ack`: the target has stored the item, so it is deleted (from the store first;
+    /// if that fails the item stays and is delivered, and acknowledged, again). Acks for ids
+    /// that are unknown or belong to another node are ignored.
+    pub(super) fn ack(&mut self, req: Request, id: u64, now: Instant) {
+        if self.outbox.get(id).is_none_or(|i| i.target != req.sender) {
+            tracing::trace!(node = %req.sender, id, "ack for no delivery of this node");
+            return;
+        }
+        if self.registry.fresh(&req.sender, now).is_some() {
+            self.follow(req.sender, req.from, now);
+        }
+        if let Err(e) = self.store.delivered(id) {
+            self.store_error(&e);
+            return;
+        }
+        self.store_ok();
+        self.outbox.remove(id);
+        self.counters.acks += 1;
+        tracing::debug!(node = %req.sender, id, "delivery acknowledged");
+    }
+
+    fn send_delivery(&mut self, id: u64, to: SocketAddr, now: Instant) {
+        let Some(item) = self.outbox.get(id) else {
+            return;
+        };
+        // Named after the party that is not the target: who asks, approves or revokes.
+        let (low, high) = item.statement.pair();
+        let other = if low == item.target { high } else { low };
+        let message = Message::Deliver {
+            id,
+            from_name: self.directory.name_of(&other).cloned(),
+            statement: item.statement.clone(),
+        };
+        self.queue(Port::Main, to, &message, now);
+        self.counters.deliveries += 1;
+    }
+}

@@ -1,0 +1,341 @@
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::rendezvous::store::NewDelivery;
+use crate::wire::trust::{Revocation, TrustRecord, TrustRequest};
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn temp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pilot-sqlite-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn record(n: u8) -> Registration {
+    Registration {
+        key: NodeKey([n; 32]),
+        observed: "192.0.2.1:4000".parse().unwrap(),
+        lan: vec![
+            "10.0.0.2:51870".parse().unwrap(),
+            "[fe80::1]:51870".parse().unwrap(),
+        ],
+        hostname: Some(format!("node-{n}").parse().unwrap()),
+        nat: NatKind::EndpointIndependent,
+        first_seen_ms: 1_700_000_000_000,
+        last_seen_ms: 1_700_000_025_000 + u64::from(n),
+    }
+}
+
+fn signer(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn public(n: u8) -> NodeKey {
+    NodeKey(signer(n).verifying_key().to_bytes())
+}
+
+fn trust(a: u8, b: u8, issued_ms: u64) -> Statement {
+    let record = TrustRecord::approve(&signer(b), public(a), issued_ms)
+        .unwrap()
+        .countersign(&signer(a), NOW)
+        .unwrap();
+    Statement::Record(record)
+}
+
+fn request(from: u8, to: u8) -> Statement {
+    Statement::Request(TrustRequest::sign(&signer(from), public(to), NOW, 1, "hello").unwrap())
+}
+
+fn deliver(target: NodeKey, statement: &Statement, stored_ms: u64) -> Submission<'_> {
+    Submission {
+        deliver: Some(NewDelivery {
+            target,
+            statement,
+            stored_ms,
+        }),
+        ..Submission::default()
+    }
+}
+
+#[test]
+fn saved_records_survive_reopening_with_mode_0600() {
+    let dir = temp("reopen");
+    let path = dir.join(DB_FILE);
+    let mut changed = record(1);
+    changed.lan.clear();
+    changed.hostname = None;
+    changed.nat = NatKind::Unknown;
+    {
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.save(&[record(1), record(2)]).unwrap();
+        store.save(std::slice::from_ref(&changed)).unwrap();
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    let mut loaded = store.load().unwrap().registrations;
+    loaded.sort_by_key(|r| r.key);
+    assert_eq!(loaded, vec![changed, record(2)]);
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let purged = store.purge(1_700_000_025_002, 0).unwrap();
+    assert_eq!(purged.keys, vec![NodeKey([1; 32])]);
+    assert_eq!(store.load().unwrap().registrations, vec![record(2)]);
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn names_follow_their_registration_and_go_when_it_is_purged() {
+    let dir = temp("names");
+    let mut store = SqliteStore::open(&dir.join(DB_FILE)).unwrap();
+    let mut one = record(1);
+    store.save(&[one.clone(), record(2)]).unwrap();
+    // Renaming releases the old name, which another key may then take.
+    one.hostname = Some("renamed".parse().unwrap());
+    let mut three = record(3);
+    three.hostname = Some("node-1".parse().unwrap());
+    store.save(&[one.clone()]).unwrap();
+    store.save(&[three.clone()]).unwrap();
+    let mut loaded = store.load().unwrap().registrations;
+    loaded.sort_by_key(|r| r.key);
+    assert_eq!(loaded, vec![one, record(2), three.clone()]);
+    // Purging node 2 and 1 frees their names; 3 keeps its own.
+    let purged = store.purge(1_700_000_025_003, 0).unwrap();
+    assert_eq!(purged.keys.len(), 2);
+    let names: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM names", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(names, 1);
+    assert_eq!(store.load().unwrap().registrations, vec![three]);
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ledger_and_outbox_survive_reopening_and_ids_are_never_reused() {
+    let dir = temp("outbox");
+    let path = dir.join(DB_FILE);
+    let record = trust(1, 2, NOW);
+    let revoked = Statement::Revocation(
+        Revocation::sign(&signer(2), public(1), NOW + 1, "no longer needed").unwrap(),
+    );
+    let ask = request(3, 4);
+    {
+        let mut store = SqliteStore::open(&path).unwrap();
+        let first = Submission {
+            ledger: Some(&record),
+            ..deliver(public(1), &record, NOW)
+        };
+        assert_eq!(store.submit(&first).unwrap(), Some(1));
+        // The revocation replaces the pair's row and the undelivered record.
+        let second = Submission {
+            ledger: Some(&revoked),
+            replaces: Some(1),
+            ..deliver(public(1), &revoked, NOW + 1)
+        };
+        assert_eq!(store.submit(&second).unwrap(), Some(2));
+        store.delivered(2).unwrap();
+        // The highest id was deleted; the next one is still new.
+        assert_eq!(
+            store.submit(&deliver(public(4), &ask, NOW + 2)).unwrap(),
+            Some(3)
+        );
+        assert_eq!(store.submit(&Submission::default()).unwrap(), None);
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.ledger, vec![revoked]);
+    assert_eq!(
+        snapshot.outbox,
+        vec![OutboxItem {
+            id: 3,
+            target: public(4),
+            statement: ask,
+            stored_ms: NOW + 2
+        }]
+    );
+    assert_eq!(store.purge(0, NOW + 3).unwrap().deliveries, 1);
+    assert!(store.load().unwrap().outbox.is_empty());
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn undecodable_ledger_and_outbox_rows_are_skipped_and_kept() {
+    let dir = temp("badstatement");
+    let mut store = SqliteStore::open(&dir.join(DB_FILE)).unwrap();
+    let good = trust(1, 2, NOW);
+    let other = trust(3, 4, NOW);
+    let ask = request(5, 6);
+    for statement in [&good, &other] {
+        store
+            .submit(&Submission {
+                ledger: Some(statement),
+                ..Submission::default()
+            })
+            .unwrap();
+    }
+    store.submit(&deliver(public(6), &ask, NOW)).unwrap();
+    store.submit(&deliver(public(6), &ask, NOW)).unwrap();
+    let (low, _) = other.pair();
+    store
+        .conn
+        .execute(
+            "UPDATE ledger SET statement = x'02ff' WHERE low = ?1",
+            [&low.0[..]],
+        )
+        .unwrap();
+    store
+        .conn
+        .execute("UPDATE outbox SET statement = x'00' WHERE id = 1", [])
+        .unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.ledger, vec![good]);
+    assert_eq!(snapshot.outbox.len(), 1);
+    assert_eq!(snapshot.outbox[0].id, 2);
+    let rows: i64 = store
+        .conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM ledger) + (SELECT count(*) FROM outbox)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 4, "never deleted");
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_version_1_database_is_migrated_in_place_keeping_registrations() {
+    let dir = temp("migrate");
+    let path = dir.join(DB_FILE);
+    {
+        let v1 = Connection::open(&path).unwrap();
+        v1.execute_batch(
+            "CREATE TABLE registrations (
+                key BLOB PRIMARY KEY CHECK (length(key) = 32),
+                observed TEXT NOT NULL,
+                lan TEXT NOT NULL,
+                allow BLOB NOT NULL,
+                nat TEXT NOT NULL,
+                first_seen_ms INTEGER NOT NULL,
+                last_seen_ms INTEGER NOT NULL
+            ) STRICT;
+            PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        v1.execute(
+            "INSERT INTO registrations VALUES (?1, '192.0.2.1:4000', '10.0.0.2:51870', ?2, \
+             'endpoint_dependent', 1700000000000, 1700000025000)",
+            params![&[7u8; 32][..], &[9u8; 64][..]],
+        )
+        .unwrap();
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.load().unwrap().registrations,
+        vec![Registration {
+            key: NodeKey([7; 32]),
+            observed: "192.0.2.1:4000".parse().unwrap(),
+            lan: vec!["10.0.0.2:51870".parse().unwrap()],
+            hostname: None,
+            nat: NatKind::EndpointDependent,
+            first_seen_ms: 1_700_000_000_000,
+            last_seen_ms: 1_700_000_025_000,
+        }]
+    );
+    let version: i64 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let allow: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('registrations') WHERE name = 'allow'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(allow, 0, "allow column dropped");
+    // The new tables work.
+    store.save(&[record(1)]).unwrap();
+    store
+        .submit(&deliver(public(2), &request(1, 2), NOW))
+        .unwrap();
+    drop(store);
+    // Reopening a version 2 file changes nothing.
+    let mut store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().registrations.len(), 2);
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_alone() {
+    let dir = temp("newer");
+    let path = dir.join(DB_FILE);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE future (x); PRAGMA user_version = 3;")
+        .unwrap();
+    let err = SqliteStore::open(&path).err().expect("must refuse");
+    assert!(
+        matches!(err, StoreError::NewerSchema { version: 3, .. }),
+        "{err}"
+    );
+    let tables: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 1, "nothing created");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_opener_is_refused_while_the_first_holds_the_lock() {
+    let dir = temp("lock");
+    let path = dir.join(DB_FILE);
+    let first = SqliteStore::open(&path).unwrap();
+    let err = SqliteStore::open(&path)
+        .err()
+        .expect("second open must fail");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    drop(first);
+    SqliteStore::open(&path).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error_and_left_alone() {
+    let dir = temp("corrupt");
+    let path = dir.join(DB_FILE);
+    let junk = b"this is not an SQLite database, but it is somebody's file".repeat(100);
+    fs::write(&path, &junk).unwrap();
+    let err = SqliteStore::open(&path).err().expect("must refuse");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("move it away"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), junk, "never wiped");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn undecodable_registrations_are_reported_not_skipped() {
+    let dir = temp("badrow");
+    let path = dir.join(DB_FILE);
+    let mut store = SqliteStore::open(&path).unwrap();
+    store.save(&[record(1)]).unwrap();
+    store
+        .conn
+        .execute("UPDATE registrations SET observed = 'nowhere'", [])
+        .unwrap();
+    let err = store.load().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,253 @@
+//! `Submit`: which trust statements the rendezvous takes from whom, and where they go.
+//!
+//! | statement | the sender must be | it goes to |
+//! |---|---|---|
+//! | request | the requester | the target's outbox |
+//! | approval (half record) | its signer | the unsigned party's outbox |
+//! | complete record | one of its parties | the ledger, and the other party's outbox |
+//! | revocation | its signer | the ledger, and the other party's outbox |
+//!
+//! Everything is verified here as the nodes will verify it, so junk is refused at the door
+//! instead of being stored and delivered; the nodes still trust nothing on the rendezvous'
+//! word. `Stored` is sent only once the change is in the store. A statement that changes
+//! nothing (a resubmission after a node restart, or one a newer statement has superseded) is
+//! answered `Stored` as well: what the node wanted kept is kept.
+//!
+//! An outbox holds at most one item per kind (request, approval, ledger statement) and other
+//! party; a newer one replaces it. Requests and approvals, which anyone may send to anyone,
+//! are capped at [`MAX_OUTBOX`] per node. Ledger changes are not: a revocation must take
+//! effect even while somebody floods the other party's outbox, and each partner can hold at
+//! most one ledger item there.
+
+use std::time::Instant;
+
+use super::control::Request;
+use super::outbox::Item;
+use super::store::{NewDelivery, Submission};
+use super::{Refusal, Server, Transmit, SUBMIT_RATE};
+use crate::identity::NodeKey;
+use crate::wire::control::{Message, RefusalCode};
+use crate::wire::trust::{PairState, Statement, TrustError, TrustLedger};
+
+/// Most requests and approvals waiting for one node.
+pub const MAX_OUTBOX: usize = 64;
+
+/// What an item is for, in its target's outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request,
+    Approval,
+    Ledger,
+}
+
+/// What to do with a statement that verified.
+#[derive(Debug)]
+enum Plan {
+    /// Nothing new: it is known already, or superseded by what is.
+    Known,
+    /// Store it for `target` (replacing an older item), and admit it to the ledger if `ledger`.
+    Deliver {
+        target: NodeKey,
+        ledger: bool,
+        replaces: Option<u64>,
+    },
+}
+
+/// Why a statement is refused.
+#[derive(Debug, thiserror::Error)]
+enum Bad {
+    #[error("the sender is not the statement's signer")]
+    NotSigner,
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl Server {
+    pub(super) fn submit<'a>(
+        &mut self,
+        req: Request,
+        statement: Statement,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let Some(sender) = self.registry.fresh_mut(&req.sender, now) else {
+            self.counters.refuse(Refusal::NotRegistered);
+            return self.refusal_reply(req, RefusalCode::NotRegistered, now, out);
+        };
+        if !sender.buckets.submits.take(SUBMIT_RATE, 1, now) {
+            self.counters.refuse(Refusal::RateLimited);
+            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        }
+        self.follow(req.sender, req.from, now);
+        let now_ms = self.clock.unix_ms(now);
+        let plan = match self.plan(&req.sender, &statement, now_ms) {
+            Ok(plan) => plan,
+            Err(bad) => {
+                self.counters.refuse(Refusal::BadStatement);
+                tracing::debug!(node = %req.sender, "trust statement refused: {bad}");
+                return self.refusal_reply(req, RefusalCode::BadStatement, now, out);
+            }
+        };
+        let Plan::Deliver {
+            target,
+            ledger,
+            replaces,
+        } = plan
+        else {
+            return self.reply(req, &Message::Stored { echo: req.nonce }, now, out);
+        };
+        if !ledger && replaces.is_none() && self.outbox.count(&target) >= MAX_OUTBOX {
+            self.counters.refuse(Refusal::OutboxFull);
+            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        }
+        let submission = Submission {
+            ledger: ledger.then_some(&statement),
+            replaces,
+            deliver: Some(NewDelivery {
+                target,
+                statement: &statement,
+                stored_ms: now_ms,
+            }),
+        };
+        let id = match self.store.submit(&submission) {
+            Ok(id) => id,
+            Err(e) => {
+                self.store_error(&e);
+                self.counters.refuse(Refusal::StoreFailed);
+                return None;
+            }
+        };
+        self.store_ok();
+        if ledger {
+            self.admit(statement.clone(), now_ms);
+        }
+        if let Some(old) = replaces {
+            self.outbox.remove(old);
+        }
+        if let Some(id) = id {
+            let item = Item {
+                target,
+                statement,
+                stored_ms: now_ms,
+            };
+            self.outbox.insert(id, item);
+            self.deliver_new(id, now);
+        }
+        self.counters.statements_stored += 1;
+        tracing::debug!(from = %req.sender, to = %target, ledger, "trust statement stored");
+        self.reply(req, &Message::Stored { echo: req.nonce }, now, out)
+    }
+
+    /// Checks that `sender` may submit `statement` and that it verifies, and decides what it
+    /// changes. Changes nothing itself.
+    fn plan(&self, sender: &NodeKey, statement: &Statement, now_ms: u64) -> Result<Plan, Bad> {
+        match statement {
+            Statement::Request(r) => {
+                if r.requester != *sender {
+                    return Err(Bad::NotSigner);
+                }
+                r.verify(now_ms)?;
+                Ok(self.plan_delivery(r.target, statement, Kind::Request))
+            }
+            Statement::Record(r) if !r.is_complete() => {
+                let target = r.other(sender)?;
+                r.verify_half(sender, now_ms)?;
+                Ok(self.plan_delivery(target, statement, Kind::Approval))
+            }
+            Statement::Record(r) => {
+                let target = r.other(sender)?;
+                r.verify(now_ms)?;
+                Ok(self.plan_ledger(target, statement))
+            }
+            Statement::Revocation(v) => {
+                if v.by != *sender {
+                    return Err(Bad::NotSigner);
+                }
+                v.verify(now_ms)?;
+                Ok(self.plan_ledger(v.other, statement))
+            }
+        }
+    }
+
+    /// A new item for `target`, unless it holds this statement or a newer one of its kind
+    /// from the same party.
+    fn plan_delivery(&self, target: NodeKey, statement: &Statement, kind: Kind) -> Plan {
+        match self.outbox_item(&target, statement, kind) {
+            Some((_, held))
+                if held.statement == *statement
+                    || held.statement.issued_ms() > statement.issued_ms() =>
+            {
+                Plan::Known
+            }
+            held => Plan::Deliver {
+                target,
+                ledger: false,
+                replaces: held.map(|(id, _)| id),
+            },
+        }
+    }
+
+    /// A ledger change delivered to `target`, if the statement takes effect.
+    fn plan_ledger(&self, target: NodeKey, statement: &Statement) -> Plan {
+        if !takes_effect(&self.ledger, statement) {
+            return Plan::Known;
+        }
+        Plan::Deliver {
+            target,
+            ledger: true,
+            replaces: self
+                .outbox_item(&target, statement, Kind::Ledger)
+                .map(|(id, _)| id),
+        }
+    }
+
+    /// The item of this kind about the same pair in `target`'s outbox.
+    fn outbox_item(
+        &self,
+        target: &NodeKey,
+        statement: &Statement,
+        kind: Kind,
+    ) -> Option<(u64, &Item)> {
+        let pair = statement.pair();
+        self.outbox
+            .of(target)
+            .find(|(_, item)| kind_of(&item.statement) == kind && item.statement.pair() == pair)
+    }
+
+    /// Admits a stored record or revocation to the ledger (it was verified just before).
+    fn admit(&mut self, statement: Statement, now_ms: u64) {
+        let admitted = match statement {
+            Statement::Record(r) => self.ledger.admit_record(r, now_ms),
+            Statement::Revocation(v) => self.ledger.admit_revocation(v, now_ms),
+            Statement::Request(_) => Ok(false),
+        };
+        debug_assert_eq!(admitted, Ok(true), "takes_effect disagrees with the ledger");
+    }
+}
+
+fn kind_of(statement: &Statement) -> Kind {
+    match statement {
+        Statement::Request(_) => Kind::Request,
+        Statement::Record(r) if !r.is_complete() => Kind::Approval,
+        Statement::Record(_) | Statement::Revocation(_) => Kind::Ledger,
+    }
+}
+
+/// Whether admitting this verified record or revocation would change its pair's state: the
+/// ledger's own rule (the newest wins, a revocation wins a tie), asked before the store write
+/// because the ledger can only be changed, not rolled back, and nothing may change in memory
+/// unless it is durable.
+fn takes_effect(ledger: &TrustLedger, statement: &Statement) -> bool {
+    let (a, b) = statement.pair();
+    let issued = statement.issued_ms();
+    let known = match ledger.state(&a, &b) {
+        None => return !matches!(statement, Statement::Request(_)),
+        Some(PairState::Trusted(r)) => (r.issued_ms, false),
+        Some(PairState::Revoked(v)) => (v.issued_ms, true),
+    };
+    match (statement, known) {
+        (Statement::Request(_), _) => false,
+        (Statement::Record(_), (at, _)) => issued > at,
+        (Statement::Revocation(_), (at, revoked)) => issued > at || (issued == at && !revoked),
+    }
+}

@@ -1,0 +1,197 @@
+//! Delivery of trust statements: to nodes that are away, across restarts, until acknowledged.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+use crate::wire::trust::{TrustRequest, REQUEST_LIFETIME_MS};
+
+fn request(from: &Client, to: &Client, issued_ms: u64) -> Statement {
+    let request = TrustRequest::sign(from.signing_key(), to.key(), issued_ms, 7, "backups");
+    Statement::Request(request.unwrap())
+}
+
+/// a (named "alice") asks b, who is not registered; the request reaches b when b registers
+/// after a restart of the server, is resent until b acknowledges it, and is gone after that.
+fn a_request_waits_for_its_target_across_a_restart(
+    mut sim: Sim,
+    reopen: impl Fn() -> Box<dyn Store>,
+) {
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    a.register_as(&mut sim, &[], Some("alice")).unwrap();
+    let ask = request(&a, &b, sim.now_ms());
+    assert!(matches!(
+        a.submit(&mut sim, &ask),
+        Some(Message::Stored { .. })
+    ));
+    assert_eq!(sim.drain(), vec![], "b is not registered");
+    assert_ne!(sim.server.poll_timeout().unwrap().1, "delivery");
+
+    sim.now += Duration::from_secs(10);
+    sim.restart(&reopen);
+    assert!(matches!(
+        b.register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+    let delivered = sim.deliveries_to(b.at);
+    let [(id, from_name, statement)] = &delivered[..] else {
+        panic!("{delivered:?}")
+    };
+    let id = *id;
+    assert_eq!(
+        from_name.as_deref(),
+        Some("alice"),
+        "named by the requester"
+    );
+    assert_eq!(statement, &ask);
+
+    // Unacknowledged, it comes again every two seconds. An ack from a is not b's.
+    assert_eq!(
+        sim.server.poll_timeout().unwrap(),
+        (sim.now + RESEND_INTERVAL, "delivery")
+    );
+    sim.advance(RESEND_INTERVAL);
+    assert_eq!(sim.deliveries_to(b.at)[0].0, id);
+    a.ack(&mut sim, id);
+    sim.advance(RESEND_INTERVAL);
+    assert_eq!(sim.deliveries_to(b.at)[0].0, id);
+
+    b.ack(&mut sim, id);
+    assert_eq!(sim.server.counters().acks, 1);
+    sim.advance(RESEND_INTERVAL * 5);
+    assert_eq!(
+        sim.deliveries_to(b.at),
+        vec![],
+        "acknowledged: no more resends"
+    );
+
+    // Acknowledged means deleted from the store: not even a restart brings it back.
+    sim.restart(&reopen);
+    b.register(&mut sim, &[]).unwrap();
+    assert_eq!(sim.deliveries_to(b.at), vec![]);
+}
+
+#[test]
+fn a_request_waits_for_its_target_across_a_restart_in_memory() {
+    let store = MemoryStore::new();
+    let sim = Sim::with(store.clone(), |_| {});
+    a_request_waits_for_its_target_across_a_restart(sim, || Box::new(store.clone()));
+    assert!(store
+        .outbox(&Client::new(2, "192.0.2.2:2").key())
+        .is_empty());
+}
+
+#[test]
+fn a_request_waits_for_its_target_across_a_restart_in_sqlite() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("pilot-rdv-outbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(DB_FILE);
+    let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&path).unwrap()) };
+    let sim = Sim::on(open(), |_| {});
+    a_request_waits_for_its_target_across_a_restart(sim, open);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_returning_node_gets_its_items_in_rounds_oldest_first() {
+    let mut sim = Sim::new();
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    let total = DELIVERY_ROUND + 8;
+    for n in 0..total {
+        let n = 10 + n as u8;
+        let mut c = Client::new(n, &format!("192.0.2.{n}:1"));
+        c.register(&mut sim, &[]).unwrap();
+        let ask = request(&c, &b, sim.now_ms());
+        c.submit(&mut sim, &ask).unwrap();
+    }
+    b.register(&mut sim, &[]).unwrap();
+    let first = sim.deliveries_to(b.at);
+    assert_eq!(first.len(), DELIVERY_ROUND);
+    let ids: Vec<u64> = first.iter().map(|d| d.0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    for id in ids {
+        b.ack(&mut sim, id);
+    }
+    sim.advance(RESEND_INTERVAL);
+    let rest = sim.deliveries_to(b.at);
+    assert_eq!(rest.len(), 8);
+    for (id, ..) in rest {
+        b.ack(&mut sim, id);
+    }
+    assert!(sim.store.outbox(&b.key()).is_empty());
+    assert_ne!(sim.server.poll_timeout().unwrap().1, "delivery");
+}
+
+#[test]
+fn a_fresh_target_is_told_at_once_and_until_it_acknowledges_or_leaves() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    a.register(&mut sim, &[]).unwrap();
+    b.register(&mut sim, &[]).unwrap();
+    let ask = request(&a, &b, sim.now_ms());
+    a.submit(&mut sim, &ask).unwrap();
+    let (id, from_name, _) = sim.deliveries_to(b.at).remove(0);
+    assert_eq!(from_name, None, "a has no hostname");
+
+    // An ack that cannot be stored does not count: the item comes again.
+    sim.store.fail_writes(true);
+    b.ack(&mut sim, id);
+    assert_eq!(sim.server.counters().acks, 0);
+    sim.advance(RESEND_INTERVAL);
+    assert_eq!(sim.deliveries_to(b.at).len(), 1);
+    sim.store.fail_writes(false);
+
+    // b goes silent: resends stop when it expires (80 s after its registration)...
+    let sent = sim.server.counters().deliveries;
+    sim.advance(Duration::from_secs(100));
+    let resent = sim.server.counters().deliveries - sent;
+    assert!((38..=40).contains(&resent), "{resent}");
+    sim.drain();
+    assert_ne!(sim.server.poll_timeout().unwrap().1, "delivery");
+    // ...and start again when it is back.
+    b.register(&mut sim, &[]).unwrap();
+    assert_eq!(sim.deliveries_to(b.at)[0].0, id);
+    b.ack(&mut sim, id);
+    assert_eq!(sim.server.counters().acks, 1);
+}
+
+#[test]
+fn registering_again_does_not_multiply_deliveries() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    a.register(&mut sim, &[]).unwrap();
+    let ask = request(&a, &b, sim.now_ms());
+    a.submit(&mut sim, &ask).unwrap();
+    // A burst of registrations (a node, or someone spoofing its source address) gets one
+    // round; the next comes with the running schedule, at b's latest endpoint.
+    for _ in 0..5 {
+        b.register(&mut sim, &[]).unwrap();
+    }
+    assert_eq!(sim.deliveries_to(b.at).len(), 1);
+    b.at = "203.0.113.2:50000".parse().unwrap();
+    b.register(&mut sim, &[]).unwrap();
+    assert_eq!(sim.drain(), vec![]);
+    sim.advance(RESEND_INTERVAL);
+    assert_eq!(sim.deliveries_to(b.at).len(), 1);
+}
+
+#[test]
+fn undelivered_items_are_purged_after_their_lifetime() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    a.register(&mut sim, &[]).unwrap();
+    let ask = request(&a, &b, sim.now_ms());
+    a.submit(&mut sim, &ask).unwrap();
+    sim.advance(Duration::from_millis(REQUEST_LIFETIME_MS) - Duration::from_secs(3600));
+    assert_eq!(sim.store.outbox(&b.key()).len(), 1, "kept for its lifetime");
+    sim.advance(Duration::from_secs(2 * 3600));
+    assert!(sim.store.outbox(&b.key()).is_empty());
+    b.register(&mut sim, &[]).unwrap();
+    assert_eq!(sim.deliveries_to(b.at), vec![]);
+}

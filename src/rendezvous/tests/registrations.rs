@@ -1,0 +1,255 @@
+//! Registration: durability, replays and forgeries, NAT classification, expiry, restarts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn registration_is_stored_before_it_is_acknowledged() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let d = a.sealed(
+        &sim,
+        &Message::Register {
+            lan: vec![],
+            hostname: None,
+        },
+    );
+    let sent = sim.send(Port::Main, a.at, &d).unwrap();
+    assert_eq!((sent.0, sent.1), (Port::Main, a.at));
+    assert_eq!(
+        sim.message(&sent),
+        Message::Registered {
+            echo: a.nonce,
+            observed: a.at,
+            keepalive_secs: 25
+        }
+    );
+    assert_eq!(sim.store.get(&a.key()).unwrap().observed, a.at);
+    assert_eq!(sim.server.counters().registrations, 1);
+
+    // With the store failing, a new registration is not acknowledged and not held.
+    sim.store.fail_writes(true);
+    let mut b = Client::new(2, "198.51.100.2:1");
+    assert_eq!(b.register(&mut sim, &[]), None);
+    assert_eq!(sim.server.counters().refused(Refusal::StoreFailed), 1);
+    assert!(sim.server.registration(&b.key(), sim.now).is_none());
+    sim.store.fail_writes(false);
+    assert!(b.register(&mut sim, &[]).is_some());
+}
+
+#[test]
+fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let register = a.sealed(
+        &sim,
+        &Message::Register {
+            lan: vec![],
+            hostname: None,
+        },
+    );
+    let mut forged = register.clone();
+    forged[60] ^= 1;
+    assert_eq!(sim.send(Port::Main, a.at, &forged), None);
+    assert_eq!(sim.server.counters().refused(Refusal::BadSignature), 1);
+    assert_eq!(sim.server.registered(), 0);
+
+    assert!(sim.send(Port::Main, a.at, &register).is_some());
+    let moved: SocketAddr = "192.0.2.66:1".parse().unwrap();
+    assert_eq!(sim.send(Port::Main, moved, &register), None, "replay");
+    assert_eq!(sim.server.counters().refused(Refusal::Replay), 1);
+    assert_eq!(
+        sim.server.registration(&a.key(), sim.now).unwrap().observed,
+        a.at
+    );
+
+    let old = a.sealed(&sim, &Message::NatProbe);
+    sim.now += Duration::from_secs(31);
+    assert_eq!(sim.send(Port::Main, a.at, &old), None);
+    assert_eq!(sim.server.counters().refused(Refusal::Stale), 1);
+
+    // Register belongs on the main port; Punch is never sent to a rendezvous.
+    let on_alt = a.sealed(
+        &sim,
+        &Message::Register {
+            lan: vec![],
+            hostname: None,
+        },
+    );
+    assert_eq!(sim.send(Port::Alt, a.at, &on_alt), None);
+    let punch = Message::Punch {
+        peer: a.key(),
+        peer_nat: NatKind::None,
+        candidates: vec![],
+    };
+    assert_eq!(a.ask(&mut sim, Port::Main, &punch), None);
+    assert_eq!(sim.server.counters().refused(Refusal::Unexpected), 2);
+    assert_eq!(sim.server.counters().registrations, 1);
+}
+
+#[test]
+fn nat_probes_are_answered_per_port_and_classify_the_nat() {
+    let mut sim = Sim::new();
+    // Endpoint-independent: both ports see the same endpoint.
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    a.register(&mut sim, &["10.0.0.1:51870"]);
+    for (port, number) in [(Port::Main, MAIN), (Port::Alt, ALT)] {
+        let d = a.sealed(&sim, &Message::NatProbe);
+        let sent = sim.send(port, a.at, &d).unwrap();
+        assert_eq!(sent.0, port, "answered from the port asked");
+        let Message::NatProbeReply {
+            observed,
+            port: told,
+            ..
+        } = sim.message(&sent)
+        else {
+            panic!()
+        };
+        assert_eq!((observed, told), (a.at, number));
+    }
+    let nat = |sim: &Sim, c: &Client| sim.server.registration(&c.key(), sim.now).unwrap().nat;
+    assert_eq!(nat(&sim, &a), NatKind::EndpointIndependent);
+
+    // Endpoint-dependent: the alternate port sees another mapping.
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    b.register(&mut sim, &[]);
+    assert_eq!(nat(&sim, &b), NatKind::Unknown);
+    let d = b.sealed(&sim, &Message::NatProbe);
+    sim.send(Port::Alt, "203.0.113.2:40999".parse().unwrap(), &d)
+        .unwrap();
+    assert_eq!(nat(&sim, &b), NatKind::EndpointDependent);
+
+    // No NAT: seen at one of its own endpoints.
+    let mut c = Client::new(3, "192.0.2.3:51870");
+    c.register(&mut sim, &["192.0.2.3:51870"]);
+    assert_eq!(nat(&sim, &c), NatKind::None);
+
+    // Unregistered keys are answered but not remembered.
+    let mut d = Client::new(4, "192.0.2.4:1");
+    assert!(d.ask(&mut sim, Port::Alt, &Message::NatProbe).is_some());
+    assert_eq!(sim.server.registered(), 3);
+    assert_eq!(sim.server.counters().nat_probes, 4);
+}
+
+#[test]
+fn silent_nodes_expire_and_refreshes_are_written_lazily() {
+    let mut sim = Sim::new();
+    let (mut a, mut b) = pair(&mut sim);
+    let registered_ms = sim.store.get(&a.key()).unwrap().last_seen_ms;
+    sim.advance(Duration::from_secs(20));
+    a.register(&mut sim, &["10.0.0.1:51870"]);
+    assert_eq!(
+        sim.store.get(&a.key()).unwrap().last_seen_ms,
+        registered_ms,
+        "lazy"
+    );
+    let (when, why) = sim.server.poll_timeout().unwrap();
+    assert_eq!((when, why), (sim.now + FLUSH_INTERVAL, "flush"));
+    sim.advance(FLUSH_INTERVAL);
+    assert_eq!(
+        sim.store.get(&a.key()).unwrap().last_seen_ms,
+        registered_ms + 20_000
+    );
+
+    // b has been silent since t0: it expires at t0 + 80 s.
+    assert_eq!(
+        sim.server.poll_timeout().unwrap(),
+        (sim.t0 + Duration::from_secs(80), "expiry")
+    );
+    sim.advance(Duration::from_secs(50));
+    assert_eq!(sim.server.counters().expired, 1);
+    assert!(sim.server.registration(&b.key(), sim.now).is_none());
+    let connect = Message::Connect { target: b.key() };
+    assert!(matches!(
+        a.ask(&mut sim, Port::Main, &connect),
+        Some(Message::Refused {
+            code: RefusalCode::UnknownTarget,
+            ..
+        })
+    ));
+    // It stays in the store until purged, and comes back by registering.
+    assert!(sim.store.get(&b.key()).is_some());
+    b.register(&mut sim, &[]);
+    assert!(sim.server.registration(&b.key(), sim.now).is_some());
+}
+
+#[test]
+fn a_restarted_server_keeps_fresh_registrations() {
+    let mut sim = Sim::new();
+    let (mut a, b) = pair(&mut sim);
+    let mut old = Client::new(5, "192.0.2.5:5");
+    old.register(&mut sim, &[]);
+    sim.advance(Duration::from_secs(60));
+    a.register(&mut sim, &["10.0.0.1:51870"]);
+    // Crash 5 s later, before the lazy write of a's refresh: a new server on the same store
+    // and the same wall clock. The trust record comes back with it.
+    sim.now += Duration::from_secs(5);
+    let store = sim.store.clone();
+    sim.restart(|| Box::new(store));
+    assert_eq!(sim.server.registered(), 3);
+    let connect = Message::Connect { target: b.key() };
+    assert!(matches!(
+        a.ask(&mut sim, Port::Main, &connect),
+        Some(Message::Punch { .. })
+    ));
+    assert_eq!(
+        sim.poll().unwrap().1,
+        b.at,
+        "b is punched without re-registering"
+    );
+    // At most the one unwritten refresh was lost: a's next keepalive comes before the
+    // expiry of the refresh before it.
+    sim.advance(Duration::from_secs(10));
+    a.register(&mut sim, &["10.0.0.1:51870"]);
+    sim.advance(Duration::from_secs(6));
+    assert_eq!(sim.server.registered(), 1);
+    assert!(sim.server.registration(&a.key(), sim.now).is_some());
+}
+
+#[test]
+fn a_full_registry_refuses_new_nodes_but_refreshes_old_ones() {
+    let mut sim = Sim::with(MemoryStore::new(), |c| c.max_nodes = 2);
+    let (mut a, _b) = pair(&mut sim);
+    let mut c = Client::new(3, "192.0.2.3:3");
+    assert!(matches!(
+        c.register(&mut sim, &[]),
+        Some(Message::Refused {
+            code: RefusalCode::RateLimited,
+            ..
+        })
+    ));
+    assert_eq!(sim.server.counters().refused(Refusal::RegistryFull), 1);
+    assert!(matches!(
+        a.register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+}
+
+#[test]
+fn junk_never_panics_and_changes_nothing() {
+    let mut sim = Sim::new();
+    let (a, _b) = pair(&mut sim);
+    let before = sim.store.get(&a.key());
+    let mut x = 0x2545_f491_u32;
+    let mut junk = vec![0u8; 400];
+    for len in 0..400 {
+        for byte in junk.iter_mut().take(len) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *byte = x as u8;
+        }
+        // Half of them look like Pilot control or relay datagrams.
+        if len > 0 && len % 2 == 0 {
+            junk[0] = 0x50 + (x % 8) as u8;
+        }
+        for port in [Port::Main, Port::Alt] {
+            assert_eq!(sim.send(port, a.at, &junk[..len]), None, "{len}");
+        }
+    }
+    assert_eq!(sim.store.get(&a.key()), before);
+    assert_eq!(sim.server.registered(), 2);
+    assert_eq!(sim.server.counters().registrations, 2);
+}
