@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use pilot::clock::WallClock;
 use pilot::identity::Identity;
-use pilot::node::{NetOutput, Node, NodeConfig, PathKind, RendezvousConfig, TrustState, TunOutput};
+use pilot::node::{
+    DropReason, NetOutput, Node, NodeConfig, PathKind, PeerConfig, RendezvousConfig, TrustState,
+    TunOutput,
+};
 use pilot::rendezvous::{Config, MemoryStore, Port, Refusal, Server};
 use pilot::wire::control::{Message, NatKind as Measured, REGISTER};
 use pilot::wire::envelope;
@@ -587,8 +590,53 @@ fn nothing_passes_until_both_sides_agree_and_untrust_stops_it() {
     sim.run_for(Duration::from_secs(2));
     assert!(!sim.nodes[y].node.is_trusted(&kx), "{}", sim.debug());
     assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 0);
-    assert_eq!(traffic(&mut sim, y, x, Duration::from_secs(2)), 0);
     assert_eq!(sim.path(y, x), PathKind::None);
+
+    // Trust again, then x revokes and y comes back as a node that ignores it: x configured as
+    // a static peer at its public endpoint. x's gate alone must keep it out.
+    sim.nodes[x].node.handshake(ky, "again", sim.now).unwrap();
+    sim.drain_node(x);
+    sim.run_for(Duration::from_secs(1));
+    sim.nodes[y].node.approve(kx, sim.now).unwrap();
+    sim.drain_node(y);
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        traffic(&mut sim, x, y, Duration::from_secs(2)) > 0,
+        "{}",
+        sim.debug()
+    );
+    sim.nodes[x].node.untrust(ky, sim.now).unwrap();
+    sim.drain_node(x);
+    sim.run_for(Duration::from_secs(1));
+    sim.nodes[y].node = Node::new(NodeConfig {
+        identity: identity(2),
+        peers: vec![PeerConfig {
+            key: kx,
+            endpoint: Some("203.0.113.1:51870".parse().unwrap()),
+        }],
+        trust: TrustState::default(),
+        hostname: None,
+        auto_approve: false,
+        keepalive: Some(25),
+        seed: 99,
+        rendezvous: None,
+        lan: vec![sim.nodes[y].local],
+        local_port: NODE_PORT,
+        clock: sim.clock,
+    })
+    .unwrap();
+    let refused = sim.nodes[x].node.counters().get(DropReason::Untrusted);
+    assert_eq!(
+        traffic(&mut sim, x, y, Duration::from_secs(3)),
+        0,
+        "{}",
+        sim.debug()
+    );
+    assert!(
+        sim.nodes[x].node.counters().get(DropReason::Untrusted) > refused + 20,
+        "y's handshakes reached x and were refused\n{}",
+        sim.debug()
+    );
 }
 
 #[test]
