@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use lab::{ctl, eventually, ns_exec, Lab, NodeHandle, PILOTD};
+use lab::{ctl, eventually, ns_exec, Lab, NodeHandle};
 
 const RDV: &str = "203.0.113.10:7000";
 

@@ -147,15 +147,16 @@ impl DataPlane {
 }
 
 impl Core {
+    /// The loop: waits for the socket, the TUN, the next timer or a command, handles it, and
+    /// sends what the node has for the network.
     async fn run(
         &mut self,
         io: &Io,
         commands: &mut mpsc::Receiver<Command>,
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> io::Result<()> {
-        let core = self;
         loop {
-            let wake = core
+            let wake = self
                 .node
                 .poll_timeout()
                 .map_or_else(|| Instant::now() + IDLE, |(t, _)| t);
@@ -163,27 +164,28 @@ impl Core {
                 () = &mut shutdown => return Ok(()),
                 guard = io.udp.readable() => {
                     let mut guard = guard?;
-                    match core.recv.recv(io.udp.get_ref()) {
-                        Ok(n) => core.on_datagrams(&io, n),
+                    match self.recv.recv(io.udp.get_ref()) {
+                        Ok(n) => self.on_datagrams(io, n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                         Err(e) => tracing::debug!("udp receive: {e}"),
                     }
                 }
                 guard = io.tun.readable() => {
                     let mut guard = guard?;
-                    if core.on_tun_readable(&io).await? {
+                    if self.on_tun_readable(io).await? {
                         guard.clear_ready();
                     }
                 }
-                () = tokio::time::sleep_until(wake.into()) => core.node.handle_timeout(Instant::now()),
-                Some(command) = commands.recv() => core.on_command(command),
+                () = tokio::time::sleep_until(wake.into()) => self.node.handle_timeout(Instant::now()),
+                Some(command) = commands.recv() => self.on_command(command),
             }
-            core.drain_node(io).await?;
-            if let Some(why) = core.fatal.take() {
+            self.drain_node(io).await?;
+            if let Some(why) = self.fatal.take() {
                 return Err(io::Error::other(why));
             }
         }
     }
+
     /// Decrypts a received batch; plaintext goes to the TUN, replies to the send batch.
     fn on_datagrams(&mut self, io: &Io, count: usize) {
         let now = Instant::now();

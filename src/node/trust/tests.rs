@@ -47,18 +47,23 @@ impl Two {
 #[test]
 fn handshake_approve_countersign_opens_both_gates() {
     let mut t = Two::new();
-    let (outcome, gate) = t
-        .a
-        .handshake(&signing(1), key(2), "nightly sync", NOW, 7)
-        .unwrap();
-    assert_eq!((outcome, gate), (HandshakeOutcome::Requested, Gate::Unchanged));
+    let (outcome, gate) =
+        t.a.handshake(&signing(1), key(2), "nightly sync", NOW, 7)
+            .unwrap();
+    assert_eq!(
+        (outcome, gate),
+        (HandshakeOutcome::Requested, Gate::Unchanged)
+    );
     t.carry(true, NOW + 10);
     let pending: Vec<_> = t.b.incoming(NOW + 10).collect();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].request.justification, "nightly sync");
     assert!(!t.a.is_trusted(&key(2)) && !t.b.is_trusted(&key(1)));
 
-    assert_eq!(t.b.approve(&signing(2), key(1), NOW + 20), Ok(Gate::Unchanged));
+    assert_eq!(
+        t.b.approve(&signing(2), key(1), NOW + 20),
+        Ok(Gate::Unchanged)
+    );
     assert!(!t.b.is_trusted(&key(1)), "one signature is not trust");
     // a countersigns on its own because it asked.
     assert_eq!(t.carry(false, NOW + 30), vec![Gate::Opened(key(2))]);
@@ -89,7 +94,13 @@ fn approving_or_rejecting_what_nobody_asked_fails_and_changes_nothing() {
         Err(VerbError::SelfTrust)
     );
     assert_eq!(
-        b.handshake(&signing(2), key(1), &"x".repeat(MAX_JUSTIFICATION + 1), NOW, 1),
+        b.handshake(
+            &signing(2),
+            key(1),
+            &"x".repeat(MAX_JUSTIFICATION + 1),
+            NOW,
+            1
+        ),
         Err(VerbError::TooLong)
     );
     assert!(b.unsubmitted().is_empty());
@@ -128,7 +139,13 @@ fn forged_and_altered_statements_are_refused() {
     // A revocation about other nodes.
     let elsewhere = Revocation::sign(&signing(1), key(3), NOW, "").unwrap();
     assert_eq!(
-        b.receive(&signing(2), Statement::Revocation(elsewhere), None, false, NOW),
+        b.receive(
+            &signing(2),
+            Statement::Revocation(elsewhere),
+            None,
+            false,
+            NOW
+        ),
         Err(TrustError::NotAParty)
     );
     assert_eq!(b.incoming(NOW).count(), 0);
@@ -142,7 +159,13 @@ fn expired_requests_are_refused_and_dropped() {
     let old = TrustRequest::sign(&signing(1), key(2), NOW, 1, "").unwrap();
     let late = NOW + REQUEST_LIFETIME_MS + 1;
     assert_eq!(
-        b.receive(&signing(2), Statement::Request(old.clone()), None, false, late),
+        b.receive(
+            &signing(2),
+            Statement::Request(old.clone()),
+            None,
+            false,
+            late
+        ),
         Err(TrustError::Expired)
     );
     b.receive(&signing(2), Statement::Request(old), None, false, NOW)
@@ -196,20 +219,26 @@ fn revocations_win_over_older_records_and_replays() {
     assert_eq!(t.carry(false, NOW + 101), vec![Gate::Closed(key(2))]);
     // The old record, replayed (by the rendezvous or anyone): refused by the ledger.
     let old = Statement::decode(&decode_hex(&record).unwrap()).unwrap();
-    let r = t
-        .a
-        .receive(&signing(1), old.clone(), None, false, NOW + 200)
-        .unwrap();
+    let r =
+        t.a.receive(&signing(1), old.clone(), None, false, NOW + 200)
+            .unwrap();
     assert_eq!(r.gate, Gate::Unchanged);
     assert!(!t.a.is_trusted(&key(2)));
     // The old request, replayed to b: answered (revoked) since, so not pending again.
     let request = TrustRequest::sign(&signing(1), key(2), NOW, 1, "").unwrap();
-    t.b.receive(&signing(2), Statement::Request(request), None, false, NOW + 200)
-        .unwrap();
+    t.b.receive(
+        &signing(2),
+        Statement::Request(request),
+        None,
+        false,
+        NOW + 200,
+    )
+    .unwrap();
     assert_eq!(t.b.incoming(NOW + 200).count(), 0);
 
     // A new handshake after the revocation works again: the new record is newer.
-    t.a.handshake(&signing(1), key(2), "again", NOW + 300, 2).unwrap();
+    t.a.handshake(&signing(1), key(2), "again", NOW + 300, 2)
+        .unwrap();
     t.carry(true, NOW + 300);
     assert_eq!(t.b.incoming(NOW + 300).count(), 1);
     t.b.approve(&signing(2), key(1), NOW + 400).unwrap();
@@ -221,7 +250,8 @@ fn revocations_win_over_older_records_and_replays() {
 #[test]
 fn a_rejection_reaches_the_requester_with_its_reason() {
     let mut t = Two::new();
-    t.a.handshake(&signing(1), key(2), "please", NOW, 1).unwrap();
+    t.a.handshake(&signing(1), key(2), "please", NOW, 1)
+        .unwrap();
     t.carry(true, NOW);
     t.b.reject(&signing(2), key(1), "not on a Friday", NOW + 5)
         .unwrap();
