@@ -320,3 +320,72 @@ fn non_root_start_fails_with_the_documented_message() {
         .status
         .success());
 }
+
+#[test]
+fn pilotctl_daemon_start_status_stop_round_trip() {
+    if !lab::privileged("pilotctl_daemon_start_status_stop_round_trip") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let ns = lab.netns("d");
+    let node = lab.node(&ns, "d", "");
+    let sock = node.control.to_str().unwrap().to_owned();
+    let state = node.state_dir.to_str().unwrap().to_owned();
+    let pilotctl = |args: &[&str]| {
+        let mut cmd = vec![lab::PILOTCTL, "--control", &sock, "daemon"];
+        cmd.extend_from_slice(args);
+        ns_exec(&ns, &cmd)
+    };
+    let out = pilotctl(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "not running yet");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
+
+    let out = pilotctl(&["start", "--no-systemd", "--", "--state-dir", &state]);
+    let running_pid = || node.info()["pid"].as_u64();
+    // Whatever happens next, the daemon started here must not outlive the test.
+    struct Kill(Option<u64>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+    let mut guard = Kill(None);
+    assert!(
+        out.status.success(),
+        "start: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    guard.0 = running_pid();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(&node.address), "{text}");
+    // pilotctl has returned; the daemon runs on, detached from it.
+    let out = pilotctl(&["status", "--json"]);
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["address"], node.address.as_str());
+    assert_eq!(status["pid"].as_u64(), guard.0);
+    // Starting again is harmless.
+    assert!(
+        pilotctl(&["start", "--no-systemd", "--", "--state-dir", &state])
+            .status
+            .success()
+    );
+
+    let out = pilotctl(&["stop", "--no-systemd"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    guard.0 = None;
+    assert_eq!(pilotctl(&["status"]).status.code(), Some(3));
+    // A clean stop: the interface is gone and nothing is listening on the socket.
+    let links = ns_exec(&ns, &["ip", "-o", "link"]);
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("pilot0"));
+    assert!(!node.control.exists());
+}

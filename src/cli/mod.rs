@@ -3,3 +3,4 @@
 pub mod pilotctl;
 pub mod pilotd;
 pub mod rendezvous;
+mod service;

@@ -86,6 +86,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start, stop or check the local pilotd (through systemd when its unit is installed).
+    Daemon {
+        #[command(subcommand)]
+        command: super::service::DaemonCommand,
+    },
     /// Trusted peers, and requests and approvals in flight.
     Trust {
         #[arg(long)]
@@ -130,6 +135,9 @@ pub fn main() -> ExitCode {
         }
         Command::Untrust { peer, json } => verb(&socket, Request::Untrust { peer }, json),
         Command::Trust { json } => trust(&socket, json),
+        Command::Daemon { command } => {
+            super::service::run(&socket, command).map_err(ClientError::Daemon)
+        }
         Command::Ping {
             peer,
             count,

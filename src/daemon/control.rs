@@ -97,6 +97,8 @@ pub struct InfoReply {
     pub pending: usize,
     pub drops: serde_json::Map<String, serde_json::Value>,
     pub version: String,
+    /// The daemon's process id (for `pilotctl daemon stop`).
+    pub pid: u32,
 }
 
 /// A peer as the trust verbs name it.

@@ -587,6 +587,7 @@ impl Core {
             pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
             drops,
             version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
         }
     }
 

@@ -1,0 +1,268 @@
+//! `pilotctl daemon start|stop|status`: the local node daemon as a service. Where the systemd
+//! unit is installed and systemd runs, these are `systemctl start|stop pilotd`; elsewhere
+//! `start` runs `pilotd up` in the background (detached, logging to a file next to its state)
+//! and `stop` sends it SIGTERM, found through the pid its control socket reports.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::daemon::control::{self, ClientError, InfoReply, Request};
+
+/// How long `start` waits for the daemon to answer, and `stop` for it to exit.
+const WAIT: Duration = Duration::from_secs(15);
+/// The unit `start`/`stop` hand over to when it is installed.
+const UNIT: &str = "pilotd.service";
+const UNIT_DIRS: [&str; 3] = [
+    "/etc/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+];
+
+/// Exit status of `status` when the daemon is not running (as `systemctl status` does).
+const NOT_RUNNING: u8 = 3;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DaemonCommand {
+    /// Start pilotd: through systemd when its unit is installed, else `pilotd up` in the
+    /// background. Returns once the daemon answers on its control socket.
+    Start {
+        /// Configuration file for `pilotd up --config` (background mode).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log file of the background daemon [default: pilotd.log next to the control socket]
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Run `pilotd up` directly even if the systemd unit is installed.
+        #[arg(long)]
+        no_systemd: bool,
+        /// More `pilotd up` flags, after `--`.
+        #[arg(last = true)]
+        up_args: Vec<String>,
+    },
+    /// Stop pilotd cleanly (SIGTERM, or `systemctl stop`); waits until it has exited.
+    Stop {
+        /// Signal the daemon directly even if the systemd unit is installed.
+        #[arg(long)]
+        no_systemd: bool,
+    },
+    /// Whether pilotd runs, and its address. Exit status 3 when it does not.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(socket: &Path, command: DaemonCommand) -> Result<ExitCode, String> {
+    match command {
+        DaemonCommand::Start {
+            config,
+            log,
+            no_systemd,
+            up_args,
+        } => start(socket, config, log, no_systemd, &up_args),
+        DaemonCommand::Stop { no_systemd } => stop(socket, no_systemd),
+        DaemonCommand::Status { json } => status(socket, json),
+    }
+}
+
+fn info(socket: &Path) -> Result<InfoReply, ClientError> {
+    let value = control::request(socket, &Request::Info {}, Duration::from_secs(5))?;
+    serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// The unit is installed and systemd is the running init.
+fn systemd_unit() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+        && UNIT_DIRS.iter().any(|d| Path::new(d).join(UNIT).exists())
+}
+
+fn systemctl(verb: &str) -> Result<(), String> {
+    let status = Command::new("systemctl")
+        .args([verb, UNIT])
+        .status()
+        .map_err(|e| format!("running systemctl: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "systemctl {verb} {UNIT} failed ({status}); see `journalctl -u pilotd`"
+        ))
+    }
+}
+
+fn start(
+    socket: &Path,
+    config: Option<PathBuf>,
+    log: Option<PathBuf>,
+    no_systemd: bool,
+    up_args: &[String],
+) -> Result<ExitCode, String> {
+    if let Ok(info) = info(socket) {
+        println!("pilotd already runs (pid {}, {})", info.pid, info.address);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !no_systemd && systemd_unit() {
+        if config.is_some() || !up_args.is_empty() {
+            return Err(format!(
+                "{UNIT} is installed: its settings live in /etc/pilot/pilotd.toml (or use --no-systemd)"
+            ));
+        }
+        systemctl("start")?;
+    } else {
+        spawn(socket, config, log, up_args)?;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match info(socket) {
+            Ok(info) => {
+                println!(
+                    "pilotd started (pid {}): {} ({})",
+                    info.pid, info.address, info.node
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("pilotd did not come up within {WAIT:?}: {e}")),
+        }
+    }
+}
+
+/// Runs `pilotd up` detached from this terminal (its own session, stdin closed, output to
+/// `log`); fails early if it exits during start-up, with the end of its log.
+fn spawn(
+    socket: &Path,
+    config: Option<PathBuf>,
+    log: Option<PathBuf>,
+    up_args: &[String],
+) -> Result<(), String> {
+    let log = log.unwrap_or_else(|| socket.with_file_name("pilotd.log"));
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let err = file.try_clone().map_err(|e| e.to_string())?;
+    let mut command = Command::new(pilotd_binary());
+    command.arg("up").arg("--control").arg(socket);
+    if let Some(config) = &config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .args(up_args)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe and touches no memory of this process.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("starting pilotd: {e}"))?;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!(
+                "pilotd exited during start-up ({status}); from {}:\n{}",
+                log.display(),
+                tail.join("\n")
+            ));
+        }
+        if info(socket).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `pilotd` next to this `pilotctl`, else the one on PATH.
+fn pilotd_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("pilotd")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("pilotd"))
+}
+
+fn stop(socket: &Path, no_systemd: bool) -> Result<ExitCode, String> {
+    if !no_systemd && systemd_unit() {
+        systemctl("stop")?;
+        println!("pilotd stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let info = match info(socket) {
+        Ok(info) => info,
+        Err(ClientError::NotRunning { .. }) => {
+            println!("pilotd is not running");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let pid = nix::unistd::Pid::from_raw(info.pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| format!("signalling pilotd (pid {}): {e}", info.pid))?;
+    let deadline = Instant::now() + WAIT;
+    // Gone when the pid no longer exists (kill with no signal fails with ESRCH).
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "pilotd (pid {}) did not exit within {WAIT:?}",
+                info.pid
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("pilotd stopped (pid {})", info.pid);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
+    match info(socket) {
+        Ok(info) => {
+            if json {
+                let value = serde_json::json!({
+                    "running": true,
+                    "pid": info.pid,
+                    "address": info.address,
+                    "node": info.node,
+                    "hostname": info.hostname,
+                    "peers": info.peers,
+                    "trusted": info.trusted,
+                    "pending": info.pending,
+                    "managed_by_systemd": systemd_unit(),
+                });
+                println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+            } else {
+                let name = info.hostname.as_deref().unwrap_or("-");
+                println!(
+                    "pilotd is running (pid {}): {} ({}), hostname {name}, {} peers, {} trusted, {} pending",
+                    info.pid, info.address, info.node, info.peers, info.trusted, info.pending
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ClientError::NotRunning { .. }) => {
+            if json {
+                println!("{}", serde_json::json!({ "running": false }));
+            } else {
+                println!("pilotd is not running (no answer on {})", socket.display());
+            }
+            Ok(ExitCode::from(NOT_RUNNING))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
