@@ -128,8 +128,10 @@ EOF
         python3 -m http.server --bind :: --directory "$site" "$HTTP_PORT"
     tn_wait_listen b :: "$HTTP_PORT"
 
-    local url="http://[$TN_ADDR_B]:$HTTP_PORT/" page="" deadline=$((SECONDS + TN_TIMEOUT))
-    tn_say "Fetching the page from node A with plain curl, over the tunnel"
+    np_resolver_a
+    local url="http://bob.pilot:$HTTP_PORT/" page="" deadline=$((SECONDS + TN_TIMEOUT))
+    tn_say "Fetching the page from node A with plain curl, by name, over the tunnel"
+    tn_note "(node A's resolver asks pilotd's DNS stub at fd70::53: bob.pilot -> $TN_ADDR_B)"
     tn_note "\$ curl -sS --fail '$url'"
     until page=$(tn_in_a curl -sS --fail -m 2 "$url" 2>"$TN_DIR/logs/curl.log"); do
         np_check_alive

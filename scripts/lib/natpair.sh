@@ -93,6 +93,23 @@ np_lab_up() {
     TN_NS_RDV="$name-rdv"
 }
 
+# np_resolver_a: programs run with `ip netns exec` in node A's namespace ask pilotd's DNS stub
+# (fd70::53) for names: `ip netns exec NS` bind-mounts /etc/netns/NS/resolv.conf over
+# /etc/resolv.conf. The directory is removed by cleanup (a TN_HOOKS entry), however we exit.
+np_resolver_a() {
+    NP_ETC_A=/etc/netns/$TN_NS_A
+    TN_HOOKS+=(np_resolver_down)
+    mkdir -p "$NP_ETC_A"
+    printf 'nameserver fd70::53\noptions timeout:2 attempts:2\n' >"$NP_ETC_A/resolv.conf"
+}
+
+np_resolver_down() {
+    [[ -n ${NP_ETC_A:-} ]] || return 0
+    rm -rf "$NP_ETC_A"
+    rmdir /etc/netns 2>/dev/null || true
+    NP_ETC_A=""
+}
+
 # np_make_identities DIR: fresh keys for the rendezvous (DIR/rdv) and the nodes (DIR/a/state,
 # DIR/b/state); sets NP_RDV_KEY and twonode.sh's TN_KEY_*, TN_ADDR_*, TN_NODE_*, TN_CTL_*.
 np_make_identities() {
