@@ -92,3 +92,146 @@ fn bad_arguments_are_refused_before_anything_starts() {
     }
     assert!(!dir.exists(), "a refused start must not create state");
 }
+
+/// Writes `text` as `NAME` in a fresh directory and returns the file's path.
+fn config_file(tag: &str, name: &str, text: &str) -> std::path::PathBuf {
+    let dir = temp(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn up_with_a_bad_config_file_stops_before_touching_anything() {
+    let state = temp("cfgstate");
+    let state_line = format!("state_dir = {:?}\n", state.to_str().unwrap());
+    let cases = [
+        (
+            format!("# pilotd\n{state_line}interface = \"pilotcfg0\"\nmtu = \"big\"\n"),
+            ":4:7: mtu: expected an integer 1280..65455, found \"big\"",
+        ),
+        (
+            format!("{state_line}interface = \"pilotcfg0\"\n\nrendevous = \"192.0.2.1:7000\"\n"),
+            ":4:1: unknown key `rendevous`; expected one of: state_dir,",
+        ),
+        (
+            format!("{state_line}interface = \"pilotcfg0\"\npeers = [\"192.0.2.1:1\"]\n"),
+            ":3:9: peers: `192.0.2.1:1`: expected KEY@HOST:PORT",
+        ),
+    ];
+    for (text, expected) in cases {
+        let file = config_file("cfgup", "pilotd.toml", &text);
+        let out = Command::new(PILOTD)
+            .arg("up")
+            .arg("--config")
+            .arg(&file)
+            .env_remove("PILOT_STATE_DIR")
+            .env("PILOT_CONTROL", state.join("pilotd.sock"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        let expected = format!("pilotd: {}{expected}", file.display());
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with(&expected), "{err}\nexpected {expected}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!state.exists(), "a refused start must not create state");
+        assert!(
+            !std::path::Path::new("/sys/class/net/pilotcfg0").exists(),
+            "a refused start must not create the interface"
+        );
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn rendezvous_with_a_bad_config_file_stops_before_touching_anything() {
+    let data = temp("cfgrdvdata");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nkeepalive = 0\n",
+        data.to_str().unwrap()
+    );
+    let file = config_file("cfgrdv", "rendezvous.toml", &text);
+    let out = Command::new(PILOTD)
+        .args(["rendezvous", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    let expected = format!(
+        "pilotd: {}:3:13: keepalive: expected seconds 1..65535, found 0",
+        file.display()
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&expected), "{err}\nexpected {expected}");
+    assert!(
+        !data.exists(),
+        "a refused start must not create the data directory"
+    );
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// The config file's `log_level` is the one logging starts with, and `--log-level` beats it.
+#[test]
+fn config_file_log_level_takes_effect_and_the_flag_overrides_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    // Runs the rendezvous until it logs at INFO that it listens, then, with `probe`, until it
+    // logs at TRACE that it refused a datagram.
+    let run = |tag: &str, log_level: &str, flags: &[&str], probe: bool| {
+        let data = temp(&format!("{tag}data"));
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"{log_level}\"\n",
+            data.to_str().unwrap()
+        );
+        let file = config_file(tag, "rendezvous.toml", &text);
+        let mut child = Command::new(PILOTD)
+            .args(flags)
+            .args(["rendezvous", "--config"])
+            .arg(&file)
+            .env_remove("PILOT_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let wait_for = |needle: &str| -> String {
+            loop {
+                match lines.recv_timeout(Duration::from_secs(20)) {
+                    Ok(line) if line.contains(needle) => return line,
+                    Ok(_) => {}
+                    Err(e) => panic!("no `{needle}` in the rendezvous' log: {e}"),
+                }
+            }
+        };
+        let listening = wait_for("rendezvous listening");
+        let port: u16 = (listening.split_whitespace())
+            .find_map(|w| w.strip_prefix("main_port="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no main_port in `{listening}`"));
+        if probe {
+            // Not a control message: refused, and the refusal is logged at TRACE.
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.send_to(b"\x50junk", ("127.0.0.1", port)).unwrap();
+            wait_for("control message refused");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&data).unwrap();
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    };
+    // Above the default (info): only the file can have asked for TRACE.
+    run("cfglog", "trace", &[], true);
+    // The file says `error`, which would hide the INFO line; the flag wins.
+    run("cfglogflag", "error", &["--log-level", "info"], false);
+}

@@ -1,5 +1,6 @@
 //! Command lines of the two binaries.
 
+pub mod config;
 pub mod pilotctl;
 pub mod pilotd;
 pub mod rendezvous;

@@ -4,21 +4,30 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
+use super::config::{self, RendezvousFile, UpFile};
 use crate::addr::Hostname;
+use crate::daemon::rendezvous::run_rendezvous;
 use crate::daemon::{
     self, control, UpOptions, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU,
 };
 use crate::identity::{self, Identity, NodeKey};
 use crate::node::{PeerConfig, RendezvousConfig};
 
+/// Log filter when neither `--log-level`, `PILOT_LOG` nor a config file sets one.
+const DEFAULT_LOG_LEVEL: &str = "info";
+/// WireGuard persistent keepalive of `pilotd up`, seconds.
+const DEFAULT_KEEPALIVE: u16 = 25;
+
 #[derive(Debug, Parser)]
 #[command(name = "pilotd", version, about = "Pilot overlay network daemon")]
 struct Cli {
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
-    #[arg(long, global = true, default_value = "info", env = "PILOT_LOG")]
-    log_level: String,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list [default: info]
+    #[arg(long, global = true, env = "PILOT_LOG")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,18 +57,22 @@ struct StateArg {
 
 #[derive(Debug, clap::Args)]
 struct UpArgs {
+    /// Config file (TOML) with any of these settings, named like the flags (`listen_port`);
+    /// flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     state: StateArg,
-    /// TUN interface name.
-    #[arg(long, default_value = DEFAULT_INTERFACE)]
-    interface: String,
+    /// TUN interface name [default: pilot0]
+    #[arg(long)]
+    interface: Option<String>,
     /// MTU of the TUN interface (1280..65455); the default leaves room for WireGuard and a relay
-    /// header on a 1500-byte underlay.
-    #[arg(long, default_value_t = DEFAULT_MTU)]
-    mtu: u32,
-    /// UDP port for all tunnel traffic (0 = any free port).
-    #[arg(long, default_value_t = DEFAULT_LISTEN_PORT)]
-    listen_port: u16,
+    /// header on a 1500-byte underlay [default: 1380]
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// UDP port for all tunnel traffic (0 = any free port) [default: 51870]
+    #[arg(long)]
+    listen_port: Option<u16>,
     /// A static peer, KEY@HOST:PORT (repeatable). KEY is the peer's public key as printed by
     /// `pilotctl info`; HOST an IP address (IPv6 in brackets) or a name.
     #[arg(long = "peer", value_name = "KEY@HOST:PORT", value_parser = parse_peer)]
@@ -70,11 +83,11 @@ struct UpArgs {
     #[arg(long, value_name = "[KEY@]HOST:PORT", value_parser = parse_rendezvous)]
     rendezvous: Option<RendezvousConfig>,
     /// The rendezvous' second UDP port, used to measure NAT behaviour [default: its port + 1]
-    #[arg(long, value_name = "PORT", requires = "rendezvous")]
+    #[arg(long, value_name = "PORT")]
     rendezvous_alt_port: Option<u16>,
     /// Hostname to claim at the rendezvous (lowercase letters, digits and `-`, 1-63); peers then
     /// reach this node as NAME.pilot. The first node to claim a name keeps it.
-    #[arg(long, value_name = "NAME", requires = "rendezvous", value_parser = parse_hostname)]
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
     hostname: Option<Hostname>,
     /// Approve every incoming trust request automatically (for public services; off by default).
     #[arg(long)]
@@ -83,9 +96,9 @@ struct UpArgs {
     /// without systemd-resolved); given without a value, /etc/hosts.
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "/etc/hosts")]
     hosts_file: Option<PathBuf>,
-    /// WireGuard persistent keepalive in seconds, to hold NAT mappings open (0 = off).
-    #[arg(long, default_value_t = 25)]
-    keepalive: u16,
+    /// WireGuard persistent keepalive in seconds, to hold NAT mappings open (0 = off) [default: 25]
+    #[arg(long)]
+    keepalive: Option<u16>,
     /// Control socket path [default: /run/pilot/pilotd.sock for root, $XDG_RUNTIME_DIR/pilot/pilotd.sock otherwise]
     #[arg(long, env = "PILOT_CONTROL")]
     control: Option<PathBuf>,
@@ -93,14 +106,7 @@ struct UpArgs {
 
 /// Entry point of the `pilotd` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.log_level);
-    let result = match cli.command {
-        Command::Up(args) => up(args),
-        Command::Identity { state, json } => show_identity(state, json),
-        Command::Rendezvous(args) => super::rendezvous::run(args),
-    };
-    match result {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pilotd: {e:#}");
@@ -109,27 +115,81 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn up(args: UpArgs) -> anyhow::Result<()> {
-    daemon::check_mtu(args.mtu)?;
-    let mut rendezvous = args.rendezvous;
-    if let (Some(r), Some(alt)) = (&mut rendezvous, args.rendezvous_alt_port) {
-        r.alt_port = alt;
+/// Reads the command's config file and checks every setting before logging starts (the file
+/// may set the log level) and before anything is created.
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => {
+            let mut file: UpFile = config::load(args.config.as_deref())?;
+            let log_level = cli.log_level.or(file.log_level.take());
+            let options = up_options(args, file)?;
+            init_logging(log_level.as_deref());
+            daemon::run_up(options)
+        }
+        Command::Identity { state, json } => {
+            init_logging(cli.log_level.as_deref());
+            show_identity(state, json)
+        }
+        Command::Rendezvous(args) => {
+            let mut file: RendezvousFile = config::load(args.config.as_deref())?;
+            let log_level = cli.log_level.or(file.log_level.take());
+            let options = super::rendezvous::options(args, file)?;
+            init_logging(log_level.as_deref());
+            run_rendezvous(options)
+        }
     }
-    daemon::run_up(UpOptions {
+}
+
+/// The settings of `pilotd up`: each from its flag (or environment variable) if given, else
+/// from the config file, else its default. `--peer` flags replace the file's `peers`.
+fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
+    let mtu = args.mtu.or(file.mtu).unwrap_or(DEFAULT_MTU);
+    daemon::check_mtu(mtu)?;
+    let peers = if args.peers.is_empty() {
+        file.peers.unwrap_or_default()
+    } else {
+        args.peers
+    };
+    let mut rendezvous = args.rendezvous.or(file.rendezvous);
+    let alt_port = args.rendezvous_alt_port.or(file.rendezvous_alt_port);
+    let hostname = args.hostname.or(file.hostname);
+    match &mut rendezvous {
+        Some(r) => r.alt_port = alt_port.unwrap_or(r.alt_port),
+        None if hostname.is_some() || alt_port.is_some() => bail!(
+            "a hostname or rendezvous alternate port needs a rendezvous: give --rendezvous \
+             [KEY@]HOST:PORT or set `rendezvous` in the config file"
+        ),
+        None => {}
+    }
+    Ok(UpOptions {
         state_dir: args
             .state
             .state_dir
+            .or(file.state_dir)
             .unwrap_or_else(identity::default_state_dir),
-        interface: args.interface,
-        mtu: args.mtu,
-        listen_port: args.listen_port,
-        peers: args.peers,
+        interface: args
+            .interface
+            .or(file.interface)
+            .unwrap_or_else(|| DEFAULT_INTERFACE.to_owned()),
+        mtu,
+        listen_port: args
+            .listen_port
+            .or(file.listen_port)
+            .unwrap_or(DEFAULT_LISTEN_PORT),
+        peers,
         rendezvous,
-        hostname: args.hostname,
-        auto_approve: args.auto_approve,
-        hosts_file: args.hosts_file,
-        control: args.control.unwrap_or_else(control::default_socket_path),
-        keepalive: args.keepalive,
+        hostname,
+        auto_approve: args.auto_approve || file.auto_approve.unwrap_or(false),
+        hosts_file: args.hosts_file.or(file.hosts_file),
+        control: args
+            .control
+            .or(file.control)
+            .unwrap_or_else(control::default_socket_path),
+        keepalive: args
+            .keepalive
+            .or(file.keepalive)
+            .unwrap_or(DEFAULT_KEEPALIVE),
+        metrics: file.metrics,
     })
 }
 
@@ -153,13 +213,13 @@ fn show_identity(state: StateArg, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses `KEY@HOST:PORT`, resolving HOST once, now.
-fn parse_hostname(s: &str) -> Result<Hostname, String> {
+pub(super) fn parse_hostname(s: &str) -> Result<Hostname, String> {
     s.parse()
         .map_err(|e: crate::addr::HostnameError| e.to_string())
 }
 
-fn parse_peer(text: &str) -> Result<PeerConfig, String> {
+/// Parses `KEY@HOST:PORT`, resolving HOST once, now.
+pub(super) fn parse_peer(text: &str) -> Result<PeerConfig, String> {
     let (key, endpoint) = text
         .split_once('@')
         .ok_or_else(|| format!("`{text}`: expected KEY@HOST:PORT"))?;
@@ -172,7 +232,7 @@ fn parse_peer(text: &str) -> Result<PeerConfig, String> {
 }
 
 /// Parses `[KEY@]HOST:PORT` for `--rendezvous`; the alternate port defaults to PORT + 1.
-fn parse_rendezvous(text: &str) -> Result<RendezvousConfig, String> {
+pub(super) fn parse_rendezvous(text: &str) -> Result<RendezvousConfig, String> {
     let (key, endpoint) = match text.split_once('@') {
         Some((key, endpoint)) => (
             Some(key.parse::<NodeKey>().map_err(|e| format!("{e}"))?),
@@ -203,10 +263,16 @@ fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{text}`: the name has no address"))
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("pilotd: bad --log-level `{filter}` ({e}); using info");
-        tracing_subscriber::EnvFilter::new("info")
+/// Parses a log filter as `--log-level` takes it.
+pub(super) fn log_filter(filter: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(filter).map_err(|e| format!("`{filter}` is not a log filter ({e})"))
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter.unwrap_or(DEFAULT_LOG_LEVEL);
+    let filter = log_filter(filter).unwrap_or_else(|e| {
+        eprintln!("pilotd: bad --log-level: {e}; using {DEFAULT_LOG_LEVEL}");
+        EnvFilter::new(DEFAULT_LOG_LEVEL)
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -214,6 +280,10 @@ fn init_logging(filter: &str) {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+#[path = "pilotd_config_tests.rs"]
+mod config_tests;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ pub mod rendezvous;
 mod trust_file;
 mod tun_writer;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -31,6 +32,8 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51870;
 pub const DEFAULT_MTU: u32 = 1380;
 /// Default TUN interface name.
 pub const DEFAULT_INTERFACE: &str = "pilot0";
+/// TUN MTUs the node accepts (see `check_mtu`).
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=65535 - 80;
 
 /// Everything `pilotd up` needs.
 #[derive(Debug, Clone)]
@@ -51,6 +54,9 @@ pub struct UpOptions {
     pub auto_approve: bool,
     /// Hosts file to keep trusted peers' names in (opt-in).
     pub hosts_file: Option<PathBuf>,
+    /// Address for a metrics endpoint, if any (read from the config file; nothing serves it
+    /// yet).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs the node until SIGINT or SIGTERM. The TUN interface and control socket are gone when
@@ -212,7 +218,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 /// Checks `--mtu` against what IPv6 and the tunnel allow.
 pub fn check_mtu(mtu: u32) -> anyhow::Result<()> {
-    if !(1280..=65535 - 80).contains(&mtu) {
+    if !MTU_RANGE.contains(&mtu) {
         bail!("--mtu {mtu} is out of range: IPv6 needs at least 1280, and datagrams are at most 65455 bytes of payload");
     }
     Ok(())

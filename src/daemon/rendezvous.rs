@@ -39,6 +39,9 @@ pub struct RendezvousOptions {
     pub relay_bytes_per_sec: u64,
     /// How often changed counters are logged.
     pub stats_interval: Duration,
+    /// Address for a metrics endpoint, if any (read from the config file; nothing serves it
+    /// yet).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The data directory when none is given: `/var/lib/pilot-rendezvous` for root,

@@ -1,0 +1,234 @@
+//! How `pilotd up` and `pilotd rendezvous` merge flags, config file and defaults.
+
+use std::path::Path;
+
+use clap::{Arg, CommandFactory, FromArgMatches};
+
+use super::*;
+use crate::cli::config::{keys, parse};
+use crate::cli::rendezvous;
+
+/// `pilotd ARGS`, blind to `PILOT_*` variables so the test sees only what it gives.
+fn cli(args: &[&str]) -> Cli {
+    let no_env = |a: Arg| a.env(None);
+    let command = Cli::command()
+        .mut_arg("log_level", no_env)
+        .mut_subcommand("up", |c| {
+            c.mut_arg("state_dir", no_env).mut_arg("control", no_env)
+        })
+        .mut_subcommand("rendezvous", |c| c.mut_arg("data_dir", no_env));
+    let matches = command
+        .try_get_matches_from(std::iter::once("pilotd").chain(args.iter().copied()))
+        .unwrap();
+    Cli::from_arg_matches(&matches).unwrap()
+}
+
+fn up_args(args: &[&str]) -> UpArgs {
+    match cli(&[&["up"], args].concat()).command {
+        Command::Up(args) => args,
+        _ => unreachable!(),
+    }
+}
+
+fn up_file(text: &str) -> UpFile {
+    parse(Path::new("pilotd.toml"), text).unwrap()
+}
+
+fn key(seed: u8) -> NodeKey {
+    Identity::from_secret_bytes(&[seed; 32]).public_key()
+}
+
+/// Every flag can be set in the file too, so the two cannot drift apart; and every key but
+/// `metrics` (whose flag comes with the metrics endpoint) is a flag.
+#[test]
+fn every_flag_has_a_config_key() {
+    let mut command = Cli::command();
+    command.build();
+    for (name, keys) in [
+        ("up", keys::<UpFile>()),
+        ("rendezvous", keys::<RendezvousFile>()),
+    ] {
+        let sub = command.find_subcommand(name).unwrap();
+        let flags: Vec<&str> = (sub.get_arguments())
+            .map(|a| a.get_id().as_str())
+            .filter(|id| !["help", "version", "config"].contains(id))
+            .collect();
+        assert!(flags.contains(&"log_level"), "{flags:?}");
+        for flag in &flags {
+            assert!(
+                keys.contains(flag),
+                "`pilotd {name}` flag {flag} has no config key"
+            );
+        }
+        for key in keys.iter().filter(|&&k| k != "metrics") {
+            assert!(
+                flags.contains(key),
+                "config key {key} is no `pilotd {name}` flag"
+            );
+        }
+    }
+}
+
+#[test]
+fn flags_override_the_file_which_overrides_the_defaults() {
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    let file = format!(
+        r#"state_dir = "/srv/pilot"
+interface = "pilot7"
+mtu = 1400
+listen_port = 4000
+peers = ["{k1}@192.0.2.7:51870", "{k2}@192.0.2.8:51870"]
+rendezvous = "{k1}@203.0.113.10:7000"
+rendezvous_alt_port = 7100
+hostname = "alice"
+auto_approve = true
+hosts_file = "/etc/hosts"
+keepalive = 10
+control = "/run/p.sock"
+metrics = "127.0.0.1:9100"
+"#
+    );
+
+    // The file alone.
+    let o = up_options(up_args(&[]), up_file(&file)).unwrap();
+    assert_eq!(o.state_dir, Path::new("/srv/pilot"));
+    assert_eq!(
+        (o.interface.as_str(), o.mtu, o.listen_port),
+        ("pilot7", 1400, 4000)
+    );
+    assert_eq!(o.peers.iter().map(|p| p.key).collect::<Vec<_>>(), [k1, k2]);
+    let r = o.rendezvous.unwrap();
+    assert_eq!((r.key, r.addr.port(), r.alt_port), (Some(k1), 7000, 7100));
+    assert_eq!(o.hostname.unwrap().as_str(), "alice");
+    assert!(o.auto_approve);
+    assert_eq!(o.hosts_file.as_deref(), Some(Path::new("/etc/hosts")));
+    assert_eq!(
+        (o.keepalive, o.control.as_path()),
+        (10, Path::new("/run/p.sock"))
+    );
+    assert_eq!(o.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+
+    // Every flag given: the file counts for nothing but what has no flag.
+    let peer = format!("{k3}@192.0.2.9:1");
+    let rdv = format!("{k2}@198.51.100.1:8000");
+    let args = up_args(&[
+        "--state-dir",
+        "/var/x",
+        "--interface",
+        "pilot9",
+        "--mtu",
+        "1300",
+        "--listen-port",
+        "0",
+        "--peer",
+        &peer,
+        "--rendezvous",
+        &rdv,
+        "--rendezvous-alt-port",
+        "9000",
+        "--hostname",
+        "bob",
+        "--hosts-file",
+        "/tmp/hosts",
+        "--keepalive",
+        "0",
+        "--control",
+        "/tmp/c.sock",
+    ]);
+    let o = up_options(args, up_file(&file)).unwrap();
+    assert_eq!(o.state_dir, Path::new("/var/x"));
+    assert_eq!(
+        (o.interface.as_str(), o.mtu, o.listen_port),
+        ("pilot9", 1300, 0)
+    );
+    assert_eq!(o.peers.iter().map(|p| p.key).collect::<Vec<_>>(), [k3]);
+    let r = o.rendezvous.unwrap();
+    assert_eq!((r.key, r.addr.port(), r.alt_port), (Some(k2), 8000, 9000));
+    assert_eq!(o.hostname.unwrap().as_str(), "bob");
+    assert_eq!(o.hosts_file.as_deref(), Some(Path::new("/tmp/hosts")));
+    assert_eq!(
+        (o.keepalive, o.control.as_path()),
+        (0, Path::new("/tmp/c.sock"))
+    );
+
+    // No file: the defaults; nothing is joined.
+    let o = up_options(up_args(&[]), UpFile::default()).unwrap();
+    assert_eq!(o.state_dir, identity::default_state_dir());
+    assert_eq!(
+        (o.interface.as_str(), o.mtu),
+        (DEFAULT_INTERFACE, DEFAULT_MTU)
+    );
+    assert_eq!((o.listen_port, o.keepalive), (DEFAULT_LISTEN_PORT, 25));
+    assert!(o.peers.is_empty() && o.rendezvous.is_none() && o.hostname.is_none());
+    assert!(!o.auto_approve && o.hosts_file.is_none() && o.metrics.is_none());
+    assert_eq!(o.control, control::default_socket_path());
+}
+
+#[test]
+fn a_hostname_needs_a_rendezvous_from_either_source() {
+    let rdv = "rendezvous = \"203.0.113.10:7000\"";
+    let o = up_options(up_args(&["--hostname", "bob"]), up_file(rdv)).unwrap();
+    let r = o.rendezvous.unwrap();
+    assert_eq!((o.hostname.unwrap().as_str(), r.alt_port), ("bob", 7001));
+    let o = up_options(
+        up_args(&["--rendezvous", "203.0.113.10:7000"]),
+        up_file("hostname = \"bob\"\nrendezvous_alt_port = 7010"),
+    )
+    .unwrap();
+    assert_eq!(o.rendezvous.unwrap().alt_port, 7010);
+    for (args, file) in [
+        (&["--hostname", "bob"][..], ""),
+        (&[], "hostname = \"bob\""),
+        (&["--rendezvous-alt-port", "7001"], ""),
+    ] {
+        let err = up_options(up_args(args), up_file(file)).unwrap_err();
+        assert!(err.to_string().contains("needs a rendezvous"), "{err}");
+    }
+}
+
+#[test]
+fn an_mtu_flag_is_checked_as_before() {
+    let err = up_options(up_args(&["--mtu", "1000"]), UpFile::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("--mtu 1000 is out of range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rendezvous_flags_override_its_file() {
+    let rendezvous_args = |args: &[&str]| match cli(&[&["rendezvous"], args].concat()).command {
+        Command::Rendezvous(args) => args,
+        _ => unreachable!(),
+    };
+    let file = || -> RendezvousFile {
+        let text = "listen = \"192.0.2.1:7000\"\nkeepalive = 20\nrelay_rate = 0\n\
+                    data_dir = \"/srv/rdv\"\nmetrics = \"127.0.0.1:9101\"";
+        parse(Path::new("rendezvous.toml"), text).unwrap()
+    };
+    let o = rendezvous::options(rendezvous_args(&[]), file()).unwrap();
+    assert_eq!((o.listen.port(), o.alt_port), (7000, 7001));
+    assert_eq!((o.keepalive.as_secs(), o.expiry.as_secs()), (20, 65));
+    assert_eq!((o.relay_bytes_per_sec, o.stats_interval.as_secs()), (0, 60));
+    assert_eq!(o.data_dir, Path::new("/srv/rdv"));
+    assert_eq!(o.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+
+    let args = rendezvous_args(&[
+        "--listen",
+        "[::]:0",
+        "--keepalive",
+        "30",
+        "--data-dir",
+        "/d",
+    ]);
+    let o = rendezvous::options(args, file()).unwrap();
+    assert_eq!((o.listen, o.alt_port), ("[::]:0".parse().unwrap(), 0));
+    assert_eq!((o.keepalive.as_secs(), o.expiry.as_secs()), (30, 95));
+    assert_eq!(
+        (o.relay_bytes_per_sec, o.data_dir.as_path()),
+        (0, Path::new("/d"))
+    );
+
+    let err = rendezvous::options(rendezvous_args(&[]), RendezvousFile::default()).unwrap_err();
+    assert!(err.to_string().contains("give --listen"), "{err}");
+}
