@@ -3,6 +3,7 @@
 
 pub mod control;
 mod dataplane;
+pub mod metrics;
 pub mod names;
 mod pin;
 pub mod rendezvous;
