@@ -89,6 +89,9 @@ struct UpArgs {
     /// Control socket path [default: /run/pilot/pilotd.sock for root, $XDG_RUNTIME_DIR/pilot/pilotd.sock otherwise]
     #[arg(long, env = "PILOT_CONTROL")]
     control: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Entry point of the `pilotd` binary.
@@ -130,6 +133,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         hosts_file: args.hosts_file,
         control: args.control.unwrap_or_else(control::default_socket_path),
         keepalive: args.keepalive,
+        metrics: args.metrics,
     })
 }
 

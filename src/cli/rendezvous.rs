@@ -35,6 +35,9 @@ pub struct RendezvousArgs {
     /// Seconds between log lines with the counters (only when they changed).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     stats_interval: u32,
+    /// Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9188).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Runs the rendezvous until SIGINT/SIGTERM.
@@ -84,6 +87,7 @@ fn options(args: RendezvousArgs) -> anyhow::Result<RendezvousOptions> {
         expiry: Duration::from_secs(expiry),
         relay_bytes_per_sec,
         stats_interval: Duration::from_secs(u64::from(args.stats_interval)),
+        metrics: args.metrics,
     })
 }
 
