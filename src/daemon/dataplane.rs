@@ -16,10 +16,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use super::control::{
-    Command, HandshakeReply, InfoReply, PathCounts, PeerRef, PingReply, RequestInfo, StatusReply,
-    TrustCounts, TrustReply, TrustVerb, TrustedPeer,
+    Command, HandshakeReply, InfoReply, PeerRef, PingReply, RequestInfo, TrustReply, TrustVerb,
+    TrustedPeer,
 };
-use super::metrics::NodeMetrics;
 use super::trust_file::TrustFile;
 use super::tun_writer::TunWriter;
 use crate::addr::{Hostname, NodeAddr};
@@ -29,6 +28,8 @@ use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, NetOutput, Node, PathKind, TunOutput, VerbError};
 use crate::wire::control::Query;
+
+mod reports;
 
 /// Largest datagram the node sends or accepts: the largest TUN packet plus WireGuard overhead.
 const SLOT: usize = 65535;
@@ -569,86 +570,6 @@ impl Core {
         }
         reply.approved = trust.approved().map(|k| self.peer_ref(k, None)).collect();
         reply
-    }
-
-    /// Peers packets may pass with, by path now.
-    fn path_counts(&self, now: Instant) -> PathCounts {
-        let mut counts = PathCounts::default();
-        for peer in self.node.peers(now) {
-            match peer.path {
-                PathKind::Direct => counts.direct += 1,
-                PathKind::Relay => counts.relay += 1,
-                PathKind::None => counts.none += 1,
-            }
-        }
-        counts
-    }
-
-    /// Drops the loop counts itself: TUN writes, TUN reads, UDP sends.
-    fn own_drops(&self) -> [(&'static str, u64); 3] {
-        [
-            ("tun_write_failed", self.writer.errors()),
-            ("tun_read_malformed", self.offload_errors),
-            (
-                "udp_send_failed",
-                self.send.send_errors() + self.send_dropped,
-            ),
-        ]
-    }
-
-    /// A copy of everything the metrics page shows: counters, and one entry per peer.
-    fn metrics(&self) -> NodeMetrics {
-        let now = Instant::now();
-        let paths = self.path_counts(now);
-        let [tun_write, tun_read, udp_send] = self.own_drops().map(|(_, n)| n);
-        NodeMetrics {
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime: now.saturating_duration_since(self.facts.started),
-            direct: paths.direct,
-            relay: paths.relay,
-            unreachable: paths.none,
-            traffic: self.node.traffic().collect(),
-            counters: self.node.counters().clone(),
-            tun_write_failed: tun_write,
-            tun_read_malformed: tun_read,
-            udp_send_failed: udp_send,
-            trusted: self.node.trust().trusted().count(),
-            configured: self.node.configured_peers().count(),
-            pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
-            registered: self.node.is_registered(now),
-            nat: self.node.net_status(now).nat,
-        }
-    }
-
-    fn status(&self) -> StatusReply {
-        let now = Instant::now();
-        let addr = self.node.addr();
-        let net = self.node.net_status(now);
-        let counters = self.node.counters();
-        let drops = counters.iter().map(|(_, n)| n);
-        StatusReply {
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_secs: now.saturating_duration_since(self.facts.started).as_secs(),
-            address: addr.to_ipv6().to_string(),
-            node: addr.to_string(),
-            hostname: self.node.hostname().map(|n| n.to_string()),
-            interface: self.facts.interface.clone(),
-            listen_port: self.facts.listen_port,
-            nat: net.rendezvous.is_some().then_some(net.nat),
-            rendezvous: net.rendezvous,
-            registered: net.registered,
-            endpoint: net.endpoint,
-            peers: self.path_counts(now),
-            trust: TrustCounts {
-                trusted: self.node.trust().trusted().count(),
-                configured: self.node.configured_peers().count(),
-                pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
-                auto_approve: self.node.auto_approve(),
-            },
-            drops_total: drops.chain(self.own_drops().map(|(_, n)| n)).sum(),
-            handshakes: counters.handshakes,
-            metrics: self.facts.metrics.map(|a| a.to_string()),
-        }
     }
 
     fn info(&self) -> InfoReply {
