@@ -129,6 +129,172 @@ fn curl_across_the_overlay_returns_exact_content() {
     assert_eq!(a.drops("no_peer"), before + 1);
 }
 
+/// The samples of a metrics page: `name{labels}` → value. Comments must be HELP or TYPE.
+fn samples(page: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    for line in page.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "twice: {line}"
+        );
+    }
+    samples
+}
+
+#[test]
+fn metrics_endpoint_reports_traffic_paths_and_drops() {
+    if !lab::privileged("metrics_endpoint_reports_traffic_paths_and_drops") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (na, nb) = lab.two_hosts();
+    let mut a = lab.node(&na, "a", "198.51.100.1");
+    let mut b = lab.node(&nb, "b", "198.51.100.2");
+    // Port 0: the daemon picks a free port and `pilotctl status` says which.
+    let peer_b = format!("{}@{}:{}", b.key, b.underlay, lab::PORT);
+    let extra = ["--peer", &peer_b, "--metrics", "127.0.0.1:0"].map(String::from);
+    lab.start_with(&mut a, &extra);
+    lab.start(&mut b, &[&a]);
+
+    let pinged = eventually(Duration::from_secs(10), || {
+        let out = ns_exec(
+            &a.ns,
+            &["ping", "-c", "3", "-i", "0.2", "-W", "2", &b.address],
+        );
+        out.status.success().then_some(())
+    });
+    assert!(
+        pinged.is_some(),
+        "no ping across the overlay\n{}",
+        a.log_text()
+    );
+    // An overlay address nobody owns: a drop with a reason.
+    ns_exec(&a.ns, &["ping", "-c", "1", "-W", "1", "fd70::dead:beef:1"]);
+
+    let out = ctl(&a, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["peers"]["direct"], 1, "{status}");
+    assert_eq!(status["trust"]["configured"], 1, "{status}");
+    assert!(status["handshakes"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status["drops_total"].as_u64().unwrap() >= 1, "{status}");
+    let addr = status["metrics"]
+        .as_str()
+        .expect("metrics address")
+        .to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    let text = String::from_utf8(ctl(&a, &["status"]).stdout).unwrap();
+    assert!(
+        text.contains("1 direct, 0 relay, 0 without a path"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("http://{addr}/metrics")), "{text}");
+
+    let url = format!("http://{addr}/metrics");
+    let out = ns_exec(&a.ns, &["curl", "-sS", "--fail", "-D", "-", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = String::from_utf8(out.stdout).unwrap();
+    let (head, page) = answer
+        .split_once("\r\n\r\n")
+        .expect("headers, then the page");
+    assert!(
+        head.lines()
+            .any(|h| h == "Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let m = samples(page);
+    let get = |series: &str| {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    };
+    assert!(get("pilot_rx_bytes_total") > 0.0, "{page}");
+    assert!(get("pilot_tx_bytes_total") > 0.0, "{page}");
+    assert_eq!(get(r#"pilot_peers{path="direct"}"#), 1.0);
+    assert_eq!(get(r#"pilot_peers{path="relay"}"#), 0.0);
+    let peers: serde_json::Value =
+        serde_json::from_slice(&ctl(&a, &["peers", "--json"]).stdout).unwrap();
+    let node_b = peers[0]["node"].as_str().unwrap();
+    assert!(get(&format!(r#"pilot_peer_rx_bytes_total{{peer="{node_b}"}}"#)) > 0.0);
+    assert!(get(&format!(r#"pilot_peer_tx_bytes_total{{peer="{node_b}"}}"#)) > 0.0);
+    assert!(get("pilot_handshakes_total") >= 1.0);
+    let drops = m
+        .keys()
+        .filter(|k| k.starts_with("pilot_drops_total{reason=\""))
+        .count();
+    assert!(drops >= 18, "every drop reason has a line: {drops}\n{page}");
+    assert!(get(r#"pilot_drops_total{reason="no_peer"}"#) >= 1.0);
+    assert_eq!(get(r#"pilot_drops_total{reason="spoofed_source"}"#), 0.0);
+    assert_eq!(get("pilot_configured_peers"), 1.0);
+    assert_eq!(get("pilot_registered"), 0.0, "no rendezvous");
+    assert_eq!(get(r#"pilot_nat_info{nat="unknown"}"#), 1.0);
+    assert_eq!(
+        get(&format!(
+            r#"pilot_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    let out = ns_exec(
+        &a.ns,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{addr}/"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
+    // A second daemon asking for the same address stops before making an interface.
+    let state = lab.dir.join("second");
+    let out = ns_exec(
+        &a.ns,
+        &[
+            lab::PILOTD,
+            "up",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--control",
+            state.join("sock").to_str().unwrap(),
+            "--interface",
+            "pilot9",
+            "--listen-port",
+            "0",
+            "--metrics",
+            &addr,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&addr) && err.contains("--metrics"), "{err}");
+    assert!(!ns_exec(&a.ns, &["ip", "link", "show", "pilot9"])
+        .status
+        .success());
+}
+
 #[test]
 fn forged_inner_source_is_not_delivered() {
     if !lab::privileged("forged_inner_source_is_not_delivered") {

@@ -31,6 +31,8 @@ struct Rendezvous {
     key: NodeKey,
     main: SocketAddr,
     alt: SocketAddr,
+    /// Where `--metrics` listens, if it was given.
+    metrics: Option<SocketAddr>,
     log: mpsc::Receiver<String>,
 }
 
@@ -64,6 +66,7 @@ impl Rendezvous {
             key: field("public_key").parse().unwrap(),
             main: SocketAddr::from(([127, 0, 0, 1], port("main_port"))),
             alt: SocketAddr::from(([127, 0, 0, 1], port("alt_port"))),
+            metrics: field("metrics").parse().ok(),
             child,
             log,
         }
@@ -466,5 +469,124 @@ fn an_unreadable_registry_stops_the_start_and_is_kept() {
         "{err}"
     );
     assert_eq!(std::fs::read(&db).unwrap(), junk, "never wiped");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `GET path` on the metrics endpoint: the status line, the headers, the body.
+fn scrape(addr: SocketAddr, path: &str) -> (String, Vec<String>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let mut lines = head.split("\r\n").map(str::to_owned);
+    let status = lines.next().unwrap();
+    (status, lines.collect(), body.to_owned())
+}
+
+/// The samples of a metrics page: `name{labels}` → value.
+fn samples(page: &str) -> std::collections::BTreeMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn the_metrics_endpoint_counts_registrations_and_refusals() {
+    let dir = temp("metrics");
+    // --log-level after the subcommand overrides the one before it.
+    let rdv = Rendezvous::start(
+        &dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let addr = rdv
+        .metrics
+        .expect("the start line names the metrics address");
+    let mut a = Client::new(6);
+    a.register(&rdv, &[], Some("metrics-a"));
+    let line = wait_for(&rdv.log, "registered node=", Duration::from_secs(5));
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(
+        !line.contains('\x1b'),
+        "no colours without a terminal: {line:?}"
+    );
+    // A replay: refused and counted by reason.
+    let d = a.sealed(&Message::NatProbe);
+    a.send(&d, rdv.main);
+    a.expect(&rdv);
+    a.send(&d, rdv.main);
+    a.assert_quiet("replayed probe");
+
+    let (status, headers, body) = scrape(addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        headers
+            .iter()
+            .any(|h| h == "Content-Type: text/plain; version=0.0.4"),
+        "{headers:?}"
+    );
+    let m = samples(&body);
+    let get = |series: &str| {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    assert!(get("pilot_rendezvous_registrations_total") >= 1.0);
+    assert_eq!(get("pilot_rendezvous_registered_nodes"), 1.0);
+    assert_eq!(get("pilot_rendezvous_nat_probes_total"), 1.0);
+    assert_eq!(
+        get(r#"pilot_rendezvous_refusals_total{reason="replay"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"pilot_rendezvous_relay_drops_total{reason="not_allowed"}"#),
+        0.0
+    );
+    assert!(
+        get("pilot_rendezvous_store_bytes") > 0.0,
+        "the database has a size"
+    );
+    assert!(get("pilot_rendezvous_uptime_seconds") > 0.0);
+    assert_eq!(
+        get(&format!(
+            r#"pilot_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert_eq!(scrape(addr, "/").0, "HTTP/1.1 404 Not Found");
+
+    // A second rendezvous cannot have the same metrics address: it says so and stops.
+    let other = temp("metrics-busy");
+    let out = Command::new(PILOTD)
+        .args(["rendezvous", "--listen", "127.0.0.1:0", "--metrics"])
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("--metrics"),
+        "{err}"
+    );
+
+    rdv.stop();
+    let _ = std::fs::remove_dir_all(&other);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::daemon::control::{
     self, ClientError, HandshakeReply, InfoReply, PeerRef, PingReply, Request, RequestInfo,
-    TrustReply,
+    StatusReply, TrustReply,
 };
 use crate::node::HandshakeOutcome;
 use crate::node::PeerStatus;
@@ -28,6 +28,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// One-screen health check: uptime, rendezvous, NAT, peers by path, trust, drops.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// This node: address, key, interface, port, endpoint, NAT type.
     Info {
         #[arg(long)]
@@ -119,6 +124,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.control.unwrap_or_else(control::default_socket_path);
     let result = match cli.command {
+        Command::Status { json } => status(&socket, json),
         Command::Info { json } => info(&socket, json),
         Command::Peers { json } => peers(&socket, json),
         Command::Netcheck { json } => netcheck(&socket, json),
@@ -161,6 +167,109 @@ fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
 
 fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError> {
     serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+fn status(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
+    let value = call(socket, &Request::Status {})?;
+    if json {
+        print_json(&value);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: StatusReply = parse(value)?;
+    print!("{}", status_text(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pilotctl status` for people: one line per concern, then what needs attention.
+fn status_text(s: &StatusReply) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let mut attention = Vec::new();
+    let name = s.hostname.as_deref().unwrap_or("(no hostname)");
+    let _ = writeln!(text, "pilotd {} up {}", s.version, duration(s.uptime_secs));
+    let _ = writeln!(text, "node        {name}  {}  {}", s.node, s.address);
+    let _ = writeln!(
+        text,
+        "interface   {}, UDP port {}",
+        s.interface, s.listen_port
+    );
+    match &s.rendezvous {
+        Some(rendezvous) => {
+            let nat = s
+                .nat
+                .and_then(|n| serde_json::to_value(n).ok())
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let registered = if s.registered {
+                "registered"
+            } else {
+                attention.push(format!("not registered with the rendezvous {rendezvous}"));
+                "NOT registered"
+            };
+            let _ = writeln!(
+                text,
+                "rendezvous  {rendezvous} ({registered}), endpoint {}, NAT {}",
+                s.endpoint.as_deref().unwrap_or("-"),
+                nat.as_deref().unwrap_or("-")
+            );
+        }
+        None => text.push_str("rendezvous  none (static peers only)\n"),
+    }
+    let p = s.peers;
+    let _ = writeln!(
+        text,
+        "peers       {} direct, {} relay, {} without a path",
+        p.direct, p.relay, p.none
+    );
+    if p.none > 0 {
+        attention.push(format!(
+            "{} peer(s) have no working path (see `pilotctl peers`)",
+            p.none
+        ));
+    }
+    let t = s.trust;
+    let auto = if t.auto_approve {
+        ", auto-approve ON"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        text,
+        "trust       {} trusted, {} configured, {} pending{auto}",
+        t.trusted, t.configured, t.pending
+    );
+    if t.pending > 0 {
+        attention.push(format!(
+            "{} trust request(s) wait for approval (see `pilotctl pending`)",
+            t.pending
+        ));
+    }
+    let _ = writeln!(
+        text,
+        "traffic     {} WireGuard session(s) established, {} packets dropped (by reason: \
+         `pilotctl info`)",
+        s.handshakes, s.drops_total
+    );
+    if let Some(metrics) = &s.metrics {
+        let _ = writeln!(text, "metrics     http://{metrics}/metrics");
+    }
+    if attention.is_empty() {
+        text.push_str("health      ok\n");
+    }
+    for a in attention {
+        let _ = writeln!(text, "attention   {a}");
+    }
+    text
+}
+
+/// `3d 4h`, `2h 05m`, `7m 12s`, `42s`.
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s:02}s"),
+        (0, _, _) => format!("{h}h {m:02}m"),
+        _ => format!("{d}d {h}h"),
+    }
 }
 
 fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
@@ -495,9 +604,79 @@ fn ping(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::daemon::control::{PathCounts, TrustCounts};
+    use crate::wire::control::NatKind;
+
     #[test]
     fn cli_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_fits_one_screen_and_says_what_needs_attention() {
+        let mut s = StatusReply {
+            version: "0.1.0".into(),
+            uptime_secs: 7_500,
+            address: "fd70::a1b2:c3d4:e5f6".into(),
+            node: "a1b2.c3d4.e5f6".into(),
+            hostname: Some("alice".into()),
+            interface: "pilot0".into(),
+            listen_port: 51870,
+            rendezvous: Some("203.0.113.10:7000".into()),
+            registered: true,
+            endpoint: Some("198.51.100.7:51870".into()),
+            nat: Some(NatKind::EndpointIndependent),
+            peers: PathCounts {
+                direct: 2,
+                relay: 1,
+                none: 0,
+            },
+            trust: TrustCounts {
+                trusted: 3,
+                configured: 0,
+                pending: 0,
+                auto_approve: false,
+            },
+            drops_total: 12,
+            handshakes: 5,
+            metrics: Some("127.0.0.1:9187".into()),
+        };
+        assert_eq!(
+            status_text(&s),
+            "pilotd 0.1.0 up 2h 05m\n\
+             node        alice  a1b2.c3d4.e5f6  fd70::a1b2:c3d4:e5f6\n\
+             interface   pilot0, UDP port 51870\n\
+             rendezvous  203.0.113.10:7000 (registered), endpoint 198.51.100.7:51870, NAT \
+             endpoint_independent\n\
+             peers       2 direct, 1 relay, 0 without a path\n\
+             trust       3 trusted, 0 configured, 0 pending\n\
+             traffic     5 WireGuard session(s) established, 12 packets dropped (by reason: \
+             `pilotctl info`)\n\
+             metrics     http://127.0.0.1:9187/metrics\n\
+             health      ok\n"
+        );
+        s.registered = false;
+        s.trust.pending = 2;
+        s.peers.none = 1;
+        let text = status_text(&s);
+        assert!(!text.contains("health      ok"), "{text}");
+        for line in [
+            "attention   not registered with the rendezvous 203.0.113.10:7000",
+            "attention   2 trust request(s) wait for approval (see `pilotctl pending`)",
+            "attention   1 peer(s) have no working path (see `pilotctl peers`)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        assert!(text.lines().count() <= 24, "one screen");
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration(42), "42s");
+        assert_eq!(duration(432), "7m 12s");
+        assert_eq!(duration(7_500), "2h 05m");
+        assert_eq!(duration(3 * 86_400 + 4 * 3600 + 59), "3d 4h");
     }
 }

@@ -102,6 +102,9 @@ struct UpArgs {
     /// Control socket path [default: /run/pilot/pilotd.sock for root, $XDG_RUNTIME_DIR/pilot/pilotd.sock otherwise]
     #[arg(long, env = "PILOT_CONTROL")]
     control: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Entry point of the `pilotd` binary.
@@ -189,7 +192,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
             .keepalive
             .or(file.keepalive)
             .unwrap_or(DEFAULT_KEEPALIVE),
-        metrics: file.metrics,
+        metrics: args.metrics.or(file.metrics),
     })
 }
 

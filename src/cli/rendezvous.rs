@@ -49,6 +49,9 @@ pub struct RendezvousArgs {
     /// Seconds between log lines with the counters (only when they changed) [default: 60]
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u32>,
+    /// Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9188).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 /// The rendezvous' settings: each from its flag if given, else from the config file, else its
@@ -113,7 +116,7 @@ pub(super) fn options(
         expiry: Duration::from_secs(expiry),
         relay_bytes_per_sec,
         stats_interval: Duration::from_secs(stats_interval),
-        metrics: file.metrics,
+        metrics: args.metrics.or(file.metrics),
     })
 }
 

@@ -63,6 +63,8 @@ pub enum Request {
     Trust {},
     /// Requests waiting for our approval.
     Pending {},
+    /// A one-screen health summary: info, peers by path, trust counts, drops, uptime.
+    Status {},
 }
 
 /// The daemon's answer.
@@ -99,6 +101,53 @@ pub struct InfoReply {
     pub version: String,
     /// The daemon's process id (for `pilotctl daemon stop`).
     pub pid: u32,
+}
+
+/// `status`'s result: what an operator checks first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub address: String,
+    pub node: String,
+    pub hostname: Option<String>,
+    pub interface: String,
+    pub listen_port: u16,
+    /// The rendezvous configured, if any, and whether this node is registered with it now.
+    pub rendezvous: Option<String>,
+    pub registered: bool,
+    /// Public endpoint and NAT behaviour as measured against the rendezvous.
+    pub endpoint: Option<String>,
+    pub nat: Option<NatKind>,
+    /// Peers packets may pass with, by how they are reached now.
+    pub peers: PathCounts,
+    pub trust: TrustCounts,
+    /// Every drop since start, all reasons together (`pilotctl info` has them by reason).
+    pub drops_total: u64,
+    /// WireGuard sessions established since start.
+    pub handshakes: u64,
+    /// Where the Prometheus endpoint listens (`--metrics`), if it does.
+    pub metrics: Option<String>,
+}
+
+/// Peers by path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathCounts {
+    pub direct: usize,
+    pub relay: usize,
+    pub none: usize,
+}
+
+/// Trust in numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustCounts {
+    /// Peers with a valid mutual trust record.
+    pub trusted: usize,
+    /// Peers configured with `--peer`.
+    pub configured: usize,
+    /// Requests waiting for `pilotctl approve`.
+    pub pending: usize,
+    pub auto_approve: bool,
 }
 
 /// A peer as the trust verbs name it.
@@ -180,6 +229,9 @@ pub enum Command {
     },
     TrustList(oneshot::Sender<TrustReply>),
     Pending(oneshot::Sender<Vec<RequestInfo>>),
+    Status(oneshot::Sender<StatusReply>),
+    /// A snapshot for the metrics endpoint.
+    Metrics(oneshot::Sender<super::metrics::NodeMetrics>),
 }
 
 /// What to do to a peer's trust.
@@ -320,6 +372,9 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
         Request::Pending {} => ask(commands, Command::Pending)
             .await
             .map_or_else(stopped, success),
+        Request::Status {} => ask(commands, Command::Status)
+            .await
+            .map_or_else(stopped, success),
         Request::Ping { peer, timeout_ms } => {
             let waiter = match ask(commands, |reply| Command::Ping { peer, reply }).await {
                 Some(Ok(waiter)) => waiter,
@@ -365,7 +420,7 @@ async fn trust_verb(commands: &mpsc::Sender<Command>, peer: String, verb: TrustV
 
 /// Sends the data plane the command `make` builds around a reply channel and waits for the
 /// answer; `None` when the data plane has stopped.
-async fn ask<T>(
+pub(super) async fn ask<T>(
     commands: &mpsc::Sender<Command>,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Option<T> {
@@ -452,6 +507,10 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"info"}"#).unwrap(),
             Request::Info {}
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status {}
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"info","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());

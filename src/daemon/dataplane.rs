@@ -29,6 +29,8 @@ use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, NetOutput, Node, PathKind, TunOutput, VerbError};
 use crate::wire::control::Query;
 
+mod reports;
+
 /// Largest datagram the node sends or accepts: the largest TUN packet plus WireGuard overhead.
 const SLOT: usize = 65535;
 /// How long to sleep when the node has no timer (it always has one once started).
@@ -46,6 +48,10 @@ pub struct Facts {
     pub trust_file: TrustFile,
     /// The opt-in hosts file kept listing this node's and its trusted peers' names.
     pub hosts_file: Option<super::names::HostsFile>,
+    /// When the daemon started, for its uptime.
+    pub started: Instant,
+    /// Where the metrics endpoint listens, if it does.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub struct DataPlane {
@@ -392,6 +398,12 @@ impl Core {
                     .collect();
                 let _ = reply.send(pending);
             }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
         }
     }
 
@@ -565,12 +577,9 @@ impl Core {
         let addr = self.node.addr();
         let net = self.node.net_status(now);
         let mut drops = self.node.counters().to_json();
-        drops.insert("tun_write_failed".into(), self.writer.errors().into());
-        drops.insert("tun_read_malformed".into(), self.offload_errors.into());
-        drops.insert(
-            "udp_send_failed".into(),
-            (self.send.send_errors() + self.send_dropped).into(),
-        );
+        for (reason, n) in self.own_drops() {
+            drops.insert(reason.into(), n.into());
+        }
         InfoReply {
             address: addr.to_ipv6().to_string(),
             node: addr.to_string(),

@@ -3,6 +3,7 @@
 
 pub mod control;
 mod dataplane;
+pub mod metrics;
 pub mod names;
 mod pin;
 pub mod rendezvous;
@@ -11,6 +12,7 @@ mod tun_writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,6 +26,7 @@ use crate::node::{Node, NodeConfig, PeerConfig, RendezvousConfig};
 use crate::wire::control::MAX_LAN_ENDPOINTS;
 use control::ControlSocket;
 use dataplane::{DataPlane, Facts};
+use metrics::MetricsListener;
 
 /// Default UDP port of the node.
 pub const DEFAULT_LISTEN_PORT: u16 = 51870;
@@ -54,8 +57,7 @@ pub struct UpOptions {
     pub auto_approve: bool,
     /// Hosts file to keep trusted peers' names in (opt-in).
     pub hosts_file: Option<PathBuf>,
-    /// Address for a metrics endpoint, if any (read from the config file; nothing serves it
-    /// yet).
+    /// Where to serve Prometheus metrics (opt-in).
     pub metrics: Option<SocketAddr>,
 }
 
@@ -76,6 +78,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
 }
 
 async fn up(options: UpOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
     let identity = Identity::load_or_create(&options.state_dir)?;
     let address = identity.address();
     let mut rendezvous = options.rendezvous.clone();
@@ -94,6 +97,11 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
 
     let trust_file = trust_file::TrustFile::new(&options.state_dir);
     let trust = trust_file.load()?;
+    // Before the interface exists: a busy address stops the start with nothing to undo.
+    let metrics = match options.metrics {
+        Some(addr) => Some(MetricsListener::bind(addr).await?),
+        None => None,
+    };
 
     let tun = TunDevice::create_with_offload(&options.interface)?;
     let interface = tun.name().to_owned();
@@ -130,10 +138,12 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
         let control = ControlSocket::bind(&options.control)
             .with_context(|| format!("control socket {}", options.control.display()))?;
         let hosts_file = options.hosts_file.as_ref().map(names::HostsFile::new);
-        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin, trust_file, hosts_file };
+        let metrics_addr = metrics.as_ref().map(MetricsListener::local_addr);
+        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin, trust_file, hosts_file, started, metrics: metrics_addr };
         let plane = DataPlane::new(node, tun, udp, facts).context("registering I/O with the runtime")?;
 
         let (commands_tx, commands_rx) = mpsc::channel(64);
+        let metrics_server = metrics.map(|listener| tokio::spawn(serve_metrics(listener, commands_tx.clone())));
         let server = tokio::spawn(control.serve(commands_tx));
         tracing::info!(
             address = %address.to_ipv6(),
@@ -142,9 +152,13 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
             listen_port,
             peers = options.peers.len(),
             control = %options.control.display(),
+            metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "pilotd up"
         );
         let outcome = plane.run(commands_rx, shutdown_signal()?).await;
+        if let Some(metrics) = metrics_server {
+            metrics.abort();
+        }
         server.abort();
         // Wait for the server task to go so the control socket file is removed now.
         let _ = server.await;
@@ -163,6 +177,19 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
         tracing::info!("pilotd stopped; interface {interface} removed");
     }
     result
+}
+
+/// Serves the metrics page, asking the data plane for a snapshot per scrape.
+async fn serve_metrics(listener: MetricsListener, commands: mpsc::Sender<control::Command>) {
+    listener
+        .serve(|| {
+            let commands = commands.clone();
+            async move {
+                let snapshot = control::ask(&commands, control::Command::Metrics).await?;
+                Some(metrics::render_node(&snapshot))
+            }
+        })
+        .await;
 }
 
 /// This host's own endpoints for the node's port: every global or private address on its

@@ -21,11 +21,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::{self, MetricsListener, RendezvousMetrics};
 use crate::clock::WallClock;
 use crate::identity::Identity;
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
 use crate::rendezvous::{Config, Port, Server, SqliteStore, Transmit, DB_FILE};
+
+/// A scrape waiting for the loop's snapshot.
+type MetricsRequest = oneshot::Sender<RendezvousMetrics>;
 
 /// Everything `pilotd rendezvous` needs.
 #[derive(Debug, Clone)]
@@ -39,8 +44,7 @@ pub struct RendezvousOptions {
     pub relay_bytes_per_sec: u64,
     /// How often changed counters are logged.
     pub stats_interval: Duration,
-    /// Address for a metrics endpoint, if any (read from the config file; nothing serves it
-    /// yet).
+    /// Where to serve Prometheus metrics (opt-in).
     pub metrics: Option<SocketAddr>,
 }
 
@@ -62,12 +66,18 @@ pub fn run_rendezvous(options: RendezvousOptions) -> anyhow::Result<()> {
 }
 
 async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
     prepare_data_dir(&options.data_dir)?;
     let identity = Identity::load_or_create(&options.data_dir)?;
     let key = identity.public_key();
     let main = bind(options.listen)?;
     let alt = bind(SocketAddr::new(options.listen.ip(), options.alt_port))?;
     let (main_port, alt_port) = (main.local_addr()?.port(), alt.local_addr()?.port());
+    let metrics = match options.metrics {
+        Some(addr) => Some(MetricsListener::bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(MetricsListener::local_addr);
     // SAFETY: io::udp::UdpSocket owns its descriptor, keeps it open for its whole lifetime
     // and always returns the same one from as_raw_fd.
     let (main, alt) = unsafe {
@@ -98,8 +108,12 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         alt_port,
         registrations = server.registered(),
         data_dir = %options.data_dir.display(),
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "rendezvous listening"
     );
+    let (metrics_tx, metrics_rx) = mpsc::channel(4);
+    let metrics_server =
+        metrics.map(|listener| tokio::spawn(serve_metrics(listener, metrics_tx, db.clone())));
     let sockets = Sockets { main, alt };
     let mut core = Core {
         server,
@@ -110,9 +124,50 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         ],
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         send_errors: 0,
+        started,
     };
-    core.run(&sockets, super::shutdown_signal()?, options.stats_interval)
-        .await
+    let metrics_rx = metrics_server.is_some().then_some(metrics_rx);
+    let outcome = core
+        .run(
+            &sockets,
+            super::shutdown_signal()?,
+            options.stats_interval,
+            metrics_rx,
+        )
+        .await;
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
+    outcome
+}
+
+/// Serves the metrics page: a snapshot from the loop per scrape, and the database's size
+/// read here (two `stat`s), off the loop.
+async fn serve_metrics(
+    listener: MetricsListener,
+    loop_: mpsc::Sender<MetricsRequest>,
+    db: PathBuf,
+) {
+    listener
+        .serve(|| {
+            let (loop_, db) = (loop_.clone(), db.clone());
+            async move {
+                let (tx, rx) = oneshot::channel();
+                loop_.send(tx).await.ok()?;
+                let mut snapshot = rx.await.ok()?;
+                snapshot.store_bytes = store_bytes(&db);
+                Some(metrics::render_rendezvous(&snapshot))
+            }
+        })
+        .await;
+}
+
+/// The database file's size plus its write-ahead log's (absent between checkpoints).
+fn store_bytes(db: &Path) -> Option<u64> {
+    let file = fs::metadata(db).ok()?.len();
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    Some(file + fs::metadata(wal).map_or(0, |m| m.len()))
 }
 
 /// The two sockets, kept apart from the state so that waiting on them borrows nothing the
@@ -131,6 +186,7 @@ struct Core {
     /// Datagrams the kernel refused or that found the send buffer full (dropped: nodes
     /// retry control messages, and WireGuard copes with loss).
     send_errors: u64,
+    started: Instant,
 }
 
 impl Sockets {
@@ -148,6 +204,7 @@ impl Core {
         sockets: &Sockets,
         shutdown: impl std::future::Future<Output = ()>,
         stats_interval: Duration,
+        mut metrics: Option<mpsc::Receiver<MetricsRequest>>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         // The first tick one interval from now, not at once.
@@ -177,6 +234,13 @@ impl Core {
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => self.tick(sockets),
+                request = next_request(&mut metrics) => match request {
+                    Some(reply) => {
+                        let _ = reply.send(self.metrics());
+                    }
+                    // The endpoint is gone: stop asking.
+                    None => metrics = None,
+                },
                 _ = stats.tick() => {
                     if *self.server.counters() != logged {
                         logged = self.server.counters().clone();
@@ -234,6 +298,21 @@ impl Core {
         false
     }
 
+    /// A copy of the counters and sizes for the metrics page (the store's size is read by
+    /// the endpoint).
+    fn metrics(&self) -> RendezvousMetrics {
+        RendezvousMetrics {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime: self.started.elapsed(),
+            counters: self.server.counters().clone(),
+            registered: self.server.registered(),
+            ledger: self.server.ledger().len(),
+            outbox: self.server.outbox_len(),
+            send_errors: self.send_errors,
+            store_bytes: None,
+        }
+    }
+
     /// Runs the server's timers and sends what they queued (resent deliveries).
     fn tick(&mut self, sockets: &Sockets) {
         self.server.handle_timeout(Instant::now());
@@ -243,6 +322,16 @@ impl Core {
         for port in [Port::Main, Port::Alt] {
             flush(&mut self.send, sockets, &mut self.send_errors, port);
         }
+    }
+}
+
+/// The next scrape's request; never resolves without an endpoint.
+async fn next_request(
+    metrics: &mut Option<mpsc::Receiver<MetricsRequest>>,
+) -> Option<MetricsRequest> {
+    match metrics {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::path::PunchEnd;
 use super::{DropReason, Event, Node, PathKind};
 use crate::wire::control::{Message, RefusalCode};
 use crate::wire::envelope::{self, EnvelopeError, Opened};
@@ -57,6 +58,7 @@ impl Node {
                 continue;
             }
             if self.peers[index].path.check_direct(now) {
+                self.counters.relay_fallbacks += 1;
                 self.path_changed(
                     index,
                     if registered {
@@ -147,7 +149,9 @@ impl Node {
                 if !self.peers[index].trusted {
                     return false;
                 }
-                self.peers[index].path.start_punch(&candidates, now);
+                if self.peers[index].path.start_punch(&candidates, now) {
+                    self.counters.punches += 1;
+                }
                 self.send_probes(index, now);
                 // Both sides are registered now: a handshake sent earlier may have been lost.
                 self.kick_handshake(index);
@@ -200,7 +204,9 @@ impl Node {
             observed: from,
         };
         self.send_control(from, &ack, now);
-        self.peers[index].path.on_probe_from(from, now);
+        if self.peers[index].path.on_probe_from(from, now) {
+            self.counters.punches += 1;
+        }
         self.send_probes(index, now);
         true
     }
@@ -218,7 +224,11 @@ impl Node {
         if !self.peers[index].trusted {
             return false;
         }
+        let was_direct = self.peers[index].path.direct_endpoint().is_some();
         if self.peers[index].path.on_probe_ack(echo, from, now) {
+            if !was_direct {
+                self.counters.direct_found += 1;
+            }
             self.path_changed(index, PathKind::Direct, Some(from));
             self.kick_handshake(index);
         }
@@ -228,7 +238,9 @@ impl Node {
     /// Sends the probes peer `index`'s path wants now.
     fn send_probes(&mut self, index: usize, now: Instant) {
         let mut due = Vec::new();
-        self.peers[index].path.poll_probes(now, |to| due.push(to));
+        if self.peers[index].path.poll_probes(now, |to| due.push(to)) == PunchEnd::Failed {
+            self.counters.punches_failed += 1;
+        }
         let target = self.peers[index].key;
         for to in due {
             let nonce = self.send_control(to, &Message::Probe { target }, now);

@@ -1,5 +1,6 @@
-//! Why packets were dropped, counted per reason. Counting is the only per-packet bookkeeping on
-//! the drop path: no logging above TRACE, no allocation.
+//! What the node did and dropped, counted: drops per reason, WireGuard sessions, punches and
+//! their outcomes, relay traffic. Counting is the only per-packet bookkeeping on the drop
+//! path: no logging above TRACE, no allocation.
 
 /// Why the node dropped a packet or datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +79,24 @@ impl DropReason {
     }
 }
 
-/// Drop counts by reason.
+/// Everything the node counts since it started. All counts only grow.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
+    /// WireGuard sessions established (a handshake completed, as initiator or responder).
+    pub handshakes: u64,
+    /// Punches started: probing windows opened by an introduction from the rendezvous (or by
+    /// the peer's probe from an endpoint not being probed).
+    pub punches: u64,
+    /// Peers whose path became direct from relayed or none (a probe answered, or the peer's
+    /// WireGuard arrived straight from a new endpoint).
+    pub direct_found: u64,
+    /// Punch windows that closed with no direct path (the pair stays on the relay).
+    pub punches_failed: u64,
+    /// Direct paths given up after going silent under traffic (back to the relay).
+    pub relay_fallbacks: u64,
+    /// Bytes of relay frames sent to and received from the rendezvous (headers included).
+    pub relay_tx_bytes: u64,
+    pub relay_rx_bytes: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 
@@ -90,15 +106,17 @@ impl Counters {
         self.drops[reason as usize] += 1;
     }
 
+    /// Drops for `reason`.
     pub fn get(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
     }
 
-    /// Every reason with its count, in declaration order.
+    /// Every drop reason with its count, in declaration order.
     pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
         DropReason::ALL.iter().map(|r| (*r, self.get(*r)))
     }
 
+    /// Drops by reason, as `pilotctl info` shows them.
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
         self.iter()
             .map(|(r, n)| (r.name().to_owned(), n.into()))

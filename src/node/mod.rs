@@ -35,7 +35,7 @@ use boringtun::x25519;
 use ed25519_dalek::SigningKey;
 
 pub use counters::{Counters, DropReason};
-pub use peer::{PathKind, PeerConfig, PeerStatus};
+pub use peer::{PathKind, PeerConfig, PeerStatus, PeerTraffic};
 pub use rendezvous::{NetStatus, RendezvousConfig};
 pub use trust::{
     HandshakeOutcome, Incoming, Outgoing, TrustBook, TrustState, VerbError, TRUST_STATE_VERSION,
@@ -422,6 +422,7 @@ impl Node {
                 let from_rendezvous = self.link.as_ref().is_some_and(|l| l.is_rendezvous(from));
                 match crate::wire::control::parse_relay(datagram) {
                     Some((_, inner)) if from_rendezvous => {
+                        self.counters.relay_rx_bytes += datagram.len() as u64;
                         self.handle_wireguard(Via::Relay(from), inner, now, out)
                     }
                     _ => {
@@ -533,6 +534,17 @@ impl Node {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Bytes through every peer's tunnels since the node started, one entry per peer in the
+    /// table (trusted or not: the counts of a peer whose trust ended stay), in table order.
+    pub fn traffic(&self) -> impl Iterator<Item = PeerTraffic> + '_ {
+        self.peers.iter().map(Peer::traffic)
+    }
+
+    /// Whether the node is registered with its rendezvous now (false without one).
+    pub fn is_registered(&self, now: Instant) -> bool {
+        self.link.as_ref().is_some_and(|l| l.is_registered(now))
     }
 
     /// Wall-clock time at `now`, in UNIX milliseconds.

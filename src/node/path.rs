@@ -28,6 +28,17 @@ const MAX_CANDIDATES: usize = 16;
 /// A newly answered candidate replaces the current one only if this much faster.
 const SWITCH_MARGIN: Duration = Duration::from_micros(500);
 
+/// What [`PeerPath::poll_probes`] saw of the punch in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PunchEnd {
+    /// No punch ended now (none running, or still probing).
+    NotNow,
+    /// The punch window closed with a direct path.
+    Direct,
+    /// The punch window closed with no direct path: the pair stays where it was (the relay).
+    Failed,
+}
+
 /// Where the next datagram for a peer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -132,25 +143,29 @@ impl PeerPath {
         self.last_relay_rx = Some(now);
     }
 
-    /// The rendezvous introduced us: probe these candidates from now on.
-    pub fn start_punch(&mut self, candidates: &[SocketAddr], now: Instant) {
+    /// The rendezvous introduced us: probe these candidates from now on. Returns true when
+    /// this opens a punch window (none was running), false when it extends the running one.
+    pub fn start_punch(&mut self, candidates: &[SocketAddr], now: Instant) -> bool {
         for c in candidates {
             if !self.candidates.contains(c) && self.candidates.len() < MAX_CANDIDATES {
                 self.candidates.push(*c);
             }
         }
+        let opened = self.punch_until.is_none();
         self.punch_until = Some(now + PUNCH_WINDOW);
         self.next_round = Some(now);
         self.next_connect = Some(now + RETRY_DIRECT);
+        opened
     }
 
     /// The peer's probe reached us from `from`: probe back there too (it is the endpoint its
-    /// NAT opened towards us, which may be the only one that works).
-    pub fn on_probe_from(&mut self, from: SocketAddr, now: Instant) {
+    /// NAT opened towards us, which may be the only one that works). Returns true when this
+    /// opens a punch window.
+    pub fn on_probe_from(&mut self, from: SocketAddr, now: Instant) -> bool {
         if self.fixed || self.direct.is_some_and(|d| d.endpoint == from) {
-            return;
+            return false;
         }
-        self.start_punch(&[from], now);
+        self.start_punch(&[from], now)
     }
 
     /// Remembers a probe the caller sent.
@@ -197,15 +212,21 @@ impl PeerPath {
     }
 
     /// Probes due at `now`: every candidate once per punch round, and the direct endpoint when
-    /// it has gone quiet under traffic.
-    pub fn poll_probes(&mut self, now: Instant, mut due: impl FnMut(SocketAddr)) {
+    /// it has gone quiet under traffic. Says whether a punch window closed now, and how.
+    pub fn poll_probes(&mut self, now: Instant, mut due: impl FnMut(SocketAddr)) -> PunchEnd {
         if self.fixed {
-            return;
+            return PunchEnd::NotNow;
         }
+        let mut end = PunchEnd::NotNow;
         if let (Some(until), Some(next)) = (self.punch_until, self.next_round) {
             if now >= until {
                 self.punch_until = None;
                 self.next_round = None;
+                end = if self.direct.is_some() {
+                    PunchEnd::Direct
+                } else {
+                    PunchEnd::Failed
+                };
             } else if now >= next {
                 self.next_round = Some(now + PUNCH_INTERVAL);
                 for &to in &self.candidates {
@@ -224,6 +245,7 @@ impl PeerPath {
                 due(d.endpoint);
             }
         }
+        end
     }
 
     /// Drops a direct path that went silent under traffic. Returns true if it did.
@@ -341,6 +363,28 @@ mod tests {
         assert!(p.check_direct(t1 + DIRECT_TIMEOUT));
         assert_eq!(p.route(true), Route::Relay);
         assert!(p.wants_connect(t1 + DIRECT_TIMEOUT), "a new punch at once");
+    }
+
+    #[test]
+    fn a_punch_window_ends_failed_or_direct_once() {
+        let t0 = Instant::now();
+        let candidate = ep("203.0.113.2:40000");
+        let end = |p: &mut PeerPath, at: Instant| p.poll_probes(at, |_| {});
+        let mut p = PeerPath::discovered();
+        assert!(p.start_punch(&[candidate], t0), "opens a window");
+        assert!(
+            !p.start_punch(&[candidate], t0 + Duration::from_secs(1)),
+            "extends the running one"
+        );
+        assert_eq!(end(&mut p, t0 + Duration::from_secs(2)), PunchEnd::NotNow);
+        let closed = t0 + Duration::from_secs(1) + PUNCH_WINDOW;
+        assert_eq!(end(&mut p, closed), PunchEnd::Failed);
+        assert_eq!(end(&mut p, closed), PunchEnd::NotNow, "reported once");
+
+        assert!(p.start_punch(&[candidate], closed));
+        p.probe_sent(1, candidate, closed);
+        assert!(p.on_probe_ack(1, candidate, closed));
+        assert_eq!(end(&mut p, closed + PUNCH_WINDOW), PunchEnd::Direct);
     }
 
     #[test]

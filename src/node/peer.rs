@@ -60,6 +60,16 @@ pub struct PeerStatus {
     pub rtt_ms: Option<f64>,
 }
 
+/// Bytes through one peer's tunnels since the node started, across sessions and revocations
+/// (boringtun's own counts start again with each tunnel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub addr: NodeAddr,
+    /// Decrypted bytes received, and plaintext bytes sent (what the peer's tunnel carried).
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
 pub(crate) struct Peer {
     pub key: NodeKey,
     pub addr: NodeAddr,
@@ -82,6 +92,9 @@ pub(crate) struct Peer {
     wg_public: x25519::PublicKey,
     index: u32,
     rate_limiter: Arc<RateLimiter>,
+    /// Bytes received and sent through tunnels closed before the current one.
+    closed_rx: u64,
+    closed_tx: u64,
 }
 
 impl Peer {
@@ -116,12 +129,16 @@ impl Peer {
             wg_public,
             index,
             rate_limiter,
+            closed_rx: 0,
+            closed_tx: 0,
         }
     }
 
     /// Closes the gate and forgets the session: a fresh tunnel (same index) holds no keys, so
     /// nothing sent under the old session is accepted any more, and the path starts over.
     pub fn close(&mut self, keepalive: Option<u16>) {
+        let traffic = self.traffic();
+        (self.closed_rx, self.closed_tx) = (traffic.rx_bytes, traffic.tx_bytes);
         self.trusted = false;
         self.tunn = Tunn::new(
             self.own_secret.clone(),
@@ -135,6 +152,16 @@ impl Peer {
         self.needs_flush = false;
         self.kick_handshake = false;
         self.last_rtt = None;
+    }
+
+    /// Bytes through this peer's tunnels since the node started.
+    pub fn traffic(&self) -> PeerTraffic {
+        let (_, tx_bytes, rx_bytes, ..) = self.tunn.stats();
+        PeerTraffic {
+            addr: self.addr,
+            rx_bytes: self.closed_rx + rx_bytes as u64,
+            tx_bytes: self.closed_tx + tx_bytes as u64,
+        }
     }
 
     /// Whether a WireGuard session is up (a handshake completed within its lifetime).

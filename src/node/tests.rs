@@ -164,9 +164,31 @@ fn packets_cross_both_ways_after_the_handshake() {
     );
     let d = (ep(B_EP), t.to, t.payload.to_vec());
     p.run(vec![d]);
-    assert_eq!(p.a_tun, vec![back]);
+    assert_eq!(p.a_tun, vec![back.clone()]);
     assert_eq!(p.a.peers(p.now).next().unwrap().path, PathKind::Direct);
     assert_eq!(p.a.counters().iter().map(|(_, n)| n).sum::<u64>(), 0);
+
+    // One session, counted on both sides; the tunnels carried exactly the two packets.
+    assert_eq!(
+        (p.a.counters().handshakes, p.b.counters().handshakes),
+        (1, 1)
+    );
+    let a = p.a.traffic().next().unwrap();
+    let b = p.b.traffic().next().unwrap();
+    assert_eq!((a.addr, b.addr), (p.b.addr(), p.a.addr()));
+    assert_eq!(
+        (a.tx_bytes, a.rx_bytes),
+        (first.len() as u64, back.len() as u64)
+    );
+    assert_eq!(
+        (b.tx_bytes, b.rx_bytes),
+        (back.len() as u64, first.len() as u64)
+    );
+    assert_eq!(
+        p.a.counters().relay_tx_bytes,
+        0,
+        "static peers never use the relay"
+    );
 }
 
 #[test]

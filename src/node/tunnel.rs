@@ -28,6 +28,17 @@ pub(super) enum Via {
     Relay(SocketAddr),
 }
 
+/// Which WireGuard message a datagram carries, as far as counting sessions cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageKind {
+    Initiation,
+    Response,
+    Other,
+}
+
+/// WireGuard's message type of a handshake response.
+const HANDSHAKE_RESPONSE: u8 = 2;
+
 /// What a boringtun call produced, as positions in the caller's buffer.
 enum Produced {
     /// A datagram of this many bytes at the start of the buffer, for this endpoint.
@@ -48,7 +59,7 @@ impl Node {
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
         let (Via::Direct(from) | Via::Relay(from)) = via;
-        let Some(index) = self.route_wireguard(from, datagram, out) else {
+        let Some((index, kind)) = self.route_wireguard(from, datagram, out) else {
             return NetOutput::Nothing;
         };
         // Answer the way the datagram came.
@@ -62,6 +73,9 @@ impl Node {
         if matches!(produced, Produced::Failed) {
             self.counters.drop(DropReason::BadWireGuard);
             return NetOutput::Nothing;
+        }
+        if established(kind, &produced, via, out) {
+            self.counters.handshakes += 1;
         }
         // Authenticated: this is where the peer is now (roaming, NAT rebinding, a punched path).
         self.on_authenticated(index, via, now);
@@ -264,6 +278,7 @@ impl Node {
             (Route::Relay, Some(rendezvous)) => {
                 out[0] = RELAY_TO;
                 out[1..RELAY_HEADER_LEN].copy_from_slice(&self.peers[index].key.0);
+                self.counters.relay_tx_bytes += (RELAY_HEADER_LEN + len) as u64;
                 Produced::Network(rendezvous, RELAY_HEADER_LEN + len)
             }
             _ => Produced::Done,
@@ -319,6 +334,9 @@ impl Node {
             Via::Direct(from) => {
                 let before = path.direct_endpoint();
                 path.on_direct_rx(from, now);
+                if before.is_none() {
+                    self.counters.direct_found += 1;
+                }
                 if before != Some(from) {
                     let peer = self.peers[index].key;
                     let changed = Event::PathChanged {
@@ -340,8 +358,8 @@ impl Node {
         from: SocketAddr,
         datagram: &[u8],
         scratch: &mut [u8],
-    ) -> Option<usize> {
-        let index = match Tunn::parse_incoming_packet(datagram) {
+    ) -> Option<(usize, MessageKind)> {
+        let (index, kind) = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(_)) => {
                 // mac1 (and, under load, the cookie) is checked before the expensive
                 // Diffie-Hellman that reveals the sender's key.
@@ -360,11 +378,15 @@ impl Node {
                     self.counters.drop(DropReason::UnknownPeer);
                     return None;
                 };
-                index
+                (index, MessageKind::Initiation)
             }
-            Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
+            Ok(Packet::HandshakeResponse(p)) => {
+                ((p.receiver_idx >> 8) as usize, MessageKind::Response)
+            }
+            Ok(Packet::PacketCookieReply(p)) => {
+                ((p.receiver_idx >> 8) as usize, MessageKind::Other)
+            }
+            Ok(Packet::PacketData(p)) => ((p.receiver_idx >> 8) as usize, MessageKind::Other),
             Err(_) => {
                 self.counters.drop(DropReason::BadWireGuard);
                 return None;
@@ -379,7 +401,7 @@ impl Node {
             self.counters.drop(DropReason::Untrusted);
             return None;
         }
-        Some(index)
+        Some((index, kind))
     }
 
     fn write_ping(&mut self, peer: usize, seq: u16) -> ([u8; 128], usize) {
@@ -394,5 +416,23 @@ impl Node {
         )
         .expect("scratch holds an echo request");
         (self.scratch, len)
+    }
+}
+
+/// Whether handling a datagram of `kind` established a WireGuard session: a response that
+/// boringtun accepted (we initiated), or an initiation it answered with a response rather than
+/// a cookie reply (we respond). `out` holds what `produced` describes, behind a relay header
+/// when the datagram came through the relay.
+fn established(kind: MessageKind, produced: &Produced, via: Via, out: &[u8]) -> bool {
+    match (kind, produced) {
+        (MessageKind::Response, Produced::Network(..) | Produced::Done) => true,
+        (MessageKind::Initiation, Produced::Network(..)) => {
+            let start = match via {
+                Via::Direct(_) => 0,
+                Via::Relay(_) => RELAY_HEADER_LEN,
+            };
+            out.get(start) == Some(&HANDSHAKE_RESPONSE)
+        }
+        _ => false,
     }
 }

@@ -324,6 +324,11 @@ impl Server {
         &self.ledger
     }
 
+    /// Trust statements waiting to be delivered (and acknowledged), for every node.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// The registration of `key` as the store keeps it.
     fn record(&self, key: &NodeKey) -> Option<Registration> {
         let hostname = self.directory.name_of(key).cloned();

@@ -81,6 +81,11 @@ impl Outbox {
         ids.filter_map(|id| Some((*id, self.items.get(id)?)))
     }
 
+    /// Items waiting, for every target.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
     pub fn count(&self, target: &NodeKey) -> usize {
         self.by_target.get(target).map_or(0, BTreeSet::len)
     }

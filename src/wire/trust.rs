@@ -456,6 +456,15 @@ impl TrustLedger {
         TrustLedger::default()
     }
 
+    /// Pairs with a statement (a record or a revocation).
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
     /// Admits a record if it verifies and is newer than what is known for the pair. Returns
     /// whether it changed the pair's state.
     pub fn admit_record(&mut self, record: TrustRecord, now_ms: u64) -> Result<bool, TrustError> {

@@ -388,6 +388,20 @@ fn every_nat_pair_connects_on_the_expected_path() {
             let want = expected_path(a, b);
             assert_eq!(sim.path(x, y), want, "{a:?}/{b:?} from the first node");
             assert_eq!(sim.path(y, x), want, "{a:?}/{b:?} from the second node");
+            // The counters tell the same story: introduced, punched, and either a direct path
+            // found or the punch given up with the relay carrying the traffic.
+            for i in [x, y] {
+                let c = sim.nodes[i].node.counters();
+                let what = format!("{a:?}/{b:?} node {i}: {c:?}");
+                assert!(c.handshakes >= 1 && c.punches >= 1, "{what}");
+                if want == PathKind::Direct {
+                    assert!(c.direct_found >= 1, "{what}");
+                } else {
+                    assert_eq!(c.direct_found, 0, "{what}");
+                    assert!(c.punches_failed >= 1, "{what}");
+                    assert!(c.relay_tx_bytes > 0 && c.relay_rx_bytes > 0, "{what}");
+                }
+            }
         }
     }
 }
@@ -467,9 +481,11 @@ fn a_dead_direct_path_falls_back_to_the_relay_within_seconds() {
     assert_eq!(sim.path(x, y), PathKind::Direct);
     sim.net.block_direct = true;
     // Under traffic, the path is given up after DIRECT_TIMEOUT and the relay carries on.
+    let fallbacks = sim.nodes[x].node.counters().relay_fallbacks;
     traffic(&mut sim, x, y, Duration::from_secs(7));
     assert_eq!(sim.path(x, y), PathKind::Relay);
     assert_eq!(sim.path(y, x), PathKind::Relay);
+    assert_eq!(sim.nodes[x].node.counters().relay_fallbacks, fallbacks + 1);
     assert_eq!(
         traffic(&mut sim, x, y, Duration::from_secs(2)),
         40,

@@ -1,0 +1,91 @@
+//! What the data plane reports besides `info`: the status summary and the metrics snapshot.
+//! Both are copies of counters and one pass over the peers, taken between two batches.
+
+use std::time::Instant;
+
+use super::Core;
+use crate::daemon::control::{PathCounts, StatusReply, TrustCounts};
+use crate::daemon::metrics::NodeMetrics;
+use crate::node::PathKind;
+
+impl Core {
+    /// Peers packets may pass with, by path now.
+    pub(super) fn path_counts(&self, now: Instant) -> PathCounts {
+        let mut counts = PathCounts::default();
+        for peer in self.node.peers(now) {
+            match peer.path {
+                PathKind::Direct => counts.direct += 1,
+                PathKind::Relay => counts.relay += 1,
+                PathKind::None => counts.none += 1,
+            }
+        }
+        counts
+    }
+
+    /// Drops the loop counts itself: TUN writes, TUN reads, UDP sends.
+    pub(super) fn own_drops(&self) -> [(&'static str, u64); 3] {
+        [
+            ("tun_write_failed", self.writer.errors()),
+            ("tun_read_malformed", self.offload_errors),
+            (
+                "udp_send_failed",
+                self.send.send_errors() + self.send_dropped,
+            ),
+        ]
+    }
+
+    /// A copy of everything the metrics page shows: counters, and one entry per peer.
+    pub(super) fn metrics(&self) -> NodeMetrics {
+        let now = Instant::now();
+        let paths = self.path_counts(now);
+        let [tun_write, tun_read, udp_send] = self.own_drops().map(|(_, n)| n);
+        NodeMetrics {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime: now.saturating_duration_since(self.facts.started),
+            direct: paths.direct,
+            relay: paths.relay,
+            unreachable: paths.none,
+            traffic: self.node.traffic().collect(),
+            counters: self.node.counters().clone(),
+            tun_write_failed: tun_write,
+            tun_read_malformed: tun_read,
+            udp_send_failed: udp_send,
+            trusted: self.node.trust().trusted().count(),
+            configured: self.node.configured_peers().count(),
+            pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
+            registered: self.node.is_registered(now),
+            nat: self.node.net_status(now).nat,
+        }
+    }
+
+    pub(super) fn status(&self) -> StatusReply {
+        let now = Instant::now();
+        let addr = self.node.addr();
+        let net = self.node.net_status(now);
+        let counters = self.node.counters();
+        let drops = counters.iter().map(|(_, n)| n);
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: now.saturating_duration_since(self.facts.started).as_secs(),
+            address: addr.to_ipv6().to_string(),
+            node: addr.to_string(),
+            hostname: self.node.hostname().map(|n| n.to_string()),
+            interface: self.facts.interface.clone(),
+            listen_port: self.facts.listen_port,
+            nat: net.rendezvous.is_some().then_some(net.nat),
+            rendezvous: net.rendezvous,
+            registered: net.registered,
+            endpoint: net.endpoint,
+            peers: self.path_counts(now),
+            trust: TrustCounts {
+                trusted: self.node.trust().trusted().count(),
+                configured: self.node.configured_peers().count(),
+                pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
+                auto_approve: self.node.auto_approve(),
+            },
+            drops_total: drops.chain(self.own_drops().map(|(_, n)| n)).sum(),
+            handshakes: counters.handshakes,
+            metrics: self.facts.metrics.map(|a| a.to_string()),
+        }
+    }
+}

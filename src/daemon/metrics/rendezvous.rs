@@ -1,0 +1,275 @@
+//! The rendezvous' metrics page (`pilotd rendezvous --metrics`), rendered from a snapshot its
+//! loop hands over.
+
+use std::time::Duration;
+
+use super::exposition::{Exposition, Kind};
+use crate::rendezvous::{Counters, Refusal, RelayDrop};
+
+/// What the rendezvous loop knows at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct RendezvousMetrics {
+    pub version: String,
+    pub uptime: Duration,
+    pub counters: Counters,
+    /// Registrations held (fresh ones, and expired ones not yet swept).
+    pub registered: usize,
+    /// Trust statements in force (one per pair), and statements waiting for delivery.
+    pub ledger: usize,
+    pub outbox: usize,
+    /// Datagrams the kernel refused or that found the send buffer full.
+    pub send_errors: u64,
+    /// The database's size on disk (file and write-ahead log), when it could be read.
+    pub store_bytes: Option<u64>,
+}
+
+/// The text exposition of `m`, families in a fixed order, every reason always.
+pub fn render(m: &RendezvousMetrics) -> String {
+    let c = &m.counters;
+    let mut page = Exposition::new();
+    page.family(
+        "pilot_build_info",
+        Kind::Gauge,
+        "The running pilotd's version; always 1.",
+    )
+    .sample(&[("version", &m.version)], 1u64);
+    page.single(
+        "pilot_rendezvous_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the rendezvous started.",
+        m.uptime.as_secs_f64(),
+    );
+    page.single(
+        "pilot_rendezvous_registered_nodes",
+        Kind::Gauge,
+        "Registrations held (fresh, and expired ones not yet swept).",
+        m.registered,
+    );
+    for (name, help, value) in [
+        (
+            "pilot_rendezvous_registrations_total",
+            "Register messages acknowledged (new registrations and refreshes).",
+            c.registrations,
+        ),
+        (
+            "pilot_rendezvous_expired_total",
+            "Registrations that expired.",
+            c.expired,
+        ),
+        (
+            "pilot_rendezvous_nat_probes_total",
+            "NAT probes answered (both ports).",
+            c.nat_probes,
+        ),
+        (
+            "pilot_rendezvous_punches_total",
+            "Introductions made (a Punch sent to both nodes).",
+            c.punches,
+        ),
+        (
+            "pilot_rendezvous_relay_frames_total",
+            "Relay frames forwarded.",
+            c.relay_frames,
+        ),
+        (
+            "pilot_rendezvous_relay_bytes_total",
+            "Bytes of relay frames forwarded.",
+            c.relay_bytes,
+        ),
+    ] {
+        page.single(name, Kind::Counter, help, value);
+    }
+    let mut drops = page.family(
+        "pilot_rendezvous_relay_drops_total",
+        Kind::Counter,
+        "Relay frames not forwarded, by reason.",
+    );
+    for d in RelayDrop::ALL {
+        drops.sample(&[("reason", d.name())], c.relay_dropped(d));
+    }
+    let mut refusals = page.family(
+        "pilot_rendezvous_refusals_total",
+        Kind::Counter,
+        "Control messages refused, by reason.",
+    );
+    for r in Refusal::ALL {
+        refusals.sample(&[("reason", r.name())], c.refused(r));
+    }
+    for (name, help, value) in [
+        (
+            "pilot_rendezvous_statements_stored_total",
+            "Trust statements submitted that changed something and were stored.",
+            c.statements_stored,
+        ),
+        (
+            "pilot_rendezvous_deliveries_total",
+            "Deliver messages sent (first sends and resends).",
+            c.deliveries,
+        ),
+        (
+            "pilot_rendezvous_acks_total",
+            "Acks that removed a delivered statement.",
+            c.acks,
+        ),
+        (
+            "pilot_rendezvous_lookups_total",
+            "Lookups answered (found or not).",
+            c.lookups,
+        ),
+        (
+            "pilot_rendezvous_store_errors_total",
+            "Store operations that failed.",
+            c.store_errors,
+        ),
+        (
+            "pilot_rendezvous_send_errors_total",
+            "Datagrams the kernel refused or that found the send buffer full.",
+            m.send_errors,
+        ),
+    ] {
+        page.single(name, Kind::Counter, help, value);
+    }
+    page.single(
+        "pilot_rendezvous_trust_pairs",
+        Kind::Gauge,
+        "Trust statements in force, one per pair (records and revocations).",
+        m.ledger,
+    );
+    page.single(
+        "pilot_rendezvous_outbox_items",
+        Kind::Gauge,
+        "Trust statements waiting for delivery to their target.",
+        m.outbox,
+    );
+    if let Some(bytes) = m.store_bytes {
+        page.single(
+            "pilot_rendezvous_store_bytes",
+            Kind::Gauge,
+            "Size of the registry database on disk (file and write-ahead log).",
+            bytes,
+        );
+    }
+    page.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_state_renders_exactly() {
+        let mut counters = Counters::default();
+        counters.registrations = 12;
+        counters.nat_probes = 8;
+        counters.punches = 3;
+        counters.relay_frames = 40;
+        counters.relay_bytes = 52_000;
+        counters.expired = 1;
+        counters.statements_stored = 4;
+        counters.deliveries = 5;
+        counters.acks = 4;
+        counters.lookups = 2;
+        counters.refuse(Refusal::Replay);
+        counters.refuse(Refusal::NameTaken);
+        counters.refuse(Refusal::NameTaken);
+        counters.relay_drop(RelayDrop::NotAllowed);
+        let m = RendezvousMetrics {
+            version: "0.1.0".into(),
+            uptime: Duration::from_secs(3600),
+            counters,
+            registered: 2,
+            ledger: 1,
+            outbox: 0,
+            send_errors: 7,
+            store_bytes: Some(4096),
+        };
+        let page = render(&m);
+        let expected = "\
+# HELP pilot_build_info The running pilotd's version; always 1.
+# TYPE pilot_build_info gauge
+pilot_build_info{version=\"0.1.0\"} 1
+# HELP pilot_rendezvous_uptime_seconds Seconds since the rendezvous started.
+# TYPE pilot_rendezvous_uptime_seconds gauge
+pilot_rendezvous_uptime_seconds 3600
+# HELP pilot_rendezvous_registered_nodes Registrations held (fresh, and expired ones not yet swept).
+# TYPE pilot_rendezvous_registered_nodes gauge
+pilot_rendezvous_registered_nodes 2
+# HELP pilot_rendezvous_registrations_total Register messages acknowledged (new registrations and refreshes).
+# TYPE pilot_rendezvous_registrations_total counter
+pilot_rendezvous_registrations_total 12
+# HELP pilot_rendezvous_expired_total Registrations that expired.
+# TYPE pilot_rendezvous_expired_total counter
+pilot_rendezvous_expired_total 1
+# HELP pilot_rendezvous_nat_probes_total NAT probes answered (both ports).
+# TYPE pilot_rendezvous_nat_probes_total counter
+pilot_rendezvous_nat_probes_total 8
+# HELP pilot_rendezvous_punches_total Introductions made (a Punch sent to both nodes).
+# TYPE pilot_rendezvous_punches_total counter
+pilot_rendezvous_punches_total 3
+# HELP pilot_rendezvous_relay_frames_total Relay frames forwarded.
+# TYPE pilot_rendezvous_relay_frames_total counter
+pilot_rendezvous_relay_frames_total 40
+# HELP pilot_rendezvous_relay_bytes_total Bytes of relay frames forwarded.
+# TYPE pilot_rendezvous_relay_bytes_total counter
+pilot_rendezvous_relay_bytes_total 52000
+# HELP pilot_rendezvous_relay_drops_total Relay frames not forwarded, by reason.
+# TYPE pilot_rendezvous_relay_drops_total counter
+pilot_rendezvous_relay_drops_total{reason=\"malformed\"} 0
+pilot_rendezvous_relay_drops_total{reason=\"wrong_port\"} 0
+pilot_rendezvous_relay_drops_total{reason=\"unknown_sender\"} 0
+pilot_rendezvous_relay_drops_total{reason=\"unknown_target\"} 0
+pilot_rendezvous_relay_drops_total{reason=\"not_allowed\"} 1
+pilot_rendezvous_relay_drops_total{reason=\"rate_limited\"} 0
+pilot_rendezvous_relay_drops_total{reason=\"too_big\"} 0
+# HELP pilot_rendezvous_refusals_total Control messages refused, by reason.
+# TYPE pilot_rendezvous_refusals_total counter
+pilot_rendezvous_refusals_total{reason=\"malformed\"} 0
+pilot_rendezvous_refusals_total{reason=\"bad_signature\"} 0
+pilot_rendezvous_refusals_total{reason=\"stale\"} 0
+pilot_rendezvous_refusals_total{reason=\"replay\"} 1
+pilot_rendezvous_refusals_total{reason=\"unexpected\"} 0
+pilot_rendezvous_refusals_total{reason=\"not_registered\"} 0
+pilot_rendezvous_refusals_total{reason=\"unknown_target\"} 0
+pilot_rendezvous_refusals_total{reason=\"not_allowed\"} 0
+pilot_rendezvous_refusals_total{reason=\"rate_limited\"} 0
+pilot_rendezvous_refusals_total{reason=\"registry_full\"} 0
+pilot_rendezvous_refusals_total{reason=\"store_failed\"} 0
+pilot_rendezvous_refusals_total{reason=\"name_taken\"} 2
+pilot_rendezvous_refusals_total{reason=\"bad_statement\"} 0
+pilot_rendezvous_refusals_total{reason=\"outbox_full\"} 0
+# HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
+# TYPE pilot_rendezvous_statements_stored_total counter
+pilot_rendezvous_statements_stored_total 4
+# HELP pilot_rendezvous_deliveries_total Deliver messages sent (first sends and resends).
+# TYPE pilot_rendezvous_deliveries_total counter
+pilot_rendezvous_deliveries_total 5
+# HELP pilot_rendezvous_acks_total Acks that removed a delivered statement.
+# TYPE pilot_rendezvous_acks_total counter
+pilot_rendezvous_acks_total 4
+# HELP pilot_rendezvous_lookups_total Lookups answered (found or not).
+# TYPE pilot_rendezvous_lookups_total counter
+pilot_rendezvous_lookups_total 2
+# HELP pilot_rendezvous_store_errors_total Store operations that failed.
+# TYPE pilot_rendezvous_store_errors_total counter
+pilot_rendezvous_store_errors_total 0
+# HELP pilot_rendezvous_send_errors_total Datagrams the kernel refused or that found the send buffer full.
+# TYPE pilot_rendezvous_send_errors_total counter
+pilot_rendezvous_send_errors_total 7
+# HELP pilot_rendezvous_trust_pairs Trust statements in force, one per pair (records and revocations).
+# TYPE pilot_rendezvous_trust_pairs gauge
+pilot_rendezvous_trust_pairs 1
+# HELP pilot_rendezvous_outbox_items Trust statements waiting for delivery to their target.
+# TYPE pilot_rendezvous_outbox_items gauge
+pilot_rendezvous_outbox_items 0
+# HELP pilot_rendezvous_store_bytes Size of the registry database on disk (file and write-ahead log).
+# TYPE pilot_rendezvous_store_bytes gauge
+pilot_rendezvous_store_bytes 4096
+";
+        assert_eq!(page, expected);
+        let without = render(&RendezvousMetrics {
+            store_bytes: None,
+            ..m
+        });
+        assert!(!without.contains("store_bytes"), "unknown size: no sample");
+    }
+}
