@@ -97,6 +97,14 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         data_dir = %options.data_dir.display(),
         "rendezvous listening"
     );
+    // Handlers first: a SIGTERM right after READY=1 must still flush the registry.
+    let shutdown = super::shutdown_signal()?;
+    // Both ports are bound and the registry is loaded.
+    super::notify::ready(&format!(
+        "serving {} ports {main_port} and {alt_port}, {} registrations",
+        options.listen.ip(),
+        server.registered()
+    ));
     let sockets = Sockets { main, alt };
     let mut core = Core {
         server,
@@ -108,8 +116,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         send_errors: 0,
     };
-    core.run(&sockets, super::shutdown_signal()?, options.stats_interval)
-        .await
+    core.run(&sockets, shutdown, options.stats_interval).await
 }
 
 /// The two sockets, kept apart from the state so that waiting on them borrows nothing the
