@@ -4,7 +4,7 @@
 pub mod control;
 mod dataplane;
 pub mod names;
-pub mod notify;
+mod notify;
 mod pin;
 pub mod rendezvous;
 mod trust_file;

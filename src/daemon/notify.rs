@@ -70,11 +70,8 @@ fn parse_target(target: &str) -> io::Result<SocketAddr> {
 /// then reports the start as timed out, which is where an operator will look.)
 fn send_logged(message: &str) {
     match notify(message) {
-        Ok(sent) => {
-            if sent {
-                tracing::debug!(message = message.trim_end(), "notified the service manager");
-            }
-        }
+        Ok(true) => tracing::debug!(message = message.trim_end(), "notified the service manager"),
+        Ok(false) => {}
         Err(e) => tracing::warn!("cannot notify the service manager: {e}"),
     }
 }
