@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command from the README: formatting, lints, unit + simulation + namespace tests,
-# and the demo end to end. Namespace tests need root; under CI=true they fail instead of
-# skipping when something they need is missing.
+# the demo end to end, and the package (the .deb built, installed and purged; install.sh).
+# Namespace and package tests need root; under CI=true they fail instead of skipping when
+# something they need is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,5 @@ echo "== cargo test"
 cargo test --locked --all-targets
 echo "== demo (debug build)"
 PILOT_BIN="$PWD/target/debug" scripts/demo.sh
+echo "== package (.deb and scripts/install.sh)"
+scripts/package-test.sh

@@ -5,6 +5,7 @@ pub mod control;
 mod dataplane;
 pub mod metrics;
 pub mod names;
+mod notify;
 mod pin;
 pub mod rendezvous;
 mod trust_file;
@@ -155,7 +156,12 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
             metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "pilotd up"
         );
-        let outcome = plane.run(commands_rx, shutdown_signal()?).await;
+        // Handlers first: a SIGTERM right after READY=1 must still clean up.
+        let shutdown = shutdown_signal()?;
+        // The interface is configured and the control socket accepts: `pilotctl` and units
+        // ordered after pilotd.service can start now.
+        notify::ready(&format!("{interface} up as {}, UDP port {listen_port}", address.to_ipv6()));
+        let outcome = plane.run(commands_rx, shutdown).await;
         if let Some(metrics) = metrics_server {
             metrics.abort();
         }
@@ -231,15 +237,17 @@ fn lan_endpoints(tun: &str, port: u16) -> Vec<std::net::SocketAddr> {
     endpoints
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
+/// Resolves on the first SIGINT or SIGTERM, having told systemd the daemon is stopping.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     Ok(async move {
-        tokio::select! {
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::info!("{name}: shutting down");
+        notify::stopping(&format!("{name}: shutting down"));
     })
 }
 

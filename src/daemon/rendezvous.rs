@@ -111,6 +111,14 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "rendezvous listening"
     );
+    // Handlers first: a SIGTERM right after READY=1 must still flush the registry.
+    let shutdown = super::shutdown_signal()?;
+    // Both ports are bound and the registry is loaded.
+    super::notify::ready(&format!(
+        "serving {} ports {main_port} and {alt_port}, {} registrations",
+        options.listen.ip(),
+        server.registered()
+    ));
     let (metrics_tx, metrics_rx) = mpsc::channel(4);
     let metrics_server =
         metrics.map(|listener| tokio::spawn(serve_metrics(listener, metrics_tx, db.clone())));
@@ -130,7 +138,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let outcome = core
         .run(
             &sockets,
-            super::shutdown_signal()?,
+            shutdown,
             options.stats_interval,
             metrics_rx,
         )
