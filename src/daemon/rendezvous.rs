@@ -136,12 +136,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     };
     let metrics_rx = metrics_server.is_some().then_some(metrics_rx);
     let outcome = core
-        .run(
-            &sockets,
-            shutdown,
-            options.stats_interval,
-            metrics_rx,
-        )
+        .run(&sockets, shutdown, options.stats_interval, metrics_rx)
         .await;
     if let Some(task) = metrics_server {
         task.abort();
