@@ -4,8 +4,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -165,24 +165,7 @@ impl Identity {
         };
         let mut text = serde_json::to_string_pretty(&file).expect("identity serializes");
         text.push('\n');
-        let tmp = path.with_extension("json.tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(write_err)?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(write_err)?;
-        fs::rename(&tmp, path).map_err(write_err)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(write_err)?;
-        }
-        Ok(())
+        crate::io::file::write_atomic(path, text.as_bytes(), 0o600).map_err(write_err)
     }
 }
 

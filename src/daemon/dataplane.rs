@@ -26,7 +26,7 @@ use crate::identity::NodeKey;
 use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
-use crate::node::{Event, NetOutput, Node, PathKind, TunOutput, VerbError};
+use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
 use crate::wire::control::Query;
 
 mod reports;
@@ -511,18 +511,12 @@ impl Core {
     fn trust_verb(&mut self, verb: TrustVerb, peer: NodeKey) -> Result<serde_json::Value, String> {
         let now = Instant::now();
         let peer_ref = self.peer_ref(peer, None);
-        // Errors name the peer by its node address; show its hostname too when known.
-        let who = match &peer_ref.hostname {
-            Some(name) => format!("{name} ({})", peer_ref.node),
-            None => peer_ref.node.clone(),
-        };
-        let named = |e: VerbError| e.to_string().replace(&peer_ref.node, &who);
         let done = match verb {
             TrustVerb::Handshake(justification) => {
                 let outcome = self
                     .node
                     .handshake(peer, &justification, now)
-                    .map_err(named)?;
+                    .map_err(|e| e.to_string())?;
                 let reply = HandshakeReply {
                     peer: peer_ref,
                     outcome,
@@ -533,7 +527,7 @@ impl Core {
             TrustVerb::Reject(reason) => self.node.reject(peer, &reason, now),
             TrustVerb::Untrust => self.node.untrust(peer, now),
         };
-        done.map_err(named)?;
+        done.map_err(|e| e.to_string())?;
         Ok(serde_json::json!({ "peer": peer_ref }))
     }
 

@@ -5,14 +5,13 @@
 //! every answer) must then carry the same key, so a rendezvous swapped in later is refused.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeKey;
+use crate::io::file::write_atomic;
 
 const PIN_FILE: &str = "rendezvous.json";
 
@@ -67,17 +66,8 @@ impl RendezvousPin {
             public_key: key.to_string(),
         };
         let text = serde_json::to_string_pretty(&file)? + "\n";
-        let tmp = self.path.with_extension("json.tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
-        Ok(())
+        write_atomic(&self.path, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 }
 

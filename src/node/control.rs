@@ -265,7 +265,7 @@ impl Node {
     fn send_control(&mut self, to: SocketAddr, message: &Message, now: Instant) -> u64 {
         let mut body = Vec::new();
         message.encode(&mut body);
-        let nonce = self.next_nonce();
+        let nonce = self.nonces.next_nonce();
         let mut sealed = vec![0u8; envelope::OVERHEAD + body.len()];
         let unix_ms = self.clock.unix_ms(now);
         match envelope::seal(

@@ -45,7 +45,7 @@ use crate::addr::{Hostname, NodeAddr};
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
 use crate::wire::control::{Found, RELAY_FROM};
-use crate::wire::envelope::ReplayGuard;
+use crate::wire::envelope::{NonceSource, ReplayGuard};
 use crate::wire::ip::UnreachableCode;
 use crate::wire::trust::Statement;
 use crate::wire::{classify, ip, DatagramKind};
@@ -214,7 +214,7 @@ pub struct Node {
     local_port: u16,
     clock: WallClock,
     replay: ReplayGuard,
-    rng: u64,
+    nonces: NonceSource,
     counters: Counters,
     next_tick: Option<Instant>,
     next_rate_reset: Option<Instant>,
@@ -272,7 +272,7 @@ impl Node {
             local_port: config.local_port,
             clock: config.clock,
             replay: ReplayGuard::new(REPLAY_MEMORY),
-            rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
+            nonces: NonceSource::new(config.seed ^ 0x9e37_79b9_7f4a_7c15),
             counters: Counters::default(),
             next_tick: None,
             next_rate_reset: None,
@@ -579,15 +579,6 @@ impl Node {
     fn route(&self, index: usize, now: Instant) -> Route {
         let relay = self.link.as_ref().is_some_and(|l| l.is_registered(now));
         self.peers[index].path.route(relay)
-    }
-
-    fn next_nonce(&mut self) -> u64 {
-        // SplitMix64: nonces only need to be unique per sender within the replay window.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

@@ -258,10 +258,7 @@ impl TrustBook {
         let held: Vec<Statement> = book
             .ledger
             .pairs_of(&me)
-            .map(|(_, state)| match state {
-                PairState::Trusted(r) => Statement::Record(r.clone()),
-                PairState::Revoked(v) => Statement::Revocation(v.clone()),
-            })
+            .map(|(_, state)| state.to_statement())
             .chain(
                 book.outgoing
                     .values()
@@ -283,10 +280,7 @@ impl TrustBook {
             ledger: self
                 .ledger
                 .pairs_of(&self.me)
-                .map(|(_, state)| match state {
-                    PairState::Trusted(r) => hex(Statement::Record(r.clone())),
-                    PairState::Revoked(v) => hex(Statement::Revocation(v.clone())),
-                })
+                .map(|(_, state)| hex(state.to_statement()))
                 .collect(),
             outgoing: self
                 .outgoing
@@ -349,6 +343,15 @@ impl TrustBook {
         self.approved.keys().copied()
     }
 
+    /// How messages name `key`: `bob (a1b2.c3d4.e5f6)` when its hostname is known, else its
+    /// node address.
+    pub fn label(&self, key: &NodeKey) -> String {
+        match self.names.get(key) {
+            Some(name) => format!("{name} ({})", key.address()),
+            None => key.address().to_string(),
+        }
+    }
+
     /// Every hostname learned, by key.
     pub fn names(&self) -> impl Iterator<Item = (&NodeKey, &Hostname)> {
         self.names.iter()
@@ -403,7 +406,7 @@ impl TrustBook {
             return Err(VerbError::SelfTrust);
         }
         if self.is_trusted(&peer) {
-            return Err(VerbError::AlreadyTrusted(peer.address().to_string()));
+            return Err(VerbError::AlreadyTrusted(self.label(&peer)));
         }
         if self.incoming.contains_key(&peer) {
             return Ok((
@@ -433,7 +436,7 @@ impl TrustBook {
         now_ms: u64,
     ) -> Result<Gate, VerbError> {
         if !self.incoming.contains_key(&peer) {
-            return Err(VerbError::NoRequest(peer.address().to_string()));
+            return Err(VerbError::NoRequest(self.label(&peer)));
         }
         let half = TrustRecord::approve(signing, peer, now_ms).map_err(verb_error)?;
         self.incoming.remove(&peer);
@@ -451,7 +454,7 @@ impl TrustBook {
         now_ms: u64,
     ) -> Result<Gate, VerbError> {
         if !self.incoming.contains_key(&peer) {
-            return Err(VerbError::NoRequest(peer.address().to_string()));
+            return Err(VerbError::NoRequest(self.label(&peer)));
         }
         self.revoke(signing, peer, reason, now_ms)
     }
@@ -468,7 +471,7 @@ impl TrustBook {
             || self.incoming.contains_key(&peer)
             || self.approved.contains_key(&peer);
         if !involved {
-            return Err(VerbError::NotTrusted(peer.address().to_string()));
+            return Err(VerbError::NotTrusted(self.label(&peer)));
         }
         self.revoke(signing, peer, "", now_ms)
     }
@@ -483,18 +486,16 @@ impl TrustBook {
         let was_trusted = self.is_trusted(&peer);
         // Never older than what it must override: a record dated a little in the future (a
         // peer's clock ahead of ours) must still lose to this.
-        let newest = self.ledger.state(&self.me, &peer).map_or(0, |s| match s {
-            PairState::Trusted(r) => r.issued_ms,
-            PairState::Revoked(v) => v.issued_ms,
-        });
+        let newest = self
+            .ledger
+            .state(&self.me, &peer)
+            .map_or(0, PairState::issued_ms);
         let revocation =
             Revocation::sign(signing, peer, now_ms.max(newest), reason).map_err(verb_error)?;
         self.ledger
             .admit_revocation(revocation.clone(), now_ms.max(newest))
             .map_err(verb_error)?;
-        self.incoming.remove(&peer);
-        self.outgoing.remove(&peer);
-        self.approved.remove(&peer);
+        self.settle(&peer);
         self.queue(Statement::Revocation(revocation));
         Ok(if was_trusted {
             Gate::Closed(peer)
@@ -570,9 +571,7 @@ impl TrustBook {
                 if asked {
                     let full = record.countersign(signing, now_ms)?;
                     if self.ledger.admit_record(full.clone(), now_ms)? {
-                        self.outgoing.remove(&peer);
-                        self.incoming.remove(&peer);
-                        self.approved.remove(&peer);
+                        self.settle(&peer);
                         self.queue(Statement::Record(full));
                         changed = true;
                     }
@@ -580,9 +579,7 @@ impl TrustBook {
             }
             Statement::Record(record) => {
                 if self.ledger.admit_record(record, now_ms)? {
-                    self.outgoing.remove(&peer);
-                    self.incoming.remove(&peer);
-                    self.approved.remove(&peer);
+                    self.settle(&peer);
                     changed = true;
                 }
             }
@@ -631,15 +628,18 @@ impl TrustBook {
         before != self.incoming.len() + self.outgoing.len()
     }
 
+    /// The pair's ledger statement decided it: no request or approval about it is in flight.
+    fn settle(&mut self, peer: &NodeKey) {
+        self.outgoing.remove(peer);
+        self.incoming.remove(peer);
+        self.approved.remove(peer);
+    }
+
     /// Whether the pair's newest ledger statement is at least as new as `issued_ms`.
     fn answered_since(&self, peer: &NodeKey, issued_ms: u64) -> bool {
-        self.ledger.state(&self.me, peer).is_some_and(|s| {
-            let at = match s {
-                PairState::Trusted(r) => r.issued_ms,
-                PairState::Revoked(v) => v.issued_ms,
-            };
-            at >= issued_ms
-        })
+        self.ledger
+            .state(&self.me, peer)
+            .is_some_and(|s| s.issued_ms() >= issued_ms)
     }
 
     fn queue(&mut self, statement: Statement) {

@@ -51,7 +51,7 @@ impl Node {
         now: Instant,
     ) -> Result<HandshakeOutcome, VerbError> {
         self.require_rendezvous()?;
-        let nonce = self.next_nonce();
+        let nonce = self.nonces.next_nonce();
         let now_ms = self.clock.unix_ms(now);
         let (outcome, gate) =
             self.trust
@@ -83,7 +83,7 @@ impl Node {
     pub fn untrust(&mut self, peer: NodeKey, now: Instant) -> Result<(), VerbError> {
         if let Some(&index) = self.by_key.get(&peer) {
             if self.peers[index].path.is_fixed() {
-                return Err(VerbError::Configured(peer.address().to_string()));
+                return Err(VerbError::Configured(self.trust.label(&peer)));
             }
         }
         self.require_rendezvous()?;

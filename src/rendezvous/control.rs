@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::registry::{candidates, infer_nat};
-use super::relay;
+use super::registry::{candidates, infer_nat, Buckets};
+use super::relay::{self, Rate, TokenBucket};
 use super::{
     Port, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
     FLUSH_INTERVAL,
@@ -216,15 +216,9 @@ impl Server {
         now: Instant,
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
-        let Some(sender) = self.registry.fresh_mut(&req.sender, now) else {
-            self.counters.refuse(Refusal::NotRegistered);
-            return self.refusal_reply(req, RefusalCode::NotRegistered, now, out);
-        };
-        if !sender.buckets.connects.take(CONNECT_RATE, 1, now) {
-            self.counters.refuse(Refusal::RateLimited);
-            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        if let Err(code) = self.admit_request(req, |b| &mut b.connects, CONNECT_RATE, now) {
+            return self.refusal_reply(req, code, now, out);
         }
-        self.follow(req.sender, req.from, now);
         // Trust first: without a record the answer does not even tell whether the target is
         // online.
         if !self.ledger.trusted(&req.sender, &target) {
@@ -289,6 +283,28 @@ impl Server {
         None
     }
 
+    /// The gate in front of `Connect` and `Submit`: the sender must be registered and within
+    /// its rate (the bucket `bucket` picks). Counts a refusal and returns its code; on success
+    /// follows the sender to the endpoint the request came from.
+    pub(super) fn admit_request(
+        &mut self,
+        req: Request,
+        bucket: fn(&mut Buckets) -> &mut TokenBucket,
+        rate: Rate,
+        now: Instant,
+    ) -> Result<(), RefusalCode> {
+        let Some(sender) = self.registry.fresh_mut(&req.sender, now) else {
+            self.counters.refuse(Refusal::NotRegistered);
+            return Err(RefusalCode::NotRegistered);
+        };
+        if !bucket(&mut sender.buckets).take(rate, 1, now) {
+            self.counters.refuse(Refusal::RateLimited);
+            return Err(RefusalCode::RateLimited);
+        }
+        self.follow(req.sender, req.from, now);
+        Ok(())
+    }
+
     pub(super) fn refusal_reply<'a>(
         &mut self,
         req: Request,
@@ -331,7 +347,7 @@ impl Server {
     fn seal(&mut self, message: &Message, now: Instant, out: &mut [u8]) -> Option<usize> {
         self.body.clear();
         message.encode(&mut self.body);
-        let nonce = self.next_nonce();
+        let nonce = self.nonces.next_nonce();
         let sealed = envelope::seal(
             out,
             message.kind(),
@@ -345,16 +361,6 @@ impl Server {
             "{sealed:?}"
         );
         sealed.ok()
-    }
-
-    /// SplitMix64: nonces only need to be unique per sender, and a seeded generator keeps
-    /// simulations reproducible.
-    fn next_nonce(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 
     pub(super) fn store_error(&mut self, e: &StoreError) {

@@ -55,7 +55,7 @@ pub use store::{
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
 use crate::wire::control::RELAY_TO;
-use crate::wire::envelope::ReplayGuard;
+use crate::wire::envelope::{NonceSource, ReplayGuard};
 use crate::wire::trust::{Statement, TrustLedger, REQUEST_LIFETIME_MS};
 use control::canonical;
 use directory::Directory;
@@ -143,7 +143,7 @@ pub struct Server {
     config: Config,
     relay_rate: Rate,
     clock: WallClock,
-    rng: u64,
+    nonces: NonceSource,
     store: Box<dyn Store>,
     registry: Registry,
     /// Hostnames, and keys by address.
@@ -191,7 +191,7 @@ impl Server {
             },
             config,
             clock,
-            rng: seed,
+            nonces: NonceSource::new(seed),
             store,
             registry,
             directory: Directory::default(),

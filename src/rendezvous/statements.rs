@@ -70,15 +70,9 @@ impl Server {
         now: Instant,
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
-        let Some(sender) = self.registry.fresh_mut(&req.sender, now) else {
-            self.counters.refuse(Refusal::NotRegistered);
-            return self.refusal_reply(req, RefusalCode::NotRegistered, now, out);
-        };
-        if !sender.buckets.submits.take(SUBMIT_RATE, 1, now) {
-            self.counters.refuse(Refusal::RateLimited);
-            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        if let Err(code) = self.admit_request(req, |b| &mut b.submits, SUBMIT_RATE, now) {
+            return self.refusal_reply(req, code, now, out);
         }
-        self.follow(req.sender, req.from, now);
         let now_ms = self.clock.unix_ms(now);
         let plan = match self.plan(&req.sender, &statement, now_ms) {
             Ok(plan) => plan,
@@ -242,8 +236,7 @@ fn takes_effect(ledger: &TrustLedger, statement: &Statement) -> bool {
     let issued = statement.issued_ms();
     let known = match ledger.state(&a, &b) {
         None => return !matches!(statement, Statement::Request(_)),
-        Some(PairState::Trusted(r)) => (r.issued_ms, false),
-        Some(PairState::Revoked(v)) => (v.issued_ms, true),
+        Some(state) => (state.issued_ms(), matches!(state, PairState::Revoked(_))),
     };
     match (statement, known) {
         (Statement::Request(_), _) => false,

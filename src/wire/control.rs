@@ -83,6 +83,18 @@ pub enum NatKind {
     EndpointDependent,
 }
 
+impl NatKind {
+    /// The name used in JSON, metrics and the registry database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatKind::Unknown => "unknown",
+            NatKind::None => "none",
+            NatKind::EndpointIndependent => "endpoint_independent",
+            NatKind::EndpointDependent => "endpoint_dependent",
+        }
+    }
+}
+
 /// Why the rendezvous refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalCode {

@@ -137,6 +137,25 @@ fn signing_input(signed: &[u8]) -> Vec<u8> {
     input
 }
 
+/// Envelope nonces from a seed (SplitMix64): they only need to be unique per sender within the
+/// replay window, and a seeded generator keeps simulations reproducible.
+#[derive(Debug, Clone)]
+pub struct NonceSource(u64);
+
+impl NonceSource {
+    pub fn new(seed: u64) -> NonceSource {
+        NonceSource(seed)
+    }
+
+    pub fn next_nonce(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
 /// Remembers recently seen (sender, nonce) pairs for as long as their timestamps could still
 /// be accepted, and refuses stale or repeated messages. Memory is bounded by
 /// `max_entries`: when full, the oldest entries are forgotten early, and messages older than

@@ -443,6 +443,24 @@ pub enum PairState {
     Revoked(Revocation),
 }
 
+impl PairState {
+    /// When the statement that decides the pair was signed.
+    pub fn issued_ms(&self) -> u64 {
+        match self {
+            PairState::Trusted(r) => r.issued_ms,
+            PairState::Revoked(v) => v.issued_ms,
+        }
+    }
+
+    /// The deciding statement itself, as it travels.
+    pub fn to_statement(&self) -> Statement {
+        match self {
+            PairState::Trusted(r) => Statement::Record(r.clone()),
+            PairState::Revoked(v) => Statement::Revocation(v.clone()),
+        }
+    }
+}
+
 /// The verified trust statements a node (or the rendezvous) holds, one per pair. Only
 /// statements that verify are admitted, so nothing in here was made up by whoever delivered
 /// it; the newest statement for a pair wins, and a revocation wins a tie with a record.
@@ -472,8 +490,7 @@ impl TrustLedger {
         let pair = (record.low, record.high);
         let newer = match self.pairs.get(&pair) {
             None => true,
-            Some(PairState::Trusted(r)) => record.issued_ms > r.issued_ms,
-            Some(PairState::Revoked(v)) => record.issued_ms > v.issued_ms,
+            Some(known) => record.issued_ms > known.issued_ms(),
         };
         if newer {
             self.pairs.insert(pair, PairState::Trusted(record));

@@ -179,34 +179,13 @@ impl Lab {
 
     /// Starts `pilotd up` for `node` with extra flags and waits until it answers.
     pub fn start_with(&mut self, node: &mut NodeHandle, extra: &[String]) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .unwrap();
-        let mut args: Vec<String> = [
-            "netns",
-            "exec",
-            &node.ns,
-            PILOTD,
-            "up",
-            "--log-level",
-            "debug",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(["--state-dir".into(), node.state_dir.display().to_string()]);
-        args.extend(["--control".into(), node.control.display().to_string()]);
-        args.extend(extra.iter().cloned());
-        let child = Command::new("ip")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-        node.child = Some(self.children.len() - 1);
+        let state = node.state_dir.display().to_string();
+        let control = node.control.display().to_string();
+        let mut cmd = vec![PILOTD, "up", "--log-level", "debug"];
+        cmd.extend(["--state-dir", &state, "--control", &control]);
+        cmd.extend(extra.iter().map(String::as_str));
+        let (ns, log) = (node.ns.clone(), node.log.clone());
+        node.child = Some(self.spawn_logged(&ns, &cmd, Some(&log)));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ctl(node, &["info"]).status.success() {
             if let Some(status) = self.children[node.child.unwrap()].try_wait().unwrap() {
@@ -251,30 +230,23 @@ impl Lab {
         );
         let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let log = self.dir.join("rdv.log");
-        let stderr = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
+        let dir = dir.to_str().unwrap();
+        let index = self.spawn_logged(
+            ns,
+            &[
                 PILOTD,
                 "rendezvous",
                 "--listen",
                 listen,
-            ])
-            .args(["--data-dir", dir.to_str().unwrap(), "--log-level", "debug"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
+                "--data-dir",
+                dir,
+                "--log-level",
+                "debug",
+            ],
+            Some(&log),
+        );
         let key = id["public_key"].as_str().unwrap();
-        (format!("{key}@{listen}"), self.children.len() - 1)
+        (format!("{key}@{listen}"), index)
     }
 
     /// The handshake a user does: `a` asks `b`, `b` sees the request and approves; returns once
@@ -331,8 +303,13 @@ impl Lab {
     }
 
     /// Like [`Lab::spawn_in`], with stderr written to `log`.
+    /// The log is appended to, so a process started again keeps its earlier output.
     pub fn spawn_logged(&mut self, ns: &str, cmd: &[&str], log: Option<&Path>) -> usize {
-        let stderr = log.map_or_else(Stdio::null, |l| fs::File::create(l).unwrap().into());
+        let append = |l: &Path| {
+            let file = fs::OpenOptions::new().create(true).append(true).open(l);
+            Stdio::from(file.unwrap())
+        };
+        let stderr = log.map_or_else(Stdio::null, append);
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(cmd)

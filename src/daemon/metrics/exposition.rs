@@ -96,6 +96,23 @@ impl Exposition {
     }
 
     /// The page.
+    /// What every pilotd page starts with: `pilot_build_info{version}` and the process' uptime
+    /// as the gauge `uptime`: (name, help).
+    pub fn process(
+        &mut self,
+        version: &str,
+        (uptime_name, uptime_help): (&'static str, &str),
+        uptime: std::time::Duration,
+    ) {
+        self.family(
+            "pilot_build_info",
+            Kind::Gauge,
+            "The running pilotd's version; always 1.",
+        )
+        .sample(&[("version", version)], 1u64);
+        self.single(uptime_name, Kind::Gauge, uptime_help, uptime.as_secs_f64());
+    }
+
     pub fn finish(self) -> String {
         self.text
     }

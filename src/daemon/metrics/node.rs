@@ -60,17 +60,10 @@ impl NodeMetrics {
 /// (zero included), so dashboards and alerts see a series from the first scrape.
 pub fn render(m: &NodeMetrics) -> String {
     let mut page = Exposition::new();
-    page.family(
-        "pilot_build_info",
-        Kind::Gauge,
-        "The running pilotd's version; always 1.",
-    )
-    .sample(&[("version", &m.version)], 1u64);
-    page.single(
-        "pilot_uptime_seconds",
-        Kind::Gauge,
-        "Seconds since the daemon started.",
-        m.uptime.as_secs_f64(),
+    page.process(
+        &m.version,
+        ("pilot_uptime_seconds", "Seconds since the daemon started."),
+        m.uptime,
     );
     let mut peers = page.family(
         "pilot_peers",
@@ -191,17 +184,8 @@ pub fn render(m: &NodeMetrics) -> String {
         Kind::Gauge,
         "NAT mapping behaviour measured against the rendezvous; always 1.",
     )
-    .sample(&[("nat", nat_name(m.nat))], 1u64);
+    .sample(&[("nat", m.nat.as_str())], 1u64);
     page.finish()
-}
-
-fn nat_name(nat: NatKind) -> &'static str {
-    match nat {
-        NatKind::Unknown => "unknown",
-        NatKind::None => "none",
-        NatKind::EndpointIndependent => "endpoint_independent",
-        NatKind::EndpointDependent => "endpoint_dependent",
-    }
 }
 
 #[cfg(test)]

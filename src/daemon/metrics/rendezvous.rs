@@ -27,17 +27,13 @@ pub struct RendezvousMetrics {
 pub fn render(m: &RendezvousMetrics) -> String {
     let c = &m.counters;
     let mut page = Exposition::new();
-    page.family(
-        "pilot_build_info",
-        Kind::Gauge,
-        "The running pilotd's version; always 1.",
-    )
-    .sample(&[("version", &m.version)], 1u64);
-    page.single(
-        "pilot_rendezvous_uptime_seconds",
-        Kind::Gauge,
-        "Seconds since the rendezvous started.",
-        m.uptime.as_secs_f64(),
+    page.process(
+        &m.version,
+        (
+            "pilot_rendezvous_uptime_seconds",
+            "Seconds since the rendezvous started.",
+        ),
+        m.uptime,
     );
     page.single(
         "pilot_rendezvous_registered_nodes",

@@ -274,7 +274,7 @@ impl Store for SqliteStore {
                         &r.key.0[..],
                         r.observed.to_string(),
                         lan.join(" "),
-                        nat_name(r.nat),
+                        r.nat.as_str(),
                         to_sql(r.first_seen_ms),
                         to_sql(r.last_seen_ms),
                     ])
@@ -431,16 +431,6 @@ impl RawRegistration {
             last_seen_ms: u64::try_from(self.last_seen_ms)
                 .map_err(|_| format!("negative time for key {key}"))?,
         })
-    }
-}
-
-/// Names as in the JSON output, readable with the sqlite3 shell.
-fn nat_name(nat: NatKind) -> &'static str {
-    match nat {
-        NatKind::Unknown => "unknown",
-        NatKind::None => "none",
-        NatKind::EndpointIndependent => "endpoint_independent",
-        NatKind::EndpointDependent => "endpoint_dependent",
     }
 }
 
