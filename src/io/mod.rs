@@ -8,6 +8,7 @@
 pub mod file;
 pub mod netlink;
 pub mod offload;
+pub mod stack;
 pub mod tun;
 pub mod udp;
 
