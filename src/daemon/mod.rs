@@ -8,6 +8,7 @@ pub mod names;
 mod notify;
 mod pin;
 pub mod rendezvous;
+pub mod socks5;
 mod trust_file;
 mod tun_writer;
 
