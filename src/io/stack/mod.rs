@@ -530,7 +530,7 @@ fn socket_to_pipe(conn: &mut Conn, socket: &mut tcp::Socket, cx: &mut Context<'_
         State::CloseWait | State::LastAck | State::Closing | State::TimeWait | State::Closed
     );
     if peer_done && !conn.wrote_eof && !socket.can_recv() {
-        if let Poll::Ready(_) = Pin::new(&mut conn.pipe).poll_shutdown(cx) {
+        if Pin::new(&mut conn.pipe).poll_shutdown(cx).is_ready() {
             conn.wrote_eof = true;
         }
     }
