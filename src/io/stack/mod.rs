@@ -529,10 +529,12 @@ fn socket_to_pipe(conn: &mut Conn, socket: &mut tcp::Socket, cx: &mut Context<'_
         socket.state(),
         State::CloseWait | State::LastAck | State::Closing | State::TimeWait | State::Closed
     );
-    if peer_done && !conn.wrote_eof && !socket.can_recv() {
-        if Pin::new(&mut conn.pipe).poll_shutdown(cx).is_ready() {
-            conn.wrote_eof = true;
-        }
+    if peer_done
+        && !conn.wrote_eof
+        && !socket.can_recv()
+        && Pin::new(&mut conn.pipe).poll_shutdown(cx).is_ready()
+    {
+        conn.wrote_eof = true;
     }
 }
 
