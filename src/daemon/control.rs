@@ -65,6 +65,11 @@ pub enum Request {
     Pending {},
     /// A one-screen health summary: info, peers by path, trust counts, drops, uptime.
     Status {},
+    /// Messages received from peers (`clear`: remove them after listing).
+    Inbox {
+        #[serde(default)]
+        clear: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -232,6 +237,36 @@ pub enum Command {
     Status(oneshot::Sender<StatusReply>),
     /// A snapshot for the metrics endpoint.
     Metrics(oneshot::Sender<super::metrics::NodeMetrics>),
+    /// Userspace mode: a TCP connection to a peer through the stack (SOCKS5 CONNECT).
+    OpenStream {
+        target: super::socks5::Target,
+        reply: oneshot::Sender<Result<OpenedStream, (super::socks5::Reply, String)>>,
+    },
+    /// The trusted peer at an overlay address (`None` if there is none), for the message
+    /// service in kernel mode.
+    SenderOf {
+        ip: std::net::Ipv6Addr,
+        reply: oneshot::Sender<Option<super::inbox::Sender>>,
+    },
+    /// Received messages, cleared after listing if asked.
+    Inbox {
+        clear: bool,
+        reply: oneshot::Sender<Result<InboxReply, String>>,
+    },
+}
+
+/// A stack connection being opened: the stream, and whether it was established.
+pub type OpenedStream = (
+    tokio::io::DuplexStream,
+    oneshot::Receiver<Result<(), crate::io::stack::ConnectError>>,
+);
+
+/// `inbox`'s result.
+#[derive(Debug, Serialize)]
+pub struct InboxReply {
+    pub messages: Vec<super::inbox::StoredMessage>,
+    /// How many were removed, when clearing was asked.
+    pub cleared: Option<usize>,
 }
 
 /// What to do to a peer's trust.
@@ -375,6 +410,11 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
         Request::Status {} => ask(commands, Command::Status)
             .await
             .map_or_else(stopped, success),
+        Request::Inbox { clear } => match ask(commands, |reply| Command::Inbox { clear, reply }).await {
+            Some(Ok(reply)) => success(reply),
+            Some(Err(e)) => failure(e),
+            None => stopped(),
+        },
         Request::Ping { peer, timeout_ms } => {
             let waiter = match ask(commands, |reply| Command::Ping { peer, reply }).await {
                 Some(Ok(waiter)) => waiter,

@@ -10,20 +10,27 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::control::{
     Command, HandshakeReply, InfoReply, PeerRef, PingReply, RequestInfo, TrustReply, TrustVerb,
     TrustedPeer,
 };
+use super::control::{InboxReply, OpenedStream};
+use super::inbox::{Inbox, Sender};
+use super::services::Incoming;
+use super::socks5::{Reply, Target};
 use super::trust_file::TrustFile;
 use super::tun_writer::TunWriter;
 use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
 use crate::io::offload::{segments, VirtioNetHdr};
+use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
@@ -62,8 +69,17 @@ pub struct DataPlane {
 /// The descriptors, kept apart from the state so a readiness guard on one can be held while
 /// the state is changed.
 struct Io {
-    tun: AsyncFd<TunDevice>,
+    /// Kernel mode's TUN; `None` in userspace mode, where [`Core::stack`] takes its place.
+    tun: Option<AsyncFd<TunDevice>>,
     udp: AsyncFd<UdpSocket>,
+}
+
+/// Where the node's own packets come from and go to.
+pub enum Local {
+    /// Kernel mode: a TUN interface with virtio-net headers.
+    Tun(TunDevice),
+    /// Userspace mode: a smoltcp stack; connections peers open to it go to `incoming`.
+    Stack(Box<Stack>, mpsc::Sender<Incoming>),
 }
 
 struct Core {
@@ -91,24 +107,40 @@ struct Core {
     next_save: Instant,
     /// Why the daemon must stop (a refused hostname).
     fatal: Option<String>,
+    /// Userspace mode: the stack holding the node's address, and where the connections peers
+    /// open to it are served.
+    stack: Option<(Box<Stack>, mpsc::Sender<Incoming>)>,
+    /// Received messages (listed and cleared through the control socket).
+    inbox: Arc<Mutex<Inbox>>,
 }
 
 impl DataPlane {
-    pub fn new(node: Node, tun: TunDevice, udp: UdpSocket, facts: Facts) -> io::Result<DataPlane> {
-        // Every read and write carries a virtio-net header: the packet path is written for it.
-        if !tun.vnet_hdr() {
-            return Err(io::Error::other(
-                "the TUN device has no virtio-net header (IFF_VNET_HDR)",
-            ));
-        }
-        // SAFETY: TunDevice and UdpSocket own their descriptors, keep them open for their whole
-        // lifetime and always return the same one from as_raw_fd.
-        let io = unsafe {
-            Io {
-                tun: AsyncFd::register(tun).map_err(io::Error::from)?,
-                udp: AsyncFd::register(udp).map_err(io::Error::from)?,
+    pub fn new(
+        node: Node,
+        local: Local,
+        udp: UdpSocket,
+        facts: Facts,
+        inbox: Arc<Mutex<Inbox>>,
+    ) -> io::Result<DataPlane> {
+        let (tun, stack) = match local {
+            Local::Tun(tun) => {
+                // Every read and write carries a virtio-net header: the packet path is written
+                // for it.
+                if !tun.vnet_hdr() {
+                    return Err(io::Error::other(
+                        "the TUN device has no virtio-net header (IFF_VNET_HDR)",
+                    ));
+                }
+                // SAFETY: TunDevice owns its descriptor, keeps it open for its whole lifetime
+                // and always returns the same one from as_raw_fd.
+                let tun = unsafe { AsyncFd::register(tun) }.map_err(io::Error::from)?;
+                (Some(tun), None)
             }
+            Local::Stack(stack, incoming) => (None, Some((stack, incoming))),
         };
+        // SAFETY: as for the TUN above.
+        let udp = unsafe { AsyncFd::register(udp) }.map_err(io::Error::from)?;
+        let io = Io { tun, udp };
         let core = Core {
             node,
             facts,
@@ -125,6 +157,8 @@ impl DataPlane {
             resolve_waiters: BTreeMap::new(),
             next_save: Instant::now(),
             fatal: None,
+            stack,
+            inbox,
         };
         Ok(DataPlane { io, core })
     }
@@ -162,10 +196,18 @@ impl Core {
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> io::Result<()> {
         loop {
-            let wake = self
+            let now = Instant::now();
+            let mut wake = self
                 .node
                 .poll_timeout()
-                .map_or_else(|| Instant::now() + IDLE, |(t, _)| t);
+                .map_or_else(|| now + IDLE, |(t, _)| t);
+            let mut stack_notify = None;
+            if let Some((stack, _)) = &mut self.stack {
+                if let Some(at) = stack.poll_at(now) {
+                    wake = wake.min(at);
+                }
+                stack_notify = Some(stack.notify());
+            }
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 guard = io.udp.readable() => {
@@ -176,12 +218,13 @@ impl Core {
                         Err(e) => tracing::debug!("udp receive: {e}"),
                     }
                 }
-                guard = io.tun.readable() => {
+                guard = readable(io.tun.as_ref()) => {
                     let mut guard = guard?;
                     if self.on_tun_readable(io).await? {
                         guard.clear_ready();
                     }
                 }
+                () = notified(stack_notify.as_deref()) => {}
                 () = tokio::time::sleep_until(wake.into()) => self.node.handle_timeout(Instant::now()),
                 Some(command) = commands.recv() => self.on_command(command),
             }
@@ -195,14 +238,20 @@ impl Core {
     /// Decrypts a received batch; plaintext goes to the TUN, replies to the send batch.
     fn on_datagrams(&mut self, io: &Io, count: usize) {
         let now = Instant::now();
-        let tun = io.tun.get_ref();
+        let tun = io.tun.as_ref().map(AsyncFd::get_ref);
         for i in 0..count {
             let (from, datagram) = self.recv.get(i);
             match self
                 .node
                 .handle_datagram(from, datagram, now, &mut self.out_buf)
             {
-                NetOutput::Tun(packet) => self.writer.push(tun, packet),
+                NetOutput::Tun(packet) => match (tun, &mut self.stack) {
+                    (Some(tun), _) => self.writer.push(tun, packet),
+                    (None, Some((stack, _))) => {
+                        stack.push_packet(packet);
+                    }
+                    (None, None) => {}
+                },
                 NetOutput::Send(t) => {
                     // Replies (handshake responses, cookies) are rare; if the socket is backed
                     // up so far that the batch is still full, WireGuard retries them anyway.
@@ -218,7 +267,9 @@ impl Core {
                 NetOutput::Nothing => {}
             }
         }
-        self.writer.flush(tun);
+        if let Some(tun) = tun {
+            self.writer.flush(tun);
+        }
     }
 
     /// Reads packets from the TUN and encrypts each straight into a send slot, cutting TCP
@@ -227,7 +278,9 @@ impl Core {
     /// TUN has nothing more to read.
     async fn on_tun_readable(&mut self, io: &Io) -> io::Result<bool> {
         let now = Instant::now();
-        let tun = io.tun.get_ref();
+        let Some(tun) = io.tun.as_ref().map(AsyncFd::get_ref) else {
+            return Ok(true);
+        };
         for _ in 0..TUN_READS_PER_WAKE {
             let n = match tun.recv(&mut self.tun_buf) {
                 Ok(n) => n,
@@ -273,6 +326,7 @@ impl Core {
     async fn drain_node(&mut self, io: &Io) -> io::Result<()> {
         let now = Instant::now();
         self.save_trust(now);
+        self.run_stack(io, now).await?;
         loop {
             if self.send.is_full() {
                 flush_batch(&mut self.send, io).await?;
@@ -361,8 +415,143 @@ impl Core {
         Ok(())
     }
 
+    /// Userspace mode: runs the stack, hands over the connections peers opened to it, and
+    /// encrypts what it sends into the send batch, as packets read from a TUN are.
+    async fn run_stack(&mut self, io: &Io, now: Instant) -> io::Result<()> {
+        let Some((mut stack, incoming)) = self.stack.take() else {
+            return Ok(());
+        };
+        stack.poll(now);
+        while let Some(accepted) = stack.take_accepted() {
+            let sender = self.sender_of(*accepted.remote.ip());
+            if let Err(e) = incoming.try_send(Incoming { accepted, sender }) {
+                // Dropping the stream closes the connection: the peer sees it at once.
+                tracing::warn!("incoming overlay connection dropped: {e}");
+            }
+        }
+        let mut result = Ok(());
+        let mut replied = false;
+        while let Some(packet) = stack.pop_packet() {
+            if self.send.is_full() {
+                result = flush_batch(&mut self.send, io).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            match self.node.handle_tun_packet(&packet, now, self.send.next_slot()) {
+                TunOutput::Send(t) => {
+                    let (to, len) = (t.to, t.payload.len());
+                    self.send.commit(len, to);
+                }
+                TunOutput::Reply(reply) => replied |= stack.push_packet(reply),
+                TunOutput::Nothing => {}
+            }
+            stack.recycle(packet);
+        }
+        if replied {
+            // An ICMPv6 error for the stack (an untrusted destination): let it see it now.
+            stack.poll(now);
+        }
+        self.stack = Some((stack, incoming));
+        result
+    }
+
+    /// The trusted peer at `ip`, as the message service names senders.
+    fn sender_of(&self, ip: Ipv6Addr) -> Option<Sender> {
+        let addr = NodeAddr::from_ipv6(ip)?;
+        let key = self.node.peer_keys().find(|k| k.address() == addr)?;
+        if !self.node.is_trusted(&key) {
+            return None;
+        }
+        let peer = self.peer_ref(key, None);
+        Some(Sender {
+            public_key: peer.public_key,
+            node: peer.node,
+            address: peer.address,
+            hostname: peer.hostname,
+        })
+    }
+
+    /// Userspace mode: a TCP connection to a trusted peer through the stack, for the SOCKS5
+    /// proxy. The error carries the SOCKS5 reply that says why not.
+    fn open_stream(&mut self, target: Target) -> Result<OpenedStream, (Reply, String)> {
+        let Some((stack, _)) = &mut self.stack else {
+            return Err((Reply::GeneralFailure, "not in userspace mode".into()));
+        };
+        let (ip, port) = match target {
+            Target::Ip(SocketAddr::V6(sa)) => (*sa.ip(), sa.port()),
+            Target::Ip(SocketAddr::V4(sa)) => {
+                return Err((
+                    Reply::AddressTypeNotSupported,
+                    format!("{sa}: only overlay (fd70::) addresses are reachable through this proxy"),
+                ))
+            }
+            Target::Name(name, port) => match self.resolve_local(&name) {
+                Ok(Ok(key)) => (key.address().to_ipv6(), port),
+                Ok(Err(_)) => {
+                    return Err((
+                        Reply::HostUnreachable,
+                        format!("`{name}` is not a peer this node knows (trust it first: pilotctl handshake)"),
+                    ))
+                }
+                Err(e) => return Err((Reply::HostUnreachable, e)),
+            },
+        };
+        let Some(addr) = NodeAddr::from_ipv6(ip) else {
+            return Err((
+                Reply::NetworkUnreachable,
+                format!("{ip} is not an overlay address (fd70::/80)"),
+            ));
+        };
+        let trusted = self
+            .node
+            .peer_keys()
+            .find(|k| k.address() == addr)
+            .is_some_and(|k| self.node.is_trusted(&k));
+        if !trusted {
+            return Err((
+                Reply::NotAllowed,
+                format!("{addr} is not a trusted peer of this node"),
+            ));
+        }
+        stack
+            .connect(SocketAddrV6::new(ip, port, 0, 0), Instant::now())
+            .map_err(|e| (Reply::GeneralFailure, e.to_string()))
+    }
+
+    /// Lists (and clears) the inbox off the loop: it reads files.
+    fn inbox(&self, clear: bool, reply: oneshot::Sender<Result<InboxReply, String>>) {
+        let inbox = self.inbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(mut inbox) = inbox.lock() else {
+                let _ = reply.send(Err("the inbox is unavailable".into()));
+                return;
+            };
+            let messages = inbox.list();
+            let cleared = if clear {
+                match inbox.clear() {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("clearing the inbox: {e}")));
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let _ = reply.send(Ok(InboxReply { messages, cleared }));
+        });
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
+            Command::OpenStream { target, reply } => {
+                let _ = reply.send(self.open_stream(target));
+            }
+            Command::SenderOf { ip, reply } => {
+                let _ = reply.send(self.sender_of(ip));
+            }
+            Command::Inbox { clear, reply } => self.inbox(clear, reply),
             Command::Info(reply) => {
                 let _ = reply.send(self.info());
             }
@@ -609,6 +798,24 @@ impl Core {
         let (tx, rx) = oneshot::channel();
         self.ping_waiters.insert(self.ping_seq, tx);
         Ok(rx)
+    }
+}
+
+/// Readiness of the TUN; never, in userspace mode.
+async fn readable(
+    tun: Option<&AsyncFd<TunDevice>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, TunDevice>> {
+    match tun {
+        Some(tun) => tun.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A task moved bytes through a stack connection; never, in kernel mode.
+async fn notified(notify: Option<&Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 
