@@ -3,6 +3,7 @@
 
 pub mod control;
 mod dataplane;
+pub mod inbox;
 pub mod metrics;
 pub mod names;
 mod notify;
