@@ -4,6 +4,7 @@
 pub mod control;
 mod dataplane;
 pub mod inbox;
+pub mod messages;
 pub mod metrics;
 pub mod names;
 mod notify;
