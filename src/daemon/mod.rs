@@ -3,6 +3,8 @@
 
 pub mod control;
 mod dataplane;
+pub mod inbox;
+pub mod messages;
 pub mod metrics;
 pub mod names;
 mod notify;

@@ -10,6 +10,7 @@ pub mod control;
 pub mod dns;
 pub mod envelope;
 pub mod ip;
+pub mod message;
 pub mod trust;
 
 /// First byte of Pilot's own datagrams start here (`'P'`).
