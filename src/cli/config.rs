@@ -21,6 +21,7 @@ use toml::Value;
 
 use super::{pilotd, rendezvous};
 use crate::addr::Hostname;
+use crate::daemon::services::Expose;
 use crate::daemon::{self, MTU_RANGE};
 use crate::node::{PeerConfig, RendezvousConfig};
 
@@ -56,6 +57,12 @@ pub struct UpFile {
     pub log_level: Option<String>,
     #[serde(default, deserialize_with = "socket_addr")]
     pub metrics: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "boolean")]
+    pub userspace: Option<bool>,
+    #[serde(default, deserialize_with = "socks5")]
+    pub socks5: Option<pilotd::Socks5Addr>,
+    #[serde(default, deserialize_with = "expose")]
+    pub expose: Option<Vec<Expose>>,
 }
 
 /// The settings of `pilotd rendezvous` a config file holds.
@@ -324,6 +331,25 @@ fn peers<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PeerConfig>>, D::
         _ => Err(mismatch(EXPECTED, &value)),
     });
     peers.collect::<Result<_, _>>().map(Some)
+}
+
+fn expose<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Expose>>, D::Error> {
+    const EXPECTED: &str = "an array of \"PORT[:LOCALPORT]\" strings";
+    let value = Value::deserialize(d)?;
+    let Value::Array(items) = &value else {
+        return Err(mismatch(EXPECTED, &value));
+    };
+    let rules = items.iter().map(|item| match item {
+        Value::String(text) => text.parse::<Expose>().map_err(D::Error::custom),
+        _ => Err(mismatch(EXPECTED, &value)),
+    });
+    rules.collect::<Result<_, _>>().map(Some)
+}
+
+fn socks5<'de, D: Deserializer<'de>>(d: D) -> Result<Option<pilotd::Socks5Addr>, D::Error> {
+    parsed(d, "\"IP:PORT\" or \"off\"", |s| {
+        s.parse::<pilotd::Socks5Addr>()
+    })
 }
 
 fn rendezvous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RendezvousConfig>, D::Error> {

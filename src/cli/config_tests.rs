@@ -46,6 +46,9 @@ keepalive = 10
 control = "/run/p.sock"
 log_level = "pilot=debug"
 metrics = "127.0.0.1:9100"
+userspace = true
+socks5 = "127.0.0.1:1081"
+expose = ["8080", "80:8081"]
 "#
     );
     sets_every_key(&text, keys::<UpFile>());
@@ -78,6 +81,11 @@ metrics = "127.0.0.1:9100"
         control: Some("/run/p.sock".into()),
         log_level: Some("pilot=debug".into()),
         metrics: Some("127.0.0.1:9100".parse().unwrap()),
+        userspace: Some(true),
+        socks5: Some(crate::cli::pilotd::Socks5Addr(Some(
+            "127.0.0.1:1081".parse().unwrap(),
+        ))),
+        expose: Some(vec!["8080".parse().unwrap(), "80:8081".parse().unwrap()]),
     };
     assert_eq!(file, expected);
 }
@@ -129,7 +137,8 @@ fn an_unknown_key_names_its_place_and_every_known_key() {
         err,
         "/etc/pilot/pilotd.toml:7:1: unknown key `rendevous`; expected one of: state_dir, \
          interface, mtu, listen_port, peers, rendezvous, rendezvous_alt_port, hostname, \
-         auto_approve, hosts_file, keepalive, control, log_level, metrics"
+         auto_approve, hosts_file, keepalive, control, log_level, metrics, userspace, socks5, \
+         expose"
     );
     // A table is a key too: the file is flat.
     let err = up("[up]\nmtu = 1400\n").unwrap_err();
@@ -288,7 +297,10 @@ fn shipped_files_are_all_defaults_and_show_every_key() {
         let lines = text.lines().filter_map(|l| l.strip_prefix("# "));
         let settings = lines.filter(|l| {
             let key = l.split_once(" = ").map_or("", |(key, _)| key);
-            !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         });
         settings.map(|l| format!("{l}\n")).collect()
     };

@@ -11,8 +11,10 @@ use tracing_subscriber::EnvFilter;
 use super::config::{self, RendezvousFile, UpFile};
 use crate::addr::Hostname;
 use crate::daemon::rendezvous::run_rendezvous;
+use crate::daemon::services::Expose;
 use crate::daemon::{
-    self, control, UpOptions, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU,
+    self, control, UpOptions, Userspace, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU,
+    DEFAULT_SOCKS5,
 };
 use crate::identity::{self, Identity, NodeKey};
 use crate::node::{PeerConfig, RendezvousConfig};
@@ -105,6 +107,36 @@ struct UpArgs {
     /// Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9187).
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
+    /// Rootless mode: no TUN; the node's address lives in a userspace TCP/IP stack. Programs
+    /// reach peers through the SOCKS5 proxy (--socks5) and peers reach local programs through
+    /// exposed ports (--expose). Needs no root and no /dev/net/tun.
+    #[arg(long)]
+    userspace: bool,
+    /// Userspace mode: where the SOCKS5 proxy to peers listens, or `off`. It resolves NAME.pilot
+    /// itself (curl --socks5-hostname) [default: 127.0.0.1:1080]
+    #[arg(long, value_name = "IP:PORT|off")]
+    socks5: Option<Socks5Addr>,
+    /// Userspace mode: let trusted peers connect to this node's overlay PORT, forwarded to
+    /// 127.0.0.1:LOCALPORT (default: the same port). Repeatable.
+    #[arg(long, value_name = "PORT[:LOCALPORT]")]
+    expose: Vec<Expose>,
+}
+
+/// `--socks5`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Socks5Addr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Socks5Addr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Socks5Addr, String> {
+        if s == "off" {
+            return Ok(Socks5Addr(None));
+        }
+        s.parse()
+            .map(|a| Socks5Addr(Some(a)))
+            .map_err(|_| format!("`{s}`: expected IP:PORT (IPv6 in brackets) or off"))
+    }
 }
 
 /// Entry point of the `pilotd` binary.
@@ -164,6 +196,26 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
         ),
         None => {}
     }
+    let socks5 = args.socks5.or(file.socks5);
+    let expose = if args.expose.is_empty() {
+        file.expose.unwrap_or_default()
+    } else {
+        args.expose
+    };
+    let userspace = if args.userspace || file.userspace.unwrap_or(false) {
+        let default = DEFAULT_SOCKS5.parse().expect("a valid address");
+        Some(Userspace {
+            socks5: socks5.map_or(Some(default), |s| s.0),
+            expose,
+        })
+    } else if socks5.is_some() || !expose.is_empty() {
+        bail!(
+            "--socks5 and --expose are for --userspace mode; in kernel mode programs reach peers \
+             through the interface, and services bound to [::] are reachable from trusted peers"
+        );
+    } else {
+        None
+    };
     Ok(UpOptions {
         state_dir: args
             .state
@@ -193,6 +245,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
             .or(file.keepalive)
             .unwrap_or(DEFAULT_KEEPALIVE),
         metrics: args.metrics.or(file.metrics),
+        userspace,
     })
 }
 

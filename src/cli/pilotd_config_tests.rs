@@ -187,6 +187,49 @@ fn a_hostname_needs_a_rendezvous_from_either_source() {
 }
 
 #[test]
+fn userspace_mode_settings_come_from_flags_or_file_and_need_the_mode() {
+    let o = up_options(up_args(&["--userspace"]), UpFile::default()).unwrap();
+    let u = o.userspace.unwrap();
+    assert_eq!(u.socks5, Some(DEFAULT_SOCKS5.parse().unwrap()));
+    assert!(u.expose.is_empty());
+    let o = up_options(
+        up_args(&["--socks5", "off", "--expose", "80:8080"]),
+        up_file("userspace = true\nsocks5 = \"127.0.0.1:1090\"\nexpose = [\"22\"]"),
+    )
+    .unwrap();
+    let u = o.userspace.unwrap();
+    assert_eq!(u.socks5, None, "the flag wins over the file");
+    assert_eq!(u.expose, vec!["80:8080".parse().unwrap()]);
+    let o = up_options(up_args(&[]), up_file("userspace = true\nexpose = [\"22\"]")).unwrap();
+    assert_eq!(o.userspace.unwrap().expose, vec!["22".parse().unwrap()]);
+    assert!(up_options(up_args(&[]), UpFile::default())
+        .unwrap()
+        .userspace
+        .is_none());
+    for (args, file) in [
+        (&["--socks5", "127.0.0.1:1090"][..], ""),
+        (&["--expose", "8080"], ""),
+        (&[], "expose = [\"8080\"]"),
+    ] {
+        let err = up_options(up_args(args), up_file(file)).unwrap_err();
+        assert!(
+            err.to_string().contains("are for --userspace mode"),
+            "{err}"
+        );
+    }
+    let bad = Cli::command().try_get_matches_from(["pilotd", "up", "--expose", "http"]);
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("PORT or PORT:LOCALPORT"));
+    let bad = parse::<UpFile>(Path::new("p.toml"), "socks5 = \"nowhere\"").unwrap_err();
+    assert!(
+        format!("{bad:#}").contains("IP:PORT (IPv6 in brackets) or off"),
+        "{bad:#}"
+    );
+}
+
+#[test]
 fn an_mtu_flag_is_checked_as_before() {
     let err = up_options(up_args(&["--mtu", "1000"]), UpFile::default()).unwrap_err();
     assert!(

@@ -89,7 +89,17 @@ pub struct InfoReply {
     pub node: String,
     pub public_key: String,
     pub hostname: Option<String>,
+    /// The TUN's name; empty in userspace mode.
     pub interface: String,
+    /// `kernel` (a TUN) or `userspace` (a smoltcp stack, SOCKS5 and exposed ports).
+    #[serde(default)]
+    pub mode: String,
+    /// Userspace mode: the SOCKS5 proxy's address, if it runs.
+    #[serde(default)]
+    pub socks5: Option<String>,
+    /// Userspace mode: exposed ports as `PORT:LOCALPORT`.
+    #[serde(default)]
+    pub expose: Vec<String>,
     pub mtu: u32,
     pub listen_port: u16,
     pub endpoint: Option<String>,
@@ -410,11 +420,13 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
         Request::Status {} => ask(commands, Command::Status)
             .await
             .map_or_else(stopped, success),
-        Request::Inbox { clear } => match ask(commands, |reply| Command::Inbox { clear, reply }).await {
-            Some(Ok(reply)) => success(reply),
-            Some(Err(e)) => failure(e),
-            None => stopped(),
-        },
+        Request::Inbox { clear } => {
+            match ask(commands, |reply| Command::Inbox { clear, reply }).await {
+                Some(Ok(reply)) => success(reply),
+                Some(Err(e)) => failure(e),
+                None => stopped(),
+            }
+        }
         Request::Ping { peer, timeout_ms } => {
             let waiter = match ask(commands, |reply| Command::Ping { peer, reply }).await {
                 Some(Ok(waiter)) => waiter,

@@ -48,7 +48,14 @@ const TUN_READS_PER_WAKE: usize = 64;
 /// What the loop reports in `info` besides the node's own state, and where it pins the
 /// rendezvous key it learns.
 pub struct Facts {
+    /// The TUN's name; empty in userspace mode.
     pub interface: String,
+    /// `kernel` or `userspace`.
+    pub mode: &'static str,
+    /// Userspace mode: where the SOCKS5 proxy listens, if it does.
+    pub socks5: Option<std::net::SocketAddr>,
+    /// Userspace mode: exposed ports, `PORT:LOCALPORT`.
+    pub expose: Vec<String>,
     pub mtu: u32,
     pub listen_port: u16,
     pub rendezvous_pin: Option<super::pin::RendezvousPin>,
@@ -438,7 +445,10 @@ impl Core {
                     break;
                 }
             }
-            match self.node.handle_tun_packet(&packet, now, self.send.next_slot()) {
+            match self
+                .node
+                .handle_tun_packet(&packet, now, self.send.next_slot())
+            {
                 TunOutput::Send(t) => {
                     let (to, len) = (t.to, t.payload.len());
                     self.send.commit(len, to);
@@ -475,9 +485,9 @@ impl Core {
     /// Userspace mode: a TCP connection to a trusted peer through the stack, for the SOCKS5
     /// proxy. The error carries the SOCKS5 reply that says why not.
     fn open_stream(&mut self, target: Target) -> Result<OpenedStream, (Reply, String)> {
-        let Some((stack, _)) = &mut self.stack else {
+        if self.stack.is_none() {
             return Err((Reply::GeneralFailure, "not in userspace mode".into()));
-        };
+        }
         let (ip, port) = match target {
             Target::Ip(SocketAddr::V6(sa)) => (*sa.ip(), sa.port()),
             Target::Ip(SocketAddr::V4(sa)) => {
@@ -514,6 +524,9 @@ impl Core {
                 format!("{addr} is not a trusted peer of this node"),
             ));
         }
+        let Some((stack, _)) = &mut self.stack else {
+            unreachable!("checked above");
+        };
         stack
             .connect(SocketAddrV6::new(ip, port, 0, 0), Instant::now())
             .map_err(|e| (Reply::GeneralFailure, e.to_string()))
@@ -769,6 +782,9 @@ impl Core {
             public_key: self.node.key().to_string(),
             hostname: self.node.hostname().map(|n| n.to_string()),
             interface: self.facts.interface.clone(),
+            mode: self.facts.mode.to_owned(),
+            socks5: self.facts.socks5.map(|a| a.to_string()),
+            expose: self.facts.expose.clone(),
             mtu: self.facts.mtu,
             listen_port: self.facts.listen_port,
             endpoint: net.endpoint,

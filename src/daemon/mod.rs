@@ -10,12 +10,14 @@ pub mod names;
 mod notify;
 mod pin;
 pub mod rendezvous;
+pub mod services;
 pub mod socks5;
 mod trust_file;
 mod tun_writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -25,12 +27,16 @@ use tokio::sync::mpsc;
 use crate::addr::{Hostname, OVERLAY_PREFIX_LEN};
 use crate::clock::WallClock;
 use crate::identity::Identity;
+use crate::io::stack::{Limits, Stack};
 use crate::io::{netlink, tun::TunDevice, udp::UdpSocket};
 use crate::node::{Node, NodeConfig, PeerConfig, RendezvousConfig};
 use crate::wire::control::MAX_LAN_ENDPOINTS;
+use crate::wire::message::MESSAGE_PORT;
 use control::ControlSocket;
-use dataplane::{DataPlane, Facts};
+use dataplane::{DataPlane, Facts, Local};
+use inbox::Inbox;
 use metrics::MetricsListener;
+use services::Expose;
 
 /// Default UDP port of the node.
 pub const DEFAULT_LISTEN_PORT: u16 = 51870;
@@ -63,7 +69,21 @@ pub struct UpOptions {
     pub hosts_file: Option<PathBuf>,
     /// Where to serve Prometheus metrics (opt-in).
     pub metrics: Option<SocketAddr>,
+    /// Userspace mode instead of a TUN, and its settings.
+    pub userspace: Option<Userspace>,
 }
+
+/// `pilotd up --userspace`: no TUN, no root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Userspace {
+    /// The local SOCKS5 proxy to peers (`None`: off).
+    pub socks5: Option<SocketAddr>,
+    /// Overlay ports forwarded to local ones.
+    pub expose: Vec<Expose>,
+}
+
+/// Default address of the SOCKS5 proxy in userspace mode.
+pub const DEFAULT_SOCKS5: &str = "127.0.0.1:1080";
 
 /// Runs the node until SIGINT or SIGTERM. The TUN interface and control socket are gone when
 /// this returns, whether it returns an error or not.
@@ -84,7 +104,6 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
 async fn up(options: UpOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let identity = Identity::load_or_create(&options.state_dir)?;
-    let address = identity.address();
     let mut rendezvous = options.rendezvous.clone();
     let pin = rendezvous
         .as_ref()
@@ -98,80 +117,89 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
             _ => {}
         }
     }
-
     let trust_file = trust_file::TrustFile::new(&options.state_dir);
     let trust = trust_file.load()?;
+    let inbox_dir = options.state_dir.join("inbox");
+    let inbox = Inbox::open(&inbox_dir)
+        .with_context(|| format!("opening the inbox {}", inbox_dir.display()))?;
     // Before the interface exists: a busy address stops the start with nothing to undo.
     let metrics = match options.metrics {
         Some(addr) => Some(MetricsListener::bind(addr).await?),
         None => None,
     };
+    let start = Start {
+        started,
+        identity,
+        rendezvous,
+        pin,
+        trust_file,
+        trust,
+        inbox: Arc::new(Mutex::new(inbox)),
+        metrics,
+    };
+    match options.userspace.clone() {
+        Some(userspace) => up_userspace(options, start, userspace).await,
+        None => up_kernel(options, start).await,
+    }
+}
 
+/// What both modes have ready before their local side exists.
+struct Start {
+    started: Instant,
+    identity: Identity,
+    rendezvous: Option<RendezvousConfig>,
+    pin: Option<pin::RendezvousPin>,
+    trust_file: trust_file::TrustFile,
+    trust: crate::node::TrustState,
+    inbox: Arc<Mutex<Inbox>>,
+    metrics: Option<MetricsListener>,
+}
+
+/// Kernel mode: a TUN interface holds the node's address; programs use it directly.
+async fn up_kernel(options: UpOptions, start: Start) -> anyhow::Result<()> {
+    let address = start.identity.address();
     let tun = TunDevice::create_with_offload(&options.interface)?;
     let interface = tun.name().to_owned();
     // From here on the interface exists: every exit path must remove it.
     let result = async {
-        netlink::configure_interface(&interface, address.to_ipv6(), OVERLAY_PREFIX_LEN, options.mtu)
+        netlink::configure_interface(
+            &interface,
+            address.to_ipv6(),
+            OVERLAY_PREFIX_LEN,
+            options.mtu,
+        )
+        .await
+        .with_context(|| format!("configuring interface {interface}"))?;
+        // The address is usable at once (no duplicate address detection on it).
+        let messages = SocketAddr::from((address.to_ipv6(), MESSAGE_PORT));
+        let messages = tokio::net::TcpListener::bind(messages)
             .await
-            .with_context(|| format!("configuring interface {interface}"))?;
-        let udp = UdpSocket::bind(options.listen_port).with_context(|| {
-            format!("binding UDP port {} (is another pilotd running? choose another with --listen-port)", options.listen_port)
-        })?;
-        let listen_port = udp.local_port();
-        let node = Node::new(NodeConfig {
-            identity,
-            peers: options.peers.clone(),
-            trust,
-            hostname: options.hostname.clone(),
-            auto_approve: options.auto_approve,
-            keepalive: (options.keepalive > 0).then_some(options.keepalive),
-            seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
-            rendezvous,
-            lan: lan_endpoints(&interface, listen_port),
-            local_port: listen_port,
-            clock: WallClock::system(),
-        })
-        .context("invalid --peer")?;
+            .with_context(|| format!("binding the message service to {messages}"))?;
         // NAME.pilot for every program: resolved sends `~pilot` lookups to the stub on this link.
         if names::resolved_running() {
             match names::register_with_resolved(&interface, crate::wire::dns::DNS_ADDR) {
-                Ok(()) => tracing::info!("systemd-resolved: .pilot names resolve through {interface}"),
-                Err(e) => tracing::warn!("cannot register the .pilot DNS stub with systemd-resolved: {e:#}"),
+                Ok(()) => {
+                    tracing::info!("systemd-resolved: .pilot names resolve through {interface}")
+                }
+                Err(e) => tracing::warn!(
+                    "cannot register the .pilot DNS stub with systemd-resolved: {e:#}"
+                ),
             }
         }
-        let control = ControlSocket::bind(&options.control)
-            .with_context(|| format!("control socket {}", options.control.display()))?;
-        let hosts_file = options.hosts_file.as_ref().map(names::HostsFile::new);
-        let metrics_addr = metrics.as_ref().map(MetricsListener::local_addr);
-        let facts = Facts { interface: interface.clone(), mtu: options.mtu, listen_port, rendezvous_pin: pin, trust_file, hosts_file, started, metrics: metrics_addr };
-        let plane = DataPlane::new(node, tun, udp, facts).context("registering I/O with the runtime")?;
-
-        let (commands_tx, commands_rx) = mpsc::channel(64);
-        let metrics_server = metrics.map(|listener| tokio::spawn(serve_metrics(listener, commands_tx.clone())));
-        let server = tokio::spawn(control.serve(commands_tx));
-        tracing::info!(
-            address = %address.to_ipv6(),
-            node = %address,
-            %interface,
-            listen_port,
-            peers = options.peers.len(),
-            control = %options.control.display(),
-            metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-            "pilotd up"
-        );
-        // Handlers first: a SIGTERM right after READY=1 must still clean up.
-        let shutdown = shutdown_signal()?;
-        // The interface is configured and the control socket accepts: `pilotctl` and units
-        // ordered after pilotd.service can start now.
-        notify::ready(&format!("{interface} up as {}, UDP port {listen_port}", address.to_ipv6()));
-        let outcome = plane.run(commands_rx, shutdown).await;
-        if let Some(metrics) = metrics_server {
-            metrics.abort();
-        }
-        server.abort();
-        // Wait for the server task to go so the control socket file is removed now.
-        let _ = server.await;
-        outcome.context("data plane")
+        let inbox = start.inbox.clone();
+        let local = LocalSide {
+            local: Local::Tun(tun),
+            interface: interface.clone(),
+            mode: "kernel",
+            socks5: None,
+            expose: Vec::new(),
+        };
+        serve(&options, start, local, move |commands| {
+            vec![tokio::spawn(services::serve_messages(
+                messages, commands, inbox,
+            ))]
+        })
+        .await
     }
     .await;
     if names::resolved_running() {
@@ -186,6 +214,160 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
         tracing::info!("pilotd stopped; interface {interface} removed");
     }
     result
+}
+
+/// Userspace mode: a smoltcp stack holds the node's address; programs reach peers through the
+/// SOCKS5 proxy, and peers reach local programs through exposed ports. Needs no privilege.
+async fn up_userspace(
+    options: UpOptions,
+    start: Start,
+    userspace: Userspace,
+) -> anyhow::Result<()> {
+    let socks5 = match userspace.socks5 {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the SOCKS5 proxy to {addr} (in use? choose another with --socks5)")
+        })?),
+        None => None,
+    };
+    let socks5_addr = socks5.as_ref().and_then(|l| l.local_addr().ok());
+    let mut stack = Stack::new(
+        start.identity.address().to_ipv6(),
+        OVERLAY_PREFIX_LEN,
+        options.mtu as usize,
+        Limits::default(),
+        rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+    );
+    stack.listen(MESSAGE_PORT);
+    for rule in &userspace.expose {
+        stack.listen(rule.port);
+    }
+    let (incoming_tx, incoming_rx) = mpsc::channel(64);
+    let inbox = start.inbox.clone();
+    let local = LocalSide {
+        local: Local::Stack(Box::new(stack), incoming_tx),
+        interface: String::new(),
+        mode: "userspace",
+        socks5: socks5_addr,
+        expose: userspace.expose.clone(),
+    };
+    let expose = userspace.expose;
+    let result = serve(&options, start, local, move |commands| {
+        let mut tasks = vec![tokio::spawn(services::serve_incoming(
+            incoming_rx,
+            expose,
+            inbox,
+        ))];
+        if let Some(listener) = socks5 {
+            tasks.push(tokio::spawn(services::serve_socks5(listener, commands)));
+        }
+        tasks
+    })
+    .await;
+    if result.is_ok() {
+        tracing::info!("pilotd stopped");
+    }
+    result
+}
+
+/// The local side of either mode, as the data plane and `info` see it.
+struct LocalSide {
+    local: Local,
+    /// The TUN's name; empty in userspace mode.
+    interface: String,
+    mode: &'static str,
+    socks5: Option<SocketAddr>,
+    expose: Vec<Expose>,
+}
+
+/// Everything after the local side exists, the same in both modes: the UDP socket, the node,
+/// the control socket, the services `spawn` starts, and the data plane until a signal.
+async fn serve(
+    options: &UpOptions,
+    start: Start,
+    local: LocalSide,
+    spawn: impl FnOnce(mpsc::Sender<control::Command>) -> Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let address = start.identity.address();
+    let udp = UdpSocket::bind(options.listen_port).with_context(|| {
+        format!(
+            "binding UDP port {} (is another pilotd running? choose another with --listen-port)",
+            options.listen_port
+        )
+    })?;
+    let listen_port = udp.local_port();
+    let node = Node::new(NodeConfig {
+        identity: start.identity,
+        peers: options.peers.clone(),
+        trust: start.trust,
+        hostname: options.hostname.clone(),
+        auto_approve: options.auto_approve,
+        keepalive: (options.keepalive > 0).then_some(options.keepalive),
+        seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+        rendezvous: start.rendezvous,
+        lan: lan_endpoints(&local.interface, listen_port),
+        local_port: listen_port,
+        clock: WallClock::system(),
+    })
+    .context("invalid --peer")?;
+    let control = ControlSocket::bind(&options.control)
+        .with_context(|| format!("control socket {}", options.control.display()))?;
+    let hosts_file = options.hosts_file.as_ref().map(names::HostsFile::new);
+    let metrics_addr = start.metrics.as_ref().map(MetricsListener::local_addr);
+    let facts = Facts {
+        interface: local.interface.clone(),
+        mode: local.mode,
+        socks5: local.socks5,
+        expose: local.expose.iter().map(ToString::to_string).collect(),
+        mtu: options.mtu,
+        listen_port,
+        rendezvous_pin: start.pin,
+        trust_file: start.trust_file,
+        hosts_file,
+        started: start.started,
+        metrics: metrics_addr,
+    };
+    let plane = DataPlane::new(node, local.local, udp, facts, start.inbox)
+        .context("registering I/O with the runtime")?;
+
+    let (commands_tx, commands_rx) = mpsc::channel(64);
+    let mut tasks = spawn(commands_tx.clone());
+    if let Some(listener) = start.metrics {
+        tasks.push(tokio::spawn(serve_metrics(listener, commands_tx.clone())));
+    }
+    let server = tokio::spawn(control.serve(commands_tx));
+    let where_ = if local.interface.is_empty() {
+        "userspace stack".to_owned()
+    } else {
+        local.interface.clone()
+    };
+    tracing::info!(
+        address = %address.to_ipv6(),
+        node = %address,
+        mode = local.mode,
+        interface = %where_,
+        socks5 = %local.socks5.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        listen_port,
+        peers = options.peers.len(),
+        control = %options.control.display(),
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "pilotd up"
+    );
+    // Handlers first: a SIGTERM right after READY=1 must still clean up.
+    let shutdown = shutdown_signal()?;
+    // The address is in place and the control socket accepts: `pilotctl` and units ordered
+    // after pilotd.service can start now.
+    notify::ready(&format!(
+        "{where_} up as {}, UDP port {listen_port}",
+        address.to_ipv6()
+    ));
+    let outcome = plane.run(commands_rx, shutdown).await;
+    for task in tasks {
+        task.abort();
+    }
+    server.abort();
+    // Wait for the server task to go so the control socket file is removed now.
+    let _ = server.await;
+    outcome.context("data plane")
 }
 
 /// Serves the metrics page, asking the data plane for a snapshot per scrape.
