@@ -5,3 +5,4 @@ pub mod pilotctl;
 pub mod pilotd;
 pub mod rendezvous;
 mod service;
+mod streams;

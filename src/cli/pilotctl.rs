@@ -14,6 +14,8 @@ use crate::daemon::control::{
 use crate::node::HandshakeOutcome;
 use crate::node::PeerStatus;
 
+use super::streams;
+
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
@@ -101,6 +103,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open a TCP stream to a peer's port: stdin to it, its answer to stdout (or send one
+    /// message and print the reply). Works in kernel and userspace mode.
+    Connect {
+        /// Hostname, node address (xxxx.xxxx.xxxx), fd70:: address or public key.
+        peer: String,
+        port: u16,
+        /// Send this, end the sending side, and print the reply.
+        #[arg(long, value_name = "M")]
+        message: Option<String>,
+        /// Seconds to wait for the connection (and, with --message, for the reply).
+        #[arg(long, value_name = "T", default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Send a message to a peer's inbox; it is acknowledged once the peer has stored it.
+    SendMessage {
+        /// Hostname, node address (xxxx.xxxx.xxxx), fd70:: address or public key.
+        peer: String,
+        /// The message (`-`: read it from stdin; at most 64 KiB).
+        #[arg(long, value_name = "D")]
+        data: String,
+        /// text (UTF-8), json (checked to parse) or binary.
+        #[arg(long = "type", value_name = "TYPE", default_value = "text")]
+        kind: crate::wire::message::MessageKind,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages peers sent to this node, oldest first.
+    Inbox {
+        #[arg(long)]
+        json: bool,
+        /// Remove the listed messages.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Send ICMPv6 echo requests through the tunnel and print each reply's RTT and path.
     Ping {
         /// Hostname, node address (xxxx.xxxx.xxxx), fd70:: address or public key.
@@ -151,6 +187,19 @@ pub fn main() -> ExitCode {
             timeout,
             json,
         } => ping(&socket, &peer, count, interval, timeout, json),
+        Command::Connect {
+            peer,
+            port,
+            message,
+            timeout,
+        } => streams::connect(&socket, &peer, port, message, timeout),
+        Command::SendMessage {
+            peer,
+            data,
+            kind,
+            json,
+        } => streams::send_message(&socket, &peer, &data, kind, json),
+        Command::Inbox { json, clear } => streams::inbox(&socket, json, clear),
     };
     match result {
         Ok(code) => code,
@@ -161,11 +210,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
+pub(super) fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
     control::request(socket, request, REQUEST_TIMEOUT)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError> {
     serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
@@ -284,7 +333,20 @@ fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     println!("node         {}", info.node);
     println!("public_key   {}", info.public_key);
     println!("hostname     {}", or_dash(&info.hostname));
-    println!("interface    {} (mtu {})", info.interface, info.mtu);
+    if info.mode == "userspace" {
+        let socks5 = info.socks5.as_deref().unwrap_or("off");
+        let expose = if info.expose.is_empty() {
+            "none".to_owned()
+        } else {
+            info.expose.join(" ")
+        };
+        println!(
+            "mode         userspace (mtu {}): SOCKS5 {socks5}, exposed {expose}",
+            info.mtu
+        );
+    } else {
+        println!("interface    {} (mtu {})", info.interface, info.mtu);
+    }
     println!("listen_port  {}", info.listen_port);
     println!("endpoint     {}", or_dash(&info.endpoint));
     let nat = info
@@ -353,14 +415,14 @@ fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
 }
 
 /// `bob (fd70::…)`, or the node address when there is no hostname.
-fn who(peer: &PeerRef) -> String {
+pub(super) fn who(peer: &PeerRef) -> String {
     match &peer.hostname {
         Some(name) => format!("{name} ({})", peer.address),
         None => format!("{} ({})", peer.node, peer.address),
     }
 }
 
-fn print_json(value: &Value) {
+pub(super) fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).expect("json"));
 }
 
@@ -425,7 +487,7 @@ fn verb(socket: &Path, request: Request, json: bool) -> Result<ExitCode, ClientE
     Ok(ExitCode::SUCCESS)
 }
 
-fn age(issued_ms: u64) -> String {
+pub(super) fn age(issued_ms: u64) -> String {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
