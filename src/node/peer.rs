@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
@@ -83,6 +83,8 @@ pub(crate) struct Peer {
     pub queued: bool,
     /// Start a handshake at the next `poll_transmit` unless a session is up.
     pub kick_handshake: bool,
+    /// When stale data last made this node start a handshake (see `recover_session`).
+    pub last_recovery: Option<Instant>,
     /// Latest round trip measured by `pilotctl ping`.
     pub last_rtt: Option<Duration>,
     /// The gate: a configured peer, or a valid mutual trust record. While false, nothing is
@@ -123,6 +125,7 @@ impl Peer {
             timers_due: false,
             queued: false,
             kick_handshake: false,
+            last_recovery: None,
             last_rtt: None,
             trusted: false,
             own_secret,

@@ -36,6 +36,9 @@ enum MessageKind {
     Other,
 }
 
+/// Least time between two handshakes started because stale data arrived.
+const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// WireGuard's message type of a handshake response.
 const HANDSHAKE_RESPONSE: u8 = 2;
 
@@ -72,6 +75,9 @@ impl Node {
         });
         if matches!(produced, Produced::Failed) {
             self.counters.drop(DropReason::BadWireGuard);
+            if kind == MessageKind::Other && !self.peers[index].has_session() {
+                self.recover_session(index, now);
+            }
             return NetOutput::Nothing;
         }
         if established(kind, &produced, via, out) {
@@ -202,6 +208,24 @@ impl Node {
             return;
         }
         self.peers[index].kick_handshake = true;
+        self.schedule(index);
+    }
+
+    /// Data arrived in a session this node does not have: it restarted (or dropped the session)
+    /// and the peer kept its keys. The peer will not start a handshake before its own timers
+    /// say so (up to 15 s of silence in the meantime), so start one now, whichever key is
+    /// lower: the peer believes it has a session, so no initiation of its own can cross ours.
+    /// At most one per second, however fast the stale data comes.
+    fn recover_session(&mut self, index: usize, now: Instant) {
+        let peer = &mut self.peers[index];
+        if peer
+            .last_recovery
+            .is_some_and(|t| now.saturating_duration_since(t) < RECOVERY_INTERVAL)
+        {
+            return;
+        }
+        peer.last_recovery = Some(now);
+        peer.kick_handshake = true;
         self.schedule(index);
     }
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 pub const PILOTD: &str = env!("CARGO_BIN_EXE_pilotd");
 pub const PILOTCTL: &str = env!("CARGO_BIN_EXE_pilotctl");
 pub const PORT: u16 = 51870;
+/// The user (and group) unprivileged daemons run as: `nobody`.
+pub const UNPRIVILEGED: u32 = 65534;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -179,9 +182,62 @@ impl Lab {
 
     /// Starts `pilotd up` for `node` with extra flags and waits until it answers.
     pub fn start_with(&mut self, node: &mut NodeHandle, extra: &[String]) {
+        self.start_as(node, &[PILOTD], extra);
+    }
+
+    /// Starts `pilotd up --userspace` for `node` as an unprivileged user (uid and gid
+    /// [`UNPRIVILEGED`], no capabilities at all), with extra flags, and waits until it answers.
+    /// The state directory is handed to that user, and pilotd runs from a copy in the lab
+    /// directory: the build directory may be out of that user's reach.
+    pub fn start_userspace(&mut self, node: &mut NodeHandle, extra: &[String]) {
+        let bin = self.dir.join("pilotd");
+        if !bin.exists() {
+            fs::copy(PILOTD, &bin).unwrap();
+        }
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let owner = format!("{UNPRIVILEGED}:{UNPRIVILEGED}");
+        fs::create_dir_all(&node.state_dir).unwrap();
+        run("chown", &["-R", &owner, node.state_dir.to_str().unwrap()]);
+        let uid = format!("--reuid={UNPRIVILEGED}");
+        let gid = format!("--regid={UNPRIVILEGED}");
+        let setpriv = [
+            "setpriv",
+            &uid,
+            &gid,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            bin.to_str().unwrap(),
+        ];
+        let mut extra = extra.to_vec();
+        extra.insert(0, "--userspace".into());
+        self.start_as(node, &setpriv, &extra);
+    }
+
+    /// The uid, gid and effective capabilities of a node's daemon, from /proc.
+    pub fn credentials(&self, node: &NodeHandle) -> (u32, u32, u64) {
+        let pid = self.children[node.child.expect("node was started")].id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().to_owned()
+        };
+        let cap = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
+        (
+            field("Uid:").parse().unwrap(),
+            field("Gid:").parse().unwrap(),
+            cap,
+        )
+    }
+
+    /// Starts `PROGRAM… up` (the program: pilotd, or a command that ends by running it) and
+    /// waits until the daemon answers.
+    fn start_as(&mut self, node: &mut NodeHandle, program: &[&str], extra: &[String]) {
         let state = node.state_dir.display().to_string();
         let control = node.control.display().to_string();
-        let mut cmd = vec![PILOTD, "up", "--log-level", "debug"];
+        let mut cmd = program.to_vec();
+        cmd.extend(["up", "--log-level", "debug"]);
         cmd.extend(["--state-dir", &state, "--control", &control]);
         cmd.extend(extra.iter().map(String::as_str));
         let (ns, log) = (node.ns.clone(), node.log.clone());
@@ -453,6 +509,29 @@ pub fn ctl(node: &NodeHandle, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `pilotctl --control <node's socket> args…` run inside the node's namespace (so a stream it
+/// opens in kernel mode goes through the node's interface), with `input` on its stdin.
+pub fn ctl_in(node: &NodeHandle, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.ns, PILOTCTL, "--control"])
+        .arg(&node.control)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    out
 }
 
 /// Runs a command in a namespace and returns its output (not checked).
