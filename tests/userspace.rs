@@ -157,7 +157,7 @@ fn a_userspace_node_without_privileges_and_a_kernel_node_serve_each_other() {
             "-sS",
             "-m",
             "10",
-            &proxy[0],
+            proxy[0],
             proxy[1],
             "http://nobody.pilot/",
         ],
