@@ -260,6 +260,27 @@ bench_pilot() {
     tn_release
 }
 
+# Userspace mode beside kernel mode: node B runs `pilotd up --userspace` (the smoltcp stack, no
+# TUN, its iperf3 server on 127.0.0.1 reached through --expose), node A is a kernel node as
+# above. A->B is the userspace stack receiving, -R the userspace stack sending.
+bench_userspace() {
+    tn_say "pilot userspace: node B in userspace mode (no TUN), node A in kernel mode, fresh namespaces"
+    TN_EXTRA_B=(--userspace --socks5 off --expose "$IPERF_PORT")
+    tn_up
+    TN_EXTRA_B=()
+    tn_wait_tunnel
+    tn_spawn b "$TN_DIR/logs/iperf3-server-userspace.log" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
+    tn_wait_listen b 127.0.0.1 "$IPERF_PORT"
+    tn_say "pilot userspace: ping RTT to the userspace node (answered by its stack)"
+    run_ping userspace_ping "$TN_ADDR_B"
+    tn_say "pilot userspace: TCP throughput, kernel node A -> userspace node B, then -R"
+    run_iperf userspace_tcp "$TN_ADDR_B"
+    run_iperf userspace_tcp_reverse "$TN_ADDR_B" -R
+    printf '%s\n' "rss_b=$(peak_rss_kib "$TN_PID_B")" >"$RESULTS/userspace.meta"
+    tn_say "pilot userspace: stopping the nodes and removing their namespaces"
+    tn_release
+}
+
 # bench_overlay NAME: the same measurements through another overlay, in fresh namespaces.
 bench_overlay() {
     local name=$1 key=${1//-/_} mtu
@@ -616,6 +637,33 @@ print()
 for n in notes:
     print(textwrap.fill(n, width=100, subsequent_indent="  "))
 
+# Userspace mode, measured in the same run between fresh namespaces.
+us_tcp, us_tcp_rt = iperf("userspace_tcp")
+us_rev, us_rev_rt = iperf("userspace_tcp_reverse")
+us_rtt, us_mdev, _ = ping("userspace_ping")
+us_rss = int(meta("userspace")["rss_b"])
+result.update({
+    "userspace_tcp_gbps": r3(us_tcp),
+    "userspace_tcp_reverse_gbps": r3(us_rev),
+    "userspace_throughput_ratio": ratio(us_tcp, ul),
+    "userspace_vs_kernel_ratio": ratio(us_tcp, p["tcp"]),
+    "userspace_vs_kernel_reverse_ratio": ratio(us_rev, p["rev"]),
+    "userspace_rtt_ms": us_rtt,
+    "userspace_rss_kib": us_rss,
+})
+W = 14
+print()
+print(f"{'userspace mode (node B)':<{L}}{'kernel B':>{W}}{'userspace B':>{W}}{'user/kernel':>{W}}{'user/underlay':>{W}}")
+print(f"{'TCP A->B (Gbit/s)':<{L}}{p['tcp']:>{W}.3f}{us_tcp:>{W}.3f}{fmt(ratio(us_tcp, p['tcp']), '.3f'):>{W}}{fmt(ratio(us_tcp, ul), '.3f'):>{W}}")
+print(f"{'TCP B->A, -R (Gbit/s)':<{L}}{p['rev']:>{W}.3f}{us_rev:>{W}.3f}{fmt(ratio(us_rev, p['rev']), '.3f'):>{W}}{fmt(ratio(us_rev, ul), '.3f'):>{W}}")
+print(f"{'  retransmits A->B / -R':<{L}}{fmt(p['tcp_rt'], 'd') + '/' + fmt(p['rev_rt'], 'd'):>{W}}{fmt(us_tcp_rt, 'd') + '/' + fmt(us_rev_rt, 'd'):>{W}}")
+print(f"{'RTT avg (ms)':<{L}}{p['rtt']:>{W}.3f}{us_rtt:>{W}.3f}")
+print(f"{'peak RSS of B (KiB)':<{L}}{p['rss'][1]:>{W}d}{us_rss:>{W}d}")
+print(textwrap.fill(
+    "userspace: node B ran `pilotd up --userspace` (smoltcp stack, no TUN) with iperf3 on its"
+    " 127.0.0.1 reached through --expose; A->B is its stack receiving, -R its stack sending."
+    " Node A is a kernel node in both columns.", width=100, subsequent_indent="  "))
+
 # The NAT section: one row per pair, in the order they ran.
 nat = None
 if os.environ["BENCH_NAT"] == "1":
@@ -696,6 +744,7 @@ main() {
     select_overlays
     warn_if_stale
     bench_pilot
+    bench_userspace
     PILOT_MTU_USED=$(awk -F= '$1 == "mtu" { print $2 }' "$RESULTS/pilot.meta")
     local name
     for name in "${COMPARE[@]}"; do

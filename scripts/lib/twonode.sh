@@ -30,6 +30,8 @@ TN_UL_PREFIX=24
 TN_PORT=51870
 TN_MTU=${PILOT_MTU:-1380}
 TN_IFACE=pilot0
+# Extra `pilotd up` flags for node B (e.g. --userspace); empty by default.
+TN_EXTRA_B=()
 # Seconds to wait for daemons, servers and the first tunnel packet.
 TN_TIMEOUT=${TN_TIMEOUT:-20}
 
@@ -182,9 +184,11 @@ tn_spawn() {
 }
 
 tn_start_daemons() {
-    local side ns peer_key peer_ip
+    local side ns peer_key peer_ip extra
     for side in a b; do
         if [[ $side == a ]]; then peer_key=$TN_KEY_B peer_ip=$TN_UL_B; else peer_key=$TN_KEY_A peer_ip=$TN_UL_A; fi
+        extra=()
+        [[ $side == b ]] && extra=("${TN_EXTRA_B[@]}")
         local ctl_var="TN_CTL_${side^^}"
         tn_spawn "$side" "$TN_DIR/logs/pilotd-$side.log" \
             "$TN_BIN/pilotd" up \
@@ -194,7 +198,8 @@ tn_start_daemons() {
             --listen-port "$TN_PORT" \
             --mtu "$TN_MTU" \
             --peer "$peer_key@$peer_ip:$TN_PORT" \
-            --log-level "${PILOT_LOG_LEVEL:-info}"
+            --log-level "${PILOT_LOG_LEVEL:-info}" \
+            "${extra[@]}"
         printf -v "TN_PID_${side^^}" '%s' "$TN_LAST_PID"
     done
     tn_note "pilotd A pid $TN_PID_A, pilotd B pid $TN_PID_B (logs in $TN_DIR/logs)"

@@ -776,6 +776,12 @@ impl Core {
         for (reason, n) in self.own_drops() {
             drops.insert(reason.into(), n.into());
         }
+        if let Some((stack, _)) = &self.stack {
+            // Userspace mode: limits the stack hit (see io::stack::Limits).
+            let stats = stack.stats();
+            drops.insert("stack_queue_full".into(), stats.queue_drops.into());
+            drops.insert("stack_connection_limit".into(), stats.limit_refusals.into());
+        }
         InfoReply {
             address: addr.to_ipv6().to_string(),
             node: addr.to_string(),
