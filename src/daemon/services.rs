@@ -123,18 +123,10 @@ pub async fn serve_messages(
     commands: mpsc::Sender<Command>,
     inbox: Arc<Mutex<Inbox>>,
 ) {
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("message service: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    accept_each(listener, "message service", |stream, from| {
         let commands = commands.clone();
         let inbox = inbox.clone();
-        tokio::spawn(async move {
+        async move {
             let ip = match from.ip() {
                 std::net::IpAddr::V6(ip) => ip,
                 std::net::IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
@@ -143,27 +135,41 @@ pub async fn serve_messages(
                 .await
                 .flatten();
             super::messages::serve(stream, sender, inbox, unix_ms).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Userspace mode: the local SOCKS5 proxy to peers.
 pub async fn serve_socks5(listener: TcpListener, commands: mpsc::Sender<Command>) {
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("SOCKS5 proxy: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    accept_each(listener, "SOCKS5 proxy", |stream, from| {
         let commands = commands.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = socks5_connection(stream, &commands).await {
                 tracing::debug!(%from, "SOCKS5: {e}");
             }
-        });
+        }
+    })
+    .await;
+}
+
+/// Accepts connections for ever, serving each in its own task; a failed accept (out of file
+/// descriptors, say) is logged and retried shortly after.
+async fn accept_each<F, Fut>(listener: TcpListener, what: &str, mut serve: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                tokio::spawn(serve(stream, from));
+            }
+            Err(e) => {
+                tracing::warn!("{what}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
