@@ -226,14 +226,14 @@ fn a_userspace_node_without_privileges_and_a_kernel_node_serve_each_other() {
     // Refused by the receiver: garbage, and a header announcing 1 MB (never read).
     let out = ctl_in(
         &kern,
-        &["connect", "user", "1001"],
+        &["connect", "user", "7001"],
         b"GET / HTTP/1.1\r\n\r\n",
     );
     assert!(out.stdout.starts_with(b"PACK\x01\x02"), "{}", text(&out));
     let mut oversize = b"PMSG\x01\x01".to_vec();
     oversize.extend(1_000_000u32.to_be_bytes());
     oversize.extend([b'x'; 4096]);
-    let out = ctl_in(&kern, &["connect", "user", "1001"], &oversize);
+    let out = ctl_in(&kern, &["connect", "user", "7001"], &oversize);
     assert!(out.stdout.starts_with(b"PACK\x01\x01"), "{}", text(&out));
     // Nothing stored, nothing broken: a binary message from stdin still goes through.
     assert_eq!(inbox(&user).len(), 1);

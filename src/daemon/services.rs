@@ -253,7 +253,7 @@ mod tests {
             let e = bad.parse::<Expose>().unwrap_err();
             assert!(e.contains("PORT"), "{bad}: {e}");
         }
-        assert!("1001"
+        assert!("7001"
             .parse::<Expose>()
             .unwrap_err()
             .contains("message service"));

@@ -27,8 +27,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The overlay TCP port the message service listens on.
-pub const MESSAGE_PORT: u16 = 1001;
+/// The overlay TCP port the message service listens on. Above 1024: a kernel-mode pilotd
+/// holds CAP_NET_ADMIN only, not CAP_NET_BIND_SERVICE. No other program can serve it in
+/// pilotd's place: the fd70 address exists only while pilotd runs, and one that binds it
+/// first (IPV6_FREEBIND) makes pilotd's start fail loudly rather than intercept messages.
+pub const MESSAGE_PORT: u16 = 7001;
 /// The largest payload one message may carry.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The framing version this node speaks.
