@@ -5,48 +5,80 @@
 //! Packet buffers come from a pool and go back to it, so nothing is allocated per packet once
 //! the queues have filled for the first time.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 pub struct QueueDevice {
-    mtu: usize,
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
-    pool: Vec<Vec<u8>>,
+    /// What both tokens of a `receive` use at once (hence the cells).
+    shared: Shared,
+}
+
+struct Shared {
+    /// Spare packet buffers, each with room for an MTU-sized packet so it never grows.
+    buffers: RefCell<Vec<Vec<u8>>>,
+    mtu: usize,
     /// Most packets either queue holds.
     capacity: usize,
     /// Packets dropped because a queue was full.
-    pub dropped: u64,
+    dropped: Cell<u64>,
+}
+
+impl Shared {
+    fn take(&self) -> Vec<u8> {
+        let mut buf = self
+            .buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.mtu));
+        buf.clear();
+        buf
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        let mut buffers = self.buffers.borrow_mut();
+        // Enough for both queues full.
+        if buffers.len() < 2 * self.capacity {
+            buffers.push(buf);
+        }
+    }
+
+    fn drop_packet(&self) {
+        self.dropped.set(self.dropped.get() + 1);
+    }
 }
 
 impl QueueDevice {
     pub fn new(mtu: usize, capacity: usize) -> QueueDevice {
         QueueDevice {
-            mtu,
             rx: VecDeque::with_capacity(capacity),
             tx: VecDeque::with_capacity(capacity),
-            pool: Vec::new(),
-            capacity,
-            dropped: 0,
+            shared: Shared {
+                buffers: RefCell::new(Vec::new()),
+                mtu,
+                capacity,
+                dropped: Cell::new(0),
+            },
         }
     }
 
-    fn buffer(&mut self) -> Vec<u8> {
-        let mut buf = self.pool.pop().unwrap_or_default();
-        buf.clear();
-        buf
+    /// Packets dropped because a queue was full (or a packet too long).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.get()
     }
 
     /// Queues a packet for the stack. False (and counted) when the queue is full or the packet
     /// is longer than the MTU: TCP will send it again.
     pub fn push_rx(&mut self, packet: &[u8]) -> bool {
-        if self.rx.len() >= self.capacity || packet.len() > self.mtu {
-            self.dropped += 1;
+        if self.rx.len() >= self.shared.capacity || packet.len() > self.shared.mtu {
+            self.shared.drop_packet();
             return false;
         }
-        let mut buf = self.buffer();
+        let mut buf = self.shared.take();
         buf.extend_from_slice(packet);
         self.rx.push_back(buf);
         true
@@ -58,39 +90,48 @@ impl QueueDevice {
     }
 
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.pool.len() < 2 * self.capacity {
-            self.pool.push(buf);
-        }
+        self.shared.put(buf);
     }
 }
 
-pub struct RxToken {
+/// A received packet; its buffer goes back to the pool once the stack has read it.
+pub struct RxToken<'a> {
     buf: Vec<u8>,
+    shared: &'a Shared,
 }
 
 /// Where a transmitted packet goes: the device's transmit queue.
 pub struct TxToken<'a> {
-    device: &'a mut QueueDevice,
+    tx: &'a mut VecDeque<Vec<u8>>,
+    shared: &'a Shared,
 }
 
 impl phy::Device for QueueDevice {
-    type RxToken<'a> = RxToken;
+    type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;
 
-    fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
+    fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let buf = self.rx.pop_front()?;
-        Some((RxToken { buf }, TxToken { device: self }))
+        let shared = &self.shared;
+        let tx = TxToken {
+            tx: &mut self.tx,
+            shared,
+        };
+        Some((RxToken { buf, shared }, tx))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
         // A full transmit queue tells the stack to hold its packets (backpressure, not loss).
-        (self.tx.len() < self.capacity).then_some(TxToken { device: self })
+        (self.tx.len() < self.shared.capacity).then_some(TxToken {
+            tx: &mut self.tx,
+            shared: &self.shared,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
+        caps.max_transmission_unit = self.shared.mtu;
         // Packets arrive authenticated by WireGuard: checking their checksums again would only
         // cost time. The peer's kernel checks ours, so they are computed on the way out.
         let mut checksum = ChecksumCapabilities::ignored();
@@ -102,23 +143,24 @@ impl phy::Device for QueueDevice {
     }
 }
 
-impl phy::RxToken for RxToken {
+impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.buf)
-        // The buffer is not recycled here (the token cannot reach the pool); the pool refills
-        // from transmitted packets, which are at least as many as received ones under TCP.
+        let result = f(&self.buf);
+        self.shared.put(self.buf);
+        result
     }
 }
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = self.device.buffer();
+        let mut buf = self.shared.take();
         buf.resize(len, 0);
         let result = f(&mut buf);
-        if self.device.tx.len() < self.device.capacity {
-            self.device.tx.push_back(buf);
+        if self.tx.len() < self.shared.capacity {
+            self.tx.push_back(buf);
         } else {
-            self.device.dropped += 1;
+            self.shared.drop_packet();
+            self.shared.put(buf);
         }
         result
     }
@@ -136,7 +178,7 @@ mod tests {
         assert!(dev.push_rx(&[2; 40]));
         assert!(!dev.push_rx(&[3; 40]));
         assert!(!dev.push_rx(&[0; 1281]), "longer than the MTU");
-        assert_eq!(dev.dropped, 2);
+        assert_eq!(dev.dropped(), 2);
         let now = Instant::from_millis(0);
         let (rx, _) = dev.receive(now).unwrap();
         assert_eq!(rx.consume(|p| p[0]), 1);

@@ -192,7 +192,7 @@ impl Stack {
     pub fn stats(&self) -> StackStats {
         StackStats {
             connections: self.conns.len(),
-            queue_drops: self.device.dropped,
+            queue_drops: self.device.dropped(),
             ..self.stats
         }
     }
