@@ -256,7 +256,7 @@ pub enum Command {
     /// service in kernel mode.
     SenderOf {
         ip: std::net::Ipv6Addr,
-        reply: oneshot::Sender<Option<super::inbox::Sender>>,
+        reply: oneshot::Sender<Option<PeerRef>>,
     },
     /// Received messages, cleared after listing if asked.
     Inbox {

@@ -22,7 +22,7 @@ use super::control::{
     TrustedPeer,
 };
 use super::control::{InboxReply, OpenedStream};
-use super::inbox::{Inbox, Sender};
+use super::inbox::Inbox;
 use super::services::Incoming;
 use super::socks5::{Reply, Target};
 use super::trust_file::TrustFile;
@@ -467,27 +467,20 @@ impl Core {
     }
 
     /// The trusted peer at `ip`, as the message service names senders.
-    fn sender_of(&self, ip: Ipv6Addr) -> Option<Sender> {
-        let addr = NodeAddr::from_ipv6(ip)?;
+    fn sender_of(&self, ip: Ipv6Addr) -> Option<PeerRef> {
+        let key = self.trusted_peer_at(NodeAddr::from_ipv6(ip)?)?;
+        Some(self.peer_ref(key, None))
+    }
+
+    /// The key of the peer at `addr`, if packets may pass with it.
+    fn trusted_peer_at(&self, addr: NodeAddr) -> Option<NodeKey> {
         let key = self.node.peer_keys().find(|k| k.address() == addr)?;
-        if !self.node.is_trusted(&key) {
-            return None;
-        }
-        let peer = self.peer_ref(key, None);
-        Some(Sender {
-            public_key: peer.public_key,
-            node: peer.node,
-            address: peer.address,
-            hostname: peer.hostname,
-        })
+        self.node.is_trusted(&key).then_some(key)
     }
 
     /// Userspace mode: a TCP connection to a trusted peer through the stack, for the SOCKS5
     /// proxy. The error carries the SOCKS5 reply that says why not.
     fn open_stream(&mut self, target: Target) -> Result<OpenedStream, (Reply, String)> {
-        if self.stack.is_none() {
-            return Err((Reply::GeneralFailure, "not in userspace mode".into()));
-        }
         let (ip, port) = match target {
             Target::Ip(SocketAddr::V6(sa)) => (*sa.ip(), sa.port()),
             Target::Ip(SocketAddr::V4(sa)) => {
@@ -513,19 +506,14 @@ impl Core {
                 format!("{ip} is not an overlay address (fd70::/80)"),
             ));
         };
-        let trusted = self
-            .node
-            .peer_keys()
-            .find(|k| k.address() == addr)
-            .is_some_and(|k| self.node.is_trusted(&k));
-        if !trusted {
+        if self.trusted_peer_at(addr).is_none() {
             return Err((
                 Reply::NotAllowed,
                 format!("{addr} is not a trusted peer of this node"),
             ));
         }
         let Some((stack, _)) = &mut self.stack else {
-            unreachable!("checked above");
+            return Err((Reply::GeneralFailure, "not in userspace mode".into()));
         };
         stack
             .connect(SocketAddrV6::new(ip, port, 0, 0), Instant::now())

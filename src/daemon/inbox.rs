@@ -8,7 +8,7 @@
 //! when the clock steps back. The file holds one line of JSON, then the raw payload:
 //!
 //! ```text
-//! {"format":1,"id":"…","from":{…Sender…},"kind":"text","received_ms":…,"size":N,"sha256":"…"}\n
+//! {"format":1,"id":"…","from":{…PeerRef…},"kind":"text","received_ms":…,"size":N,"sha256":"…"}\n
 //! <N payload bytes>
 //! ```
 //!
@@ -26,6 +26,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::daemon::control::PeerRef;
 use crate::io::file::write_atomic;
 use crate::wire::message::{validate, MessageError, MessageKind, MAX_MESSAGE_BYTES};
 
@@ -34,22 +35,13 @@ pub const MAX_INBOX_MESSAGES: usize = 1000;
 /// Most payload bytes the inbox holds before it refuses more.
 pub const MAX_INBOX_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Who sent a message, as the control socket prints peers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sender {
-    pub public_key: String,
-    pub node: String,
-    pub address: String,
-    #[serde(default)]
-    pub hostname: Option<String>,
-}
-
 /// One message as `pilotctl inbox --json` shows it. Exactly one of `data` (text: a JSON
 /// string; json: the document itself) and `data_base64` (binary: standard base64) is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredMessage {
     pub id: String,
-    pub from: Sender,
+    /// Who sent it, as the control socket names peers.
+    pub from: PeerRef,
     pub kind: MessageKind,
     pub received_ms: u64,
     /// Payload bytes.
@@ -163,7 +155,7 @@ impl Inbox {
     /// the disk: call it from `spawn_blocking`.
     pub fn store(
         &mut self,
-        from: &Sender,
+        from: &PeerRef,
         kind: MessageKind,
         payload: &[u8],
         received_ms: u64,
@@ -257,7 +249,7 @@ const MAX_ID_SEQ: u32 = 999_999;
 struct FileHeader {
     format: u32,
     id: String,
-    from: Sender,
+    from: PeerRef,
     kind: MessageKind,
     received_ms: u64,
     size: usize,

@@ -18,7 +18,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::daemon::inbox::{Inbox, InboxError, Sender};
+use crate::daemon::control::PeerRef;
+use crate::daemon::inbox::{Inbox, InboxError};
 use crate::wire::message::{
     read_request, validate, write_response, MessageError, MessageKind, Status, MAX_MESSAGE_BYTES,
 };
@@ -34,7 +35,7 @@ pub const NOT_TRUSTED: &str = "this node does not trust you; ask with `pilotctl 
 /// not one; `clock` gives the time in UNIX milliseconds. Never panics on any input.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    sender: Option<Sender>,
+    sender: Option<PeerRef>,
     inbox: Arc<Mutex<Inbox>>,
     clock: impl Fn() -> u64,
 ) {
@@ -43,7 +44,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
 async fn serve_with_timeout<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    sender: Option<Sender>,
+    sender: Option<PeerRef>,
     inbox: Arc<Mutex<Inbox>>,
     clock: impl Fn() -> u64,
     idle: Duration,
@@ -94,7 +95,7 @@ async fn serve_with_timeout<S: AsyncRead + AsyncWrite + Unpin>(
 /// answer.
 async fn store(
     inbox: &Arc<Mutex<Inbox>>,
-    sender: &Sender,
+    sender: &PeerRef,
     kind: MessageKind,
     payload: Vec<u8>,
     received_ms: u64,

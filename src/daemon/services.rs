@@ -16,8 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::control::PeerRef;
 use super::control::{ask, Command};
-use super::inbox::{Inbox, Sender};
+use super::inbox::Inbox;
 use super::socks5::{self, Reply};
 use crate::io::stack::{Accepted, CONNECT_TIMEOUT};
 use crate::wire::message::MESSAGE_PORT;
@@ -31,7 +32,7 @@ const COPY_BUFFER: usize = 64 * 1024;
 pub struct Incoming {
     pub accepted: Accepted,
     /// The trusted peer it came from; `None` if the address is not one.
-    pub sender: Option<Sender>,
+    pub sender: Option<PeerRef>,
 }
 
 /// `--expose PORT[:LOCALPORT]`: peers connecting to this node's overlay PORT reach

@@ -23,8 +23,8 @@ impl Drop for TestDir {
     }
 }
 
-pub(crate) fn sender() -> Sender {
-    Sender {
+pub(crate) fn sender() -> PeerRef {
+    PeerRef {
         public_key: "k3y".to_owned(),
         node: "0123:4567:89ab:cdef".to_owned(),
         address: "fd70::123:4567:89ab:cdef".to_owned(),

@@ -22,7 +22,7 @@ fn stored(inbox: &Arc<Mutex<Inbox>>) -> usize {
 /// Runs the server for one connection alongside `client`, which owns the other end (and
 /// drops it when done); both must finish within a few seconds.
 async fn exchange<T>(
-    sender: Option<Sender>,
+    sender: Option<PeerRef>,
     inbox: &Arc<Mutex<Inbox>>,
     client: impl FnOnce(DuplexStream) -> T,
 ) -> T::Output
