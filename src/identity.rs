@@ -161,7 +161,7 @@ impl Identity {
         let file = IdentityFile {
             version: 1,
             public_key: self.public_key().to_string(),
-            secret_key: encode_hex(&self.signing.to_bytes()),
+            secret_key: crate::wire::hex::encode(&self.signing.to_bytes()),
         };
         let mut text = serde_json::to_string_pretty(&file).expect("identity serializes");
         text.push('\n');
@@ -193,13 +193,13 @@ impl NodeKey {
 
 impl fmt::Display for NodeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&encode_hex(&self.0))
+        f.write_str(&crate::wire::hex::encode(&self.0))
     }
 }
 
 impl fmt::Debug for NodeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeKey({})", &encode_hex(&self.0)[..16])
+        write!(f, "NodeKey({})", &crate::wire::hex::encode(&self.0)[..16])
     }
 }
 
@@ -224,28 +224,8 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.as_bytes();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
+    crate::wire::hex::decode(s)?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -333,7 +313,7 @@ mod tests {
     fn debug_output_has_no_secret() {
         let id = Identity::from_secret_bytes(&[0x42; 32]);
         let shown = format!("{id:?}");
-        assert!(!shown.contains(&encode_hex(&[0x42; 32])));
+        assert!(!shown.contains(&crate::wire::hex::encode(&[0x42; 32])));
     }
 
     #[test]

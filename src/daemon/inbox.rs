@@ -365,10 +365,7 @@ fn warn_damaged(path: &Path, why: &str) {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::wire::hex::encode(&Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
+use crate::wire::hex::{decode as decode_hex, encode as encode_hex};
 use crate::wire::trust::{
     PairState, Revocation, Statement, TrustError, TrustLedger, TrustRecord, TrustRequest,
     MAX_FUTURE_MS, REQUEST_LIFETIME_MS,
@@ -665,20 +666,6 @@ fn verb_error(e: TrustError) -> VerbError {
         // Signing our own statements cannot fail otherwise; report it as such if it does.
         other => VerbError::NotTrusted(other.to_string()),
     }
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod control;
 pub mod dns;
 pub mod envelope;
+pub mod hex;
 pub mod ip;
 pub mod message;
 pub mod trust;
