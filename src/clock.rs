@@ -5,7 +5,7 @@
 //! later `Instant` converts deterministically: the daemon makes one from the system clock at
 //! start, a simulation makes one at any epoch it likes.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
@@ -26,10 +26,7 @@ impl WallClock {
 
     /// Reads the system clock once, now.
     pub fn system() -> WallClock {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        WallClock::new(Instant::now(), since_epoch.as_millis() as u64)
+        WallClock::new(Instant::now(), unix_ms_now())
     }
 
     /// Milliseconds since the UNIX epoch at `now`.
@@ -43,8 +40,17 @@ impl WallClock {
     }
 }
 
+/// Milliseconds since the UNIX epoch by the system clock (0 if it is set before 1970).
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

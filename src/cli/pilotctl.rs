@@ -488,10 +488,7 @@ fn verb(socket: &Path, request: Request, json: bool) -> Result<ExitCode, ClientE
 }
 
 pub(super) fn age(issued_ms: u64) -> String {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let secs = now_ms.saturating_sub(issued_ms) / 1000;
+    let secs = crate::clock::unix_ms_now().saturating_sub(issued_ms) / 1000;
     match secs {
         0..=119 => format!("{secs}s ago"),
         120..=7199 => format!("{}m ago", secs / 60),

@@ -20,6 +20,7 @@ use super::control::PeerRef;
 use super::control::{ask, Command};
 use super::inbox::Inbox;
 use super::socks5::{self, Reply};
+use crate::clock::unix_ms_now;
 use crate::io::stack::{Accepted, CONNECT_TIMEOUT};
 use crate::wire::message::MESSAGE_PORT;
 
@@ -89,7 +90,7 @@ pub async fn serve_incoming(
                 stream,
                 sender,
                 inbox.clone(),
-                unix_ms,
+                unix_ms_now,
             ));
             continue;
         }
@@ -135,7 +136,7 @@ pub async fn serve_messages(
             let sender = ask(&commands, |reply| Command::SenderOf { ip, reply })
                 .await
                 .flatten();
-            super::messages::serve(stream, sender, inbox, unix_ms).await;
+            super::messages::serve(stream, sender, inbox, unix_ms_now).await;
         }
     })
     .await;
@@ -222,12 +223,6 @@ async fn pipe(
 ) {
     let _ =
         tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await;
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
