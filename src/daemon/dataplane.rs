@@ -50,8 +50,6 @@ const TUN_READS_PER_WAKE: usize = 64;
 pub struct Facts {
     /// The TUN's name; empty in userspace mode.
     pub interface: String,
-    /// `kernel` or `userspace`.
-    pub mode: &'static str,
     /// Userspace mode: where the SOCKS5 proxy listens, if it does.
     pub socks5: Option<std::net::SocketAddr>,
     /// Userspace mode: exposed ports, `PORT:LOCALPORT`.
@@ -87,6 +85,16 @@ pub enum Local {
     Tun(TunDevice),
     /// Userspace mode: a smoltcp stack; connections peers open to it go to `incoming`.
     Stack(Box<Stack>, mpsc::Sender<Incoming>),
+}
+
+impl Local {
+    /// `kernel` or `userspace`, as `info` and the log say.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Local::Tun(_) => "kernel",
+            Local::Stack(..) => "userspace",
+        }
+    }
 }
 
 struct Core {
@@ -776,7 +784,11 @@ impl Core {
             public_key: self.node.key().to_string(),
             hostname: self.node.hostname().map(|n| n.to_string()),
             interface: self.facts.interface.clone(),
-            mode: self.facts.mode.to_owned(),
+            mode: match self.stack {
+                Some(_) => "userspace",
+                None => "kernel",
+            }
+            .to_owned(),
             socks5: self.facts.socks5.map(|a| a.to_string()),
             expose: self.facts.expose.clone(),
             mtu: self.facts.mtu,

@@ -190,7 +190,6 @@ async fn up_kernel(options: UpOptions, start: Start) -> anyhow::Result<()> {
         let local = LocalSide {
             local: Local::Tun(tun),
             interface: interface.clone(),
-            mode: "kernel",
             socks5: None,
             expose: Vec::new(),
         };
@@ -246,7 +245,6 @@ async fn up_userspace(
     let local = LocalSide {
         local: Local::Stack(Box::new(stack), incoming_tx),
         interface: String::new(),
-        mode: "userspace",
         socks5: socks5_addr,
         expose: userspace.expose.clone(),
     };
@@ -274,7 +272,6 @@ struct LocalSide {
     local: Local,
     /// The TUN's name; empty in userspace mode.
     interface: String,
-    mode: &'static str,
     socks5: Option<SocketAddr>,
     expose: Vec<Expose>,
 }
@@ -315,7 +312,6 @@ async fn serve(
     let metrics_addr = start.metrics.as_ref().map(MetricsListener::local_addr);
     let facts = Facts {
         interface: local.interface.clone(),
-        mode: local.mode,
         socks5: local.socks5,
         expose: local.expose.iter().map(ToString::to_string).collect(),
         mtu: options.mtu,
@@ -326,6 +322,7 @@ async fn serve(
         started: start.started,
         metrics: metrics_addr,
     };
+    let mode = local.local.mode();
     let plane = DataPlane::new(node, local.local, udp, facts, start.inbox)
         .context("registering I/O with the runtime")?;
 
@@ -343,7 +340,7 @@ async fn serve(
     tracing::info!(
         address = %address.to_ipv6(),
         node = %address,
-        mode = local.mode,
+        mode,
         interface = %where_,
         socks5 = %local.socks5.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         listen_port,
