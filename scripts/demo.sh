@@ -4,7 +4,9 @@
 # fd70:: overlay address, through the encrypted tunnel: directly when the two NATs let a hole
 # be punched, through the rendezvous' relay when they do not.
 #
-# Usage: sudo scripts/demo.sh
+# Usage: scripts/demo.sh   (as yourself: installs the missing Debian packages and builds the
+#                          release binaries as you, then runs the rest as root through sudo;
+#                          as root it does all of it directly)
 #   DEMO_NAT1=KIND  node A's router (default prc: a home router, Linux masquerade)
 #   DEMO_NAT2=KIND  node B's router (default sym: carrier-grade / symmetric NAT)
 #                   KIND is none, cone, prc or sym (see scripts/natlab.sh)
@@ -18,6 +20,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/twonode.sh"
 # shellcheck source=lib/natpair.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib/natpair.sh"
+# shellcheck source=lib/root.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib/root.sh"
 
 HTTP_PORT=8080
 DEMO_NAT1=${DEMO_NAT1:-prc}
@@ -40,7 +44,7 @@ explain() {
         tn_note "destination (sym) and the other lets in only the exact ip:port its node has sent to"
         tn_note "(prc or sym)."
         tn_note "So prc/sym and sym/sym stay on the relay; see it with:"
-        tn_note "  sudo scripts/demo.sh                  (prc/sym, the default)"
+        tn_note "  scripts/demo.sh                  (prc/sym, the default)"
     else
         case "$DEMO_NAT1/$DEMO_NAT2" in
         sym/sym)
@@ -58,12 +62,24 @@ explain() {
         tn_note "The tunnel is still end to end: the relay forwards WireGuard datagrams it cannot read."
         tn_note "Every other pair goes direct, hole punched: no NAT or a full cone on either side, or"
         tn_note "two home routers. Try two home routers, or a full cone against the symmetric NAT:"
-        tn_note "  sudo DEMO_NAT2=prc scripts/demo.sh"
-        tn_note "  sudo DEMO_NAT1=cone scripts/demo.sh"
+        tn_note "  DEMO_NAT2=prc scripts/demo.sh"
+        tn_note "  DEMO_NAT1=cone scripts/demo.sh"
     fi
     if [[ $path != "$want" ]]; then
         tn_warn "pilot should end on '$want' for $DEMO_NAT1/$DEMO_NAT2, but reports '$path'"
     fi
+}
+
+# What runs as the user before the demo raises itself: the packages it needs, and the
+# release binaries built (or brought up to date) by the user's own cargo.
+prepare() {
+    back_to_sudo_user "$0" "$@"
+    need_packages iproute2 nftables iptables curl python3 iputils-ping
+    if [[ -z ${PILOT_BIN:-} ]] && command -v cargo >/dev/null; then
+        echo "==> Building pilot (cargo build --release; takes a few minutes the first time)"
+        (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo build --release --locked) </dev/null
+    fi
+    ROOT_KEEP_ENV="DEMO_NAT1 DEMO_NAT2 PILOT_BIN PILOT_MTU TN_TIMEOUT" become_root "$0" "$@"
 }
 
 main() {
@@ -178,4 +194,5 @@ EOF
     echo "demo OK"
 }
 
+prepare "$@"
 main "$@"

@@ -82,9 +82,19 @@ build_if_needed() {
         fi
     done
     ((stale)) || return 0
-    have cargo || die "target/release/pilotd is missing or stale and cargo is not on root's PATH: run \`cargo build --release --locked\` as yourself, then this again"
     echo "building release binaries"
-    cargo build --release --locked
+    if have cargo; then
+        cargo build --release --locked
+    elif [[ -n ${SUDO_USER:-} && -x $(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin/cargo ]]; then
+        # sudo resets PATH, so root sees no rustup cargo: build as the user who called sudo,
+        # which also keeps target/ theirs.
+        local home
+        home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
+            cargo build --release --locked
+    else
+        die "target/release/pilotd is missing or stale and cargo is not on root's PATH: run \`cargo build --release --locked\` as yourself, then this again"
+    fi
 }
 
 create_users() {
@@ -131,7 +141,10 @@ install_all() {
     done
     create_users
     if have systemd-tmpfiles; then
-        systemd-tmpfiles --create pilot.conf
+        systemd-tmpfiles --create --exclude-prefix=/dev pilot.conf
+        # The ACL entry for a 0600 /dev/net/tun (pilot.tmpfiles); pilotd explains if it fails.
+        systemd-tmpfiles --create --prefix=/dev/net/tun pilot.conf ||
+            echo "could not grant user pilot access to /dev/net/tun (see README: Install as a service)" >&2
     else
         install -d -m 700 -o pilot -g pilot /var/lib/pilot
         install -d -m 700 -o pilot-rendezvous -g pilot-rendezvous /var/lib/pilot-rendezvous
@@ -158,6 +171,9 @@ uninstall_all() {
         fi
     done
     rmdir "$docdir" 2>/dev/null || true
+    if [[ -e /dev/net/tun ]] && have setfacl && getent passwd pilot >/dev/null; then
+        setfacl -x u:pilot /dev/net/tun 2>/dev/null || true
+    fi
     if systemd_running; then
         systemctl daemon-reload
     fi

@@ -6,11 +6,22 @@
 # `dpkg --purge` leaving nothing behind. Then the same round for scripts/install.sh.
 #
 # Needs root, cargo-deb, dpkg and systemd-analyze; without them it prints SKIP, except under
-# CI=true, where that is a failure. Changes the host (installs the package, then purges it):
-# run it on a test machine. Does not need systemd to be running.
+# CI=true, where that is a failure. Run as yourself, it builds the .deb as you and re-runs
+# itself through sudo with it (PILOT_DEB). Changes the host (installs the package, then purges
+# it): run it on a test machine. Does not need systemd to be running.
 set -eEuo pipefail
 trap 'echo "package-test: FAIL: line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/root.sh
+source scripts/lib/root.sh
+back_to_sudo_user "$0" "$@"
+started=$SECONDS
+if ((EUID != 0)) && [[ -z ${PILOT_DEB:-} ]] && command -v cargo-deb >/dev/null; then
+    echo "-- cargo deb (as $(id -un))"
+    PILOT_DEB=$(cargo deb --locked)
+    export PILOT_DEB
+    ROOT_KEEP_ENV="PILOT_DEB MAX_EXPOSURE" become_root "$0" "$@"
+fi
 
 MAX_EXPOSURE=${MAX_EXPOSURE:-2.0}
 units=(pilotd.service pilot-rendezvous.service)
@@ -42,9 +53,15 @@ skip() {
 }
 step() { echo "-- $*"; }
 
+# The TUN device's ACL entry for the service user (pilot.tmpfiles): present or absent.
+tun_acl() {
+    getfacl -p /dev/net/tun 2>/dev/null | grep -q '^user:pilot:rw-$'
+}
+
 missing=()
 [[ $(id -u) == 0 ]] || missing+=(root)
-for tool in cargo-deb dpkg dpkg-deb systemd-analyze systemctl; do
+[[ -n ${PILOT_DEB:-} ]] || command -v cargo-deb >/dev/null || missing+=(cargo-deb)
+for tool in dpkg dpkg-deb systemd-analyze systemctl getfacl setpriv ip; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 ((${#missing[@]} == 0)) || skip "needs ${missing[*]}"
@@ -54,6 +71,8 @@ fi
 for f in "${files[@]}"; do
     [[ ! -e $f ]] || fail "$f exists before the test (an earlier install?); remove it first"
 done
+[[ -e /dev/net/tun ]] || skip "needs /dev/net/tun"
+! tun_acl || fail "user pilot already has an ACL entry on /dev/net/tun (an earlier install?); remove it: setfacl -x u:pilot /dev/net/tun"
 
 work=$(mktemp -d)
 installed=""
@@ -66,9 +85,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-started=$SECONDS
-step "cargo deb"
-deb=$(cargo deb --locked)
+if [[ -n ${PILOT_DEB:-} ]]; then
+    deb=$PILOT_DEB
+else
+    step "cargo deb"
+    deb=$(cargo deb --locked)
+fi
 [[ -f $deb ]] || fail "cargo deb printed no package path ($deb)"
 echo "$deb ($(du -h "$deb" | cut -f1), built in $((SECONDS - started)) s)"
 
@@ -101,6 +123,41 @@ for f in "${files[@]}"; do
     [[ -e $f ]] || fail "$f missing after dpkg -i"
 done
 
+# The node as its unit runs it (user pilot, CAP_NET_ADMIN only) in a namespace of its own:
+# whatever the mode of this machine's /dev/net/tun (0600 here, 0666 where udev set it), the
+# installed package must let it create its interface and answer on its control socket.
+check_node_as_service_user() {
+    local bin=$1 ns="pkgt$$" dir pid ok=0
+    step "pilotd up as user pilot with CAP_NET_ADMIN only ($(stat -c %A /dev/net/tun) /dev/net/tun)"
+    tun_acl || fail "no ACL entry for user pilot on /dev/net/tun: $(getfacl -p /dev/net/tun 2>&1)"
+    dir=$(mktemp -d)
+    chown pilot:pilot "$dir"
+    chmod 755 "$dir"
+    ip netns add "$ns"
+    ip netns exec "$ns" setpriv --reuid=pilot --regid=pilot --clear-groups \
+        --inh-caps=-all,+net_admin --ambient-caps=+net_admin --bounding-set=-all,+net_admin \
+        --no-new-privs "$bin/pilotd" up --listen-port 0 --state-dir "$dir/state" \
+        --control "$dir/sock" </dev/null >"$dir/log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        if "$bin/pilotctl" --control "$dir/sock" info >/dev/null 2>&1; then
+            ok=1
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" || true
+    ip netns del "$ns"
+    if ((!ok)); then
+        cat "$dir/log" >&2
+        rm -rf "$dir"
+        fail "pilotd did not come up as user pilot"
+    fi
+    rm -rf "$dir"
+}
+
 check_installed() {
     local user dir bin=$1
     for user in pilot pilot-rendezvous; do
@@ -117,6 +174,7 @@ check_installed() {
         fail "pilotd identity printed no address"
     rm -rf "$id"
     "$bin/pilotctl" --help | grep -q handshake || fail "pilotctl --help"
+    check_node_as_service_user "$bin"
 
     local unit
     for unit in "${units[@]}"; do
@@ -158,6 +216,7 @@ check_gone() {
     if [[ -n $(find /etc/systemd -name 'pilot*' 2>/dev/null) ]]; then
         fail "left behind: $(find /etc/systemd -name 'pilot*')"
     fi
+    ! tun_acl || fail "the ACL entry for user pilot on /dev/net/tun was left behind"
 }
 check_gone
 status=$(dpkg-query -W -f='${Status}' pilot 2>/dev/null || true)

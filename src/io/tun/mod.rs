@@ -6,6 +6,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use super::offload::{MAX_IPV6_PACKET, VNET_HDR_LEN};
 
+mod access;
+
+pub use access::{Cause as RefusalCause, Refusal, CLONE_DEVICE};
+
 /// The smallest read buffer for a TUN with a virtio-net header: the header plus the largest
 /// IPv6 packet. A TSO super-segment is at most 64 KiB (the device's GSO limit), but the
 /// kernel silently truncates a read into a shorter buffer, so leave no doubt.
@@ -23,10 +27,10 @@ pub struct TunDevice {
 /// Why a TUN device could not be created, phrased for the person running the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
-    #[error(
-        "/dev/net/tun: permission denied — run as root or grant CAP_NET_ADMIN (e.g. `sudo pilotd up`)"
-    )]
-    PermissionDenied,
+    /// The device's mode, a missing CAP_NET_ADMIN or a device policy: [`Refusal`] names
+    /// which, from what it finds, and the fix.
+    #[error("{0}")]
+    PermissionDenied(Refusal),
     #[error(
         "/dev/net/tun does not exist — load the tun module (`modprobe tun`) or, in a container, pass the device through"
     )]
@@ -196,8 +200,10 @@ fn classify(name: &str, err: ::tun::Error) -> TunError {
         other => return TunError::Other(format!("creating TUN {name}"), io::Error::other(other)),
     };
     match err.raw_os_error() {
-        // EPERM: TUNSETIFF without CAP_NET_ADMIN. EACCES: /dev/net/tun mode forbids open.
-        Some(libc::EPERM | libc::EACCES) => TunError::PermissionDenied,
+        // EPERM: TUNSETIFF without CAP_NET_ADMIN, or a device cgroup refused the open.
+        // EACCES: the device's mode forbids the open. Which one it was is read off the
+        // process and the device, not guessed from the errno.
+        Some(libc::EPERM | libc::EACCES) => TunError::PermissionDenied(Refusal::inspect()),
         // ENOENT: no device node. ENODEV/ENXIO: node present but no tun driver behind it.
         Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => TunError::NoDevice,
         // EBUSY: a live TUN of that name already has a queue attached.
@@ -401,7 +407,11 @@ mod tests {
             let err = TunDevice::create(&unique_ifname())
                 .err()
                 .expect("must fail");
-            assert!(matches!(err, TunError::PermissionDenied), "{err:?}");
+            let TunError::PermissionDenied(refusal) = &err else {
+                panic!("{err:?}");
+            };
+            // Whatever the device's mode here, the missing capability is named.
+            assert!(!refusal.net_admin, "{refusal:?}");
             assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
         });
     }
@@ -446,7 +456,12 @@ mod tests {
             let err = TunDevice::create(&unique_ifname())
                 .err()
                 .expect("must fail");
-            assert!(matches!(err, TunError::PermissionDenied), "{err:?}");
+            let TunError::PermissionDenied(refusal) = &err else {
+                panic!("{err:?}");
+            };
+            // Root opens the device whatever its mode: the capability is the cause.
+            assert_eq!(refusal.cause(), RefusalCause::NoNetAdmin, "{refusal:?}");
+            assert!(err.to_string().contains("does not hold"), "{err}");
         });
     }
 
