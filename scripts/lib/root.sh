@@ -40,6 +40,8 @@ need_packages() {
 # return then. Otherwise returns and the caller goes on as it is.
 back_to_sudo_user() {
     ((EUID == 0)) && [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] || return 0
+    # Raised on purpose by become_root: the user's part is done.
+    [[ -z ${PILOT_RAISED:-} ]] || return 0
     command -v cargo >/dev/null && return 0
     local home
     home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
@@ -53,10 +55,10 @@ back_to_sudo_user() {
 # named in ROOT_KEEP_ENV (space-separated), unless we are root already; does not return then.
 become_root() {
     ((EUID == 0)) && return 0
-    local keep=CI
+    local keep=CI,PILOT_RAISED
     local var
     for var in ${ROOT_KEEP_ENV:-}; do
         keep+=",$var"
     done
-    exec sudo --preserve-env="$keep" bash "$@"
+    PILOT_RAISED=1 exec sudo --preserve-env="$keep" bash "$@"
 }
