@@ -36,10 +36,13 @@ pub enum DropReason {
     Untrusted,
     /// A delivered trust statement that does not verify or is not about this node.
     BadTrustStatement,
+    /// A WireGuard handshake without a valid cookie while handshakes arrive faster than the
+    /// rate limit: answered with a cookie reply (when it came direct) instead of a handshake.
+    UnderLoad,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::NotIpv6,
         DropReason::NotOverlay,
         DropReason::NoPeer,
@@ -55,6 +58,7 @@ impl DropReason {
         DropReason::UnknownDatagram,
         DropReason::Untrusted,
         DropReason::BadTrustStatement,
+        DropReason::UnderLoad,
     ];
 
     /// Stable snake_case name used in JSON and metrics.
@@ -75,6 +79,7 @@ impl DropReason {
             DropReason::UnknownDatagram => "unknown_datagram",
             DropReason::Untrusted => "untrusted",
             DropReason::BadTrustStatement => "bad_trust_statement",
+            DropReason::UnderLoad => "under_load",
         }
     }
 }
@@ -97,6 +102,9 @@ pub struct Counters {
     /// Bytes of relay frames sent to and received from the rendezvous (headers included).
     pub relay_tx_bytes: u64,
     pub relay_rx_bytes: u64,
+    /// WireGuard cookie replies sent: handshakes answered under load with the cookie that
+    /// the initiator's retry must carry (mac2), proving it owns its source address.
+    pub cookie_replies: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 

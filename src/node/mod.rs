@@ -63,6 +63,11 @@ pub const MIN_OUT_BUF: usize = 1500 + 32 + crate::wire::control::RELAY_HEADER_LE
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Handshake messages per second answered before cookies are demanded (boringtun's default).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Cookie replies sent per second at most. A reply (64 bytes) is smaller than the initiation
+/// it answers (148), so this bounds our upstream under a flood rather than any amplification;
+/// it is well above any honest handshake rate, so honest initiators under a flood of
+/// 1,000 junk handshakes a second still get theirs.
+const COOKIE_REPLIES_PER_SEC: u32 = 4096;
 /// ICMPv6 errors written back to the TUN, per second.
 const ICMP_ERRORS_PER_SEC: u32 = 10;
 /// Pings in flight at once; older ones are forgotten.
@@ -205,6 +210,8 @@ pub struct Node {
     public: x25519::PublicKey,
     keepalive: Option<u16>,
     rate_limiter: Arc<RateLimiter>,
+    /// Cookie replies still allowed this second (see [`COOKIE_REPLIES_PER_SEC`]).
+    cookie_budget: u32,
     peers: Vec<Peer>,
     by_addr: BTreeMap<NodeAddr, usize>,
     by_key: BTreeMap<NodeKey, usize>,
@@ -258,6 +265,7 @@ impl Node {
             ip: addr.to_ipv6(),
             signing: config.identity.signing_key().clone(),
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            cookie_budget: COOKIE_REPLIES_PER_SEC,
             secret,
             public,
             keepalive: config.keepalive,
@@ -457,6 +465,7 @@ impl Node {
         if self.next_rate_reset.is_none_or(|t| now >= t) {
             self.next_rate_reset = Some(now + Duration::from_secs(1));
             self.rate_limiter.reset_count();
+            self.cookie_budget = COOKIE_REPLIES_PER_SEC;
         }
     }
 

@@ -28,6 +28,14 @@ pub(super) enum Via {
     Relay(SocketAddr),
 }
 
+/// Where a WireGuard datagram goes: to a peer, or back to its sender as a cookie reply.
+enum Routed {
+    Peer(usize, MessageKind),
+    /// A cookie reply of this many bytes at the start of the buffer: the handshake came
+    /// while under load without a valid mac2.
+    Cookie(usize),
+}
+
 /// Which WireGuard message a datagram carries, as far as counting sessions cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MessageKind {
@@ -62,8 +70,10 @@ impl Node {
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
         let (Via::Direct(from) | Via::Relay(from)) = via;
-        let Some((index, kind)) = self.route_wireguard(from, datagram, out) else {
-            return NetOutput::Nothing;
+        let (index, kind) = match self.route_wireguard(from, datagram, out) {
+            Some(Routed::Peer(index, kind)) => (index, kind),
+            Some(Routed::Cookie(len)) => return self.cookie_reply(via, len, out),
+            None => return NetOutput::Nothing,
         };
         // Answer the way the datagram came.
         let route = match via {
@@ -382,17 +392,27 @@ impl Node {
         from: SocketAddr,
         datagram: &[u8],
         scratch: &mut [u8],
-    ) -> Option<(usize, MessageKind)> {
+    ) -> Option<Routed> {
         let (index, kind) = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(_)) => {
                 // mac1 (and, under load, the cookie) is checked before the expensive
-                // Diffie-Hellman that reveals the sender's key.
-                let Ok(Packet::HandshakeInit(init)) =
-                    self.rate_limiter
-                        .verify_packet(Some(from.ip()), datagram, scratch)
-                else {
-                    self.counters.drop(DropReason::BadWireGuard);
-                    return None;
+                // Diffie-Hellman that reveals the sender's key. Under load, a handshake
+                // without a valid mac2 gets the cookie its retry must carry, which only the
+                // owner of the source address can read: a flood from spoofed addresses then
+                // costs us a 64-byte reply per 148-byte initiation and no Diffie-Hellman.
+                let init = match self
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), datagram, scratch)
+                {
+                    Ok(Packet::HandshakeInit(init)) => init,
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        self.counters.drop(DropReason::UnderLoad);
+                        return Some(Routed::Cookie(cookie.len()));
+                    }
+                    _ => {
+                        self.counters.drop(DropReason::BadWireGuard);
+                        return None;
+                    }
                 };
                 let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
                     self.counters.drop(DropReason::BadWireGuard);
@@ -425,7 +445,26 @@ impl Node {
             self.counters.drop(DropReason::Untrusted);
             return None;
         }
-        Some((index, kind))
+        Some(Routed::Peer(index, kind))
+    }
+
+    /// Sends the cookie reply at the start of `out` back where the handshake came from, within
+    /// the per-second budget. Only for datagrams that came direct: the cookie binds the
+    /// source address, and a relayed initiation's source is the rendezvous (whose relay only
+    /// carries trusted pairs' traffic, rate-limited per node), so a reply there helps nobody.
+    fn cookie_reply<'a>(&mut self, via: Via, len: usize, out: &'a [u8]) -> NetOutput<'a> {
+        let Via::Direct(to) = via else {
+            return NetOutput::Nothing;
+        };
+        if self.cookie_budget == 0 {
+            return NetOutput::Nothing;
+        }
+        self.cookie_budget -= 1;
+        self.counters.cookie_replies += 1;
+        NetOutput::Send(Transmit {
+            to,
+            payload: &out[..len],
+        })
     }
 
     fn write_ping(&mut self, peer: usize, seq: u16) -> ([u8; 128], usize) {

@@ -151,6 +151,11 @@ pub fn render(m: &NodeMetrics) -> String {
             "Bytes of relay frames received from the rendezvous.",
             c.relay_rx_bytes,
         ),
+        (
+            "pilot_cookie_replies_total",
+            "WireGuard cookie replies sent to handshakes that arrived while under load.",
+            c.cookie_replies,
+        ),
     ] {
         page.single(name, Kind::Counter, help, value);
     }
