@@ -171,8 +171,13 @@ uninstall_all() {
         fi
     done
     rmdir "$docdir" 2>/dev/null || true
-    if [[ -e /dev/net/tun ]] && have setfacl && getent passwd pilot >/dev/null; then
-        setfacl -x u:pilot /dev/net/tun 2>/dev/null || true
+    # The ACL entry for user pilot on /dev/net/tun, and the ACL's mask if it was the only
+    # named entry (as the package's postrm does).
+    if [[ -e /dev/net/tun ]] && have setfacl && getent passwd pilot >/dev/null &&
+        setfacl -x u:pilot /dev/net/tun 2>/dev/null; then
+        if ! getfacl -cp /dev/net/tun 2>/dev/null | grep -Eq '^(user|group):[^:]+:'; then
+            setfacl -b /dev/net/tun || true
+        fi
     fi
     if systemd_running; then
         systemctl daemon-reload

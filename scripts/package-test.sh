@@ -73,6 +73,7 @@ for f in "${files[@]}"; do
 done
 [[ -e /dev/net/tun ]] || skip "needs /dev/net/tun"
 ! tun_acl || fail "user pilot already has an ACL entry on /dev/net/tun (an earlier install?); remove it: setfacl -x u:pilot /dev/net/tun"
+tun_mode_before=$(stat -c %A /dev/net/tun)
 
 work=$(mktemp -d)
 installed=""
@@ -217,6 +218,8 @@ check_gone() {
         fail "left behind: $(find /etc/systemd -name 'pilot*')"
     fi
     ! tun_acl || fail "the ACL entry for user pilot on /dev/net/tun was left behind"
+    [[ $(stat -c %A /dev/net/tun) == "$tun_mode_before" ]] ||
+        fail "/dev/net/tun is $(stat -c %A /dev/net/tun) after removal, $tun_mode_before before"
 }
 check_gone
 status=$(dpkg-query -W -f='${Status}' pilot 2>/dev/null || true)
