@@ -464,6 +464,9 @@ fn handshake(
             "{} had asked already: approved; packets flow as soon as its node countersigns",
             who(&reply.peer)
         ),
+        HandshakeOutcome::AlreadyTrusted => {
+            println!("{} is already trusted; nothing to do", who(&reply.peer))
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -179,6 +179,10 @@ pub struct PeerRef {
 pub struct HandshakeReply {
     pub peer: PeerRef,
     pub outcome: crate::node::HandshakeOutcome,
+    /// Trust held already and nothing was sent (`outcome` is `already_trusted`): for scripts
+    /// that call `handshake` idempotently.
+    #[serde(default)]
+    pub already_trusted: bool,
 }
 
 /// `trust`'s result.

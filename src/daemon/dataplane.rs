@@ -33,7 +33,7 @@ use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
-use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
+use crate::node::{Event, HandshakeOutcome, NetOutput, Node, PathKind, TunOutput};
 use crate::wire::control::Query;
 
 mod reports;
@@ -718,6 +718,7 @@ impl Core {
                 let reply = HandshakeReply {
                     peer: peer_ref,
                     outcome,
+                    already_trusted: outcome == HandshakeOutcome::AlreadyTrusted,
                 };
                 return Ok(serde_json::to_value(reply).expect("serializes"));
             }

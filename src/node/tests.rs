@@ -489,3 +489,20 @@ fn the_dns_stub_answers_own_and_trusted_names_only() {
     ));
     assert_eq!(a.counters().get(DropReason::NoPeer), 1);
 }
+
+#[test]
+fn handshake_with_a_configured_peer_is_already_trusted_even_without_a_rendezvous() {
+    let mut a = node(1, &[(2, Some(B_EP))]);
+    let now = Instant::now();
+    assert_eq!(
+        a.handshake(identity(2).public_key(), "again", now),
+        Ok(HandshakeOutcome::AlreadyTrusted)
+    );
+    assert_eq!(
+        a.handshake(identity(3).public_key(), "", now),
+        Err(VerbError::NoRendezvous),
+        "anyone else still needs the rendezvous"
+    );
+    let mut out = vec![0u8; 2048];
+    assert!(a.poll_transmit(now, &mut out).is_none(), "nothing was sent");
+}
