@@ -4,5 +4,6 @@ pub mod config;
 pub mod pilotctl;
 pub mod pilotd;
 pub mod rendezvous;
+mod seed;
 mod service;
 mod streams;

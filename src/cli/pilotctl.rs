@@ -14,6 +14,7 @@ use crate::daemon::control::{
 use crate::node::HandshakeOutcome;
 use crate::node::PeerStatus;
 
+use super::seed::{refuse_seed_ids, HINT_INFO, HINT_PENDING, HINT_TRUST};
 use super::streams;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,18 +165,28 @@ pub fn main() -> ExitCode {
         Command::Info { json } => info(&socket, json),
         Command::Peers { json } => peers(&socket, json),
         Command::Netcheck { json } => netcheck(&socket, json),
-        Command::Resolve { name, json } => resolve(&socket, name, json),
+        Command::Resolve { name, json } => {
+            refuse_seed_ids(&name.clone(), HINT_INFO, || resolve(&socket, name, json))
+        }
         Command::Handshake {
             peer,
             justification,
             json,
-        } => handshake(&socket, peer, justification, json),
+        } => refuse_seed_ids(&peer.clone(), HINT_INFO, || {
+            handshake(&socket, peer, justification, json)
+        }),
         Command::Pending { json } => pending(&socket, json),
-        Command::Approve { peer, json } => verb(&socket, Request::Approve { peer }, json),
+        Command::Approve { peer, json } => refuse_seed_ids(&peer.clone(), HINT_PENDING, || {
+            verb(&socket, Request::Approve { peer }, json)
+        }),
         Command::Reject { peer, reason, json } => {
-            verb(&socket, Request::Reject { peer, reason }, json)
+            refuse_seed_ids(&peer.clone(), HINT_PENDING, || {
+                verb(&socket, Request::Reject { peer, reason }, json)
+            })
         }
-        Command::Untrust { peer, json } => verb(&socket, Request::Untrust { peer }, json),
+        Command::Untrust { peer, json } => refuse_seed_ids(&peer.clone(), HINT_TRUST, || {
+            verb(&socket, Request::Untrust { peer }, json)
+        }),
         Command::Trust { json } => trust(&socket, json),
         Command::Daemon { command } => {
             super::service::run(&socket, command).map_err(ClientError::Daemon)
@@ -186,19 +197,25 @@ pub fn main() -> ExitCode {
             interval,
             timeout,
             json,
-        } => ping(&socket, &peer, count, interval, timeout, json),
+        } => refuse_seed_ids(&peer, HINT_TRUST, || {
+            ping(&socket, &peer, count, interval, timeout, json)
+        }),
         Command::Connect {
             peer,
             port,
             message,
             timeout,
-        } => streams::connect(&socket, &peer, port, message, timeout),
+        } => refuse_seed_ids(&peer, HINT_TRUST, || {
+            streams::connect(&socket, &peer, port, message, timeout)
+        }),
         Command::SendMessage {
             peer,
             data,
             kind,
             json,
-        } => streams::send_message(&socket, &peer, &data, kind, json),
+        } => refuse_seed_ids(&peer, HINT_TRUST, || {
+            streams::send_message(&socket, &peer, &data, kind, json)
+        }),
         Command::Inbox { json, clear } => streams::inbox(&socket, json, clear),
     };
     match result {
