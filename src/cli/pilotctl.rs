@@ -104,12 +104,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Open a TCP stream to a peer's port: stdin to it, its answer to stdout (or send one
-    /// message and print the reply). Works in kernel and userspace mode.
+    /// Open a TCP stream to a peer's port (1000 when none is given): stdin to it, its answer
+    /// to stdout (or send one message and print the reply). Works in kernel and userspace mode.
     Connect {
         /// Hostname, node address (xxxx.xxxx.xxxx), fd70:: address or public key.
         peer: String,
-        port: u16,
+        /// The peer's TCP port [default: 1000, the seed's stdio port]
+        port: Option<u16>,
         /// Send this, end the sending side, and print the reply.
         #[arg(long, value_name = "M")]
         message: Option<String>,
