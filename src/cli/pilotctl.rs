@@ -274,8 +274,13 @@ fn status_text(s: &StatusReply) -> String {
             };
             let _ = writeln!(
                 text,
-                "rendezvous  {rendezvous} ({registered}), endpoint {}, NAT {}",
+                "rendezvous  {rendezvous} ({registered}), endpoint {}{}, NAT {}",
                 s.endpoint.as_deref().unwrap_or("-"),
+                if s.endpoint_configured {
+                    " (configured)"
+                } else {
+                    ""
+                },
                 nat.as_deref().unwrap_or("-")
             );
         }
@@ -366,7 +371,15 @@ fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         println!("interface    {} (mtu {})", info.interface, info.mtu);
     }
     println!("listen_port  {}", info.listen_port);
-    println!("endpoint     {}", or_dash(&info.endpoint));
+    if info.endpoint_configured {
+        println!(
+            "endpoint     {} (configured with --endpoint; the rendezvous sees {})",
+            or_dash(&info.endpoint),
+            or_dash(&info.observed)
+        );
+    } else {
+        println!("endpoint     {}", or_dash(&info.endpoint));
+    }
     let nat = info
         .nat
         .and_then(|n| serde_json::to_value(n).ok())
@@ -596,6 +609,19 @@ fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         text("rendezvous"),
         text("registered")
     );
+    if value["endpoint_configured"] == true {
+        // Told, not discovered: what the rendezvous sees is shown for comparison.
+        println!(
+            "endpoint        {} (configured with --endpoint)",
+            text("endpoint")
+        );
+        println!("observed        {}", text("observed"));
+        println!(
+            "nat             {} (not measured: the endpoint is configured)",
+            text("nat")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("endpoint        {}", text("endpoint"));
     println!("nat             {}", text("nat"));
     println!("port_preserved  {}", text("port_preserved"));
@@ -707,6 +733,7 @@ mod tests {
             rendezvous: Some("203.0.113.10:7000".into()),
             registered: true,
             endpoint: Some("198.51.100.7:51870".into()),
+            endpoint_configured: false,
             nat: Some(NatKind::EndpointIndependent),
             peers: PathCounts {
                 direct: 2,
