@@ -7,3 +7,4 @@ pub mod rendezvous;
 mod seed;
 mod service;
 mod streams;
+mod up_flags;
