@@ -1,6 +1,7 @@
 //! Command lines of the two binaries.
 
 pub mod config;
+mod init;
 pub mod pilotctl;
 pub mod pilotd;
 pub mod rendezvous;

@@ -94,6 +94,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prepare this node: create its identity (as `pilotd identity`) and record the settings
+    /// given in the config file `pilotctl daemon start` reads; says what to run next.
+    Init(super::init::InitArgs),
     /// Start, stop or check the local pilotd (through systemd when its unit is installed).
     Daemon {
         #[command(subcommand)]
@@ -189,6 +192,7 @@ pub fn main() -> ExitCode {
             verb(&socket, Request::Untrust { peer }, json)
         }),
         Command::Trust { json } => trust(&socket, json),
+        Command::Init(args) => super::init::run(&socket, args),
         Command::Daemon { command } => {
             super::service::run(&socket, command).map_err(ClientError::Daemon)
         }

@@ -292,8 +292,8 @@ fn show_identity(state: StateArg, json: bool) -> anyhow::Result<()> {
 /// Why `--public` alone is refused, and what to type instead.
 pub(super) const PUBLIC_ALONE: &str = "--public only marks the --endpoint as public: give \
      this node's public address with it, `--endpoint IP:PORT --public` (or just --endpoint). \
-     Nothing makes a node open to everyone: trust is always mutual; to approve every request \
-     automatically, use --auto-approve";
+     Nothing makes a node open to everyone: trust is always mutual; to approve every trust \
+     request automatically, run pilotd with --auto-approve";
 
 /// Parses `--endpoint IP:PORT`: an address peers can send to.
 pub(super) fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
