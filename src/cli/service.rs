@@ -110,19 +110,24 @@ fn start(
     flags: &UpFlags,
     up_args: &[String],
 ) -> Result<ExitCode, String> {
+    let systemd = !no_systemd && systemd_unit();
+    // The file `pilotctl init` wrote (the unit's, under systemd), when none is named.
+    let named = config.is_some();
+    let config = config.or_else(|| Some(default_config_path()).filter(|p| p.exists()));
+    flags.check(config.as_deref())?;
     if let Ok(info) = info(socket) {
         println!("pilotd already runs (pid {}, {})", info.pid, info.address);
+        if !flags.is_empty() || !up_args.is_empty() {
+            println!("the settings given apply from its next start: `pilotctl daemon stop` first");
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    if !no_systemd && systemd_unit() {
-        if config.is_some() || !up_args.is_empty() || !flags.is_empty() {
+    if systemd {
+        if named || !up_args.is_empty() || !flags.is_empty() {
             return Err(systemd_refusal(flags, up_args));
         }
         systemctl("start")?;
     } else {
-        // The file `pilotctl init` wrote, when none is named.
-        let config = config.or_else(|| Some(default_config_path()).filter(|p| p.exists()));
-        flags.check(config.as_deref())?;
         if let Some(config) = &config {
             println!("settings from {}", config.display());
         }
