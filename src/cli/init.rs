@@ -30,6 +30,7 @@ pub struct InitArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     flags: UpFlags,
+    /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
 }

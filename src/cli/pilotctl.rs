@@ -75,7 +75,8 @@ enum Command {
     },
     /// Approve a pending trust request.
     Approve {
-        /// Hostname, node address, fd70:: address or public key of the requester.
+        /// Hostname, node address, fd70:: address or public key of the requester, as
+        /// `pilotctl pending` lists it (not a Pilot Protocol node number).
         peer: String,
         #[arg(long)]
         json: bool,
