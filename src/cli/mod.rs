@@ -2,6 +2,8 @@
 
 pub mod config;
 mod init;
+#[cfg(test)]
+mod packaging_files;
 pub mod pilotctl;
 pub mod pilotd;
 pub mod rendezvous;

@@ -161,6 +161,13 @@ enum Command {
     },
 }
 
+/// The command line, for the generated completions and man pages.
+#[cfg(test)]
+pub(super) fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
 /// Entry point of the `pilotctl` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -149,6 +149,13 @@ impl std::str::FromStr for Socks5Addr {
     }
 }
 
+/// The command line, for the generated completions and man pages.
+#[cfg(test)]
+pub(super) fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
 /// Entry point of the `pilotd` binary.
 pub fn main() -> ExitCode {
     match run(Cli::parse()) {
