@@ -587,4 +587,6 @@ impl Node {
 }
 
 #[cfg(test)]
+mod endpoint_tests;
+#[cfg(test)]
 mod tests;
