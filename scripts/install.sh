@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs Pilot from this source tree as the .deb would, for hosts without the package:
-# pilotd and pilotctl, the systemd units, their users and directories, the polkit rule, and the
-# default configs in /etc/pilot (never overwriting ones that exist). Enables and starts
-# nothing. Safe to run again: it brings the installation up to date with this tree.
+# pilotd and pilotctl, the systemd units, their users and directories, the polkit rule, the
+# default configs in /etc/pilot (never overwriting ones that exist), shell completions (bash,
+# zsh, fish) and man pages under PREFIX/share. Enables and starts nothing. Safe to run again:
+# it brings the installation up to date with this tree.
 #
 #   sudo scripts/install.sh               build (if needed) and install under /usr
 #   sudo PREFIX=/usr/local scripts/install.sh
@@ -30,6 +31,15 @@ else
 fi
 bindir=$PREFIX/bin
 docdir=$PREFIX/share/doc/pilot
+mandir=$PREFIX/share/man/man1
+bashcompdir=$PREFIX/share/bash-completion/completions
+fishcompdir=$PREFIX/share/fish/vendor_completions.d
+# Debian's zsh searches vendor-completions under /usr, site-functions elsewhere.
+if [[ $PREFIX == /usr ]]; then
+    zshcompdir=/usr/share/zsh/vendor-completions
+else
+    zshcompdir=$PREFIX/share/zsh/site-functions
+fi
 confdir=/etc/pilot
 units=(pilotd.service pilot-rendezvous.service)
 users=(pilot pilot-rendezvous)
@@ -71,6 +81,34 @@ unit_for_prefix() {
     sed -e "s|/usr/bin/pilotd|$bindir/pilotd|g" \
         -e "s|/usr/share/doc/pilot/|$docdir/|g" \
         -e "s|/usr/share/polkit-1/rules.d/pilot.rules|$polkitdir/pilot.rules|g" "$1"
+}
+
+# Completions and man pages, generated from the command lines into packaging/ (see
+# src/cli/packaging_files.rs); man pages gzipped as the package has them (-n: the same bytes
+# every time, so a second run changes nothing).
+install_docs() {
+    local bin page tmp
+    for bin in pilotd pilotctl; do
+        put "packaging/completions/$bin.bash" "$bashcompdir/$bin" 644
+        put "packaging/completions/_$bin" "$zshcompdir/_$bin" 644
+        put "packaging/completions/$bin.fish" "$fishcompdir/$bin.fish" 644
+    done
+    tmp=$(mktemp)
+    for page in packaging/man/*.1; do
+        gzip -9 -n -c "$page" >"$tmp"
+        put "$tmp" "$mandir/$(basename "$page").gz" 644
+    done
+    rm -f "$tmp"
+}
+
+# Every completion and man page installed (those of commands removed since, too).
+installed_docs() {
+    local bin
+    for bin in pilotd pilotctl; do
+        printf '%s\n' "$bashcompdir/$bin" "$zshcompdir/_$bin" "$fishcompdir/$bin.fish"
+    done
+    find "$mandir" -maxdepth 1 \( -name 'pilotd.1.gz' -o -name 'pilotd-*.1.gz' \
+        -o -name 'pilotctl.1.gz' -o -name 'pilotctl-*.1.gz' \) 2>/dev/null || true
 }
 
 build_if_needed() {
@@ -122,6 +160,7 @@ install_all() {
     put target/release/pilotd "$bindir/pilotd" 755
     put target/release/pilotctl "$bindir/pilotctl" 755
     put README.md "$docdir/README.md" 644
+    install_docs
     local unit tmp
     tmp=$(mktemp)
     for unit in "${units[@]}"; do
@@ -161,10 +200,12 @@ uninstall_all() {
     if systemd_running; then
         systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
     fi
-    local f
+    local f docs
+    mapfile -t docs < <(installed_docs)
     for f in "$bindir/pilotd" "$bindir/pilotctl" "$docdir/README.md" \
         "$unitdir/pilotd.service" "$unitdir/pilot-rendezvous.service" \
-        "$sysusersdir/pilot.conf" "$tmpfilesdir/pilot.conf" "$polkitdir/pilot.rules"; do
+        "$sysusersdir/pilot.conf" "$tmpfilesdir/pilot.conf" "$polkitdir/pilot.rules" \
+        "${docs[@]}"; do
         if [[ -e $f ]]; then
             rm -f "$f"
             echo "removed $f"

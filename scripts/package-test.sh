@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the .deb with cargo-deb and checks it as an operator would meet it: its contents,
-# conffiles and maintainer scripts; the units against systemd-analyze (verify, and a security
+# Builds the .deb with cargo-deb and checks it as an operator would meet it: its contents
+# (completions and gzipped man pages of every command among them), conffiles and maintainer
+# scripts; the units against systemd-analyze (verify, and a security
 # exposure of at most $MAX_EXPOSURE); `dpkg -i` (twice: install, then reinstall as an
 # upgrade) creating users and directories, working binaries, no unit enabled or started;
 # `dpkg --purge` leaving nothing behind. Then the same round for scripts/install.sh.
@@ -36,6 +37,14 @@ files=(
     /usr/share/polkit-1/rules.d/pilot.rules
     /etc/pilot/pilotd.toml
     /etc/pilot/rendezvous.toml
+    /usr/share/bash-completion/completions/pilotd
+    /usr/share/bash-completion/completions/pilotctl
+    /usr/share/zsh/vendor-completions/_pilotd
+    /usr/share/zsh/vendor-completions/_pilotctl
+    /usr/share/fish/vendor_completions.d/pilotd.fish
+    /usr/share/fish/vendor_completions.d/pilotctl.fish
+    /usr/share/man/man1/pilotd.1.gz
+    /usr/share/man/man1/pilotctl.1.gz
 )
 conffiles=(/etc/pilot/pilotd.toml /etc/pilot/rendezvous.toml)
 state_dirs=(/var/lib/pilot /var/lib/pilot-rendezvous /etc/pilot /run/pilot)
@@ -176,6 +185,15 @@ check_installed() {
     rm -rf "$id"
     "$bin/pilotctl" --help | grep -q handshake || fail "pilotctl --help"
     check_node_as_service_user "$bin"
+    # A man page per command and subcommand, gzipped; completions for the three shells.
+    local page
+    for page in packaging/man/*.1; do
+        [[ -f /usr/share/man/man1/$(basename "$page").gz ]] || fail "no man page $(basename "$page").gz"
+    done
+    zcat /usr/share/man/man1/pilotctl-init.1.gz | grep -q '^\.TH pilotctl-init 1' ||
+        fail "pilotctl-init.1.gz is not a man page"
+    bash -c 'source /usr/share/bash-completion/completions/pilotctl && complete -p pilotctl' >/dev/null ||
+        fail "the bash completion of pilotctl does not load"
 
     local unit
     for unit in "${units[@]}"; do
@@ -214,6 +232,9 @@ check_gone() {
     for f in "${files[@]}" "${state_dirs[@]}" /usr/share/doc/pilot; do
         [[ ! -e $f ]] || fail "$f left behind"
     done
+    local pages
+    pages=$(find /usr/share/man/man1 \( -name 'pilotd*' -o -name 'pilotctl*' \) 2>/dev/null || true)
+    [[ -z $pages ]] || fail "man pages left behind: $pages"
     if [[ -n $(find /etc/systemd -name 'pilot*' 2>/dev/null) ]]; then
         fail "left behind: $(find /etc/systemd -name 'pilot*')"
     fi
@@ -232,6 +253,9 @@ again=$(scripts/install.sh)
 if grep '^installed' <<<"$again"; then
     fail "a second install.sh changed files"
 fi
+for f in "${files[@]}"; do
+    [[ -e $f ]] || fail "$f missing after install.sh"
+done
 check_installed /usr/bin
 scripts/install.sh --purge >/dev/null
 installed=""

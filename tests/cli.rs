@@ -235,3 +235,48 @@ fn config_file_log_level_takes_effect_and_the_flag_overrides_it() {
     // The file says `error`, which would hide the INFO line; the flag wins.
     run("cfglogflag", "error", &["--log-level", "info"], false);
 }
+
+/// The seed's habits that are refused before any daemon is asked, each naming what to type.
+#[test]
+fn seed_habits_refused_without_a_daemon_say_what_to_type() {
+    let dir = temp("seed");
+    let sock = dir.join("pilotd.sock");
+    let cases: [(&str, &[&str], &str); 5] = [
+        (
+            PILOTCTL,
+            &["approve", "0:0000.0000.002A"],
+            "`0:0000.0000.002A` looks like a Pilot Protocol node id; pilot names a node by a \
+             hostname, a node address (xxxx.xxxx.xxxx), an fd70:: address or a public key: \
+             `pilotctl pending` lists requesters in those forms",
+        ),
+        (
+            PILOTCTL,
+            &["daemon", "start", "--public"],
+            "`--endpoint IP:PORT --public`",
+        ),
+        (PILOTD, &["up", "--public"], "`--endpoint IP:PORT --public`"),
+        (
+            PILOTD,
+            &["up", "--endpoint", "198.51.100.7:51870"],
+            "give --rendezvous [KEY@]HOST:PORT too",
+        ),
+        (
+            PILOTCTL,
+            &["init", "--endpoint", "0.0.0.0:51870"],
+            "not a wildcard, multicast address or port 0",
+        ),
+    ];
+    for (bin, args, expected) in cases {
+        let out = Command::new(bin)
+            .args(args)
+            .env("PILOT_CONTROL", &sock)
+            .env("PILOT_STATE_DIR", dir.join("state"))
+            .env("PILOT_CONFIG", dir.join("pilotd.toml"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert!(!dir.exists(), "nothing was created");
+}

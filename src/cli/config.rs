@@ -45,6 +45,8 @@ pub struct UpFile {
     pub rendezvous_alt_port: Option<u16>,
     #[serde(default, deserialize_with = "hostname")]
     pub hostname: Option<Hostname>,
+    #[serde(default, deserialize_with = "endpoint")]
+    pub endpoint: Option<SocketAddr>,
     #[serde(default, deserialize_with = "boolean")]
     pub auto_approve: Option<bool>,
     #[serde(default, deserialize_with = "path")]
@@ -146,8 +148,15 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
     entries.sort_by_key(|e| e.key_at);
     let known = keys::<T>();
     if let Some(e) = entries.iter().find(|e| !known.contains(&e.key.as_str())) {
-        let expected = known.join(", ");
-        let message = format!("unknown key `{}`; expected one of: {expected}", e.key);
+        let message = if e.key == "registry" && known.contains(&"rendezvous") {
+            // The seed's word (Pilot Protocol's config) for the same thing.
+            "unknown key `registry`: it is called `rendezvous` here \
+             (rendezvous = \"[KEY@]HOST:PORT\")"
+                .to_owned()
+        } else {
+            let expected = known.join(", ");
+            format!("unknown key `{}`; expected one of: {expected}", e.key)
+        };
         return Err(invalid(e.key_at, message));
     }
     T::deserialize(toml::de::Deserializer::from(root)).map_err(|e| {
@@ -354,6 +363,10 @@ fn socks5<'de, D: Deserializer<'de>>(d: D) -> Result<Option<pilotd::Socks5Addr>,
 
 fn rendezvous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RendezvousConfig>, D::Error> {
     parsed(d, "\"[KEY@]HOST:PORT\"", pilotd::parse_rendezvous)
+}
+
+fn endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    parsed(d, "\"IP:PORT\"", pilotd::parse_endpoint)
 }
 
 fn hostname<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Hostname>, D::Error> {

@@ -40,6 +40,7 @@ peers = [
 rendezvous = "{k1}@203.0.113.10:7000"
 rendezvous_alt_port = 7100
 hostname = "alice"
+endpoint = "198.51.100.7:40000"
 auto_approve = true
 hosts_file = "/etc/hosts"
 keepalive = 10
@@ -75,6 +76,7 @@ expose = ["8080", "80:8081"]
         }),
         rendezvous_alt_port: Some(7100),
         hostname: Some("alice".parse().unwrap()),
+        endpoint: Some("198.51.100.7:40000".parse().unwrap()),
         auto_approve: Some(true),
         hosts_file: Some("/etc/hosts".into()),
         keepalive: Some(10),
@@ -137,8 +139,15 @@ fn an_unknown_key_names_its_place_and_every_known_key() {
         err,
         "/etc/pilot/pilotd.toml:7:1: unknown key `rendevous`; expected one of: state_dir, \
          interface, mtu, listen_port, peers, rendezvous, rendezvous_alt_port, hostname, \
-         auto_approve, hosts_file, keepalive, control, log_level, metrics, userspace, socks5, \
+         endpoint, auto_approve, hosts_file, keepalive, control, log_level, metrics, userspace, socks5, \
          expose"
+    );
+    // The seed's name for the rendezvous is told apart.
+    let err = up("registry = \"192.0.2.1:7000\"\n").unwrap_err();
+    assert_eq!(
+        err,
+        "/etc/pilot/pilotd.toml:1:1: unknown key `registry`: it is called `rendezvous` here \
+         (rendezvous = \"[KEY@]HOST:PORT\")"
     );
     // A table is a key too: the file is flat.
     let err = up("[up]\nmtu = 1400\n").unwrap_err();

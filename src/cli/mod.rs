@@ -1,8 +1,13 @@
 //! Command lines of the two binaries.
 
 pub mod config;
+mod init;
+#[cfg(test)]
+mod packaging_files;
 pub mod pilotctl;
 pub mod pilotd;
 pub mod rendezvous;
+mod seed;
 mod service;
 mod streams;
+mod up_flags;

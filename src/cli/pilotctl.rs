@@ -14,6 +14,7 @@ use crate::daemon::control::{
 use crate::node::HandshakeOutcome;
 use crate::node::PeerStatus;
 
+use super::seed::{refuse_seed_ids, HINT_INFO, HINT_PENDING, HINT_TRUST};
 use super::streams;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +75,8 @@ enum Command {
     },
     /// Approve a pending trust request.
     Approve {
-        /// Hostname, node address, fd70:: address or public key of the requester.
+        /// Hostname, node address, fd70:: address or public key of the requester, as
+        /// `pilotctl pending` lists it (not a Pilot Protocol node number).
         peer: String,
         #[arg(long)]
         json: bool,
@@ -93,6 +95,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prepare this node: create its identity (as `pilotd identity`) and record the settings
+    /// given in the config file `pilotctl daemon start` reads; says what to run next.
+    Init(super::init::InitArgs),
     /// Start, stop or check the local pilotd (through systemd when its unit is installed).
     Daemon {
         #[command(subcommand)]
@@ -103,12 +108,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Open a TCP stream to a peer's port: stdin to it, its answer to stdout (or send one
-    /// message and print the reply). Works in kernel and userspace mode.
+    /// Open a TCP stream to a peer's port (1000 when none is given): stdin to it, its answer
+    /// to stdout (or send one message and print the reply). Works in kernel and userspace mode.
     Connect {
         /// Hostname, node address (xxxx.xxxx.xxxx), fd70:: address or public key.
         peer: String,
-        port: u16,
+        /// The peer's TCP port [default: 1000, the seed's stdio port]
+        port: Option<u16>,
         /// Send this, end the sending side, and print the reply.
         #[arg(long, value_name = "M")]
         message: Option<String>,
@@ -155,6 +161,13 @@ enum Command {
     },
 }
 
+/// The command line, for the generated completions and man pages.
+#[cfg(test)]
+pub(super) fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
 /// Entry point of the `pilotctl` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -164,19 +177,30 @@ pub fn main() -> ExitCode {
         Command::Info { json } => info(&socket, json),
         Command::Peers { json } => peers(&socket, json),
         Command::Netcheck { json } => netcheck(&socket, json),
-        Command::Resolve { name, json } => resolve(&socket, name, json),
+        Command::Resolve { name, json } => {
+            refuse_seed_ids(&name.clone(), HINT_INFO, || resolve(&socket, name, json))
+        }
         Command::Handshake {
             peer,
             justification,
             json,
-        } => handshake(&socket, peer, justification, json),
+        } => refuse_seed_ids(&peer.clone(), HINT_INFO, || {
+            handshake(&socket, peer, justification, json)
+        }),
         Command::Pending { json } => pending(&socket, json),
-        Command::Approve { peer, json } => verb(&socket, Request::Approve { peer }, json),
+        Command::Approve { peer, json } => refuse_seed_ids(&peer.clone(), HINT_PENDING, || {
+            verb(&socket, Request::Approve { peer }, json)
+        }),
         Command::Reject { peer, reason, json } => {
-            verb(&socket, Request::Reject { peer, reason }, json)
+            refuse_seed_ids(&peer.clone(), HINT_PENDING, || {
+                verb(&socket, Request::Reject { peer, reason }, json)
+            })
         }
-        Command::Untrust { peer, json } => verb(&socket, Request::Untrust { peer }, json),
+        Command::Untrust { peer, json } => refuse_seed_ids(&peer.clone(), HINT_TRUST, || {
+            verb(&socket, Request::Untrust { peer }, json)
+        }),
         Command::Trust { json } => trust(&socket, json),
+        Command::Init(args) => super::init::run(&socket, args),
         Command::Daemon { command } => {
             super::service::run(&socket, command).map_err(ClientError::Daemon)
         }
@@ -186,19 +210,25 @@ pub fn main() -> ExitCode {
             interval,
             timeout,
             json,
-        } => ping(&socket, &peer, count, interval, timeout, json),
+        } => refuse_seed_ids(&peer, HINT_TRUST, || {
+            ping(&socket, &peer, count, interval, timeout, json)
+        }),
         Command::Connect {
             peer,
             port,
             message,
             timeout,
-        } => streams::connect(&socket, &peer, port, message, timeout),
+        } => refuse_seed_ids(&peer, HINT_TRUST, || {
+            streams::connect(&socket, &peer, port, message, timeout)
+        }),
         Command::SendMessage {
             peer,
             data,
             kind,
             json,
-        } => streams::send_message(&socket, &peer, &data, kind, json),
+        } => refuse_seed_ids(&peer, HINT_TRUST, || {
+            streams::send_message(&socket, &peer, &data, kind, json)
+        }),
         Command::Inbox { json, clear } => streams::inbox(&socket, json, clear),
     };
     match result {
@@ -256,8 +286,13 @@ fn status_text(s: &StatusReply) -> String {
             };
             let _ = writeln!(
                 text,
-                "rendezvous  {rendezvous} ({registered}), endpoint {}, NAT {}",
+                "rendezvous  {rendezvous} ({registered}), endpoint {}{}, NAT {}",
                 s.endpoint.as_deref().unwrap_or("-"),
+                if s.endpoint_configured {
+                    " (configured)"
+                } else {
+                    ""
+                },
                 nat.as_deref().unwrap_or("-")
             );
         }
@@ -348,7 +383,15 @@ fn info(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         println!("interface    {} (mtu {})", info.interface, info.mtu);
     }
     println!("listen_port  {}", info.listen_port);
-    println!("endpoint     {}", or_dash(&info.endpoint));
+    if info.endpoint_configured {
+        println!(
+            "endpoint     {} (configured with --endpoint; the rendezvous sees {})",
+            or_dash(&info.endpoint),
+            or_dash(&info.observed)
+        );
+    } else {
+        println!("endpoint     {}", or_dash(&info.endpoint));
+    }
     let nat = info
         .nat
         .and_then(|n| serde_json::to_value(n).ok())
@@ -464,6 +507,9 @@ fn handshake(
             "{} had asked already: approved; packets flow as soon as its node countersigns",
             who(&reply.peer)
         ),
+        HandshakeOutcome::AlreadyTrusted => {
+            println!("{} is already trusted; nothing to do", who(&reply.peer))
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -575,6 +621,19 @@ fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         text("rendezvous"),
         text("registered")
     );
+    if value["endpoint_configured"] == true {
+        // Told, not discovered: what the rendezvous sees is shown for comparison.
+        println!(
+            "endpoint        {} (configured with --endpoint)",
+            text("endpoint")
+        );
+        println!("observed        {}", text("observed"));
+        println!(
+            "nat             {} (not measured: the endpoint is configured)",
+            text("nat")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("endpoint        {}", text("endpoint"));
     println!("nat             {}", text("nat"));
     println!("port_preserved  {}", text("port_preserved"));
@@ -686,6 +745,7 @@ mod tests {
             rendezvous: Some("203.0.113.10:7000".into()),
             registered: true,
             endpoint: Some("198.51.100.7:51870".into()),
+            endpoint_configured: false,
             nat: Some(NatKind::EndpointIndependent),
             peers: PathCounts {
                 direct: 2,

@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Bring the node up: TUN interface, UDP socket, peers, control socket. Runs until SIGINT/SIGTERM.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Print this node's public key and address (creating the identity if there is none), then exit.
     Identity {
         #[command(flatten)]
@@ -82,7 +82,8 @@ struct UpArgs {
     /// Rendezvous server, [KEY@]HOST:PORT: registration, NAT discovery, hole punching and
     /// relay. With KEY, its answers must be signed by that key; without, the first key that
     /// answers is pinned in the state directory and required from then on.
-    #[arg(long, value_name = "[KEY@]HOST:PORT", value_parser = parse_rendezvous)]
+    /// (`--registry` is accepted as well, the seed's word for it.)
+    #[arg(long, alias = "registry", value_name = "[KEY@]HOST:PORT", value_parser = parse_rendezvous)]
     rendezvous: Option<RendezvousConfig>,
     /// The rendezvous' second UDP port, used to measure NAT behaviour [default: its port + 1]
     #[arg(long, value_name = "PORT")]
@@ -91,6 +92,15 @@ struct UpArgs {
     /// reach this node as NAME.pilot. The first node to claim a name keeps it.
     #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
     hostname: Option<Hostname>,
+    /// This node's public endpoint, when it is known: a fixed public address, or a port
+    /// forward to --listen-port. Peers are told it first, and NAT behaviour is not measured.
+    /// Needs --rendezvous (peers learn it there).
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_endpoint)]
+    endpoint: Option<SocketAddr>,
+    /// Says that --endpoint is public (it is implied: accepted for the seed's habit). Alone it
+    /// is refused: trust is always mutual, so no node is open to everyone.
+    #[arg(long)]
+    public: bool,
     /// Approve every incoming trust request automatically (for public services; off by default).
     #[arg(long)]
     auto_approve: bool,
@@ -139,6 +149,13 @@ impl std::str::FromStr for Socks5Addr {
     }
 }
 
+/// The command line, for the generated completions and man pages.
+#[cfg(test)]
+pub(super) fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
 /// Entry point of the `pilotd` binary.
 pub fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -157,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => {
             let mut file: UpFile = config::load(args.config.as_deref())?;
             let log_level = cli.log_level.or(file.log_level.take());
-            let options = up_options(args, file)?;
+            let options = up_options(*args, file)?;
             init_logging(log_level.as_deref());
             daemon::run_up(options)
         }
@@ -188,11 +205,20 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
     let mut rendezvous = args.rendezvous.or(file.rendezvous);
     let alt_port = args.rendezvous_alt_port.or(file.rendezvous_alt_port);
     let hostname = args.hostname.or(file.hostname);
+    let endpoint = args.endpoint.or(file.endpoint);
+    if args.public && endpoint.is_none() {
+        bail!("{PUBLIC_ALONE}");
+    }
     match &mut rendezvous {
         Some(r) => r.alt_port = alt_port.unwrap_or(r.alt_port),
         None if hostname.is_some() || alt_port.is_some() => bail!(
             "a hostname or rendezvous alternate port needs a rendezvous: give --rendezvous \
              [KEY@]HOST:PORT or set `rendezvous` in the config file"
+        ),
+        None if endpoint.is_some() => bail!(
+            "--endpoint is told to peers through the rendezvous: give --rendezvous \
+             [KEY@]HOST:PORT too, or set `rendezvous` in the config file (static peers name \
+             this node's endpoint in their own --peer KEY@HOST:PORT)"
         ),
         None => {}
     }
@@ -234,6 +260,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
         peers,
         rendezvous,
         hostname,
+        endpoint,
         auto_approve: args.auto_approve || file.auto_approve.unwrap_or(false),
         hosts_file: args.hosts_file.or(file.hosts_file),
         control: args
@@ -267,6 +294,27 @@ fn show_identity(state: StateArg, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Why `--public` alone is refused, and what to type instead.
+pub(super) const PUBLIC_ALONE: &str = "--public only marks the --endpoint as public: give \
+     this node's public address with it, `--endpoint IP:PORT --public` (or just --endpoint). \
+     Nothing makes a node open to everyone: trust is always mutual; to approve every trust \
+     request automatically, run pilotd with --auto-approve";
+
+/// Parses `--endpoint IP:PORT`: an address peers can send to.
+pub(super) fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}`: expected IP:PORT (IPv6 in brackets)"))?;
+    let ip = addr.ip();
+    if ip.is_unspecified() || ip.is_multicast() || addr.port() == 0 {
+        return Err(format!(
+            "`{text}`: give the address and port peers reach this node at (not a wildcard, \
+             multicast address or port 0)"
+        ));
+    }
+    Ok(addr)
 }
 
 pub(super) fn parse_hostname(s: &str) -> Result<Hostname, String> {

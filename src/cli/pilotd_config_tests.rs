@@ -25,7 +25,7 @@ fn cli(args: &[&str]) -> Cli {
 
 fn up_args(args: &[&str]) -> UpArgs {
     match cli(&[&["up"], args].concat()).command {
-        Command::Up(args) => args,
+        Command::Up(args) => *args,
         _ => unreachable!(),
     }
 }
@@ -51,7 +51,8 @@ fn every_flag_has_a_config_key() {
         let sub = command.find_subcommand(name).unwrap();
         let flags: Vec<&str> = (sub.get_arguments())
             .map(|a| a.get_id().as_str())
-            .filter(|id| !["help", "version", "config"].contains(id))
+            // `--public` is the seed's flag, meaningless without --endpoint: no key.
+            .filter(|id| !["help", "version", "config", "public"].contains(id))
             .collect();
         assert!(flags.contains(&"log_level"), "{flags:?}");
         for flag in &flags {
@@ -183,6 +184,59 @@ fn a_hostname_needs_a_rendezvous_from_either_source() {
     ] {
         let err = up_options(up_args(args), up_file(file)).unwrap_err();
         assert!(err.to_string().contains("needs a rendezvous"), "{err}");
+    }
+}
+
+#[test]
+fn registry_is_the_seeds_word_for_rendezvous() {
+    let o = up_options(
+        up_args(&["--registry", "203.0.113.10:7000"]),
+        UpFile::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        o.rendezvous.unwrap().addr,
+        "203.0.113.10:7000".parse().unwrap()
+    );
+}
+
+#[test]
+fn an_endpoint_comes_from_flag_or_file_needs_a_rendezvous_and_public_needs_it() {
+    let rdv = ["--rendezvous", "203.0.113.10:7000"];
+    let o = up_options(
+        up_args(&[&rdv[..], &["--endpoint", "198.51.100.7:40000", "--public"]].concat()),
+        UpFile::default(),
+    )
+    .unwrap();
+    assert_eq!(o.endpoint, Some("198.51.100.7:40000".parse().unwrap()));
+    let o = up_options(
+        up_args(&[&rdv[..], &["--public"]].concat()),
+        up_file("endpoint = \"[2001:db8::7]:51870\""),
+    )
+    .unwrap();
+    assert_eq!(o.endpoint, Some("[2001:db8::7]:51870".parse().unwrap()));
+    assert_eq!(
+        up_options(up_args(&rdv), UpFile::default())
+            .unwrap()
+            .endpoint,
+        None
+    );
+
+    let err = up_options(
+        up_args(&[&rdv[..], &["--public"]].concat()),
+        UpFile::default(),
+    );
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("`--endpoint IP:PORT --public`"), "{err}");
+    assert!(err.contains("--auto-approve"), "{err}");
+    let err = up_options(
+        up_args(&["--endpoint", "198.51.100.7:1"]),
+        UpFile::default(),
+    );
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("give --rendezvous"), "{err}");
+    for bad in ["0.0.0.0:51870", "198.51.100.7:0", "[ff02::1]:1", "host:1"] {
+        assert!(parse_endpoint(bad).is_err(), "{bad}");
     }
 }
 

@@ -3,18 +3,22 @@
 //! `start` runs `pilotd up` in the background (detached, logging to a file next to its state)
 //! and `stop` sends it SIGTERM, found through the pid its control socket reports.
 
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use super::up_flags::{default_config_path, UpFlags};
 use crate::daemon::control::{self, ClientError, InfoReply, Request};
 
 /// How long `start` waits for the daemon to answer, and `stop` for it to exit.
 const WAIT: Duration = Duration::from_secs(15);
 /// The unit `start`/`stop` hand over to when it is installed.
 const UNIT: &str = "pilotd.service";
+/// The config file the unit runs pilotd with.
+const SYSTEM_CONFIG: &str = "/etc/pilot/pilotd.toml";
 const UNIT_DIRS: [&str; 3] = [
     "/etc/systemd/system",
     "/lib/systemd/system",
@@ -29,8 +33,10 @@ pub enum DaemonCommand {
     /// Start pilotd: through systemd when its unit is installed, else `pilotd up` in the
     /// background. Returns once the daemon answers on its control socket.
     Start {
-        /// Configuration file for `pilotd up --config` (background mode).
-        #[arg(long)]
+        /// Config file for `pilotd up --config` (background mode) [default: the one `pilotctl
+        /// init` writes, /etc/pilot/pilotd.toml for root, ~/.config/pilot/pilotd.toml
+        /// otherwise, if it exists]
+        #[arg(long, env = "PILOT_CONFIG")]
         config: Option<PathBuf>,
         /// Log file of the background daemon [default: pilotd.log next to the control socket]
         #[arg(long)]
@@ -38,7 +44,9 @@ pub enum DaemonCommand {
         /// Run `pilotd up` directly even if the systemd unit is installed.
         #[arg(long)]
         no_systemd: bool,
-        /// More `pilotd up` flags, after `--`.
+        #[command(flatten)]
+        flags: UpFlags,
+        /// Any other `pilotd up` flags, after `--`.
         #[arg(last = true)]
         up_args: Vec<String>,
     },
@@ -61,8 +69,9 @@ pub fn run(socket: &Path, command: DaemonCommand) -> Result<ExitCode, String> {
             config,
             log,
             no_systemd,
+            flags,
             up_args,
-        } => start(socket, config, log, no_systemd, &up_args),
+        } => start(socket, config, log, no_systemd, &flags, &up_args),
         DaemonCommand::Stop { no_systemd } => stop(socket, no_systemd),
         DaemonCommand::Status { json } => status(socket, json),
     }
@@ -98,21 +107,33 @@ fn start(
     config: Option<PathBuf>,
     log: Option<PathBuf>,
     no_systemd: bool,
+    flags: &UpFlags,
     up_args: &[String],
 ) -> Result<ExitCode, String> {
+    let systemd = !no_systemd && systemd_unit();
+    // The file `pilotctl init` wrote (the unit's, under systemd), when none is named.
+    let named = config.is_some();
+    let config = config.or_else(|| Some(default_config_path()).filter(|p| p.exists()));
+    flags.check(config.as_deref())?;
     if let Ok(info) = info(socket) {
         println!("pilotd already runs (pid {}, {})", info.pid, info.address);
+        if !flags.is_empty() || !up_args.is_empty() {
+            println!("the settings given apply from its next start: `pilotctl daemon stop` first");
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    if !no_systemd && systemd_unit() {
-        if config.is_some() || !up_args.is_empty() {
-            return Err(format!(
-                "{UNIT} is installed: its settings live in /etc/pilot/pilotd.toml (or use --no-systemd)"
-            ));
+    if systemd {
+        if named || !up_args.is_empty() || !flags.is_empty() {
+            return Err(systemd_refusal(flags, up_args));
         }
         systemctl("start")?;
     } else {
-        spawn(socket, config, log, up_args)?;
+        if let Some(config) = &config {
+            println!("settings from {}", config.display());
+        }
+        let mut args = flags.up_args();
+        args.extend(up_args.iter().map(OsString::from));
+        spawn(socket, config, log, &args)?;
     }
     let deadline = Instant::now() + WAIT;
     loop {
@@ -130,13 +151,45 @@ fn start(
     }
 }
 
+/// Why `start` with settings cannot go through systemd, and what to type instead.
+fn systemd_refusal(flags: &UpFlags, up_args: &[String]) -> String {
+    let mut all = flags.command_line();
+    for arg in up_args {
+        all = format!("{all} {arg}");
+    }
+    let all = all.trim();
+    let mut text = format!(
+        "{UNIT} is installed: systemd starts pilotd with the settings in {SYSTEM_CONFIG}, and \
+         systemctl cannot pass flags on."
+    );
+    if !flags.is_empty() {
+        let keys: Vec<String> = (flags.settings().iter())
+            .map(|(key, value)| format!("{key} = {value}"))
+            .collect();
+        text += &format!(
+            " Record them there with `sudo pilotctl init {}` (or edit the file: {}), then \
+             `pilotctl daemon start`;",
+            flags.command_line(),
+            keys.join(", ")
+        );
+    } else {
+        text += &format!(" Edit {SYSTEM_CONFIG}, then `pilotctl daemon start`;");
+    }
+    let all = if all.is_empty() {
+        String::new()
+    } else {
+        format!(" {all}")
+    };
+    text + &format!(" or run pilotd outside systemd: `pilotctl daemon start --no-systemd{all}`")
+}
+
 /// Runs `pilotd up` detached from this terminal (its own session, stdin closed, output to
 /// `log`); fails early if it exits during start-up, with the end of its log.
 fn spawn(
     socket: &Path,
     config: Option<PathBuf>,
     log: Option<PathBuf>,
-    up_args: &[String],
+    up_args: &[OsString],
 ) -> Result<(), String> {
     let log = log.unwrap_or_else(|| socket.with_file_name("pilotd.log"));
     if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -264,5 +317,32 @@ fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
             Ok(ExitCode::from(NOT_RUNNING))
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_under_systemd_are_refused_naming_the_file_init_and_no_systemd() {
+        let flags = UpFlags {
+            hostname: Some("my-agent".into()),
+            ..UpFlags::default()
+        };
+        assert_eq!(
+            systemd_refusal(&flags, &[]),
+            "pilotd.service is installed: systemd starts pilotd with the settings in \
+             /etc/pilot/pilotd.toml, and systemctl cannot pass flags on. Record them there with \
+             `sudo pilotctl init --hostname my-agent` (or edit the file: hostname = \"my-agent\"), \
+             then `pilotctl daemon start`; or run pilotd outside systemd: `pilotctl daemon start \
+             --no-systemd --hostname my-agent`"
+        );
+        let text = systemd_refusal(&UpFlags::default(), &["--mtu".into(), "1400".into()]);
+        assert!(
+            text.contains("Edit /etc/pilot/pilotd.toml, then `pilotctl daemon start`")
+                && text.ends_with("`pilotctl daemon start --no-systemd --mtu 1400`"),
+            "{text}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::pilotctl::{call, parse, print_json, who};
 use crate::daemon::control::{ClientError, InfoReply, PeerRef, Request};
 use crate::daemon::inbox::StoredMessage;
-use crate::daemon::socks5::{self, Target};
+use crate::daemon::socks5::{self, Reply, Target};
 use crate::wire::message::{self, MessageKind, MESSAGE_PORT};
 
 /// Where a stream to a peer goes, and how.
@@ -62,19 +62,35 @@ fn route(socket: &Path, peer: &str, port: u16) -> Result<Route, ClientError> {
     })
 }
 
-async fn open(route: &Route) -> Result<TcpStream, String> {
+/// Why a stream could not be opened.
+enum OpenError {
+    /// The peer answered that nothing listens on the port (a TCP reset, or the SOCKS5
+    /// proxy's "connection refused").
+    Refused,
+    Other(String),
+}
+
+async fn open(route: &Route) -> Result<TcpStream, OpenError> {
     let Some(proxy) = route.proxy else {
         return TcpStream::connect(route.to)
             .await
-            .map_err(|e| format!("connecting to {}: {e}", route.to));
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => OpenError::Refused,
+                _ => OpenError::Other(format!("connecting to {}: {e}", route.to)),
+            });
     };
-    let mut stream = TcpStream::connect(proxy)
-        .await
-        .map_err(|e| format!("connecting to pilotd's SOCKS5 proxy at {proxy}: {e}"))?;
-    socks5::connect(&mut stream, &Target::Ip(route.to))
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", route.to))?;
-    Ok(stream)
+    let mut stream = TcpStream::connect(proxy).await.map_err(|e| {
+        OpenError::Other(format!(
+            "connecting to pilotd's SOCKS5 proxy at {proxy}: {e}"
+        ))
+    })?;
+    match socks5::connect(&mut stream, &Target::Ip(route.to)).await {
+        Ok(()) => Ok(stream),
+        Err(socks5::Socks5Error::Rejected(code)) if code == Reply::ConnectionRefused as u8 => {
+            Err(OpenError::Refused)
+        }
+        Err(e) => Err(OpenError::Other(format!("connecting to {}: {e}", route.to))),
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
@@ -84,16 +100,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
         .map_err(ClientError::Io)
 }
 
-/// `pilotctl connect PEER PORT [--message M] [--timeout T]`.
+/// The port `pilotctl connect` uses when none is given: the seed's stdio port.
+pub const DEFAULT_CONNECT_PORT: u16 = 1000;
+
+/// `pilotctl connect PEER [PORT] [--message M] [--timeout T]`.
 pub fn connect(
     socket: &Path,
     peer: &str,
-    port: u16,
+    port: Option<u16>,
     message: Option<String>,
     timeout: f64,
 ) -> Result<ExitCode, ClientError> {
     let timeout = seconds(timeout)?;
-    let route = route(socket, peer, port)?;
+    let route = route(socket, peer, port.unwrap_or(DEFAULT_CONNECT_PORT))?;
     let runtime = runtime()?;
     let result = runtime.block_on(async {
         let stream = tokio::time::timeout(timeout, open(&route))
@@ -105,7 +124,10 @@ pub fn connect(
                     timeout.as_secs_f64()
                 ))
             })?
-            .map_err(ClientError::Daemon)?;
+            .map_err(|e| match e {
+                OpenError::Refused => refused(peer, &route, port.is_none()),
+                OpenError::Other(e) => ClientError::Daemon(e),
+            })?;
         let _ = stream.set_nodelay(true);
         match message {
             Some(message) => exchange(stream, message.as_bytes(), timeout).await,
@@ -115,6 +137,21 @@ pub fn connect(
     // A read of stdin may still be blocked in a thread: do not wait for it.
     runtime.shutdown_background();
     result
+}
+
+/// Nothing listens where `route` goes; `defaulted` when the user gave no port.
+fn refused(peer: &str, route: &Route, defaulted: bool) -> ClientError {
+    let port = route.to.port();
+    let which = if defaulted {
+        format!("port {port} (the default when no port is given)")
+    } else {
+        format!("port {port}")
+    };
+    ClientError::Daemon(format!(
+        "nothing listens on {which} of {} (connection refused); give the port a service \
+         listens on: `pilotctl connect {peer} PORT`",
+        who(&route.peer)
+    ))
 }
 
 /// Sends `message`, ends the sending side, and prints what comes back until the peer closes
@@ -185,7 +222,12 @@ pub fn send_message(
     let timeout = Duration::from_secs(15);
     let id = runtime()?.block_on(async {
         let exchange = async {
-            let mut stream = open(&route).await?;
+            let mut stream = open(&route).await.map_err(|e| match e {
+                OpenError::Refused => format!(
+                    "nothing listens on its message port {MESSAGE_PORT} (connection refused)"
+                ),
+                OpenError::Other(e) => e,
+            })?;
             message::send(&mut stream, kind, &payload)
                 .await
                 .map_err(|e| e.to_string())

@@ -102,7 +102,15 @@ pub struct InfoReply {
     pub expose: Vec<String>,
     pub mtu: u32,
     pub listen_port: u16,
+    /// The public endpoint peers are told first: configured (`--endpoint`) or as the
+    /// rendezvous sees it.
     pub endpoint: Option<String>,
+    /// `endpoint` comes from `--endpoint`.
+    #[serde(default)]
+    pub endpoint_configured: bool,
+    /// This node's endpoint as the rendezvous sees it.
+    #[serde(default)]
+    pub observed: Option<String>,
     /// NAT mapping behaviour, when a rendezvous is configured.
     pub nat: Option<NatKind>,
     pub peers: usize,
@@ -131,8 +139,11 @@ pub struct StatusReply {
     /// The rendezvous configured, if any, and whether this node is registered with it now.
     pub rendezvous: Option<String>,
     pub registered: bool,
-    /// Public endpoint and NAT behaviour as measured against the rendezvous.
+    /// Public endpoint (configured, or as the rendezvous sees it) and NAT behaviour.
     pub endpoint: Option<String>,
+    /// `endpoint` comes from `--endpoint`.
+    #[serde(default)]
+    pub endpoint_configured: bool,
     pub nat: Option<NatKind>,
     /// Peers packets may pass with, by how they are reached now.
     pub peers: PathCounts,
@@ -179,6 +190,10 @@ pub struct PeerRef {
 pub struct HandshakeReply {
     pub peer: PeerRef,
     pub outcome: crate::node::HandshakeOutcome,
+    /// Trust held already and nothing was sent (`outcome` is `already_trusted`): for scripts
+    /// that call `handshake` idempotently.
+    #[serde(default)]
+    pub already_trusted: bool,
 }
 
 /// `trust`'s result.

@@ -33,7 +33,7 @@ use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
-use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
+use crate::node::{Event, HandshakeOutcome, NetOutput, Node, PathKind, TunOutput};
 use crate::wire::control::Query;
 
 mod reports;
@@ -380,6 +380,12 @@ impl Core {
                 }
                 Event::PublicEndpoint(endpoint) => {
                     tracing::info!(%endpoint, "public endpoint (as the rendezvous sees it)");
+                    let net = self.node.net_status(Instant::now());
+                    if let Some(configured) = net.endpoint.filter(|_| net.endpoint_configured) {
+                        if configured != endpoint.to_string() {
+                            tracing::info!(%configured, "peers are told the configured --endpoint first");
+                        }
+                    }
                 }
                 Event::TrustChanged { peer, trusted } => {
                     let name = self.node.trust().name_of(&peer).map(|n| n.to_string());
@@ -718,6 +724,7 @@ impl Core {
                 let reply = HandshakeReply {
                     peer: peer_ref,
                     outcome,
+                    already_trusted: outcome == HandshakeOutcome::AlreadyTrusted,
                 };
                 return Ok(serde_json::to_value(reply).expect("serializes"));
             }
@@ -794,6 +801,8 @@ impl Core {
             mtu: self.facts.mtu,
             listen_port: self.facts.listen_port,
             endpoint: net.endpoint,
+            endpoint_configured: net.endpoint_configured,
+            observed: net.observed,
             nat: net.rendezvous.is_some().then_some(net.nat),
             peers: self.node.peers(now).count(),
             auto_approve: self.node.auto_approve(),

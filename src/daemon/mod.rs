@@ -63,6 +63,8 @@ pub struct UpOptions {
     pub rendezvous: Option<RendezvousConfig>,
     /// Hostname to claim at the rendezvous.
     pub hostname: Option<Hostname>,
+    /// This node's public endpoint when the operator knows it (told to peers first).
+    pub endpoint: Option<SocketAddr>,
     /// Approve incoming trust requests automatically.
     pub auto_approve: bool,
     /// Hosts file to keep trusted peers' names in (opt-in).
@@ -302,6 +304,7 @@ async fn serve(
         seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
         rendezvous: start.rendezvous,
         lan: lan_endpoints(&local.interface, listen_port),
+        endpoint: options.endpoint,
         local_port: listen_port,
         clock: WallClock::system(),
     })

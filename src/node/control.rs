@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::path::PunchEnd;
 use super::{DropReason, Event, Node, PathKind};
-use crate::wire::control::{Message, RefusalCode};
+use crate::wire::control::{Message, RefusalCode, MAX_LAN_ENDPOINTS};
 use crate::wire::envelope::{self, EnvelopeError, Opened};
 
 impl Node {
@@ -83,7 +83,7 @@ impl Node {
         };
         if link.register_due(now) {
             let register = Message::Register {
-                lan: self.lan.clone(),
+                lan: self.candidates(),
                 hostname: self.hostname.clone(),
             };
             let nonce = self.send_to_rendezvous(0, &register, now);
@@ -97,6 +97,16 @@ impl Node {
                 link.nat_probes_sent(nonces, now);
             }
         }
+    }
+
+    /// The endpoints the rendezvous passes on to peers besides the one it observes: the
+    /// configured public endpoint first (so the cap never cuts it), then the LAN ones.
+    fn candidates(&self) -> Vec<SocketAddr> {
+        let configured = self.link.as_ref().and_then(|l| l.configured);
+        let lan = self.lan.iter().filter(|e| Some(**e) != configured);
+        (configured.iter().chain(lan).copied())
+            .take(MAX_LAN_ENDPOINTS)
+            .collect()
     }
 
     /// Messages only the rendezvous may send, from one of its ports, signed with its key.

@@ -99,6 +99,10 @@ pub struct NodeConfig {
     pub rendezvous: Option<RendezvousConfig>,
     /// The node's own endpoints on its local networks, offered to peers as candidates.
     pub lan: Vec<SocketAddr>,
+    /// This node's public endpoint when the operator knows it (`--endpoint`: a fixed public
+    /// address, or a port forward to this node's port). Offered to peers ahead of the LAN
+    /// endpoints, and NAT behaviour is not measured: the endpoint says how to reach us.
+    pub endpoint: Option<SocketAddr>,
     /// The UDP port the node's socket is bound to (for `netcheck`'s port preservation).
     pub local_port: u16,
     pub clock: WallClock,
@@ -275,7 +279,7 @@ impl Node {
             by_wg_key: BTreeMap::new(),
             link: config
                 .rendezvous
-                .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE)),
+                .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE, config.endpoint)),
             lan: config.lan,
             local_port: config.local_port,
             clock: config.clock,
@@ -591,5 +595,7 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+mod endpoint_tests;
 #[cfg(test)]
 mod tests;

@@ -33,8 +33,16 @@ pub struct RendezvousConfig {
 pub struct NetStatus {
     pub rendezvous: Option<String>,
     pub registered: bool,
-    /// Public endpoint as the rendezvous sees it.
+    /// The public endpoint peers are told first: the configured one (`--endpoint`), else the
+    /// one the rendezvous sees.
     pub endpoint: Option<String>,
+    /// `endpoint` is configured (`--endpoint`), not discovered; NAT behaviour is then not
+    /// measured.
+    #[serde(default)]
+    pub endpoint_configured: bool,
+    /// This node's endpoint as the rendezvous sees it.
+    #[serde(default)]
+    pub observed: Option<String>,
     pub nat: NatKind,
     /// The NAT kept the local port number.
     pub port_preserved: Option<bool>,
@@ -54,6 +62,8 @@ pub(crate) struct RendezvousLink {
     /// Last `Registered`, and when; registration lapses after three missed refreshes.
     pub last_registered: Option<Instant>,
     pub observed: Option<SocketAddr>,
+    /// The public endpoint the operator configured, if any (`--endpoint`).
+    pub configured: Option<SocketAddr>,
     pub nat: NatKind,
     pub nat_probes: [Option<u64>; 2],
     pub mapped: [Option<SocketAddr>; 2],
@@ -61,7 +71,12 @@ pub(crate) struct RendezvousLink {
 }
 
 impl RendezvousLink {
-    pub fn new(config: RendezvousConfig, keepalive: Duration) -> RendezvousLink {
+    /// `configured`: the public endpoint the operator gave, if any.
+    pub fn new(
+        config: RendezvousConfig,
+        keepalive: Duration,
+        configured: Option<SocketAddr>,
+    ) -> RendezvousLink {
         RendezvousLink {
             key: config.key,
             config,
@@ -70,6 +85,7 @@ impl RendezvousLink {
             next_register: None,
             last_registered: None,
             observed: None,
+            configured,
             nat: NatKind::Unknown,
             nat_probes: [None; 2],
             mapped: [None; 2],
@@ -133,7 +149,15 @@ impl RendezvousLink {
         self.next_register = Some(now + self.keepalive);
         let changed = self.observed != Some(observed);
         self.observed = Some(observed);
-        if changed {
+        if let Some(configured) = self.configured {
+            // Not measured: seen at the configured endpoint itself, nothing in between
+            // translates; seen elsewhere, a port forward or a second address does, unknown how.
+            self.nat = if observed == configured {
+                NatKind::None
+            } else {
+                NatKind::Unknown
+            };
+        } else if changed {
             self.next_nat_probe = Some(now);
             self.mapped = [None; 2];
         }
@@ -186,7 +210,9 @@ impl RendezvousLink {
         NetStatus {
             rendezvous: Some(self.config.addr.to_string()),
             registered: self.is_registered(now),
-            endpoint: self.observed.map(|e| e.to_string()),
+            endpoint: self.configured.or(self.observed).map(|e| e.to_string()),
+            endpoint_configured: self.configured.is_some(),
+            observed: self.observed.map(|e| e.to_string()),
             nat: self.nat,
             port_preserved: self.mapped[0].map(|m| m.port() == local_port),
             mapped_main: self.mapped[0].map(|e| e.to_string()),
@@ -205,7 +231,7 @@ mod tests {
             alt_port: 7001,
             key: None,
         };
-        RendezvousLink::new(config, Duration::from_secs(25))
+        RendezvousLink::new(config, Duration::from_secs(25), None)
     }
 
     #[test]
@@ -242,6 +268,36 @@ mod tests {
             25,
             t0
         ));
+    }
+
+    #[test]
+    fn a_configured_endpoint_is_reported_and_the_nat_is_not_measured() {
+        let t0 = Instant::now();
+        let configured: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        for (observed, nat) in [
+            ("203.0.113.7:55123", NatKind::Unknown),
+            ("203.0.113.7:40000", NatKind::None),
+        ] {
+            let observed: SocketAddr = observed.parse().unwrap();
+            let mut l = link();
+            l.configured = Some(configured);
+            l.register_sent(1, t0);
+            assert!(l.on_registered(NodeKey([1; 32]), 1, observed, 25, t0));
+            assert!(!l.nat_probe_due(t0 + NAT_RECHECK), "no NAT measurement");
+            assert_eq!(l.nat, nat);
+            let status = l.status(51870, t0);
+            assert_eq!(status.endpoint, Some(configured.to_string()));
+            assert!(status.endpoint_configured);
+            assert_eq!(status.observed, Some(observed.to_string()));
+        }
+        // Without one, the endpoint is the observed one.
+        let mut l = link();
+        l.register_sent(1, t0);
+        let observed: SocketAddr = "203.0.113.7:55123".parse().unwrap();
+        l.on_registered(NodeKey([1; 32]), 1, observed, 25, t0);
+        let status = l.status(51870, t0);
+        assert_eq!(status.endpoint, Some(observed.to_string()));
+        assert!(!status.endpoint_configured && l.nat_probe_due(t0));
     }
 
     #[test]

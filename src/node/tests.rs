@@ -11,7 +11,7 @@ const A_EP: &str = "192.0.2.1:51870";
 const B_EP: &str = "198.51.100.2:51870";
 const C_EP: &str = "203.0.113.3:51870";
 
-fn ep(s: &str) -> SocketAddr {
+pub(super) fn ep(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -23,7 +23,7 @@ fn secret(n: u8) -> [u8; 32] {
         .unwrap()
 }
 
-fn identity(n: u8) -> Identity {
+pub(super) fn identity(n: u8) -> Identity {
     Identity::from_secret_bytes(&secret(n))
 }
 
@@ -45,6 +45,7 @@ fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
         seed: 0x5eed,
         rendezvous: None,
         lan: Vec::new(),
+        endpoint: None,
         local_port: 51870,
         clock: WallClock::new(Instant::now(), 1_800_000_000_000),
     })
@@ -445,6 +446,7 @@ fn the_dns_stub_answers_own_and_trusted_names_only() {
         seed: 1,
         rendezvous: None,
         lan: Vec::new(),
+        endpoint: None,
         local_port: 51870,
         clock: WallClock::new(Instant::now(), 1_800_000_000_000),
     };
@@ -553,4 +555,19 @@ fn under_a_handshake_flood_an_honest_initiator_gets_a_cookie_and_then_its_sessio
         TunnResult::WriteToNetwork(_) | TunnResult::Done
     ));
     assert_eq!(b.counters().handshakes, 1);
+
+fn handshake_with_a_configured_peer_is_already_trusted_even_without_a_rendezvous() {
+    let mut a = node(1, &[(2, Some(B_EP))]);
+    let now = Instant::now();
+    assert_eq!(
+        a.handshake(identity(2).public_key(), "again", now),
+        Ok(HandshakeOutcome::AlreadyTrusted)
+    );
+    assert_eq!(
+        a.handshake(identity(3).public_key(), "", now),
+        Err(VerbError::NoRendezvous),
+        "anyone else still needs the rendezvous"
+    );
+    let mut out = vec![0u8; 2048];
+    assert!(a.poll_transmit(now, &mut out).is_none(), "nothing was sent");
 }

@@ -80,6 +80,9 @@ pub enum HandshakeOutcome {
     Requested,
     /// The peer had asked us already: this approved its request.
     Approved,
+    /// Trust holds already (a mutual record, or `--peer`): nothing was sent. Scripts call
+    /// `handshake` idempotently, so this is a success, not an error.
+    AlreadyTrusted,
 }
 
 /// Why a trust verb was refused. Nothing changed.
@@ -87,8 +90,6 @@ pub enum HandshakeOutcome {
 pub enum VerbError {
     #[error("that is this node's own key")]
     SelfTrust,
-    #[error("{0} is already trusted")]
-    AlreadyTrusted(String),
     #[error("there is no pending trust request from {0}")]
     NoRequest(String),
     #[error("{0} is not trusted, and no request to or from it is pending")]
@@ -407,7 +408,7 @@ impl TrustBook {
             return Err(VerbError::SelfTrust);
         }
         if self.is_trusted(&peer) {
-            return Err(VerbError::AlreadyTrusted(self.label(&peer)));
+            return Ok((HandshakeOutcome::AlreadyTrusted, Gate::Unchanged));
         }
         if self.incoming.contains_key(&peer) {
             return Ok((

@@ -50,6 +50,12 @@ impl Node {
         justification: &str,
         now: Instant,
     ) -> Result<HandshakeOutcome, VerbError> {
+        // Before the rendezvous check: a configured peer needs none, and asking again for
+        // what holds changes nothing.
+        let configured = (self.by_key.get(&peer)).is_some_and(|&i| self.peers[i].path.is_fixed());
+        if configured || self.trust.is_trusted(&peer) {
+            return Ok(HandshakeOutcome::AlreadyTrusted);
+        }
         self.require_rendezvous()?;
         let nonce = self.nonces.next_nonce();
         let now_ms = self.clock.unix_ms(now);

@@ -90,6 +90,17 @@ impl Sim {
     /// as after a handshake and approval) with the listed peers. The node submits them to the
     /// rendezvous when it registers, as after a restart.
     fn add_node(&mut self, n: u8, host: usize, trusted: &[u8]) -> usize {
+        self.add_node_at(n, host, trusted, None)
+    }
+
+    /// [`Sim::add_node`] with a configured public endpoint (`--endpoint`).
+    fn add_node_at(
+        &mut self,
+        n: u8,
+        host: usize,
+        trusted: &[u8],
+        endpoint: Option<SocketAddr>,
+    ) -> usize {
         let ip = self.net.hosts[host].ip;
         let local = SocketAddr::new(ip, NODE_PORT);
         let rendezvous = RendezvousConfig {
@@ -117,6 +128,7 @@ impl Sim {
             seed: u64::from(n),
             rendezvous: Some(rendezvous),
             lan: vec![local],
+            endpoint,
             local_port: NODE_PORT,
             clock: self.clock,
         })
@@ -407,6 +419,53 @@ fn every_nat_pair_connects_on_the_expected_path() {
 }
 
 #[test]
+fn a_configured_endpoint_behind_a_port_forward_makes_a_symmetric_pair_direct() {
+    // Both behind symmetric NATs: on their own they stay on the relay (see above). The first
+    // NAT forwards its public port 40000 to the node, which says so with --endpoint.
+    let mut sim = Sim::new();
+    let (na, nb) = (
+        sim.net.add_nat(NatKind::Sym, "203.0.113.1"),
+        sim.net.add_nat(NatKind::Sym, "203.0.113.2"),
+    );
+    let (ha, hb) = (
+        sim.net.add_host("10.1.0.10", Some(na)),
+        sim.net.add_host("10.2.0.10", Some(nb)),
+    );
+    let forward: SocketAddr = "203.0.113.1:40000".parse().unwrap();
+    let local = SocketAddr::new(sim.net.hosts[ha].ip, NODE_PORT);
+    sim.net.nats[na].forward(forward.port(), local);
+    let x = sim.add_node_at(1, ha, &[2], Some(forward));
+    let y = sim.add_node(2, hb, &[1]);
+    sim.run_for(Duration::from_secs(1));
+    let status = sim.nodes[x].node.net_status(sim.now);
+    assert_eq!(status.endpoint, Some(forward.to_string()), "{status:?}");
+    assert!(status.endpoint_configured);
+    assert_ne!(
+        status.observed, status.endpoint,
+        "the rendezvous sees the NAT's own port"
+    );
+    assert_eq!(status.nat, Measured::Unknown, "not measured");
+
+    let arrived = traffic(&mut sim, x, y, Duration::from_secs(8));
+    assert!(
+        arrived >= 150,
+        "only {arrived} of 160 crossed\n{}",
+        sim.debug()
+    );
+    assert_eq!(sim.path(y, x), PathKind::Direct, "{}", sim.debug());
+    assert_eq!(sim.path(x, y), PathKind::Direct, "{}", sim.debug());
+    // The peer reaches the node at the forwarded port, the endpoint it was told.
+    let seen = sim.nodes[y]
+        .node
+        .peer_status(sim.nodes[x].node.addr(), sim.now)
+        .unwrap();
+    assert_eq!(seen.endpoint, Some(forward.to_string()), "{}", sim.debug());
+    let before = sim.server.counters().relay_frames;
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(1)), 20);
+    assert_eq!(sim.server.counters().relay_frames, before, "off the relay");
+}
+
+#[test]
 fn traffic_flows_over_the_relay_at_once_then_goes_direct() {
     let (mut sim, x, y) = Sim::pair(NatKind::Prc, NatKind::Prc);
     let start = sim.now;
@@ -637,6 +696,7 @@ fn nothing_passes_until_both_sides_agree_and_untrust_stops_it() {
         seed: 99,
         rendezvous: None,
         lan: vec![sim.nodes[y].local],
+        endpoint: None,
         local_port: NODE_PORT,
         clock: sim.clock,
     })

@@ -30,6 +30,12 @@ pub struct Nat {
     out: BTreeMap<(SocketAddr, Option<SocketAddr>), u16>,
     /// Public port → private endpoint and the remote endpoints it has sent to.
     inbound: BTreeMap<u16, (SocketAddr, BTreeSet<SocketAddr>)>,
+    /// Port forwards (DNAT): public port → private endpoint, open to every remote.
+    forwards: BTreeMap<u16, SocketAddr>,
+    /// Flows that came in through a forward, (private endpoint, remote) → public port: the
+    /// private side's packets to that remote leave from the forwarded port, as conntrack
+    /// translates the replies of a DNAT flow.
+    forwarded: BTreeMap<(SocketAddr, SocketAddr), u16>,
 }
 
 impl Nat {
@@ -40,11 +46,23 @@ impl Nat {
             next_port: 40000,
             out: BTreeMap::new(),
             inbound: BTreeMap::new(),
+            forwards: BTreeMap::new(),
+            forwarded: BTreeMap::new(),
         }
+    }
+
+    /// Forwards the public `port` to `private` (a port forward an operator set up).
+    pub fn forward(&mut self, port: u16, private: SocketAddr) {
+        self.forwards.insert(port, private);
+        // Dynamic mappings never take a forwarded port.
+        self.inbound.insert(port, (private, BTreeSet::new()));
     }
 
     /// The public source of a packet from `private` to `dst`, creating the mapping.
     fn outbound(&mut self, private: SocketAddr, dst: SocketAddr) -> SocketAddr {
+        if let Some(&port) = self.forwarded.get(&(private, dst)) {
+            return SocketAddr::new(self.public_ip, port);
+        }
         let key = (private, (self.kind == NatKind::Sym).then_some(dst));
         let port = match self.out.get(&key) {
             Some(&port) => port,
@@ -69,7 +87,11 @@ impl Nat {
     }
 
     /// Where a packet from `from` to our public `port` goes, if the filter lets it in.
-    fn inbound(&self, from: SocketAddr, port: u16) -> Option<SocketAddr> {
+    fn inbound(&mut self, from: SocketAddr, port: u16) -> Option<SocketAddr> {
+        if let Some(&private) = self.forwards.get(&port) {
+            self.forwarded.insert((private, from), port);
+            return Some(private);
+        }
         let (private, contacted) = self.inbound.get(&port)?;
         let allowed = match self.kind {
             NatKind::None | NatKind::Cone => true,
@@ -82,6 +104,10 @@ impl Nat {
     pub fn flush(&mut self) {
         self.out.clear();
         self.inbound.clear();
+        self.forwarded.clear();
+        for (&port, &private) in &self.forwards {
+            self.inbound.insert(port, (private, BTreeSet::new()));
+        }
         self.next_port = self.next_port.wrapping_add(1000).max(40000);
     }
 

@@ -76,6 +76,7 @@ impl Core {
             rendezvous: net.rendezvous,
             registered: net.registered,
             endpoint: net.endpoint,
+            endpoint_configured: net.endpoint_configured,
             peers: self.path_counts(now),
             trust: TrustCounts {
                 trusted: self.node.trust().trusted().count(),

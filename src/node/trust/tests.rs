@@ -72,6 +72,17 @@ fn handshake_approve_countersign_opens_both_gates() {
     assert!(t.b.is_trusted(&key(1)));
     assert_eq!(t.a.outgoing().count() + t.b.incoming(NOW).count(), 0);
     assert_eq!(t.b.approved().count(), 0);
+
+    // Asking again, from either side, is a success that changes and sends nothing.
+    let before = (t.a.state(), t.b.state());
+    for (book, me, peer) in [(&mut t.a, 1, 2), (&mut t.b, 2, 1)] {
+        assert_eq!(
+            book.handshake(&signing(me), key(peer), "again", NOW + 50, 8),
+            Ok((HandshakeOutcome::AlreadyTrusted, Gate::Unchanged))
+        );
+        assert!(book.unsubmitted().is_empty());
+    }
+    assert_eq!((t.a.state(), t.b.state()), before);
 }
 
 #[test]

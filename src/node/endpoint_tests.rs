@@ -1,0 +1,96 @@
+//! A configured public endpoint (`--endpoint`) on the node core, against a hand-made
+//! rendezvous answer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::tests::{ep, identity};
+use super::*;
+use crate::clock::WallClock;
+
+#[test]
+fn a_configured_endpoint_is_offered_first_and_the_nat_is_not_probed() {
+    use crate::wire::control::{Message, MAX_LAN_ENDPOINTS, NAT_PROBE, REGISTER, REGISTERED};
+    use crate::wire::envelope;
+    let rendezvous = identity(9);
+    let rdv = ep("203.0.113.10:7000");
+    let endpoint = ep("203.0.113.7:40000");
+    let lan: Vec<SocketAddr> = (1..=8).map(|i| ep(&format!("10.0.0.{i}:51870"))).collect();
+    let clock = WallClock::new(Instant::now(), 1_800_000_000_000);
+    let mut a = Node::new(NodeConfig {
+        identity: identity(1),
+        peers: Vec::new(),
+        trust: Default::default(),
+        hostname: None,
+        auto_approve: false,
+        keepalive: None,
+        seed: 1,
+        rendezvous: Some(RendezvousConfig {
+            addr: rdv,
+            alt_port: 7001,
+            key: Some(rendezvous.public_key()),
+        }),
+        lan: lan.clone(),
+        endpoint: Some(endpoint),
+        local_port: 51870,
+        clock,
+    })
+    .unwrap();
+    let mut out = vec![0u8; 2048];
+    let mut now = clock.origin();
+    // Everything the node sends until `until`, by message kind.
+    let run = |a: &mut Node, now: &mut Instant, until: Instant| {
+        let mut out = vec![0u8; 2048];
+        let mut sent = Vec::new();
+        while *now <= until {
+            a.handle_timeout(*now);
+            while let Some(t) = a.poll_transmit(*now, &mut out) {
+                sent.push((t.to, t.payload.to_vec()));
+            }
+            *now += Duration::from_millis(250);
+        }
+        sent
+    };
+    let sent = run(&mut a, &mut now, clock.origin());
+    let (to, register) = sent.iter().find(|(_, d)| d[0] == REGISTER).unwrap();
+    assert_eq!(*to, rdv);
+    let opened = envelope::open(register).unwrap();
+    let Ok(Message::Register { lan: offered, .. }) = Message::decode(opened.kind, opened.body)
+    else {
+        panic!("not a registration");
+    };
+    assert_eq!(offered.len(), MAX_LAN_ENDPOINTS);
+    assert_eq!(offered[0], endpoint, "the configured endpoint comes first");
+    assert_eq!(&offered[1..], &lan[..MAX_LAN_ENDPOINTS - 1]);
+
+    // The rendezvous sees the node elsewhere (the NAT's own mapping, not the forward).
+    let observed = ep("203.0.113.7:55123");
+    let mut body = Vec::new();
+    Message::Registered {
+        echo: opened.nonce,
+        observed,
+        keepalive_secs: 25,
+    }
+    .encode(&mut body);
+    let mut reply = vec![0u8; envelope::OVERHEAD + body.len()];
+    let n = envelope::seal(
+        &mut reply,
+        REGISTERED,
+        rendezvous.signing_key(),
+        clock.unix_ms(now),
+        77,
+        &body,
+    )
+    .unwrap();
+    a.handle_datagram(rdv, &reply[..n], now, &mut out);
+    assert!(a.is_registered(now));
+    let sent = run(&mut a, &mut now, clock.origin() + Duration::from_secs(20));
+    assert!(
+        sent.iter().all(|(_, d)| d[0] != NAT_PROBE),
+        "no NAT measurement with a configured endpoint"
+    );
+    let net = a.net_status(now);
+    assert_eq!(net.endpoint, Some(endpoint.to_string()));
+    assert!(net.endpoint_configured);
+    assert_eq!(net.observed, Some(observed.to_string()));
+}
