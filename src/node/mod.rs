@@ -596,6 +596,8 @@ impl Node {
 }
 
 #[cfg(test)]
+mod cookie_tests;
+#[cfg(test)]
 mod endpoint_tests;
 #[cfg(test)]
 mod tests;

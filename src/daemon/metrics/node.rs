@@ -213,6 +213,7 @@ mod tests {
         counters.relay_fallbacks = 1;
         counters.relay_tx_bytes = 330;
         counters.relay_rx_bytes = 660;
+        counters.cookie_replies = 7;
         let m = NodeMetrics {
             version: "0.1.0-\"dev\"\\x".into(),
             uptime: Duration::from_millis(61_500),
@@ -267,6 +268,8 @@ mod tests {
             "pilot_relay_fallbacks_total 1",
             "pilot_relay_tx_bytes_total 330",
             "pilot_relay_rx_bytes_total 660",
+            "pilot_cookie_replies_total 7",
+            r#"pilot_drops_total{reason="under_load"} 0"#,
             "# TYPE pilot_trusted_peers gauge",
             "pilot_trusted_peers 2",
             "pilot_configured_peers 1",
@@ -281,7 +284,7 @@ mod tests {
         let drops = lines.iter().filter(|l| l.starts_with("pilot_drops_total{"));
         assert_eq!(drops.count(), DropReason::ALL.len() + 3);
         let families = lines.iter().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 20);
+        assert_eq!(families, 21);
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("# HELP ")).count(),
             families
