@@ -46,7 +46,7 @@ back_to_sudo_user() {
     local home
     home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
     [[ -x $home/.cargo/bin/cargo ]] || return 0
-    echo "$(basename "$1"): root has no cargo (sudo resets PATH); running as $SUDO_USER, with sudo for what needs root"
+    echo "$1: root has no cargo (sudo resets PATH); running as $SUDO_USER, with sudo for what needs root"
     exec runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
         bash "$@"
 }

@@ -22,9 +22,15 @@ impl Node {
         let Ok(message) = Message::decode(opened.kind, opened.body) else {
             return self.counters.drop(DropReason::BadControl);
         };
+        // Replay state is kept per sender and only for those entitled to speak to us (our
+        // rendezvous, trusted peers): anyone else is dropped before it can touch that state,
+        // so a flood from throwaway keys cannot make our rendezvous' answers look replayed.
+        if !self.entitled(from, &opened, &message) {
+            return self.counters.drop(DropReason::UnexpectedControl);
+        }
         match self.replay.check(&opened, self.clock.unix_ms(now)) {
             Ok(()) => {}
-            Err(EnvelopeError::Stale | EnvelopeError::Replay) => {
+            Err(EnvelopeError::Stale | EnvelopeError::Replay | EnvelopeError::Busy) => {
                 return self.counters.drop(DropReason::ReplayedControl)
             }
             Err(_) => return self.counters.drop(DropReason::BadControl),
@@ -45,6 +51,28 @@ impl Node {
         };
         if !handled {
             self.counters.drop(DropReason::UnexpectedControl);
+        }
+    }
+
+    /// Whether `opened`'s sender may send `message` at all: the rendezvous' messages from our
+    /// rendezvous (its address, and its key once pinned), probes from trusted peers.
+    fn entitled(&self, from: SocketAddr, opened: &Opened<'_>, message: &Message) -> bool {
+        match message {
+            Message::Registered { .. }
+            | Message::NatProbeReply { .. }
+            | Message::Punch { .. }
+            | Message::Refused { .. }
+            | Message::Stored { .. }
+            | Message::Deliver { .. }
+            | Message::LookupReply { .. } => self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.is_rendezvous(from) && l.accepts(&opened.sender)),
+            Message::Probe { .. } | Message::ProbeAck { .. } => self
+                .by_key
+                .get(&opened.sender)
+                .is_some_and(|&i| self.peers[i].trusted),
+            _ => false,
         }
     }
 

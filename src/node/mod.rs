@@ -74,8 +74,9 @@ const ICMP_ERRORS_PER_SEC: u32 = 10;
 const MAX_PINGS_IN_FLIGHT: usize = 64;
 /// WireGuard peer indices are 24 bits.
 const MAX_PEERS: usize = 1 << 24;
-/// Control messages remembered for replay protection.
-const REPLAY_MEMORY: usize = 16_384;
+/// Senders with replay state at most (our rendezvous and the trusted peers that probed us
+/// within the freshness window; see [`ReplayGuard`]).
+const REPLAY_SENDERS: usize = 16_384;
 /// Default registration refresh until the rendezvous says otherwise.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 
@@ -283,7 +284,7 @@ impl Node {
             lan: config.lan,
             local_port: config.local_port,
             clock: config.clock,
-            replay: ReplayGuard::new(REPLAY_MEMORY),
+            replay: ReplayGuard::new(REPLAY_SENDERS),
             nonces: NonceSource::new(config.seed ^ 0x9e37_79b9_7f4a_7c15),
             counters: Counters::default(),
             next_tick: None,
@@ -599,5 +600,7 @@ impl Node {
 mod cookie_tests;
 #[cfg(test)]
 mod endpoint_tests;
+#[cfg(test)]
+mod replay_tests;
 #[cfg(test)]
 mod tests;

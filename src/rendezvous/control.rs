@@ -70,12 +70,26 @@ impl Server {
             Ok(opened) => opened,
             Err(e) => return self.refuse(refusal_of(e), from),
         };
-        if let Err(e) = self.replay.check(&opened, self.clock.unix_ms(now)) {
-            return self.refuse(refusal_of(e), from);
-        }
         let Ok(message) = Message::decode(opened.kind, opened.body) else {
             return self.refuse(Refusal::Malformed, from);
         };
+        // Replay state only for senders this server serves: registered nodes, and a new
+        // key's Register while there is room for it. Anyone else gets the freshness check
+        // alone and only stateless answers (a NAT probe's observation, a refusal), so a flood
+        // from throwaway keys can neither fill the guard nor make an honest node's messages
+        // look stale.
+        let now_ms = self.clock.unix_ms(now);
+        let served = self.registry.get(&opened.sender).is_some()
+            || (matches!(message, Message::Register { .. })
+                && self.registry.len() < self.config.max_nodes);
+        let checked = if served {
+            self.replay.check(&opened, now_ms)
+        } else {
+            envelope::check_fresh(&opened, now_ms)
+        };
+        if let Err(e) = checked {
+            return self.refuse(refusal_of(e), from);
+        }
         let request = Request {
             sender: opened.sender,
             nonce: opened.nonce,
@@ -399,6 +413,8 @@ fn refusal_of(e: EnvelopeError) -> Refusal {
         EnvelopeError::BadSignature => Refusal::BadSignature,
         EnvelopeError::Stale => Refusal::Stale,
         EnvelopeError::Replay => Refusal::Replay,
+        // More senders with live replay state than the registry can hold: a capacity refusal.
+        EnvelopeError::Busy => Refusal::RegistryFull,
         EnvelopeError::Truncated
         | EnvelopeError::NotControl
         | EnvelopeError::Version(_)

@@ -81,9 +81,6 @@ const SUBMIT_RATE: Rate = Rate {
 };
 /// `Lookup`s per second per registered node.
 const LOOKUP_RATE: Rate = CONNECT_RATE;
-/// (sender, nonce) pairs remembered against replays; beyond this the oldest are forgotten
-/// early and older messages refused (see [`ReplayGuard`]).
-const REPLAY_CAPACITY: usize = 100_000;
 /// The relay burst: a quarter second at the node's rate, at least one largest datagram.
 const RELAY_MIN_BURST: u64 = 65_535;
 
@@ -183,6 +180,9 @@ impl Server {
         let snapshot = store.load()?;
         let registry = Registry::new(config.expiry);
         let rate = config.relay_bytes_per_sec;
+        // Every registered node, plus those whose registration lapsed less than a freshness
+        // window ago (their replay state is forgotten then).
+        let replay = ReplayGuard::new(config.max_nodes.saturating_mul(2));
         let mut server = Server {
             key: config.identity.public_key(),
             relay_rate: Rate {
@@ -198,7 +198,7 @@ impl Server {
             ledger: TrustLedger::new(),
             outbox: Outbox::default(),
             stranger_lookups: TokenBucket::default(),
-            replay: ReplayGuard::new(REPLAY_CAPACITY),
+            replay,
             counters: Counters::default(),
             queued: VecDeque::new(),
             dirty: BTreeSet::new(),

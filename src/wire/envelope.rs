@@ -60,6 +60,8 @@ pub enum EnvelopeError {
     Stale,
     #[error("message already seen (replay)")]
     Replay,
+    #[error("too many senders to remember for replay protection")]
+    Busy,
     #[error("output buffer too small")]
     BufferTooSmall,
 }
@@ -156,77 +158,123 @@ impl NonceSource {
     }
 }
 
-/// Remembers recently seen (sender, nonce) pairs for as long as their timestamps could still
-/// be accepted, and refuses stale or repeated messages. Memory is bounded by
-/// `max_entries`: when full, the oldest entries are forgotten early, and messages older than
-/// the oldest remembered one are refused, so forgetting never reopens a replay.
+/// Messages remembered per sender inside the freshness window. A sender that sends more
+/// within the window (±[`MAX_SKEW`]) has its oldest forgotten and its own older messages
+/// refused from then on; no other sender is affected.
+pub const PER_SENDER: usize = 64;
+
+/// Replay protection, kept per sender: the messages each sender sent inside the freshness
+/// window, and a floor below which that sender's messages are refused. One sender's traffic —
+/// a flood from a throwaway key dated into the future, a million honest refreshes — never
+/// makes another sender's messages stale or replayed.
+///
+/// The caller decides who gets state: only senders it serves (a registered node, the
+/// rendezvous, a trusted peer), after the signature verified. Everyone else is checked with
+/// [`check_fresh`] alone and answered without state, so strangers cannot fill the guard.
+/// At most `max_senders` senders are remembered; when full, senders whose window has passed
+/// are forgotten, and if none has, a new sender is refused as [`EnvelopeError::Busy`] (the
+/// ones already remembered are never evicted, which could reopen their replays).
 pub struct ReplayGuard {
     window_ms: u64,
-    max_entries: usize,
-    seen: BTreeMap<(NodeKey, u64), u64>,
-    by_age: VecDeque<(u64, NodeKey, u64)>,
-    /// Messages at or before this timestamp are refused (raised when entries are evicted).
+    max_senders: usize,
+    senders: BTreeMap<NodeKey, SenderWindow>,
+}
+
+#[derive(Debug, Default)]
+struct SenderWindow {
+    /// This sender's messages at or before this timestamp are refused (raised when its
+    /// window overflows [`PER_SENDER`]).
     floor_ms: u64,
+    /// (timestamp, nonce) of the messages seen inside the window, oldest first.
+    seen: VecDeque<(u64, u64)>,
+}
+
+impl SenderWindow {
+    /// Forgets what can no longer pass the freshness check anyway.
+    fn expire(&mut self, oldest_acceptable: u64) {
+        while self
+            .seen
+            .front()
+            .is_some_and(|&(ts, _)| ts < oldest_acceptable)
+        {
+            self.seen.pop_front();
+        }
+    }
+
+    /// Whether nothing here matters any more: every message it could refuse is stale anyway.
+    fn is_spent(&self, oldest_acceptable: u64) -> bool {
+        self.seen.is_empty() && self.floor_ms < oldest_acceptable
+    }
+}
+
+/// The stateless half of the check: the timestamp is within [`MAX_SKEW`] of `now_ms`.
+pub fn check_fresh(message: &Opened<'_>, now_ms: u64) -> Result<(), EnvelopeError> {
+    if message.timestamp_ms.abs_diff(now_ms) > MAX_SKEW.as_millis() as u64 {
+        return Err(EnvelopeError::Stale);
+    }
+    Ok(())
 }
 
 impl ReplayGuard {
-    pub fn new(max_entries: usize) -> ReplayGuard {
+    pub fn new(max_senders: usize) -> ReplayGuard {
         ReplayGuard {
             window_ms: MAX_SKEW.as_millis() as u64,
-            max_entries: max_entries.max(1),
-            seen: BTreeMap::new(),
-            by_age: VecDeque::new(),
-            floor_ms: 0,
+            max_senders: max_senders.max(1),
+            senders: BTreeMap::new(),
         }
     }
 
     /// Accepts `message` at local time `now_ms` (ms since the UNIX epoch) if it is fresh and
-    /// new, and remembers it.
+    /// new for its sender, and remembers it.
     pub fn check(&mut self, message: &Opened<'_>, now_ms: u64) -> Result<(), EnvelopeError> {
-        self.expire(now_ms);
-        let ts = message.timestamp_ms;
-        if ts.abs_diff(now_ms) > self.window_ms || ts <= self.floor_ms {
+        let oldest_acceptable = now_ms.saturating_sub(self.window_ms);
+        if let Some(window) = self.senders.get_mut(&message.sender) {
+            window.expire(oldest_acceptable);
+        }
+        check_fresh(message, now_ms)?;
+        if !self.senders.contains_key(&message.sender) && self.senders.len() >= self.max_senders {
+            self.senders.retain(|_, w| {
+                w.expire(oldest_acceptable);
+                !w.is_spent(oldest_acceptable)
+            });
+            if self.senders.len() >= self.max_senders {
+                return Err(EnvelopeError::Busy);
+            }
+        }
+        let window = self.senders.entry(message.sender).or_default();
+        window.expire(oldest_acceptable);
+        let (ts, nonce) = (message.timestamp_ms, message.nonce);
+        if ts <= window.floor_ms {
             return Err(EnvelopeError::Stale);
         }
-        let id = (message.sender, message.nonce);
-        if self.seen.contains_key(&id) {
+        if window.seen.iter().any(|&(_, n)| n == nonce) {
             return Err(EnvelopeError::Replay);
         }
-        while self.seen.len() >= self.max_entries {
-            let Some((old_ts, key, nonce)) = self.by_age.pop_front() else {
-                break;
-            };
-            self.seen.remove(&(key, nonce));
-            self.floor_ms = self.floor_ms.max(old_ts);
+        if window.seen.len() >= PER_SENDER {
+            if let Some((oldest, _)) = window.seen.pop_front() {
+                window.floor_ms = window.floor_ms.max(oldest);
+            }
+            if ts <= window.floor_ms {
+                return Err(EnvelopeError::Stale);
+            }
         }
-        if ts <= self.floor_ms {
-            return Err(EnvelopeError::Stale);
-        }
-        self.seen.insert(id, ts);
-        // Keep by_age ordered by timestamp so expiry and eviction take the oldest first.
-        let pos = self.by_age.partition_point(|(t, ..)| *t <= ts);
-        self.by_age.insert(pos, (ts, message.sender, message.nonce));
+        let pos = window.seen.partition_point(|&(t, _)| t <= ts);
+        window.seen.insert(pos, (ts, nonce));
         Ok(())
     }
 
+    /// Messages remembered, over all senders.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.senders.values().map(|w| w.seen.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
 
-    /// Forgets entries whose timestamps can no longer pass the freshness check anyway.
-    fn expire(&mut self, now_ms: u64) {
-        let oldest_acceptable = now_ms.saturating_sub(self.window_ms);
-        while let Some(&(ts, key, nonce)) = self.by_age.front() {
-            if ts >= oldest_acceptable {
-                break;
-            }
-            self.by_age.pop_front();
-            self.seen.remove(&(key, nonce));
-        }
+    /// Senders with state.
+    pub fn senders(&self) -> usize {
+        self.senders.len()
     }
 }
 
@@ -325,20 +373,75 @@ mod tests {
         );
         // Once the window has passed, the original cannot come back either: it is stale.
         assert_eq!(guard.check(&m, NOW + skew + 101), Err(EnvelopeError::Stale));
-        assert_eq!(guard.len(), 0, "expired entries are forgotten");
+        // Its sender's expired entries are forgotten (key 4's wait for its next message).
+        assert_eq!(guard.len(), 1);
     }
 
     #[test]
-    fn a_full_guard_never_reopens_a_replay() {
+    fn a_full_window_never_reopens_a_replay() {
         let k = key(5);
-        let mut guard = ReplayGuard::new(4);
-        let msgs: Vec<Vec<u8>> = (0..10).map(|i| sealed(&k, NOW + i, i, b"")).collect();
+        let mut guard = ReplayGuard::new(10);
+        let n = PER_SENDER as u64 + 6;
+        let msgs: Vec<Vec<u8>> = (0..n).map(|i| sealed(&k, NOW + i, i, b"")).collect();
         for m in &msgs {
             assert_eq!(guard.check(&open(m).unwrap(), NOW + 10), Ok(()));
         }
-        assert_eq!(guard.len(), 4);
+        assert_eq!(guard.len(), PER_SENDER);
         for m in &msgs {
             assert!(guard.check(&open(m).unwrap(), NOW + 10).is_err());
         }
+    }
+
+    #[test]
+    fn a_flood_from_other_keys_dated_into_the_future_never_refuses_an_honest_sender() {
+        // The audit's attack: junk signed by throwaway keys, dated now + 29 s, used to raise
+        // one shared floor past the honest node's messages. State is per sender now.
+        let mut guard = ReplayGuard::new(100_000);
+        let skew = MAX_SKEW.as_millis() as u64;
+        for i in 0..2_000u64 {
+            let junk = sealed(&key((i % 200) as u8 + 10), NOW + skew - 1_000, i, b"");
+            let _ = guard.check(&open(&junk).unwrap(), NOW);
+        }
+        let honest = sealed(&key(1), NOW, 7, b"register");
+        assert_eq!(guard.check(&open(&honest).unwrap(), NOW), Ok(()));
+        assert_eq!(
+            guard.check(&open(&honest).unwrap(), NOW),
+            Err(EnvelopeError::Replay)
+        );
+    }
+
+    #[test]
+    fn a_full_guard_refuses_new_senders_until_old_windows_pass_and_keeps_the_ones_it_has() {
+        let mut guard = ReplayGuard::new(2);
+        let a = sealed(&key(1), NOW, 1, b"");
+        let b = sealed(&key(2), NOW, 1, b"");
+        let c = sealed(&key(3), NOW, 1, b"");
+        assert_eq!(guard.check(&open(&a).unwrap(), NOW), Ok(()));
+        assert_eq!(guard.check(&open(&b).unwrap(), NOW), Ok(()));
+        assert_eq!(
+            guard.check(&open(&c).unwrap(), NOW),
+            Err(EnvelopeError::Busy)
+        );
+        // The remembered senders keep their state: their replays stay refused.
+        assert_eq!(
+            guard.check(&open(&a).unwrap(), NOW),
+            Err(EnvelopeError::Replay)
+        );
+        // Once their window has passed, they are forgotten and a new sender fits.
+        let later = NOW + MAX_SKEW.as_millis() as u64 + 1;
+        let c = sealed(&key(3), later, 2, b"");
+        assert_eq!(guard.check(&open(&c).unwrap(), later), Ok(()));
+        assert_eq!(guard.senders(), 1);
+    }
+
+    #[test]
+    fn freshness_alone_is_checked_without_state() {
+        let m = sealed(&key(1), NOW, 1, b"");
+        assert_eq!(check_fresh(&open(&m).unwrap(), NOW + 1_000), Ok(()));
+        let late = NOW + MAX_SKEW.as_millis() as u64 + 1;
+        assert_eq!(
+            check_fresh(&open(&m).unwrap(), late),
+            Err(EnvelopeError::Stale)
+        );
     }
 }

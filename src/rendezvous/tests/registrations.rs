@@ -253,3 +253,38 @@ fn junk_never_panics_and_changes_nothing() {
     assert_eq!(sim.server.registered(), 2);
     assert_eq!(sim.server.counters().registrations, 2);
 }
+
+#[test]
+fn a_flood_from_throwaway_keys_dated_ahead_never_refuses_an_honest_registration() {
+    // The audit's attack (issue 15, A1): more junk than the old shared replay table held
+    // (100,000), signed by throwaway keys and dated 29 s ahead, made the next honest
+    // Register "stale" for ~20 s. Replay state is per sender now, and strangers get none.
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    assert!(matches!(
+        a.register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+    let ahead = sim.now_ms() + crate::wire::envelope::MAX_SKEW.as_millis() as u64 - 1_000;
+    let mut body = Vec::new();
+    Message::NatProbe.encode(&mut body);
+    let mut junk = vec![0u8; 512];
+    let keys: Vec<Identity> = (0..1_000u32)
+        .map(|i| {
+            let mut seed = [0x5a; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            Identity::from_secret_bytes(&seed)
+        })
+        .collect();
+    let attacker: SocketAddr = "192.0.2.66:4000".parse().unwrap();
+    for i in 0..101_000u64 {
+        let key = keys[(i % 1_000) as usize].signing_key();
+        let n = seal(&mut junk, Message::NatProbe.kind(), key, ahead, i, &body).unwrap();
+        sim.send(Port::Main, attacker, &junk[..n]);
+    }
+    assert!(matches!(
+        a.register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+    assert_eq!(sim.server.counters().refused(Refusal::Stale), 0);
+}
