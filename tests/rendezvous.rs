@@ -115,6 +115,8 @@ struct Client {
     sock: UdpSocket,
     identity: Identity,
     nonce: u64,
+    /// The rendezvous' address cookie for this socket, once it challenged us.
+    cookie: Option<[u8; 16]>,
 }
 
 impl Client {
@@ -124,6 +126,7 @@ impl Client {
             sock,
             identity: Identity::from_secret_bytes(&[n; 32]),
             nonce: u64::from(std::process::id()) << 20 | u64::from(n) << 12,
+            cookie: None,
         }
     }
 
@@ -181,12 +184,23 @@ impl Client {
         reply
     }
 
-    fn register(&mut self, rdv: &Rendezvous, lan: &[&str], hostname: Option<&str>) {
-        let msg = Message::Register {
+    /// A registration as a node sends it: with the cookie, once challenged.
+    fn register_message(&self, lan: &[&str], hostname: Option<&str>) -> Message {
+        Message::Register {
             lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
             hostname: hostname.map(|h| h.parse().unwrap()),
-        };
-        let reply = self.ask(rdv, &msg);
+            cookie: self.cookie,
+        }
+    }
+
+    /// Registers, answering a first `Challenge` (a new endpoint) with its cookie as a node
+    /// does.
+    fn register(&mut self, rdv: &Rendezvous, lan: &[&str], hostname: Option<&str>) {
+        let mut reply = self.ask(rdv, &self.register_message(lan, hostname));
+        if let Message::Challenge { cookie, .. } = reply {
+            self.cookie = Some(cookie);
+            reply = self.ask(rdv, &self.register_message(lan, hostname));
+        }
         assert_eq!(
             reply,
             Message::Registered {
@@ -324,18 +338,12 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
     );
 
     // A replayed registration and a forged one get no answer, and are counted.
-    let d = c.sealed(&Message::Register {
-        lan: vec![],
-        hostname: None,
-    });
+    let d = c.sealed(&c.register_message(&[], None));
     c.send(&d, rdv.main);
     c.expect(&rdv);
     c.send(&d, rdv.main);
     c.assert_quiet("replayed registration");
-    let mut forged = c.sealed(&Message::Register {
-        lan: vec![],
-        hostname: Some("carol".parse().unwrap()),
-    });
+    let mut forged = c.sealed(&c.register_message(&[], Some("carol")));
     *forged.last_mut().unwrap() ^= 1;
     c.send(&forged, rdv.main);
     c.assert_quiet("forged registration");
@@ -387,13 +395,11 @@ fn a_request_reaches_an_absent_node_after_a_restart_and_names_are_kept() {
     // kill -9 and a restart on the same directory.
     drop(rdv);
     let rdv = Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
-    let taken = b.ask(
-        &rdv,
-        &Message::Register {
-            lan: vec![],
-            hostname: Some("alice".parse().unwrap()),
-        },
-    );
+    let Message::Challenge { cookie, .. } = b.ask(&rdv, &b.register_message(&[], None)) else {
+        panic!("a first contact is challenged")
+    };
+    b.cookie = Some(cookie);
+    let taken = b.ask(&rdv, &b.register_message(&[], Some("alice")));
     assert!(
         matches!(
             taken,

@@ -42,9 +42,8 @@ impl Node {
             | Message::Refused { .. }
             | Message::Stored { .. }
             | Message::Deliver { .. }
-            | Message::LookupReply { .. } => {
-                self.on_rendezvous_message(from, &opened, message, now)
-            }
+            | Message::LookupReply { .. }
+            | Message::Challenge { .. } => self.on_rendezvous_message(from, &opened, message, now),
             Message::Probe { target } if target == self.key => self.on_probe(from, &opened, now),
             Message::ProbeAck { echo, .. } => self.on_probe_ack(from, &opened, echo, now),
             _ => false,
@@ -64,7 +63,8 @@ impl Node {
             | Message::Refused { .. }
             | Message::Stored { .. }
             | Message::Deliver { .. }
-            | Message::LookupReply { .. } => self
+            | Message::LookupReply { .. }
+            | Message::Challenge { .. } => self
                 .link
                 .as_ref()
                 .is_some_and(|l| l.is_rendezvous(from) && l.accepts(&opened.sender)),
@@ -113,6 +113,7 @@ impl Node {
             let register = Message::Register {
                 lan: self.candidates(),
                 hostname: self.hostname.clone(),
+                cookie: link.cookie,
             };
             let nonce = self.send_to_rendezvous(0, &register, now);
             if let Some(link) = &mut self.link {
@@ -176,6 +177,14 @@ impl Node {
             }
             Message::NatProbeReply { echo, observed, .. } => {
                 link.on_nat_probe_reply(echo, observed, &self.lan, now);
+                true
+            }
+            Message::Challenge { cookie, .. } => {
+                // The rendezvous has not seen us receive at this endpoint (a first contact, or
+                // our NAT moved us): register again from it, with the cookie.
+                if link.on_challenge(cookie, now) {
+                    self.drive_rendezvous(now);
+                }
                 true
             }
             Message::Punch {

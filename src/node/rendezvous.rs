@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::identity::NodeKey;
-use crate::wire::control::NatKind;
+use crate::wire::control::{NatKind, COOKIE_LEN};
 
 /// Until the first `Registered`, and after a lost one, registration is retried this often.
 const REGISTER_RETRY: Duration = Duration::from_secs(2);
+/// Least time between two registrations sent at once because of a `Challenge`.
+const CHALLENGE_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// NAT behaviour is measured again this often (and whenever the public endpoint changes).
 const NAT_RECHECK: Duration = Duration::from_secs(300);
 /// NAT probes are answered within this, or the measurement is retried.
@@ -64,6 +66,11 @@ pub(crate) struct RendezvousLink {
     pub observed: Option<SocketAddr>,
     /// The public endpoint the operator configured, if any (`--endpoint`).
     pub configured: Option<SocketAddr>,
+    /// The rendezvous' address cookie for our endpoint (from its last `Challenge`), sent
+    /// with every registration: it proves we receive where we send from.
+    pub cookie: Option<[u8; COOKIE_LEN]>,
+    /// When a `Challenge` last made us register at once.
+    last_challenge: Option<Instant>,
     pub nat: NatKind,
     pub nat_probes: [Option<u64>; 2],
     pub mapped: [Option<SocketAddr>; 2],
@@ -86,6 +93,8 @@ impl RendezvousLink {
             last_registered: None,
             observed: None,
             configured,
+            cookie: None,
+            last_challenge: None,
             nat: NatKind::Unknown,
             nat_probes: [None; 2],
             mapped: [None; 2],
@@ -120,6 +129,22 @@ impl RendezvousLink {
     /// A registration is due.
     pub fn register_due(&self, now: Instant) -> bool {
         self.next_register.is_none_or(|t| now >= t)
+    }
+
+    /// A `Challenge`: keep the cookie and register again at once with it — at most once per
+    /// [`CHALLENGE_MIN_INTERVAL`], so a confused rendezvous cannot make us loop. Returns
+    /// whether a registration is now due.
+    pub fn on_challenge(&mut self, cookie: [u8; COOKIE_LEN], now: Instant) -> bool {
+        self.cookie = Some(cookie);
+        if self
+            .last_challenge
+            .is_some_and(|t| now < t + CHALLENGE_MIN_INTERVAL)
+        {
+            return false;
+        }
+        self.last_challenge = Some(now);
+        self.next_register = Some(now);
+        true
     }
 
     pub fn register_sent(&mut self, nonce: u64, now: Instant) {

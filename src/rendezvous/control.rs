@@ -23,6 +23,11 @@ pub(super) struct Request {
     pub nonce: u64,
     pub local: Port,
     pub from: SocketAddr,
+    /// The request's size: no reply to an unproven endpoint may be larger.
+    pub len: usize,
+    /// `from` is proven to reach the sender: it is the sender's registered endpoint, or the
+    /// request carries the sender's address cookie for it.
+    pub proven: bool,
 }
 
 impl Server {
@@ -90,15 +95,41 @@ impl Server {
         if let Err(e) = checked {
             return self.refuse(refusal_of(e), from);
         }
+        let at_registered = self
+            .registry
+            .get(&opened.sender)
+            .is_some_and(|e| e.observed == from);
+        let with_cookie = match &message {
+            Message::Register {
+                cookie: Some(cookie),
+                ..
+            } => self.cookies.verify(&opened.sender, from, cookie, now_ms),
+            _ => false,
+        };
         let request = Request {
             sender: opened.sender,
             nonce: opened.nonce,
             local,
             from,
+            len: datagram.len(),
+            proven: at_registered || with_cookie,
         };
         match (message, local) {
-            (Message::Register { lan, hostname }, Port::Main) => {
+            (Message::Register { .. }, Port::Main) if !request.proven => {
+                self.challenge(request, now, out)
+            }
+            (Message::Register { lan, hostname, .. }, Port::Main) => {
                 self.register(request, lan, hostname, now, out)
+            }
+            // A registered node's request from an endpoint other than its registered one (its
+            // NAT moved it, or someone replays its message from elsewhere) is not acted on,
+            // and moves nothing: the node is challenged there, and its registration with the
+            // cookie moves its endpoint. NAT probes (answered statelessly, the alternate port
+            // sees another endpoint by design) and acks (no answer) go on as usual.
+            (Message::Connect { .. } | Message::Submit { .. } | Message::Lookup { .. }, _)
+                if !request.proven && self.registry.get(&request.sender).is_some() =>
+            {
+                self.challenge(request, now, out)
             }
             (Message::NatProbe, _) => self.nat_probe(request, now, out),
             (Message::Connect { target }, Port::Main) => self.connect(request, target, now, out),
@@ -106,7 +137,7 @@ impl Server {
                 self.submit(request, statement, now, out)
             }
             (Message::Ack { id }, Port::Main) => {
-                self.ack(request, id, now);
+                self.ack(request, id);
                 None
             }
             (Message::Lookup { query }, Port::Main) => self.lookup(request, query, now, out),
@@ -199,9 +230,9 @@ impl Server {
         // remembered, so unregistered senders cannot grow the server's memory.
         if self.registry.fresh(&req.sender, now).is_some() {
             match req.local {
-                Port::Main => {
-                    self.follow(req.sender, req.from, now);
-                }
+                // The main port sees the registered endpoint; a new one is believed only
+                // from a registration proven with a cookie.
+                Port::Main => {}
                 Port::Alt => {
                     if let Some(entry) = self.registry.get_mut(&req.sender) {
                         entry.alt_seen = Some(req.from);
@@ -267,11 +298,22 @@ impl Server {
     /// A signed message from a registered node's socket arrived at the main port from `from`:
     /// that is where its NAT maps it now (rebinding is followed at once, not at the next
     /// `Register`).
-    pub(super) fn follow(&mut self, key: NodeKey, from: SocketAddr, now: Instant) {
-        if self.registry.move_to(&key, from) {
-            tracing::debug!(node = %key, observed = %from, "endpoint changed");
-            self.mark_dirty(key, now);
-        }
+    /// Answers a registration from an endpoint not yet proven with the cookie for it.
+    fn challenge<'a>(
+        &mut self,
+        req: Request,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let cookie = self
+            .cookies
+            .issue(&req.sender, req.from, self.clock.unix_ms(now));
+        self.counters.challenges += 1;
+        let reply = Message::Challenge {
+            echo: req.nonce,
+            cookie,
+        };
+        self.reply(req, &reply, now, out)
     }
 
     fn reinfer_nat(&mut self, key: NodeKey, now: Instant) {
@@ -315,7 +357,6 @@ impl Server {
             self.counters.refuse(Refusal::RateLimited);
             return Err(RefusalCode::RateLimited);
         }
-        self.follow(req.sender, req.from, now);
         Ok(())
     }
 
@@ -342,6 +383,11 @@ impl Server {
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
         let len = self.seal(message, now, out)?;
+        // To an endpoint not proven, nothing larger than what came from it: otherwise one
+        // spoofed datagram would send more to its victim than it cost.
+        if !req.proven && len > req.len {
+            return self.refuse(Refusal::Unproven, req.from);
+        }
         Some(Transmit {
             port: req.local,
             to: req.from,

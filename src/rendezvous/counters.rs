@@ -35,6 +35,9 @@ pub enum Refusal {
     BadStatement,
     /// `Submit` of a request or approval for a node with a full outbox.
     OutboxFull,
+    /// A reply larger than its request, withheld because the endpoint it would go to has
+    /// not been proven (no amplification towards a spoofed address).
+    Unproven,
 }
 
 /// Why a relay frame was not forwarded.
@@ -57,7 +60,7 @@ pub enum RelayDrop {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::Malformed,
         Refusal::BadSignature,
         Refusal::Stale,
@@ -72,6 +75,7 @@ impl Refusal {
         Refusal::NameTaken,
         Refusal::BadStatement,
         Refusal::OutboxFull,
+        Refusal::Unproven,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -91,6 +95,7 @@ impl Refusal {
             Refusal::NameTaken => "name_taken",
             Refusal::BadStatement => "bad_statement",
             Refusal::OutboxFull => "outbox_full",
+            Refusal::Unproven => "unproven",
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct Counters {
     pub registrations: u64,
     /// `NatProbe` messages answered.
     pub nat_probes: u64,
+    /// `Challenge`s sent: address cookies for requests from endpoints not yet proven.
+    pub challenges: u64,
     /// Introductions made (each sends a `Punch` to both nodes).
     pub punches: u64,
     /// Relay frames forwarded, and the bytes of those frames.

@@ -126,9 +126,6 @@ impl Server {
             self.counters.refuse(Refusal::RateLimited);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
         }
-        if self.registry.fresh(&req.sender, now).is_some() {
-            self.follow(req.sender, req.from, now);
-        }
         let key = match &query {
             Query::Name(name) => self.directory.holder(name),
             Query::Address(address) => self.directory.at_address(*address),

@@ -27,6 +27,7 @@
 //!
 
 mod control;
+mod cookie;
 mod counters;
 mod directory;
 mod outbox;
@@ -151,6 +152,7 @@ pub struct Server {
     outbox: Outbox,
     /// The one rate limit for `Lookup`s from senders that are not registered.
     stranger_lookups: TokenBucket,
+    cookies: cookie::AddressCookies,
     replay: ReplayGuard,
     counters: Counters,
     /// Sealed datagrams waiting for `poll_transmit` (the second `Punch` of an introduction,
@@ -183,6 +185,7 @@ impl Server {
         // Every registered node, plus those whose registration lapsed less than a freshness
         // window ago (their replay state is forgotten then).
         let replay = ReplayGuard::new(config.max_nodes.saturating_mul(2));
+        let cookies = cookie::AddressCookies::new(&config.identity);
         let mut server = Server {
             key: config.identity.public_key(),
             relay_rate: Rate {
@@ -198,6 +201,7 @@ impl Server {
             ledger: TrustLedger::new(),
             outbox: Outbox::default(),
             stranger_lookups: TokenBucket::default(),
+            cookies,
             replay,
             counters: Counters::default(),
             queued: VecDeque::new(),

@@ -193,13 +193,10 @@ impl Server {
     /// Handles `Ack`: the target has stored the item, so it is deleted (from the store first;
     /// if that fails the item stays and is delivered, and acknowledged, again). Acks for ids
     /// that are unknown or belong to another node are ignored.
-    pub(super) fn ack(&mut self, req: Request, id: u64, now: Instant) {
+    pub(super) fn ack(&mut self, req: Request, id: u64) {
         if self.outbox.get(id).is_none_or(|i| i.target != req.sender) {
             tracing::trace!(node = %req.sender, id, "ack for no delivery of this node");
             return;
-        }
-        if self.registry.fresh(&req.sender, now).is_some() {
-            self.follow(req.sender, req.from, now);
         }
         if let Err(e) = self.store.delivered(id) {
             self.store_error(&e);

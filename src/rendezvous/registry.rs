@@ -102,25 +102,6 @@ impl Registry {
         self.entries.insert(r.key, entry);
     }
 
-    /// Follows the node to a new observed endpoint (NAT rebinding). Returns whether it moved.
-    /// The alternate port's observation belonged to the old mapping and is forgotten.
-    pub fn move_to(&mut self, key: &NodeKey, endpoint: SocketAddr) -> bool {
-        let Some(entry) = self.entries.get_mut(key) else {
-            return false;
-        };
-        if entry.observed == endpoint {
-            return false;
-        }
-        let old = std::mem::replace(&mut entry.observed, endpoint);
-        entry.alt_seen = None;
-        if self.by_endpoint.get(&old) == Some(key) {
-            self.by_endpoint.remove(&old);
-        }
-        // Last writer wins: an endpoint belongs to whichever key last proved it sends from it.
-        self.by_endpoint.insert(endpoint, *key);
-        true
-    }
-
     pub fn get_mut(&mut self, key: &NodeKey) -> Option<&mut Entry> {
         self.entries.get_mut(key)
     }

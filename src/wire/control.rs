@@ -20,6 +20,15 @@
 //! | 0x5e | `Lookup` (hostname, address or key) | node → rendezvous | node |
 //! | 0x5f | `Refused` | rendezvous → node | rendezvous |
 //! | 0x60 | `LookupReply` | rendezvous → node | rendezvous |
+//! | 0x61 | `Challenge` (an address cookie) | rendezvous → node | rendezvous |
+//!
+//! **Return routability.** The rendezvous believes a node's endpoint only once the node showed
+//! it receives there: a `Register` from an endpoint not yet proven is answered with a
+//! `Challenge` carrying a stateless cookie for that address, and the node registers again with
+//! the cookie. Until an endpoint is proven, no reply to it is larger than the request it
+//! answers, so the rendezvous cannot be used as a reflector; the requests that may come from
+//! unproven endpoints (`Register`, `NatProbe`, `Lookup`) are padded with zeros to
+//! [`REQUEST_MIN_LEN`] so their honest answers fit.
 //!
 //! Relay frames are not signed: they carry WireGuard datagrams, which are authenticated end to
 //! end, and the rendezvous admits them only from the registered endpoint of the source key.
@@ -49,6 +58,15 @@ pub const ACK: u8 = 0x5d;
 pub const LOOKUP: u8 = 0x5e;
 pub const REFUSED: u8 = 0x5f;
 pub const LOOKUP_REPLY: u8 = 0x60;
+pub const CHALLENGE: u8 = 0x61;
+
+/// The least size (whole datagram, envelope included) of a request that may come from an
+/// endpoint the rendezvous has not seen proven: at least its largest answer to such an
+/// endpoint (a `Challenge`, `Registered`, `Refused`, `NatProbeReply`, or a `LookupReply`
+/// naming a node), so none is larger than the request.
+pub const REQUEST_MIN_LEN: usize = 256;
+/// Bytes of an address cookie.
+pub const COOKIE_LEN: usize = 16;
 
 /// Most LAN endpoints a node reports.
 pub const MAX_LAN_ENDPOINTS: usize = 8;
@@ -134,6 +152,8 @@ pub enum Message {
     Register {
         lan: Vec<SocketAddr>,
         hostname: Option<Hostname>,
+        /// The rendezvous' cookie for the endpoint this is sent from, if it gave one.
+        cookie: Option<[u8; COOKIE_LEN]>,
     },
     /// Answers `Register` (echoing its nonce) with the endpoint the rendezvous saw.
     Registered {
@@ -180,6 +200,9 @@ pub enum Message {
     Lookup { query: Query },
     /// Answers `Lookup`; `None` when no such node is registered.
     LookupReply { echo: u64, found: Option<Found> },
+    /// Answers a request (nonce `echo`) from an endpoint not yet proven: register again from
+    /// it with this cookie.
+    Challenge { echo: u64, cookie: [u8; COOKIE_LEN] },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -217,18 +240,28 @@ impl Message {
             Message::Ack { .. } => ACK,
             Message::Lookup { .. } => LOOKUP,
             Message::LookupReply { .. } => LOOKUP_REPLY,
+            Message::Challenge { .. } => CHALLENGE,
         }
     }
 
     /// Appends the body to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Message::Register { lan, hostname } => {
+            Message::Register {
+                lan,
+                hostname,
+                cookie,
+            } => {
                 out.push(lan.len().min(MAX_LAN_ENDPOINTS) as u8);
                 lan.iter()
                     .take(MAX_LAN_ENDPOINTS)
                     .for_each(|e| put_endpoint(out, *e));
                 put_name(out, hostname.as_ref());
+                // Absent, it is nothing at all (the padding's zeros read the same).
+                if let Some(cookie) = cookie {
+                    out.push(1);
+                    out.extend_from_slice(cookie);
+                }
             }
             Message::Registered {
                 echo,
@@ -311,6 +344,16 @@ impl Message {
                     }
                 }
             }
+            Message::Challenge { echo, cookie } => {
+                out.extend_from_slice(&echo.to_be_bytes());
+                out.extend_from_slice(cookie);
+            }
+        }
+        if self.may_come_unproven() {
+            let min_body = REQUEST_MIN_LEN - super::envelope::OVERHEAD;
+            if out.len() < min_body {
+                out.resize(min_body, 0);
+            }
         }
     }
 
@@ -322,6 +365,13 @@ impl Message {
             REGISTER => Message::Register {
                 lan: r.list(MAX_LAN_ENDPOINTS, Reader::endpoint)?,
                 hostname: r.name()?,
+                cookie: match r.0.first() {
+                    Some(1) => {
+                        r.u8()?;
+                        Some(r.array()?)
+                    }
+                    _ => None,
+                },
             },
             REGISTERED => Message::Registered {
                 echo: r.u64()?,
@@ -383,12 +433,27 @@ impl Message {
                     _ => return Err(DecodeError::BadValue),
                 },
             },
+            CHALLENGE => Message::Challenge {
+                echo: r.u64()?,
+                cookie: r.array()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
-        if !r.0.is_empty() {
+        // Requests may carry zero padding (see [`REQUEST_MIN_LEN`]); nothing else may trail.
+        let padding = message.may_come_unproven() && r.0.iter().all(|&b| b == 0);
+        if !r.0.is_empty() && !padding {
             return Err(DecodeError::Trailing);
         }
         Ok(message)
+    }
+
+    /// Requests a node may send from an endpoint the rendezvous has not seen proven, which
+    /// travel padded to [`REQUEST_MIN_LEN`].
+    pub fn may_come_unproven(&self) -> bool {
+        matches!(
+            self,
+            Message::Register { .. } | Message::NatProbe | Message::Lookup { .. }
+        )
     }
 }
 
@@ -586,10 +651,16 @@ mod tests {
             Message::Register {
                 lan: vec![v4, v6],
                 hostname: Some("edge-7".parse().unwrap()),
+                cookie: Some([7; COOKIE_LEN]),
             },
             Message::Register {
                 lan: vec![],
                 hostname: None,
+                cookie: None,
+            },
+            Message::Challenge {
+                echo: 3,
+                cookie: [0xc0; COOKIE_LEN],
             },
             Message::Registered {
                 echo: 7,
@@ -660,6 +731,22 @@ mod tests {
             let mut body = Vec::new();
             m.encode(&mut body);
             assert_eq!(Message::decode(m.kind(), &body), Ok(m.clone()), "{m:?}");
+            if m.may_come_unproven() {
+                // Padded to the request size; the padding may be cut, not added to with
+                // anything but zeros.
+                assert_eq!(
+                    body.len() + super::super::envelope::OVERHEAD,
+                    REQUEST_MIN_LEN,
+                    "{m:?}"
+                );
+                body.push(1);
+                assert_eq!(
+                    Message::decode(m.kind(), &body),
+                    Err(DecodeError::Trailing),
+                    "{m:?}"
+                );
+                continue;
+            }
             if !body.is_empty() {
                 assert!(
                     Message::decode(m.kind(), &body[..body.len() - 1]).is_err(),
@@ -703,8 +790,8 @@ mod tests {
             Err(DecodeError::Truncated)
         );
         assert_eq!(
-            Message::decode(0x61, &[]),
-            Err(DecodeError::UnknownKind(0x61))
+            Message::decode(0x62, &[]),
+            Err(DecodeError::UnknownKind(0x62))
         );
         // Port 0 and unspecified addresses are not endpoints.
         assert_eq!(
@@ -721,7 +808,7 @@ mod tests {
             Err(DecodeError::BadValue)
         );
         let mut x = 0x9e37_79b9_u32;
-        for kind in REGISTER..=LOOKUP_REPLY {
+        for kind in REGISTER..=CHALLENGE {
             for len in 0..120 {
                 let junk: Vec<u8> = (0..len)
                     .map(|_| {

@@ -469,8 +469,9 @@ fn a_configured_endpoint_behind_a_port_forward_makes_a_symmetric_pair_direct() {
 fn traffic_flows_over_the_relay_at_once_then_goes_direct() {
     let (mut sim, x, y) = Sim::pair(NatKind::Prc, NatKind::Prc);
     let start = sim.now;
-    // One round trip to the rendezvous (20 ms each way): registered, not yet introduced.
-    sim.run_for(Duration::from_millis(45));
+    // Two round trips to the rendezvous (20 ms each way: a challenge for the new endpoint,
+    // then the registration with its cookie): registered, not yet introduced.
+    sim.run_for(Duration::from_millis(85));
     assert!(sim.nodes[x].node.net_status(sim.now).registered);
     sim.send_packet(x, y, b"first");
     sim.run_for(Duration::from_millis(60));
@@ -725,6 +726,7 @@ fn replayed_and_forged_registrations_are_refused() {
     Message::Register {
         lan: vec![],
         hostname: None,
+        cookie: None,
     }
     .encode(&mut body);
     let mut register = vec![0u8; 512];
@@ -742,7 +744,10 @@ fn replayed_and_forged_registrations_are_refused() {
     let first = sim
         .server
         .handle_datagram(Port::Main, from, &register, sim.now, &mut out);
-    assert!(first.is_some(), "a fresh registration is answered");
+    assert!(
+        first.is_some(),
+        "a fresh registration is answered (challenged)"
+    );
     // The same bytes again, from the same or another address: refused, unanswered.
     for replay_from in [from, "203.0.113.66:1234".parse().unwrap()] {
         assert!(sim
@@ -786,5 +791,7 @@ fn replayed_and_forged_registrations_are_refused() {
         .handle_datagram(Port::Main, from, &old, sim.now, &mut out)
         .is_none());
     assert_eq!(sim.server.counters().refused(Refusal::Stale), 1);
-    assert_eq!(sim.server.counters().registrations, 1);
+    // The one answered was challenged (its endpoint not yet proven): nothing registered.
+    assert_eq!(sim.server.counters().challenges, 1);
+    assert_eq!(sim.server.counters().registrations, 0);
 }

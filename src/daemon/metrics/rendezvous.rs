@@ -58,6 +58,11 @@ pub fn render(m: &RendezvousMetrics) -> String {
             c.nat_probes,
         ),
         (
+            "pilot_rendezvous_challenges_total",
+            "Address cookies sent to requests from endpoints not yet proven.",
+            c.challenges,
+        ),
+        (
             "pilot_rendezvous_punches_total",
             "Introductions made (a Punch sent to both nodes).",
             c.punches,
@@ -199,6 +204,9 @@ pilot_rendezvous_expired_total 1
 # HELP pilot_rendezvous_nat_probes_total NAT probes answered (both ports).
 # TYPE pilot_rendezvous_nat_probes_total counter
 pilot_rendezvous_nat_probes_total 8
+# HELP pilot_rendezvous_challenges_total Address cookies sent to requests from endpoints not yet proven.
+# TYPE pilot_rendezvous_challenges_total counter
+pilot_rendezvous_challenges_total 0
 # HELP pilot_rendezvous_punches_total Introductions made (a Punch sent to both nodes).
 # TYPE pilot_rendezvous_punches_total counter
 pilot_rendezvous_punches_total 3
@@ -233,6 +241,7 @@ pilot_rendezvous_refusals_total{reason=\"store_failed\"} 0
 pilot_rendezvous_refusals_total{reason=\"name_taken\"} 2
 pilot_rendezvous_refusals_total{reason=\"bad_statement\"} 0
 pilot_rendezvous_refusals_total{reason=\"outbox_full\"} 0
+pilot_rendezvous_refusals_total{reason=\"unproven\"} 0
 # HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
 # TYPE pilot_rendezvous_statements_stored_total counter
 pilot_rendezvous_statements_stored_total 4

@@ -143,7 +143,7 @@ fn relay_forwards_between_trusting_nodes_only() {
 }
 
 #[test]
-fn a_new_observed_endpoint_is_followed_at_once() {
+fn a_new_endpoint_is_followed_once_proven_with_a_cookie() {
     let mut sim = Sim::new();
     let (mut a, b) = pair(&mut sim);
     let old = a.at;
@@ -166,9 +166,32 @@ fn a_new_observed_endpoint_is_followed_at_once() {
     let n = write_relay(&mut frame, RELAY_TO, &a.key(), b"wg").unwrap();
     assert_eq!(sim.send(Port::Main, b.at, &frame[..n]).unwrap().1, a.at);
 
-    // A signed Connect from yet another endpoint moves it as well.
+    // A signed Connect from yet another endpoint does not move it (an on-path re-sender or
+    // a replay from elsewhere could redirect the node's traffic otherwise) and is not acted
+    // on: the rendezvous answers with a challenge there, no larger than the request, and
+    // introduces no one.
+    let proven = a.at;
     a.at = "198.51.100.1:50001".parse().unwrap();
     let connect = Message::Connect { target: b.key() };
+    let d = a.sealed(&sim, &connect);
+    let (_, to, challenge) = sim.send(Port::Main, a.at, &d).unwrap();
+    assert_eq!(to, a.at);
+    assert!(challenge.len() <= d.len());
+    assert!(matches!(
+        sim.message(&(Port::Main, to, challenge)),
+        Message::Challenge { .. }
+    ));
+    assert!(
+        sim.poll().is_none(),
+        "no introduction from an unproven endpoint"
+    );
+    assert_eq!(
+        sim.server.registration(&a.key(), sim.now).unwrap().observed,
+        proven
+    );
+    // A Register from there with the cookie it was sent moves the endpoint, and the Connect
+    // then introduces it there.
+    a.register(&mut sim, &["10.0.0.1:51870"]);
     assert!(matches!(
         a.ask(&mut sim, Port::Main, &connect),
         Some(Message::Punch { .. })
@@ -178,13 +201,9 @@ fn a_new_observed_endpoint_is_followed_at_once() {
         panic!()
     };
     assert_eq!(candidates[0], a.at);
-    assert_ne!(
-        sim.store.get(&a.key()).unwrap().observed,
-        a.at,
-        "written lazily"
+    assert_eq!(
+        sim.server.registration(&a.key(), sim.now).unwrap().observed,
+        a.at
     );
-    // A Register from there acknowledges that endpoint, so it is written before the reply
-    // even though the registration itself did not change.
-    a.register(&mut sim, &["10.0.0.1:51870"]);
     assert_eq!(sim.store.get(&a.key()).unwrap().observed, a.at);
 }

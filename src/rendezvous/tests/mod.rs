@@ -1,5 +1,6 @@
 //! The sans-IO server driven with hand-sealed datagrams, a fake clock and a memory store.
 
+mod amplification;
 mod delivery;
 mod introductions;
 mod names;
@@ -30,6 +31,8 @@ struct Client {
     identity: Identity,
     at: SocketAddr,
     nonce: u64,
+    /// The rendezvous' address cookie for `at`, once it challenged us.
+    cookie: Option<[u8; crate::wire::control::COOKIE_LEN]>,
 }
 
 /// What the server sent: from which port, to where, and the datagram.
@@ -41,6 +44,7 @@ impl Client {
             identity: Identity::from_secret_bytes(&[n; 32]),
             at: at.parse().unwrap(),
             nonce: u64::from(n) << 32,
+            cookie: None,
         }
     }
 
@@ -73,13 +77,41 @@ impl Client {
     }
 
     /// Registers claiming `hostname`.
-    fn register_as(&mut self, sim: &mut Sim, lan: &[&str], name: Option<&str>) -> Option<Message> {
+    /// First contact from `at`: a registration without a cookie is answered with a
+    /// `Challenge` (no larger than the request) and registers nothing; keeps the cookie.
+    fn fetch_cookie(&mut self, sim: &mut Sim) {
         let msg = Message::Register {
-            lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
-            hostname: name.map(|n| n.parse().unwrap()),
+            lan: vec![],
+            hostname: None,
+            cookie: None,
         };
         let d = self.sealed(sim, &msg);
-        sim.send(Port::Main, self.at, &d).map(|s| sim.message(&s))
+        let sent = sim.send(Port::Main, self.at, &d).expect("a challenge");
+        assert!(sent.2.len() <= d.len(), "challenge larger than the request");
+        let Message::Challenge { cookie, .. } = sim.message(&sent) else {
+            panic!("expected a challenge")
+        };
+        assert!(sim.server.registration(&self.key(), sim.now).is_none());
+        self.cookie = Some(cookie);
+    }
+
+    /// A node does: a `Challenge` (first contact from this endpoint) is answered by
+    /// registering again with its cookie, and the answer to that is returned.
+    fn register_as(&mut self, sim: &mut Sim, lan: &[&str], name: Option<&str>) -> Option<Message> {
+        for _ in 0..2 {
+            let msg = Message::Register {
+                lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
+                hostname: name.map(|n| n.parse().unwrap()),
+                cookie: self.cookie,
+            };
+            let d = self.sealed(sim, &msg);
+            let reply = sim.send(Port::Main, self.at, &d).map(|s| sim.message(&s));
+            match reply {
+                Some(Message::Challenge { cookie, .. }) => self.cookie = Some(cookie),
+                other => return other,
+            }
+        }
+        panic!("challenged twice in a row")
     }
 
     fn ask(&mut self, sim: &mut Sim, port: Port, msg: &Message) -> Option<Message> {

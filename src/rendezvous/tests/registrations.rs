@@ -9,11 +9,13 @@ use super::*;
 fn registration_is_stored_before_it_is_acknowledged() {
     let mut sim = Sim::new();
     let mut a = Client::new(1, "198.51.100.1:40001");
+    a.fetch_cookie(&mut sim);
     let d = a.sealed(
         &sim,
         &Message::Register {
             lan: vec![],
             hostname: None,
+            cookie: a.cookie,
         },
     );
     let sent = sim.send(Port::Main, a.at, &d).unwrap();
@@ -43,11 +45,13 @@ fn registration_is_stored_before_it_is_acknowledged() {
 fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing() {
     let mut sim = Sim::new();
     let mut a = Client::new(1, "198.51.100.1:40001");
+    a.fetch_cookie(&mut sim);
     let register = a.sealed(
         &sim,
         &Message::Register {
             lan: vec![],
             hostname: None,
+            cookie: a.cookie,
         },
     );
     let mut forged = register.clone();
@@ -76,6 +80,7 @@ fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing(
         &Message::Register {
             lan: vec![],
             hostname: None,
+            cookie: a.cookie,
         },
     );
     assert_eq!(sim.send(Port::Alt, a.at, &on_alt), None);
