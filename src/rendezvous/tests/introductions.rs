@@ -207,3 +207,36 @@ fn a_new_endpoint_is_followed_once_proven_with_a_cookie() {
     );
     assert_eq!(sim.store.get(&a.key()).unwrap().observed, a.at);
 }
+
+#[test]
+fn a_stranger_cannot_take_over_a_nodes_endpoint_for_the_relay() {
+    // Issue 15, A5: relay frames are attributed by source endpoint, and a stranger's one
+    // spoofed Register with a's endpoint used to make a's frames drop (last writer wins).
+    let mut sim = Sim::new();
+    let (a, b) = pair(&mut sim);
+    let mut c = Client::new(3, "192.0.2.33:40003");
+    // c gets a cookie at its own address, then spoofs registrations from a's endpoint with
+    // it and without one.
+    c.fetch_cookie(&mut sim);
+    c.at = a.at;
+    for cookie in [c.cookie, None] {
+        let d = c.sealed(
+            &sim,
+            &Message::Register {
+                lan: vec![],
+                hostname: None,
+                cookie,
+            },
+        );
+        let sent = sim.send(Port::Main, a.at, &d);
+        assert!(
+            sent.is_none_or(|s| matches!(sim.message(&s), Message::Challenge { .. })),
+            "only ever a challenge"
+        );
+    }
+    assert!(sim.server.registration(&c.key(), sim.now).is_none());
+    let mut frame = vec![0u8; 64];
+    let n = write_relay(&mut frame, RELAY_TO, &b.key(), b"wg").unwrap();
+    let (_, to, _) = sim.send(Port::Main, a.at, &frame[..n]).expect("still a's");
+    assert_eq!(to, b.at);
+}
