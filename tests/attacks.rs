@@ -110,3 +110,159 @@ fn an_honest_handshake_completes_under_a_flood_of_1000_handshakes_per_second() {
         .unwrap_or_else(|| panic!("no counter in {counted}"));
     assert!(packets >= 1, "no cookie reply reached A: {counted}");
 }
+
+/// Receives UDP on `[::]:PORT` and appends one line per datagram, `SOURCE PAYLOAD`, to FILE.
+const LISTENER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", int(sys.argv[1])))
+while True:
+    data, src = s.recvfrom(2048)
+    with open(sys.argv[2], "a") as f:
+        f.write(f"{src[0]} {data.decode(errors='replace')}\n")
+"#;
+
+/// Sends one datagram from SOURCE (bound; "" for any) to DEST%SCOPE port PORT.
+const SENDER: &str = r#"
+import socket, sys
+src, dst, port, scope, payload = sys.argv[1:6]
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+if src:
+    s.bind((src, 0))
+s.sendto(payload.encode(), (dst, int(port), 0, int(scope)))
+"#;
+
+#[test]
+fn a_lan_neighbour_cannot_inject_overlay_addresses() {
+    let test = "a_lan_neighbour_cannot_inject_overlay_addresses";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (na, nb) = lab.two_hosts();
+    let mut a = lab.node(&na, "a", "198.51.100.1");
+    lab.start(&mut a, &[]);
+    let (va, vb) = (format!("{}va", lab.tag), format!("{}vb", lab.tag));
+    // The link-local address of `dev`, once duplicate address detection is done with it.
+    let link_local = |ns: &str, dev: &str| -> Option<String> {
+        let out = lab::ns_exec(
+            ns,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("tentative") {
+            return None;
+        }
+        let addr = text.split_whitespace().skip_while(|w| *w != "inet6").nth(1);
+        addr.and_then(|a| a.split('/').next()).map(str::to_owned)
+    };
+    let a_ll = eventually(Duration::from_secs(10), || link_local(&na, &va))
+        .expect("a link-local address on A's LAN interface");
+    eventually(Duration::from_secs(10), || link_local(&nb, &vb))
+        .expect("a link-local address on B's LAN interface");
+    // B poses as a trusted peer: it takes an overlay address and routes the overlay to A.
+    let forged = "fd70::1234:5678:9abc";
+    run(
+        "ip",
+        &[
+            "-n",
+            &nb,
+            "addr",
+            "add",
+            &format!("{forged}/128"),
+            "dev",
+            &vb,
+            "nodad",
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "-n",
+            &nb,
+            "-6",
+            "route",
+            "add",
+            "fd70::/80",
+            "via",
+            &a_ll,
+            "dev",
+            &vb,
+        ],
+    );
+    let b_scope = String::from_utf8_lossy(
+        &lab::ns_exec(&nb, &["cat", &format!("/sys/class/net/{vb}/ifindex")]).stdout,
+    )
+    .trim()
+    .to_owned();
+
+    let received = lab.dir.join("received");
+    let (listener, sender) = (lab.dir.join("listen.py"), lab.dir.join("send.py"));
+    std::fs::write(&listener, LISTENER).unwrap();
+    std::fs::write(&sender, SENDER).unwrap();
+    lab.spawn_in(
+        &na,
+        &[
+            "python3",
+            listener.to_str().unwrap(),
+            "9999",
+            received.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let send = |src: &str, dst: &str, scope: &str, payload: &str| {
+        let out = lab::ns_exec(
+            &nb,
+            &[
+                "python3",
+                sender.to_str().unwrap(),
+                src,
+                dst,
+                "9999",
+                scope,
+                payload,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The control: to A's own LAN address, which is no overlay address, it arrives.
+    send("", &a_ll, &b_scope, "lan");
+    // A forged overlay source, and B's own address to A's overlay address: dropped.
+    send(forged, &a.address, "0", "forged-source");
+    send("", &a.address, "0", "lan-to-overlay");
+    let got = eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&received)
+            .ok()
+            .filter(|t| t.contains(" lan\n"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the control datagram did not arrive: {:?}",
+            std::fs::read_to_string(&received)
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got = std::fs::read_to_string(&received).unwrap_or(got);
+    assert!(!got.contains("forged-source"), "{got}");
+    assert!(!got.contains("lan-to-overlay"), "{got}");
+    // The guard counted them, and pilotctl status does not warn about it.
+    let status = ctl(&a, &["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.contains("LAN guard"), "{status}");
+    let rules = lab::ns_exec(&na, &["nft", "list", "table", "inet", "pilot-pilot0"]);
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(rules.contains("packets 2"), "{rules}");
+    // Stopping the node removes the guard.
+    lab.stop(&mut a, nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        !lab::ns_exec(&na, &["nft", "list", "table", "inet", "pilot-pilot0"])
+            .status
+            .success()
+    );
+}

@@ -336,6 +336,12 @@ fn status_text(s: &StatusReply) -> String {
     if let Some(metrics) = &s.metrics {
         let _ = writeln!(text, "metrics     http://{metrics}/metrics");
     }
+    if let Some(why) = &s.lan_guard_missing {
+        attention.push(format!(
+            "LAN guard not installed ({why}): a LAN neighbour can send this host packets with \
+             overlay addresses"
+        ));
+    }
     if attention.is_empty() {
         text.push_str("health      ok\n");
     }
@@ -761,6 +767,7 @@ mod tests {
             drops_total: 12,
             handshakes: 5,
             metrics: Some("127.0.0.1:9187".into()),
+            lan_guard_missing: None,
         };
         assert_eq!(
             status_text(&s),
@@ -779,12 +786,15 @@ mod tests {
         s.registered = false;
         s.trust.pending = 2;
         s.peers.none = 1;
+        s.lan_guard_missing = Some("nft is not installed".into());
         let text = status_text(&s);
         assert!(!text.contains("health      ok"), "{text}");
         for line in [
             "attention   not registered with the rendezvous 203.0.113.10:7000",
             "attention   2 trust request(s) wait for approval (see `pilotctl pending`)",
             "attention   1 peer(s) have no working path (see `pilotctl peers`)",
+            "attention   LAN guard not installed (nft is not installed): a LAN neighbour can \
+             send this host packets with overlay addresses",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }

@@ -154,6 +154,9 @@ pub struct StatusReply {
     pub handshakes: u64,
     /// Where the Prometheus endpoint listens (`--metrics`), if it does.
     pub metrics: Option<String>,
+    /// Kernel mode: why the LAN guard (overlay addresses only through the TUN) is missing.
+    #[serde(default)]
+    pub lan_guard_missing: Option<String>,
 }
 
 /// Peers by path.

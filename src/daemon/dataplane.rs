@@ -64,6 +64,8 @@ pub struct Facts {
     pub started: Instant,
     /// Where the metrics endpoint listens, if it does.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Kernel mode: why the LAN guard is missing, if it is.
+    pub lan_guard_missing: Option<String>,
 }
 
 pub struct DataPlane {

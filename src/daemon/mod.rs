@@ -28,7 +28,7 @@ use crate::addr::{Hostname, OVERLAY_PREFIX_LEN};
 use crate::clock::WallClock;
 use crate::identity::Identity;
 use crate::io::stack::{Limits, Stack};
-use crate::io::{netlink, tun::TunDevice, udp::UdpSocket};
+use crate::io::{lan_guard, netlink, tun::TunDevice, udp::UdpSocket};
 use crate::node::{Node, NodeConfig, PeerConfig, RendezvousConfig};
 use crate::wire::control::MAX_LAN_ENDPOINTS;
 use crate::wire::message::MESSAGE_PORT;
@@ -172,6 +172,17 @@ async fn up_kernel(options: UpOptions, start: Start) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("configuring interface {interface}"))?;
+        // Overlay addresses from any other interface are dropped before the kernel sees them.
+        let lan_guard_missing = match lan_guard::install(&interface) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "LAN guard not installed ({e}): a LAN neighbour can send this host packets \
+                     with overlay (fd70::) addresses"
+                );
+                Some(e.to_string())
+            }
+        };
         // The address is usable at once (no duplicate address detection on it).
         let messages = SocketAddr::from((address.to_ipv6(), MESSAGE_PORT));
         let messages = tokio::net::TcpListener::bind(messages)
@@ -194,6 +205,7 @@ async fn up_kernel(options: UpOptions, start: Start) -> anyhow::Result<()> {
             interface: interface.clone(),
             socks5: None,
             expose: Vec::new(),
+            lan_guard_missing,
         };
         serve(&options, start, local, move |commands| {
             vec![tokio::spawn(services::serve_messages(
@@ -205,6 +217,9 @@ async fn up_kernel(options: UpOptions, start: Start) -> anyhow::Result<()> {
     .await;
     if names::resolved_running() {
         names::revert_resolved(&interface);
+    }
+    if let Err(e) = lan_guard::remove(&interface) {
+        tracing::debug!("removing the LAN guard: {e}");
     }
     // The TUN fd is closed (dropped with the data plane); the kernel removes the interface.
     // Deleting explicitly as well covers an interface someone made persistent meanwhile.
@@ -249,6 +264,7 @@ async fn up_userspace(
         interface: String::new(),
         socks5: socks5_addr,
         expose: userspace.expose.clone(),
+        lan_guard_missing: None,
     };
     let expose = userspace.expose;
     let result = serve(&options, start, local, move |commands| {
@@ -276,6 +292,8 @@ struct LocalSide {
     interface: String,
     socks5: Option<SocketAddr>,
     expose: Vec<Expose>,
+    /// Kernel mode: why the LAN guard is missing, if it is (see `io::lan_guard`).
+    lan_guard_missing: Option<String>,
 }
 
 /// Everything after the local side exists, the same in both modes: the UDP socket, the node,
@@ -324,6 +342,7 @@ async fn serve(
         hosts_file,
         started: start.started,
         metrics: metrics_addr,
+        lan_guard_missing: local.lan_guard_missing.clone(),
     };
     let mode = local.local.mode();
     let plane = DataPlane::new(node, local.local, udp, facts, start.inbox)

@@ -6,6 +6,7 @@
 //! `tokio::io::unix::AsyncFd` and decide itself when to call `recv`/`send`/`flush`.
 
 pub mod file;
+pub mod lan_guard;
 pub mod netlink;
 pub mod offload;
 pub mod stack;

@@ -87,6 +87,7 @@ impl Core {
             drops_total: drops.chain(self.own_drops().map(|(_, n)| n)).sum(),
             handshakes: counters.handshakes,
             metrics: self.facts.metrics.map(|a| a.to_string()),
+            lan_guard_missing: self.facts.lan_guard_missing.clone(),
         }
     }
 }
