@@ -784,6 +784,10 @@ impl Core {
             let stats = stack.stats();
             drops.insert("stack_queue_full".into(), stats.queue_drops.into());
             drops.insert("stack_connection_limit".into(), stats.limit_refusals.into());
+            drops.insert(
+                "stack_half_open_timeout".into(),
+                stats.half_open_timeouts.into(),
+            );
         }
         InfoReply {
             address: addr.to_ipv6().to_string(),
