@@ -231,6 +231,9 @@ async fn up_userspace(
         None => None,
     };
     let socks5_addr = socks5.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(warning) = socks5_addr.and_then(socks5::exposure_warning) {
+        tracing::warn!("{warning}");
+    }
     let mut stack = Stack::new(
         start.identity.address().to_ipv6(),
         OVERLAY_PREFIX_LEN,
