@@ -376,7 +376,7 @@ async fn serve(
 /// Serves the metrics page, asking the data plane for a snapshot per scrape.
 async fn serve_metrics(listener: MetricsListener, commands: mpsc::Sender<control::Command>) {
     listener
-        .serve(|| {
+        .serve(move || {
             let commands = commands.clone();
             async move {
                 let snapshot = control::ask(&commands, control::Command::Metrics).await?;
