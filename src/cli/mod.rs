@@ -10,4 +10,5 @@ pub mod rendezvous;
 mod seed;
 mod service;
 mod streams;
+mod trust_text;
 mod up_flags;

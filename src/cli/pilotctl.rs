@@ -15,7 +15,8 @@ use crate::node::HandshakeOutcome;
 use crate::node::PeerStatus;
 
 use super::seed::{refuse_seed_ids, HINT_INFO, HINT_PENDING, HINT_TRUST};
-use super::streams;
+use super::{streams, trust_text};
+use crate::wire::printable::printable;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -450,7 +451,7 @@ fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         println!(
             "{:<24} {:<16} {:<7} {:<24} {:>12} {:>12} {:>10} {:>8}",
             p.address,
-            p.hostname.unwrap_or(p.node),
+            printable(p.hostname.as_deref().unwrap_or(&p.node)).to_string(),
             p.path.as_str(),
             p.endpoint.unwrap_or_else(|| "-".into()),
             p.rx_bytes,
@@ -463,10 +464,11 @@ fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bob (fd70::…)`, or the node address when there is no hostname.
+/// `bob (fd70::…)`, or the node address when there is no hostname. Hostnames come from the
+/// rendezvous: escaped like any text from the network.
 pub(super) fn who(peer: &PeerRef) -> String {
     match &peer.hostname {
-        Some(name) => format!("{name} ({})", peer.address),
+        Some(name) => format!("{} ({})", printable(name), peer.address),
         None => format!("{} ({})", peer.node, peer.address),
     }
 }
@@ -555,23 +557,7 @@ fn pending(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         return Ok(ExitCode::SUCCESS);
     }
     let requests: Vec<RequestInfo> = parse(value)?;
-    if requests.is_empty() {
-        println!("no pending trust requests");
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<20} {:<24} {:>9}  JUSTIFICATION",
-        "FROM", "ADDRESS", "ASKED"
-    );
-    for r in requests {
-        println!(
-            "{:<20} {:<24} {:>9}  {}",
-            r.peer.hostname.unwrap_or(r.peer.node),
-            r.peer.address,
-            age(r.issued_ms),
-            r.justification
-        );
-    }
+    print!("{}", trust_text::pending_text(&requests));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -582,28 +568,7 @@ fn trust(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         return Ok(ExitCode::SUCCESS);
     }
     let reply: TrustReply = parse(value)?;
-    if reply.trusted.is_empty() && reply.requested.is_empty() && reply.approved.is_empty() {
-        println!("no trusted peers (ask one with `pilotctl handshake PEER`)");
-        return Ok(ExitCode::SUCCESS);
-    }
-    for t in &reply.trusted {
-        let since = match t.since_ms {
-            Some(ms) => format!("since {}", age(ms)),
-            None => "configured (--peer)".into(),
-        };
-        println!("trusted    {:<44} {since}", who(&t.peer));
-    }
-    for r in &reply.requested {
-        let state = match &r.reason {
-            Some(reason) if !reason.is_empty() => format!("rejected: {reason}"),
-            Some(_) => "rejected".into(),
-            None => format!("waiting for approval, asked {}", age(r.issued_ms)),
-        };
-        println!("requested  {:<44} {state}", who(&r.peer));
-    }
-    for a in &reply.approved {
-        println!("approved   {:<44} waiting for its countersignature", who(a));
-    }
+    print!("{}", trust_text::trust_text(&reply));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,6 +19,7 @@ use crate::daemon::control::{ClientError, InfoReply, PeerRef, Request};
 use crate::daemon::inbox::StoredMessage;
 use crate::daemon::socks5::{self, Reply, Target};
 use crate::wire::message::{self, MessageKind, MESSAGE_PORT};
+use crate::wire::printable::printable;
 
 /// Where a stream to a peer goes, and how.
 struct Route {
@@ -267,7 +268,7 @@ pub fn inbox(socket: &Path, json: bool, clear: bool) -> Result<ExitCode, ClientE
         println!("no messages");
     }
     for m in &messages {
-        let from = m.from.hostname.as_deref().unwrap_or(&m.from.node);
+        let from = printable(m.from.hostname.as_deref().unwrap_or(&m.from.node));
         println!(
             "{}  from {from} ({})  {}  {} bytes  {}",
             m.id,
@@ -277,7 +278,12 @@ pub fn inbox(socket: &Path, json: bool, clear: bool) -> Result<ExitCode, ClientE
             super::pilotctl::age(m.received_ms)
         );
         match (&m.data, &m.data_base64) {
-            (Some(serde_json::Value::String(text)), _) => println!("  {text}"),
+            // A peer wrote it: each line indented (no forged headers), controls escaped.
+            (Some(serde_json::Value::String(text)), _) => {
+                for line in text.split('\n') {
+                    println!("  {}", printable(line));
+                }
+            }
             (Some(value), _) => println!("  {value}"),
             (None, Some(b64)) => println!("  base64:{b64}"),
             (None, None) => {}

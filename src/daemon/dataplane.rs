@@ -35,6 +35,7 @@ use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, HandshakeOutcome, NetOutput, Node, PathKind, TunOutput};
 use crate::wire::control::Query;
+use crate::wire::printable::printable;
 
 mod reports;
 
@@ -404,6 +405,8 @@ impl Core {
                     justification,
                 } => {
                     let who = name.map_or_else(|| from.address().to_string(), |n| n.to_string());
+                    // The justification is the requester's text: escaped, it stays one log line.
+                    let justification = printable(&justification);
                     tracing::info!(peer = %from.address(), %justification, "trust request from {who}; approve with `pilotctl approve {who}`");
                 }
                 Event::HostnameTaken(name) => {
@@ -786,6 +789,10 @@ impl Core {
             let stats = stack.stats();
             drops.insert("stack_queue_full".into(), stats.queue_drops.into());
             drops.insert("stack_connection_limit".into(), stats.limit_refusals.into());
+            drops.insert(
+                "stack_half_open_timeout".into(),
+                stats.half_open_timeouts.into(),
+            );
         }
         InfoReply {
             address: addr.to_ipv6().to_string(),

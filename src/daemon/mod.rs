@@ -246,6 +246,9 @@ async fn up_userspace(
         None => None,
     };
     let socks5_addr = socks5.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(warning) = socks5_addr.and_then(socks5::exposure_warning) {
+        tracing::warn!("{warning}");
+    }
     let mut stack = Stack::new(
         start.identity.address().to_ipv6(),
         OVERLAY_PREFIX_LEN,
@@ -392,7 +395,7 @@ async fn serve(
 /// Serves the metrics page, asking the data plane for a snapshot per scrape.
 async fn serve_metrics(listener: MetricsListener, commands: mpsc::Sender<control::Command>) {
     listener
-        .serve(|| {
+        .serve(move || {
             let commands = commands.clone();
             async move {
                 let snapshot = control::ask(&commands, control::Command::Metrics).await?;

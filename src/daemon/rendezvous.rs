@@ -152,7 +152,7 @@ async fn serve_metrics(
     db: PathBuf,
 ) {
     listener
-        .serve(|| {
+        .serve(move || {
             let (loop_, db) = (loop_.clone(), db.clone());
             async move {
                 let (tx, rx) = oneshot::channel();

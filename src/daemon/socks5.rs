@@ -163,6 +163,20 @@ pub enum Socks5Error {
     Io { stage: Stage, source: io::Error },
 }
 
+/// What `pilotd up --userspace` warns at start when the proxy listens at `bound`, or `None`
+/// when only this host can reach it (loopback). The proxy asks for no authentication, so
+/// whoever can connect to it reaches every peer this node trusts, as this node.
+pub fn exposure_warning(bound: SocketAddr) -> Option<String> {
+    if bound.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "the SOCKS5 proxy listens on {bound}, where other hosts can reach it, and asks for no \
+         authentication: anyone who can connect to it reaches every peer this node trusts, as \
+         this node. Bind it to loopback (--socks5 127.0.0.1:1080) or firewall the port"
+    ))
+}
+
 /// Proxy side: runs the greeting and reads a request, returning its target. The caller opens the
 /// connection and answers with [`reply`]; on an error the connection should just be closed (this
 /// has already sent the refusal the protocol defines, if any).

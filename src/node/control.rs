@@ -196,9 +196,8 @@ impl Node {
                 if !self.peers[index].trusted {
                     return false;
                 }
-                if self.peers[index].path.start_punch(&candidates, now) {
-                    self.counters.punches += 1;
-                }
+                let start = self.peers[index].path.start_punch(&candidates, now);
+                self.counters.punched(start);
                 self.send_probes(index, now);
                 // Both sides are registered now: a handshake sent earlier may have been lost.
                 self.kick_handshake(index);
@@ -251,9 +250,8 @@ impl Node {
             observed: from,
         };
         self.send_control(from, &ack, now);
-        if self.peers[index].path.on_probe_from(from, now) {
-            self.counters.punches += 1;
-        }
+        let start = self.peers[index].path.on_probe_from(from, now);
+        self.counters.punched(start);
         self.send_probes(index, now);
         true
     }

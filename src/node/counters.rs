@@ -105,6 +105,8 @@ pub struct Counters {
     /// WireGuard cookie replies sent: handshakes answered under load with the cookie that
     /// the initiator's retry must carry (mac2), proving it owns its source address.
     pub cookie_replies: u64,
+    /// Punch candidates dropped past the per-peer limit (the oldest go first).
+    pub candidates_evicted: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 
@@ -112,6 +114,12 @@ impl Counters {
     #[inline]
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
+    }
+
+    /// A punch started or extended.
+    pub(super) fn punched(&mut self, start: super::path::PunchStart) {
+        self.punches += u64::from(start.opened);
+        self.candidates_evicted += start.evicted;
     }
 
     /// Drops for `reason`.

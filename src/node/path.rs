@@ -23,7 +23,8 @@ pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ACTIVE: Duration = Duration::from_secs(10);
 /// Relayed pairs ask for a new punch this often.
 pub const RETRY_DIRECT: Duration = Duration::from_secs(30);
-/// Most candidates kept from one punch.
+/// Most candidates kept; beyond it the one heard of least recently is dropped, so a peer that
+/// roamed is probed where it is now rather than where it was.
 const MAX_CANDIDATES: usize = 16;
 /// A newly answered candidate replaces the current one only if this much faster.
 const SWITCH_MARGIN: Duration = Duration::from_micros(500);
@@ -37,6 +38,16 @@ pub enum PunchEnd {
     Direct,
     /// The punch window closed with no direct path: the pair stays where it was (the relay).
     Failed,
+}
+
+/// What [`PeerPath::start_punch`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PunchStart {
+    /// A punch window opened (none was running); false when the running one was extended.
+    pub opened: bool,
+    /// Candidates dropped past [`MAX_CANDIDATES`]: the oldest held, or the oldest of a list
+    /// longer than that.
+    pub evicted: u64,
 }
 
 /// Where the next datagram for a peer goes.
@@ -143,27 +154,34 @@ impl PeerPath {
         self.last_relay_rx = Some(now);
     }
 
-    /// The rendezvous introduced us: probe these candidates from now on. Returns true when
-    /// this opens a punch window (none was running), false when it extends the running one.
-    pub fn start_punch(&mut self, candidates: &[SocketAddr], now: Instant) -> bool {
-        for c in candidates {
-            if !self.candidates.contains(c) && self.candidates.len() < MAX_CANDIDATES {
-                self.candidates.push(*c);
+    /// The rendezvous introduced us: probe these candidates from now on, newest last (a
+    /// candidate heard of again moves to the end); the oldest are dropped past
+    /// [`MAX_CANDIDATES`].
+    pub fn start_punch(&mut self, candidates: &[SocketAddr], now: Instant) -> PunchStart {
+        // At most the newest MAX_CANDIDATES of a long list can stay anyway.
+        let skip = candidates.len().saturating_sub(MAX_CANDIDATES);
+        let mut evicted = skip as u64;
+        for c in &candidates[skip..] {
+            if let Some(i) = self.candidates.iter().position(|k| k == c) {
+                self.candidates.remove(i);
+            } else if self.candidates.len() >= MAX_CANDIDATES {
+                self.candidates.remove(0);
+                evicted += 1;
             }
+            self.candidates.push(*c);
         }
         let opened = self.punch_until.is_none();
         self.punch_until = Some(now + PUNCH_WINDOW);
         self.next_round = Some(now);
         self.next_connect = Some(now + RETRY_DIRECT);
-        opened
+        PunchStart { opened, evicted }
     }
 
     /// The peer's probe reached us from `from`: probe back there too (it is the endpoint its
-    /// NAT opened towards us, which may be the only one that works). Returns true when this
-    /// opens a punch window.
-    pub fn on_probe_from(&mut self, from: SocketAddr, now: Instant) -> bool {
+    /// NAT opened towards us, which may be the only one that works).
+    pub fn on_probe_from(&mut self, from: SocketAddr, now: Instant) -> PunchStart {
         if self.fixed || self.direct.is_some_and(|d| d.endpoint == from) {
-            return false;
+            return PunchStart::default();
         }
         self.start_punch(&[from], now)
     }
@@ -371,9 +389,10 @@ mod tests {
         let candidate = ep("203.0.113.2:40000");
         let end = |p: &mut PeerPath, at: Instant| p.poll_probes(at, |_| {});
         let mut p = PeerPath::discovered();
-        assert!(p.start_punch(&[candidate], t0), "opens a window");
+        assert!(p.start_punch(&[candidate], t0).opened, "opens a window");
         assert!(
-            !p.start_punch(&[candidate], t0 + Duration::from_secs(1)),
+            !p.start_punch(&[candidate], t0 + Duration::from_secs(1))
+                .opened,
             "extends the running one"
         );
         assert_eq!(end(&mut p, t0 + Duration::from_secs(2)), PunchEnd::NotNow);
@@ -381,10 +400,38 @@ mod tests {
         assert_eq!(end(&mut p, closed), PunchEnd::Failed);
         assert_eq!(end(&mut p, closed), PunchEnd::NotNow, "reported once");
 
-        assert!(p.start_punch(&[candidate], closed));
+        assert!(p.start_punch(&[candidate], closed).opened);
         p.probe_sent(1, candidate, closed);
         assert!(p.on_probe_ack(1, candidate, closed));
         assert_eq!(end(&mut p, closed + PUNCH_WINDOW), PunchEnd::Direct);
+    }
+
+    #[test]
+    fn candidates_past_the_limit_evict_the_oldest() {
+        let t0 = Instant::now();
+        let at = |port: u16| SocketAddr::from(([203, 0, 113, 2], port));
+        let mut p = PeerPath::discovered();
+        let first: Vec<SocketAddr> = (0..MAX_CANDIDATES as u16).map(at).collect();
+        assert_eq!(p.start_punch(&first, t0).evicted, 0);
+        // Heard of again: it becomes the newest and survives the next eviction.
+        p.start_punch(&[at(0)], t0);
+        // The peer roamed: its new endpoints are probed, the oldest old ones are not.
+        let start = p.start_punch(&[at(100), at(101)], t0);
+        assert_eq!(start.evicted, 2);
+        let probed = probes(&mut p, t0);
+        assert_eq!(probed.len(), MAX_CANDIDATES);
+        for kept in [at(0), at(100), at(101), at(3)] {
+            assert!(probed.contains(&kept), "{kept} not probed");
+        }
+        for gone in [at(1), at(2)] {
+            assert!(!probed.contains(&gone), "{gone} still probed");
+        }
+        // A list longer than the limit keeps its newest.
+        let long: Vec<SocketAddr> = (200..200 + 2 * MAX_CANDIDATES as u16).map(at).collect();
+        let start = p.start_punch(&long, t0 + PUNCH_INTERVAL);
+        assert_eq!(start.evicted, 2 * MAX_CANDIDATES as u64);
+        let probed = probes(&mut p, t0 + PUNCH_INTERVAL);
+        assert_eq!(probed, long[MAX_CANDIDATES..]);
     }
 
     #[test]

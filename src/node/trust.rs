@@ -34,6 +34,11 @@ use crate::wire::trust::{
 const MAX_INCOMING: usize = 1024;
 /// Most statements waiting to be stored by the rendezvous.
 const MAX_UNSUBMITTED: usize = 4096;
+/// Most approvals waiting for the requester's countersignature; the oldest is forgotten beyond
+/// it. With `--auto-approve` every request anyone sends lands here, so it must be bounded.
+/// Forgetting one changes nothing on the wire: the approval was sent, and a countersigned
+/// record that comes back is admitted on its own signatures.
+const MAX_APPROVED: usize = 1024;
 
 /// A request this node made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +164,8 @@ pub struct TrustBook {
     approved: BTreeMap<NodeKey, TrustRecord>,
     names: BTreeMap<NodeKey, Hostname>,
     unsubmitted: Vec<Statement>,
+    /// Approvals forgotten past [`MAX_APPROVED`] since start.
+    approvals_evicted: u64,
 }
 
 impl TrustBook {
@@ -171,6 +178,7 @@ impl TrustBook {
             approved: BTreeMap::new(),
             names: BTreeMap::new(),
             unsubmitted: Vec::new(),
+            approvals_evicted: 0,
         }
     }
 
@@ -345,6 +353,11 @@ impl TrustBook {
         self.approved.keys().copied()
     }
 
+    /// Approvals forgotten because more than [`MAX_APPROVED`] waited at once.
+    pub fn approvals_evicted(&self) -> u64 {
+        self.approvals_evicted
+    }
+
     /// How messages name `key`: `bob (a1b2.c3d4.e5f6)` when its hostname is known, else its
     /// node address.
     pub fn label(&self, key: &NodeKey) -> String {
@@ -443,6 +456,17 @@ impl TrustBook {
         let half = TrustRecord::approve(signing, peer, now_ms).map_err(verb_error)?;
         self.incoming.remove(&peer);
         self.queue(Statement::Record(half.clone()));
+        if self.approved.len() >= MAX_APPROVED && !self.approved.contains_key(&peer) {
+            let oldest = self
+                .approved
+                .iter()
+                .min_by_key(|(_, r)| r.issued_ms)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.approved.remove(&k);
+                self.approvals_evicted += 1;
+            }
+        }
         self.approved.insert(peer, half);
         Ok(Gate::Unchanged)
     }

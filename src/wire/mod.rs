@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod hex;
 pub mod ip;
 pub mod message;
+pub mod printable;
 pub mod trust;
 
 /// First byte of Pilot's own datagrams start here (`'P'`).

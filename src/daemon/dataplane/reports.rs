@@ -55,6 +55,7 @@ impl Core {
             pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
             registered: self.node.is_registered(now),
             nat: self.node.net_status(now).nat,
+            approvals_evicted: self.node.trust().approvals_evicted(),
         }
     }
 

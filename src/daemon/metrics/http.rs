@@ -1,8 +1,11 @@
 //! The metrics endpoint: just enough HTTP/1.1 on a tokio listener to answer `GET /metrics`.
 //!
-//! One connection at a time, one request per connection (`Connection: close`). A request head
-//! larger than [`MAX_REQUEST`] is answered `431` and the connection closed; a connection that
-//! has not sent a whole head and read its answer within the timeout is closed. The page comes
+//! Up to [`MAX_CONNECTIONS`] connections are answered at once, one request per connection
+//! (`Connection: close`); beyond that, connections wait in the kernel's accept queue until one
+//! ends. A request head larger than [`MAX_REQUEST`] is answered `431` and the connection
+//! closed; a connection that has not sent a whole head and read its answer within the timeout
+//! is closed. So a client that connects and says nothing holds one slot for at most the
+//! timeout, and never delays a scrape while a slot is free. The page comes
 //! from a `scrape` function (a snapshot asked of the daemon's loop and rendered here), called
 //! only for `GET`/`HEAD /metrics`, so nothing a client sends reaches the data plane.
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 use super::exposition::CONTENT_TYPE;
 
@@ -21,6 +25,8 @@ use super::exposition::CONTENT_TYPE;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long one connection may take, from accept to the last byte of the answer.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections answered at once (Prometheus keeps one at a time per target).
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// The listening metrics endpoint.
 pub struct MetricsListener {
@@ -50,14 +56,22 @@ impl MetricsListener {
         self.addr
     }
 
-    /// Answers connections one after another, forever. `scrape` makes the page, or `None`
-    /// when the daemon's loop is gone (answered `503`).
-    pub async fn serve<F, Fut>(self, mut scrape: F)
+    /// Answers connections, up to [`MAX_CONNECTIONS`] at once, forever (dropping the future
+    /// ends those in progress too). `scrape` makes the page, or `None` when the daemon's loop
+    /// is gone (answered `503`).
+    pub async fn serve<F, Fut>(self, scrape: F)
     where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<String>>,
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Option<String>> + Send,
     {
+        let mut connections = JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
+            if connections.len() >= MAX_CONNECTIONS {
+                // Each ends within the timeout.
+                connections.join_next().await;
+                continue;
+            }
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -67,11 +81,14 @@ impl MetricsListener {
                     continue;
                 }
             };
-            match tokio::time::timeout(self.timeout, answer(stream, &mut scrape)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!("metrics endpoint: {e}"),
-                Err(_) => tracing::debug!("metrics endpoint: connection timed out"),
-            }
+            let (scrape, timeout) = (scrape.clone(), self.timeout);
+            connections.spawn(async move {
+                match tokio::time::timeout(timeout, answer(stream, scrape)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!("metrics endpoint: {e}"),
+                    Err(_) => tracing::debug!("metrics endpoint: connection timed out"),
+                }
+            });
         }
     }
 }
@@ -88,9 +105,9 @@ enum Route {
 }
 
 /// Reads one request head, answers it, and closes.
-async fn answer<F, Fut>(mut stream: TcpStream, scrape: &mut F) -> io::Result<()>
+async fn answer<F, Fut>(mut stream: TcpStream, scrape: F) -> io::Result<()>
 where
-    F: FnMut() -> Fut,
+    F: Fn() -> Fut,
     Fut: Future<Output = Option<String>>,
 {
     let mut buf = [0u8; MAX_REQUEST];

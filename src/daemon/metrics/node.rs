@@ -32,6 +32,8 @@ pub struct NodeMetrics {
     pub registered: bool,
     /// The NAT mapping measured against the rendezvous (`Unknown` without one).
     pub nat: NatKind,
+    /// Approvals waiting for a countersignature forgotten past the trust book's limit.
+    pub approvals_evicted: u64,
 }
 
 impl NodeMetrics {
@@ -156,6 +158,16 @@ pub fn render(m: &NodeMetrics) -> String {
             "WireGuard cookie replies sent to handshakes that arrived while under load.",
             c.cookie_replies,
         ),
+        (
+            "pilot_punch_candidates_evicted_total",
+            "Punch candidates dropped past the per-peer limit of 16 (the oldest first).",
+            c.candidates_evicted,
+        ),
+        (
+            "pilot_trust_approvals_evicted_total",
+            "Approvals waiting for a countersignature forgotten past the limit (the oldest first).",
+            m.approvals_evicted,
+        ),
     ] {
         page.single(name, Kind::Counter, help, value);
     }
@@ -214,6 +226,7 @@ mod tests {
         counters.relay_tx_bytes = 330;
         counters.relay_rx_bytes = 660;
         counters.cookie_replies = 7;
+        counters.candidates_evicted = 8;
         let m = NodeMetrics {
             version: "0.1.0-\"dev\"\\x".into(),
             uptime: Duration::from_millis(61_500),
@@ -234,6 +247,7 @@ mod tests {
             pending: 1,
             registered: true,
             nat: NatKind::EndpointIndependent,
+            approvals_evicted: 9,
         };
         let page = render(&m);
         let lines: Vec<&str> = page.lines().collect();
@@ -269,6 +283,8 @@ mod tests {
             "pilot_relay_tx_bytes_total 330",
             "pilot_relay_rx_bytes_total 660",
             "pilot_cookie_replies_total 7",
+            "pilot_punch_candidates_evicted_total 8",
+            "pilot_trust_approvals_evicted_total 9",
             r#"pilot_drops_total{reason="under_load"} 0"#,
             "# TYPE pilot_trusted_peers gauge",
             "pilot_trusted_peers 2",
@@ -284,7 +300,7 @@ mod tests {
         let drops = lines.iter().filter(|l| l.starts_with("pilot_drops_total{"));
         assert_eq!(drops.count(), DropReason::ALL.len() + 3);
         let families = lines.iter().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 21);
+        assert_eq!(families, 23);
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("# HELP ")).count(),
             families

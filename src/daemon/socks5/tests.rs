@@ -412,3 +412,33 @@ async fn a_proxy_that_wants_authentication_or_is_not_socks5_is_named() {
         "{result:?}"
     );
 }
+
+#[test]
+fn the_proxy_warns_when_other_hosts_can_reach_it() {
+    for addr in [
+        "127.0.0.1:1080",
+        "127.8.9.10:1",
+        "[::1]:1080",
+        "[::ffff:127.0.0.1]:1080",
+    ] {
+        let addr: SocketAddr = addr.parse().unwrap();
+        assert_eq!(exposure_warning(addr), None, "{addr}");
+    }
+    for addr in [
+        "0.0.0.0:1080",
+        "192.0.2.7:1080",
+        "[::]:1080",
+        "[2001:db8::1]:1080",
+    ] {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let warning = exposure_warning(addr).unwrap_or_else(|| panic!("no warning for {addr}"));
+        for part in [
+            &addr.to_string()[..],
+            "no authentication",
+            "every peer this node trusts",
+            "--socks5 127.0.0.1:1080",
+        ] {
+            assert!(warning.contains(part), "no `{part}` in: {warning}");
+        }
+    }
+}

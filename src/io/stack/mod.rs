@@ -11,10 +11,12 @@
 //! writes its end, the stack's waker fires [`Stack::notify`], and the data plane polls the stack.
 //!
 //! Everything is bounded: connections ([`Limits::max_connections`]), socket buffers, duplex
-//! buffers, and the packet queues. A limit that is hit is counted and logged, and the
+//! buffers, the packet queues, and how long a peer may leave a connection it opened half-open
+//! ([`HANDSHAKE_TIMEOUT`], see `listen.rs`). A limit that is hit is counted and logged, and the
 //! connection refused at once (a SOCKS5 error, a TCP reset), never left to stall.
 
 mod device;
+mod listen;
 
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -30,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::{oneshot, Notify};
 
 use device::QueueDevice;
+use listen::Listener;
+pub use listen::HANDSHAKE_TIMEOUT;
 
 /// How much the stack may hold.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +102,8 @@ pub struct StackStats {
     pub limit_refusals: u64,
     /// Packets dropped because a queue between the data plane and the stack was full.
     pub queue_drops: u64,
+    /// Connections peers left half-open past [`HANDSHAKE_TIMEOUT`]: reset, slot listening again.
+    pub half_open_timeouts: u64,
 }
 
 struct Conn {
@@ -110,11 +116,6 @@ struct Conn {
     wrote_eof: bool,
     /// An outgoing connection not yet established: who to tell, and until when to wait.
     connecting: Option<(oneshot::Sender<Result<(), ConnectError>>, Instant)>,
-}
-
-struct Listener {
-    port: u16,
-    sockets: Vec<SocketHandle>,
 }
 
 pub struct Stack {
@@ -133,6 +134,8 @@ pub struct Stack {
     stats: StackStats,
     /// When a limit was last logged (once per 10 s at most).
     last_limit_log: Option<Instant>,
+    /// When half-open timeouts were last logged (once per 10 s at most).
+    last_half_open_log: Option<Instant>,
 }
 
 /// Wakes the data plane when a task reads or writes its end of a pipe.
@@ -177,6 +180,7 @@ impl Stack {
             waker,
             stats: StackStats::default(),
             last_limit_log: None,
+            last_half_open_log: None,
         }
     }
 
@@ -214,17 +218,6 @@ impl Stack {
     /// The next connection a peer opened to a listening port.
     pub fn take_accepted(&mut self) -> Option<Accepted> {
         self.accepted.pop_front()
-    }
-
-    /// Accept connections to `port` from now on.
-    pub fn listen(&mut self, port: u16) {
-        if !self.listeners.iter().any(|l| l.port == port) {
-            self.listeners.push(Listener {
-                port,
-                sockets: Vec::new(),
-            });
-        }
-        self.refill_listeners();
     }
 
     /// Opens a TCP connection to `remote`. The stream is usable once the receiver says `Ok`.
@@ -278,14 +271,19 @@ impl Stack {
     /// When the stack next needs [`Stack::poll`] without any input.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
         let ts = self.timestamp(now);
-        let at = self.iface.poll_at(ts, &self.sockets)?;
-        let at = self.epoch + Duration::from_micros(at.total_micros().max(0) as u64);
+        let smoltcp = self
+            .iface
+            .poll_at(ts, &self.sockets)
+            .map(|at| self.epoch + Duration::from_micros(at.total_micros().max(0) as u64));
         let connect_deadline = self
             .conns
             .iter()
             .filter_map(|c| c.connecting.as_ref().map(|(_, d)| *d))
             .min();
-        Some(connect_deadline.map_or(at, |d| d.min(at)))
+        [smoltcp, connect_deadline, self.half_open_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn timestamp(&self, now: Instant) -> smoltcp::time::Instant {
@@ -304,13 +302,7 @@ impl Stack {
 
     /// Connections open or being opened, including half-open accepted ones.
     fn open_count(&self) -> usize {
-        let half_open = self
-            .listeners
-            .iter()
-            .flat_map(|l| &l.sockets)
-            .filter(|&&h| self.sockets.get::<tcp::Socket>(h).state() != State::Listen)
-            .count();
-        self.conns.len() + half_open
+        self.conns.len() + self.half_open_count()
     }
 
     fn limit_hit(&mut self, now: Instant, what: &str) {
@@ -345,83 +337,6 @@ impl Stack {
             // At most max_connections ports are busy, far fewer than the range holds.
             if !busy {
                 return port;
-            }
-        }
-    }
-
-    /// Keeps `backlog` sockets listening on every port while connections are below the limit.
-    fn refill_listeners(&mut self) {
-        for i in 0..self.listeners.len() {
-            while self.listeners[i].sockets.len() < self.limits.backlog
-                && self.open_count() < self.limits.max_connections
-            {
-                let mut socket = self.new_socket();
-                // Cannot fail: the port is non-zero and the socket fresh.
-                if socket.listen(self.listeners[i].port).is_err() {
-                    break;
-                }
-                let handle = self.sockets.add(socket);
-                self.listeners[i].sockets.push(handle);
-            }
-        }
-    }
-
-    /// Moves listening sockets that were connected to the connection table.
-    fn accept(&mut self, now: Instant) {
-        let mut changed = false;
-        for l in 0..self.listeners.len() {
-            let port = self.listeners[l].port;
-            let mut i = 0;
-            while i < self.listeners[l].sockets.len() {
-                let handle = self.listeners[l].sockets[i];
-                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-                match socket.state() {
-                    State::Listen | State::SynReceived => i += 1,
-                    State::Closed => {
-                        // A handshake that failed: listen again on the same socket.
-                        let _ = socket.listen(port);
-                        i += 1;
-                    }
-                    _ => {
-                        let remote = socket.remote_endpoint();
-                        socket.set_keep_alive(Some(smol(KEEPALIVE)));
-                        socket.set_timeout(Some(smol(IDLE_TIMEOUT)));
-                        self.listeners[l].sockets.swap_remove(i);
-                        changed = true;
-                        let Some(IpEndpoint {
-                            addr: IpAddress::Ipv6(ip),
-                            port: remote_port,
-                        }) = remote
-                        else {
-                            self.sockets.remove(handle);
-                            continue;
-                        };
-                        let (ours, theirs) = tokio::io::duplex(self.limits.pipe_buffer);
-                        self.conns.push(Conn {
-                            handle,
-                            pipe: ours,
-                            read_eof: false,
-                            wrote_eof: false,
-                            connecting: None,
-                        });
-                        self.stats.accepted += 1;
-                        self.accepted.push_back(Accepted {
-                            stream: theirs,
-                            remote: SocketAddrV6::new(ip, remote_port, 0, 0),
-                            port,
-                        });
-                    }
-                }
-            }
-        }
-        if changed {
-            self.refill_listeners();
-            let missing = self
-                .listeners
-                .iter()
-                .any(|l| l.sockets.len() < self.limits.backlog);
-            if missing {
-                self.limit_hit(now, "new incoming connections until one closes");
             }
         }
     }

@@ -170,8 +170,99 @@ async fn the_connection_limit_refuses_at_once_both_ways() {
     }
     assert_eq!(b.stats().connections, 2);
     assert!(
-        b.listeners[0].sockets.is_empty(),
+        b.listeners[0].slots.is_empty(),
         "no listener past the limit"
     );
     assert!(b.stats().limit_refusals >= 1);
+}
+
+/// A bare TCP SYN (no options) as a peer's kernel would send it, checksum left out (the
+/// device does not check it).
+fn syn(src: SocketAddrV6, dst: SocketAddrV6) -> Vec<u8> {
+    let mut p = vec![0u8; 60];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&20u16.to_be_bytes());
+    p[6] = 6; // TCP
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.ip().octets());
+    p[24..40].copy_from_slice(&dst.ip().octets());
+    p[40..42].copy_from_slice(&src.port().to_be_bytes());
+    p[42..44].copy_from_slice(&dst.port().to_be_bytes());
+    p[44..48].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    p[52] = 5 << 4;
+    p[53] = 0x02; // SYN
+    p[54..56].copy_from_slice(&65535u16.to_be_bytes());
+    p
+}
+
+/// Takes every packet `stack` queued; returns the TCP flags and destination port of each.
+fn sent_tcp(stack: &mut Stack) -> Vec<(u8, u16)> {
+    let mut out = Vec::new();
+    while let Some(p) = stack.pop_packet() {
+        if p.len() >= 60 && p[6] == 6 {
+            out.push((p[53], u16::from_be_bytes([p[42], p[43]])));
+        }
+        stack.recycle(p);
+    }
+    out
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn half_open_connections_time_out_and_the_port_accepts_again() {
+    const SYN_ACK: u8 = 0x12;
+    const RST: u8 = 0x04;
+    let (mut a, mut b) = pair(Limits::default());
+    b.listen(8080);
+    let port = SocketAddrV6::new(B, 8080, 0, 0);
+    let start = Instant::now();
+    // A peer takes both listening slots with SYNs it never completes; its SYN-ACKs are lost.
+    let backlog = Limits::default().backlog as u16;
+    for p in 0..backlog {
+        b.push_packet(&syn(SocketAddrV6::new(A, 40_000 + p, 0, 0), port));
+    }
+    b.poll(start);
+    let answered = sent_tcp(&mut b);
+    assert_eq!(answered.len(), usize::from(backlog));
+    assert!(answered
+        .iter()
+        .all(|&(flags, _)| flags & SYN_ACK == SYN_ACK));
+    assert_eq!(b.half_open_count(), usize::from(backlog), "port wedged");
+    // The stack asks to be woken by the deadline, and keeps the slots until then.
+    assert!(b.poll_at(start).unwrap() <= start + HANDSHAKE_TIMEOUT);
+    let just_before = start + HANDSHAKE_TIMEOUT - Duration::from_millis(1);
+    b.poll(just_before);
+    assert_eq!(b.half_open_count(), usize::from(backlog));
+    assert_eq!(b.stats().half_open_timeouts, 0);
+
+    // At the deadline: the half-open peers get an RST, and the slots listen again.
+    let mut now = start + HANDSHAKE_TIMEOUT;
+    b.poll(now);
+    b.poll(now);
+    let resets: Vec<u16> = sent_tcp(&mut b)
+        .into_iter()
+        .filter(|&(flags, _)| flags & RST != 0)
+        .map(|(_, to)| to)
+        .collect();
+    assert_eq!(resets.len(), usize::from(backlog), "{resets:?}");
+    assert_eq!(b.stats().half_open_timeouts, u64::from(backlog));
+    assert_eq!(b.half_open_count(), 0);
+
+    // And a real connection is accepted.
+    let (_stream, mut established) = a.connect(port, now).unwrap();
+    let outcome = loop {
+        a.poll(now);
+        b.poll(now);
+        carry(&mut a, &mut b, false);
+        carry(&mut b, &mut a, false);
+        if let Ok(outcome) = established.try_recv() {
+            break outcome;
+        }
+        now += Duration::from_millis(1);
+        assert!(now < start + HANDSHAKE_TIMEOUT * 2, "no answer");
+    };
+    assert_eq!(outcome, Ok(()));
+    b.poll(now);
+    let accepted = b.take_accepted().expect("accepted on the freed slot");
+    assert_eq!(accepted.port, 8080);
+    assert_eq!(b.stats().accepted, 1);
 }

@@ -298,6 +298,38 @@ fn crossing_requests_and_auto_approve_approve_at_once() {
 }
 
 #[test]
+fn auto_approve_keeps_a_bounded_number_of_approvals_oldest_forgotten() {
+    let mut server = TrustBook::new(key(3));
+    let requester = |i: usize| {
+        let mut seed = [0xa5; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        SigningKey::from_bytes(&seed)
+    };
+    let extra = 5;
+    // Anyone can make keys: a flood of requests, each approved at once, none countersigned.
+    for i in 0..MAX_APPROVED + extra {
+        let at = NOW + i as u64;
+        let request = TrustRequest::sign(&requester(i), key(3), at, 1, "").unwrap();
+        server
+            .receive(&signing(3), Statement::Request(request), None, true, at)
+            .unwrap();
+    }
+    assert_eq!(server.approved().count(), MAX_APPROVED);
+    assert_eq!(server.approvals_evicted(), extra as u64);
+    let approved: Vec<NodeKey> = server.approved().collect();
+    let key_of = |i: usize| NodeKey(requester(i).verifying_key().to_bytes());
+    for i in 0..extra {
+        assert!(!approved.contains(&key_of(i)), "the oldest went first");
+    }
+    assert!(approved.contains(&key_of(extra)));
+    assert!(approved.contains(&key_of(MAX_APPROVED + extra - 1)));
+    assert!(
+        server.state().approved.len() <= MAX_APPROVED,
+        "and the saved state"
+    );
+}
+
+#[test]
 fn the_saved_state_round_trips_and_tampering_is_left_out() {
     let mut t = Two::new();
     t.a.handshake(&signing(1), key(2), "", NOW, 1).unwrap();

@@ -136,15 +136,48 @@ async fn a_silent_client_is_dropped_after_the_timeout() {
     let mut silent = TcpStream::connect(addr).await.unwrap();
     silent.write_all(b"GET /met").await.unwrap();
     let started = tokio::time::Instant::now();
-    // Served once the silent one has been given up.
-    let answer = exchange(addr, &[b"GET /metrics HTTP/1.1\r\n\r\n"])
-        .await
-        .unwrap();
-    assert!(answer.ends_with(PAGE));
-    assert!(started.elapsed() >= timeout / 2);
     let mut rest = Vec::new();
     silent.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "no answer to half a request");
+    assert!(started.elapsed() >= timeout / 2);
+}
+
+#[tokio::test]
+async fn a_held_connection_does_not_delay_a_scrape() {
+    // A timeout far beyond the test's patience: the scrape must not wait for it.
+    let addr = endpoint(Some(PAGE), Duration::from_secs(60)).await;
+    let _held = TcpStream::connect(addr).await.unwrap();
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /met").await.unwrap();
+    let scrape = exchange(addr, &[b"GET /metrics HTTP/1.1\r\n\r\n"]);
+    let answer = tokio::time::timeout(Duration::from_secs(5), scrape)
+        .await
+        .expect("scrape answered while other connections are held open")
+        .unwrap();
+    assert!(answer.ends_with(PAGE), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let addr = endpoint(Some(PAGE), Duration::from_secs(60)).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let scrape = tokio::spawn(exchange(addr, &[b"GET /metrics HTTP/1.1\r\n\r\n"]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !scrape.is_finished(),
+        "more than {MAX_CONNECTIONS} served at once"
+    );
+    // One holder leaves: its slot serves the waiting scrape.
+    drop(held.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(5), scrape)
+        .await
+        .expect("served once a slot was free")
+        .unwrap()
+        .unwrap();
+    assert!(answer.ends_with(PAGE), "{answer}");
 }
 
 #[tokio::test]
