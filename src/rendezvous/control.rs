@@ -156,6 +156,11 @@ impl Server {
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
         let now_ms = self.clock.unix_ms(now);
+        let new_key = self.registry.get(&req.sender).is_none();
+        if new_key && !self.admit_new_key(req.from, now) {
+            self.counters.refuse(Refusal::RateLimited);
+            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        }
         let previous = self.registry.get(&req.sender);
         if previous.is_none() && self.registry.len() >= self.config.max_nodes {
             self.counters.refuse(Refusal::RegistryFull);
@@ -298,6 +303,25 @@ impl Server {
     /// A signed message from a registered node's socket arrived at the main port from `from`:
     /// that is where its NAT maps it now (rebinding is followed at once, not at the next
     /// `Register`).
+    /// Whether one more new key may register from `from`'s address now. The source address
+    /// is proven (a registration needs the cookie for it), so throwaway keys cost an
+    /// attacker addresses, not just signatures.
+    fn admit_new_key(&mut self, from: SocketAddr, now: Instant) -> bool {
+        /// Source addresses remembered at most; beyond it, idle ones are forgotten.
+        const MAX_SOURCES: usize = 65_536;
+        if self.new_keys.len() >= MAX_SOURCES && !self.new_keys.contains_key(&from.ip()) {
+            self.new_keys.retain(|_, bucket| !bucket.is_full(now));
+            if self.new_keys.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let rate = self.config.new_keys_per_source;
+        self.new_keys
+            .entry(from.ip())
+            .or_default()
+            .take(rate, 1, now)
+    }
+
     /// Answers a registration from an endpoint not yet proven with the cookie for it.
     fn challenge<'a>(
         &mut self,

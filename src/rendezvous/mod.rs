@@ -39,8 +39,8 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use counters::{Counters, Refusal, RelayDrop};
@@ -117,6 +117,13 @@ pub struct Config {
     pub relay_bytes_per_sec: u64,
     /// Most registrations held; new nodes beyond it are refused (`RateLimited`).
     pub max_nodes: usize,
+    /// Most trust statements waiting for delivery, all nodes together (each costs about a
+    /// kilobyte of memory and a row on disk for up to a week); beyond it new ones are refused
+    /// (`OutboxFull`). Each node also has at most `MAX_OUTBOX` waiting.
+    pub max_outbox: usize,
+    /// New keys registered per second from one source address, and the burst allowed (a NAT
+    /// with many nodes behind it boots them at once). Refreshes are not counted.
+    pub new_keys_per_source: Rate,
 }
 
 impl Config {
@@ -131,6 +138,11 @@ impl Config {
             expiry: Duration::from_secs(80),
             relay_bytes_per_sec: 100_000_000 / 8,
             max_nodes: 1_000_000,
+            max_outbox: 250_000,
+            new_keys_per_source: Rate {
+                per_sec: 2,
+                burst: 64,
+            },
         }
     }
 }
@@ -152,6 +164,9 @@ pub struct Server {
     outbox: Outbox,
     /// The one rate limit for `Lookup`s from senders that are not registered.
     stranger_lookups: TokenBucket,
+    /// New keys registered per source address (see `Config::new_keys_per_source`); idle
+    /// buckets are forgotten when there are too many.
+    new_keys: BTreeMap<IpAddr, TokenBucket>,
     cookies: cookie::AddressCookies,
     replay: ReplayGuard,
     counters: Counters,
@@ -201,6 +216,7 @@ impl Server {
             ledger: TrustLedger::new(),
             outbox: Outbox::default(),
             stranger_lookups: TokenBucket::default(),
+            new_keys: BTreeMap::new(),
             cookies,
             replay,
             counters: Counters::default(),

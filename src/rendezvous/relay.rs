@@ -29,6 +29,11 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// Whether nothing has been taken lately: the bucket is as if new.
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.tat.is_none_or(|t| t <= now)
+    }
+
     /// Takes `cost` units at `now` if the rate allows it. A zero rate allows nothing.
     pub fn take(&mut self, rate: Rate, cost: u64, now: Instant) -> bool {
         if rate.per_sec == 0 {

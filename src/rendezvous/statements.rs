@@ -90,7 +90,9 @@ impl Server {
         else {
             return self.reply(req, &Message::Stored { echo: req.nonce }, now, out);
         };
-        if !ledger && replaces.is_none() && self.outbox.count(&target) >= MAX_OUTBOX {
+        let full = (!ledger && self.outbox.count(&target) >= MAX_OUTBOX)
+            || self.outbox.len() >= self.config.max_outbox;
+        if replaces.is_none() && full {
             self.counters.refuse(Refusal::OutboxFull);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
         }

@@ -195,3 +195,23 @@ fn undelivered_items_are_purged_after_their_lifetime() {
     b.register(&mut sim, &[]).unwrap();
     assert_eq!(sim.deliveries_to(b.at), vec![]);
 }
+
+#[test]
+fn the_outbox_is_bounded_for_all_nodes_together() {
+    // Issue 15, A4: the outbox was capped per target only, and targets can be any key.
+    let mut sim = Sim::with(MemoryStore::new(), |c| c.max_outbox = 3);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    a.register(&mut sim, &[]);
+    for n in 0..4u8 {
+        let target = Client::new(100 + n, "192.0.2.1:1").key();
+        let ask =
+            TrustRequest::sign(a.signing_key(), target, sim.now_ms(), u64::from(n), "hi").unwrap();
+        let reply = a.submit(&mut sim, &Statement::Request(ask));
+        if n < 3 {
+            assert!(matches!(reply, Some(Message::Stored { .. })), "{reply:?}");
+        } else {
+            assert_eq!(refused(reply), RefusalCode::RateLimited);
+        }
+    }
+    assert_eq!(sim.server.counters().refused(Refusal::OutboxFull), 1);
+}

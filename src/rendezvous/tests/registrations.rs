@@ -293,3 +293,44 @@ fn a_flood_from_throwaway_keys_dated_ahead_never_refuses_an_honest_registration(
     ));
     assert_eq!(sim.server.counters().refused(Refusal::Stale), 0);
 }
+
+#[test]
+fn new_keys_are_rate_limited_per_source_address_and_refreshes_are_not() {
+    // Issue 15, A4: Register had no rate limit; throwaway keys now cost proven addresses.
+    let mut sim = Sim::with(MemoryStore::new(), |c| {
+        c.new_keys_per_source = relay::Rate {
+            per_sec: 1,
+            burst: 3,
+        }
+    });
+    let mut clients: Vec<Client> = (1..=4)
+        .map(|n| Client::new(n, &format!("198.51.100.9:{}", 40_000 + u16::from(n))))
+        .collect();
+    for c in &mut clients[..3] {
+        assert!(matches!(
+            c.register(&mut sim, &[]),
+            Some(Message::Registered { .. })
+        ));
+    }
+    assert_eq!(
+        refused(clients[3].register(&mut sim, &[])),
+        RefusalCode::RateLimited
+    );
+    assert_eq!(sim.server.counters().refused(Refusal::RateLimited), 1);
+    // Refreshes of keys already registered are not new keys; another address has its own.
+    assert!(matches!(
+        clients[0].register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+    let mut elsewhere = Client::new(9, "203.0.113.9:40009");
+    assert!(matches!(
+        elsewhere.register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+    // A second later the address may add one more.
+    sim.advance(Duration::from_millis(1_100));
+    assert!(matches!(
+        clients[3].register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+}
