@@ -337,6 +337,12 @@ fn status_text(s: &StatusReply) -> String {
     if let Some(metrics) = &s.metrics {
         let _ = writeln!(text, "metrics     http://{metrics}/metrics");
     }
+    if let Some(why) = &s.trust_save_error {
+        attention.push(format!(
+            "trust.json cannot be saved ({} failed attempts, retrying): {why}",
+            s.trust_save_failures
+        ));
+    }
     if let Some(why) = &s.lan_guard_missing {
         attention.push(format!(
             "LAN guard not installed ({why}): a LAN neighbour can send this host packets with \
@@ -733,6 +739,8 @@ mod tests {
             handshakes: 5,
             metrics: Some("127.0.0.1:9187".into()),
             lan_guard_missing: None,
+            trust_save_error: None,
+            trust_save_failures: 0,
         };
         assert_eq!(
             status_text(&s),

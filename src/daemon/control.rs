@@ -157,6 +157,11 @@ pub struct StatusReply {
     /// Kernel mode: why the LAN guard (overlay addresses only through the TUN) is missing.
     #[serde(default)]
     pub lan_guard_missing: Option<String>,
+    /// Why `trust.json` cannot be written, while it cannot, and failed writes since start.
+    #[serde(default)]
+    pub trust_save_error: Option<String>,
+    #[serde(default)]
+    pub trust_save_failures: u64,
 }
 
 /// Peers by path.

@@ -25,7 +25,7 @@ use super::control::{InboxReply, OpenedStream};
 use super::inbox::Inbox;
 use super::services::Incoming;
 use super::socks5::{Reply, Target};
-use super::trust_file::TrustFile;
+use super::trust_file::{SaveSchedule, TrustFile};
 use super::tun_writer::TunWriter;
 use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
@@ -122,7 +122,7 @@ struct Core {
     /// `resolve` commands waiting for the rendezvous, by lookup id.
     resolve_waiters: BTreeMap<u64, (String, oneshot::Sender<Result<PeerRef, String>>)>,
     /// Saving the trust state failed: do not try again before this.
-    next_save: Instant,
+    saves: SaveSchedule,
     /// Why the daemon must stop (a refused hostname).
     fatal: Option<String>,
     /// Userspace mode: the stack holding the node's address, and where the connections peers
@@ -173,7 +173,7 @@ impl DataPlane {
             ping_waiters: BTreeMap::new(),
             send_dropped: 0,
             resolve_waiters: BTreeMap::new(),
-            next_save: Instant::now(),
+            saves: SaveSchedule::new(Instant::now()),
             fatal: None,
             stack,
             inbox,
@@ -219,6 +219,9 @@ impl Core {
                 .node
                 .poll_timeout()
                 .map_or_else(|| now + IDLE, |(t, _)| t);
+            if self.node.trust_changed() {
+                wake = wake.min(self.saves.next());
+            }
             let mut stack_notify = None;
             if let Some((stack, _)) = &mut self.stack {
                 if let Some(at) = stack.poll_at(now) {
@@ -227,7 +230,12 @@ impl Core {
                 stack_notify = Some(stack.notify());
             }
             tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => {
+                    // A change still waiting for its turn to be written is written now.
+                    self.saves = SaveSchedule::new(Instant::now());
+                    self.save_trust(Instant::now());
+                    return Ok(());
+                }
                 guard = io.udp.readable() => {
                     let mut guard = guard?;
                     match self.recv.recv(io.udp.get_ref()) {
@@ -619,7 +627,7 @@ impl Core {
     /// Saves the trust state if it changed, then lets the node acknowledge the deliveries it
     /// holds. On failure the deliveries stay unacknowledged (the rendezvous sends them again).
     fn save_trust(&mut self, now: Instant) {
-        if now < self.next_save {
+        if !self.saves.due(now, self.node.trust_urgent()) {
             return;
         }
         let Some(state) = self.node.take_trust_state() else {
@@ -627,13 +635,21 @@ impl Core {
         };
         match self.facts.trust_file.save(&state) {
             Ok(()) => {
+                if let Some(failures) = self.saves.saved(now) {
+                    tracing::info!("trust state saved again after {failures} failed attempt(s)");
+                }
                 self.node.trust_saved(now);
                 self.update_hosts_file();
             }
             Err(e) => {
-                tracing::error!("cannot save the trust state: {e:#}");
+                let error = format!("{e:#}");
+                if self.saves.failed(error.clone(), now) {
+                    tracing::error!(
+                        "cannot save the trust state: {error}; retrying with back-off \
+                         (deliveries stay unacknowledged meanwhile)"
+                    );
+                }
                 self.node.trust_save_failed();
-                self.next_save = now + Duration::from_secs(1);
             }
         }
     }

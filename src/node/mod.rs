@@ -246,6 +246,9 @@ pub struct Node {
     auto_approve: bool,
     /// The trust book changed since the daemon last saved it.
     trust_dirty: bool,
+    /// The unsaved change opened or closed a peer's gate: write it at once rather than
+    /// coalesced with others (see `Node::trust_urgent`).
+    trust_urgent: bool,
     /// Deliveries to acknowledge once the trust state is saved.
     pending_acks: Vec<u64>,
     /// Statements submitted and not yet confirmed, by the nonce they went out with.
@@ -302,6 +305,7 @@ impl Node {
             hostname: config.hostname,
             auto_approve: config.auto_approve,
             trust_dirty: false,
+            trust_urgent: false,
             pending_acks: Vec::new(),
             inflight: BTreeMap::new(),
             next_submit: None,

@@ -54,6 +54,10 @@ pub struct Incoming {
     pub request: TrustRequest,
     /// The requester's hostname, as the rendezvous knows it.
     pub from_name: Option<Hostname>,
+    /// When it arrived, by our clock (ms since the UNIX epoch): when the list is full, the
+    /// earliest arrival goes. Not the request's own date, which its sender chooses: requests
+    /// dated into the future would otherwise push out every honest one.
+    pub arrived_ms: u64,
 }
 
 /// What a verb or a delivered statement did to a peer's gate.
@@ -150,6 +154,8 @@ pub struct SavedIncoming {
     pub request: String,
     #[serde(default)]
     pub from_name: Option<Hostname>,
+    #[serde(default)]
+    pub arrived_ms: u64,
 }
 
 pub const TRUST_STATE_VERSION: u32 = 1;
@@ -240,6 +246,7 @@ impl TrustBook {
                         Incoming {
                             request: r,
                             from_name,
+                            arrived_ms: saved.arrived_ms,
                         },
                     );
                 }
@@ -307,6 +314,7 @@ impl TrustBook {
                 .map(|i| SavedIncoming {
                     request: hex(Statement::Request(i.request.clone())),
                     from_name: i.from_name.clone(),
+                    arrived_ms: i.arrived_ms,
                 })
                 .collect(),
             approved: self
@@ -384,15 +392,44 @@ impl TrustBook {
     }
 
     /// Remembers `key`'s hostname. Returns whether it changed.
+    ///
+    /// A name belongs to one key: whoever had it before lost it at the rendezvous — unless
+    /// that key is trusted. A trusted key keeps its name here whatever the rendezvous says
+    /// later (its registration may have lapsed and someone else claimed the name, or the
+    /// rendezvous lies), so `untrust bob` can never hit an impostor instead of bob.
     pub fn learn_name(&mut self, key: NodeKey, name: Option<Hostname>) -> bool {
-        match name {
-            Some(name) if self.names.get(&key) != Some(&name) && key != self.me => {
-                // A name belongs to one key: whoever had it before lost it at the rendezvous.
-                self.names.retain(|_, n| *n != name);
-                self.names.insert(key, name);
-                true
-            }
-            _ => false,
+        let Some(name) = name else {
+            return false;
+        };
+        if self.names.get(&key) == Some(&name) || key == self.me {
+            return false;
+        }
+        let held_by_trusted = self
+            .names
+            .iter()
+            .any(|(k, n)| *n == name && *k != key && self.is_trusted(k));
+        if held_by_trusted {
+            return false;
+        }
+        self.names.retain(|_, n| *n != name);
+        self.names.insert(key, name);
+        true
+    }
+
+    /// Whether we have anything to do with `key`: trust, a request either way, an approval
+    /// or a ledger statement.
+    fn deals_with(&self, key: &NodeKey) -> bool {
+        self.is_trusted(key)
+            || self.incoming.contains_key(key)
+            || self.outgoing.contains_key(key)
+            || self.approved.contains_key(key)
+            || self.ledger.state(&self.me, key).is_some()
+    }
+
+    /// Drops `key`'s name once we have nothing to do with it any more.
+    fn forget_name_unless_known(&mut self, key: &NodeKey) {
+        if !self.deals_with(key) {
+            self.names.remove(key);
         }
     }
 
@@ -548,7 +585,8 @@ impl TrustBook {
         } else {
             return Err(TrustError::NotAParty);
         };
-        let mut changed = self.learn_name(peer, from_name.clone());
+        // Nothing is learnt from a statement before it verified: the name comes along below.
+        let mut changed = false;
         let was_trusted = self.is_trusted(&peer);
         let mut new_request = None;
         match statement {
@@ -566,7 +604,12 @@ impl TrustBook {
                     || auto_approve
                 {
                     // Both asked (or we approve everyone): approve at once.
-                    self.incoming.insert(peer, Incoming { request, from_name });
+                    let incoming = Incoming {
+                        request,
+                        from_name: from_name.clone(),
+                        arrived_ms: now_ms,
+                    };
+                    self.incoming.insert(peer, incoming);
                     let _ = self.approve(signing, peer, now_ms);
                     changed = true;
                 } else if self
@@ -574,15 +617,23 @@ impl TrustBook {
                     .get(&peer)
                     .is_none_or(|i| i.request.issued_ms < request.issued_ms)
                 {
-                    if self.incoming.len() >= MAX_INCOMING {
-                        let oldest = self
+                    if self.incoming.len() >= MAX_INCOMING && !self.incoming.contains_key(&peer) {
+                        let earliest = self
                             .incoming
                             .iter()
-                            .min_by_key(|(_, i)| i.request.issued_ms)
+                            .min_by_key(|(_, i)| i.arrived_ms)
                             .map(|(k, _)| *k);
-                        oldest.map(|k| self.incoming.remove(&k));
+                        if let Some(k) = earliest {
+                            self.incoming.remove(&k);
+                            self.forget_name_unless_known(&k);
+                        }
                     }
-                    self.incoming.insert(peer, Incoming { request, from_name });
+                    let incoming = Incoming {
+                        request,
+                        from_name: from_name.clone(),
+                        arrived_ms: now_ms,
+                    };
+                    self.incoming.insert(peer, incoming);
                     new_request = Some(peer);
                     changed = true;
                 }
@@ -631,6 +682,11 @@ impl TrustBook {
                     changed = true;
                 }
             }
+        }
+        // The statement verified: remember the peer's name if we deal with it at all (junk
+        // that changed nothing leaves no name behind).
+        if self.deals_with(&peer) {
+            changed |= self.learn_name(peer, from_name);
         }
         let gate = match (was_trusted, self.is_trusted(&peer)) {
             (false, true) => Gate::Opened(peer),
@@ -693,5 +749,7 @@ fn verb_error(e: TrustError) -> VerbError {
     }
 }
 
+#[cfg(test)]
+mod flood_tests;
 #[cfg(test)]
 mod tests;

@@ -130,7 +130,19 @@ impl Node {
     /// The trust state to save, when it changed since the last call. Deliveries are
     /// acknowledged to the rendezvous only after [`Node::trust_saved`].
     pub fn take_trust_state(&mut self) -> Option<TrustState> {
+        self.trust_urgent = false;
         std::mem::take(&mut self.trust_dirty).then(|| self.trust.state())
+    }
+
+    /// Whether the trust state changed since it was last taken for saving.
+    pub fn trust_changed(&self) -> bool {
+        self.trust_dirty
+    }
+
+    /// Whether the unsaved change made or ended trust with a peer: worth writing at once,
+    /// while requests arriving in a flood may be written together.
+    pub fn trust_urgent(&self) -> bool {
+        self.trust_dirty && self.trust_urgent
     }
 
     /// The state from [`Node::take_trust_state`] is durable: acknowledge what it contains.
@@ -157,6 +169,7 @@ impl Node {
     /// first, so that the rendezvous holds a new record before the `Connect` it allows.
     fn trust_updated(&mut self, gate: Gate, now: Instant) {
         self.trust_dirty = true;
+        self.trust_urgent |= gate != Gate::Unchanged;
         self.next_submit = Some(now);
         self.drive_trust(now);
         self.apply_gate(gate, now);

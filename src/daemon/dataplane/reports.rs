@@ -89,6 +89,8 @@ impl Core {
             handshakes: counters.handshakes,
             metrics: self.facts.metrics.map(|a| a.to_string()),
             lan_guard_missing: self.facts.lan_guard_missing.clone(),
+            trust_save_error: self.saves.failing().map(str::to_owned),
+            trust_save_failures: self.saves.failures(),
         }
     }
 }
