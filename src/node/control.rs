@@ -157,12 +157,20 @@ impl Node {
                 echo,
                 observed,
                 keepalive_secs,
+                first,
             } => {
                 let first_key = link.key.is_none();
+                let accepted = link.pending_register == Some(echo);
                 let changed =
                     link.on_registered(opened.sender, echo, observed, keepalive_secs, now);
                 if first_key && link.key.is_some() {
                     self.events.push_back(Event::RendezvousKey(opened.sender));
+                }
+                if accepted && first {
+                    // The rendezvous holds nothing of ours (it is new to us, or restarted
+                    // without its database): hand it every statement we hold again, so the
+                    // pairs it relays and introduces are back within this round trip.
+                    self.resubmit_trust(now);
                 }
                 if changed {
                     // New public endpoint: measure the NAT again and re-introduce every

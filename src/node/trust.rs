@@ -272,22 +272,31 @@ impl TrustBook {
             }
         }
         // Resubmit what we hold: the rendezvous answers `Stored` for what it knows already.
-        let held: Vec<Statement> = book
+        book.resubmit_held();
+        (book, warnings)
+    }
+
+    /// Queues for the rendezvous every statement we hold that it should have: the ledger's
+    /// (records and revocations), our live requests and our approvals. It answers `Stored` for
+    /// what it knows already. Returns whether anything was queued that was not already.
+    pub fn resubmit_held(&mut self) -> bool {
+        let held: Vec<Statement> = self
             .ledger
-            .pairs_of(&me)
+            .pairs_of(&self.me)
             .map(|(_, state)| state.to_statement())
             .chain(
-                book.outgoing
+                self.outgoing
                     .values()
                     .filter(|o| o.rejected.is_none())
                     .map(|o| Statement::Request(o.request.clone())),
             )
-            .chain(book.approved.values().cloned().map(Statement::Record))
+            .chain(self.approved.values().cloned().map(Statement::Record))
             .collect();
+        let before = self.unsubmitted.len();
         for s in held {
-            book.queue(s);
+            self.queue(s);
         }
-        (book, warnings)
+        self.unsubmitted.len() != before || !self.unsubmitted.is_empty()
     }
 
     pub fn state(&self) -> TrustState {

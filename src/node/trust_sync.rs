@@ -134,6 +134,17 @@ impl Node {
         std::mem::take(&mut self.trust_dirty).then(|| self.trust.state())
     }
 
+    /// Queues every statement we hold for the rendezvous again and sends them now.
+    pub(super) fn resubmit_trust(&mut self, now: Instant) {
+        if self.trust.resubmit_held() {
+            self.trust_dirty = true;
+            tracing::info!(
+                "the rendezvous holds nothing of ours: handing it our trust statements again"
+            );
+        }
+        self.next_submit = Some(now);
+    }
+
     /// Whether the trust state changed since it was last taken for saving.
     pub fn trust_changed(&self) -> bool {
         self.trust_dirty

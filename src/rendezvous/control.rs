@@ -156,6 +156,10 @@ impl Server {
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
         let now_ms = self.clock.unix_ms(now);
+        // No live registration of this key here: a new node, or one this server forgot (it
+        // restarted, lost its database or was restored from an old backup). The node is told,
+        // and hands over its trust statements again.
+        let first = self.registry.fresh(&req.sender, now).is_none();
         let new_key = self.registry.get(&req.sender).is_none();
         if new_key && !self.admit_new_key(req.from, now) {
             self.counters.refuse(Refusal::RateLimited);
@@ -219,6 +223,7 @@ impl Server {
             echo: req.nonce,
             observed: req.from,
             keepalive_secs: u16::try_from(self.config.keepalive.as_secs()).unwrap_or(u16::MAX),
+            first,
         };
         // Queued, so they leave right behind the reply.
         self.start_deliveries(req.sender, now);

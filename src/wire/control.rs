@@ -156,10 +156,14 @@ pub enum Message {
         cookie: Option<[u8; COOKIE_LEN]>,
     },
     /// Answers `Register` (echoing its nonce) with the endpoint the rendezvous saw.
+    /// `first`: the rendezvous held no live registration of this key before (it is new, or
+    /// the rendezvous restarted, lost its database or was restored from a backup): the node
+    /// hands it its trust statements again.
     Registered {
         echo: u64,
         observed: SocketAddr,
         keepalive_secs: u16,
+        first: bool,
     },
     /// Asks for the endpoint seen at the port this was sent to.
     NatProbe,
@@ -267,10 +271,12 @@ impl Message {
                 echo,
                 observed,
                 keepalive_secs,
+                first,
             } => {
                 out.extend_from_slice(&echo.to_be_bytes());
                 put_endpoint(out, *observed);
                 out.extend_from_slice(&keepalive_secs.to_be_bytes());
+                out.push(u8::from(*first));
             }
             Message::NatProbe => {}
             Message::NatProbeReply {
@@ -377,6 +383,11 @@ impl Message {
                 echo: r.u64()?,
                 observed: r.endpoint()?,
                 keepalive_secs: r.u16()?,
+                first: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::BadValue),
+                },
             },
             NAT_PROBE => Message::NatProbe,
             NAT_PROBE_REPLY => Message::NatProbeReply {
@@ -666,6 +677,7 @@ mod tests {
                 echo: 7,
                 observed: v4,
                 keepalive_secs: 25,
+                first: true,
             },
             Message::NatProbe,
             Message::NatProbeReply {

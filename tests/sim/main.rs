@@ -795,3 +795,33 @@ fn replayed_and_forged_registrations_are_refused() {
     assert_eq!(sim.server.counters().challenges, 1);
     assert_eq!(sim.server.counters().registrations, 0);
 }
+
+#[test]
+fn a_rendezvous_that_lost_its_database_gets_the_records_back_within_a_keepalive() {
+    // Issue 12, item 1: relayed pairs stayed dead (relay drops `not_allowed`) until a node
+    // restarted, because nodes handed their records over only at start.
+    let (mut sim, x, y) = Sim::pair(NatKind::Sym, NatKind::Sym);
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        traffic(&mut sim, x, y, Duration::from_secs(2)) > 0,
+        "{}",
+        sim.debug()
+    );
+    assert_eq!(sim.path(x, y), PathKind::Relay);
+    // The rendezvous restarts on an empty database (same identity, as after a lost disk).
+    let config = Config::new(identity(200), RDV_PORT, RDV_PORT + 1);
+    sim.server = Server::new(config, Box::new(MemoryStore::new()), 8, sim.clock, sim.now).unwrap();
+    let lost = sim.now;
+    // Within one keepalive (25 s) the nodes re-register, are told the rendezvous holds
+    // nothing of theirs, hand their records back, and the relay carries them again.
+    let mut resumed = None;
+    while sim.now < lost + Duration::from_secs(30) {
+        if traffic(&mut sim, x, y, Duration::from_millis(500)) > 0 {
+            resumed = Some(sim.now - lost);
+            break;
+        }
+    }
+    let resumed = resumed.unwrap_or_else(|| panic!("traffic never resumed\n{}", sim.debug()));
+    assert!(resumed <= Duration::from_secs(26), "{resumed:?}");
+    assert!(sim.server.counters().statements_stored > 0);
+}

@@ -25,7 +25,8 @@ fn registration_is_stored_before_it_is_acknowledged() {
         Message::Registered {
             echo: a.nonce,
             observed: a.at,
-            keepalive_secs: 25
+            keepalive_secs: 25,
+            first: true,
         }
     );
     assert_eq!(sim.store.get(&a.key()).unwrap().observed, a.at);
