@@ -6,6 +6,7 @@ mod init;
 mod packaging_files;
 pub mod pilotctl;
 pub mod pilotd;
+mod readiness;
 pub mod rendezvous;
 mod seed;
 mod service;

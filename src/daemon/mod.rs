@@ -372,7 +372,7 @@ async fn serve(
     server.abort();
     // Wait for the server task to go so the control socket file is removed now.
     let _ = server.await;
-    outcome.context("data plane")
+    outcome
 }
 
 /// Serves the metrics page, asking the data plane for a snapshot per scrape.
