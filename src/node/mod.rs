@@ -600,4 +600,6 @@ mod cookie_tests;
 #[cfg(test)]
 mod endpoint_tests;
 #[cfg(test)]
+mod log_tests;
+#[cfg(test)]
 mod tests;

@@ -53,7 +53,7 @@ pub(super) fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
 }
 
 /// An IPv6/UDP packet as a kernel would write it into the TUN.
-fn udp_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+pub(super) fn udp_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 40 + 8 + payload.len()];
     p[0] = 0x60;
     p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
