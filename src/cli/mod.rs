@@ -4,6 +4,7 @@ pub mod config;
 mod init;
 #[cfg(test)]
 mod packaging_files;
+mod peer_table;
 pub mod pilotctl;
 pub mod pilotd;
 mod readiness;

@@ -602,4 +602,6 @@ mod endpoint_tests;
 #[cfg(test)]
 mod log_tests;
 #[cfg(test)]
+mod status_tests;
+#[cfg(test)]
 mod tests;

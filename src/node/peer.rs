@@ -204,11 +204,13 @@ impl Peer {
             Route::Direct(e) => (PathKind::None, Some(e)),
             _ => (PathKind::None, None),
         };
+        // boringtun's estimate is the handshake's round trip in whole milliseconds: 0 says
+        // only "under 1 ms", which `0.00ms` would misstate, so it counts as not measured.
         let rtt_ms = self
             .last_rtt
             .or(self.path.direct_rtt().filter(|_| path == PathKind::Direct))
             .map(|d| d.as_secs_f64() * 1000.0)
-            .or(rtt.map(f64::from));
+            .or(rtt.filter(|&ms| ms > 0).map(f64::from));
         PeerStatus {
             address: self.addr.to_ipv6().to_string(),
             node: self.addr.to_string(),
