@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use lab::{ctl, eventually, ns_exec, Lab, NodeHandle, PILOTCTL, PILOTD};
+use lab::{ctl, ctl_in, eventually, ns_exec, Lab, NodeHandle, PILOTCTL, PILOTD};
 
 const RDV: &str = "198.51.100.1:7000";
 
@@ -201,4 +201,47 @@ fn a_second_daemon_on_the_same_state_directory_is_refused_before_it_creates_anyt
     );
     lab.signal(index, Signal::SIGTERM);
     assert!(lab.wait(index, Duration::from_secs(10)));
+}
+
+#[test]
+fn connect_to_an_untrusted_peer_says_trust_is_missing_and_what_to_type() {
+    if !lab::privileged("connect_to_an_untrusted_peer_says_trust_is_missing_and_what_to_type") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (na, nb) = lab.two_hosts();
+    let (rdv, _) = lab.rendezvous(&na, RDV);
+    let mut alice = lab.node(&na, "alice", "198.51.100.1");
+    let mut bob = lab.node(&nb, "bob", "198.51.100.2");
+    for (node, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        lab.start_with(
+            node,
+            &["--rendezvous", &rdv, "--hostname", name].map(String::from),
+        );
+        let up = eventually(Duration::from_secs(10), || registered(node).then_some(()));
+        assert!(up.is_some(), "{}", node.log_text());
+    }
+    let connect = || ctl_in(&alice, &["connect", "bob", "80", "--message", "hi"], b"");
+    let out = connect();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "bob ({}) is not a trusted peer of this node",
+            bob.address
+        )) && err.contains("`pilotctl handshake bob`")
+            && !err.contains("os error"),
+        "{err}"
+    );
+    // Asked, not yet approved: it says so.
+    let asked = ctl(&alice, &["handshake", "bob"]);
+    assert!(asked.status.success(), "{}", text(&asked));
+    let out = connect();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has not approved this node's trust request yet")
+            && err.contains("`pilotctl approve alice`"),
+        "{}",
+        text(&out)
+    );
 }

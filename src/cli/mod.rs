@@ -12,4 +12,5 @@ pub mod rendezvous;
 mod seed;
 mod service;
 mod streams;
+mod trust_gate;
 mod up_flags;
