@@ -245,3 +245,51 @@ fn connect_to_an_untrusted_peer_says_trust_is_missing_and_what_to_type() {
         text(&out)
     );
 }
+
+/// A daemon running as root, a `pilotctl` run as another user: the socket refuses that user
+/// (EACCES), and pilotctl says so, and how to run it, rather than "pilotd is not running".
+#[test]
+fn pilotctl_as_another_user_is_told_permission_denied_and_to_use_sudo() {
+    use std::os::unix::fs::PermissionsExt;
+    if !lab::privileged("pilotctl_as_another_user_is_told_permission_denied_and_to_use_sudo") {
+        return;
+    }
+    let lab = Lab::new();
+    // Run from a copy the other user can reach (the build directory may not be).
+    std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = lab.dir.join("pilotctl");
+    std::fs::copy(PILOTCTL, &bin).unwrap();
+    // As the daemon makes them: a root-owned 0700 directory, or a 0600 socket in an open one.
+    let closed = lab.dir.join("closed");
+    let open = lab.dir.join("open");
+    for (dir, mode) in [(&closed, 0o700), (&open, 0o755)] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut listeners = Vec::new();
+    for dir in [&closed, &open] {
+        let socket = dir.join("pilotd.sock");
+        listeners.push(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let uid = format!("--reuid={}", lab::UNPRIVILEGED);
+        let gid = format!("--regid={}", lab::UNPRIVILEGED);
+        let out = Command::new("setpriv")
+            .args([&uid, &gid, "--clear-groups"])
+            .arg(&bin)
+            .arg("--control")
+            .arg(&socket)
+            .arg("info")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "pilotctl: permission denied on the control socket {}: pilotd runs as root, and \
+                 only that user may use it; run pilotctl with sudo",
+                socket.display()
+            )
+        );
+    }
+}

@@ -117,7 +117,12 @@ fn start(
     let named = config.is_some();
     let config = config.or_else(|| Some(default_config_path()).filter(|p| p.exists()));
     flags.check(config.as_deref())?;
-    if let Ok(info) = info(socket) {
+    let running = info(socket);
+    if let Err(e @ ClientError::PermissionDenied { .. }) = running {
+        // It runs, as someone else: starting another could only fail on the same socket.
+        return Err(e.to_string());
+    }
+    if let Ok(info) = running {
         println!("pilotd already runs (pid {}, {})", info.pid, info.address);
         if !flags.is_empty() || !up_args.is_empty() {
             println!("the settings given apply from its next start: `pilotctl daemon stop` first");
