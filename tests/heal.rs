@@ -293,3 +293,57 @@ fn pilotctl_as_another_user_is_told_permission_denied_and_to_use_sudo() {
         );
     }
 }
+
+/// Connects to [ADDR]:PORT, sends, and says what came back: `data`, `eof` (an orderly close),
+/// `reset` or `refused`.
+const PROBE: &str = r#"
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.sendall(b"hello")
+    print("data" if s.recv(100) else "eof")
+except (ConnectionResetError, BrokenPipeError):
+    print("reset")
+except ConnectionRefusedError:
+    print("refused")
+"#;
+
+#[test]
+fn an_exposed_port_whose_service_is_down_resets_the_connection() {
+    if !lab::privileged("an_exposed_port_whose_service_is_down_resets_the_connection") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (na, nb) = lab.two_hosts();
+    let mut kern = lab.node(&na, "kern", "198.51.100.1");
+    let mut user = lab.node(&nb, "user", "198.51.100.2");
+    lab.start(&mut kern, &[&user]);
+    let peer = format!("{}@198.51.100.1:{}", kern.key, lab::PORT);
+    let flags = [
+        "--userspace",
+        "--socks5",
+        "off",
+        "--expose",
+        "8080:18080",
+        "--peer",
+        &peer,
+    ];
+    lab.start_with(&mut user, &flags.map(String::from));
+    let probe = lab.dir.join("probe.py");
+    std::fs::write(&probe, PROBE).unwrap();
+    let probe = probe.to_str().unwrap();
+    // Nothing listens on 127.0.0.1:18080 in the userspace node's namespace. The first try
+    // may wait for the WireGuard handshake (a timeout prints nothing).
+    let answer = eventually(Duration::from_secs(15), || {
+        let out = ns_exec(&na, &["python3", probe, &user.address, "8080"]);
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (!said.is_empty()).then_some(said)
+    });
+    assert_eq!(answer.as_deref(), Some("reset"), "{}", user.log_text());
+    assert!(
+        user.log_text()
+            .contains("exposed port 8080: cannot reach 127.0.0.1:18080"),
+        "{}",
+        user.log_text()
+    );
+}
