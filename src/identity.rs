@@ -27,14 +27,16 @@ pub struct Identity {
     signing: SigningKey,
 }
 
+/// The OS error is part of each message and deliberately not its `source()`: shown through
+/// anyhow's `{:#}` (pilotd) or alone (`pilotctl init`), it appears once either way.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot create state directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot read identity {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot write identity {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot create state directory {path}: {error}")]
+    CreateDir { path: PathBuf, error: io::Error },
+    #[error("cannot read identity {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
+    #[error("cannot write identity {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
     #[error(
         "identity {path} is readable by group or others (mode {mode:o}); it holds the node's secret key — \
          run `chmod 600 {path}` if it has not leaked, otherwise move it away to make a new identity"
@@ -72,15 +74,15 @@ impl Identity {
                     .recursive(true)
                     .mode(0o700)
                     .create(state_dir)
-                    .map_err(|source| IdentityError::CreateDir {
+                    .map_err(|error| IdentityError::CreateDir {
                         path: state_dir.into(),
-                        source,
+                        error,
                     })?;
                 let identity = Identity::generate(&mut rand_core::OsRng);
                 identity.save_new(&path)?;
                 Ok(identity)
             }
-            Err(source) => Err(IdentityError::Read { path, source }),
+            Err(error) => Err(IdentityError::Read { path, error }),
         }
     }
 
@@ -120,9 +122,9 @@ impl Identity {
     }
 
     fn load(path: &Path) -> Result<Identity, IdentityError> {
-        let read_err = |source| IdentityError::Read {
+        let read_err = |error| IdentityError::Read {
             path: path.into(),
-            source,
+            error,
         };
         let corrupt = |reason: String| IdentityError::Corrupt {
             path: path.into(),
@@ -154,9 +156,9 @@ impl Identity {
     /// Writes a new identity file: exclusive create at a temporary name with mode 0600, fsync,
     /// rename into place, fsync the directory, so a crash leaves either no file or a whole one.
     fn save_new(&self, path: &Path) -> Result<(), IdentityError> {
-        let write_err = |source| IdentityError::Write {
+        let write_err = |error| IdentityError::Write {
             path: path.into(),
-            source,
+            error,
         };
         let file = IdentityFile {
             version: 1,
@@ -236,6 +238,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pilot-identity-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// As pilotd prints it (anyhow's `{:#}`, the whole chain): the OS error once, not twice.
+    #[test]
+    fn an_error_is_printed_once() {
+        let dir = temp_dir("once");
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a-file");
+        fs::write(&file, "").unwrap();
+        let err = Identity::load_or_create(&file.join("state")).err().unwrap();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(
+            text,
+            format!(
+                "cannot read identity {}/state/identity.json: Not a directory (os error 20)",
+                file.display()
+            )
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

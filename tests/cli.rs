@@ -93,6 +93,35 @@ fn bad_arguments_are_refused_before_anything_starts() {
     assert!(!dir.exists(), "a refused start must not create state");
 }
 
+/// A log level tracing would read as a target name (and so log nothing) is refused when the
+/// command line is parsed, from the flag or the environment, listing the accepted values.
+#[test]
+fn an_unknown_log_level_is_refused_with_the_accepted_values() {
+    let dir = temp("loglevel");
+    for (flag, env) in [(Some("verbose"), None), (None, Some("warning"))] {
+        let mut cmd = Command::new(PILOTD);
+        cmd.env_remove("PILOT_LOG");
+        if let Some(level) = flag {
+            cmd.args(["--log-level", level]);
+        }
+        if let Some(level) = env {
+            cmd.env("PILOT_LOG", level);
+        }
+        let out = cmd
+            .arg("identity")
+            .env("PILOT_STATE_DIR", &dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("is not a log level: use one of error, warn, info, debug, trace, off"),
+            "{err}"
+        );
+    }
+    assert!(!dir.exists(), "a refused command must not create state");
+}
+
 /// Writes `text` as `NAME` in a fresh directory and returns the file's path.
 fn config_file(tag: &str, name: &str, text: &str) -> std::path::PathBuf {
     let dir = temp(tag);

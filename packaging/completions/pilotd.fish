@@ -24,7 +24,7 @@ function __fish_pilotd_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c pilotd -n "__fish_pilotd_needs_command" -l log-level -d 'Log filter: error, warn, info, debug, trace, or a tracing directive list [default: info]' -r
+complete -c pilotd -n "__fish_pilotd_needs_command" -l log-level -d 'Log level: error, warn, info, debug, trace or off; or directives TARGET=LEVEL such as pilot=debug,boringtun=warn [default: info]' -r
 complete -c pilotd -n "__fish_pilotd_needs_command" -s h -l help -d 'Print help'
 complete -c pilotd -n "__fish_pilotd_needs_command" -s V -l version -d 'Print version'
 complete -c pilotd -n "__fish_pilotd_needs_command" -f -a "up" -d 'Bring the node up: TUN interface, UDP socket, peers, control socket. Runs until SIGINT/SIGTERM'
@@ -47,13 +47,13 @@ complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l control -d 'Control
 complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l metrics -d 'Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9187)' -r
 complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l socks5 -d 'Userspace mode: where the SOCKS5 proxy to peers listens, or `off`. It resolves NAME.pilot itself (curl --socks5-hostname) [default: 127.0.0.1:1080]' -r
 complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l expose -d 'Userspace mode: let trusted peers connect to this node\'s overlay PORT, forwarded to 127.0.0.1:LOCALPORT (default: the same port). Repeatable' -r
-complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l log-level -d 'Log filter: error, warn, info, debug, trace, or a tracing directive list [default: info]' -r
+complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l log-level -d 'Log level: error, warn, info, debug, trace or off; or directives TARGET=LEVEL such as pilot=debug,boringtun=warn [default: info]' -r
 complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l public -d 'Says that --endpoint is public (it is implied: accepted for the seed\'s habit). Alone it is refused: trust is always mutual, so no node is open to everyone'
 complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l auto-approve -d 'Approve every incoming trust request automatically (for public services; off by default)'
 complete -c pilotd -n "__fish_pilotd_using_subcommand up" -l userspace -d 'Rootless mode: no TUN; the node\'s address lives in a userspace TCP/IP stack. Programs reach peers through the SOCKS5 proxy (--socks5) and peers reach local programs through exposed ports (--expose). Needs no root and no /dev/net/tun'
 complete -c pilotd -n "__fish_pilotd_using_subcommand up" -s h -l help -d 'Print help'
 complete -c pilotd -n "__fish_pilotd_using_subcommand identity" -l state-dir -d 'State directory holding identity.json [default: /var/lib/pilot for root, ~/.pilot otherwise]' -r -F
-complete -c pilotd -n "__fish_pilotd_using_subcommand identity" -l log-level -d 'Log filter: error, warn, info, debug, trace, or a tracing directive list [default: info]' -r
+complete -c pilotd -n "__fish_pilotd_using_subcommand identity" -l log-level -d 'Log level: error, warn, info, debug, trace or off; or directives TARGET=LEVEL such as pilot=debug,boringtun=warn [default: info]' -r
 complete -c pilotd -n "__fish_pilotd_using_subcommand identity" -l json -d 'Print JSON'
 complete -c pilotd -n "__fish_pilotd_using_subcommand identity" -s h -l help -d 'Print help'
 complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -l config -d 'Config file (TOML) with any of these settings, named like the flags (`relay_rate`); flags given here override it' -r -F
@@ -65,7 +65,7 @@ complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -l expiry -d '
 complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -l relay-rate -d 'Relay rate per node in Mbit/s (0 = relay nothing) [default: 100]' -r
 complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -l stats-interval -d 'Seconds between log lines with the counters (only when they changed) [default: 60]' -r
 complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -l metrics -d 'Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9188)' -r
-complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -l log-level -d 'Log filter: error, warn, info, debug, trace, or a tracing directive list [default: info]' -r
+complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -l log-level -d 'Log level: error, warn, info, debug, trace or off; or directives TARGET=LEVEL such as pilot=debug,boringtun=warn [default: info]' -r
 complete -c pilotd -n "__fish_pilotd_using_subcommand rendezvous" -s h -l help -d 'Print help'
 complete -c pilotd -n "__fish_pilotd_using_subcommand help; and not __fish_seen_subcommand_from up identity rendezvous help" -f -a "up" -d 'Bring the node up: TUN interface, UDP socket, peers, control socket. Runs until SIGINT/SIGTERM'
 complete -c pilotd -n "__fish_pilotd_using_subcommand help; and not __fish_seen_subcommand_from up identity rendezvous help" -f -a "identity" -d 'Print this node\'s public key and address (creating the identity if there is none), then exit'

@@ -4,11 +4,14 @@ pub mod config;
 mod init;
 #[cfg(test)]
 mod packaging_files;
+mod peer_table;
 pub mod pilotctl;
 pub mod pilotd;
+mod readiness;
 pub mod rendezvous;
 mod seed;
 mod service;
 mod streams;
+mod trust_gate;
 mod trust_text;
 mod up_flags;

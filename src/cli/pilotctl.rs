@@ -445,28 +445,7 @@ fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         return Ok(ExitCode::SUCCESS);
     }
     let peers: Vec<PeerStatus> = parse(value)?;
-    if peers.is_empty() {
-        println!("no peers");
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<24} {:<16} {:<7} {:<24} {:>12} {:>12} {:>10} {:>8}",
-        "ADDRESS", "NODE", "PATH", "ENDPOINT", "RX", "TX", "HANDSHAKE", "RTT"
-    );
-    for p in peers {
-        println!(
-            "{:<24} {:<16} {:<7} {:<24} {:>12} {:>12} {:>10} {:>8}",
-            p.address,
-            printable(p.hostname.as_deref().unwrap_or(&p.node)).to_string(),
-            p.path.as_str(),
-            p.endpoint.unwrap_or_else(|| "-".into()),
-            p.rx_bytes,
-            p.tx_bytes,
-            p.last_handshake_secs
-                .map_or("-".into(), |s| format!("{s}s ago")),
-            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
-        );
-    }
+    print!("{}", super::peer_table::peer_table(&peers));
     Ok(ExitCode::SUCCESS)
 }
 

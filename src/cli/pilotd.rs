@@ -27,8 +27,9 @@ const DEFAULT_KEEPALIVE: u16 = 25;
 #[derive(Debug, Parser)]
 #[command(name = "pilotd", version, about = "Pilot overlay network daemon")]
 struct Cli {
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive list [default: info]
-    #[arg(long, global = true, env = "PILOT_LOG")]
+    /// Log level: error, warn, info, debug, trace or off; or directives TARGET=LEVEL such as
+    /// pilot=debug,boringtun=warn [default: info]
+    #[arg(long, global = true, env = "PILOT_LOG", value_name = "LEVEL", value_parser = parse_log_level)]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -367,9 +368,31 @@ fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{text}`: the name has no address"))
 }
 
-/// Parses a log filter as `--log-level` takes it.
+/// The levels `--log-level` takes alone, as its refusals list them.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Parses a log filter as `--log-level` and the config files take it. A bare word that is not
+/// a level is refused: tracing would read it as a target name (`verbose`, `warning`) and log
+/// nothing else at all.
 pub(super) fn log_filter(filter: &str) -> Result<EnvFilter, String> {
+    for directive in filter.split(',').map(str::trim) {
+        if directive.is_empty() || directive.contains('=') {
+            continue;
+        }
+        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            return Err(format!(
+                "`{directive}` is not a log level: use one of {}, or directives TARGET=LEVEL \
+                 such as pilot=debug,boringtun=warn",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
     EnvFilter::try_new(filter).map_err(|e| format!("`{filter}` is not a log filter ({e})"))
+}
+
+/// `--log-level`, checked when the command line is parsed.
+fn parse_log_level(filter: &str) -> Result<String, String> {
+    log_filter(filter).map(|_| filter.to_owned())
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -408,6 +431,33 @@ mod tests {
             .unwrap_err()
             .contains("public key"));
         assert!(parse_peer(&format!("{key}@192.0.2.7")).is_err());
+    }
+
+    #[test]
+    fn log_levels_that_would_silence_the_daemon_are_refused() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "pilot=debug",
+            "info,boringtun=warn",
+            "debug,",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "warning", "info,quiet", "3"] {
+            let e = log_filter(bad).unwrap_err();
+            assert!(
+                e.ends_with(
+                    "is not a log level: use one of error, warn, info, debug, trace, off, or \
+                     directives TARGET=LEVEL such as pilot=debug,boringtun=warn"
+                ),
+                "{bad}: {e}"
+            );
+        }
+        assert!(log_filter("pilot=lots")
+            .unwrap_err()
+            .contains("`pilot=lots` is not a log filter"));
     }
 
     #[test]

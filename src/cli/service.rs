@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use super::readiness::{self, Registration, Starting};
 use super::up_flags::{default_config_path, UpFlags};
 use crate::daemon::control::{self, ClientError, InfoReply, Request};
 
-/// How long `start` waits for the daemon to answer, and `stop` for it to exit.
+/// How long `stop` waits for the daemon to exit.
 const WAIT: Duration = Duration::from_secs(15);
 /// The unit `start`/`stop` hand over to when it is installed.
 const UNIT: &str = "pilotd.service";
@@ -31,7 +32,8 @@ const NOT_RUNNING: u8 = 3;
 #[derive(Debug, clap::Subcommand)]
 pub enum DaemonCommand {
     /// Start pilotd: through systemd when its unit is installed, else `pilotd up` in the
-    /// background. Returns once the daemon answers on its control socket.
+    /// background. Returns once the daemon answers on its control socket and has registered
+    /// with its rendezvous, if it has one; fails with the daemon's own error if it exits.
     Start {
         /// Config file for `pilotd up --config` (background mode) [default: the one `pilotctl
         /// init` writes, /etc/pilot/pilotd.toml for root, ~/.config/pilot/pilotd.toml
@@ -115,40 +117,55 @@ fn start(
     let named = config.is_some();
     let config = config.or_else(|| Some(default_config_path()).filter(|p| p.exists()));
     flags.check(config.as_deref())?;
-    if let Ok(info) = info(socket) {
+    let running = info(socket);
+    if let Err(e @ ClientError::PermissionDenied { .. }) = running {
+        // It runs, as someone else: starting another could only fail on the same socket.
+        return Err(e.to_string());
+    }
+    if let Ok(info) = running {
         println!("pilotd already runs (pid {}, {})", info.pid, info.address);
         if !flags.is_empty() || !up_args.is_empty() {
             println!("the settings given apply from its next start: `pilotctl daemon stop` first");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if systemd {
+    let mut starting = if systemd {
         if named || !up_args.is_empty() || !flags.is_empty() {
             return Err(systemd_refusal(flags, up_args));
         }
         systemctl("start")?;
+        Starting::Systemd
     } else {
         if let Some(config) = &config {
             println!("settings from {}", config.display());
         }
         let mut args = flags.up_args();
         args.extend(up_args.iter().map(OsString::from));
-        spawn(socket, config, log, &args)?;
-    }
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match info(socket) {
-            Ok(info) => {
-                println!(
-                    "pilotd started (pid {}): {} ({})",
-                    info.pid, info.address, info.node
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(format!("pilotd did not come up within {WAIT:?}: {e}")),
+        spawn(socket, config, log, &args)?
+    };
+    let ready = readiness::wait(socket, &mut starting)?;
+    let info = &ready.info;
+    let started = format!(
+        "pilotd started (pid {}): {} ({})",
+        info.pid, info.address, info.node
+    );
+    match ready.registration {
+        Registration::None => println!("{started}"),
+        Registration::Registered { rendezvous } => {
+            let name =
+                (info.hostname.as_deref()).map_or_else(String::new, |n| format!(" as {n}.pilot"));
+            println!("{started}, registered with the rendezvous {rendezvous}{name}");
+        }
+        Registration::Pending { rendezvous, waited } => {
+            println!("{started}");
+            eprintln!(
+                "pilotctl: warning: not registered with the rendezvous {rendezvous} after {}s \
+                 (no answer from it); pilotd keeps trying — `pilotctl status` shows when it is",
+                waited.as_secs()
+            );
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Why `start` with settings cannot go through systemd, and what to type instead.
@@ -183,14 +200,14 @@ fn systemd_refusal(flags: &UpFlags, up_args: &[String]) -> String {
     text + &format!(" or run pilotd outside systemd: `pilotctl daemon start --no-systemd{all}`")
 }
 
-/// Runs `pilotd up` detached from this terminal (its own session, stdin closed, output to
-/// `log`); fails early if it exits during start-up, with the end of its log.
+/// Runs `pilotd up` detached from this terminal (its own session, stdin closed, output
+/// appended to `log`).
 fn spawn(
     socket: &Path,
     config: Option<PathBuf>,
     log: Option<PathBuf>,
     up_args: &[OsString],
-) -> Result<(), String> {
+) -> Result<Starting, String> {
     let log = log.unwrap_or_else(|| socket.with_file_name("pilotd.log"));
     if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -200,6 +217,8 @@ fn spawn(
         .append(true)
         .open(&log)
         .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    // What this start writes begins here: earlier starts' errors are not this one's.
+    let offset = file.metadata().map_or(0, |m| m.len());
     let err = file.try_clone().map_err(|e| e.to_string())?;
     let mut command = Command::new(pilotd_binary());
     command.arg("up").arg("--control").arg(socket);
@@ -219,27 +238,10 @@ fn spawn(
                 .map_err(std::io::Error::from)
         });
     }
-    let mut child = command
+    let child = command
         .spawn()
         .map_err(|e| format!("starting pilotd: {e}"))?;
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(format!(
-                "pilotd exited during start-up ({status}); from {}:\n{}",
-                log.display(),
-                tail.join("\n")
-            ));
-        }
-        if info(socket).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    Ok(Starting::Spawned { child, log, offset })
 }
 
 /// `pilotd` next to this `pilotctl`, else the one on PATH.

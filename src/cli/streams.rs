@@ -29,14 +29,18 @@ struct Route {
     proxy: Option<SocketAddr>,
 }
 
-fn route(socket: &Path, peer: &str, port: u16) -> Result<Route, ClientError> {
+/// Where a stream to the peer the user named `typed` goes; refused, saying why, when the peer
+/// is not trusted.
+fn route(socket: &Path, typed: &str, port: u16) -> Result<Route, ClientError> {
     let peer: PeerRef = parse(call(
         socket,
         &Request::Resolve {
-            name: peer.to_owned(),
+            name: typed.to_owned(),
         },
     )?)?;
     let info: InfoReply = parse(call(socket, &Request::Info {})?)?;
+    let me = info.hostname.as_deref().unwrap_or(&info.node);
+    super::trust_gate::check(socket, typed, &peer, me)?;
     let ip: IpAddr = peer
         .address
         .parse()

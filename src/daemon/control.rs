@@ -527,11 +527,19 @@ pub fn request(
     timeout: Duration,
 ) -> Result<serde_json::Value, ClientError> {
     use std::io::{BufRead, Write};
-    let not_running = |source| ClientError::NotRunning {
-        path: path.to_owned(),
-        source,
-    };
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(not_running)?;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+        // EACCES: the socket (or its directory) is another user's. The daemon runs.
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            return ClientError::PermissionDenied {
+                path: path.to_owned(),
+                owner: owner_of(path),
+            };
+        }
+        ClientError::NotRunning {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(ClientError::Io)?;
@@ -551,10 +559,33 @@ pub fn request(
     }
 }
 
+/// Who owns the control socket, or the nearest directory above it this user can see: the user
+/// the daemon runs as. `None` when even that cannot be found out.
+fn owner_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = path
+        .ancestors()
+        .find_map(|p| std::fs::metadata(p).ok())?
+        .uid();
+    let user = nix::unistd::User::from_uid(uid.into()).ok().flatten();
+    Some(user.map_or_else(|| format!("uid {uid}"), |u| u.name))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("pilotd is not running (cannot connect to {}: {source}); start it with `sudo pilotd up`", .path.display())]
     NotRunning { path: PathBuf, source: io::Error },
+    /// The daemon runs, as another user, and its socket is that user's alone (mode 0600).
+    #[error(
+        "permission denied on the control socket {}: pilotd runs as {}, and only that user may \
+         use it; run pilotctl with sudo",
+        .path.display(),
+        .owner.as_deref().unwrap_or("another user")
+    )]
+    PermissionDenied {
+        path: PathBuf,
+        owner: Option<String>,
+    },
     #[error("{0}")]
     Daemon(String),
     #[error("control socket: {0}")]

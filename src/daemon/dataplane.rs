@@ -181,12 +181,14 @@ impl DataPlane {
         Ok(DataPlane { io, core })
     }
 
-    /// Runs until `shutdown` resolves or an I/O error that cannot be survived.
+    /// Runs until `shutdown` resolves, an I/O error that cannot be survived, or a fatal
+    /// refusal (a hostname another node holds), which is returned as the daemon's error as it
+    /// stands: it is the configuration that is wrong, not the data plane.
     pub async fn run(
         self,
         mut commands: mpsc::Receiver<Command>,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> io::Result<()> {
+    ) -> anyhow::Result<()> {
         let DataPlane { io, mut core } = self;
         tokio::pin!(shutdown);
         core.node.handle_timeout(Instant::now());
@@ -200,7 +202,10 @@ impl DataPlane {
                 );
             }
         }
-        result
+        if let Some(why) = core.fatal.take() {
+            anyhow::bail!(why);
+        }
+        anyhow::Context::context(result, "data plane")
     }
 }
 
@@ -255,8 +260,8 @@ impl Core {
                 Some(command) = commands.recv() => self.on_command(command),
             }
             self.drain_node(io).await?;
-            if let Some(why) = self.fatal.take() {
-                return Err(io::Error::other(why));
+            if self.fatal.is_some() {
+                return Ok(());
             }
         }
     }
@@ -418,8 +423,13 @@ impl Core {
                     tracing::info!(peer = %from.address(), %justification, "trust request from {who}; approve with `pilotctl approve {who}`");
                 }
                 Event::HostnameTaken(name) => {
+                    // A configuration error: retrying cannot help, so the daemon stops with it.
+                    let rendezvous = (self.node.net_status(Instant::now()).rendezvous)
+                        .map_or_else(String::new, |r| format!(" {r}"));
                     self.fatal = Some(format!(
-                        "hostname `{name}` is already registered by another node at the rendezvous; choose another with --hostname"
+                        "hostname `{name}` is already registered by another node at the \
+                         rendezvous{rendezvous} (the first to claim a name keeps it); choose \
+                         another with --hostname (or `hostname` in the config file)"
                     ));
                 }
                 Event::LookupDone { id, found } => {

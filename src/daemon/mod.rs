@@ -12,6 +12,7 @@ mod pin;
 pub mod rendezvous;
 pub mod services;
 pub mod socks5;
+pub mod state_lock;
 mod trust_file;
 mod tun_writer;
 
@@ -37,6 +38,7 @@ use dataplane::{DataPlane, Facts, Local};
 use inbox::Inbox;
 use metrics::MetricsListener;
 use services::Expose;
+use state_lock::{LockedDir, StateLock};
 
 /// Default UDP port of the node.
 pub const DEFAULT_LISTEN_PORT: u16 = 51870;
@@ -105,6 +107,9 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
 
 async fn up(options: UpOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Before anything else exists: a second daemon on this directory stops here, with nothing
+    // to undo. Held until this function returns.
+    let _lock = StateLock::acquire(&options.state_dir, LockedDir::State)?;
     let identity = Identity::load_or_create(&options.state_dir)?;
     let mut rendezvous = options.rendezvous.clone();
     let pin = rendezvous
@@ -389,7 +394,7 @@ async fn serve(
     server.abort();
     // Wait for the server task to go so the control socket file is removed now.
     let _ = server.await;
-    outcome.context("data plane")
+    outcome
 }
 
 /// Serves the metrics page, asking the data plane for a snapshot per scrape.

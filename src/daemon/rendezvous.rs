@@ -24,6 +24,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::{self, MetricsListener, RendezvousMetrics};
+use super::state_lock::{LockedDir, StateLock};
 use crate::clock::WallClock;
 use crate::identity::Identity;
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
@@ -68,6 +69,8 @@ pub fn run_rendezvous(options: RendezvousOptions) -> anyhow::Result<()> {
 async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     prepare_data_dir(&options.data_dir)?;
+    // One rendezvous per data directory (they would share the registry), held until return.
+    let _lock = StateLock::acquire(&options.data_dir, LockedDir::Data)?;
     let identity = Identity::load_or_create(&options.data_dir)?;
     let key = identity.public_key();
     let main = bind(options.listen)?;

@@ -84,6 +84,7 @@ pub async fn serve_incoming(
             stream,
             remote,
             port,
+            refusal,
         } = accepted;
         if port == MESSAGE_PORT {
             tokio::spawn(super::messages::serve(
@@ -95,12 +96,14 @@ pub async fn serve_incoming(
             continue;
         }
         let Some(rule) = expose.iter().find(|e| e.port == port).copied() else {
+            refusal.refuse();
             continue;
         };
         if sender.is_none() {
             // The gate lets only trusted peers' packets in; a stranger here means trust was
             // withdrawn while the connection was being set up.
-            tracing::debug!(%remote, port, "connection from an untrusted address closed");
+            tracing::debug!(%remote, port, "connection from an untrusted address reset");
+            refusal.refuse();
             continue;
         }
         tokio::spawn(async move {
@@ -111,7 +114,14 @@ pub async fn serve_incoming(
                     pipe(local_stream, stream).await;
                 }
                 Err(e) => {
-                    tracing::warn!(%remote, "exposed port {}: cannot reach {local}: {e}", rule.port)
+                    // As a kernel answers a closed port: a reset, not a connection that opens
+                    // and closes with nothing in it.
+                    refusal.refuse();
+                    tracing::warn!(
+                        %remote,
+                        "exposed port {}: cannot reach {local}: {e}; connection reset",
+                        rule.port
+                    );
                 }
             }
         });

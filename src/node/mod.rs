@@ -605,6 +605,10 @@ mod cookie_tests;
 #[cfg(test)]
 mod endpoint_tests;
 #[cfg(test)]
+mod log_tests;
+#[cfg(test)]
 mod replay_tests;
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod tests;

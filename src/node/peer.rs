@@ -97,6 +97,11 @@ pub(crate) struct Peer {
     /// Bytes received and sent through tunnels closed before the current one.
     closed_rx: u64,
     closed_tx: u64,
+    /// Entered around boringtun's timer calls, so that its warnings (a handshake retried, a
+    /// connection expired) name the peer: `peer{node=… name=…}`. Made once per peer; the name
+    /// is recorded when the node learns it ([`Peer::log_span`]).
+    log_span: tracing::Span,
+    log_span_named: bool,
 }
 
 impl Peer {
@@ -134,7 +139,22 @@ impl Peer {
             rate_limiter,
             closed_rx: 0,
             closed_tx: 0,
+            log_span: tracing::error_span!(
+                "peer",
+                node = %key.address(),
+                name = tracing::field::Empty
+            ),
+            log_span_named: false,
         }
+    }
+
+    /// The span naming this peer in log lines, with `name` recorded the first time it is known.
+    pub fn log_span(&mut self, name: Option<&impl std::fmt::Display>) -> tracing::Span {
+        if let (false, Some(name)) = (self.log_span_named, name) {
+            self.log_span.record("name", tracing::field::display(name));
+            self.log_span_named = true;
+        }
+        self.log_span.clone()
     }
 
     /// Closes the gate and forgets the session: a fresh tunnel (same index) holds no keys, so
@@ -184,11 +204,13 @@ impl Peer {
             Route::Direct(e) => (PathKind::None, Some(e)),
             _ => (PathKind::None, None),
         };
+        // boringtun's estimate is the handshake's round trip in whole milliseconds: 0 says
+        // only "under 1 ms", which `0.00ms` would misstate, so it counts as not measured.
         let rtt_ms = self
             .last_rtt
             .or(self.path.direct_rtt().filter(|_| path == PathKind::Direct))
             .map(|d| d.as_secs_f64() * 1000.0)
-            .or(rtt.map(f64::from));
+            .or(rtt.filter(|&ms| ms > 0).map(f64::from));
         PeerStatus {
             address: self.addr.to_ipv6().to_string(),
             node: self.addr.to_string(),

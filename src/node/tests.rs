@@ -53,7 +53,7 @@ pub(super) fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
 }
 
 /// An IPv6/UDP packet as a kernel would write it into the TUN.
-fn udp_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+pub(super) fn udp_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 40 + 8 + payload.len()];
     p[0] = 0x60;
     p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
@@ -66,9 +66,9 @@ fn udp_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Two nodes and the datagrams in flight between them.
-struct Pair {
-    a: Node,
-    b: Node,
+pub(super) struct Pair {
+    pub(super) a: Node,
+    pub(super) b: Node,
     now: Instant,
     /// Packets each side's node wrote to its TUN.
     a_tun: Vec<Vec<u8>>,
@@ -76,7 +76,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn new() -> Pair {
+    pub(super) fn new() -> Pair {
         Pair {
             a: node(1, &[(2, Some(B_EP))]),
             b: node(2, &[(1, Some(A_EP))]),
@@ -117,7 +117,7 @@ impl Pair {
         panic!("no quiescence");
     }
 
-    fn send_from_a(&mut self, packet: &[u8]) -> TunVerdict {
+    pub(super) fn send_from_a(&mut self, packet: &[u8]) -> TunVerdict {
         let mut out = vec![0u8; 2048];
         let verdict = match self.a.handle_tun_packet(packet, self.now, &mut out) {
             TunOutput::Send(t) => {
@@ -134,7 +134,7 @@ impl Pair {
 }
 
 #[derive(Debug, PartialEq)]
-enum TunVerdict {
+pub(super) enum TunVerdict {
     Sent,
     Reply(Vec<u8>),
     Nothing,

@@ -171,6 +171,10 @@ impl Node {
                 self.work.pop_front();
                 continue;
             }
+            // boringtun's timers log their warnings without saying which tunnel: this says it.
+            // Not per data packet: timers and flushes only.
+            let name = self.trust.name_of(&self.peers[index].key);
+            let _span = self.peers[index].log_span(name).entered();
             if std::mem::take(&mut self.peers[index].kick_handshake)
                 && !self.peers[index].has_session()
             {

@@ -16,7 +16,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::{smol, Accepted, Conn, Stack, IDLE_TIMEOUT, KEEPALIVE};
+use super::{smol, Accepted, Conn, Refusal, Stack, IDLE_TIMEOUT, KEEPALIVE};
 
 /// How long a connection a peer opened may stay half-open (SYN received, handshake not
 /// completed) before its listening slot is taken back. A handshake across the overlay takes
@@ -158,18 +158,21 @@ impl Stack {
     /// An established connection a peer opened: into the table, and out to the serving task.
     fn hand_over(&mut self, handle: SocketHandle, remote: SocketAddrV6, port: u16) {
         let (ours, theirs) = tokio::io::duplex(self.limits.pipe_buffer);
+        let refusal = Refusal::new(self.notify.clone());
         self.conns.push(Conn {
             handle,
             pipe: ours,
             read_eof: false,
             wrote_eof: false,
             connecting: None,
+            refusal: Some(refusal.clone()),
         });
         self.stats.accepted += 1;
         self.accepted.push_back(Accepted {
             stream: theirs,
             remote,
             port,
+            refusal,
         });
     }
 

@@ -17,6 +17,7 @@
 
 mod device;
 mod listen;
+mod refuse;
 
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -34,6 +35,7 @@ use tokio::sync::{oneshot, Notify};
 use device::QueueDevice;
 use listen::Listener;
 pub use listen::HANDSHAKE_TIMEOUT;
+pub use refuse::Refusal;
 
 /// How much the stack may hold.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +81,8 @@ pub struct Accepted {
     pub stream: DuplexStream,
     pub remote: SocketAddrV6,
     pub port: u16,
+    /// Resets the connection instead of closing it (nothing to forward it to).
+    pub refusal: Refusal,
 }
 
 /// Why an outgoing connection was not made.
@@ -116,6 +120,8 @@ struct Conn {
     wrote_eof: bool,
     /// An outgoing connection not yet established: who to tell, and until when to wait.
     connecting: Option<(oneshot::Sender<Result<(), ConnectError>>, Instant)>,
+    /// An accepted connection: set when its task refuses it.
+    refusal: Option<Refusal>,
 }
 
 pub struct Stack {
@@ -250,6 +256,7 @@ impl Stack {
             read_eof: false,
             wrote_eof: false,
             connecting: Some((tx, now + CONNECT_TIMEOUT)),
+            refusal: None,
         });
         self.stats.connected += 1;
         self.notify.notify_one();
@@ -371,11 +378,24 @@ impl Stack {
                     }
                 }
             }
-            if conn.connecting.is_none() {
+            if conn.refusal.as_ref().is_some_and(Refusal::refused) {
+                // Checked before the pipe: the task dropped its end right after refusing.
+                conn.refusal = None;
+                socket.abort();
+                // Its RST leaves with this poll, not at the next wake-up.
+                wrote = true;
+            } else if conn.connecting.is_none() {
                 wrote |= pipe_to_socket(conn, socket, &mut cx);
                 socket_to_pipe(conn, socket, &mut cx);
             }
-            if matches!(socket.state(), State::Closed | State::TimeWait) {
+            // An aborted socket keeps its peer's endpoint until its RST has gone out at the
+            // next poll; only then is it done.
+            let done = match socket.state() {
+                State::TimeWait => true,
+                State::Closed => socket.remote_endpoint().is_none(),
+                _ => false,
+            };
+            if done {
                 // The pipe is dropped with the connection: its task reads EOF.
                 self.sockets.remove(conn.handle);
                 self.conns.swap_remove(i);

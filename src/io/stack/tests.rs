@@ -266,3 +266,45 @@ async fn half_open_connections_time_out_and_the_port_accepts_again() {
     assert_eq!(accepted.port, 8080);
     assert_eq!(b.stats().accepted, 1);
 }
+
+/// TCP flags of an IPv6 packet carrying TCP with no extension headers.
+fn tcp_flags(packet: &[u8]) -> Option<u8> {
+    (packet.get(6) == Some(&6)).then(|| packet.get(40 + 13).copied())?
+}
+
+/// A connection its task refuses (an exposed port whose local service is down) is reset:
+/// the peer gets a RST, never a FIN, and the connection leaves the table.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_connection_is_reset_not_closed() {
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    let (mut a, mut b) = pair(Limits::default());
+    b.listen(8080);
+    let (_stream, established) = a
+        .connect(SocketAddrV6::new(B, 8080, 0, 0), Instant::now())
+        .unwrap();
+    let waiter = tokio::spawn(established);
+    run_until(&mut a, &mut b, waiter, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut accepted = None;
+    for _ in 0..20 {
+        b.poll(Instant::now());
+        accepted = accepted.or_else(|| b.take_accepted());
+    }
+    let accepted = accepted.expect("accepted");
+    accepted.refusal.refuse();
+    drop(accepted.stream);
+    let mut flags = Vec::new();
+    for _ in 0..20 {
+        b.poll(Instant::now());
+        while let Some(p) = b.pop_packet() {
+            flags.extend(tcp_flags(&p));
+            b.recycle(p);
+        }
+    }
+    assert!(flags.iter().any(|f| f & RST != 0), "no RST: {flags:?}");
+    assert!(flags.iter().all(|f| f & FIN == 0), "a FIN: {flags:?}");
+    assert_eq!(b.stats().connections, 0);
+}

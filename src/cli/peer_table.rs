@@ -1,0 +1,98 @@
+//! `pilotctl peers` for people: one line per peer, one fact per column, `-` where a fact is
+//! not known (no hostname, no endpoint, no handshake yet, no round trip measured).
+
+use std::fmt::Write;
+
+use crate::node::PeerStatus;
+
+/// The table, header first; `no peers` when there are none.
+pub(super) fn peer_table(peers: &[PeerStatus]) -> String {
+    if peers.is_empty() {
+        return "no peers\n".into();
+    }
+    let mut text = String::new();
+    row(
+        &mut text,
+        [
+            "NODE",
+            "HOSTNAME",
+            "ADDRESS",
+            "PATH",
+            "ENDPOINT",
+            "RX",
+            "TX",
+            "HANDSHAKE",
+            "RTT",
+        ],
+    );
+    for p in peers {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        row(
+            &mut text,
+            [
+                &p.node,
+                &or_dash(p.hostname.clone()),
+                &p.address,
+                p.path.as_str(),
+                &or_dash(p.endpoint.clone()),
+                &p.rx_bytes.to_string(),
+                &p.tx_bytes.to_string(),
+                &or_dash(p.last_handshake_secs.map(|s| format!("{s}s ago"))),
+                &or_dash(p.rtt_ms.map(|r| format!("{r:.2}ms"))),
+            ],
+        );
+    }
+    text
+}
+
+fn row(
+    text: &mut String,
+    [node, name, address, path, endpoint, rx, tx, handshake, rtt]: [&str; 9],
+) {
+    let _ = writeln!(
+        text,
+        "{node:<14} {name:<16} {address:<22} {path:<6} {endpoint:<22} {rx:>10} {tx:>10} \
+         {handshake:>9} {rtt:>9}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::PathKind;
+
+    fn peer(hostname: Option<&str>, rtt_ms: Option<f64>) -> PeerStatus {
+        PeerStatus {
+            address: "fd70::a1b2:c3d4:e5f6".into(),
+            node: "a1b2.c3d4.e5f6".into(),
+            hostname: hostname.map(Into::into),
+            public_key: "00".repeat(32),
+            path: PathKind::Direct,
+            endpoint: Some("198.51.100.2:51870".into()),
+            rx_bytes: 1234,
+            tx_bytes: 56,
+            last_handshake_secs: Some(7),
+            rtt_ms,
+        }
+    }
+
+    #[test]
+    fn each_column_holds_what_its_header_says_and_unknowns_are_dashes() {
+        let static_peer = PeerStatus {
+            endpoint: None,
+            last_handshake_secs: None,
+            path: PathKind::None,
+            ..peer(None, None)
+        };
+        assert_eq!(
+            peer_table(&[peer(Some("bob"), Some(1.234)), static_peer]),
+            "NODE           HOSTNAME         ADDRESS                PATH   ENDPOINT                       \
+             RX         TX HANDSHAKE       RTT\n\
+             a1b2.c3d4.e5f6 bob              fd70::a1b2:c3d4:e5f6   direct 198.51.100.2:51870           \
+             1234         56    7s ago    1.23ms\n\
+             a1b2.c3d4.e5f6 -                fd70::a1b2:c3d4:e5f6   none   -                            \
+             1234         56         -         -\n"
+        );
+        assert_eq!(peer_table(&[]), "no peers\n");
+    }
+}
