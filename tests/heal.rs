@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use lab::{ctl, ctl_in, eventually, ns_exec, Lab, NodeHandle, PILOTCTL, PILOTD};
+use lab::{ctl, ctl_in, eventually, ns_exec, Detached, Lab, NodeHandle, PILOTCTL, PILOTD};
 
 const RDV: &str = "198.51.100.1:7000";
 
@@ -20,32 +20,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Daemons `pilotctl daemon start` left running, detached from the test: killed by the pid
-/// they reported, on drop, so none outlives a failing test.
-#[derive(Default)]
-struct Detached(Vec<u32>);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-impl Detached {
-    /// Notes the daemon answering on `node`'s socket, if one does.
-    fn note(&mut self, node: &NodeHandle) {
-        let out = ctl(node, &["info", "--json"]);
-        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-            return;
-        };
-        if let Some(pid) = info["pid"].as_u64() {
-            self.0.push(pid as u32);
-        }
-    }
 }
 
 /// `pilotctl daemon start --no-systemd` for `node` inside its namespace, with an empty config

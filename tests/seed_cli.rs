@@ -9,9 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
-use lab::{ctl, ctl_in, eventually, ns_exec, Lab, NodeHandle, PILOTCTL};
+use lab::{ctl, ctl_in, eventually, ns_exec, Detached, Lab, NodeHandle, PILOTCTL};
 
 /// A TCP server on `[::]:PORT` answering `echo:` + everything it read, once the client has
 /// finished sending: the seed's stdio port 1000 in the tests.
@@ -30,28 +28,6 @@ def serve(c):
 while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,)).start()
 "#;
-
-/// Daemons `pilotctl daemon start` left running, detached from the test: killed on drop, so
-/// none outlives a failing test. Only pids this test's own starts reported.
-#[derive(Default)]
-struct Detached(Vec<u32>);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-impl Detached {
-    /// Notes the daemon now answering on `node`'s socket.
-    fn started(&mut self, node: &NodeHandle) {
-        if let Some(pid) = node.info()["pid"].as_u64() {
-            self.0.push(pid as u32);
-        }
-    }
-}
 
 /// `pilotctl --control <node's socket> ARGS` inside the node's namespace with `env` set (e.g.
 /// `PILOT_CONFIG`), as a user types it there.
@@ -148,7 +124,7 @@ fn the_seeds_command_lines_work_or_say_what_to_type() {
     // `pilotctl daemon start` reads what init wrote.
     let log = alpha.log.to_str().unwrap();
     let out = pilotctl(&alpha, &env, &strs(&daemon_start(&["--log", log])));
-    detached.started(&alpha);
+    detached.note(&alpha);
     let out = ok(out);
     assert!(out.contains(&alpha_config.display().to_string()), "{out}");
     assert_eq!(alpha.info()["hostname"], "agent-alpha");
@@ -170,7 +146,7 @@ fn the_seeds_command_lines_work_or_say_what_to_type() {
     let err = refused(pilotctl(&beta, &env_b, &strs(&daemon_start(&["--public"]))));
     assert!(err.contains("`--endpoint IP:PORT --public`"), "{err}");
     let out = pilotctl(&beta, &env_b, &strs(&start_b));
-    detached.started(&beta);
+    detached.note(&beta);
     ok(out);
     assert_eq!(beta.info()["hostname"], "agent-beta");
     let registered = eventually(Duration::from_secs(10), || {
@@ -274,7 +250,7 @@ fn the_seeds_command_lines_work_or_say_what_to_type() {
     for node in [&alpha, &beta] {
         ok(pilotctl(node, &[], &["daemon", "stop", "--no-systemd"]));
     }
-    detached.0.clear();
+    detached.forget_all();
     assert!(!ns_exec(&na, &["ip", "link", "show", "pilot0"])
         .status
         .success());
@@ -320,7 +296,7 @@ fn a_configured_endpoint_through_a_port_forward_is_where_the_peer_reaches_the_no
         a.log.to_str().unwrap(),
     ]);
     let out = pilotctl(&a, &[("PILOT_CONFIG", empty.as_path())], &strs(&start));
-    detached.started(&a);
+    detached.note(&a);
     ok(out);
     lab.start_with(&mut b, &["--rendezvous".to_owned(), rendezvous.clone()]);
     lab.trust(&a, &b);
@@ -368,5 +344,5 @@ fn a_configured_endpoint_through_a_port_forward_is_where_the_peer_reaches_the_no
     assert!(out.contains("path=direct"), "{out}");
 
     ok(pilotctl(&a, &[], &["daemon", "stop", "--no-systemd"]));
-    detached.0.clear();
+    detached.forget_all();
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::tests::{ep, identity};
+use super::tests::{ep, identity, node_with_rendezvous};
 use super::*;
 use crate::clock::WallClock;
 
@@ -17,25 +17,7 @@ fn a_configured_endpoint_is_offered_first_and_the_nat_is_not_probed() {
     let endpoint = ep("203.0.113.7:40000");
     let lan: Vec<SocketAddr> = (1..=8).map(|i| ep(&format!("10.0.0.{i}:51870"))).collect();
     let clock = WallClock::new(Instant::now(), 1_800_000_000_000);
-    let mut a = Node::new(NodeConfig {
-        identity: identity(1),
-        peers: Vec::new(),
-        trust: Default::default(),
-        hostname: None,
-        auto_approve: false,
-        keepalive: None,
-        seed: 1,
-        rendezvous: Some(RendezvousConfig {
-            addr: rdv,
-            alt_port: 7001,
-            key: Some(rendezvous.public_key()),
-        }),
-        lan: lan.clone(),
-        endpoint: Some(endpoint),
-        local_port: 51870,
-        clock,
-    })
-    .unwrap();
+    let mut a = node_with_rendezvous(1, &rendezvous, rdv, lan.clone(), Some(endpoint), clock);
     let mut out = vec![0u8; 2048];
     let mut now = clock.origin();
     // Everything the node sends until `until`, by message kind.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 
-use super::tests::{ep, identity};
+use super::tests::{ep, identity, node_with_rendezvous};
 use super::*;
 use crate::clock::WallClock;
 use crate::wire::control::{Message, PROBE, REGISTER, REGISTERED};
@@ -17,25 +17,7 @@ fn a_flood_of_fresh_keys_dated_ahead_never_makes_the_rendezvous_answer_look_stal
     let rendezvous = identity(9);
     let rdv = ep("203.0.113.10:7000");
     let clock = WallClock::new(Instant::now(), 1_800_000_000_000);
-    let mut a = Node::new(NodeConfig {
-        identity: identity(1),
-        peers: Vec::new(),
-        trust: Default::default(),
-        hostname: None,
-        auto_approve: false,
-        keepalive: None,
-        seed: 1,
-        rendezvous: Some(RendezvousConfig {
-            addr: rdv,
-            alt_port: 7001,
-            key: Some(rendezvous.public_key()),
-        }),
-        lan: Vec::new(),
-        endpoint: None,
-        local_port: 51870,
-        clock,
-    })
-    .unwrap();
+    let mut a = node_with_rendezvous(1, &rendezvous, rdv, Vec::new(), None, clock);
     let now = clock.origin();
     let mut out = vec![0u8; 2048];
     a.handle_timeout(now);

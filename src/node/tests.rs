@@ -28,6 +28,37 @@ pub(super) fn identity(n: u8) -> Identity {
 }
 
 /// Node number `me` with peers given by number and endpoint.
+/// Node `me` with a rendezvous at `rdv` pinned to `rendezvous`'s key, its LAN endpoints and
+/// a configured public endpoint, on `clock`.
+pub(super) fn node_with_rendezvous(
+    me: u8,
+    rendezvous: &Identity,
+    rdv: SocketAddr,
+    lan: Vec<SocketAddr>,
+    endpoint: Option<SocketAddr>,
+    clock: WallClock,
+) -> Node {
+    Node::new(NodeConfig {
+        identity: identity(me),
+        peers: Vec::new(),
+        trust: Default::default(),
+        hostname: None,
+        auto_approve: false,
+        keepalive: None,
+        seed: 1,
+        rendezvous: Some(RendezvousConfig {
+            addr: rdv,
+            alt_port: rdv.port() + 1,
+            key: Some(rendezvous.public_key()),
+        }),
+        lan,
+        endpoint,
+        local_port: 51870,
+        clock,
+    })
+    .unwrap()
+}
+
 pub(super) fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
     Node::new(NodeConfig {
         identity: identity(me),

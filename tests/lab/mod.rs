@@ -567,3 +567,36 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Daemons `pilotctl daemon start` left running, detached from the test: killed by the pid
+/// they reported, on drop, so none outlives a failing test. Only pids this test's own starts
+/// reported.
+#[derive(Default)]
+pub struct Detached(Vec<u32>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Detached {
+    /// The daemons stopped by the test itself: nothing left to kill.
+    pub fn forget_all(&mut self) {
+        self.0.clear();
+    }
+
+    /// Notes the daemon answering on `node`'s socket, if one does.
+    pub fn note(&mut self, node: &NodeHandle) {
+        let out = ctl(node, &["info", "--json"]);
+        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return;
+        };
+        if let Some(pid) = info["pid"].as_u64() {
+            self.0.push(pid as u32);
+        }
+    }
+}
