@@ -321,3 +321,59 @@ fn an_exposed_port_whose_service_is_down_resets_the_connection() {
         user.log_text()
     );
 }
+
+#[test]
+fn a_killed_peer_is_shown_unreachable_within_a_bounded_time() {
+    // Issue 12, item 4: 150 s after bob's daemon died, alice's `peers` still showed a direct
+    // path and `status` said `health ok` (WireGuard's session lives three minutes).
+    let test = "a_killed_peer_is_shown_unreachable_within_a_bounded_time";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (na, nb) = lab.two_hosts();
+    let mut a = lab.node(&na, "a", "198.51.100.1");
+    let mut b = lab.node(&nb, "b", "198.51.100.2");
+    // Persistent keepalives every 2 s (pilotd's default is 25 s): gone after 2 s + 15 s.
+    let flags = |peer: &NodeHandle| -> Vec<String> {
+        vec![
+            "--peer".into(),
+            format!("{}@{}:{}", peer.key, peer.underlay, lab::PORT),
+            "--keepalive".into(),
+            "2".into(),
+        ]
+    };
+    let (fa, fb) = (flags(&b), flags(&a));
+    lab.start_with(&mut a, &fa);
+    lab.start_with(&mut b, &fb);
+    let pinged = eventually(Duration::from_secs(10), || {
+        ctl(&a, &["ping", &b.address, "-c", "1", "-W", "1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(pinged.is_some(), "{}", a.log_text());
+    let status = String::from_utf8_lossy(&ctl(&a, &["status"]).stdout).into_owned();
+    assert!(status.contains("health      ok"), "{status}");
+
+    let b_node = b.info()["node"].as_str().unwrap().to_owned();
+    // bob dies without a word.
+    lab.stop(&mut b, Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let status = eventually(Duration::from_secs(40), || {
+        let out = ctl(&a, &["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("attention   unreachable: - (").then_some(text)
+    })
+    .expect("status never named the dead peer");
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(25), "{took:?}");
+    assert!(!status.contains("health      ok"), "{status}");
+    assert!(status.contains(&format!("- ({b_node}), last heard")), "{status}");
+    let peers = ctl(&a, &["peers", "--json"]);
+    let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
+    let bob = &peers.as_array().unwrap()[0];
+    assert_eq!(bob["unreachable"], true, "{bob}");
+    assert_eq!(bob["path"], "none", "{bob}");
+    assert!(bob["last_heard_secs"].as_u64().unwrap() >= 15, "{bob}");
+}

@@ -22,6 +22,7 @@ pub(super) fn peer_table(peers: &[PeerStatus]) -> String {
             "RX",
             "TX",
             "HANDSHAKE",
+            "HEARD",
             "RTT",
         ],
     );
@@ -38,6 +39,7 @@ pub(super) fn peer_table(peers: &[PeerStatus]) -> String {
                 &p.rx_bytes.to_string(),
                 &p.tx_bytes.to_string(),
                 &or_dash(p.last_handshake_secs.map(|s| format!("{s}s ago"))),
+                &heard(p),
                 &or_dash(p.rtt_ms.map(|r| format!("{r:.2}ms"))),
             ],
         );
@@ -45,14 +47,23 @@ pub(super) fn peer_table(peers: &[PeerStatus]) -> String {
     text
 }
 
+/// When the peer was last heard from; `gone` when it no longer answers.
+fn heard(p: &PeerStatus) -> String {
+    match (p.last_heard_secs, p.unreachable) {
+        (_, true) => "gone".into(),
+        (Some(s), false) => format!("{s}s ago"),
+        (None, false) => "-".into(),
+    }
+}
+
 fn row(
     text: &mut String,
-    [node, name, address, path, endpoint, rx, tx, handshake, rtt]: [&str; 9],
+    [node, name, address, path, endpoint, rx, tx, handshake, heard, rtt]: [&str; 10],
 ) {
     let _ = writeln!(
         text,
         "{node:<14} {name:<16} {address:<22} {path:<6} {endpoint:<22} {rx:>10} {tx:>10} \
-         {handshake:>9} {rtt:>9}"
+         {handshake:>9} {heard:>9} {rtt:>9}"
     );
 }
 
@@ -73,6 +84,8 @@ mod tests {
             tx_bytes: 56,
             last_handshake_secs: Some(7),
             rtt_ms,
+            last_heard_secs: Some(3),
+            unreachable: false,
         }
     }
 
@@ -81,17 +94,25 @@ mod tests {
         let static_peer = PeerStatus {
             endpoint: None,
             last_handshake_secs: None,
+            last_heard_secs: None,
             path: PathKind::None,
             ..peer(None, None)
         };
+        let gone = PeerStatus {
+            path: PathKind::None,
+            unreachable: true,
+            ..peer(Some("carol"), None)
+        };
         assert_eq!(
-            peer_table(&[peer(Some("bob"), Some(1.234)), static_peer]),
+            peer_table(&[peer(Some("bob"), Some(1.234)), static_peer, gone]),
             "NODE           HOSTNAME         ADDRESS                PATH   ENDPOINT                       \
-             RX         TX HANDSHAKE       RTT\n\
+             RX         TX HANDSHAKE     HEARD       RTT\n\
              a1b2.c3d4.e5f6 bob              fd70::a1b2:c3d4:e5f6   direct 198.51.100.2:51870           \
-             1234         56    7s ago    1.23ms\n\
+             1234         56    7s ago    3s ago    1.23ms\n\
              a1b2.c3d4.e5f6 -                fd70::a1b2:c3d4:e5f6   none   -                            \
-             1234         56         -         -\n"
+             1234         56         -         -         -\n\
+             a1b2.c3d4.e5f6 carol            fd70::a1b2:c3d4:e5f6   none   198.51.100.2:51870           \
+             1234         56    7s ago      gone         -\n"
         );
         assert_eq!(peer_table(&[]), "no peers\n");
     }

@@ -311,6 +311,9 @@ fn status_text(s: &StatusReply) -> String {
             p.none
         ));
     }
+    for peer in &s.unreachable {
+        attention.push(format!("unreachable: {}", printable(peer)));
+    }
     let t = s.trust;
     let auto = if t.auto_approve {
         ", auto-approve ON"
@@ -720,6 +723,7 @@ mod tests {
             lan_guard_missing: None,
             trust_save_error: None,
             trust_save_failures: 0,
+            unreachable: Vec::new(),
         };
         assert_eq!(
             status_text(&s),
@@ -739,12 +743,14 @@ mod tests {
         s.trust.pending = 2;
         s.peers.none = 1;
         s.lan_guard_missing = Some("nft is not installed".into());
+        s.unreachable = vec!["bob (a1b2.c3d4.e5f6), last heard 41 s ago".into()];
         let text = status_text(&s);
         assert!(!text.contains("health      ok"), "{text}");
         for line in [
             "attention   not registered with the rendezvous 203.0.113.10:7000",
             "attention   2 trust request(s) wait for approval (see `pilotctl pending`)",
             "attention   1 peer(s) have no working path (see `pilotctl peers`)",
+            "attention   unreachable: bob (a1b2.c3d4.e5f6), last heard 41 s ago",
             "attention   LAN guard not installed (nft is not installed): a LAN neighbour can \
              send this host packets with overlay addresses",
         ] {

@@ -17,6 +17,7 @@
 
 mod control;
 mod counters;
+mod liveness;
 mod names;
 mod path;
 mod peer;
@@ -413,6 +414,7 @@ impl Node {
             return self.unreachable(UnreachableCode::AddressUnreachable, packet, now, out);
         }
         self.peers[index].path.on_tx(now);
+        self.peers[index].liveness.sent_data(now);
         // The source is not checked here: the receiving peer enforces that a packet's source is
         // the sender's own address, which is the check that matters.
         match self.send_via_path(index, route, out, |tunn, buf| tunn.encapsulate(packet, buf)) {
@@ -585,7 +587,8 @@ impl Node {
 
     fn peer_status_at(&self, index: usize, now: Instant) -> PeerStatus {
         let relay = self.link.as_ref().map(|l| l.config.addr);
-        let mut status = self.peers[index].status(self.route(index, now), relay);
+        let mut status =
+            self.peers[index].status(self.route(index, now), relay, self.keepalive, now);
         status.hostname = self
             .trust
             .name_of(&self.peers[index].key)

@@ -9,6 +9,7 @@ use boringtun::noise::Tunn;
 use boringtun::x25519;
 use serde::{Deserialize, Serialize};
 
+use super::liveness::Liveness;
 use super::path::{PeerPath, Route};
 use crate::addr::NodeAddr;
 use crate::identity::NodeKey;
@@ -58,6 +59,13 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub last_handshake_secs: Option<u64>,
     pub rtt_ms: Option<f64>,
+    /// Seconds since an authenticated datagram from the peer last arrived.
+    #[serde(default)]
+    pub last_heard_secs: Option<u64>,
+    /// The peer does not answer (see `node::liveness`): its path is then `none`, whatever
+    /// WireGuard's session age says.
+    #[serde(default)]
+    pub unreachable: bool,
 }
 
 /// Bytes through one peer's tunnels since the node started, across sessions and revocations
@@ -87,6 +95,8 @@ pub(crate) struct Peer {
     pub last_recovery: Option<Instant>,
     /// Latest round trip measured by `pilotctl ping`.
     pub last_rtt: Option<Duration>,
+    /// Whether the peer answers, from what arrives.
+    pub liveness: Liveness,
     /// The gate: a configured peer, or a valid mutual trust record. While false, nothing is
     /// sent to the peer and nothing from it is answered or delivered.
     pub trusted: bool,
@@ -132,6 +142,7 @@ impl Peer {
             kick_handshake: false,
             last_recovery: None,
             last_rtt: None,
+            liveness: Liveness::default(),
             trusted: false,
             own_secret,
             wg_public,
@@ -195,9 +206,16 @@ impl Peer {
 
     /// A snapshot for `pilotctl peers`; `route` is where datagrams go now, `relay` the
     /// rendezvous address when there is one.
-    pub fn status(&self, route: Route, relay: Option<SocketAddr>) -> PeerStatus {
+    pub fn status(
+        &self,
+        route: Route,
+        relay: Option<SocketAddr>,
+        keepalive: Option<u16>,
+        now: Instant,
+    ) -> PeerStatus {
         let (since_handshake, tx_bytes, rx_bytes, _loss, rtt) = self.tunn.stats();
-        let live = since_handshake.is_some_and(|t| t < SESSION_LIFETIME);
+        let unreachable = self.liveness.is_unreachable(keepalive, now);
+        let live = since_handshake.is_some_and(|t| t < SESSION_LIFETIME) && !unreachable;
         let (path, endpoint) = match route {
             Route::Direct(e) if live => (PathKind::Direct, Some(e)),
             Route::Relay if live => (PathKind::Relay, relay),
@@ -222,6 +240,11 @@ impl Peer {
             tx_bytes: tx_bytes as u64,
             last_handshake_secs: since_handshake.map(|d| d.as_secs()),
             rtt_ms,
+            last_heard_secs: self
+                .liveness
+                .last_heard()
+                .map(|t| now.saturating_duration_since(t).as_secs()),
+            unreachable,
         }
     }
 }

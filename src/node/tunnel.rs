@@ -154,6 +154,7 @@ impl Node {
         {
             let (index, seq) = (self.pings[i].peer, self.pings[i].seq);
             self.pings[i].sent = Some(now);
+            self.peers[index].liveness.sent_data(now);
             let (packet, len) = self.write_ping(index, seq);
             let route = self.route(index, now);
             if let Some(sent) = self.send_via_path(index, route, out, |tunn, buf| {
@@ -367,6 +368,7 @@ impl Node {
     }
 
     fn on_authenticated(&mut self, index: usize, via: Via, now: Instant) {
+        self.peers[index].liveness.heard(now);
         let path = &mut self.peers[index].path;
         match via {
             Via::Direct(from) => {

@@ -91,6 +91,18 @@ impl Core {
             lan_guard_missing: self.facts.lan_guard_missing.clone(),
             trust_save_error: self.saves.failing().map(str::to_owned),
             trust_save_failures: self.saves.failures(),
+            unreachable: self
+                .node
+                .peers(now)
+                .filter(|p| p.unreachable)
+                .map(|p| {
+                    let name = p.hostname.as_deref().unwrap_or("-");
+                    match p.last_heard_secs {
+                        Some(s) => format!("{name} ({}), last heard {s} s ago", p.node),
+                        None => format!("{name} ({}), never heard", p.node),
+                    }
+                })
+                .collect(),
         }
     }
 }
