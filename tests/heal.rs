@@ -363,17 +363,81 @@ fn a_killed_peer_is_shown_unreachable_within_a_bounded_time() {
     let status = eventually(Duration::from_secs(40), || {
         let out = ctl(&a, &["status"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.contains("attention   unreachable: - (").then_some(text)
+        text.contains("attention   unreachable: - (")
+            .then_some(text)
     })
     .expect("status never named the dead peer");
     let took = killed.elapsed();
     assert!(took <= Duration::from_secs(25), "{took:?}");
     assert!(!status.contains("health      ok"), "{status}");
-    assert!(status.contains(&format!("- ({b_node}), last heard")), "{status}");
+    assert!(
+        status.contains(&format!("- ({b_node}), last heard")),
+        "{status}"
+    );
     let peers = ctl(&a, &["peers", "--json"]);
     let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
     let bob = &peers.as_array().unwrap()[0];
     assert_eq!(bob["unreachable"], true, "{bob}");
     assert_eq!(bob["path"], "none", "{bob}");
     assert!(bob["last_heard_secs"].as_u64().unwrap() >= 15, "{bob}");
+}
+
+#[test]
+fn an_unreachable_or_wrongly_keyed_rendezvous_is_named_in_status_and_in_the_verbs() {
+    // Issue 12, item 5: nothing was logged, and `resolve bob` blamed bob ("no node `bob` is
+    // registered") when the rendezvous was the problem.
+    let test = "an_unreachable_or_wrongly_keyed_rendezvous_is_named_in_status_and_in_the_verbs";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (na, nb) = lab.two_hosts();
+    let (rdv, _) = lab.rendezvous(&nb, "198.51.100.2:7000");
+    let key = rdv.split('@').next().unwrap().to_owned();
+    let wrong_key = "11".repeat(32);
+    let mut a = lab.node(&na, "a", "198.51.100.1");
+    let mut c = lab.node(&nb, "c", "198.51.100.2");
+    // a: nothing listens at that port. c (beside the rendezvous): the real rendezvous, pinned
+    // to another key.
+    lab.start_with(
+        &mut a,
+        &["--rendezvous".into(), format!("{key}@198.51.100.2:7999")],
+    );
+    lab.start_with(
+        &mut c,
+        &[
+            "--rendezvous".into(),
+            format!("{wrong_key}@198.51.100.2:7000"),
+            "--listen-port".into(),
+            "51871".into(),
+        ],
+    );
+    for (node, expect) in [
+        (&a, "no answer for".to_owned()),
+        (
+            &c,
+            format!("it answers signed by key {key}, but this node trusts key {wrong_key}"),
+        ),
+    ] {
+        let status = eventually(Duration::from_secs(15), || {
+            let text = String::from_utf8_lossy(&ctl(node, &["status"]).stdout).into_owned();
+            text.contains(&expect).then_some(text)
+        })
+        .unwrap_or_else(|| panic!("status never said {expect:?}\n{}", node.log_text()));
+        assert!(
+            status.contains("attention   rendezvous 198.51.100.2:"),
+            "{status}"
+        );
+        let netcheck = String::from_utf8_lossy(&ctl(node, &["netcheck"]).stdout).into_owned();
+        assert!(netcheck.contains(&expect), "{netcheck}");
+        // The verb says the rendezvous is the problem, not bob.
+        let out = ctl(node, &["resolve", "bob"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("the rendezvous 198.51.100.2:"), "{err}");
+        assert!(err.contains(&expect), "{err}");
+        // Logged once, not per retry.
+        let log = node.log_text();
+        assert_eq!(log.matches(expect.as_str()).count(), 1, "{log}");
+    }
 }

@@ -311,6 +311,9 @@ fn status_text(s: &StatusReply) -> String {
             p.none
         ));
     }
+    if let (Some(rendezvous), Some(problem)) = (&s.rendezvous, &s.rendezvous_problem) {
+        attention.push(format!("rendezvous {rendezvous}: {problem}"));
+    }
     for peer in &s.unreachable {
         attention.push(format!("unreachable: {}", printable(peer)));
     }
@@ -580,6 +583,9 @@ fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
         text("rendezvous"),
         text("registered")
     );
+    if let Value::String(problem) = &value["problem"] {
+        println!("problem         {problem}");
+    }
     if value["endpoint_configured"] == true {
         // Told, not discovered: what the rendezvous sees is shown for comparison.
         println!(
@@ -724,6 +730,7 @@ mod tests {
             trust_save_error: None,
             trust_save_failures: 0,
             unreachable: Vec::new(),
+            rendezvous_problem: None,
         };
         assert_eq!(
             status_text(&s),

@@ -162,6 +162,9 @@ pub struct StatusReply {
     pub trust_save_error: Option<String>,
     #[serde(default)]
     pub trust_save_failures: u64,
+    /// Why the rendezvous does not register this node, while it does not.
+    #[serde(default)]
+    pub rendezvous_problem: Option<String>,
     /// Peers that no longer answer, as `NAME (NODE), last heard N s ago`.
     #[serde(default)]
     pub unreachable: Vec<String>,

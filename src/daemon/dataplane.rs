@@ -37,6 +37,7 @@ use crate::node::{Event, HandshakeOutcome, NetOutput, Node, PathKind, TunOutput}
 use crate::wire::control::Query;
 use crate::wire::printable::printable;
 
+mod rendezvous_watch;
 mod reports;
 
 /// Largest datagram the node sends or accepts: the largest TUN packet plus WireGuard overhead.
@@ -123,6 +124,7 @@ struct Core {
     resolve_waiters: BTreeMap<u64, (String, oneshot::Sender<Result<PeerRef, String>>)>,
     /// Saving the trust state failed: do not try again before this.
     saves: SaveSchedule,
+    rendezvous_watch: rendezvous_watch::RendezvousWatch,
     /// Why the daemon must stop (a refused hostname).
     fatal: Option<String>,
     /// Userspace mode: the stack holding the node's address, and where the connections peers
@@ -174,6 +176,7 @@ impl DataPlane {
             send_dropped: 0,
             resolve_waiters: BTreeMap::new(),
             saves: SaveSchedule::new(Instant::now()),
+            rendezvous_watch: rendezvous_watch::RendezvousWatch::new(Instant::now()),
             fatal: None,
             stack,
             inbox,
@@ -357,6 +360,7 @@ impl Core {
     async fn drain_node(&mut self, io: &Io) -> io::Result<()> {
         let now = Instant::now();
         self.save_trust(now);
+        self.watch_rendezvous(now);
         self.run_stack(io, now).await?;
         loop {
             if self.send.is_full() {
@@ -434,11 +438,15 @@ impl Core {
                 }
                 Event::LookupDone { id, found } => {
                     if let Some((name, waiter)) = self.resolve_waiters.remove(&id) {
+                        let blame = self.rendezvous_blame(Instant::now());
                         let answer =
                             found
                                 .map(|f| self.peer_ref(f.key, f.hostname))
-                                .ok_or_else(|| {
-                                    format!("no node `{name}` is registered at the rendezvous")
+                                .ok_or_else(|| match blame {
+                                    Some(blame) => format!("cannot look up `{name}`: {blame}"),
+                                    None => {
+                                        format!("no node `{name}` is registered at the rendezvous")
+                                    }
                                 });
                         let _ = waiter.send(answer);
                     }

@@ -26,6 +26,7 @@ impl Node {
         // rendezvous, trusted peers): anyone else is dropped before it can touch that state,
         // so a flood from throwaway keys cannot make our rendezvous' answers look replayed.
         if !self.entitled(from, &opened, &message) {
+            self.note_wrong_key(from, &opened, &message);
             return self.counters.drop(DropReason::UnexpectedControl);
         }
         match self.replay.check(&opened, self.clock.unix_ms(now)) {
@@ -50,6 +51,20 @@ impl Node {
         };
         if !handled {
             self.counters.drop(DropReason::UnexpectedControl);
+        }
+    }
+
+    /// A signed answer from the rendezvous' address under another key than the pinned one:
+    /// remembered (no state of the protocol changes) so `status` can say why registering
+    /// fails, showing both keys. Only answers to our registration count.
+    fn note_wrong_key(&mut self, from: SocketAddr, opened: &Opened<'_>, message: &Message) {
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        let to_us = matches!(message, Message::Registered { echo, .. } | Message::Challenge { echo, .. }
+            if link.pending_register == Some(*echo));
+        if to_us && link.is_rendezvous(from) && !link.accepts(&opened.sender) {
+            link.wrong_key = Some(opened.sender);
         }
     }
 

@@ -37,7 +37,7 @@ use ed25519_dalek::SigningKey;
 
 pub use counters::{Counters, DropReason};
 pub use peer::{PathKind, PeerConfig, PeerStatus, PeerTraffic};
-pub use rendezvous::{NetStatus, RendezvousConfig};
+pub use rendezvous::{NetStatus, RendezvousConfig, RendezvousProblem};
 pub use trust::{
     HandshakeOutcome, Incoming, Outgoing, TrustBook, TrustState, VerbError, TRUST_STATE_VERSION,
 };
@@ -542,6 +542,11 @@ impl Node {
         self.by_addr
             .get(&addr)
             .map(|&i| self.peer_status_at(i, now))
+    }
+
+    /// Why the rendezvous does not register this node, when it can tell.
+    pub fn rendezvous_problem(&self, now: Instant) -> Option<RendezvousProblem> {
+        self.link.as_ref().and_then(|l| l.problem(now))
     }
 
     /// Public endpoint and NAT behaviour, as far as measured.

@@ -51,7 +51,40 @@ pub struct NetStatus {
     /// Endpoints seen at the rendezvous' two ports (equal for endpoint-independent mapping).
     pub mapped_main: Option<String>,
     pub mapped_alt: Option<String>,
+    /// Why the node is not registered, when it knows (see [`RendezvousProblem`]).
+    #[serde(default)]
+    pub problem: Option<String>,
 }
+
+/// Why the rendezvous does not register this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RendezvousProblem {
+    /// Registrations went unanswered for this long.
+    NoAnswer { secs: u64 },
+    /// Answers came signed by `got`, but `pinned` is the key this node trusts.
+    WrongKey { got: String, pinned: String },
+}
+
+impl std::fmt::Display for RendezvousProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RendezvousProblem::NoAnswer { secs } => write!(
+                f,
+                "no answer for {secs} s (is it running and reachable over UDP, at that address \
+                 and port?)"
+            ),
+            RendezvousProblem::WrongKey { got, pinned } => write!(
+                f,
+                "it answers signed by key {got}, but this node trusts key {pinned} (a different \
+                 rendezvous, or its key changed: give the right one with --rendezvous \
+                 KEY@HOST:PORT, or remove rendezvous.json from the state directory to pin anew)"
+            ),
+        }
+    }
+}
+
+/// Registrations unanswered this long make a problem worth telling (a few retries).
+const NO_ANSWER_AFTER: Duration = Duration::from_secs(5);
 
 pub(crate) struct RendezvousLink {
     pub config: RendezvousConfig,
@@ -66,6 +99,11 @@ pub(crate) struct RendezvousLink {
     pub observed: Option<SocketAddr>,
     /// The public endpoint the operator configured, if any (`--endpoint`).
     pub configured: Option<SocketAddr>,
+    /// Since when registrations have gone unanswered (reset by an answer).
+    unanswered_since: Option<Instant>,
+    /// A signed answer from the rendezvous' address under another key than the pinned one,
+    /// since the last registration that succeeded.
+    pub wrong_key: Option<NodeKey>,
     /// The rendezvous' address cookie for our endpoint (from its last `Challenge`), sent
     /// with every registration: it proves we receive where we send from.
     pub cookie: Option<[u8; COOKIE_LEN]>,
@@ -93,6 +131,8 @@ impl RendezvousLink {
             last_registered: None,
             observed: None,
             configured,
+            unanswered_since: None,
+            wrong_key: None,
             cookie: None,
             last_challenge: None,
             nat: NatKind::Unknown,
@@ -148,6 +188,7 @@ impl RendezvousLink {
     }
 
     pub fn register_sent(&mut self, nonce: u64, now: Instant) {
+        self.unanswered_since.get_or_insert(now);
         self.pending_register = Some(nonce);
         self.next_register = Some(now + REGISTER_RETRY);
     }
@@ -168,6 +209,8 @@ impl RendezvousLink {
         self.key.get_or_insert(sender);
         self.pending_register = None;
         self.last_registered = Some(now);
+        self.unanswered_since = None;
+        self.wrong_key = None;
         if keepalive_secs > 0 {
             self.keepalive = Duration::from_secs(u64::from(keepalive_secs));
         }
@@ -231,8 +274,27 @@ impl RendezvousLink {
         }
     }
 
+    /// Why this node is not registered, when it can tell: a wrong key beats no answer.
+    pub fn problem(&self, now: Instant) -> Option<RendezvousProblem> {
+        if self.is_registered(now) {
+            return None;
+        }
+        if let (Some(got), Some(pinned)) = (self.wrong_key, self.key) {
+            return Some(RendezvousProblem::WrongKey {
+                got: got.to_string(),
+                pinned: pinned.to_string(),
+            });
+        }
+        let since = self.unanswered_since?;
+        let waited = now.saturating_duration_since(since);
+        (waited >= NO_ANSWER_AFTER).then_some(RendezvousProblem::NoAnswer {
+            secs: waited.as_secs(),
+        })
+    }
+
     pub fn status(&self, local_port: u16, now: Instant) -> NetStatus {
         NetStatus {
+            problem: self.problem(now).map(|p| p.to_string()),
             rendezvous: Some(self.config.addr.to_string()),
             registered: self.is_registered(now),
             endpoint: self.configured.or(self.observed).map(|e| e.to_string()),
@@ -323,6 +385,49 @@ mod tests {
         let status = l.status(51870, t0);
         assert_eq!(status.endpoint, Some(observed.to_string()));
         assert!(!status.endpoint_configured && l.nat_probe_due(t0));
+    }
+
+    #[test]
+    fn a_rendezvous_that_does_not_answer_or_answers_under_another_key_is_named() {
+        let t0 = Instant::now();
+        let mut l = link();
+        l.key = Some(NodeKey([7; 32]));
+        l.register_sent(1, t0);
+        assert_eq!(
+            l.problem(t0 + Duration::from_secs(1)),
+            None,
+            "a few retries first"
+        );
+        assert_eq!(
+            l.problem(t0 + NO_ANSWER_AFTER),
+            Some(RendezvousProblem::NoAnswer { secs: 5 })
+        );
+        l.register_sent(2, t0 + REGISTER_RETRY);
+        assert_eq!(
+            l.problem(t0 + Duration::from_secs(9)),
+            Some(RendezvousProblem::NoAnswer { secs: 9 }),
+            "counted from the first unanswered one"
+        );
+        l.wrong_key = Some(NodeKey([8; 32]));
+        let Some(RendezvousProblem::WrongKey { got, pinned }) = l.problem(t0) else {
+            panic!("a wrong key is named")
+        };
+        assert_eq!(
+            (got, pinned),
+            (NodeKey([8; 32]).to_string(), NodeKey([7; 32]).to_string())
+        );
+        // An answer clears both.
+        let now = t0 + Duration::from_secs(10);
+        l.register_sent(3, now);
+        assert!(l.on_registered(
+            NodeKey([7; 32]),
+            3,
+            "203.0.113.7:1".parse().unwrap(),
+            25,
+            now
+        ));
+        assert_eq!(l.problem(now), None);
+        assert_eq!(l.wrong_key, None);
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Core {
             lan_guard_missing: self.facts.lan_guard_missing.clone(),
             trust_save_error: self.saves.failing().map(str::to_owned),
             trust_save_failures: self.saves.failures(),
+            rendezvous_problem: net.problem.clone(),
             unreachable: self
                 .node
                 .peers(now)
