@@ -80,6 +80,11 @@ fn daemon_start_waits_for_registration_and_reports_a_taken_hostname() {
         text(&out)
     );
     assert!(err.contains(&second.log.display().to_string()), "{err}");
+    // The detached daemon's log names peers and requests: only its user reads it.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&second.log).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "log file mode {mode:o}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
     assert!(!ctl(&second, &["info"]).status.success(), "still running");
 

@@ -107,6 +107,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
 
 async fn up(options: UpOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    crate::io::file::prepare_private_dir(&options.state_dir, "state directory")?;
     // Before anything else exists: a second daemon on this directory stops here, with nothing
     // to undo. Held until this function returns.
     let _lock = StateLock::acquire(&options.state_dir, LockedDir::State)?;

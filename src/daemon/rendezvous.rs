@@ -12,14 +12,14 @@
 //! nodes sent to (a wildcard socket on a host with several addresses could answer from
 //! another one, which a NAT would not let through).
 
+use crate::io::file::prepare_private_dir;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,7 +68,7 @@ pub fn run_rendezvous(options: RendezvousOptions) -> anyhow::Result<()> {
 
 async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    prepare_data_dir(&options.data_dir)?;
+    prepare_private_dir(&options.data_dir, "data directory")?;
     // One rendezvous per data directory (they would share the registry), held until return.
     let _lock = StateLock::acquire(&options.data_dir, LockedDir::Data)?;
     let identity = Identity::load_or_create(&options.data_dir)?;
@@ -366,35 +366,6 @@ fn flush(send: &mut [SendBatch; 2], sockets: &Sockets, errors: &mut u64, port: P
         *errors += batch.clear() as u64;
     }
     *errors += batch.send_errors() - refused_before;
-}
-
-/// Makes the data directory (0700) if needed, and refuses one that others can write to.
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let mode = fs::metadata(dir)
-        .with_context(|| format!("cannot read data directory {}", dir.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o022 != 0 {
-        bail!(
-            "data directory {} is writable by group or others (mode {mode:o}); run `chmod 700 {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            "data directory {} is readable by group or others (mode {mode:o}); consider `chmod 700 {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
-    Ok(())
 }
 
 /// A non-blocking UDP socket bound to exactly `addr` (the IPv6 wildcard serves IPv4 too).

@@ -3,8 +3,41 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+use anyhow::{bail, Context};
+
+/// Makes a daemon's state directory (0700) if needed, and refuses one that group or others can
+/// write to: they could replace the identity, the trust records or the pin. One they can read
+/// is only warned about (the identity file itself is 0600 and checked on its own).
+pub fn prepare_private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {what} {}", dir.display()))?;
+    let mode = fs::metadata(dir)
+        .with_context(|| format!("cannot read {what} {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o022 != 0 {
+        bail!(
+            "{what} {} is writable by group or others (mode {mode:o}); run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{what} {} is readable by group or others (mode {mode:o}); consider `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
 
 /// Replaces `path` with `bytes` so that a crash at any moment leaves either the old file or the
 /// new one, whole: exclusive create of `PATH.tmp` with `mode`, write, fsync, rename over `path`,
@@ -33,9 +66,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused_and_a_new_one_is_private() {
+        let base = std::env::temp_dir().join(format!("pilot-private-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let new = base.join("state");
+        prepare_private_dir(&new, "state directory").unwrap();
+        let mode = fs::metadata(&new).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        fs::set_permissions(&new, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare_private_dir(&new, "state directory")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("writable by group or others (mode 777)"),
+            "{err}"
+        );
+        assert!(err.contains("chmod 700"), "{err}");
+        fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_private_dir(&new, "state directory").unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn replaces_whole_files_with_the_given_mode() {
