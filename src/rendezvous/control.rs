@@ -79,14 +79,22 @@ impl Server {
             return self.refuse(Refusal::Malformed, from);
         };
         // Replay state only for senders this server serves: registered nodes, and a new
-        // key's Register while there is room for it. Anyone else gets the freshness check
-        // alone and only stateless answers (a NAT probe's observation, a refusal), so a flood
-        // from throwaway keys can neither fill the guard nor make an honest node's messages
-        // look stale.
+        // key's Register that proved its endpoint (the cookie) while there is room for it.
+        // Anyone else gets the freshness check alone and only stateless answers (a challenge,
+        // a NAT probe's observation, a refusal), so a flood from throwaway keys can neither
+        // fill the guard nor make an honest node's messages look stale.
         let now_ms = self.clock.unix_ms(now);
-        let served = self.registry.get(&opened.sender).is_some()
-            || (matches!(message, Message::Register { .. })
-                && self.registry.len() < self.config.max_nodes);
+        let with_cookie = match &message {
+            Message::Register {
+                cookie: Some(cookie),
+                ..
+            } => self.cookies.verify(&opened.sender, from, cookie, now_ms),
+            _ => false,
+        };
+        let registered = self.registry.get(&opened.sender);
+        let at_registered = registered.is_some_and(|e| e.observed == from);
+        let served =
+            registered.is_some() || (with_cookie && self.registry.len() < self.config.max_nodes);
         let checked = if served {
             self.replay.check(&opened, now_ms)
         } else {
@@ -95,17 +103,6 @@ impl Server {
         if let Err(e) = checked {
             return self.refuse(refusal_of(e), from);
         }
-        let at_registered = self
-            .registry
-            .get(&opened.sender)
-            .is_some_and(|e| e.observed == from);
-        let with_cookie = match &message {
-            Message::Register {
-                cookie: Some(cookie),
-                ..
-            } => self.cookies.verify(&opened.sender, from, cookie, now_ms),
-            _ => false,
-        };
         let request = Request {
             sender: opened.sender,
             nonce: opened.nonce,

@@ -722,33 +722,46 @@ fn replayed_and_forged_registrations_are_refused() {
     let me = identity(1);
     let from: SocketAddr = "203.0.113.1:51870".parse().unwrap();
     let unix_ms = sim.clock.unix_ms(sim.now);
-    let mut body = Vec::new();
-    Message::Register {
-        lan: vec![],
-        hostname: None,
-        cookie: None,
-    }
-    .encode(&mut body);
-    let mut register = vec![0u8; 512];
-    let n = envelope::seal(
-        &mut register,
-        REGISTER,
-        me.signing_key(),
-        unix_ms,
-        42,
-        &body,
-    )
-    .unwrap();
-    register.truncate(n);
+    let sealed = |cookie: Option<[u8; 16]>, nonce: u64| {
+        let mut body = Vec::new();
+        Message::Register {
+            lan: vec![],
+            hostname: None,
+            cookie,
+        }
+        .encode(&mut body);
+        let mut register = vec![0u8; 512];
+        let n = envelope::seal(
+            &mut register,
+            REGISTER,
+            me.signing_key(),
+            unix_ms,
+            nonce,
+            &body,
+        )
+        .unwrap();
+        register.truncate(n);
+        (register, body)
+    };
     let mut out = vec![0u8; 65536];
-    let first = sim
+    // A first contact is challenged (statelessly: sending it again only repeats that).
+    let (first, body) = sealed(None, 41);
+    let challenge = sim
         .server
-        .handle_datagram(Port::Main, from, &register, sim.now, &mut out);
-    assert!(
-        first.is_some(),
-        "a fresh registration is answered (challenged)"
-    );
-    // The same bytes again, from the same or another address: refused, unanswered.
+        .handle_datagram(Port::Main, from, &first, sim.now, &mut out)
+        .expect("a fresh registration is answered with a challenge");
+    let opened = envelope::open(challenge.payload).unwrap();
+    let Ok(Message::Challenge { cookie, .. }) = Message::decode(opened.kind, opened.body) else {
+        panic!("not a challenge")
+    };
+    // The registration with the cookie is taken; the same bytes again, from the same or
+    // another address, are refused and unanswered.
+    let (register, _) = sealed(Some(cookie), 42);
+    assert!(sim
+        .server
+        .handle_datagram(Port::Main, from, &register, sim.now, &mut out)
+        .is_some());
+    assert_eq!(sim.server.counters().registrations, 1);
     for replay_from in [from, "203.0.113.66:1234".parse().unwrap()] {
         assert!(sim
             .server
@@ -791,9 +804,8 @@ fn replayed_and_forged_registrations_are_refused() {
         .handle_datagram(Port::Main, from, &old, sim.now, &mut out)
         .is_none());
     assert_eq!(sim.server.counters().refused(Refusal::Stale), 1);
-    // The one answered was challenged (its endpoint not yet proven): nothing registered.
     assert_eq!(sim.server.counters().challenges, 1);
-    assert_eq!(sim.server.counters().registrations, 0);
+    assert_eq!(sim.server.counters().registrations, 1);
 }
 
 #[test]
