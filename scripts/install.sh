@@ -49,6 +49,8 @@ die() {
     exit 1
 }
 have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=lib/root.sh
+source scripts/lib/root.sh
 systemd_running() { [[ -d /run/systemd/system ]]; }
 
 mode=install
@@ -123,13 +125,10 @@ build_if_needed() {
     echo "building release binaries"
     if have cargo; then
         cargo build --release --locked
-    elif [[ -n ${SUDO_USER:-} && -x $(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin/cargo ]]; then
+    elif sudo_user_has_cargo; then
         # sudo resets PATH, so root sees no rustup cargo: build as the user who called sudo,
         # which also keeps target/ theirs.
-        local home
-        home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
-        runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
-            cargo build --release --locked
+        as_sudo_user cargo build --release --locked
     else
         die "target/release/pilotd is missing or stale and cargo is not on root's PATH: run \`cargo build --release --locked\` as yourself, then this again"
     fi

@@ -39,9 +39,8 @@ fn an_honest_handshake_completes_under_a_flood_of_1000_handshakes_per_second() {
         return;
     }
     let mut lab = Lab::new();
-    let (na, nb) = lab.two_hosts();
-    let mut a = lab.node(&na, "a", "198.51.100.1");
-    let mut b = lab.node(&nb, "b", "198.51.100.2");
+    let (mut a, mut b) = lab.two_nodes();
+    let na = a.ns.clone();
     lab.start(&mut b, &[&a]);
 
     // The flood comes from another address on A's LAN, at 1,000 handshakes a second, before

@@ -336,9 +336,7 @@ fn a_killed_peer_is_shown_unreachable_within_a_bounded_time() {
         return;
     }
     let mut lab = Lab::new();
-    let (na, nb) = lab.two_hosts();
-    let mut a = lab.node(&na, "a", "198.51.100.1");
-    let mut b = lab.node(&nb, "b", "198.51.100.2");
+    let (mut a, mut b) = lab.two_nodes();
     // Persistent keepalives every 2 s (pilotd's default is 25 s): gone after 2 s + 15 s.
     let flags = |peer: &NodeHandle| -> Vec<String> {
         vec![

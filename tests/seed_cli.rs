@@ -11,24 +11,6 @@ use std::time::Duration;
 
 use lab::{ctl, ctl_in, eventually, ns_exec, Detached, Lab, NodeHandle, PILOTCTL};
 
-/// A TCP server on `[::]:PORT` answering `echo:` + everything it read, once the client has
-/// finished sending: the seed's stdio port 1000 in the tests.
-const ECHO: &str = r#"
-import socket, sys, threading
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", int(sys.argv[1]))); s.listen()
-def serve(c):
-    data = b""
-    while True:
-        chunk = c.recv(65536)
-        if not chunk: break
-        data += chunk
-    c.sendall(b"echo:" + data); c.close()
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,)).start()
-"#;
-
 /// `pilotctl --control <node's socket> ARGS` inside the node's namespace with `env` set (e.g.
 /// `PILOT_CONFIG`), as a user types it there.
 fn pilotctl(node: &NodeHandle, env: &[(&str, &Path)], args: &[&str]) -> Output {
@@ -201,9 +183,7 @@ fn the_seeds_command_lines_work_or_say_what_to_type() {
     assert!(out.contains("4 sent, 4 received"), "{out}");
 
     // `echo '{"a":1}' | pilotctl connect agent-alpha 1000`, and with the port left out.
-    let echo = lab.dir.join("echo.py");
-    fs::write(&echo, ECHO).unwrap();
-    lab.spawn_in(&na, &["python3", echo.to_str().unwrap(), "1000"]);
+    lab.serve_echo(&na, "::", 1000);
     let out = eventually(Duration::from_secs(10), || {
         let out = ctl_in(&beta, &["connect", "agent-alpha", "1000"], b"{\"a\":1}\n");
         out.status.success().then_some(out)

@@ -20,24 +20,6 @@ use lab::{ctl, ctl_in, eventually, ns_exec, Lab, NodeHandle, UNPRIVILEGED};
 
 const RDV: &str = "198.51.100.1:7000";
 
-/// A TCP server answering `echo:` + everything it read, once the client has finished sending.
-const ECHO: &str = r#"
-import socket, sys, threading
-host, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((host, port)); s.listen()
-def serve(c):
-    data = b""
-    while True:
-        chunk = c.recv(65536)
-        if not chunk: break
-        data += chunk
-    c.sendall(b"echo:" + data); c.close()
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,)).start()
-"#;
-
 fn userspace_flags(rdv: &str) -> Vec<String> {
     [
         "--rendezvous",
@@ -125,11 +107,8 @@ fn a_userspace_node_without_privileges_and_a_kernel_node_serve_each_other() {
     let http = ["python3", "-m", "http.server", "--directory", www, "--bind"];
     lab.spawn_in(&na, &[&http[..], &["::", "8080"]].concat());
     lab.spawn_in(&nb, &[&http[..], &["127.0.0.1", "18080"]].concat());
-    let echo = lab.dir.join("echo.py");
-    fs::write(&echo, ECHO).unwrap();
-    let echo = echo.to_str().unwrap();
-    lab.spawn_in(&na, &["python3", echo, "::", "7"]);
-    lab.spawn_in(&nb, &["python3", echo, "127.0.0.1", "18007"]);
+    lab.serve_echo(&na, "::", 7);
+    lab.serve_echo(&nb, "127.0.0.1", 18007);
 
     // Kernel node → userspace node: plain curl to the exposed port of its fd70 address.
     let got = lab.dir.join("from-user.bin");

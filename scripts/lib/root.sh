@@ -35,20 +35,31 @@ need_packages() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# back_to_sudo_user SCRIPT ARGS...: when we are root through sudo and root has no cargo, runs
-# SCRIPT again as the user who called sudo, with that user's ~/.cargo/bin on PATH; does not
-# return then. Otherwise returns and the caller goes on as it is.
-back_to_sudo_user() {
-    ((EUID == 0)) && [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] || return 0
-    # Raised on purpose by become_root: the user's part is done.
-    [[ -z ${PILOT_RAISED:-} ]] || return 0
-    command -v cargo >/dev/null && return 0
+# sudo_user_has_cargo: we are root through sudo, root has no cargo, and the user who called
+# sudo has a rustup one in ~/.cargo/bin.
+sudo_user_has_cargo() {
+    ((EUID == 0)) && [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] || return 1
+    ! command -v cargo >/dev/null || return 1
+    [[ -x $(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin/cargo ]]
+}
+
+# as_sudo_user CMD...: CMD as the user who called sudo, with that user's ~/.cargo/bin on PATH.
+as_sudo_user() {
     local home
     home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
-    [[ -x $home/.cargo/bin/cargo ]] || return 0
+    runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" "$@"
+}
+
+# back_to_sudo_user SCRIPT ARGS...: when we are root through sudo and root has no cargo, runs
+# SCRIPT again as the user who called sudo (see as_sudo_user); does not return then.
+# Otherwise returns and the caller goes on as it is.
+back_to_sudo_user() {
+    # Raised on purpose by become_root: the user's part is done.
+    [[ -z ${PILOT_RAISED:-} ]] || return 0
+    sudo_user_has_cargo || return 0
     echo "$1: root has no cargo (sudo resets PATH); running as $SUDO_USER, with sudo for what needs root"
-    exec runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
-        bash "$@"
+    as_sudo_user bash "$@"
+    exit
 }
 
 # become_root SCRIPT ARGS...: runs SCRIPT again as root through sudo, keeping the variables

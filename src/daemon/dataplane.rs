@@ -240,8 +240,7 @@ impl Core {
             tokio::select! {
                 () = &mut shutdown => {
                     // A change still waiting for its turn to be written is written now.
-                    self.saves = SaveSchedule::new(Instant::now());
-                    self.save_trust(Instant::now());
+                    self.write_trust(Instant::now());
                     return Ok(());
                 }
                 guard = io.udp.readable() => {
@@ -645,9 +644,13 @@ impl Core {
     /// Saves the trust state if it changed, then lets the node acknowledge the deliveries it
     /// holds. On failure the deliveries stay unacknowledged (the rendezvous sends them again).
     fn save_trust(&mut self, now: Instant) {
-        if !self.saves.due(now, self.node.trust_urgent()) {
-            return;
+        if self.saves.due(now, self.node.trust_urgent()) {
+            self.write_trust(now);
         }
+    }
+
+    /// Writes the trust state if it changed, whatever the schedule says.
+    fn write_trust(&mut self, now: Instant) {
         let Some(state) = self.node.take_trust_state() else {
             return;
         };

@@ -26,16 +26,21 @@ pub fn table_name(interface: &str) -> String {
 pub fn ruleset(interface: &str) -> String {
     let table = table_name(interface);
     format!(
-        "table inet {table} {{}}\n\
-         delete table inet {table}\n\
+        "{}\
          table inet {table} {{\n\
          \tchain guard {{\n\
          \t\ttype filter hook prerouting priority raw; policy accept;\n\
          \t\tiifname != \"{interface}\" ip6 saddr {OVERLAY} fib saddr type != local counter drop\n\
          \t\tiifname != \"{interface}\" ip6 daddr {OVERLAY} fib saddr type != local counter drop\n\
          \t}}\n\
-         }}\n"
+         }}\n",
+        removal(&table)
     )
+}
+
+/// Deletes the table, existing or not (declaring it first makes the delete always valid).
+fn removal(table: &str) -> String {
+    format!("table inet {table} {{}}\ndelete table inet {table}\n")
 }
 
 /// Why the guard could not be installed.
@@ -56,10 +61,7 @@ pub fn install(interface: &str) -> Result<(), GuardError> {
 
 /// Removes the guard for `interface`; a missing table is not an error.
 pub fn remove(interface: &str) -> Result<(), GuardError> {
-    let table = table_name(interface);
-    nft(&format!(
-        "table inet {table} {{}}\ndelete table inet {table}\n"
-    ))
+    nft(&removal(&table_name(interface)))
 }
 
 fn nft(script: &str) -> Result<(), GuardError> {

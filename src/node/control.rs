@@ -37,14 +37,7 @@ impl Node {
             Err(_) => return self.counters.drop(DropReason::BadControl),
         }
         let handled = match message {
-            Message::Registered { .. }
-            | Message::NatProbeReply { .. }
-            | Message::Punch { .. }
-            | Message::Refused { .. }
-            | Message::Stored { .. }
-            | Message::Deliver { .. }
-            | Message::LookupReply { .. }
-            | Message::Challenge { .. } => self.on_rendezvous_message(from, &opened, message, now),
+            m if m.is_from_rendezvous() => self.on_rendezvous_message(from, &opened, m, now),
             Message::Probe { target } if target == self.key => self.on_probe(from, &opened, now),
             Message::ProbeAck { echo, .. } => self.on_probe_ack(from, &opened, echo, now),
             _ => false,
@@ -72,14 +65,7 @@ impl Node {
     /// rendezvous (its address, and its key once pinned), probes from trusted peers.
     fn entitled(&self, from: SocketAddr, opened: &Opened<'_>, message: &Message) -> bool {
         match message {
-            Message::Registered { .. }
-            | Message::NatProbeReply { .. }
-            | Message::Punch { .. }
-            | Message::Refused { .. }
-            | Message::Stored { .. }
-            | Message::Deliver { .. }
-            | Message::LookupReply { .. }
-            | Message::Challenge { .. } => self
+            m if m.is_from_rendezvous() => self
                 .link
                 .as_ref()
                 .is_some_and(|l| l.is_rendezvous(from) && l.accepts(&opened.sender)),

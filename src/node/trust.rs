@@ -278,7 +278,7 @@ impl TrustBook {
 
     /// Queues for the rendezvous every statement we hold that it should have: the ledger's
     /// (records and revocations), our live requests and our approvals. It answers `Stored` for
-    /// what it knows already. Returns whether anything was queued that was not already.
+    /// what it knows already. Returns whether anything waits to be submitted.
     pub fn resubmit_held(&mut self) -> bool {
         let held: Vec<Statement> = self
             .ledger
@@ -292,11 +292,10 @@ impl TrustBook {
             )
             .chain(self.approved.values().cloned().map(Statement::Record))
             .collect();
-        let before = self.unsubmitted.len();
         for s in held {
             self.queue(s);
         }
-        self.unsubmitted.len() != before || !self.unsubmitted.is_empty()
+        !self.unsubmitted.is_empty()
     }
 
     pub fn state(&self) -> TrustState {

@@ -35,11 +35,17 @@ impl AddressCookies {
 
     /// The cookie for `sender` at `from`, now.
     pub fn issue(&self, sender: &NodeKey, from: SocketAddr, now_ms: u64) -> [u8; COOKIE_LEN] {
-        self.mac(sender, from, now_ms / EPOCH_MS)
+        let full = self
+            .mac(sender, from, now_ms / EPOCH_MS)
+            .finalize()
+            .into_bytes();
+        let mut cookie = [0u8; COOKIE_LEN];
+        cookie.copy_from_slice(&full[..COOKIE_LEN]);
+        cookie
     }
 
     /// Whether `cookie` is this rendezvous' cookie for `sender` at `from`, of this epoch or
-    /// the previous one.
+    /// the previous one (compared in constant time, by the MAC's own check).
     pub fn verify(
         &self,
         sender: &NodeKey,
@@ -49,17 +55,14 @@ impl AddressCookies {
     ) -> bool {
         let epoch = now_ms / EPOCH_MS;
         [epoch, epoch.saturating_sub(1)].iter().any(|&e| {
-            let expected = self.mac(sender, from, e);
-            // Constant time: the comparison must not tell an attacker how much it got right.
-            expected
-                .iter()
-                .zip(cookie)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+            self.mac(sender, from, e)
+                .verify_truncated_left(cookie)
+                .is_ok()
         })
     }
 
-    fn mac(&self, sender: &NodeKey, from: SocketAddr, epoch: u64) -> [u8; COOKIE_LEN] {
+    /// The MAC over the epoch, the key and the endpoint (IPv4 as mapped IPv6), not finished.
+    fn mac(&self, sender: &NodeKey, from: SocketAddr, epoch: u64) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
         mac.update(&epoch.to_be_bytes());
         mac.update(&sender.0);
@@ -68,10 +71,7 @@ impl AddressCookies {
             SocketAddr::V6(v6) => mac.update(&v6.ip().octets()),
         }
         mac.update(&from.port().to_be_bytes());
-        let full = mac.finalize().into_bytes();
-        let mut cookie = [0u8; COOKIE_LEN];
-        cookie.copy_from_slice(&full[..COOKIE_LEN]);
-        cookie
+        mac
     }
 }
 

@@ -458,6 +458,21 @@ impl Message {
         Ok(message)
     }
 
+    /// Messages only a rendezvous sends (to a node).
+    pub fn is_from_rendezvous(&self) -> bool {
+        matches!(
+            self,
+            Message::Registered { .. }
+                | Message::NatProbeReply { .. }
+                | Message::Punch { .. }
+                | Message::Refused { .. }
+                | Message::Stored { .. }
+                | Message::Deliver { .. }
+                | Message::LookupReply { .. }
+                | Message::Challenge { .. }
+        )
+    }
+
     /// Requests a node may send from an endpoint the rendezvous has not seen proven, which
     /// travel padded to [`REQUEST_MIN_LEN`].
     pub fn may_come_unproven(&self) -> bool {

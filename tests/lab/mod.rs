@@ -141,6 +141,15 @@ impl Lab {
         (a, b)
     }
 
+    /// [`Lab::two_hosts`] with a node on each, `a` at .1 and `b` at .2 (not started).
+    pub fn two_nodes(&mut self) -> (NodeHandle, NodeHandle) {
+        let (na, nb) = self.two_hosts();
+        (
+            self.node(&na, "a", "198.51.100.1"),
+            self.node(&nb, "b", "198.51.100.2"),
+        )
+    }
+
     /// Makes (or reuses) the identity of a node that will live in `ns`.
     pub fn node(&self, ns: &str, name: &str, underlay: &str) -> NodeHandle {
         let state_dir = self.dir.join(name);
@@ -407,7 +416,35 @@ impl Lab {
     }
 }
 
+/// A TCP server answering `echo:` + everything it read, once the client has finished sending.
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port)); s.listen()
+def serve(c):
+    data = b""
+    while True:
+        chunk = c.recv(65536)
+        if not chunk: break
+        data += chunk
+    c.sendall(b"echo:" + data); c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,)).start()
+"#;
+
 impl Lab {
+    /// Runs an echo server (see [`ECHO_SERVER`]) on `host:port` in `ns`; killed on drop.
+    pub fn serve_echo(&mut self, ns: &str, host: &str, port: u16) -> usize {
+        let script = self.dir.join("echo.py");
+        if !script.exists() {
+            fs::write(&script, ECHO_SERVER).unwrap();
+        }
+        let port = port.to_string();
+        self.spawn_in(ns, &["python3", script.to_str().unwrap(), host, &port])
+    }
+
     /// Serves `dir` over HTTP on port 8080 of every address of `server`'s namespace, and
     /// returns whether `client` could fetch `probe` from it across the overlay within
     /// `timeout` (retried: the first request may wait for a handshake or a punch).

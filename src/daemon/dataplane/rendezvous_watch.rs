@@ -38,10 +38,11 @@ impl Core {
         if kind == self.rendezvous_watch.reported {
             return;
         }
-        let rendezvous = self.node.net_status(now).rendezvous.unwrap_or_default();
+        let net = self.node.net_status(now);
+        let rendezvous = net.rendezvous.unwrap_or_default();
         match &problem {
             Some(problem) => tracing::warn!("rendezvous {rendezvous}: {problem}"),
-            None if self.node.net_status(now).registered => {
+            None if net.registered => {
                 tracing::info!("rendezvous {rendezvous}: registered again")
             }
             None => return,
