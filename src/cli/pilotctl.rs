@@ -16,7 +16,11 @@ use crate::node::PeerStatus;
 
 use super::seed::{refuse_seed_ids, HINT_INFO, HINT_PENDING, HINT_TRUST};
 use super::{streams, trust_text};
+use crate::clock::describe_offset;
 use crate::wire::printable::printable;
+
+/// A clock further off than this from the rendezvous' would have its messages refused.
+const MAX_SKEW_MS: u64 = crate::wire::envelope::MAX_SKEW.as_millis() as u64;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -317,6 +321,15 @@ fn status_text(s: &StatusReply) -> String {
     for peer in &s.unreachable {
         attention.push(format!("unreachable: {}", printable(peer)));
     }
+    // Pilot works on with the rendezvous' time, but what else on this box keeps time
+    // (certificates, logs, schedules) does not.
+    if let Some(offset) = s.clock_offset_ms.filter(|o| o.unsigned_abs() > MAX_SKEW_MS) {
+        attention.push(format!(
+            "clock: this system's clock is {} the rendezvous' (Pilot signs with the \
+             rendezvous' time; set the clock, or enable NTP)",
+            describe_offset(offset)
+        ));
+    }
     let t = s.trust;
     let auto = if t.auto_approve {
         ", auto-approve ON"
@@ -586,6 +599,23 @@ fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     if let Value::String(problem) = &value["problem"] {
         println!("problem         {problem}");
     }
+    if let Some(offset) = value["clock_offset_ms"].as_i64() {
+        let correction = value["clock_correction_ms"].as_i64().unwrap_or(0);
+        let how = if correction == 0 {
+            "signing with this system's time".to_owned()
+        } else {
+            format!(
+                "signing with the rendezvous' time (corrected by {} ms)",
+                correction
+            )
+        };
+        let off = if offset.unsigned_abs() < 1_000 {
+            "agrees with the rendezvous' (within 1 s)".to_owned()
+        } else {
+            format!("{} the rendezvous'", describe_offset(offset))
+        };
+        println!("clock           {off}; {how}");
+    }
     if value["endpoint_configured"] == true {
         // Told, not discovered: what the rendezvous sees is shown for comparison.
         println!(
@@ -731,6 +761,7 @@ mod tests {
             trust_save_failures: 0,
             unreachable: Vec::new(),
             rendezvous_problem: None,
+            clock_offset_ms: Some(-1_500),
         };
         assert_eq!(
             status_text(&s),

@@ -168,6 +168,9 @@ pub struct StatusReply {
     /// Peers that no longer answer, as `NAME (NODE), last heard N s ago`.
     #[serde(default)]
     pub unreachable: Vec<String>,
+    /// How far this system's clock is from the rendezvous' (ms to add), once measured.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Peers by path.

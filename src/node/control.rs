@@ -29,6 +29,9 @@ impl Node {
             self.note_wrong_key(from, &opened, &message);
             return self.counters.drop(DropReason::UnexpectedControl);
         }
+        if message.is_from_rendezvous() {
+            self.sync_clock(&opened, &message, now);
+        }
         match self.replay.check(&opened, self.clock.unix_ms(now)) {
             Ok(()) => {}
             Err(EnvelopeError::Stale | EnvelopeError::Replay | EnvelopeError::Busy) => {
@@ -223,6 +226,10 @@ impl Node {
                     }
                     RefusalCode::BadStatement => {
                         self.on_submission_refused(echo);
+                    }
+                    // Our clock was off; `sync_clock` has corrected it from this very answer.
+                    RefusalCode::Stale if registration && link.on_stale(now) => {
+                        self.drive_rendezvous(now);
                     }
                     _ => {}
                 }

@@ -107,6 +107,8 @@ pub struct Counters {
     pub cookie_replies: u64,
     /// Punch candidates dropped past the per-peer limit (the oldest go first).
     pub candidates_evicted: u64,
+    /// Times the clock the node signs with was corrected from the rendezvous' time.
+    pub clock_corrections: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 

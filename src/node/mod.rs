@@ -15,6 +15,7 @@
 //! datagrams to peers, direct or wrapped for the relay); `control` the signed control messages
 //! (registration, NAT discovery, punching, probes); `path` and `rendezvous` their state.
 
+mod clock_sync;
 mod control;
 mod counters;
 mod liveness;
@@ -552,7 +553,10 @@ impl Node {
     /// Public endpoint and NAT behaviour, as far as measured.
     pub fn net_status(&self, now: Instant) -> NetStatus {
         match &self.link {
-            Some(link) => link.status(self.local_port, now),
+            Some(link) => NetStatus {
+                clock_correction_ms: self.clock.offset_ms(),
+                ..link.status(self.local_port, now)
+            },
             None => NetStatus::default(),
         }
     }

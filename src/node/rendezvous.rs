@@ -54,6 +54,13 @@ pub struct NetStatus {
     /// Why the node is not registered, when it knows (see [`RendezvousProblem`]).
     #[serde(default)]
     pub problem: Option<String>,
+    /// How far this system's clock is from the rendezvous' (ms to add to it), as measured by
+    /// the last answer to a registration; `None` before one.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// The correction the node signs with (0: its own clock is close enough).
+    #[serde(default)]
+    pub clock_correction_ms: i64,
 }
 
 /// Why the rendezvous does not register this node.
@@ -91,8 +98,12 @@ pub(crate) struct RendezvousLink {
     /// The key replies must be signed with (pinned, or learned on first contact).
     pub key: Option<NodeKey>,
     pub keepalive: Duration,
-    /// Nonce of the registration awaiting its answer.
+    /// Nonce of the registration awaiting its answer, and when it was sent.
     pub pending_register: Option<u64>,
+    register_sent_at: Option<Instant>,
+    /// How far our system clock is from the rendezvous' (ms to add), from the last answer
+    /// to a registration.
+    pub clock_offset_ms: Option<i64>,
     pub next_register: Option<Instant>,
     /// Last `Registered`, and when; registration lapses after three missed refreshes.
     pub last_registered: Option<Instant>,
@@ -107,8 +118,9 @@ pub(crate) struct RendezvousLink {
     /// The rendezvous' address cookie for our endpoint (from its last `Challenge`), sent
     /// with every registration: it proves we receive where we send from.
     pub cookie: Option<[u8; COOKIE_LEN]>,
-    /// When a `Challenge` last made us register at once.
+    /// When a `Challenge`, and a `Refused { Stale }`, last made us register at once.
     last_challenge: Option<Instant>,
+    last_stale: Option<Instant>,
     pub nat: NatKind,
     pub nat_probes: [Option<u64>; 2],
     pub mapped: [Option<SocketAddr>; 2],
@@ -127,6 +139,8 @@ impl RendezvousLink {
             config,
             keepalive,
             pending_register: None,
+            register_sent_at: None,
+            clock_offset_ms: None,
             next_register: None,
             last_registered: None,
             observed: None,
@@ -135,6 +149,7 @@ impl RendezvousLink {
             wrong_key: None,
             cookie: None,
             last_challenge: None,
+            last_stale: None,
             nat: NatKind::Unknown,
             nat_probes: [None; 2],
             mapped: [None; 2],
@@ -176,21 +191,50 @@ impl RendezvousLink {
     /// whether a registration is now due.
     pub fn on_challenge(&mut self, cookie: [u8; COOKIE_LEN], now: Instant) -> bool {
         self.cookie = Some(cookie);
-        if self
-            .last_challenge
-            .is_some_and(|t| now < t + CHALLENGE_MIN_INTERVAL)
-        {
-            return false;
-        }
-        self.last_challenge = Some(now);
-        self.next_register = Some(now);
-        true
+        register_now(&mut self.last_challenge, &mut self.next_register, now)
+    }
+
+    /// The rendezvous refused our registration as dated outside its window: our clock was
+    /// wrong, and has been corrected from that answer. Register again at once (as rate-limited
+    /// as after a challenge, and apart from it: the challenge usually follows). Returns
+    /// whether a registration is now due.
+    pub fn on_stale(&mut self, now: Instant) -> bool {
+        register_now(&mut self.last_stale, &mut self.next_register, now)
     }
 
     pub fn register_sent(&mut self, nonce: u64, now: Instant) {
         self.unanswered_since.get_or_insert(now);
         self.pending_register = Some(nonce);
+        self.register_sent_at = Some(now);
         self.next_register = Some(now + REGISTER_RETRY);
+    }
+
+    /// An answer signed by the rendezvous to registration `echo`, dated `rendezvous_ms` by its
+    /// clock, arriving at `now` when our uncorrected clock reads `local_ms`. Echoing our
+    /// nonce makes it fresh whatever either clock says, so it measures how far our clock is
+    /// off (half the round trip is added to the rendezvous' time). Returns the offset (ms to
+    /// add to our clock), or `None` when this answers no pending registration.
+    pub fn measure_clock(
+        &mut self,
+        echo: u64,
+        rendezvous_ms: u64,
+        local_ms: u64,
+        now: Instant,
+    ) -> Option<i64> {
+        if self.pending_register != Some(echo) {
+            return None;
+        }
+        // The answer is as old as the round trip at most; a slow one (delayed on the way,
+        // or a captured registration answered late) measures nothing precise.
+        let rtt = now.saturating_duration_since(self.register_sent_at?);
+        if rtt > REGISTER_RETRY {
+            return None;
+        }
+        let half_rtt = rtt.as_millis() as u64 / 2;
+        let offset = (rendezvous_ms.saturating_add(half_rtt) as i128 - local_ms as i128)
+            .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        self.clock_offset_ms = Some(offset);
+        Some(offset)
     }
 
     /// A `Registered` answer. Returns true if our public endpoint changed (or is new), which
@@ -304,8 +348,21 @@ impl RendezvousLink {
             port_preserved: self.mapped[0].map(|m| m.port() == local_port),
             mapped_main: self.mapped[0].map(|e| e.to_string()),
             mapped_alt: self.mapped[1].map(|e| e.to_string()),
+            clock_offset_ms: self.clock_offset_ms,
+            clock_correction_ms: 0,
         }
     }
+}
+
+/// Makes a registration due now unless the same cause (`last`) did less than
+/// [`CHALLENGE_MIN_INTERVAL`] ago, so a confused rendezvous cannot make us loop.
+fn register_now(last: &mut Option<Instant>, next: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_some_and(|t| now < t + CHALLENGE_MIN_INTERVAL) {
+        return false;
+    }
+    *last = Some(now);
+    *next = Some(now);
+    true
 }
 
 #[cfg(test)]

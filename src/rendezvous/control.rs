@@ -82,8 +82,20 @@ impl Server {
         // key's Register that proved its endpoint (the cookie) while there is room for it.
         // Anyone else gets the freshness check alone and only stateless answers (a challenge,
         // a NAT probe's observation, a refusal), so a flood from throwaway keys can neither
-        // fill the guard nor make an honest node's messages look stale.
+        // fill the guard nor make an honest node's messages look stale. Freshness first, for
+        // everyone: a registration dated far from our clock is told our time.
         let now_ms = self.clock.unix_ms(now);
+        if envelope::check_fresh(&opened, now_ms).is_err() {
+            let request = Request {
+                sender: opened.sender,
+                nonce: opened.nonce,
+                local,
+                from,
+                len: datagram.len(),
+                proven: false,
+            };
+            return self.stale(request, &message, now, out);
+        }
         let with_cookie = match &message {
             Message::Register {
                 cookie: Some(cookie),
@@ -95,13 +107,10 @@ impl Server {
         let at_registered = registered.is_some_and(|e| e.observed == from);
         let served =
             registered.is_some() || (with_cookie && self.registry.len() < self.config.max_nodes);
-        let checked = if served {
-            self.replay.check(&opened, now_ms)
-        } else {
-            envelope::check_fresh(&opened, now_ms)
-        };
-        if let Err(e) = checked {
-            return self.refuse(refusal_of(e), from);
+        if served {
+            if let Err(e) = self.replay.check(&opened, now_ms) {
+                return self.refuse(refusal_of(e), from);
+            }
         }
         let request = Request {
             sender: opened.sender,
@@ -359,6 +368,25 @@ impl Server {
     }
 
     /// Counts a refused message; nothing is sent, so forged or replayed traffic learns nothing.
+    /// A message dated outside the window around our clock. A registration is told so (a
+    /// `Refused { Stale }` echoing its nonce, sealed with our time): a node whose clock is wrong
+    /// — a box without RTC before NTP, or on a network without it — learns the time to sign
+    /// with instead of never registering. The answer is smaller than the (padded) request and
+    /// changes nothing here, so a replayed or spoofed stale registration gains nobody anything.
+    fn stale<'a>(
+        &mut self,
+        req: Request,
+        message: &Message,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let refused = self.refuse(Refusal::Stale, req.from);
+        if req.local != Port::Main || !matches!(message, Message::Register { .. }) {
+            return refused;
+        }
+        self.refusal_reply(req, RefusalCode::Stale, now, out)
+    }
+
     fn refuse<'a>(&mut self, reason: Refusal, from: SocketAddr) -> Option<Transmit<'a>> {
         self.counters.refuse(reason);
         tracing::trace!(%from, reason = reason.name(), "control message refused");

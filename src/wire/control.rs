@@ -128,6 +128,11 @@ pub enum RefusalCode {
     NameTaken = 5,
     /// A submitted trust statement does not verify, or is not the sender's to submit.
     BadStatement = 6,
+    /// The request's timestamp is too far from the rendezvous' clock. Sent only in answer to
+    /// a `Register`; the answer's own envelope carries the rendezvous' time, so a node whose
+    /// clock is wrong (no RTC, no NTP yet) learns the time it should sign with. It echoes the
+    /// registration's nonce, which is what makes it fresh to the node whatever its clock says.
+    Stale = 7,
 }
 
 /// What a `Lookup` asks for.
@@ -559,6 +564,7 @@ fn refusal_from_byte(b: u8) -> Result<RefusalCode, DecodeError> {
         4 => RefusalCode::RateLimited,
         5 => RefusalCode::NameTaken,
         6 => RefusalCode::BadStatement,
+        7 => RefusalCode::Stale,
         _ => return Err(DecodeError::BadValue),
     })
 }
@@ -718,6 +724,10 @@ mod tests {
             Message::Refused {
                 echo: 4,
                 code: RefusalCode::NameTaken,
+            },
+            Message::Refused {
+                echo: 5,
+                code: RefusalCode::Stale,
             },
             Message::Submit {
                 statement: sample_statement(),

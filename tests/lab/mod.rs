@@ -22,6 +22,16 @@ pub const UNPRIVILEGED: u32 = 65534;
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 /// Whether root-only tests can run here. Under `CI=true` a missing prerequisite panics.
+/// Debian's libfaketime (package `faketime`); panics naming the package when it is missing.
+pub fn libfaketime() -> PathBuf {
+    let found = fs::read_dir("/usr/lib").ok().and_then(|dirs| {
+        dirs.flatten()
+            .map(|d| d.path().join("faketime/libfaketime.so.1"))
+            .find(|p| p.exists())
+    });
+    found.expect("libfaketime not found under /usr/lib/*/faketime: install the `faketime` package")
+}
+
 pub fn privileged(test: &str) -> bool {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
@@ -194,6 +204,22 @@ impl Lab {
         self.start_as(node, &[PILOTD], extra);
     }
 
+    /// Starts `pilotd up` for `node` with its system clock off by `offset` (libfaketime's
+    /// relative form: `-365d`, `+1h`): the wall clock only, as on a board without RTC —
+    /// the monotonic clock is left alone.
+    pub fn start_with_clock(&mut self, node: &mut NodeHandle, offset: &str, extra: &[String]) {
+        let faketime = format!("FAKETIME={offset}");
+        let preload = format!("LD_PRELOAD={}", libfaketime().display());
+        let program = [
+            "env",
+            &preload,
+            &faketime,
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+            PILOTD,
+        ];
+        self.start_as(node, &program, extra);
+    }
+
     /// Starts `pilotd up --userspace` for `node` as an unprivileged user (uid and gid
     /// [`UNPRIVILEGED`], no capabilities at all), with extra flags, and waits until it answers.
     /// The state directory is handed to that user, and pilotd runs from a copy in the lab
@@ -288,6 +314,11 @@ impl Lab {
     /// log in `rdv.log`); returns how nodes name it, `KEY@listen`, and its process index.
     /// Starting it again later reuses the same data directory and key.
     pub fn rendezvous(&mut self, ns: &str, listen: &str) -> (String, usize) {
+        self.rendezvous_with(ns, listen, &[])
+    }
+
+    /// [`Lab::rendezvous`] with extra flags.
+    pub fn rendezvous_with(&mut self, ns: &str, listen: &str, extra: &[&str]) -> (String, usize) {
         let dir = self.dir.join("rdv");
         let out = run(
             PILOTD,
@@ -296,20 +327,18 @@ impl Lab {
         let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let log = self.dir.join("rdv.log");
         let dir = dir.to_str().unwrap();
-        let index = self.spawn_logged(
-            ns,
-            &[
-                PILOTD,
-                "rendezvous",
-                "--listen",
-                listen,
-                "--data-dir",
-                dir,
-                "--log-level",
-                "debug",
-            ],
-            Some(&log),
-        );
+        let mut cmd = vec![
+            PILOTD,
+            "rendezvous",
+            "--listen",
+            listen,
+            "--data-dir",
+            dir,
+            "--log-level",
+            "debug",
+        ];
+        cmd.extend(extra);
+        let index = self.spawn_logged(ns, &cmd, Some(&log));
         let key = id["public_key"].as_str().unwrap();
         (format!("{key}@{listen}"), index)
     }

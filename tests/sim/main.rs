@@ -13,7 +13,7 @@ use pilot::node::{
     TunOutput,
 };
 use pilot::rendezvous::{Config, MemoryStore, Port, Refusal, Server};
-use pilot::wire::control::{Message, NatKind as Measured, REGISTER};
+use pilot::wire::control::{Message, NatKind as Measured, RefusalCode, REGISTER};
 use pilot::wire::envelope;
 use pilot::wire::trust::{Statement, TrustRecord};
 
@@ -101,6 +101,19 @@ impl Sim {
         trusted: &[u8],
         endpoint: Option<SocketAddr>,
     ) -> usize {
+        let clock = self.clock;
+        self.add_node_with(n, host, trusted, endpoint, clock)
+    }
+
+    /// [`Sim::add_node_at`] with the node's own system clock (which may be wrong).
+    fn add_node_with(
+        &mut self,
+        n: u8,
+        host: usize,
+        trusted: &[u8],
+        endpoint: Option<SocketAddr>,
+        clock: WallClock,
+    ) -> usize {
         let ip = self.net.hosts[host].ip;
         let local = SocketAddr::new(ip, NODE_PORT);
         let rendezvous = RendezvousConfig {
@@ -130,7 +143,7 @@ impl Sim {
             lan: vec![local],
             endpoint,
             local_port: NODE_PORT,
-            clock: self.clock,
+            clock,
         })
         .unwrap();
         self.nodes.push(SimNode {
@@ -799,10 +812,22 @@ fn replayed_and_forged_registrations_are_refused() {
     )
     .unwrap();
     old.truncate(n);
-    assert!(sim
+    // It changes nothing; the answer (smaller than the request) only tells the sender the
+    // rendezvous' time, echoing the stale message's nonce.
+    let answer = sim
         .server
         .handle_datagram(Port::Main, from, &old, sim.now, &mut out)
-        .is_none());
+        .expect("a stale registration is told the time");
+    assert!(answer.payload.len() < old.len());
+    let opened = envelope::open(answer.payload).unwrap();
+    assert_eq!(
+        Message::decode(opened.kind, opened.body),
+        Ok(Message::Refused {
+            echo: 44,
+            code: RefusalCode::Stale
+        })
+    );
+    assert_eq!(opened.timestamp_ms, unix_ms);
     assert_eq!(sim.server.counters().refused(Refusal::Stale), 1);
     assert_eq!(sim.server.counters().challenges, 1);
     assert_eq!(sim.server.counters().registrations, 1);
@@ -836,4 +861,108 @@ fn a_rendezvous_that_lost_its_database_gets_the_records_back_within_a_keepalive(
     let resumed = resumed.unwrap_or_else(|| panic!("traffic never resumed\n{}", sim.debug()));
     assert!(resumed <= Duration::from_secs(26), "{resumed:?}");
     assert!(sim.server.counters().statements_stored > 0);
+}
+
+#[test]
+fn a_node_whose_clock_is_hours_days_or_a_year_off_joins_and_connects() {
+    // Issue 12, item 3: a board without RTC (or NTP) never registered, silently.
+    const HOUR: i64 = 3_600_000;
+    for skew_ms in [HOUR, -24 * HOUR, -365 * 24 * HOUR, 365 * 24 * HOUR] {
+        let mut sim = Sim::new();
+        let na = sim.net.add_nat(NatKind::Cone, "203.0.113.1");
+        let nb = sim.net.add_nat(NatKind::Cone, "203.0.113.2");
+        let (ha, hb) = (
+            sim.net.add_host("10.1.0.10", Some(na)),
+            sim.net.add_host("10.2.0.10", Some(nb)),
+        );
+        let wrong = WallClock::new(
+            sim.now,
+            sim.clock.unix_ms(sim.now).saturating_add_signed(skew_ms),
+        );
+        let x = sim.add_node_with(1, ha, &[2], None, wrong);
+        let y = sim.add_node(2, hb, &[1]);
+        sim.run_for(Duration::from_secs(3));
+        let net = sim.nodes[x].node.net_status(sim.now);
+        assert!(net.registered, "skew {skew_ms}: {}", sim.debug());
+        // The offset is measured to within the simulated round trip, and signed with.
+        let offset = net.clock_offset_ms.unwrap();
+        assert!(
+            (offset + skew_ms).abs() < 100,
+            "skew {skew_ms}: offset {offset}"
+        );
+        assert_eq!(net.clock_correction_ms, offset);
+        assert_eq!(sim.nodes[x].node.counters().clock_corrections, 1);
+        assert!(
+            traffic(&mut sim, x, y, Duration::from_secs(2)) > 0,
+            "skew {skew_ms}: {}",
+            sim.debug()
+        );
+        assert_eq!(sim.path(x, y), PathKind::Direct, "skew {skew_ms}");
+        // The node with the right clock corrects nothing.
+        assert_eq!(sim.nodes[y].node.net_status(sim.now).clock_correction_ms, 0);
+    }
+}
+
+#[test]
+fn a_captured_registration_of_a_node_with_a_wrong_clock_cannot_be_replayed() {
+    let mut sim = Sim::new();
+    let na = sim.net.add_nat(NatKind::Cone, "203.0.113.1");
+    let ha = sim.net.add_host("10.1.0.10", Some(na));
+    let wrong = WallClock::new(sim.now, sim.clock.unix_ms(sim.now) - 86_400_000);
+    let x = sim.add_node_with(1, ha, &[], None, wrong);
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.nodes[x].node.is_registered(sim.now));
+    // Its next refresh, as an eavesdropper captures it (from the node's public endpoint).
+    let public = sim.nodes[x].node.net_status(sim.now).observed.unwrap();
+    let public: SocketAddr = public.parse().unwrap();
+    sim.nodes[x]
+        .node
+        .handle_timeout(sim.now + Duration::from_secs(25));
+    let mut captured = None;
+    while let Some(t) = sim.nodes[x].node.poll_transmit(sim.now, &mut sim.buf) {
+        if t.payload[0] == REGISTER {
+            captured = Some(t.payload.to_vec());
+        }
+    }
+    let captured = captured.expect("a refresh");
+    let mut out = vec![0u8; 65536];
+    let at = sim.now + Duration::from_secs(25);
+    assert!(sim
+        .server
+        .handle_datagram(Port::Main, public, &captured, at, &mut out)
+        .is_some());
+    // Replayed at once, from there or elsewhere: refused as a replay, unanswered.
+    for from in [public, "192.0.2.66:4000".parse().unwrap()] {
+        assert!(sim
+            .server
+            .handle_datagram(Port::Main, from, &captured, at, &mut out)
+            .is_none());
+    }
+    assert_eq!(sim.server.counters().refused(Refusal::Replay), 2);
+    // Replayed later: stale. The answer only states the time; nothing moves.
+    let later = at + Duration::from_secs(60);
+    let registrations = sim.server.counters().registrations;
+    let answer = sim
+        .server
+        .handle_datagram(Port::Main, public, &captured, later, &mut out)
+        .map(|t| t.payload.to_vec())
+        .unwrap();
+    let opened = envelope::open(&answer).unwrap();
+    assert!(matches!(
+        Message::decode(opened.kind, opened.body),
+        Ok(Message::Refused {
+            code: RefusalCode::Stale,
+            ..
+        })
+    ));
+    assert_eq!(sim.server.counters().registrations, registrations);
+    // And the node, which is not waiting for an answer to that registration any more, takes
+    // no time from it.
+    sim.nodes[x].node.handle_datagram(
+        SocketAddr::new(RDV_IP.parse().unwrap(), RDV_PORT),
+        &answer,
+        later,
+        &mut sim.buf,
+    );
+    assert_eq!(sim.nodes[x].node.counters().clock_corrections, 1);
 }

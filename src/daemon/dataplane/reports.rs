@@ -92,6 +92,7 @@ impl Core {
             trust_save_error: self.saves.failing().map(str::to_owned),
             trust_save_failures: self.saves.failures(),
             rendezvous_problem: net.problem.clone(),
+            clock_offset_ms: net.clock_offset_ms,
             unreachable: self
                 .node
                 .peers(now)
