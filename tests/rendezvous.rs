@@ -190,6 +190,7 @@ impl Client {
             lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
             hostname: hostname.map(|h| h.parse().unwrap()),
             cookie: self.cookie,
+            trust_digest: 0,
         }
     }
 

@@ -117,6 +117,7 @@ impl Node {
             let register = Message::Register {
                 lan: self.candidates(),
                 hostname: self.hostname.clone(),
+                trust_digest: self.trust.ledger_digest(),
                 cookie: link.cookie,
             };
             let nonce = self.send_to_rendezvous(0, &register, now);
@@ -161,7 +162,7 @@ impl Node {
                 echo,
                 observed,
                 keepalive_secs,
-                first,
+                resubmit,
             } => {
                 let first_key = link.key.is_none();
                 let accepted = link.pending_register == Some(echo);
@@ -170,9 +171,10 @@ impl Node {
                 if first_key && link.key.is_some() {
                     self.events.push_back(Event::RendezvousKey(opened.sender));
                 }
-                if accepted && first {
+                if accepted && resubmit {
                     // The rendezvous holds nothing of ours (it is new to us, or restarted
-                    // without its database): hand it every statement we hold again, so the
+                    // without its database), or its ledger for us differs from ours (and it
+                    // is delivering its side): hand it every statement we hold again, so the
                     // pairs it relays and introduces are back within this round trip.
                     self.resubmit_trust(now);
                 }

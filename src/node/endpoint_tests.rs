@@ -52,7 +52,7 @@ fn a_configured_endpoint_is_offered_first_and_the_nat_is_not_probed() {
         echo: opened.nonce,
         observed,
         keepalive_secs: 25,
-        first: true,
+        resubmit: true,
     }
     .encode(&mut body);
     let mut reply = vec![0u8; envelope::OVERHEAD + body.len()];

@@ -57,7 +57,7 @@ fn a_flood_of_fresh_keys_dated_ahead_never_makes_the_rendezvous_answer_look_stal
         echo,
         observed: ep("203.0.113.7:40000"),
         keepalive_secs: 25,
-        first: true,
+        resubmit: true,
     }
     .encode(&mut body);
     let mut reply = vec![0u8; envelope::OVERHEAD + body.len()];

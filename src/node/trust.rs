@@ -298,6 +298,12 @@ impl TrustBook {
         !self.unsubmitted.is_empty()
     }
 
+    /// The digest of this node's ledger, for the rendezvous to compare with its own
+    /// ([`TrustLedger::digest_of`]).
+    pub fn ledger_digest(&self) -> u64 {
+        self.ledger.digest_of(&self.me)
+    }
+
     pub fn state(&self) -> TrustState {
         let hex = |s: Statement| encode_hex(&s.to_bytes());
         TrustState {

@@ -139,7 +139,9 @@ impl Node {
         if self.trust.resubmit_held() {
             self.trust_dirty = true;
             tracing::info!(
-                "the rendezvous holds nothing of ours: handing it our trust statements again"
+                "the rendezvous' trust records for this node differ from ours (it is new, \
+                 restarted without its database, or this node's trust.json was lost or \
+                 restored): handing it our trust statements again"
             );
         }
         self.next_submit = Some(now);

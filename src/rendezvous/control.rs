@@ -124,9 +124,15 @@ impl Server {
             (Message::Register { .. }, Port::Main) if !request.proven => {
                 self.challenge(request, now, out)
             }
-            (Message::Register { lan, hostname, .. }, Port::Main) => {
-                self.register(request, lan, hostname, now, out)
-            }
+            (
+                Message::Register {
+                    lan,
+                    hostname,
+                    trust_digest,
+                    ..
+                },
+                Port::Main,
+            ) => self.register(request, lan, hostname, trust_digest, now, out),
             // A registered node's request from an endpoint other than its registered one (its
             // NAT moved it, or someone replays its message from elsewhere) is not acted on,
             // and moves nothing: the node is challenged there, and its registration with the
@@ -158,6 +164,7 @@ impl Server {
         req: Request,
         lan: Vec<SocketAddr>,
         hostname: Option<Hostname>,
+        trust_digest: u64,
         now: Instant,
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
@@ -225,15 +232,33 @@ impl Server {
         self.directory.set_name(req.sender, hostname);
         self.directory.set_registered(req.sender, true);
         self.counters.registrations += 1;
+        let resynced = self.compare_ledgers(req.sender, trust_digest, now);
         let reply = Message::Registered {
             echo: req.nonce,
             observed: req.from,
             keepalive_secs: u16::try_from(self.config.keepalive.as_secs()).unwrap_or(u16::MAX),
-            first,
+            resubmit: first || resynced,
         };
         // Queued, so they leave right behind the reply.
         self.start_deliveries(req.sender, now);
         self.reply(req, &reply, now, out)
+    }
+
+    /// The node's ledger digest against ours for it: on a difference not acted on before,
+    /// send it our side and (returns true) ask for its side. A node that lost its trust.json
+    /// gets its records back this way, within one registration.
+    fn compare_ledgers(&mut self, node: NodeKey, theirs: u64, now: Instant) -> bool {
+        let ours = self.ledger.digest_of(&node);
+        let Some(entry) = self.registry.get_mut(&node) else {
+            return false;
+        };
+        if theirs == ours || entry.ledger_synced == Some((theirs, ours)) {
+            return false;
+        }
+        entry.ledger_synced = Some((theirs, ours));
+        self.counters.ledger_resyncs += 1;
+        self.resync_ledger(node, now);
+        true
     }
 
     fn nat_probe<'a>(

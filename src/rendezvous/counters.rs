@@ -142,6 +142,9 @@ pub struct Counters {
     pub expired: u64,
     /// `Submit`s that changed something (a new delivery, a ledger change) and were stored.
     pub statements_stored: u64,
+    /// Registrations whose ledger digest differed from ours: the two sides exchanged what
+    /// they hold.
+    pub ledger_resyncs: u64,
     /// `Deliver` messages sent (first sends and resends).
     pub deliveries: u64,
     /// `Ack`s that removed a delivered statement.

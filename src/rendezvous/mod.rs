@@ -162,6 +162,8 @@ pub struct Server {
     ledger: TrustLedger,
     /// Trust statements waiting for their target's `Ack`.
     outbox: Outbox,
+    /// The next id for an outbox item held in memory only (see `statements::resync_ledger`).
+    next_ephemeral: u64,
     /// The one rate limit for `Lookup`s from senders that are not registered.
     stranger_lookups: TokenBucket,
     /// New keys registered per source address (see `Config::new_keys_per_source`); idle
@@ -215,6 +217,7 @@ impl Server {
             directory: Directory::default(),
             ledger: TrustLedger::new(),
             outbox: Outbox::default(),
+            next_ephemeral: statements::EPHEMERAL_IDS,
             stranger_lookups: TokenBucket::default(),
             new_keys: BTreeMap::new(),
             cookies,

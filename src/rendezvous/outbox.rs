@@ -198,11 +198,14 @@ impl Server {
             tracing::trace!(node = %req.sender, id, "ack for no delivery of this node");
             return;
         }
-        if let Err(e) = self.store.delivered(id) {
-            self.store_error(&e);
-            return;
+        // Items sent back from the ledger live in memory only: nothing to delete.
+        if id < super::statements::EPHEMERAL_IDS {
+            if let Err(e) = self.store.delivered(id) {
+                self.store_error(&e);
+                return;
+            }
+            self.store_ok();
         }
-        self.store_ok();
         self.outbox.remove(id);
         self.counters.acks += 1;
         tracing::debug!(node = %req.sender, id, "delivery acknowledged");

@@ -26,6 +26,10 @@ pub(super) struct Entry {
     pub last_seen: Instant,
     pub buckets: Buckets,
     pub relay: TokenBucket,
+    /// The (node's, ours) ledger digests of the last difference acted on: the same
+    /// difference again sends nothing (the two sides exchanged what they hold; what is left
+    /// differs for good reason, e.g. a statement one side refuses).
+    pub ledger_synced: Option<(u64, u64)>,
 }
 
 /// The node's rate limits on signed requests, one bucket per kind so that a node resubmitting
@@ -85,7 +89,8 @@ impl Registry {
     /// not kept here). Rate-limit state carries over from an existing entry.
     pub fn upsert(&mut self, r: Registration, alt_seen: Option<SocketAddr>, last_seen: Instant) {
         let previous = self.entries.get(&r.key);
-        let (buckets, relay) = previous.map_or_else(Default::default, |p| (p.buckets, p.relay));
+        let (buckets, relay, ledger_synced) =
+            previous.map_or_else(Default::default, |p| (p.buckets, p.relay, p.ledger_synced));
         let entry = Entry {
             observed: r.observed,
             lan: r.lan,
@@ -96,6 +101,7 @@ impl Registry {
             last_seen,
             buckets,
             relay,
+            ledger_synced,
         };
         self.unlink(&r.key);
         self.link(r.key, &entry);

@@ -31,6 +31,13 @@ use crate::wire::trust::{PairState, Statement, TrustError, TrustLedger};
 
 /// Most requests and approvals waiting for one node.
 pub const MAX_OUTBOX: usize = 64;
+/// Outbox ids from here up are items held in memory only: a node's ledger sent back to it
+/// because its registration's digest differed from ours. Not stored, because the ledger they
+/// come from is: after a restart the next registration finds the difference again. (No
+/// store row has such an id: SQLite's are at most `i64::MAX`.)
+pub const EPHEMERAL_IDS: u64 = 1 << 63;
+/// Most ledger statements sent back to one node per registration.
+const MAX_RESYNC: usize = 1024;
 
 /// What an item is for, in its target's outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +139,43 @@ impl Server {
         self.counters.statements_stored += 1;
         tracing::debug!(from = %req.sender, to = %target, ledger, "trust statement stored");
         self.reply(req, &Message::Stored { echo: req.nonce }, now, out)
+    }
+
+    /// `node` registered with a ledger digest unlike ours for it: it lost statements (its
+    /// trust.json deleted, or restored from an old image) or holds ones we lack. Sends it our
+    /// side — each pair's newest statement, signed by the parties, so the node takes nothing
+    /// on our word — through its outbox (acknowledged, resent), unless the outbox holds it
+    /// already. The node hands us its side in turn (`Registered.resubmit`).
+    pub(super) fn resync_ledger(&mut self, node: NodeKey, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let ours: Vec<Statement> = (self.ledger.pairs_of(&node))
+            .take(MAX_RESYNC)
+            .map(|(_, state)| state.to_statement())
+            .collect();
+        let mut sent = 0;
+        for statement in ours {
+            // On its way already (the outbox's ledger item for a pair is always the ledger's
+            // newest statement about it: admitting one replaces it).
+            if self.outbox_item(&node, &statement, Kind::Ledger).is_some() {
+                continue;
+            }
+            if self.outbox.len() >= self.config.max_outbox {
+                self.counters.refuse(Refusal::OutboxFull);
+                break;
+            }
+            let id = self.next_ephemeral;
+            self.next_ephemeral += 1;
+            let item = Item {
+                target: node,
+                statement,
+                stored_ms: now_ms,
+            };
+            self.outbox.insert(id, item);
+            sent += 1;
+        }
+        if sent > 0 {
+            tracing::info!(%node, statements = sent, "ledger digests differ: sending the node its trust statements");
+        }
     }
 
     /// Checks that `sender` may submit `statement` and that it verifies, and decides what it

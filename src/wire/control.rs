@@ -157,18 +157,24 @@ pub enum Message {
     Register {
         lan: Vec<SocketAddr>,
         hostname: Option<Hostname>,
+        /// A digest of the node's trust ledger ([`TrustLedger::digest_of`]): when the
+        /// rendezvous' differs, the two hand each other what they hold.
+        ///
+        /// [`TrustLedger::digest_of`]: super::trust::TrustLedger::digest_of
+        trust_digest: u64,
         /// The rendezvous' cookie for the endpoint this is sent from, if it gave one.
         cookie: Option<[u8; COOKIE_LEN]>,
     },
     /// Answers `Register` (echoing its nonce) with the endpoint the rendezvous saw.
-    /// `first`: the rendezvous held no live registration of this key before (it is new, or
-    /// the rendezvous restarted, lost its database or was restored from a backup): the node
-    /// hands it its trust statements again.
+    /// `resubmit`: the node hands the rendezvous its trust statements again, because the
+    /// rendezvous held no live registration of this key (it is new, or the rendezvous
+    /// restarted, lost its database or was restored from a backup) or their ledgers' digests
+    /// differ (and the rendezvous is delivering its own side).
     Registered {
         echo: u64,
         observed: SocketAddr,
         keepalive_secs: u16,
-        first: bool,
+        resubmit: bool,
     },
     /// Asks for the endpoint seen at the port this was sent to.
     NatProbe,
@@ -259,6 +265,7 @@ impl Message {
             Message::Register {
                 lan,
                 hostname,
+                trust_digest,
                 cookie,
             } => {
                 out.push(lan.len().min(MAX_LAN_ENDPOINTS) as u8);
@@ -266,6 +273,7 @@ impl Message {
                     .take(MAX_LAN_ENDPOINTS)
                     .for_each(|e| put_endpoint(out, *e));
                 put_name(out, hostname.as_ref());
+                out.extend_from_slice(&trust_digest.to_be_bytes());
                 // Absent, it is nothing at all (the padding's zeros read the same).
                 if let Some(cookie) = cookie {
                     out.push(1);
@@ -276,12 +284,12 @@ impl Message {
                 echo,
                 observed,
                 keepalive_secs,
-                first,
+                resubmit,
             } => {
                 out.extend_from_slice(&echo.to_be_bytes());
                 put_endpoint(out, *observed);
                 out.extend_from_slice(&keepalive_secs.to_be_bytes());
-                out.push(u8::from(*first));
+                out.push(u8::from(*resubmit));
             }
             Message::NatProbe => {}
             Message::NatProbeReply {
@@ -376,6 +384,7 @@ impl Message {
             REGISTER => Message::Register {
                 lan: r.list(MAX_LAN_ENDPOINTS, Reader::endpoint)?,
                 hostname: r.name()?,
+                trust_digest: r.u64()?,
                 cookie: match r.0.first() {
                     Some(1) => {
                         r.u8()?;
@@ -388,7 +397,7 @@ impl Message {
                 echo: r.u64()?,
                 observed: r.endpoint()?,
                 keepalive_secs: r.u16()?,
-                first: match r.u8()? {
+                resubmit: match r.u8()? {
                     0 => false,
                     1 => true,
                     _ => return Err(DecodeError::BadValue),
@@ -683,11 +692,13 @@ mod tests {
             Message::Register {
                 lan: vec![v4, v6],
                 hostname: Some("edge-7".parse().unwrap()),
+                trust_digest: 0x0123_4567_89ab_cdef,
                 cookie: Some([7; COOKIE_LEN]),
             },
             Message::Register {
                 lan: vec![],
                 hostname: None,
+                trust_digest: 0,
                 cookie: None,
             },
             Message::Challenge {
@@ -698,7 +709,7 @@ mod tests {
                 echo: 7,
                 observed: v4,
                 keepalive_secs: 25,
-                first: true,
+                resubmit: true,
             },
             Message::NatProbe,
             Message::NatProbeReply {

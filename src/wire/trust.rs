@@ -16,9 +16,10 @@
 //! big-endian, strings as a `u16` length and UTF-8); a record whose second party has not signed
 //! yet (an approval on its way to the requester) carries 64 zero bytes in that slot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
 
 use super::control::{DecodeError, Reader};
 use crate::identity::NodeKey;
@@ -467,6 +468,9 @@ impl PairState {
 #[derive(Debug, Default, Clone)]
 pub struct TrustLedger {
     pairs: BTreeMap<(NodeKey, NodeKey), PairState>,
+    /// (party, other party) for every pair, both ways round: a node's pairs without a scan
+    /// (the rendezvous holds everyone's).
+    parties: BTreeSet<(NodeKey, NodeKey)>,
 }
 
 impl TrustLedger {
@@ -493,7 +497,7 @@ impl TrustLedger {
             Some(known) => record.issued_ms > known.issued_ms(),
         };
         if newer {
-            self.pairs.insert(pair, PairState::Trusted(record));
+            self.insert(pair, PairState::Trusted(record));
         }
         Ok(newer)
     }
@@ -512,7 +516,7 @@ impl TrustLedger {
             Some(PairState::Revoked(v)) => revocation.issued_ms > v.issued_ms,
         };
         if wins {
-            self.pairs.insert(pair, PairState::Revoked(revocation));
+            self.insert(pair, PairState::Revoked(revocation));
         }
         Ok(wins)
     }
@@ -529,20 +533,39 @@ impl TrustLedger {
         self.pairs.get(&ordered(*a, *b))
     }
 
-    /// Every pair `key` is part of, with its state.
+    fn insert(&mut self, (low, high): (NodeKey, NodeKey), state: PairState) {
+        self.parties.insert((low, high));
+        self.parties.insert((high, low));
+        self.pairs.insert((low, high), state);
+    }
+
+    /// Every pair `key` is part of, with its state, in the other party's key order.
     pub fn pairs_of<'a>(
         &'a self,
         key: &'a NodeKey,
     ) -> impl Iterator<Item = (NodeKey, &'a PairState)> + 'a {
-        self.pairs.iter().filter_map(move |((low, high), state)| {
-            if low == key {
-                Some((*high, state))
-            } else if high == key {
-                Some((*low, state))
-            } else {
-                None
-            }
+        let range = (*key, NodeKey([0; 32]))..=(*key, NodeKey([0xff; 32]));
+        self.parties.range(range).filter_map(move |&(me, other)| {
+            let state = self.pairs.get(&ordered(me, other))?;
+            Some((other, state))
         })
+    }
+
+    /// A digest of `key`'s pairs (who, what, as of when), for two holders of a node's ledger
+    /// — the node and the rendezvous — to tell cheaply whether they agree.
+    pub fn digest_of(&self, key: &NodeKey) -> u64 {
+        let mut hash = Sha256::new();
+        hash.update(b"pilot/v1/ledger-digest");
+        for (other, state) in self.pairs_of(key) {
+            hash.update(other.0);
+            hash.update(state.issued_ms().to_be_bytes());
+            hash.update([match state {
+                PairState::Trusted(_) => 1,
+                PairState::Revoked(_) => 2,
+            }]);
+        }
+        let digest = hash.finalize();
+        u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
     }
 }
 

@@ -114,6 +114,26 @@ impl Sim {
         endpoint: Option<SocketAddr>,
         clock: WallClock,
     ) -> usize {
+        let node = self.make_node(n, host, trusted, endpoint, clock);
+        let local = SocketAddr::new(self.net.hosts[host].ip, NODE_PORT);
+        self.nodes.push(SimNode {
+            host,
+            node,
+            local,
+            tun: Vec::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Node `n` as it starts on `host`, holding records with `trusted`.
+    fn make_node(
+        &self,
+        n: u8,
+        host: usize,
+        trusted: &[u8],
+        endpoint: Option<SocketAddr>,
+        clock: WallClock,
+    ) -> Node {
         let ip = self.net.hosts[host].ip;
         let local = SocketAddr::new(ip, NODE_PORT);
         let rendezvous = RendezvousConfig {
@@ -121,7 +141,7 @@ impl Sim {
             alt_port: RDV_PORT + 1,
             key: Some(self.server.public_key()),
         };
-        let node = Node::new(NodeConfig {
+        Node::new(NodeConfig {
             identity: identity(n),
             peers: Vec::new(),
             trust: TrustState {
@@ -145,14 +165,7 @@ impl Sim {
             local_port: NODE_PORT,
             clock,
         })
-        .unwrap();
-        self.nodes.push(SimNode {
-            host,
-            node,
-            local,
-            tun: Vec::new(),
-        });
-        self.nodes.len() - 1
+        .unwrap()
     }
 
     /// Two nodes behind NATs of the given kinds, allowing each other.
@@ -741,6 +754,7 @@ fn replayed_and_forged_registrations_are_refused() {
             lan: vec![],
             hostname: None,
             cookie,
+            trust_digest: 0,
         }
         .encode(&mut body);
         let mut register = vec![0u8; 512];
@@ -965,4 +979,43 @@ fn a_captured_registration_of_a_node_with_a_wrong_clock_cannot_be_replayed() {
         &mut sim.buf,
     );
     assert_eq!(sim.nodes[x].node.counters().clock_corrections, 1);
+}
+
+#[test]
+fn a_node_that_lost_its_trust_file_gets_its_records_back_with_no_verb() {
+    // Issue 12, item 2: trust.json lost (disk full while saving, an old image restored):
+    // the peer kept sending, the node refused, and nothing but a person repaired it.
+    let (mut sim, x, y) = Sim::pair(NatKind::Cone, NatKind::Sym);
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        traffic(&mut sim, x, y, Duration::from_secs(2)) > 0,
+        "{}",
+        sim.debug()
+    );
+    // x restarts with no trust state at all.
+    let host = sim.nodes[x].host;
+    sim.nodes[x].node = sim.make_node(1, host, &[], None, sim.clock);
+    assert!(!sim.nodes[x]
+        .node
+        .trust()
+        .is_trusted(&sim.nodes[y].node.key()));
+    let lost = sim.now;
+    let mut resumed = None;
+    while sim.now < lost + Duration::from_secs(10) {
+        if traffic(&mut sim, x, y, Duration::from_millis(500)) > 0
+            && traffic(&mut sim, y, x, Duration::from_millis(500)) > 0
+        {
+            resumed = Some(sim.now - lost);
+            break;
+        }
+    }
+    let resumed = resumed.unwrap_or_else(|| panic!("trust never came back\n{}", sim.debug()));
+    // Its first registration carries the digest of an empty ledger; the record comes back
+    // with the answer's deliveries.
+    assert!(resumed <= Duration::from_secs(3), "{resumed:?}");
+    assert!(sim.nodes[x]
+        .node
+        .trust()
+        .is_trusted(&sim.nodes[y].node.key()));
+    assert!(sim.server.counters().ledger_resyncs >= 1);
 }

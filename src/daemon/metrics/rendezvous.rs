@@ -103,6 +103,11 @@ pub fn render(m: &RendezvousMetrics) -> String {
             c.statements_stored,
         ),
         (
+            "pilot_rendezvous_ledger_resyncs_total",
+            "Registrations whose trust-ledger digest differed from ours (statements exchanged).",
+            c.ledger_resyncs,
+        ),
+        (
             "pilot_rendezvous_deliveries_total",
             "Deliver messages sent (first sends and resends).",
             c.deliveries,
@@ -245,6 +250,9 @@ pilot_rendezvous_refusals_total{reason=\"unproven\"} 0
 # HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
 # TYPE pilot_rendezvous_statements_stored_total counter
 pilot_rendezvous_statements_stored_total 4
+# HELP pilot_rendezvous_ledger_resyncs_total Registrations whose trust-ledger digest differed from ours (statements exchanged).
+# TYPE pilot_rendezvous_ledger_resyncs_total counter
+pilot_rendezvous_ledger_resyncs_total 0
 # HELP pilot_rendezvous_deliveries_total Deliver messages sent (first sends and resends).
 # TYPE pilot_rendezvous_deliveries_total counter
 pilot_rendezvous_deliveries_total 5

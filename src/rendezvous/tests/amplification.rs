@@ -66,6 +66,7 @@ fn no_message_type_reflects_more_than_it_costs_to_an_unproven_address() {
         lan: vec![],
         hostname: Some("victim".parse().unwrap()),
         cookie: Some([0; 16]),
+        trust_digest: 0,
     };
     let d = stranger.sealed(&sim, &register);
     case(
@@ -152,6 +153,7 @@ fn no_message_type_reflects_more_than_it_costs_to_an_unproven_address() {
         lan: vec![],
         hostname: None,
         cookie: None,
+        trust_digest: 0,
     };
     let d = a.sealed(&sim, &register);
     case(

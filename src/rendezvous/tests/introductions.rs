@@ -226,6 +226,7 @@ fn a_stranger_cannot_take_over_a_nodes_endpoint_for_the_relay() {
                 lan: vec![],
                 hostname: None,
                 cookie,
+                trust_digest: 0,
             },
         );
         let sent = sim.send(Port::Main, a.at, &d);

@@ -33,6 +33,9 @@ struct Client {
     nonce: u64,
     /// The rendezvous' address cookie for `at`, once it challenged us.
     cookie: Option<[u8; crate::wire::control::COOKIE_LEN]>,
+    /// The ledger digest registrations carry; `None`: the server's own for this key (a node
+    /// in step with the rendezvous).
+    trust_digest: Option<u64>,
 }
 
 /// What the server sent: from which port, to where, and the datagram.
@@ -45,6 +48,7 @@ impl Client {
             at: at.parse().unwrap(),
             nonce: u64::from(n) << 32,
             cookie: None,
+            trust_digest: None,
         }
     }
 
@@ -84,6 +88,7 @@ impl Client {
             lan: vec![],
             hostname: None,
             cookie: None,
+            trust_digest: sim.server.ledger().digest_of(&self.key()),
         };
         let d = self.sealed(sim, &msg);
         let sent = sim.send(Port::Main, self.at, &d).expect("a challenge");
@@ -103,6 +108,9 @@ impl Client {
                 lan: lan.iter().map(|s| s.parse().unwrap()).collect(),
                 hostname: name.map(|n| n.parse().unwrap()),
                 cookie: self.cookie,
+                trust_digest: self
+                    .trust_digest
+                    .unwrap_or_else(|| sim.server.ledger().digest_of(&self.key())),
             };
             let d = self.sealed(sim, &msg);
             let reply = sim.send(Port::Main, self.at, &d).map(|s| sim.message(&s));

@@ -16,6 +16,7 @@ fn registration_is_stored_before_it_is_acknowledged() {
             lan: vec![],
             hostname: None,
             cookie: a.cookie,
+            trust_digest: 0,
         },
     );
     let sent = sim.send(Port::Main, a.at, &d).unwrap();
@@ -26,7 +27,7 @@ fn registration_is_stored_before_it_is_acknowledged() {
             echo: a.nonce,
             observed: a.at,
             keepalive_secs: 25,
-            first: true,
+            resubmit: true,
         }
     );
     assert_eq!(sim.store.get(&a.key()).unwrap().observed, a.at);
@@ -53,6 +54,7 @@ fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing(
             lan: vec![],
             hostname: None,
             cookie: a.cookie,
+            trust_digest: 0,
         },
     );
     let mut forged = register.clone();
@@ -82,6 +84,7 @@ fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing(
             lan: vec![],
             hostname: None,
             cookie: a.cookie,
+            trust_digest: 0,
         },
     );
     assert_eq!(sim.send(Port::Alt, a.at, &on_alt), None);

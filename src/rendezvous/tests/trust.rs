@@ -6,7 +6,9 @@ use std::time::Duration;
 use ed25519_dalek::Signer;
 
 use super::*;
-use crate::wire::trust::{PairState, Revocation, TrustRequest, MAX_FUTURE_MS, REQUEST_LIFETIME_MS};
+use crate::wire::trust::{
+    PairState, Revocation, TrustLedger, TrustRequest, MAX_FUTURE_MS, REQUEST_LIFETIME_MS,
+};
 
 fn registered(sim: &mut Sim, n: u8) -> Client {
     let mut c = Client::new(n, &format!("192.0.2.{n}:{}", 40000 + u16::from(n)));
@@ -339,4 +341,73 @@ fn an_outbox_keeps_the_newest_request_per_requester_and_at_most_64() {
     // ...but a ledger change is never refused for a full outbox.
     stored(late.submit(&mut sim, &revocation(&late, &b, now)));
     assert_eq!(sim.store.outbox(&b.key()).len(), MAX_OUTBOX + 1);
+}
+
+#[test]
+fn a_node_that_lost_its_ledger_gets_it_back_and_is_asked_for_its_own_once() {
+    // Issue 12, item 2: a node whose trust.json was lost (or restored from an old image) was
+    // refused by nothing and repaired by nothing: its peer kept sending, it kept dropping.
+    let mut sim = Sim::new();
+    let (mut a, mut b) = pair(&mut sim);
+    let record = sim
+        .server
+        .ledger()
+        .state(&a.key(), &b.key())
+        .unwrap()
+        .to_statement();
+    // b restarts with an empty ledger: its registration says so with its digest.
+    b.trust_digest = Some(TrustLedger::new().digest_of(&b.key()));
+    let Some(Message::Registered { resubmit, .. }) = b.register(&mut sim, &[]) else {
+        panic!("not registered")
+    };
+    assert!(resubmit, "b is asked to hand over its side too");
+    let delivered = sim.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        delivered[0].2, record,
+        "the record, signed by both, goes back to b"
+    );
+    assert_eq!(sim.server.counters().ledger_resyncs, 1);
+    // Held in memory only: the ledger it came from is durable.
+    assert!(sim.store.outbox(&b.key()).is_empty());
+    b.ack(&mut sim, delivered[0].0);
+    assert!(sim.deliveries_to(b.at).is_empty());
+    // The same difference again (say b refuses what it got) is not acted on twice.
+    let Some(Message::Registered { resubmit, .. }) = b.register(&mut sim, &[]) else {
+        panic!("not registered")
+    };
+    assert!(!resubmit);
+    assert_eq!(sim.server.counters().ledger_resyncs, 1);
+    // In step again: nothing to do.
+    b.trust_digest = None;
+    let Some(Message::Registered { resubmit, .. }) = b.register(&mut sim, &[]) else {
+        panic!("not registered")
+    };
+    assert!(!resubmit);
+    assert!(sim.deliveries_to(b.at).is_empty());
+    // a, in step all along, was never asked for anything.
+    let Some(Message::Registered { resubmit, .. }) = a.register(&mut sim, &[]) else {
+        panic!("not registered")
+    };
+    assert!(!resubmit);
+}
+
+#[test]
+fn a_ledger_sent_back_unacknowledged_is_resent_and_forgotten_on_restart() {
+    let mut sim = Sim::new();
+    let (_a, mut b) = pair(&mut sim);
+    b.trust_digest = Some(TrustLedger::new().digest_of(&b.key()));
+    b.register(&mut sim, &[]);
+    assert_eq!(sim.deliveries_to(b.at).len(), 1);
+    // Lost on the way: sent again.
+    sim.advance(Duration::from_secs(3));
+    let again = sim.deliveries_to(b.at);
+    assert_eq!(again.len(), 1);
+    // A restart forgets it (nothing was stored); b's next registration finds the difference
+    // again and it is sent again.
+    let store = sim.store.clone();
+    sim.restart(|| Box::new(store));
+    sim.drain();
+    b.register(&mut sim, &[]);
+    assert_eq!(sim.deliveries_to(b.at).len(), 1);
 }
