@@ -7,10 +7,15 @@
 //! buffer and queues it on the send batch of the port it leaves from; one sendmmsg (with GSO
 //! for runs of frames to one node) sends them. No allocation per datagram. A send batch that
 //! finds its socket full is dropped, as a congested router would: nodes retry control
-//! messages and WireGuard copes with loss, and the relay never stalls the registry. The
-//! sockets are bound to the exact `--listen` address, so replies leave from the address
-//! nodes sent to (a wildcard socket on a host with several addresses could answer from
-//! another one, which a NAT would not let through).
+//! messages and WireGuard copes with loss, and the relay never stalls the registry.
+//!
+//! Replies must leave from the address nodes sent to: a node's NAT lets in nothing else. The
+//! sockets are bound to the exact `--listen` address, which does that by itself. Bound to a
+//! wildcard (`0.0.0.0`, `[::]`) on a host with several addresses, they would answer from
+//! whichever address the routing table prefers; so there the kernel reports each datagram's
+//! destination (IP_PKTINFO / IPV6_RECVPKTINFO, in the same recvmmsg), the server names the
+//! address to answer from in every `Transmit`, and the send carries it (IP_PKTINFO /
+//! IPV6_PKTINFO, in the same sendmmsg).
 
 use crate::io::file::prepare_private_dir;
 use std::fs;
@@ -75,6 +80,11 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let key = identity.public_key();
     let main = bind(options.listen)?;
     let alt = bind(SocketAddr::new(options.listen.ip(), options.alt_port))?;
+    for socket in [&main, &alt] {
+        socket
+            .report_destinations()
+            .context("asking for the destination address of datagrams (IP_PKTINFO)")?;
+    }
     let (main_port, alt_port) = (main.local_addr()?.port(), alt.local_addr()?.port());
     let metrics = match options.metrics {
         Some(addr) => Some(MetricsListener::bind(addr).await?),
@@ -286,9 +296,10 @@ impl Core {
         let now = Instant::now();
         for i in 0..count {
             let (from, datagram) = self.recv.get(i);
-            if let Some(t) = self
-                .server
-                .handle_datagram(port, from, datagram, now, &mut self.out)
+            let local_ip = self.recv.destination(i);
+            if let Some(t) =
+                self.server
+                    .handle_datagram(port, local_ip, from, datagram, now, &mut self.out)
             {
                 queue(&mut self.send, sockets, &mut self.send_errors, t);
             }
@@ -346,7 +357,7 @@ fn queue(send: &mut [SendBatch; 2], sockets: &Sockets, errors: &mut u64, t: Tran
     if send[batch_of(t.port)].is_full() {
         flush(send, sockets, errors, t.port);
     }
-    send[batch_of(t.port)].push(t.payload, t.to);
+    send[batch_of(t.port)].push_from(t.payload, t.src_ip, t.to);
 }
 
 fn batch_of(port: Port) -> usize {

@@ -2,13 +2,13 @@
 //! `NatProbe` and `Connect` are answered here; `Submit` in `statements`, `Ack` in `outbox`,
 //! `Lookup` in `directory`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::registry::{candidates, infer_nat, Buckets};
 use super::relay::{self, Rate, TokenBucket};
 use super::{
-    Port, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
+    Port, Queued, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
     FLUSH_INTERVAL,
 };
 use crate::addr::Hostname;
@@ -22,6 +22,8 @@ pub(super) struct Request {
     pub sender: NodeKey,
     pub nonce: u64,
     pub local: Port,
+    /// The server's address the request was sent to, if the daemon knows it.
+    pub local_ip: Option<IpAddr>,
     pub from: SocketAddr,
     /// The request's size: no reply to an unproven endpoint may be larger.
     pub len: usize,
@@ -45,12 +47,13 @@ impl Server {
         }
         let (registry, ledger, rate) = (&mut self.registry, &self.ledger, self.relay_rate);
         match relay::forward(registry, ledger, rate, from, frame, now, out) {
-            Ok((to, len)) => {
+            Ok((src_ip, to, len)) => {
                 self.counters.relay_frames += 1;
                 self.counters.relay_bytes += len as u64;
                 tracing::trace!(%from, %to, len, "relayed");
                 Some(Transmit {
                     port: Port::Main,
+                    src_ip,
                     to,
                     payload: &out[..len],
                 })
@@ -66,6 +69,7 @@ impl Server {
     pub(super) fn control<'a>(
         &mut self,
         local: Port,
+        local_ip: Option<IpAddr>,
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
@@ -90,6 +94,7 @@ impl Server {
                 sender: opened.sender,
                 nonce: opened.nonce,
                 local,
+                local_ip,
                 from,
                 len: datagram.len(),
                 proven: false,
@@ -116,6 +121,7 @@ impl Server {
             sender: opened.sender,
             nonce: opened.nonce,
             local,
+            local_ip,
             from,
             len: datagram.len(),
             proven: at_registered || with_cookie,
@@ -228,7 +234,7 @@ impl Server {
         } else {
             self.mark_dirty(req.sender, now);
         }
-        self.registry.upsert(record, alt_seen, now);
+        self.registry.upsert(record, alt_seen, req.local_ip, now);
         self.directory.set_name(req.sender, hostname);
         self.directory.set_registered(req.sender, true);
         self.counters.registrations += 1;
@@ -315,8 +321,8 @@ impl Server {
             self.counters.refuse(Refusal::UnknownTarget);
             return self.refusal_reply(req, RefusalCode::UnknownTarget, now, out);
         };
-        let (peer_observed, peer_nat, peer_candidates) =
-            (peer.observed, peer.nat, candidates(peer));
+        let (peer_local_ip, peer_observed, peer_nat, peer_candidates) =
+            (peer.local_ip, peer.observed, peer.nat, candidates(peer));
         let me = self.registry.get(&req.sender)?;
         let to_peer = Message::Punch {
             peer: req.sender,
@@ -325,7 +331,7 @@ impl Server {
         };
         // Both sides must probe at the same moment: the peer's Punch goes out right after
         // the reply, before anything else is read.
-        self.queue(Port::Main, peer_observed, &to_peer, now);
+        self.queue(Port::Main, peer_local_ip, peer_observed, &to_peer, now);
         self.counters.punches += 1;
         tracing::debug!(from = %req.sender, to = %target, "introduced");
         let to_sender = Message::Punch {
@@ -469,17 +475,30 @@ impl Server {
         }
         Some(Transmit {
             port: req.local,
+            src_ip: req.local_ip,
             to: req.from,
             payload: &out[..len],
         })
     }
 
-    /// Seals `message` for [`Server::poll_transmit`].
-    pub(super) fn queue(&mut self, port: Port, to: SocketAddr, message: &Message, now: Instant) {
+    /// Seals `message` for [`Server::poll_transmit`], to leave from `port` and `src_ip`.
+    pub(super) fn queue(
+        &mut self,
+        port: Port,
+        src_ip: Option<IpAddr>,
+        to: SocketAddr,
+        message: &Message,
+        now: Instant,
+    ) {
         let mut buf = vec![0u8; 1500];
         if let Some(len) = self.seal(message, now, &mut buf) {
             buf.truncate(len);
-            self.queued.push_back((port, to, buf));
+            self.queued.push_back(Queued {
+                port,
+                src_ip,
+                to,
+                bytes: buf,
+            });
         }
     }
 

@@ -13,6 +13,13 @@
 //! ledger is fed by `Submit` (see `statements`), which also passes requests, approvals and
 //! revocations on to the other party through a durable outbox (see `outbox`).
 //!
+//! A server with several addresses answers from the address each datagram was sent to: the
+//! daemon passes that address in with the datagram when its socket reports it (a wildcard
+//! bind), and every [`Transmit`] names the address to leave from: an answer the address its
+//! question came to, anything else sent to a node (deliveries, an introduction's second
+//! `Punch`, relayed frames) the address the node's last registration came to. A node's NAT
+//! lets in only what comes from the address the node sent to.
+//!
 //! Durability rule: a `Registered` reply is sent only after the registration is in the store
 //! whenever the registration changed (new node, new observed endpoint, LAN list or hostname),
 //! and a `Stored` reply only after the submitted statement is. A refresh that only moves
@@ -98,8 +105,21 @@ pub enum Port {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Transmit<'a> {
     pub port: Port,
+    /// The server's own address to send from: the one the node sent to. None when the
+    /// daemon did not say where datagrams arrived (a socket bound to one address, whose
+    /// sends leave from it anyway), or for a node restored from the store that has not
+    /// registered since.
+    pub src_ip: Option<IpAddr>,
     pub to: SocketAddr,
     pub payload: &'a [u8],
+}
+
+/// A sealed datagram waiting for [`Server::poll_transmit`].
+struct Queued {
+    port: Port,
+    src_ip: Option<IpAddr>,
+    to: SocketAddr,
+    bytes: Vec<u8>,
 }
 
 /// Static settings of a server.
@@ -174,7 +194,7 @@ pub struct Server {
     counters: Counters,
     /// Sealed datagrams waiting for `poll_transmit` (the second `Punch` of an introduction,
     /// deliveries).
-    queued: VecDeque<(Port, SocketAddr, Vec<u8>)>,
+    queued: VecDeque<Queued>,
     /// Nodes whose in-memory state is ahead of the store.
     dirty: BTreeSet<NodeKey>,
     next_flush: Option<Instant>,
@@ -239,12 +259,14 @@ impl Server {
         self.key
     }
 
-    /// A datagram that arrived at `local` from `from`. Relay frames and replies are written
-    /// into `out`, which should hold 65535 bytes (a relayed frame is as long as the one that
-    /// came in). More datagrams may wait in [`Server::poll_transmit`] afterwards.
+    /// A datagram that arrived at port `local` from `from`, sent to the server's address
+    /// `local_ip` if the daemon knows it (see [`Transmit::src_ip`]). Relay frames and replies
+    /// are written into `out`, which should hold 65535 bytes (a relayed frame is as long as
+    /// the one that came in). More datagrams may wait in [`Server::poll_transmit`] afterwards.
     pub fn handle_datagram<'a>(
         &mut self,
         local: Port,
+        local_ip: Option<IpAddr>,
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
@@ -254,17 +276,24 @@ impl Server {
         if datagram.first() == Some(&RELAY_TO) {
             return self.relay(local, from, datagram, now, out);
         }
-        self.control(local, from, datagram, now, out)
+        let local_ip = local_ip.map(|ip| ip.to_canonical());
+        self.control(local, local_ip, from, datagram, now, out)
     }
 
     /// The next queued datagram, written into `out`.
     pub fn poll_transmit<'a>(&mut self, out: &'a mut [u8]) -> Option<Transmit<'a>> {
-        let (port, to, bytes) = self.queued.pop_front()?;
+        let Queued {
+            port,
+            src_ip,
+            to,
+            bytes,
+        } = self.queued.pop_front()?;
         debug_assert!(out.len() >= bytes.len(), "poll_transmit buffer too small");
         let slot = out.get_mut(..bytes.len())?;
         slot.copy_from_slice(&bytes);
         Some(Transmit {
             port,
+            src_ip,
             to,
             payload: slot,
         })
@@ -383,7 +412,8 @@ impl Server {
             }
             let last_seen = now.checked_sub(age).unwrap_or(now);
             self.directory.set_registered(record.key, true);
-            self.registry.upsert(record, None, last_seen);
+            // Where the node reached the server is learnt again at its next registration.
+            self.registry.upsert(record, None, None, last_seen);
         }
         for statement in snapshot.ledger {
             let (low, high) = statement.pair();

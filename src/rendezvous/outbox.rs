@@ -20,7 +20,7 @@
 //! if it moved.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::control::Request;
@@ -142,10 +142,11 @@ impl Server {
     /// Sends `target` its oldest items now if it is fresh, and schedules the next round;
     /// a node that is gone or has nothing waiting gets no more rounds until it registers.
     pub(super) fn delivery_round(&mut self, target: NodeKey, now: Instant) {
-        let Some(to) = self.registry.fresh(&target, now).map(|e| e.observed) else {
+        let Some(entry) = self.registry.fresh(&target, now) else {
             self.outbox.unschedule(&target);
             return;
         };
+        let (src_ip, to) = (entry.local_ip, entry.observed);
         let ids: Vec<u64> = self
             .outbox
             .of(&target)
@@ -156,7 +157,7 @@ impl Server {
             return;
         }
         for id in ids {
-            self.send_delivery(id, to, now);
+            self.send_delivery(id, src_ip, to, now);
         }
         self.outbox.schedule(target, now + RESEND_INTERVAL);
     }
@@ -167,10 +168,11 @@ impl Server {
         let Some(target) = self.outbox.get(id).map(|i| i.target) else {
             return;
         };
-        let Some(to) = self.registry.fresh(&target, now).map(|e| e.observed) else {
+        let Some(entry) = self.registry.fresh(&target, now) else {
             return;
         };
-        self.send_delivery(id, to, now);
+        let (src_ip, to) = (entry.local_ip, entry.observed);
+        self.send_delivery(id, src_ip, to, now);
         if !self.outbox.is_scheduled(&target) {
             self.outbox.schedule(target, now + RESEND_INTERVAL);
         }
@@ -211,7 +213,7 @@ impl Server {
         tracing::debug!(node = %req.sender, id, "delivery acknowledged");
     }
 
-    fn send_delivery(&mut self, id: u64, to: SocketAddr, now: Instant) {
+    fn send_delivery(&mut self, id: u64, src_ip: Option<IpAddr>, to: SocketAddr, now: Instant) {
         let Some(item) = self.outbox.get(id) else {
             return;
         };
@@ -223,7 +225,7 @@ impl Server {
             from_name: self.directory.name_of(&other).cloned(),
             statement: item.statement.clone(),
         };
-        self.queue(Port::Main, to, &message, now);
+        self.queue(Port::Main, src_ip, to, &message, now);
         self.counters.deliveries += 1;
     }
 }

@@ -4,7 +4,7 @@
 //! the ledger's business, and its hostname the directory's.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::relay::TokenBucket;
@@ -17,6 +17,10 @@ use crate::wire::control::{NatKind, MAX_CANDIDATES};
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub observed: SocketAddr,
+    /// The server's own address the node's last registration was sent to, if known: what
+    /// the server sends the node on its own (deliveries, punches, relayed frames) leaves
+    /// from it, since the node's NAT lets in only what comes from the address it sent to.
+    pub local_ip: Option<IpAddr>,
     pub lan: Vec<SocketAddr>,
     pub nat: NatKind,
     /// The endpoint the alternate port last saw, while `observed` has not changed since.
@@ -85,14 +89,22 @@ impl Registry {
         self.by_endpoint.get(endpoint).copied()
     }
 
-    /// Inserts or replaces the node's registration, last seen at `last_seen` (its hostname is
-    /// not kept here). Rate-limit state carries over from an existing entry.
-    pub fn upsert(&mut self, r: Registration, alt_seen: Option<SocketAddr>, last_seen: Instant) {
+    /// Inserts or replaces the node's registration, sent to `local_ip`, last seen at
+    /// `last_seen` (its hostname is not kept here). Rate-limit state carries over from an
+    /// existing entry.
+    pub fn upsert(
+        &mut self,
+        r: Registration,
+        alt_seen: Option<SocketAddr>,
+        local_ip: Option<IpAddr>,
+        last_seen: Instant,
+    ) {
         let previous = self.entries.get(&r.key);
         let (buckets, relay, ledger_synced) =
             previous.map_or_else(Default::default, |p| (p.buckets, p.relay, p.ledger_synced));
         let entry = Entry {
             observed: r.observed,
+            local_ip,
             lan: r.lan,
             nat: r.nat,
             alt_seen,
@@ -262,6 +274,7 @@ mod tests {
                 first_seen_ms: 0,
                 last_seen_ms: 0,
             },
+            None,
             None,
             Instant::now(),
         );

@@ -5,7 +5,7 @@
 //! This is the server's packet path: it allocates nothing, writes nothing to the store, logs
 //! nothing, and looks up four map entries per frame (source endpoint, target, trust, sender).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::counters::RelayDrop;
@@ -56,7 +56,7 @@ impl TokenBucket {
 }
 
 /// Forwards one relay frame: writes the `RELAY_FROM` frame into `out` and returns where it goes
-/// and its length.
+/// (the target's endpoint, from the server address the target registered at) and its length.
 pub(super) fn forward(
     registry: &mut Registry,
     ledger: &TrustLedger,
@@ -65,7 +65,7 @@ pub(super) fn forward(
     frame: &[u8],
     now: Instant,
     out: &mut [u8],
-) -> Result<(SocketAddr, usize), RelayDrop> {
+) -> Result<(Option<IpAddr>, SocketAddr, usize), RelayDrop> {
     let (dst, datagram) = parse_relay(frame).ok_or(RelayDrop::Malformed)?;
     // The source endpoint is the only proof of who sent an unsigned frame: it must be the
     // endpoint a signed registration came from.
@@ -73,10 +73,8 @@ pub(super) fn forward(
     if src == dst {
         return Err(RelayDrop::NotAllowed);
     }
-    let to = registry
-        .fresh(&dst, now)
-        .ok_or(RelayDrop::UnknownTarget)?
-        .observed;
+    let target = registry.fresh(&dst, now).ok_or(RelayDrop::UnknownTarget)?;
+    let (src_ip, to) = (target.local_ip, target.observed);
     if !ledger.trusted(&src, &dst) {
         return Err(RelayDrop::NotAllowed);
     }
@@ -87,7 +85,7 @@ pub(super) fn forward(
         return Err(RelayDrop::RateLimited);
     }
     let len = write_relay(out, RELAY_FROM, &src, datagram).ok_or(RelayDrop::TooBig)?;
-    Ok((to, len))
+    Ok((src_ip, to, len))
 }
 
 #[cfg(test)]

@@ -247,10 +247,14 @@ impl Sim {
                 } else {
                     Port::Alt
                 };
-                if let Some(t) =
-                    self.server
-                        .handle_datagram(port, d.from, &d.payload, self.now, &mut self.buf)
-                {
+                if let Some(t) = self.server.handle_datagram(
+                    port,
+                    None,
+                    d.from,
+                    &d.payload,
+                    self.now,
+                    &mut self.buf,
+                ) {
                     let (to, payload, port) = (t.to, t.payload.to_vec(), t.port);
                     self.server_send(port, to, &payload);
                 }
@@ -775,7 +779,7 @@ fn replayed_and_forged_registrations_are_refused() {
     let (first, body) = sealed(None, 41);
     let challenge = sim
         .server
-        .handle_datagram(Port::Main, from, &first, sim.now, &mut out)
+        .handle_datagram(Port::Main, None, from, &first, sim.now, &mut out)
         .expect("a fresh registration is answered with a challenge");
     let opened = envelope::open(challenge.payload).unwrap();
     let Ok(Message::Challenge { cookie, .. }) = Message::decode(opened.kind, opened.body) else {
@@ -786,13 +790,13 @@ fn replayed_and_forged_registrations_are_refused() {
     let (register, _) = sealed(Some(cookie), 42);
     assert!(sim
         .server
-        .handle_datagram(Port::Main, from, &register, sim.now, &mut out)
+        .handle_datagram(Port::Main, None, from, &register, sim.now, &mut out)
         .is_some());
     assert_eq!(sim.server.counters().registrations, 1);
     for replay_from in [from, "203.0.113.66:1234".parse().unwrap()] {
         assert!(sim
             .server
-            .handle_datagram(Port::Main, replay_from, &register, sim.now, &mut out)
+            .handle_datagram(Port::Main, None, replay_from, &register, sim.now, &mut out)
             .is_none());
     }
     assert_eq!(sim.server.counters().refused(Refusal::Replay), 2);
@@ -811,7 +815,7 @@ fn replayed_and_forged_registrations_are_refused() {
     forged[2..34].copy_from_slice(&me.public_key().0);
     assert!(sim
         .server
-        .handle_datagram(Port::Main, from, &forged, sim.now, &mut out)
+        .handle_datagram(Port::Main, None, from, &forged, sim.now, &mut out)
         .is_none());
     assert_eq!(sim.server.counters().refused(Refusal::BadSignature), 1);
     // A registration signed a minute ago (captured then, replayed now) is stale.
@@ -830,7 +834,7 @@ fn replayed_and_forged_registrations_are_refused() {
     // rendezvous' time, echoing the stale message's nonce.
     let answer = sim
         .server
-        .handle_datagram(Port::Main, from, &old, sim.now, &mut out)
+        .handle_datagram(Port::Main, None, from, &old, sim.now, &mut out)
         .expect("a stale registration is told the time");
     assert!(answer.payload.len() < old.len());
     let opened = envelope::open(answer.payload).unwrap();
@@ -943,13 +947,13 @@ fn a_captured_registration_of_a_node_with_a_wrong_clock_cannot_be_replayed() {
     let at = sim.now + Duration::from_secs(25);
     assert!(sim
         .server
-        .handle_datagram(Port::Main, public, &captured, at, &mut out)
+        .handle_datagram(Port::Main, None, public, &captured, at, &mut out)
         .is_some());
     // Replayed at once, from there or elsewhere: refused as a replay, unanswered.
     for from in [public, "192.0.2.66:4000".parse().unwrap()] {
         assert!(sim
             .server
-            .handle_datagram(Port::Main, from, &captured, at, &mut out)
+            .handle_datagram(Port::Main, None, from, &captured, at, &mut out)
             .is_none());
     }
     assert_eq!(sim.server.counters().refused(Refusal::Replay), 2);
@@ -958,7 +962,7 @@ fn a_captured_registration_of_a_node_with_a_wrong_clock_cannot_be_replayed() {
     let registrations = sim.server.counters().registrations;
     let answer = sim
         .server
-        .handle_datagram(Port::Main, public, &captured, later, &mut out)
+        .handle_datagram(Port::Main, None, public, &captured, later, &mut out)
         .map(|t| t.payload.to_vec())
         .unwrap();
     let opened = envelope::open(&answer).unwrap();

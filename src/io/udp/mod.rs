@@ -7,6 +7,10 @@
 //! - Receive: the socket asks for `UDP_GRO`, so the kernel may hand over several datagrams
 //!   from one source as one buffer plus their size; `RecvBatch` splits such buffers again,
 //!   so callers see single datagrams either way.
+//! - Addresses: a socket bound to a wildcard address can report where each datagram was
+//!   sent to (`UdpSocket::report_destinations`, IP_PKTINFO / IPV6_RECVPKTINFO), and a send
+//!   can name the address it leaves from (an IP_PKTINFO / IPV6_PKTINFO message), so a server
+//!   with several addresses answers from the one it was asked at.
 //!
 //! All buffers and the kernel-facing arrays (iovec, mmsghdr, sockaddr, control messages)
 //! are allocated once; `RecvBatch::recv` and `SendBatch::flush` allocate nothing. The
@@ -14,6 +18,8 @@
 //! syscall instead of being kept across moves of the structs.
 
 mod cmsg;
+#[cfg(test)]
+mod destination_tests;
 mod recv;
 mod send;
 mod slots;
@@ -109,6 +115,29 @@ impl UdpSocket {
             dual_stack,
             gso: AtomicBool::new(gso),
         })
+    }
+
+    /// Asks the kernel to report the local address each datagram was sent to
+    /// ([`RecvBatch::destination`]), so that answers can leave from it
+    /// ([`SendBatch::push_from`]). A socket bound to a wildcard address on a host with several
+    /// addresses otherwise answers from whichever one the routing table prefers, and a NAT in
+    /// front of the asker drops that. Returns whether reports are on: a socket bound to one
+    /// address needs none of this (its answers leave from that address), so it is left alone.
+    /// On the dual-stack socket IPv4 datagrams are reported too (IPv4-mapped by the kernel).
+    pub fn report_destinations(&self) -> io::Result<bool> {
+        let local = self.local_addr()?;
+        if !local.ip().is_unspecified() {
+            return Ok(false);
+        }
+        match local {
+            SocketAddr::V6(_) => {
+                nix_socket::setsockopt(&self.socket, sockopt::Ipv6RecvPacketInfo, &true)?
+            }
+            SocketAddr::V4(_) => {
+                nix_socket::setsockopt(&self.socket, sockopt::Ipv4PacketInfo, &true)?
+            }
+        }
+        Ok(true)
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -2,7 +2,7 @@
 //! datagrams they hold.
 
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::cmsg::{self, ControlBuf, CONTROL_LEN};
@@ -18,6 +18,8 @@ pub struct RecvBatch {
     filled: Vec<Option<Filled>>,
     /// The source of each slot's datagrams.
     sources: Vec<SocketAddr>,
+    /// The local address each slot's datagrams were sent to, where the socket reports it.
+    destinations: Vec<Option<IpAddr>>,
     /// How far `filled` has been split into `ready`. Only when `ready` runs full (buffers
     /// of more than `MAX_SEGMENTS` datagrams on average) does a `recv` stop short of the
     /// end; the next one then carries on here instead of calling recvmmsg.
@@ -61,6 +63,7 @@ impl RecvBatch {
             slots,
             filled: Vec::with_capacity(count),
             sources: vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)); count],
+            destinations: vec![None; count],
             cursor: Cursor::default(),
             ready: Vec::with_capacity(count * MAX_SEGMENTS),
             truncated: 0,
@@ -100,6 +103,14 @@ impl RecvBatch {
         )
     }
 
+    /// The local address the i-th datagram of the last recv was sent to, on a socket that
+    /// reports it (see [`UdpSocket::report_destinations`]); None otherwise. IPv4-mapped IPv6
+    /// is returned as plain IPv4, as in `get`. Panics unless `i` is below what `recv`
+    /// returned.
+    pub fn destination(&self, i: usize) -> Option<IpAddr> {
+        self.destinations[self.ready[i].slot]
+    }
+
     /// Buffers dropped so far because they did not fit into a slot. With GRO one such
     /// buffer may have held several datagrams.
     pub fn truncated(&self) -> u64 {
@@ -119,7 +130,8 @@ impl RecvBatch {
     fn inspect_slot(&mut self, slot: usize) -> Option<Filled> {
         let hdr = &self.slots.hdrs[slot];
         // MSG_CTRUNC: the UDP_GRO message may be what was cut, and without it a coalesced
-        // buffer would pass for one datagram. CONTROL_LEN leaves room, so this is a bug.
+        // buffer would pass for one datagram (or the destination would be missing).
+        // CONTROL_LEN leaves room, so this is a bug.
         if hdr.msg_hdr.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
             self.truncated += 1;
             let flags = hdr.msg_hdr.msg_flags;
@@ -135,7 +147,10 @@ impl RecvBatch {
             .then(|| from_kernel(&self.slots.names[slot]))
             .flatten()?;
         self.sources[slot] = from;
-        let segment = match cmsg::gro_segment_size(self.slots.control(slot)) {
+        let control = cmsg::parse(self.slots.control(slot));
+        // GRO merges only datagrams of one flow: one destination holds for the whole buffer.
+        self.destinations[slot] = control.destination;
+        let segment = match control.gro_segment {
             Some(segment) if segment < len => {
                 self.coalesced += 1;
                 segment

@@ -2,13 +2,13 @@
 //! same-size datagrams to one destination as single GSO entries.
 
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::SockaddrStorage;
 
-use super::cmsg::ControlBuf;
+use super::cmsg::{ControlBuf, Source};
 use super::slots::Slots;
 use super::{for_socket, UdpSocket, MAX_GSO_PAYLOAD, MAX_SEGMENTS};
 
@@ -17,6 +17,8 @@ pub struct SendBatch {
     slots: Slots,
     lens: Vec<usize>,
     dests: Vec<SocketAddr>,
+    /// The local address each datagram is to leave from; None: the one the kernel picks.
+    sources: Vec<Option<IpAddr>>,
     /// Queued datagrams are `head..tail`; `head` advances as sendmmsg accepts them.
     head: usize,
     tail: usize,
@@ -43,9 +45,10 @@ impl SendBatch {
     pub fn new(slots: usize, slot_size: usize) -> SendBatch {
         let unspecified = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
         SendBatch {
-            slots: Slots::new(slots, slot_size, ControlBuf::segment()),
+            slots: Slots::new(slots, slot_size, ControlBuf::EMPTY),
             lens: vec![0; slots],
             dests: vec![unspecified; slots],
+            sources: vec![None; slots],
             head: 0,
             tail: 0,
             entry_lens: vec![0; slots],
@@ -82,6 +85,10 @@ impl SendBatch {
     /// Commit the first `len` bytes of the slot returned by next_slot as a datagram to
     /// `to`. Panics if `is_full()` or if `len` exceeds the slot size.
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
+        self.commit_from(len, None, to);
+    }
+
+    fn commit_from(&mut self, len: usize, src: Option<IpAddr>, to: SocketAddr) {
         assert!(
             !self.is_full(),
             "SendBatch::commit on a full batch; flush first"
@@ -92,12 +99,24 @@ impl SendBatch {
         );
         self.lens[self.tail] = len;
         self.dests[self.tail] = to;
+        self.sources[self.tail] = src;
         self.tail += 1;
     }
 
     /// Copy a datagram in (for the rarer control-path outputs). One larger than the slot
     /// size is dropped and counted in `send_errors()`. Panics if `is_full()`.
     pub fn push(&mut self, datagram: &[u8], to: SocketAddr) {
+        self.push_from(datagram, None, to);
+    }
+
+    /// Like [`SendBatch::push`], leaving from the local address `src` if given: an answer
+    /// from the address its question was sent to ([`super::RecvBatch::destination`]) on a
+    /// socket bound to a wildcard address. The send then carries an IP_PKTINFO or
+    /// IPV6_PKTINFO message naming it (interface 0: the routing table picks the interface);
+    /// an address of the other family than `to`'s is ignored (the kernel picks one). An
+    /// address that is no longer local makes the kernel refuse the datagram (counted in
+    /// `send_errors()`).
+    pub fn push_from(&mut self, datagram: &[u8], src: Option<IpAddr>, to: SocketAddr) {
         let Some(slot) = self.next_slot().get_mut(..datagram.len()) else {
             debug_assert!(
                 false,
@@ -108,7 +127,7 @@ impl SendBatch {
             return;
         };
         slot.copy_from_slice(datagram);
-        self.commit(datagram.len(), to);
+        self.commit_from(datagram.len(), src, to);
     }
 
     /// Drops everything still queued (after a flush that found the socket full, for a
@@ -132,8 +151,8 @@ impl SendBatch {
     /// ENOTSOCK, EFAULT) are returned. IPv4 destinations go out as IPv4-mapped IPv6 on
     /// the dual-stack socket.
     ///
-    /// With GSO, consecutive datagrams to one destination that have the same length (the
-    /// last may be shorter) go out as one entry of up to 64 datagrams and 65507 bytes,
+    /// With GSO, consecutive datagrams to one destination (from one source) that have the
+    /// same length (the last may be shorter) go out as one entry of up to 64 datagrams and 65507 bytes,
     /// which the kernel segments. Such a group fails or waits as a whole: an error drops
     /// and counts all its datagrams, and EAGAIN leaves all of them queued. If the kernel
     /// refuses the segmentation itself (EIO, EINVAL, EOPNOTSUPP, EMSGSIZE) the group is
@@ -206,8 +225,14 @@ impl SendBatch {
             // No name for an address this socket cannot reach (IPv6 on the IPv4 fallback):
             // the kernel answers EDESTADDRREQ and it is counted like any refused datagram.
             let to = for_socket(self.dests[first], sock.dual_stack);
+            let source = to.and_then(|to| source_for(self.sources[first], to));
             let count = if gso && to.is_some() && first >= alone_until {
-                gso_group_len(&self.lens[first..self.tail], &self.dests[first..self.tail])
+                let queued = first..self.tail;
+                gso_group_len(
+                    &self.lens[queued.clone()],
+                    &self.dests[queued.clone()],
+                    &self.sources[queued],
+                )
             } else {
                 1
             };
@@ -216,11 +241,12 @@ impl SendBatch {
                 self.slots.aim_iovec(i, self.lens[i]);
             }
             self.slots.names[entry] = SockaddrStorage::from(to.unwrap_or(self.dests[first]));
-            let control_len = match u16::try_from(self.lens[first]) {
+            let segment = match u16::try_from(self.lens[first]) {
                 // A group has at least two datagrams in MAX_GSO_PAYLOAD bytes: this fits.
-                Ok(segment) if count > 1 => self.slots.controls[entry].set_segment_size(segment),
-                _ => 0,
+                Ok(segment) if count > 1 => Some(segment),
+                _ => None,
             };
+            let control_len = self.slots.controls[entry].write_send(segment, source);
             self.slots
                 .aim_header(entry, datagrams, to.is_some(), control_len);
             self.entry_lens[entry] = count;
@@ -246,12 +272,29 @@ impl SendBatch {
     }
 }
 
-/// How many of the datagrams at the start of `lens`/`dests` (not empty) one GSO send can
-/// carry: consecutive datagrams to the same destination, none empty, all as long as the
+/// The packet-info message that makes a datagram to `to` (as the socket takes it: IPv4 is
+/// IPv4-mapped on the dual-stack socket) leave from `src`; None when there is no `src` or it
+/// is of the other family.
+fn source_for(src: Option<IpAddr>, to: SocketAddr) -> Option<Source> {
+    let mapped = |to: &std::net::SocketAddrV6| to.ip().to_ipv4_mapped().is_some();
+    match (src?, to) {
+        (IpAddr::V4(ip), SocketAddr::V4(_)) => Some(Source::V4(ip)),
+        (IpAddr::V4(ip), SocketAddr::V6(to)) if mapped(&to) => {
+            Some(Source::V6(ip.to_ipv6_mapped()))
+        }
+        (IpAddr::V6(ip), SocketAddr::V6(to)) if !mapped(&to) => Some(Source::V6(ip)),
+        _ => None,
+    }
+}
+
+/// How many of the datagrams at the start of `lens`/`dests`/`sources` (not empty) one GSO
+/// send can carry: consecutive datagrams to the same destination from the same source, none
+/// empty, all as long as the
 /// first except possibly a shorter last one, at most `MAX_SEGMENTS` of them and
 /// `MAX_GSO_PAYLOAD` bytes in all. 1 means: send the first one alone.
-fn gso_group_len(lens: &[usize], dests: &[SocketAddr]) -> usize {
-    let (Some(&segment), Some(to)) = (lens.first(), dests.first()) else {
+fn gso_group_len(lens: &[usize], dests: &[SocketAddr], sources: &[Option<IpAddr>]) -> usize {
+    let (Some(&segment), Some(to), Some(from)) = (lens.first(), dests.first(), sources.first())
+    else {
         return 1;
     };
     // A zero-length first datagram would make a segment size of 0, which means no GSO.
@@ -259,9 +302,15 @@ fn gso_group_len(lens: &[usize], dests: &[SocketAddr]) -> usize {
         return 1;
     }
     let (mut count, mut total) = (1, segment);
-    for (&len, dest) in lens.iter().zip(dests).skip(1).take(MAX_SEGMENTS - 1) {
+    let rest = lens.iter().zip(dests).zip(sources).skip(1);
+    for ((&len, dest), source) in rest.take(MAX_SEGMENTS - 1) {
         // An empty last datagram would simply vanish into the segmentation.
-        if dest != to || len == 0 || len > segment || total + len > MAX_GSO_PAYLOAD {
+        if dest != to
+            || source != from
+            || len == 0
+            || len > segment
+            || total + len > MAX_GSO_PAYLOAD
+        {
             break;
         }
         (count, total) = (count + 1, total + len);
@@ -281,7 +330,7 @@ mod tests {
             .iter()
             .map(|&port| SocketAddr::from(([127, 0, 0, 1], port)))
             .collect();
-        gso_group_len(lens, &dests)
+        gso_group_len(lens, &dests, &vec![None; lens.len()])
     }
 
     #[test]
@@ -295,6 +344,18 @@ mod tests {
         // Empty datagrams never join (a segment size of 0 means no segmentation).
         assert_eq!(group(&[0, 0, 0], &[1; 3]), 1);
         assert_eq!(group(&[10, 10, 0], &[1; 3]), 2);
+    }
+
+    #[test]
+    fn groups_do_not_mix_sources() {
+        let dests = [SocketAddr::from(([127, 0, 0, 1], 1)); 4];
+        let (a, b) = (
+            Some(IpAddr::from([127, 0, 0, 2])),
+            Some(IpAddr::from([127, 0, 0, 3])),
+        );
+        assert_eq!(gso_group_len(&[100; 4], &dests, &[a, a, b, b]), 2);
+        assert_eq!(gso_group_len(&[100; 4], &dests, &[None, a, a, a]), 1);
+        assert_eq!(gso_group_len(&[100; 4], &dests, &[b; 4]), 4);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The sans-IO server driven with hand-sealed datagrams, a fake clock and a memory store.
 
+mod addresses;
 mod amplification;
 mod delivery;
 mod introductions;
@@ -190,7 +191,7 @@ impl Sim {
     fn send(&mut self, port: Port, from: SocketAddr, datagram: &[u8]) -> Option<Sent> {
         let t = self
             .server
-            .handle_datagram(port, from, datagram, self.now, &mut self.out)?;
+            .handle_datagram(port, None, from, datagram, self.now, &mut self.out)?;
         Some((t.port, t.to, t.payload.to_vec()))
     }
 
