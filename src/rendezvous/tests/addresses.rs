@@ -64,6 +64,7 @@ impl Client {
             let register = Message::Register {
                 lan: vec![],
                 hostname: None,
+                trust_digest: sim.server.ledger().digest_of(&self.key()),
                 cookie: self.cookie,
             };
             let (src, reply) = self.ask_at(sim, Port::Main, local_ip, &register);
@@ -175,6 +176,7 @@ fn a_registration_dated_off_is_told_the_time_from_the_address_it_asked() {
     let register = Message::Register {
         lan: vec![],
         hostname: None,
+        trust_digest: 0,
         cookie: None,
     };
     let old = a.sealed(&sim, &register);
