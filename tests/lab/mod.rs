@@ -288,6 +288,11 @@ impl Lab {
     /// log in `rdv.log`); returns how nodes name it, `KEY@listen`, and its process index.
     /// Starting it again later reuses the same data directory and key.
     pub fn rendezvous(&mut self, ns: &str, listen: &str) -> (String, usize) {
+        self.rendezvous_with(ns, listen, &[])
+    }
+
+    /// [`Lab::rendezvous`] with extra `pilotd rendezvous` flags.
+    pub fn rendezvous_with(&mut self, ns: &str, listen: &str, extra: &[&str]) -> (String, usize) {
         let dir = self.dir.join("rdv");
         let out = run(
             PILOTD,
@@ -296,20 +301,18 @@ impl Lab {
         let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let log = self.dir.join("rdv.log");
         let dir = dir.to_str().unwrap();
-        let index = self.spawn_logged(
-            ns,
-            &[
-                PILOTD,
-                "rendezvous",
-                "--listen",
-                listen,
-                "--data-dir",
-                dir,
-                "--log-level",
-                "debug",
-            ],
-            Some(&log),
-        );
+        let mut cmd = vec![
+            PILOTD,
+            "rendezvous",
+            "--listen",
+            listen,
+            "--data-dir",
+            dir,
+            "--log-level",
+            "debug",
+        ];
+        cmd.extend(extra);
+        let index = self.spawn_logged(ns, &cmd, Some(&log));
         let key = id["public_key"].as_str().unwrap();
         (format!("{key}@{listen}"), index)
     }
