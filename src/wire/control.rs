@@ -66,8 +66,8 @@ pub const NAME_RELEASED: u8 = 0x63;
 
 /// The least size (whole datagram, envelope included) of a request that may come from an
 /// endpoint the rendezvous has not seen proven: at least its largest answer to such an
-/// endpoint (a `Challenge`, `Registered`, `Refused`, `NatProbeReply`, or a `LookupReply`
-/// naming a node), so none is larger than the request.
+/// endpoint (a `Challenge`, `Registered`, `Refused`, `NatProbeReply`, `NameReleased`, or a
+/// `LookupReply` naming a node), so none is larger than the request.
 pub const REQUEST_MIN_LEN: usize = 256;
 /// Bytes of an address cookie.
 pub const COOKIE_LEN: usize = 16;
