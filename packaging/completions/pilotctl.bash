@@ -55,6 +55,9 @@ _pilotctl() {
             pilotctl,reject)
                 cmd="pilotctl__subcmd__reject"
                 ;;
+            pilotctl,release-name)
+                cmd="pilotctl__subcmd__release__subcmd__name"
+                ;;
             pilotctl,resolve)
                 cmd="pilotctl__subcmd__resolve"
                 ;;
@@ -133,6 +136,9 @@ _pilotctl() {
             pilotctl__subcmd__help,reject)
                 cmd="pilotctl__subcmd__help__subcmd__reject"
                 ;;
+            pilotctl__subcmd__help,release-name)
+                cmd="pilotctl__subcmd__help__subcmd__release__subcmd__name"
+                ;;
             pilotctl__subcmd__help,resolve)
                 cmd="pilotctl__subcmd__help__subcmd__resolve"
                 ;;
@@ -164,7 +170,7 @@ _pilotctl() {
 
     case "${cmd}" in
         pilotctl)
-            opts="-h -V --control --help --version status info peers netcheck resolve handshake pending approve reject untrust init daemon trust connect send-message inbox ping help"
+            opts="-h -V --control --help --version status info peers netcheck resolve handshake pending approve reject untrust init daemon release-name trust connect send-message inbox ping help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -414,7 +420,7 @@ _pilotctl() {
             return 0
             ;;
         pilotctl__subcmd__help)
-            opts="status info peers netcheck resolve handshake pending approve reject untrust init daemon trust connect send-message inbox ping help"
+            opts="status info peers netcheck resolve handshake pending approve reject untrust init daemon release-name trust connect send-message inbox ping help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -638,6 +644,20 @@ _pilotctl() {
             return 0
             ;;
         pilotctl__subcmd__help__subcmd__reject)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pilotctl__subcmd__help__subcmd__release__subcmd__name)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -902,6 +922,28 @@ _pilotctl() {
                 return 0
             fi
             case "${prev}" in
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pilotctl__subcmd__release__subcmd__name)
+            opts="-h --config --json --control --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --control)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

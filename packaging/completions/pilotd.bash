@@ -40,6 +40,21 @@ _pilotd() {
             pilotd__subcmd__help,up)
                 cmd="pilotd__subcmd__help__subcmd__up"
                 ;;
+            pilotd__subcmd__help__subcmd__rendezvous,free-name)
+                cmd="pilotd__subcmd__help__subcmd__rendezvous__subcmd__free__subcmd__name"
+                ;;
+            pilotd__subcmd__rendezvous,free-name)
+                cmd="pilotd__subcmd__rendezvous__subcmd__free__subcmd__name"
+                ;;
+            pilotd__subcmd__rendezvous,help)
+                cmd="pilotd__subcmd__rendezvous__subcmd__help"
+                ;;
+            pilotd__subcmd__rendezvous__subcmd__help,free-name)
+                cmd="pilotd__subcmd__rendezvous__subcmd__help__subcmd__free__subcmd__name"
+                ;;
+            pilotd__subcmd__rendezvous__subcmd__help,help)
+                cmd="pilotd__subcmd__rendezvous__subcmd__help__subcmd__help"
+                ;;
             *)
                 ;;
         esac
@@ -107,8 +122,22 @@ _pilotd() {
             return 0
             ;;
         pilotd__subcmd__help__subcmd__rendezvous)
-            opts=""
+            opts="free-name"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pilotd__subcmd__help__subcmd__rendezvous__subcmd__free__subcmd__name)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -157,7 +186,7 @@ _pilotd() {
             return 0
             ;;
         pilotd__subcmd__rendezvous)
-            opts="-h --config --listen --alt-port --data-dir --keepalive --expiry --relay-rate --stats-interval --metrics --log-level --help"
+            opts="-h --config --listen --alt-port --data-dir --keepalive --expiry --name-ttl --relay-rate --stats-interval --metrics --log-level --help free-name help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -187,6 +216,10 @@ _pilotd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --name-ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --relay-rate)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -203,6 +236,74 @@ _pilotd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pilotd__subcmd__rendezvous__subcmd__free__subcmd__name)
+            opts="-h --config --data-dir --log-level --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pilotd__subcmd__rendezvous__subcmd__help)
+            opts="free-name help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pilotd__subcmd__rendezvous__subcmd__help__subcmd__free__subcmd__name)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pilotd__subcmd__rendezvous__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

@@ -14,6 +14,7 @@
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
@@ -81,6 +82,8 @@ pub struct RendezvousFile {
     pub keepalive: Option<u16>,
     #[serde(default, deserialize_with = "seconds_u32")]
     pub expiry: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub name_ttl: Option<Duration>,
     #[serde(default, deserialize_with = "relay_rate")]
     pub relay_rate: Option<u64>,
     #[serde(default, deserialize_with = "period_u32")]
@@ -316,6 +319,14 @@ fn period_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> 
     integer(d, "seconds 1..4294967295", |s: u32| {
         rendezvous::check_period(s.into()).is_ok()
     })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parsed(
+        d,
+        "a duration such as \"30d\" (a string)",
+        rendezvous::parse_duration,
+    )
 }
 
 fn relay_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

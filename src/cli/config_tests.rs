@@ -99,6 +99,7 @@ alt_port = 7100
 data_dir = "/srv/rdv"
 keepalive = 20
 expiry = 70
+name_ttl = "30d"
 relay_rate = 0
 stats_interval = 5
 log_level = "warn"
@@ -111,6 +112,7 @@ metrics = "[::1]:9101"
         data_dir: Some("/srv/rdv".into()),
         keepalive: Some(20),
         expiry: Some(70),
+        name_ttl: Some(std::time::Duration::from_secs(30 * 24 * 3600)),
         relay_rate: Some(0),
         stats_interval: Some(5),
         log_level: Some("warn".into()),
@@ -277,6 +279,14 @@ fn bad_rendezvous_values_name_line_column_key_and_expectation() {
         (
             "expiry = true",
             "1:10: expiry: expected seconds 0..4294967295, found true",
+        ),
+        (
+            "name_ttl = 30",
+            "1:12: name_ttl: expected a duration such as \"30d\" (a string), found 30",
+        ),
+        (
+            "name_ttl = \"a month\"",
+            "1:12: name_ttl: `a month`: expected a duration such as 30d",
         ),
     ];
     for (text, expected) in cases {

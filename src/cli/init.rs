@@ -100,7 +100,7 @@ pub fn run(socket: &Path, args: InitArgs) -> Result<ExitCode, ClientError> {
 
 /// Writes the config file, making its directory if needed; keeps the mode of a file that was
 /// there.
-fn write_config(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+pub(super) fn write_config(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }

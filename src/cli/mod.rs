@@ -8,6 +8,7 @@ mod peer_table;
 pub mod pilotctl;
 pub mod pilotd;
 mod readiness;
+mod release_name;
 pub mod rendezvous;
 mod seed;
 mod service;

@@ -108,6 +108,14 @@ enum Command {
         #[command(subcommand)]
         command: super::service::DaemonCommand,
     },
+    /// Give up this node's hostname: the rendezvous frees it at once for any node to claim
+    ///
+    /// This node stops claiming it (its status shows no hostname), and `hostname` is commented
+    /// out in the config file pilotd reads (--config), so a restart does not claim it again;
+    /// a --hostname flag on pilotd's command line must be removed by hand. Fails, changing
+    /// nothing, when the node is not registered with the rendezvous, the rendezvous does not
+    /// answer, or says this node does not hold the name.
+    ReleaseName(super::release_name::ReleaseNameArgs),
     /// Trusted peers, and requests and approvals in flight.
     Trust {
         #[arg(long)]
@@ -205,6 +213,7 @@ pub fn main() -> ExitCode {
             verb(&socket, Request::Untrust { peer }, json)
         }),
         Command::Trust { json } => trust(&socket, json),
+        Command::ReleaseName(args) => super::release_name::run(&socket, args),
         Command::Init(args) => super::init::run(&socket, args),
         Command::Daemon { command } => {
             super::service::run(&socket, command).map_err(ClientError::Daemon)

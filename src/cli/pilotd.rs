@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use super::config::{self, RendezvousFile, UpFile};
+use super::rendezvous::{RendezvousAction, RendezvousCommand};
 use crate::addr::Hostname;
 use crate::daemon::rendezvous::run_rendezvous;
 use crate::daemon::services::Expose;
@@ -48,7 +49,7 @@ enum Command {
         json: bool,
     },
     /// Run the rendezvous server: registry, endpoint discovery, punch coordination and relay
-    Rendezvous(super::rendezvous::RendezvousArgs),
+    Rendezvous(Box<super::rendezvous::RendezvousCommand>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -183,13 +184,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cli.log_level.as_deref());
             show_identity(state, json)
         }
-        Command::Rendezvous(args) => {
-            let mut file: RendezvousFile = config::load(args.config.as_deref())?;
-            let log_level = cli.log_level.or(file.log_level.take());
-            let options = super::rendezvous::options(args, file)?;
-            init_logging(log_level.as_deref());
-            run_rendezvous(options)
-        }
+        Command::Rendezvous(command) => match *command {
+            RendezvousCommand {
+                action: Some(RendezvousAction::FreeName(args)),
+                ..
+            } => {
+                let file: RendezvousFile = config::load(args.config.as_deref())?;
+                init_logging(cli.log_level.as_deref().or(file.log_level.as_deref()));
+                let data_dir = args.data_dir(&file);
+                let key = crate::daemon::rendezvous::free_name(&data_dir, &args.name)?;
+                println!(
+                    "freed `{}` (held by {key}); any node may claim it now. If the node holding \
+                     it still runs with that hostname, it claims it again at its next \
+                     registration: run `pilotctl release-name` there or change its hostname",
+                    args.name
+                );
+                Ok(())
+            }
+            RendezvousCommand {
+                action: None,
+                serve: args,
+            } => {
+                let mut file: RendezvousFile = config::load(args.config.as_deref())?;
+                let log_level = cli.log_level.or(file.log_level.take());
+                let options = super::rendezvous::options(args, file)?;
+                init_logging(log_level.as_deref());
+                run_rendezvous(options)
+            }
+        },
     }
 }
 

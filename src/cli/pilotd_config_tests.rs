@@ -295,12 +295,12 @@ fn an_mtu_flag_is_checked_as_before() {
 #[test]
 fn rendezvous_flags_override_its_file() {
     let rendezvous_args = |args: &[&str]| match cli(&[&["rendezvous"], args].concat()).command {
-        Command::Rendezvous(args) => args,
+        Command::Rendezvous(c) => c.serve,
         _ => unreachable!(),
     };
     let file = || -> RendezvousFile {
         let text = "listen = \"192.0.2.1:7000\"\nkeepalive = 20\nrelay_rate = 0\n\
-                    data_dir = \"/srv/rdv\"\nmetrics = \"127.0.0.1:9101\"";
+                    data_dir = \"/srv/rdv\"\nmetrics = \"127.0.0.1:9101\"\nname_ttl = \"7d\"";
         parse(Path::new("rendezvous.toml"), text).unwrap()
     };
     let o = rendezvous::options(rendezvous_args(&[]), file()).unwrap();
@@ -309,6 +309,7 @@ fn rendezvous_flags_override_its_file() {
     assert_eq!((o.relay_bytes_per_sec, o.stats_interval.as_secs()), (0, 60));
     assert_eq!(o.data_dir, Path::new("/srv/rdv"));
     assert_eq!(o.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+    assert_eq!(o.name_ttl.as_secs(), 7 * 86400);
 
     let args = rendezvous_args(&[
         "--listen",
@@ -317,8 +318,11 @@ fn rendezvous_flags_override_its_file() {
         "30",
         "--data-dir",
         "/d",
+        "--name-ttl",
+        "2h",
     ]);
     let o = rendezvous::options(args, file()).unwrap();
+    assert_eq!(o.name_ttl.as_secs(), 7200);
     assert_eq!((o.listen, o.alt_port), ("[::]:0".parse().unwrap(), 0));
     assert_eq!((o.keepalive.as_secs(), o.expiry.as_secs()), (30, 95));
     assert_eq!(
@@ -328,4 +332,18 @@ fn rendezvous_flags_override_its_file() {
 
     let err = rendezvous::options(rendezvous_args(&[]), RendezvousFile::default()).unwrap_err();
     assert!(err.to_string().contains("give --listen"), "{err}");
+}
+
+#[test]
+fn rendezvous_free_name_parses_under_pilotd() {
+    let Command::Rendezvous(c) =
+        cli(&["rendezvous", "free-name", "edge-7", "--data-dir", "/d"]).command
+    else {
+        unreachable!()
+    };
+    let Some(crate::cli::rendezvous::RendezvousAction::FreeName(args)) = c.action else {
+        panic!("not free-name")
+    };
+    assert_eq!(args.name.as_str(), "edge-7");
+    assert_eq!(args.data_dir(&RendezvousFile::default()), Path::new("/d"));
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 
 use super::config::RendezvousFile;
+use super::pilotd::parse_hostname;
+use crate::addr::Hostname;
 use crate::daemon::rendezvous::{default_data_dir, RendezvousOptions};
+use crate::rendezvous::DEFAULT_NAME_TTL;
 
 /// Registration refresh interval told to nodes, seconds.
 const DEFAULT_KEEPALIVE: u16 = 25;
@@ -15,6 +18,54 @@ const DEFAULT_KEEPALIVE: u16 = 25;
 const DEFAULT_RELAY_RATE: u64 = 100;
 /// Seconds between counter log lines.
 const DEFAULT_STATS_INTERVAL: u32 = 60;
+
+/// Longest name TTL accepted (ten years): longer means "never", which is not offered.
+const MAX_NAME_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// `pilotd rendezvous`: serve, or one of the offline registry commands.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RendezvousCommand {
+    #[command(subcommand)]
+    pub action: Option<RendezvousAction>,
+    #[command(flatten)]
+    pub serve: RendezvousArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RendezvousAction {
+    /// Free a hostname in the registry so any node may claim it
+    ///
+    /// For a box reinstalled with a new key, whose old key still holds its name. Refused while
+    /// the rendezvous runs on the data directory (it holds the registry in memory): stop it,
+    /// free the name, start it. A node still running with that hostname claims it again at
+    /// its next registration; there, run `pilotctl release-name` instead. Names of keys that
+    /// stopped registering are released on their own after the name TTL (--name-ttl).
+    FreeName(FreeNameArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FreeNameArgs {
+    /// The hostname to free.
+    #[arg(value_name = "NAME", value_parser = parse_hostname)]
+    pub name: Hostname,
+    /// Config file of the rendezvous (only its `data_dir` is used).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory holding rendezvous.db [default: /var/lib/pilot-rendezvous for root,
+    /// ~/.pilot-rendezvous otherwise]
+    #[arg(long, env = "PILOT_RENDEZVOUS_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl FreeNameArgs {
+    /// The data directory: the flag, else the config file's, else the default.
+    pub fn data_dir(&self, file: &RendezvousFile) -> PathBuf {
+        (self.data_dir.clone())
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(default_data_dir)
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct RendezvousArgs {
@@ -43,6 +94,11 @@ pub struct RendezvousArgs {
     /// to [default: 3 × keepalive + 5]
     #[arg(long, value_name = "SECS")]
     expiry: Option<u32>,
+    /// How long a hostname stays with a key that no longer registers; then it is released
+    /// for any node to claim. A duration: 30d, 12h, 90m, 45s (or combined, 1d12h)
+    /// [default: 30d]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    name_ttl: Option<Duration>,
     /// Relay rate per node in Mbit/s (0 = relay nothing) [default: 100]
     #[arg(long, value_name = "MBIT")]
     relay_rate: Option<u64>,
@@ -94,6 +150,14 @@ pub(super) fn options(
              keepalive would make nodes vanish"
         );
     }
+    let name_ttl = args.name_ttl.or(file.name_ttl).unwrap_or(DEFAULT_NAME_TTL);
+    if name_ttl <= Duration::from_secs(2 * keepalive) {
+        bail!(
+            "--name-ttl {}s must be more than twice --keepalive ({keepalive}), or a running \
+             node would lose its hostname between two registrations",
+            name_ttl.as_secs()
+        );
+    }
     let stats_interval = args
         .stats_interval
         .or(file.stats_interval)
@@ -114,6 +178,7 @@ pub(super) fn options(
             .unwrap_or_else(default_data_dir),
         keepalive: Duration::from_secs(keepalive),
         expiry: Duration::from_secs(expiry),
+        name_ttl,
         relay_bytes_per_sec,
         stats_interval: Duration::from_secs(stats_interval),
         metrics: args.metrics.or(file.metrics),
@@ -126,6 +191,42 @@ pub(super) fn check_period(secs: u64) -> Result<(), &'static str> {
         0 => Err("must be at least 1 second"),
         _ => Ok(()),
     }
+}
+
+/// Parses a duration as people write one: a number with a unit, `s`, `m`, `h` or `d`
+/// (`30d`, `90m`), or several (`1d12h`); at least a second, at most ten years.
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}`: expected a duration such as 30d, 12h, 90m or 45s");
+    let mut total: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let mut units = rest[digits..].chars();
+        let unit = match units.next() {
+            Some('s') => 1,
+            Some('m') => 60,
+            Some('h') => 3600,
+            Some('d') => 24 * 3600,
+            _ => return Err(bad()),
+        };
+        rest = units.as_str();
+        total = number
+            .checked_mul(unit)
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| format!("`{text}`: longer than ten years"))?;
+    }
+    let duration = Duration::from_secs(total);
+    if duration.is_zero() {
+        return Err(format!("`{text}`: must be at least 1s"));
+    }
+    if duration > MAX_NAME_TTL {
+        return Err(format!("`{text}`: longer than ten years"));
+    }
+    Ok(duration)
 }
 
 /// `--relay-rate` in bytes per second.
@@ -157,6 +258,7 @@ mod tests {
         assert_eq!(o.keepalive, Duration::from_secs(25));
         assert_eq!(o.expiry, Duration::from_secs(80));
         assert_eq!(o.relay_bytes_per_sec, 12_500_000);
+        assert_eq!(o.name_ttl, Duration::from_secs(30 * 24 * 3600));
         let o = parse(&["--listen", "[::]:0", "--keepalive", "10"]).unwrap();
         assert_eq!((o.alt_port, o.expiry), (0, Duration::from_secs(35)));
     }
@@ -179,5 +281,85 @@ mod tests {
             assert!(err.contains(expected), "{args:?}: {err}");
         }
         assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn name_ttls_are_human_durations() {
+        for (text, secs) in [
+            ("30d", 30 * 86400),
+            ("12h", 43200),
+            ("90m", 5400),
+            ("45s", 45),
+            ("1d12h", 129_600),
+            ("3650d", 3650 * 86400),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "30",
+            "d",
+            "-1d",
+            "1.5d",
+            "1w",
+            "0s",
+            "3651d",
+            "99999999999999999999d",
+            "1d 2h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let o = parse(&[
+            "--listen",
+            "192.0.2.1:7400",
+            "--keepalive",
+            "1",
+            "--name-ttl",
+            "3s",
+        ]);
+        assert_eq!(o.unwrap().name_ttl, Duration::from_secs(3));
+        // Shorter than two keepalives: a live node would lose its name between refreshes.
+        let err = parse(&["--listen", "192.0.2.1:7400", "--name-ttl", "40s"]).unwrap_err();
+        assert!(err.to_string().contains("twice --keepalive"), "{err}");
+        assert!(parse(&["--listen", "192.0.2.1:7400", "--name-ttl", "soon"]).is_err());
+    }
+
+    #[derive(Parser)]
+    struct Top {
+        #[command(flatten)]
+        command: RendezvousCommand,
+    }
+
+    #[test]
+    fn free_name_is_a_subcommand_that_takes_a_hostname_and_a_data_dir() {
+        let top =
+            Top::try_parse_from(["x", "free-name", "alice", "--data-dir", "/srv/rdv"]).unwrap();
+        let Some(RendezvousAction::FreeName(args)) = top.command.action else {
+            panic!("not free-name")
+        };
+        assert_eq!(args.name.as_str(), "alice");
+        assert_eq!(
+            args.data_dir(&RendezvousFile::default()),
+            PathBuf::from("/srv/rdv")
+        );
+        let file = RendezvousFile {
+            data_dir: Some("/from/file".into()),
+            ..RendezvousFile::default()
+        };
+        let top = Top::try_parse_from(["x", "free-name", "alice"]).unwrap();
+        let Some(RendezvousAction::FreeName(args)) = top.command.action else {
+            panic!("not free-name")
+        };
+        assert_eq!(args.data_dir(&file), PathBuf::from("/from/file"));
+        // A bad hostname is refused when typed; serving flags do not mix with it.
+        assert!(Top::try_parse_from(["x", "free-name", "Not_A_Name"]).is_err());
+        assert!(Top::try_parse_from(["x", "--listen", "192.0.2.1:1", "free-name", "a"]).is_err());
+        // Without a subcommand it serves, as before.
+        let top = Top::try_parse_from(["x", "--listen", "192.0.2.1:7400"]).unwrap();
+        assert!(top.command.action.is_none());
     }
 }

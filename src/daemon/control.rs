@@ -70,6 +70,8 @@ pub enum Request {
         #[serde(default)]
         clear: bool,
     },
+    /// Give up this node's hostname: stop claiming it and have the rendezvous free it.
+    ReleaseName {},
 }
 
 /// The daemon's answer.
@@ -295,6 +297,14 @@ pub enum Command {
         clear: bool,
         reply: oneshot::Sender<Result<InboxReply, String>>,
     },
+    /// Releases this node's hostname; answered once the rendezvous has (within seconds).
+    ReleaseName(oneshot::Sender<Result<ReleasedName, String>>),
+}
+
+/// `release_name`'s result: the hostname the rendezvous freed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedName {
+    pub hostname: String,
 }
 
 /// A stack connection being opened: the stream, and whether it was established.
@@ -459,6 +469,11 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
                 None => stopped(),
             }
         }
+        Request::ReleaseName {} => match ask(commands, Command::ReleaseName).await {
+            Some(Ok(released)) => success(released),
+            Some(Err(e)) => failure(e),
+            None => stopped(),
+        },
         Request::Ping { peer, timeout_ms } => {
             let waiter = match ask(commands, |reply| Command::Ping { peer, reply }).await {
                 Some(Ok(waiter)) => waiter,

@@ -21,7 +21,7 @@ use super::control::{
     Command, HandshakeReply, InfoReply, PeerRef, PingReply, RequestInfo, TrustReply, TrustVerb,
     TrustedPeer,
 };
-use super::control::{InboxReply, OpenedStream};
+use super::control::{InboxReply, OpenedStream, ReleasedName};
 use super::inbox::Inbox;
 use super::services::Incoming;
 use super::socks5::{Reply, Target};
@@ -33,7 +33,7 @@ use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
-use crate::node::{Event, HandshakeOutcome, NetOutput, Node, PathKind, TunOutput};
+use crate::node::{Event, HandshakeOutcome, NetOutput, Node, PathKind, ReleaseOutcome, TunOutput};
 use crate::wire::control::Query;
 use crate::wire::printable::printable;
 
@@ -132,6 +132,8 @@ struct Core {
     stack: Option<(Box<Stack>, mpsc::Sender<Incoming>)>,
     /// Received messages (listed and cleared through the control socket).
     inbox: Arc<Mutex<Inbox>>,
+    /// The `release_name` command waiting for the rendezvous.
+    release_waiter: Option<oneshot::Sender<Result<ReleasedName, String>>>,
 }
 
 impl DataPlane {
@@ -180,6 +182,7 @@ impl DataPlane {
             fatal: None,
             stack,
             inbox,
+            release_waiter: None,
         };
         Ok(DataPlane { io, core })
     }
@@ -450,6 +453,7 @@ impl Core {
                         let _ = waiter.send(answer);
                     }
                 }
+                Event::NameReleased { name, outcome } => self.name_released(name, outcome),
                 Event::TrustWarning(warning) => {
                     tracing::warn!("trust.json: {warning}");
                 }
@@ -597,6 +601,7 @@ impl Core {
                 let _ = reply.send(self.sender_of(ip));
             }
             Command::Inbox { clear, reply } => self.inbox(clear, reply),
+            Command::ReleaseName(reply) => self.release_name(reply),
             Command::Info(reply) => {
                 let _ = reply.send(self.info());
             }
@@ -692,6 +697,49 @@ impl Core {
             node: addr.to_string(),
             hostname: hostname.map(|n| n.to_string()),
             public_key: key.to_string(),
+        }
+    }
+
+    /// Starts releasing this node's hostname; `reply` is answered by [`Self::name_released`].
+    fn release_name(&mut self, reply: oneshot::Sender<Result<ReleasedName, String>>) {
+        match self.node.release_name(Instant::now()) {
+            Ok(name) => {
+                tracing::info!("releasing hostname {name} at the rendezvous");
+                self.release_waiter = Some(reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+
+    fn name_released(&mut self, name: Hostname, outcome: ReleaseOutcome) {
+        let answer = match outcome {
+            ReleaseOutcome::Released => {
+                tracing::info!("hostname {name} released: this node no longer claims it");
+                self.update_hosts_file();
+                Ok(ReleasedName {
+                    hostname: name.to_string(),
+                })
+            }
+            ReleaseOutcome::NotHeld => Err(format!(
+                "the rendezvous says this node does not hold `{name}` (another node does, or \
+                 nobody); nothing changed"
+            )),
+            ReleaseOutcome::Unconfirmed => {
+                let blame = self.rendezvous_blame(Instant::now());
+                let why = blame.map_or_else(String::new, |b| format!(" ({b})"));
+                Err(format!(
+                    "the rendezvous did not confirm releasing `{name}`{why}; this node claims \
+                     it again as before: try again (pilotctl netcheck shows the rendezvous)"
+                ))
+            }
+        };
+        if let Err(e) = &answer {
+            tracing::warn!("release of hostname {name}: {e}");
+        }
+        if let Some(waiter) = self.release_waiter.take() {
+            let _ = waiter.send(answer);
         }
     }
 

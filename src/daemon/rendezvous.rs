@@ -29,11 +29,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::{self, MetricsListener, RendezvousMetrics};
-use super::state_lock::{LockedDir, StateLock};
+use super::state_lock::{LockError, LockedDir, StateLock};
+use crate::addr::Hostname;
 use crate::clock::WallClock;
-use crate::identity::Identity;
+use crate::identity::{Identity, NodeKey};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
-use crate::rendezvous::{Config, Port, Server, SqliteStore, Transmit, DB_FILE};
+use crate::rendezvous::{Config, Port, Server, SqliteStore, Store, Transmit, DB_FILE};
 
 /// A scrape waiting for the loop's snapshot.
 type MetricsRequest = oneshot::Sender<RendezvousMetrics>;
@@ -46,6 +47,8 @@ pub struct RendezvousOptions {
     pub data_dir: PathBuf,
     pub keepalive: Duration,
     pub expiry: Duration,
+    /// A hostname whose key has not registered for this long is released.
+    pub name_ttl: Duration,
     /// Relay rate per node, bytes per second (0: no relaying).
     pub relay_bytes_per_sec: u64,
     /// How often changed counters are logged.
@@ -69,6 +72,40 @@ pub fn default_data_dir() -> PathBuf {
 /// Runs the rendezvous until SIGINT or SIGTERM.
 pub fn run_rendezvous(options: RendezvousOptions) -> anyhow::Result<()> {
     super::block_on(serve(options))
+}
+
+/// `pilotd rendezvous free-name`: frees `name` in the registry of `data_dir` for any key to
+/// claim; returns the key that held it.
+///
+/// A running server holds the registry in memory and would write its copy back, so this works
+/// only while no server runs on the directory: it takes the directory's lock (the server holds
+/// it for its whole life), and a running server makes it fail, saying what to do. With the
+/// lock held no server can start meanwhile, so nothing races the change.
+pub fn free_name(data_dir: &Path, name: &Hostname) -> anyhow::Result<NodeKey> {
+    let db = data_dir.join(DB_FILE);
+    if !db.exists() {
+        anyhow::bail!(
+            "no registry at {}: is the data directory right (--data-dir, or data_dir in the \
+             config file)?",
+            db.display()
+        );
+    }
+    let _lock = match StateLock::acquire(data_dir, LockedDir::Data) {
+        Ok(lock) => lock,
+        Err(LockError::Held { pid, .. }) => anyhow::bail!(
+            "the rendezvous is running on {}{} and holds the registry in memory: stop it \
+             (`systemctl stop pilot-rendezvous`), run this again, then start it (nodes \
+             re-register on their own within one keepalive interval)",
+            data_dir.display(),
+            pid.map_or_else(String::new, |pid| format!(" (pid {pid})"))
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let mut store = SqliteStore::open(&db)?;
+    match store.release_name(name)? {
+        Some(key) => Ok(key),
+        None => anyhow::bail!("no key holds the hostname `{name}` in {}", db.display()),
+    }
 }
 
 async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
@@ -104,6 +141,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let mut config = Config::new(identity, main_port, alt_port);
     config.keepalive = options.keepalive;
     config.expiry = options.expiry;
+    config.name_ttl = options.name_ttl;
     config.relay_bytes_per_sec = options.relay_bytes_per_sec;
     let seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
     let server = Server::new(

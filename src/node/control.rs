@@ -85,6 +85,7 @@ impl Node {
         self.drive_rendezvous(now);
         let registered = self.link.as_ref().is_some_and(|l| l.is_registered(now));
         self.drive_trust(now);
+        self.drive_release(now);
         for index in 0..self.peers.len() {
             if self.peers[index].path.is_fixed() || !self.peers[index].trusted {
                 continue;
@@ -251,6 +252,7 @@ impl Node {
                 true
             }
             Message::LookupReply { echo, found } => self.on_lookup_reply(echo, found),
+            Message::NameReleased { echo, held } => self.on_name_released(echo, held),
             _ => false,
         }
     }

@@ -37,6 +37,7 @@ use boringtun::x25519;
 use ed25519_dalek::SigningKey;
 
 pub use counters::{Counters, DropReason};
+pub use names::{ReleaseError, ReleaseOutcome};
 pub use peer::{PathKind, PeerConfig, PeerStatus, PeerTraffic};
 pub use rendezvous::{NetStatus, RendezvousConfig, RendezvousProblem};
 pub use trust::{
@@ -173,6 +174,11 @@ pub enum Event {
     LookupDone { id: u64, found: Option<Found> },
     /// Something in the saved trust state did not verify and was left out.
     TrustWarning(String),
+    /// How [`Node::release_name`] of `name` ended.
+    NameReleased {
+        name: Hostname,
+        outcome: ReleaseOutcome,
+    },
 }
 
 /// Why a ping could not be sent.
@@ -258,6 +264,8 @@ pub struct Node {
     next_submit: Option<Instant>,
     lookups: BTreeMap<u64, PendingLookup>,
     lookup_seq: u64,
+    /// Our `ReleaseName` waiting for its answer.
+    release: Option<names::PendingRelease>,
 }
 
 impl Node {
@@ -313,6 +321,7 @@ impl Node {
             next_submit: None,
             lookups: BTreeMap::new(),
             lookup_seq: 0,
+            release: None,
         };
         for peer in &config.peers {
             node.add_peer(peer)?;
@@ -618,6 +627,8 @@ mod cookie_tests;
 mod endpoint_tests;
 #[cfg(test)]
 mod log_tests;
+#[cfg(test)]
+mod release_tests;
 #[cfg(test)]
 mod replay_tests;
 #[cfg(test)]

@@ -144,9 +144,13 @@ impl Server {
             // and moves nothing: the node is challenged there, and its registration with the
             // cookie moves its endpoint. NAT probes (answered statelessly, the alternate port
             // sees another endpoint by design) and acks (no answer) go on as usual.
-            (Message::Connect { .. } | Message::Submit { .. } | Message::Lookup { .. }, _)
-                if !request.proven && self.registry.get(&request.sender).is_some() =>
-            {
+            (
+                Message::Connect { .. }
+                | Message::Submit { .. }
+                | Message::Lookup { .. }
+                | Message::ReleaseName { .. },
+                _,
+            ) if !request.proven && self.registry.get(&request.sender).is_some() => {
                 self.challenge(request, now, out)
             }
             (Message::NatProbe, _) => self.nat_probe(request, now, out),
@@ -159,6 +163,9 @@ impl Server {
                 None
             }
             (Message::Lookup { query }, Port::Main) => self.lookup(request, query, now, out),
+            (Message::ReleaseName { name }, Port::Main) => {
+                self.release_name(request, name, now, out)
+            }
             _ => self.refuse(Refusal::Unexpected, from),
         }
     }
@@ -236,6 +243,9 @@ impl Server {
         }
         self.registry.upsert(record, alt_seen, req.local_ip, now);
         self.directory.set_name(req.sender, hostname);
+        if let Some(until) = now.checked_add(self.config.name_ttl) {
+            self.directory.hold(req.sender, until);
+        }
         self.directory.set_registered(req.sender, true);
         self.counters.registrations += 1;
         let resynced = self.compare_ledgers(req.sender, trust_digest, now);

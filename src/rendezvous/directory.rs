@@ -2,17 +2,20 @@
 //! `Lookup` that asks about them.
 //!
 //! A key is known while it holds a hostname or has a registration in memory. Names outlive
-//! the registration's expiry (a node that is offline for a day keeps its name) and are
-//! released only when the store purges the registration. Addresses are a 48-bit hash, so two
+//! the registration's expiry (a node that is offline for a day keeps its name) and are held
+//! until the key has not registered for the name TTL (`Config::name_ttl`), then released: a
+//! reinstalled box (a new key) can have its name back. Holds expire from an ordered set of
+//! deadlines, so nothing scans every name. A node can also release its name at once
+//! (`ReleaseName`), and an operator free one. Addresses are a 48-bit hash, so two
 //! keys may share one; the key that was known first keeps answering for it, so a key ground
 //! to collide with a known node's address cannot take over its lookups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::control::Request;
 use super::relay::Rate;
-use super::{Refusal, Server, Transmit, LOOKUP_RATE};
+use super::{Refusal, Server, Transmit, LOOKUP_RATE, SUBMIT_RATE};
 use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
 use crate::wire::control::{Found, Message, Query, RefusalCode};
@@ -30,11 +33,15 @@ pub(super) struct Directory {
     keys: BTreeMap<NodeKey, Known>,
     /// Keys per address, in the order they became known (nearly always one).
     by_address: BTreeMap<NodeAddr, Vec<NodeKey>>,
+    /// (when the name expires, its holder), so the next expiry is the first element.
+    holds: BTreeSet<(Instant, NodeKey)>,
 }
 
 #[derive(Debug, Default)]
 struct Known {
     name: Option<Hostname>,
+    /// When `name` is released unless the key registers again.
+    held_until: Option<Instant>,
     registered: bool,
 }
 
@@ -65,13 +72,55 @@ impl Directory {
             debug_assert!(self.holder(name).is_none_or(|k| k == key), "{name} taken");
             self.names.insert(name.clone(), key);
         }
+        let mut hold = None;
         let released = self.update(key, |known| {
+            if known.name.is_some() && name.is_none() {
+                hold = known.held_until.take();
+            }
             let old = std::mem::replace(&mut known.name, name);
             old.filter(|old| Some(old) != known.name.as_ref())
         });
+        if let Some(until) = hold {
+            self.holds.remove(&(until, key));
+        }
         if let Some(released) = released {
             self.names.remove(&released);
         }
+    }
+
+    /// Holds `key`'s hostname, if it has one, until `until` (replacing an earlier deadline).
+    pub fn hold(&mut self, key: NodeKey, until: Instant) {
+        let Some(known) = self.keys.get_mut(&key).filter(|k| k.name.is_some()) else {
+            return;
+        };
+        if let Some(old) = known.held_until.replace(until) {
+            self.holds.remove(&(old, key));
+        }
+        self.holds.insert((until, key));
+    }
+
+    /// Releases every hostname whose hold ended by `now`; returns them with their holders.
+    pub fn expire_names(&mut self, now: Instant) -> Vec<(NodeKey, Hostname)> {
+        let mut gone = Vec::new();
+        while let Some(&(until, key)) = self.holds.first() {
+            if until > now {
+                break;
+            }
+            self.holds.pop_first();
+            if let Some(known) = self.keys.get_mut(&key) {
+                known.held_until = None;
+            }
+            if let Some(name) = self.name_of(&key).cloned() {
+                self.set_name(key, None);
+                gone.push((key, name));
+            }
+        }
+        gone
+    }
+
+    /// When the next hostname hold ends.
+    pub fn next_name_expiry(&self) -> Option<Instant> {
+        self.holds.first().map(|(t, _)| *t)
     }
 
     /// Whether `key` has a registration in memory.
@@ -144,6 +193,39 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Answers `ReleaseName`: frees the sender's hostname at once, durably, if it holds that
+    /// name; anyone else's name is left alone (the answer says the sender did not hold it).
+    pub(super) fn release_name<'a>(
+        &mut self,
+        req: Request,
+        name: Hostname,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        if let Err(code) = self.admit_request(req, |b| &mut b.submits, SUBMIT_RATE, now) {
+            return self.refusal_reply(req, code, now, out);
+        }
+        let held = self.directory.name_of(&req.sender) == Some(&name);
+        if held {
+            // Acknowledged only once stored: a crash right after must not bring it back.
+            if let Err(e) = self.store.release_name(&name) {
+                self.store_error(&e);
+                self.counters.refuse(Refusal::StoreFailed);
+                return None;
+            }
+            self.store_ok();
+            self.directory.set_name(req.sender, None);
+            tracing::info!(node = %req.sender, "hostname {name} released by its holder");
+        }
+        let reply = Message::NameReleased {
+            echo: req.nonce,
+            held,
+        };
+        self.reply(req, &reply, now, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +255,30 @@ mod tests {
         assert_eq!(d.holder(&name("alicia")), None);
         assert!(!d.knows(&a));
         assert!(d.by_address.is_empty() && d.names.is_empty());
+    }
+
+    #[test]
+    fn names_are_released_when_their_hold_ends() {
+        let (a, b, c) = (NodeKey([1; 32]), NodeKey([2; 32]), NodeKey([3; 32]));
+        let t0 = Instant::now();
+        let at = |s| t0 + std::time::Duration::from_secs(s);
+        let mut d = Directory::default();
+        d.set_name(a, Some(name("alice")));
+        d.set_name(b, Some(name("bob")));
+        d.hold(a, at(10));
+        d.hold(b, at(20));
+        d.hold(c, at(5)); // no name: nothing to hold
+        assert_eq!(d.next_name_expiry(), Some(at(10)));
+        // A new registration moves the deadline.
+        d.hold(a, at(30));
+        assert_eq!(d.next_name_expiry(), Some(at(20)));
+        assert!(d.expire_names(at(19)).is_empty());
+        assert_eq!(d.expire_names(at(20)), vec![(b, name("bob"))]);
+        assert_eq!(d.holder(&name("bob")), None);
+        assert!(!d.knows(&b));
+        // Releasing by hand drops the deadline too.
+        d.set_name(a, None);
+        assert_eq!(d.next_name_expiry(), None);
+        assert!(d.expire_names(at(100)).is_empty());
     }
 }

@@ -56,10 +56,11 @@ use relay::{Rate, TokenBucket};
 pub use sqlite::{SqliteStore, DB_FILE};
 pub use statements::MAX_OUTBOX;
 pub use store::{
-    MemoryStore, NewDelivery, OutboxItem, Purged, Registration, Snapshot, Store, StoreError,
-    Submission,
+    MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store,
+    StoreError, Submission,
 };
 
+use crate::addr::Hostname;
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
 use crate::wire::control::RELAY_TO;
@@ -74,7 +75,8 @@ use registry::Registry;
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 /// How often registrations silent for longer than [`RETENTION`] are deleted from the store.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
-/// How long an expired registration stays in the store (it is no longer acted on).
+/// How long an expired registration without a hostname stays in the store (it is no longer
+/// acted on); a holder's stays while it holds its name.
 const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// `Connect` requests per second per node, and the burst allowed.
 const CONNECT_RATE: Rate = Rate {
@@ -144,11 +146,14 @@ pub struct Config {
     /// New keys registered per second from one source address, and the burst allowed (a NAT
     /// with many nodes behind it boots them at once). Refreshes are not counted.
     pub new_keys_per_source: Rate,
+    /// A hostname whose key has not registered for this long is released: it no longer
+    /// resolves and another key may claim it.
+    pub name_ttl: Duration,
 }
 
 impl Config {
     /// Defaults: keepalive 25 s, expiry 3 × keepalive + 5 s, relay 100 Mbit/s per node, at
-    /// most a million nodes.
+    /// most a million nodes, names held for 30 days of silence.
     pub fn new(identity: Identity, main_port: u16, alt_port: u16) -> Config {
         Config {
             identity,
@@ -163,9 +168,13 @@ impl Config {
                 per_sec: 2,
                 burst: 64,
             },
+            name_ttl: DEFAULT_NAME_TTL,
         }
     }
 }
+
+/// How long a silent key keeps its hostname by default.
+pub const DEFAULT_NAME_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The sans-IO rendezvous server.
 pub struct Server {
@@ -309,6 +318,14 @@ impl Server {
             self.directory.set_registered(key, false);
             tracing::debug!(node = %key, "registration expired");
         }
+        for (key, name) in self.directory.expire_names(now) {
+            tracing::info!(node = %key, "hostname {name} released: its key has not registered for the name TTL");
+            // Memory decides; the store follows now, or at the next purge (which releases the
+            // same names by the same rule), and a restart does not load them either.
+            if let Err(e) = self.store.release_name(&name) {
+                self.store_error(&e);
+            }
+        }
         if self.next_flush.is_some_and(|t| t <= now) {
             let _ = self.flush(now);
         }
@@ -324,6 +341,9 @@ impl Server {
         let mut next = (self.next_purge, "purge");
         if let Some(t) = self.registry.next_expiry().filter(|t| *t < next.0) {
             next = (t, "expiry");
+        }
+        if let Some(t) = self.directory.next_name_expiry().filter(|t| *t < next.0) {
+            next = (t, "name expiry");
         }
         if let Some(t) = self.next_flush.filter(|t| *t < next.0) {
             next = (t, "flush");
@@ -397,16 +417,28 @@ impl Server {
         // Oldest first, so that of two nodes last seen at one endpoint the newer one keeps it.
         records.sort_by_key(|r| r.last_seen_ms);
         for record in records {
-            if let Some(name) = &record.hostname {
+            let age = Duration::from_millis(now_ms.saturating_sub(record.last_seen_ms));
+            // A name whose hold ended while the server was down is not taken back (the next
+            // purge removes it from the store).
+            let hold = self
+                .config
+                .name_ttl
+                .checked_sub(age)
+                .filter(|h| !h.is_zero());
+            if let (Some(name), Some(hold)) = (&record.hostname, hold) {
                 match self.directory.holder(name) {
                     Some(other) if other != record.key => tracing::warn!(
                         node = %record.key, holder = %other, "hostname {name} stored twice; \
                          the node must claim another"
                     ),
-                    _ => self.directory.set_name(record.key, Some(name.clone())),
+                    _ => {
+                        self.directory.set_name(record.key, Some(name.clone()));
+                        if let Some(until) = now.checked_add(hold) {
+                            self.directory.hold(record.key, until);
+                        }
+                    }
                 }
             }
-            let age = Duration::from_millis(now_ms.saturating_sub(record.last_seen_ms));
             if age.as_millis() as u64 >= expiry_ms {
                 continue;
             }
@@ -450,27 +482,49 @@ impl Server {
         }
     }
 
-    /// Deletes long-expired registrations (releasing their hostnames) and expired deliveries.
+    /// Deletes hostnames held too long without a registration, long-expired registrations
+    /// and expired deliveries.
     fn purge(&mut self, now: Instant) {
         let now_ms = self.clock.unix_ms(now);
-        let keep_from = now_ms.saturating_sub((self.config.expiry + RETENTION).as_millis() as u64);
-        let stored_from = now_ms.saturating_sub(REQUEST_LIFETIME_MS);
-        match self.store.purge(keep_from, stored_from) {
+        let before_ms = |d: Duration| now_ms.saturating_sub(d.as_millis() as u64);
+        let before = PurgeBefore {
+            names_ms: before_ms(self.config.name_ttl),
+            registrations_ms: before_ms(self.config.expiry + RETENTION),
+            deliveries_ms: now_ms.saturating_sub(REQUEST_LIFETIME_MS),
+        };
+        match self.store.purge(before) {
             Ok(purged) => {
                 self.store_ok();
                 for key in &purged.keys {
-                    self.directory.set_name(*key, None);
+                    // Only keys without a name are purged; one that registered meanwhile
+                    // keeps what it claimed in memory (written at its next flush).
+                    if self.registry.get(key).is_none() {
+                        self.directory.set_name(*key, None);
+                    }
                 }
-                self.outbox.purge(stored_from);
-                if !purged.keys.is_empty() || purged.deliveries > 0 {
+                self.outbox.purge(before.deliveries_ms);
+                if !purged.keys.is_empty() || purged.deliveries > 0 || !purged.names.is_empty() {
                     tracing::info!(
+                        names = purged.names.len(),
                         registrations = purged.keys.len(),
                         deliveries = purged.deliveries,
-                        "purged long-expired registrations and deliveries"
+                        "purged expired hostnames, long-expired registrations and deliveries"
                     );
                 }
             }
             Err(e) => self.store_error(&e),
         }
+    }
+
+    /// Frees `name` now, whoever holds it (an operator's decision): it no longer resolves and
+    /// any key may claim it. Returns the key that held it. A holder that is still running
+    /// claims it again at its next registration unless it stopped claiming it.
+    pub fn free_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {
+        let held = self.directory.holder(name);
+        let stored = self.store.release_name(name)?;
+        if let Some(key) = held {
+            self.directory.set_name(key, None);
+        }
+        Ok(held.or(stored))
     }
 }

@@ -25,7 +25,8 @@ pub struct Registration {
     /// The node's own (LAN) endpoints, as it reported them.
     pub lan: Vec<SocketAddr>,
     /// The hostname the node holds. Unique among stored registrations; it stays with the key
-    /// after the node expires and is released when the registration is purged.
+    /// after the node expires, until the key has not registered for the name TTL (or the
+    /// node releases it, or an operator frees it).
     pub hostname: Option<Hostname>,
     pub nat: NatKind,
     pub first_seen_ms: u64,
@@ -74,10 +75,24 @@ pub struct NewDelivery<'a> {
     pub stored_ms: u64,
 }
 
+/// What a purge removes: everything older than these times (UNIX milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeBefore {
+    /// Hostnames whose holder was last seen before this.
+    pub names_ms: u64,
+    /// Registrations last seen before this that hold no hostname (a holder's registration is
+    /// kept while it holds one: its `last_seen_ms` is when the name expires).
+    pub registrations_ms: u64,
+    /// Outbox items stored before this.
+    pub deliveries_ms: u64,
+}
+
 /// What a purge removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Purged {
-    /// Keys whose registration (and hostname) is gone.
+    /// Hostnames released because their holder was silent too long.
+    pub names: Vec<Hostname>,
+    /// Keys whose registration is gone.
     pub keys: Vec<NodeKey>,
     /// Outbox items removed for their age.
     pub deliveries: usize,
@@ -121,13 +136,12 @@ pub trait Store: Send {
     fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError>;
     /// Deletes the outbox item `id`: its target has it.
     fn delivered(&mut self, id: u64) -> Result<(), StoreError>;
-    /// Deletes registrations last seen before `last_seen_before_ms` (releasing their
-    /// hostnames) and outbox items stored before `stored_before_ms`.
-    fn purge(
-        &mut self,
-        last_seen_before_ms: u64,
-        stored_before_ms: u64,
-    ) -> Result<Purged, StoreError>;
+    /// Deletes what is older than `before` says, all or none: first the hostnames of holders
+    /// silent too long, then registrations that hold no hostname, then outbox items.
+    fn purge(&mut self, before: PurgeBefore) -> Result<Purged, StoreError>;
+    /// Frees the hostname `name` (the registration that held it stays); returns the key that
+    /// held it, `None` when nobody did.
+    fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError>;
 }
 
 /// A store in memory, for simulations and tests. Clones share their contents, so a test can
@@ -258,29 +272,47 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn purge(
-        &mut self,
-        last_seen_before_ms: u64,
-        stored_before_ms: u64,
-    ) -> Result<Purged, StoreError> {
+    fn purge(&mut self, before: PurgeBefore) -> Result<Purged, StoreError> {
         self.check_writable()?;
         let mut contents = self.lock();
         let mut purged = Purged::default();
-        contents.records.retain(|key, r| {
-            let keep = r.last_seen_ms >= last_seen_before_ms;
+        let Contents { records, names, .. } = &mut *contents;
+        names.retain(|name, key| {
+            let silent = records
+                .get(key)
+                .is_none_or(|r| r.last_seen_ms < before.names_ms);
+            if silent {
+                purged.names.push(name.clone());
+                if let Some(r) = records.get_mut(key) {
+                    r.hostname = None;
+                }
+            }
+            !silent
+        });
+        records.retain(|key, r| {
+            let keep = r.hostname.is_some() || r.last_seen_ms >= before.registrations_ms;
             if !keep {
                 purged.keys.push(*key);
             }
             keep
         });
-        for key in &purged.keys {
-            contents.names.retain(|_, k| k != key);
-        }
-        let before = contents.outbox.len();
+        let before_len = contents.outbox.len();
         contents
             .outbox
-            .retain(|_, item| item.stored_ms >= stored_before_ms);
-        purged.deliveries = before - contents.outbox.len();
+            .retain(|_, item| item.stored_ms >= before.deliveries_ms);
+        purged.deliveries = before_len - contents.outbox.len();
         Ok(purged)
+    }
+
+    fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {
+        self.check_writable()?;
+        let mut contents = self.lock();
+        let Some(key) = contents.names.remove(name) else {
+            return Ok(None);
+        };
+        if let Some(r) = contents.records.get_mut(&key) {
+            r.hostname = None;
+        }
+        Ok(Some(key))
     }
 }

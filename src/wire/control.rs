@@ -21,13 +21,15 @@
 //! | 0x5f | `Refused` | rendezvous → node | rendezvous |
 //! | 0x60 | `LookupReply` | rendezvous → node | rendezvous |
 //! | 0x61 | `Challenge` (an address cookie) | rendezvous → node | rendezvous |
+//! | 0x62 | `ReleaseName` | node → rendezvous | node |
+//! | 0x63 | `NameReleased` | rendezvous → node | rendezvous |
 //!
 //! **Return routability.** The rendezvous believes a node's endpoint only once the node showed
 //! it receives there: a `Register` from an endpoint not yet proven is answered with a
 //! `Challenge` carrying a stateless cookie for that address, and the node registers again with
 //! the cookie. Until an endpoint is proven, no reply to it is larger than the request it
 //! answers, so the rendezvous cannot be used as a reflector; the requests that may come from
-//! unproven endpoints (`Register`, `NatProbe`, `Lookup`) are padded with zeros to
+//! unproven endpoints (`Register`, `NatProbe`, `Lookup`, `ReleaseName`) are padded with zeros to
 //! [`REQUEST_MIN_LEN`] so their honest answers fit.
 //!
 //! Relay frames are not signed: they carry WireGuard datagrams, which are authenticated end to
@@ -59,11 +61,13 @@ pub const LOOKUP: u8 = 0x5e;
 pub const REFUSED: u8 = 0x5f;
 pub const LOOKUP_REPLY: u8 = 0x60;
 pub const CHALLENGE: u8 = 0x61;
+pub const RELEASE_NAME: u8 = 0x62;
+pub const NAME_RELEASED: u8 = 0x63;
 
 /// The least size (whole datagram, envelope included) of a request that may come from an
 /// endpoint the rendezvous has not seen proven: at least its largest answer to such an
-/// endpoint (a `Challenge`, `Registered`, `Refused`, `NatProbeReply`, or a `LookupReply`
-/// naming a node), so none is larger than the request.
+/// endpoint (a `Challenge`, `Registered`, `Refused`, `NatProbeReply`, `NameReleased`, or a
+/// `LookupReply` naming a node), so none is larger than the request.
 pub const REQUEST_MIN_LEN: usize = 256;
 /// Bytes of an address cookie.
 pub const COOKIE_LEN: usize = 16;
@@ -218,6 +222,11 @@ pub enum Message {
     /// Answers a request (nonce `echo`) from an endpoint not yet proven: register again from
     /// it with this cookie.
     Challenge { echo: u64, cookie: [u8; COOKIE_LEN] },
+    /// Frees the hostname `name` the sender holds, at once (the sender no longer claims it).
+    ReleaseName { name: Hostname },
+    /// Answers `ReleaseName` (nonce `echo`). `held`: the sender held the name, which is free
+    /// now; false: it did not (it may be another key's), and nothing changed.
+    NameReleased { echo: u64, held: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -256,6 +265,8 @@ impl Message {
             Message::Lookup { .. } => LOOKUP,
             Message::LookupReply { .. } => LOOKUP_REPLY,
             Message::Challenge { .. } => CHALLENGE,
+            Message::ReleaseName { .. } => RELEASE_NAME,
+            Message::NameReleased { .. } => NAME_RELEASED,
         }
     }
 
@@ -367,6 +378,11 @@ impl Message {
                 out.extend_from_slice(&echo.to_be_bytes());
                 out.extend_from_slice(cookie);
             }
+            Message::ReleaseName { name } => put_name(out, Some(name)),
+            Message::NameReleased { echo, held } => {
+                out.extend_from_slice(&echo.to_be_bytes());
+                out.push(u8::from(*held));
+            }
         }
         if self.may_come_unproven() {
             let min_body = REQUEST_MIN_LEN - super::envelope::OVERHEAD;
@@ -462,6 +478,17 @@ impl Message {
                 echo: r.u64()?,
                 cookie: r.array()?,
             },
+            RELEASE_NAME => Message::ReleaseName {
+                name: r.name()?.ok_or(DecodeError::BadValue)?,
+            },
+            NAME_RELEASED => Message::NameReleased {
+                echo: r.u64()?,
+                held: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::BadValue),
+                },
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         // Requests may carry zero padding (see [`REQUEST_MIN_LEN`]); nothing else may trail.
@@ -484,6 +511,7 @@ impl Message {
                 | Message::Deliver { .. }
                 | Message::LookupReply { .. }
                 | Message::Challenge { .. }
+                | Message::NameReleased { .. }
         )
     }
 
@@ -492,7 +520,10 @@ impl Message {
     pub fn may_come_unproven(&self) -> bool {
         matches!(
             self,
-            Message::Register { .. } | Message::NatProbe | Message::Lookup { .. }
+            Message::Register { .. }
+                | Message::NatProbe
+                | Message::Lookup { .. }
+                | Message::ReleaseName { .. }
         )
     }
 }
@@ -770,6 +801,17 @@ mod tests {
                 echo: 5,
                 found: None,
             },
+            Message::ReleaseName {
+                name: "edge-7".parse().unwrap(),
+            },
+            Message::NameReleased {
+                echo: 9,
+                held: true,
+            },
+            Message::NameReleased {
+                echo: 9,
+                held: false,
+            },
         ]
     }
 
@@ -838,8 +880,17 @@ mod tests {
             Err(DecodeError::Truncated)
         );
         assert_eq!(
-            Message::decode(0x62, &[]),
-            Err(DecodeError::UnknownKind(0x62))
+            Message::decode(0x64, &[]),
+            Err(DecodeError::UnknownKind(0x64))
+        );
+        // A release names a hostname; an empty one, or a bad answer flag, is refused.
+        assert_eq!(
+            Message::decode(RELEASE_NAME, &[0; 10]),
+            Err(DecodeError::BadValue)
+        );
+        assert_eq!(
+            Message::decode(NAME_RELEASED, &[0, 0, 0, 0, 0, 0, 0, 1, 2]),
+            Err(DecodeError::BadValue)
         );
         // Port 0 and unspecified addresses are not endpoints.
         assert_eq!(
@@ -856,7 +907,7 @@ mod tests {
             Err(DecodeError::BadValue)
         );
         let mut x = 0x9e37_79b9_u32;
-        for kind in REGISTER..=CHALLENGE {
+        for kind in REGISTER..=NAME_RELEASED {
             for len in 0..120 {
                 let junk: Vec<u8> = (0..len)
                     .map(|_| {

@@ -317,7 +317,7 @@ impl Lab {
         self.rendezvous_with(ns, listen, &[])
     }
 
-    /// [`Lab::rendezvous`] with extra flags.
+    /// [`Lab::rendezvous`] with extra `pilotd rendezvous` flags.
     pub fn rendezvous_with(&mut self, ns: &str, listen: &str, extra: &[&str]) -> (String, usize) {
         let dir = self.dir.join("rdv");
         let out = run(

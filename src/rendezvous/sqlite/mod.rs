@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
-use super::store::{OutboxItem, Purged, Registration, Snapshot, Store, StoreError, Submission};
+use super::store::{
+    OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
+};
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::wire::control::{NatKind, MAX_LAN_ENDPOINTS};
@@ -341,38 +343,63 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn purge(
-        &mut self,
-        last_seen_before_ms: u64,
-        stored_before_ms: u64,
-    ) -> Result<Purged, StoreError> {
+    fn purge(&mut self, before: PurgeBefore) -> Result<Purged, StoreError> {
         let tx = self.conn.transaction().map_err(write)?;
         let mut purged = Purged::default();
         {
+            // Names of holders silent too long, and leftovers whose registration is gone.
             let mut stmt = tx
-                .prepare("DELETE FROM registrations WHERE last_seen_ms < ?1 RETURNING key")
+                .prepare(
+                    "DELETE FROM names WHERE key NOT IN \
+                     (SELECT key FROM registrations WHERE last_seen_ms >= ?1) RETURNING name",
+                )
+                .map_err(write)?;
+            let names = stmt
+                .query_map([to_sql(before.names_ms)], |r| r.get::<_, String>(0))
+                .map_err(write)?;
+            for name in names {
+                purged
+                    .names
+                    .extend(name.map_err(write)?.parse::<Hostname>().ok());
+            }
+            // A holder's registration stays: its last_seen_ms is when its name expires.
+            let mut stmt = tx
+                .prepare(
+                    "DELETE FROM registrations WHERE last_seen_ms < ?1 \
+                     AND key NOT IN (SELECT key FROM names) RETURNING key",
+                )
                 .map_err(write)?;
             let keys = stmt
-                .query_map([to_sql(last_seen_before_ms)], |r| r.get::<_, Vec<u8>>(0))
+                .query_map([to_sql(before.registrations_ms)], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
                 .map_err(write)?;
             for key in keys {
                 purged.keys.extend(key_of(&key.map_err(write)?));
             }
         }
-        // Every name whose registration is gone, including leftovers.
-        tx.execute(
-            "DELETE FROM names WHERE key NOT IN (SELECT key FROM registrations)",
-            [],
-        )
-        .map_err(write)?;
         purged.deliveries = tx
             .execute(
                 "DELETE FROM outbox WHERE stored_ms < ?1",
-                [to_sql(stored_before_ms)],
+                [to_sql(before.deliveries_ms)],
             )
             .map_err(write)?;
         tx.commit().map_err(write)?;
         Ok(purged)
+    }
+
+    fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {
+        let key: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("DELETE FROM names WHERE name = ?1 RETURNING key")
+            .and_then(|mut s| s.query_row([name.as_str()], |r| r.get(0)))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(write)?;
+        Ok(key.as_deref().and_then(key_of))
     }
 }
 

@@ -28,6 +28,16 @@ fn record(n: u8) -> Registration {
     }
 }
 
+/// Purges names and registrations silent since before `silent_ms`, deliveries stored
+/// before `stored_ms`.
+fn before(silent_ms: u64, stored_ms: u64) -> PurgeBefore {
+    PurgeBefore {
+        names_ms: silent_ms,
+        registrations_ms: silent_ms,
+        deliveries_ms: stored_ms,
+    }
+}
+
 fn signer(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n; 32])
 }
@@ -80,7 +90,7 @@ fn saved_records_survive_reopening_with_mode_0600() {
         fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let purged = store.purge(1_700_000_025_002, 0).unwrap();
+    let purged = store.purge(before(1_700_000_025_002, 0)).unwrap();
     assert_eq!(purged.keys, vec![NodeKey([1; 32])]);
     assert_eq!(store.load().unwrap().registrations, vec![record(2)]);
     drop(store);
@@ -103,14 +113,56 @@ fn names_follow_their_registration_and_go_when_it_is_purged() {
     loaded.sort_by_key(|r| r.key);
     assert_eq!(loaded, vec![one, record(2), three.clone()]);
     // Purging node 2 and 1 frees their names; 3 keeps its own.
-    let purged = store.purge(1_700_000_025_003, 0).unwrap();
+    let purged = store.purge(before(1_700_000_025_003, 0)).unwrap();
     assert_eq!(purged.keys.len(), 2);
+    assert_eq!(purged.names.len(), 2);
     let names: i64 = store
         .conn
         .query_row("SELECT count(*) FROM names", [], |r| r.get(0))
         .unwrap();
     assert_eq!(names, 1);
     assert_eq!(store.load().unwrap().registrations, vec![three]);
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_holder_keeps_its_registration_until_its_name_expires_and_released_names_stay_free() {
+    let dir = temp("nameholds");
+    let path = dir.join(DB_FILE);
+    {
+        let mut store = SqliteStore::open(&path).unwrap();
+        let mut nameless = record(2);
+        nameless.hostname = None;
+        store.save(&[record(1), nameless, record(3)]).unwrap();
+        // Registrations are old enough to purge, names are not: only the nameless one goes.
+        let purged = store
+            .purge(PurgeBefore {
+                names_ms: 1_700_000_000_000,
+                registrations_ms: 1_700_000_026_000,
+                deliveries_ms: 0,
+            })
+            .unwrap();
+        assert_eq!(purged.keys, vec![NodeKey([2; 32])]);
+        assert!(purged.names.is_empty());
+        // Released by name: the registration stays, without it; a second release finds none.
+        let three: Hostname = "node-3".parse().unwrap();
+        assert_eq!(store.release_name(&three).unwrap(), Some(NodeKey([3; 32])));
+        assert_eq!(store.release_name(&three).unwrap(), None);
+    }
+    // Across a reopen: node 1 still holds its name, with the time its holder was last seen
+    // (what the server's name expiry is computed from); node 3's stays free.
+    let mut store = SqliteStore::open(&path).unwrap();
+    let mut loaded = store.load().unwrap().registrations;
+    loaded.sort_by_key(|r| r.key);
+    let mut three = record(3);
+    three.hostname = None;
+    assert_eq!(loaded, vec![record(1), three]);
+    // Once the holder is silent past the name's lifetime, name and registration both go.
+    let purged = store.purge(before(1_700_000_026_000, 0)).unwrap();
+    assert_eq!(purged.names, vec!["node-1".parse::<Hostname>().unwrap()]);
+    assert_eq!(purged.keys.len(), 2);
+    assert!(store.load().unwrap().registrations.is_empty());
     drop(store);
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -158,7 +210,7 @@ fn ledger_and_outbox_survive_reopening_and_ids_are_never_reused() {
             stored_ms: NOW + 2
         }]
     );
-    assert_eq!(store.purge(0, NOW + 3).unwrap().deliveries, 1);
+    assert_eq!(store.purge(before(0, NOW + 3)).unwrap().deliveries, 1);
     assert!(store.load().unwrap().outbox.is_empty());
     drop(store);
     fs::remove_dir_all(&dir).unwrap();

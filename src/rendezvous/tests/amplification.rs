@@ -149,6 +149,25 @@ fn no_message_type_reflects_more_than_it_costs_to_an_unproven_address() {
         victim,
         ("Ack (registered key, new address)", Port::Main, d),
     );
+    let release = Message::ReleaseName {
+        name: "victim".parse().unwrap(),
+    };
+    let d = stranger.sealed(&sim, &release);
+    case(
+        &mut sim,
+        &mut rows,
+        [&mut a, &mut b],
+        victim,
+        ("ReleaseName (stranger)", Port::Main, d),
+    );
+    let d = a.sealed(&sim, &release);
+    case(
+        &mut sim,
+        &mut rows,
+        [&mut a, &mut b],
+        victim,
+        ("ReleaseName (registered key, new address)", Port::Main, d),
+    );
     let register = Message::Register {
         lan: vec![],
         hostname: None,

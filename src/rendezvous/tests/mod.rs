@@ -26,6 +26,8 @@ struct Sim {
     t0: Instant,
     now: Instant,
     out: Vec<u8>,
+    /// The configured name TTL, kept across restarts.
+    name_ttl: Duration,
 }
 
 struct Client {
@@ -176,6 +178,7 @@ impl Sim {
         let t0 = Instant::now();
         let mut config = Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT);
         tweak(&mut config);
+        let name_ttl = config.name_ttl;
         let clock = WallClock::new(t0, EPOCH_MS);
         let server = Server::new(config, store, 7, clock, t0).unwrap();
         let store = MemoryStore::new();
@@ -185,6 +188,7 @@ impl Sim {
             t0,
             now: t0,
             out: vec![0; 65535],
+            name_ttl,
         }
     }
 
@@ -253,7 +257,10 @@ impl Sim {
     /// A new server on the store `open` returns, with the same wall clock, as after a crash.
     fn restart(&mut self, open: impl FnOnce() -> Box<dyn Store>) {
         // The old server goes first: a SQLite store stays locked while it is open.
-        let config = || Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT);
+        let config = || Config {
+            name_ttl: self.name_ttl,
+            ..Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT)
+        };
         let clock = WallClock::new(self.t0, EPOCH_MS);
         let placeholder = Box::new(MemoryStore::new());
         self.server = Server::new(config(), placeholder, 8, clock, self.now).unwrap();

@@ -1,4 +1,5 @@
-//! Hostnames (first come, first served; kept across expiry and restarts) and lookups.
+//! Hostnames (first come, first served; kept across expiry and restarts for the name TTL;
+//! released by their holder or freed by an operator) and lookups.
 
 use std::time::Duration;
 
@@ -83,7 +84,7 @@ fn a_new_name_is_acknowledged_only_once_stored() {
 }
 
 #[test]
-fn names_outlive_expiry_and_restarts_until_the_registration_is_purged() {
+fn names_outlive_expiry_and_restarts_until_the_name_ttl() {
     let mut sim = Sim::new();
     let mut a = Client::new(1, "198.51.100.1:40001");
     let mut c = Client::new(3, "192.0.2.3:3");
@@ -107,12 +108,180 @@ fn names_outlive_expiry_and_restarts_until_the_registration_is_purged() {
     let found = look_up(&mut sim, &mut c, Query::Name(name("alice")));
     assert_eq!(found, Some((a.key(), Some("alice".into()))));
 
-    // Purged with the registration, 7 days after it expired.
-    sim.advance(Duration::from_secs(7 * 24 * 3600 + 3600));
-    assert!(sim.store.get(&a.key()).is_none());
+    // Registrations without a name are purged a week after expiry; a holder's stays.
+    sim.advance(Duration::from_secs(8 * DAY));
+    assert!(sim.store.get(&a.key()).is_some());
+    let found = look_up(&mut sim, &mut c, Query::Name(name("alice")));
+    assert_eq!(found, Some((a.key(), Some("alice".into()))));
+
+    // 30 days after a's last registration the name is free: a reinstalled box (new key)
+    // can have it back.
+    sim.advance(Duration::from_secs(22 * DAY));
     assert_eq!(look_up(&mut sim, &mut c, Query::Name(name("alice"))), None);
-    assert_eq!(look_up(&mut sim, &mut c, Query::Key(a.key())), None);
+    assert_eq!(sim.store.holder(&name("alice")), None);
     registered(c.register_as(&mut sim, &[], Some("alice")));
+    assert_eq!(sim.store.holder(&name("alice")), Some(c.key()));
+    // The old registration went with its name, at the next purge.
+    sim.advance(Duration::from_secs(3600));
+    assert!(sim.store.get(&a.key()).is_none());
+}
+
+const DAY: u64 = 24 * 3600;
+
+#[test]
+fn a_name_expires_a_ttl_after_its_holder_last_registered() {
+    let ttl = Duration::from_secs(3600);
+    let mut sim = Sim::with(MemoryStore::new(), |c| c.name_ttl = ttl);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut c = Client::new(3, "192.0.2.3:3");
+    registered(a.register_as(&mut sim, &[], Some("alice")));
+    // A registration renews the hold.
+    sim.advance(Duration::from_secs(50 * 60));
+    registered(a.register_as(&mut sim, &[], Some("alice")));
+    sim.advance(Duration::from_secs(50 * 60));
+    assert_eq!(
+        refused(c.register_as(&mut sim, &[], Some("alice"))),
+        RefusalCode::NameTaken
+    );
+    // Expired by the timer, not by a scan: due at the name TTL after the last registration.
+    let (due, why) = sim.server.poll_timeout().unwrap();
+    assert_eq!(
+        (due, why),
+        (sim.t0 + Duration::from_secs(50 * 60) + ttl, "name expiry")
+    );
+    sim.advance(Duration::from_secs(11 * 60));
+    assert_eq!(look_up(&mut sim, &mut c, Query::Name(name("alice"))), None);
+    assert_eq!(sim.store.holder(&name("alice")), None, "released durably");
+    registered(c.register_as(&mut sim, &[], Some("alice")));
+    // The old holder, back, is told the name is taken.
+    assert_eq!(
+        refused(a.register_as(&mut sim, &[], Some("alice"))),
+        RefusalCode::NameTaken
+    );
+}
+
+#[test]
+fn a_restart_does_not_reset_a_names_ttl_in_sqlite() {
+    let dir = std::env::temp_dir().join(format!("pilot-rdv-names-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(DB_FILE);
+    let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&path).unwrap()) };
+    let ttl = Duration::from_secs(3600);
+    let mut sim = Sim::on(open(), |c| c.name_ttl = ttl);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut c = Client::new(3, "192.0.2.3:3");
+    registered(a.register_as(&mut sim, &[], Some("alice")));
+    sim.advance(Duration::from_secs(40 * 60));
+    sim.restart(open);
+    let found = look_up(&mut sim, &mut c, Query::Name(name("alice")));
+    assert_eq!(found, Some((a.key(), Some("alice".into()))), "still held");
+    // 40 + 21 minutes after a last registered: over the TTL although the server is younger.
+    sim.advance(Duration::from_secs(21 * 60));
+    assert_eq!(look_up(&mut sim, &mut c, Query::Name(name("alice"))), None);
+    registered(c.register_as(&mut sim, &[], Some("alice")));
+    // And a restart does not bring a's claim back.
+    sim.advance(Duration::from_secs(30 * 60));
+    sim.restart(open);
+    let found = look_up(&mut sim, &mut a, Query::Name(name("alice")));
+    assert_eq!(found, Some((c.key(), Some("alice".into()))));
+    drop(sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What a `ReleaseName` of `name` from `client` got back.
+fn release(sim: &mut Sim, client: &mut Client, name: &str) -> Option<Message> {
+    let msg = Message::ReleaseName {
+        name: name.parse().unwrap(),
+    };
+    let d = client.sealed(sim, &msg);
+    let sent = sim.send(Port::Main, client.at, &d)?;
+    assert!(sent.2.len() <= d.len(), "an answer larger than the request");
+    Some(sim.message(&sent))
+}
+
+fn released(reply: Option<Message>) -> bool {
+    match reply {
+        Some(Message::NameReleased { held, .. }) => held,
+        other => panic!("expected NameReleased, got {other:?}"),
+    }
+}
+
+#[test]
+fn only_the_holder_releases_its_name_which_another_key_may_then_claim() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    let mut stranger = Client::new(9, "192.0.2.9:9");
+    registered(a.register_as(&mut sim, &[], Some("alice")));
+    registered(b.register(&mut sim, &[]));
+
+    // Not b's name: nothing changes, and b is told.
+    assert!(!released(release(&mut sim, &mut b, "alice")));
+    assert_eq!(
+        refused(release(&mut sim, &mut stranger, "alice")),
+        RefusalCode::NotRegistered
+    );
+    assert_eq!(sim.store.holder(&name("alice")), Some(a.key()));
+    // Not acknowledged unless stored.
+    sim.store.fail_writes(true);
+    assert_eq!(release(&mut sim, &mut a, "alice"), None);
+    sim.store.fail_writes(false);
+    assert_eq!(sim.store.holder(&name("alice")), Some(a.key()));
+
+    assert!(released(release(&mut sim, &mut a, "alice")));
+    assert_eq!(sim.store.holder(&name("alice")), None);
+    assert_eq!(sim.store.get(&a.key()).unwrap().hostname, None);
+    assert_eq!(look_up(&mut sim, &mut b, Query::Name(name("alice"))), None);
+    // Releasing again finds nothing to release; a stays registered.
+    assert!(!released(release(&mut sim, &mut a, "alice")));
+    assert!(sim.server.registration(&a.key(), sim.now).is_some());
+    // Free for anyone, at once; and a's lazy flush does not bring it back.
+    registered(b.register_as(&mut sim, &[], Some("alice")));
+    sim.advance(Duration::from_secs(20));
+    assert_eq!(sim.store.holder(&name("alice")), Some(b.key()));
+    // Released names stay released across a restart.
+    let store = sim.store.clone();
+    sim.restart(|| Box::new(store));
+    let found = look_up(&mut sim, &mut a, Query::Name(name("alice")));
+    assert_eq!(found, Some((b.key(), Some("alice".into()))));
+    // Only on the main port.
+    let msg = Message::ReleaseName {
+        name: name("alice"),
+    };
+    assert_eq!(b.ask(&mut sim, Port::Alt, &msg), None);
+}
+
+#[test]
+fn an_unproven_release_is_challenged_not_acted_on() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    registered(a.register_as(&mut sim, &[], Some("alice")));
+    // Someone replays a's release from elsewhere (or a's NAT moved it).
+    a.at = "192.0.2.77:1".parse().unwrap();
+    let reply = release(&mut sim, &mut a, "alice");
+    assert!(
+        matches!(reply, Some(Message::Challenge { .. })),
+        "{reply:?}"
+    );
+    assert_eq!(sim.store.holder(&name("alice")), Some(a.key()));
+}
+
+#[test]
+fn an_operator_frees_a_name_in_memory_and_in_the_store() {
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut c = Client::new(3, "192.0.2.3:3");
+    registered(a.register_as(&mut sim, &[], Some("alice")));
+    assert_eq!(sim.server.free_name(&name("alice")).unwrap(), Some(a.key()));
+    assert_eq!(sim.server.free_name(&name("alice")).unwrap(), None);
+    assert_eq!(sim.store.holder(&name("alice")), None);
+    assert_eq!(look_up(&mut sim, &mut c, Query::Name(name("alice"))), None);
+    registered(c.register_as(&mut sim, &[], Some("alice")));
+    // a's lazily kept state, flushed later, does not take it back.
+    registered(a.register(&mut sim, &[]));
+    sim.advance(Duration::from_secs(20));
+    assert_eq!(sim.store.holder(&name("alice")), Some(c.key()));
 }
 
 #[test]
