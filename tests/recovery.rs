@@ -1,0 +1,144 @@
+//! Issue 12, items 1 and 2, on the real kernel: state lost on one side comes back from the
+//! other with nobody typing anything. Nodes behind nftables NATs (`scripts/natlab.sh`), a real
+//! rendezvous with its SQLite database. Needs root (see `lab::privileged`).
+
+mod lab;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use lab::{ctl, eventually, Lab, NodeHandle};
+
+const RDV: &str = "203.0.113.10:7000";
+/// Seconds between registrations, told to the nodes by the rendezvous (25 by default).
+const KEEPALIVE: u64 = 5;
+
+fn pings(from: &NodeHandle, to: &NodeHandle) -> bool {
+    ctl(from, &["ping", &to.address, "-c", "1", "-W", "1"])
+        .status
+        .success()
+}
+
+/// The path `from` uses to `to`, from `pilotctl peers --json`.
+fn path(from: &NodeHandle, to: &NodeHandle) -> String {
+    let out = ctl(from, &["peers", "--json"]);
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let peer = peers.as_array().and_then(|p| {
+        p.iter()
+            .find(|p| p["public_key"] == to.key.as_str())
+            .cloned()
+    });
+    peer.map(|p| p["path"].as_str().unwrap_or("-").to_owned())
+        .unwrap_or_default()
+}
+
+fn rendezvous(lab: &mut Lab, ns: &str) -> (String, usize) {
+    let keepalive = KEEPALIVE.to_string();
+    lab.rendezvous_with(ns, RDV, &["--keepalive", &keepalive])
+}
+
+#[test]
+fn a_rendezvous_that_lost_its_database_relays_the_pair_again_within_a_keepalive() {
+    // Relayed pairs stayed dead (relay drops `not_allowed`) until a node restarted: nodes
+    // handed their trust records over only when they started.
+    let test = "a_rendezvous_that_lost_its_database_relays_the_pair_again_within_a_keepalive";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    // Two symmetric NATs: no direct path, the pair lives on the relay.
+    let name = lab.natlab("sym", "sym");
+    let rdv_ns = format!("{name}-rdv");
+    let (rdv, index) = rendezvous(&mut lab, &rdv_ns);
+    let mut a = lab.node(&format!("{name}-a"), "a", "");
+    let mut b = lab.node(&format!("{name}-b"), "b", "");
+    let flags = ["--rendezvous".to_owned(), rdv];
+    lab.start_with(&mut a, &flags);
+    lab.start_with(&mut b, &flags);
+    lab.trust(&a, &b);
+    let relayed = eventually(Duration::from_secs(10), || pings(&a, &b).then_some(()));
+    assert!(relayed.is_some(), "no ping\n{}", a.log_text());
+    assert_eq!(path(&a, &b), "relay");
+
+    // The rendezvous dies and comes back on an empty database (the same key: identity.json
+    // survived, rendezvous.db did not).
+    lab.kill(index);
+    for file in ["rendezvous.db", "rendezvous.db-wal", "rendezvous.db-shm"] {
+        let _ = fs::remove_file(lab.dir.join("rdv").join(file));
+    }
+    let _ = rendezvous(&mut lab, &rdv_ns);
+    let lost = Instant::now();
+    let resumed = eventually(Duration::from_secs(3 * KEEPALIVE), || {
+        pings(&a, &b).then(|| lost.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the pair never came back\n--- a\n{}\n--- rendezvous\n{}",
+            a.log_text(),
+            fs::read_to_string(lab.dir.join("rdv.log")).unwrap_or_default()
+        )
+    });
+    // Within one keepalive (each node re-registers, is told the rendezvous holds nothing of
+    // its own, and hands its records back), plus the ping's own second.
+    assert!(
+        resumed <= Duration::from_secs(KEEPALIVE + 2),
+        "took {resumed:?}"
+    );
+    // No verb, no restart of a node: the nodes' logs say why they resubmitted.
+    assert!(a
+        .log_text()
+        .contains("handing it our trust statements again"));
+}
+
+#[test]
+fn a_node_that_lost_its_trust_file_is_trusted_again_with_no_verb() {
+    // trust.json lost (disk full while saving, an old image restored): the peer still sent,
+    // the node refused, `handshake` waited forever and the peer's answered "already trusted".
+    let test = "a_node_that_lost_its_trust_file_is_trusted_again_with_no_verb";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let name = lab.natlab("cone", "prc");
+    let rdv_ns = format!("{name}-rdv");
+    let (rdv, _) = rendezvous(&mut lab, &rdv_ns);
+    let mut a = lab.node(&format!("{name}-a"), "a", "");
+    let mut b = lab.node(&format!("{name}-b"), "b", "");
+    let flags = ["--rendezvous".to_owned(), rdv];
+    lab.start_with(&mut a, &flags);
+    lab.start_with(&mut b, &flags);
+    lab.trust(&a, &b);
+    let up = eventually(Duration::from_secs(10), || pings(&a, &b).then_some(()));
+    assert!(up.is_some(), "no ping\n{}", a.log_text());
+
+    // a stops, loses trust.json, starts again: it trusts nobody.
+    assert!(lab.stop(&mut a, Signal::SIGTERM));
+    fs::remove_file(a.state_dir.join("trust.json")).unwrap();
+    lab.start_with(&mut a, &flags);
+    let started = Instant::now();
+    // Nobody types anything: a's registration carries the digest of an empty ledger, the
+    // rendezvous sends the record signed by both back, and traffic flows both ways again.
+    let back = eventually(Duration::from_secs(15), || {
+        (a.trusts(&b) && pings(&a, &b) && pings(&b, &a)).then(|| started.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "trust never came back\n--- a\n{}\n--- rendezvous\n{}",
+            a.log_text(),
+            fs::read_to_string(lab.dir.join("rdv.log")).unwrap_or_default()
+        )
+    });
+    assert!(back <= Duration::from_secs(10), "took {back:?}");
+    // And it is on disk again.
+    let saved = eventually(Duration::from_secs(5), || {
+        let text = fs::read_to_string(a.state_dir.join("trust.json")).ok()?;
+        let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+        state["ledger"]
+            .as_array()
+            .filter(|l| l.len() == 1)
+            .map(drop)
+    });
+    assert!(saved.is_some(), "trust.json not written back");
+}
