@@ -109,6 +109,9 @@ pub struct Counters {
     pub candidates_evicted: u64,
     /// Times the clock the node signs with was corrected from the rendezvous' time.
     pub clock_corrections: u64,
+    /// Peers' tunnels started afresh because their handshake was dated before their last
+    /// one while they had been silent (their clock went back).
+    pub peer_clock_resets: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct Peer {
     pub kick_handshake: bool,
     /// When stale data last made this node start a handshake (see `recover_session`).
     pub last_recovery: Option<Instant>,
+    /// When the tunnel was last started afresh because the peer's clock went back.
+    pub last_clock_reset: Option<Instant>,
     /// Latest round trip measured by `pilotctl ping`.
     pub last_rtt: Option<Duration>,
     /// Whether the peer answers, from what arrives.
@@ -141,6 +143,7 @@ impl Peer {
             queued: false,
             kick_handshake: false,
             last_recovery: None,
+            last_clock_reset: None,
             last_rtt: None,
             liveness: Liveness::default(),
             trusted: false,
@@ -171,9 +174,19 @@ impl Peer {
     /// Closes the gate and forgets the session: a fresh tunnel (same index) holds no keys, so
     /// nothing sent under the old session is accepted any more, and the path starts over.
     pub fn close(&mut self, keepalive: Option<u16>) {
+        self.trusted = false;
+        self.restart_tunnel(keepalive);
+        self.path = PeerPath::discovered();
+        self.needs_flush = false;
+        self.kick_handshake = false;
+        self.last_rtt = None;
+    }
+
+    /// A fresh tunnel (same index): no session, and no memory of the peer's last handshake
+    /// timestamp. Traffic counts carry over; trust and path stay as they are.
+    pub fn restart_tunnel(&mut self, keepalive: Option<u16>) {
         let traffic = self.traffic();
         (self.closed_rx, self.closed_tx) = (traffic.rx_bytes, traffic.tx_bytes);
-        self.trusted = false;
         self.tunn = Tunn::new(
             self.own_secret.clone(),
             self.wg_public,
@@ -182,10 +195,6 @@ impl Peer {
             self.index,
             Some(self.rate_limiter.clone()),
         );
-        self.path = PeerPath::discovered();
-        self.needs_flush = false;
-        self.kick_handshake = false;
-        self.last_rtt = None;
     }
 
     /// Bytes through this peer's tunnels since the node started.

@@ -539,3 +539,66 @@ fn handshake_with_a_configured_peer_is_already_trusted_even_without_a_rendezvous
     let mut out = vec![0u8; 2048];
     assert!(a.poll_transmit(now, &mut out).is_none(), "nothing was sent");
 }
+
+#[test]
+fn a_peer_whose_clock_went_back_gets_a_session_again_once_it_was_silent() {
+    // boringtun refuses a handshake dated no later than the peer's last one (replay
+    // protection). A peer that rebooted without RTC stamps its handshakes with a clock that
+    // went back: it was refused until this node restarted.
+    let (ia, ib) = (identity(1), identity(2));
+    let mut b = node(2, &[(1, Some(A_EP))]);
+    let tunnel = || {
+        Tunn::new(
+            ia.x25519_secret(),
+            ib.public_key().x25519_public().unwrap(),
+            None,
+            None,
+            7,
+            None,
+        )
+    };
+    let (mut out, mut back) = (vec![0u8; 2048], vec![0u8; 2048]);
+    // The rebooted peer's first handshake, dated by the clock that went back: made first.
+    let mut rebooted = tunnel();
+    let TunnResult::WriteToNetwork(d) = rebooted.format_handshake_initiation(&mut out, false)
+    else {
+        panic!()
+    };
+    let older = d.to_vec();
+    std::thread::sleep(Duration::from_millis(2));
+    // Before the reboot: a session, as usual.
+    let mut before = tunnel();
+    let TunnResult::WriteToNetwork(init) = before.format_handshake_initiation(&mut out, false)
+    else {
+        panic!()
+    };
+    let now = Instant::now();
+    assert!(matches!(
+        b.handle_datagram(ep(A_EP), init, now, &mut back),
+        NetOutput::Send(_)
+    ));
+    // While the peer is heard from, an older handshake is a replay: refused, nothing reset.
+    let soon = now + Duration::from_secs(1);
+    assert_eq!(
+        b.handle_datagram(ep(A_EP), &older, soon, &mut back),
+        NetOutput::Nothing
+    );
+    assert_eq!(b.counters().peer_clock_resets, 0);
+    // After a silence (the reboot), it starts the peer afresh and answers.
+    let later = now + Duration::from_secs(20);
+    let NetOutput::Send(resp) = b.handle_datagram(ep(A_EP), &older, later, &mut back) else {
+        panic!("the rebooted peer's handshake is refused")
+    };
+    assert!(matches!(
+        rebooted.decapsulate(None, resp.payload, &mut out),
+        TunnResult::WriteToNetwork(_)
+    ));
+    assert_eq!(b.counters().peer_clock_resets, 1);
+    // Not again within the interval, whatever arrives.
+    let again = later + Duration::from_secs(20);
+    assert_eq!(
+        b.handle_datagram(ep(A_EP), &older, again, &mut back),
+        NetOutput::Nothing
+    );
+    assert_eq!(b.counters().peer_clock_resets, 1);
+}

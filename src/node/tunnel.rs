@@ -7,6 +7,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
@@ -47,6 +48,12 @@ enum MessageKind {
 /// Least time between two handshakes started because stale data arrived.
 const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A peer silent this long whose handshake is dated before its last one gets a fresh tunnel
+/// (see `peer_clock_went_back`).
+const CLOCK_RESET_QUIET: Duration = super::liveness::ANSWER_WITHIN;
+/// Least time between two such restarts of one peer's tunnel.
+const CLOCK_RESET_INTERVAL: Duration = Duration::from_secs(30);
+
 /// WireGuard's message type of a handshake response.
 const HANDSHAKE_RESPONSE: u8 = 2;
 
@@ -59,6 +66,9 @@ enum Produced {
     TunnelV4,
     Done,
     Failed,
+    /// A handshake initiation dated no later than the peer's last one (boringtun's replay
+    /// protection: the TAI64N timestamp must grow).
+    OlderTimestamp,
 }
 
 impl Node {
@@ -80,10 +90,15 @@ impl Node {
             Via::Direct(from) => Route::Direct(from),
             Via::Relay(_) => Route::Relay,
         };
-        let produced = self.tunnel_io(index, route, out, |tunn, buf| {
+        let mut produced = self.tunnel_io(index, route, out, |tunn, buf| {
             tunn.decapsulate(Some(from.ip()), datagram, buf)
         });
-        if matches!(produced, Produced::Failed) {
+        if matches!(produced, Produced::OlderTimestamp) && self.peer_clock_went_back(index, now) {
+            produced = self.tunnel_io(index, route, out, |tunn, buf| {
+                tunn.decapsulate(Some(from.ip()), datagram, buf)
+            });
+        }
+        if matches!(produced, Produced::Failed | Produced::OlderTimestamp) {
             self.counters.drop(DropReason::BadWireGuard);
             if kind == MessageKind::Other && !self.peers[index].has_session() {
                 self.recover_session(index, now);
@@ -115,8 +130,39 @@ impl Node {
                 self.schedule(index);
                 NetOutput::Nothing
             }
-            Produced::Failed => NetOutput::Nothing,
+            Produced::Failed | Produced::OlderTimestamp => NetOutput::Nothing,
         }
+    }
+
+    /// A handshake initiation from peer `index`, authenticated by its static key, but dated no
+    /// later than its last one. A replay — or the peer's clock went back: a board without RTC
+    /// rebooted before NTP, and boringtun stamps initiations with the system clock. The peer
+    /// would then be refused until we restart. When the peer has been silent for
+    /// [`CLOCK_RESET_QUIET`] (a live peer's session keeps it heard; a rebooted one was gone),
+    /// start its tunnel afresh, at most once per [`CLOCK_RESET_INTERVAL`], and let the
+    /// initiation in. A replay then costs an attacker nothing and us a session that was idle
+    /// anyway. Returns whether the tunnel was restarted.
+    fn peer_clock_went_back(&mut self, index: usize, now: Instant) -> bool {
+        let peer = &self.peers[index];
+        let quiet = |t: Option<Instant>, d| t.is_none_or(|t| now.saturating_duration_since(t) >= d);
+        if !peer.trusted
+            || !quiet(peer.liveness.last_heard(), CLOCK_RESET_QUIET)
+            || !quiet(peer.last_clock_reset, CLOCK_RESET_INTERVAL)
+        {
+            return false;
+        }
+        let keepalive = self.keepalive;
+        let name = self.trust.name_of(&self.peers[index].key);
+        let peer = &mut self.peers[index];
+        peer.last_clock_reset = Some(now);
+        peer.restart_tunnel(keepalive);
+        self.counters.peer_clock_resets += 1;
+        let _span = peer.log_span(name).entered();
+        tracing::warn!(
+            "the peer's handshake is dated before its last one (its clock went back: a reboot \
+             without RTC?); starting its WireGuard session afresh"
+        );
+        true
     }
 
     /// Runs a boringtun operation producing a datagram for peer `index`, sent along `route`
@@ -307,6 +353,9 @@ impl Node {
             }
             TunnResult::WriteToTunnelV4(..) => (None, Produced::TunnelV4),
             TunnResult::Done => (None, Produced::Done),
+            TunnResult::Err(WireGuardError::WrongTai64nTimestamp) => {
+                (None, Produced::OlderTimestamp)
+            }
             TunnResult::Err(_) => (None, Produced::Failed),
         };
         let Some(len) = network_len else {

@@ -160,6 +160,12 @@ pub fn render(m: &NodeMetrics) -> String {
             c.clock_corrections,
         ),
         (
+            "pilot_peer_clock_resets_total",
+            "Peers' WireGuard sessions started afresh because their handshake was dated before \
+             their last one after a silence (their clock went back).",
+            c.peer_clock_resets,
+        ),
+        (
             "pilot_cookie_replies_total",
             "WireGuard cookie replies sent to handshakes that arrived while under load.",
             c.cookie_replies,
@@ -289,6 +295,7 @@ mod tests {
             "pilot_relay_tx_bytes_total 330",
             "pilot_relay_rx_bytes_total 660",
             "pilot_clock_corrections_total 0",
+            "pilot_peer_clock_resets_total 0",
             "pilot_cookie_replies_total 7",
             "pilot_punch_candidates_evicted_total 8",
             "pilot_trust_approvals_evicted_total 9",
@@ -307,7 +314,7 @@ mod tests {
         let drops = lines.iter().filter(|l| l.starts_with("pilot_drops_total{"));
         assert_eq!(drops.count(), DropReason::ALL.len() + 3);
         let families = lines.iter().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 24);
+        assert_eq!(families, 25);
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("# HELP ")).count(),
             families
