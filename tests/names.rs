@@ -189,3 +189,58 @@ fn the_name_of_a_node_that_stopped_registering_expires_after_the_name_ttl() {
         "{rdv_log}"
     );
 }
+
+#[test]
+fn a_trusted_peers_name_taken_by_another_key_is_refused_as_ambiguous_by_the_verbs() {
+    // Issue 15, A8: after bob's registration lapsed anyone could claim `bob`; `untrust bob`
+    // then hit the impostor while the real bob stayed trusted. The trusted key keeps the name
+    // here, and a verb given the name refuses it, showing both keys.
+    let test = "a_trusted_peers_name_taken_by_another_key_is_refused_as_ambiguous_by_the_verbs";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (na, nb) = lab.two_hosts();
+    let (rdv, _) = lab.rendezvous_with(&na, RDV, &["--keepalive", "1", "--name-ttl", "3s"]);
+    let mut alice = lab.node(&na, "alice", "198.51.100.1");
+    let mut bob = lab.node(&nb, "bob", "198.51.100.2");
+    lab.start_with(&mut alice, &["--rendezvous".to_owned(), rdv.clone()]);
+    let claim = ["--rendezvous", &rdv, "--hostname", "nsamb"].map(String::from);
+    lab.start_with(&mut bob, &claim);
+    wait_registered(&bob);
+    lab.trust(&alice, &bob);
+    assert_eq!(resolve(&alice, "nsamb"), Ok(bob.key.clone()));
+
+    // bob's box dies; its name expires at the rendezvous, and another key claims it and asks
+    // alice for trust under it.
+    lab.stop(&mut bob, Signal::SIGKILL);
+    std::thread::sleep(Duration::from_secs(4));
+    let mut impostor = lab.node(&nb, "impostor", "198.51.100.2");
+    let flags = [&claim[..], &["--listen-port".into(), "51871".into()]].concat();
+    lab.start_with(&mut impostor, &flags);
+    wait_registered(&impostor);
+    let out = ctl(&impostor, &["handshake", &alice.key, "it's me, bob"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let asked = eventually(Duration::from_secs(10), || {
+        (!alice.pending().is_empty()).then_some(())
+    });
+    assert!(asked.is_some(), "no request\n{}", alice.log_text());
+
+    for verb in [
+        &["untrust", "nsamb"][..],
+        &["resolve", "nsamb"],
+        &["ping", "nsamb"],
+    ] {
+        let out = ctl(&alice, verb);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{verb:?}: {}", text(&out));
+        assert!(err.contains("`nsamb` is ambiguous"), "{verb:?}: {err}");
+        assert!(
+            err.contains(&bob.key) && err.contains(&impostor.key),
+            "{err}"
+        );
+    }
+    // Nothing changed: bob is still trusted, by key every verb works.
+    assert!(alice.trusts(&bob));
+    assert_eq!(resolve(&alice, &impostor.key), Ok(impostor.key.clone()));
+}

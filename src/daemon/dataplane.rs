@@ -783,6 +783,9 @@ impl Core {
             if self.node.hostname() == Some(&host) {
                 return Ok(Ok(self.node.key()));
             }
+            if let Some((holder, other)) = self.node.trust().contested(&host) {
+                return Err(contested_name(&host, &holder, &other));
+            }
             return Ok(self.node.trust().key_named(&host).ok_or(Query::Name(host)));
         }
         Err(format!(
@@ -975,4 +978,14 @@ async fn flush_batch(send: &mut SendBatch, io: &Io) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Why a verb refuses a name two keys answer to: the trusted one that holds it here, and the
+/// one the rendezvous has since given it to.
+fn contested_name(name: &Hostname, holder: &NodeKey, other: &NodeKey) -> String {
+    format!(
+        "`{name}` is ambiguous: the trusted peer {holder} is known here as {name}, but the \
+         rendezvous now gives that name to {other} (the trusted peer's registration may have \
+         lapsed and someone else claimed it); name the peer by its key"
+    )
 }

@@ -34,6 +34,8 @@ use crate::wire::trust::{
 const MAX_INCOMING: usize = 1024;
 /// Most statements waiting to be stored by the rendezvous.
 const MAX_UNSUBMITTED: usize = 4096;
+/// Most contested names remembered (see [`TrustBook::contested`]).
+const MAX_CONTESTED: usize = 256;
 /// Most approvals waiting for the requester's countersignature; the oldest is forgotten beyond
 /// it. With `--auto-approve` every request anyone sends lands here, so it must be bounded.
 /// Forgetting one changes nothing on the wire: the approval was sent, and a countersigned
@@ -169,6 +171,9 @@ pub struct TrustBook {
     incoming: BTreeMap<NodeKey, Incoming>,
     approved: BTreeMap<NodeKey, TrustRecord>,
     names: BTreeMap<NodeKey, Hostname>,
+    /// Names a trusted key holds here that the rendezvous has since given another key (that
+    /// key, by name): such a name is ambiguous until one of them lets go.
+    contested: BTreeMap<Hostname, NodeKey>,
     unsubmitted: Vec<Statement>,
     /// Approvals forgotten past [`MAX_APPROVED`] since start.
     approvals_evicted: u64,
@@ -183,6 +188,7 @@ impl TrustBook {
             incoming: BTreeMap::new(),
             approved: BTreeMap::new(),
             names: BTreeMap::new(),
+            contested: BTreeMap::new(),
             unsubmitted: Vec::new(),
             approvals_evicted: 0,
         }
@@ -405,6 +411,15 @@ impl TrustBook {
             .find_map(|(k, n)| (n == name).then_some(*k))
     }
 
+    /// When `name` is contested: the trusted key that holds it here, and the key the
+    /// rendezvous has since given it to. A verb naming the peer by it cannot know which is
+    /// meant.
+    pub fn contested(&self, name: &Hostname) -> Option<(NodeKey, NodeKey)> {
+        let other = *self.contested.get(name)?;
+        let holder = self.key_named(name)?;
+        (holder != other && self.is_trusted(&holder)).then_some((holder, other))
+    }
+
     /// Remembers `key`'s hostname. Returns whether it changed.
     ///
     /// A name belongs to one key: whoever had it before lost it at the rendezvous — unless
@@ -415,7 +430,12 @@ impl TrustBook {
         let Some(name) = name else {
             return false;
         };
-        if self.names.get(&key) == Some(&name) || key == self.me {
+        if key == self.me {
+            return false;
+        }
+        if self.names.get(&key) == Some(&name) {
+            // The rendezvous names the holder again: nothing contested any more.
+            self.contested.remove(&name);
             return false;
         }
         let held_by_trusted = self
@@ -423,8 +443,13 @@ impl TrustBook {
             .iter()
             .any(|(k, n)| *n == name && *k != key && self.is_trusted(k));
         if held_by_trusted {
+            // Kept, but remembered: verbs given this name refuse it and show both keys.
+            if self.contested.len() < MAX_CONTESTED || self.contested.contains_key(&name) {
+                self.contested.insert(name, key);
+            }
             return false;
         }
+        self.contested.remove(&name);
         self.names.retain(|_, n| *n != name);
         self.names.insert(key, name);
         true

@@ -97,4 +97,9 @@ fn a_trusted_key_keeps_its_name_when_another_key_claims_it() {
         "the name still means the trusted key"
     );
     assert_eq!(book_a.name_of(&key(66)), None);
+    // A verb given the name cannot know which key is meant: it is contested, both keys known.
+    assert_eq!(book_a.contested(&bob), Some((b, key(66))));
+    // Once the rendezvous names bob's key again, it is not.
+    assert!(!book_a.learn_name(b, Some(bob.clone())));
+    assert_eq!(book_a.contested(&bob), None);
 }
