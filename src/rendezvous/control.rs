@@ -9,7 +9,7 @@ use super::registry::{candidates, infer_nat, Buckets};
 use super::relay::{self, Rate, TokenBucket};
 use super::{
     Port, Queued, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
-    FLUSH_INTERVAL,
+    FLUSH_INTERVAL, REGISTER_RATE,
 };
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
@@ -191,8 +191,13 @@ impl Server {
             self.counters.refuse(Refusal::RateLimited);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
         }
-        let previous = self.registry.get(&req.sender);
-        if previous.is_none() && self.registry.len() >= self.config.max_nodes {
+        if let Some(entry) = self.registry.get_mut(&req.sender) {
+            if !entry.buckets.registers.take(REGISTER_RATE, 1, now) {
+                self.counters.refuse(Refusal::RegisterRate);
+                return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+            }
+        }
+        if new_key && self.registry.len() >= self.config.max_nodes {
             self.counters.refuse(Refusal::RegistryFull);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
         }
@@ -204,6 +209,11 @@ impl Server {
             return self.refusal_reply(req, RefusalCode::NameTaken, now, out);
         }
         let renamed = self.directory.name_of(&req.sender) != hostname.as_ref();
+        if renamed && hostname.is_some() && !self.admit_name_claim(req.from, now) {
+            self.counters.refuse(Refusal::NameClaims);
+            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+        }
+        let previous = self.registry.get(&req.sender);
         // The alternate port's observation is only comparable while the mapping is the same.
         let alt_seen = previous
             .filter(|p| p.observed == req.from)
@@ -372,6 +382,33 @@ impl Server {
             .entry(from.ip())
             .or_default()
             .take(rate, 1, now)
+    }
+
+    /// Whether `from` may claim a hostname now: within its rate of claims (a name is held for
+    /// the name TTL, so claims are what squatting costs) and while the names held are under
+    /// their limit.
+    fn admit_name_claim(&mut self, from: SocketAddr, now: Instant) -> bool {
+        /// Source addresses remembered at most; beyond it, idle ones are forgotten.
+        const MAX_SOURCES: usize = 65_536;
+        if self.directory.names() >= self.config.max_names {
+            return false;
+        }
+        if self.name_claims.len() >= MAX_SOURCES && !self.name_claims.contains_key(&from.ip()) {
+            self.name_claims.retain(|_, bucket| !bucket.is_full(now));
+            if self.name_claims.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        // One claim costs `interval` tokens at one token a second.
+        let interval = self.config.name_claim_interval_secs.max(1);
+        let rate = Rate {
+            per_sec: 1,
+            burst: interval.saturating_mul(self.config.name_claim_burst.max(1)),
+        };
+        self.name_claims
+            .entry(from.ip())
+            .or_default()
+            .take(rate, interval, now)
     }
 
     /// Answers a registration from an endpoint not yet proven with the cookie for it.

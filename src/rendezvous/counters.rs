@@ -38,6 +38,11 @@ pub enum Refusal {
     /// A reply larger than its request, withheld because the endpoint it would go to has
     /// not been proven (no amplification towards a spoofed address).
     Unproven,
+    /// `Register` of a known key over its registration rate.
+    RegisterRate,
+    /// `Register` claiming a new hostname over its source address' rate of name claims, or
+    /// while the names held are at their limit.
+    NameClaims,
 }
 
 /// Why a relay frame was not forwarded.
@@ -60,7 +65,7 @@ pub enum RelayDrop {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::Malformed,
         Refusal::BadSignature,
         Refusal::Stale,
@@ -76,6 +81,8 @@ impl Refusal {
         Refusal::BadStatement,
         Refusal::OutboxFull,
         Refusal::Unproven,
+        Refusal::RegisterRate,
+        Refusal::NameClaims,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -96,6 +103,8 @@ impl Refusal {
             Refusal::BadStatement => "bad_statement",
             Refusal::OutboxFull => "outbox_full",
             Refusal::Unproven => "unproven",
+            Refusal::RegisterRate => "register_rate",
+            Refusal::NameClaims => "name_claims",
         }
     }
 }

@@ -47,6 +47,11 @@ struct Known {
 
 impl Directory {
     /// The key holding `name`.
+    /// Hostnames held.
+    pub fn names(&self) -> usize {
+        self.names.len()
+    }
+
     pub fn holder(&self, name: &Hostname) -> Option<NodeKey> {
         self.names.get(name).copied()
     }

@@ -91,6 +91,12 @@ const SUBMIT_RATE: Rate = Rate {
 };
 /// `Lookup`s per second per registered node.
 const LOOKUP_RATE: Rate = CONNECT_RATE;
+/// `Register`s per second per known key: a node registers once per keepalive, again at once
+/// after a challenge or a clock correction, and every 2 s while unanswered.
+const REGISTER_RATE: Rate = Rate {
+    per_sec: 1,
+    burst: 10,
+};
 /// The relay burst: a quarter second at the node's rate, at least one largest datagram.
 const RELAY_MIN_BURST: u64 = 65_535;
 
@@ -149,6 +155,13 @@ pub struct Config {
     /// A hostname whose key has not registered for this long is released: it no longer
     /// resolves and another key may claim it.
     pub name_ttl: Duration,
+    /// Hostnames newly claimed from one source address: one per this many seconds, and the
+    /// burst allowed. Each is held for `name_ttl`, so without it one address could squat
+    /// any number of names for a month.
+    pub name_claim_interval_secs: u64,
+    pub name_claim_burst: u64,
+    /// Most hostnames held, all keys together; new claims beyond it are refused.
+    pub max_names: usize,
 }
 
 impl Config {
@@ -169,6 +182,9 @@ impl Config {
                 burst: 64,
             },
             name_ttl: DEFAULT_NAME_TTL,
+            name_claim_interval_secs: 60,
+            name_claim_burst: 16,
+            max_names: 1_000_000,
         }
     }
 }
@@ -198,6 +214,8 @@ pub struct Server {
     /// New keys registered per source address (see `Config::new_keys_per_source`); idle
     /// buckets are forgotten when there are too many.
     new_keys: BTreeMap<IpAddr, TokenBucket>,
+    /// New hostnames claimed per source address (see `Config::name_claim_interval_secs`).
+    name_claims: BTreeMap<IpAddr, TokenBucket>,
     cookies: cookie::AddressCookies,
     replay: ReplayGuard,
     counters: Counters,
@@ -249,6 +267,7 @@ impl Server {
             next_ephemeral: statements::EPHEMERAL_IDS,
             stranger_lookups: TokenBucket::default(),
             new_keys: BTreeMap::new(),
+            name_claims: BTreeMap::new(),
             cookies,
             replay,
             counters: Counters::default(),

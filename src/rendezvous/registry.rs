@@ -40,6 +40,7 @@ pub(super) struct Entry {
 /// its statements after a restart does not starve its introductions.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Buckets {
+    pub registers: TokenBucket,
     pub connects: TokenBucket,
     pub submits: TokenBucket,
     pub lookups: TokenBucket,

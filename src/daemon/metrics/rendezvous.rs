@@ -247,6 +247,8 @@ pilot_rendezvous_refusals_total{reason=\"name_taken\"} 2
 pilot_rendezvous_refusals_total{reason=\"bad_statement\"} 0
 pilot_rendezvous_refusals_total{reason=\"outbox_full\"} 0
 pilot_rendezvous_refusals_total{reason=\"unproven\"} 0
+pilot_rendezvous_refusals_total{reason=\"register_rate\"} 0
+pilot_rendezvous_refusals_total{reason=\"name_claims\"} 0
 # HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
 # TYPE pilot_rendezvous_statements_stored_total counter
 pilot_rendezvous_statements_stored_total 4

@@ -338,3 +338,80 @@ fn new_keys_are_rate_limited_per_source_address_and_refreshes_are_not() {
         Some(Message::Registered { .. })
     ));
 }
+
+#[test]
+fn a_known_key_registers_at_most_at_its_rate() {
+    // Issue 15, A4: every registration that changes something is written to disk at once;
+    // a key of one's own could rewrite its row as fast as it could send.
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    // The first registration, then a burst of ten.
+    for i in 0..11 {
+        let lan = [format!("10.0.0.{i}:51870")];
+        let lan: Vec<&str> = lan.iter().map(String::as_str).collect();
+        assert!(
+            matches!(a.register(&mut sim, &lan), Some(Message::Registered { .. })),
+            "registration {i}"
+        );
+    }
+    assert_eq!(
+        refused(a.register(&mut sim, &["10.0.1.1:51870"])),
+        RefusalCode::RateLimited
+    );
+    assert_eq!(sim.server.counters().refused(Refusal::RegisterRate), 1);
+    sim.advance(Duration::from_millis(1_100));
+    assert!(matches!(
+        a.register(&mut sim, &["10.0.1.1:51870"]),
+        Some(Message::Registered { .. })
+    ));
+}
+
+#[test]
+fn hostnames_are_claimed_at_a_rate_per_source_address_and_up_to_a_limit() {
+    // Issue 15, A4: 20,000 hostnames were claimed in 8.7 s, each held for the name TTL.
+    let mut sim = Sim::with(MemoryStore::new(), |c| {
+        c.name_claim_interval_secs = 60;
+        c.name_claim_burst = 2;
+        c.max_names = 3;
+    });
+    let mut clients: Vec<Client> = (1..=4)
+        .map(|n| Client::new(n, &format!("198.51.100.9:{}", 40_000 + u16::from(n))))
+        .collect();
+    for (i, c) in clients[..2].iter_mut().enumerate() {
+        let name = format!("claim{i}");
+        assert!(matches!(
+            c.register_as(&mut sim, &[], Some(&name)),
+            Some(Message::Registered { .. })
+        ));
+    }
+    assert_eq!(
+        refused(clients[2].register_as(&mut sim, &[], Some("claim2"))),
+        RefusalCode::RateLimited
+    );
+    assert_eq!(sim.server.counters().refused(Refusal::NameClaims), 1);
+    // Keeping a name is no claim; registering without one neither.
+    assert!(matches!(
+        clients[0].register_as(&mut sim, &[], Some("claim0")),
+        Some(Message::Registered { .. })
+    ));
+    assert!(matches!(
+        clients[2].register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+    // Another address has its own allowance; a minute later this one has one more.
+    let mut elsewhere = Client::new(9, "203.0.113.9:40009");
+    assert!(matches!(
+        elsewhere.register_as(&mut sim, &[], Some("claim9")),
+        Some(Message::Registered { .. })
+    ));
+    sim.advance(Duration::from_secs(61));
+    clients[0].register_as(&mut sim, &[], Some("claim0"));
+    clients[1].register_as(&mut sim, &[], Some("claim1"));
+    elsewhere.register_as(&mut sim, &[], Some("claim9"));
+    // Three names are held: the limit. A fourth is refused whatever the rate allows.
+    assert_eq!(
+        refused(clients[2].register_as(&mut sim, &[], Some("claim2"))),
+        RefusalCode::RateLimited
+    );
+    assert_eq!(sim.server.counters().refused(Refusal::NameClaims), 2);
+}
