@@ -4,6 +4,7 @@ mod addresses;
 mod amplification;
 mod delivery;
 mod introductions;
+mod memory;
 mod names;
 mod registrations;
 mod trust;
