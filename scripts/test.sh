@@ -47,6 +47,8 @@ PILOT_BIN="$PWD/target/debug" scripts/demo.sh
 echo "== package (.deb and scripts/install.sh)"
 scripts/package-test.sh
 if [[ $scope == full ]]; then
+    echo "== soak (2 minutes: traffic, NAT flushes, restarts, trust churn, junk; fails on growth)"
+    PILOT_BIN="$PWD/target/debug" scripts/soak.sh 120
     echo "== newcomer (the README's commands as an unprivileged user with sudo)"
     as_root scripts/newcomer-test.sh
 fi

@@ -158,7 +158,8 @@ tn_ns_of() {
     a) printf '%s' "$TN_NS_A" ;;
     b) printf '%s' "$TN_NS_B" ;;
     rdv) printf '%s' "${TN_NS_RDV:?no rendezvous namespace (natpair.sh)}" ;;
-    *) tn_die "unknown node '$1'" ;;
+    # Any other namespace of this run by its full name (e.g. a natlab host: NAME-a2).
+    *) [[ -e /run/netns/$1 ]] && printf '%s' "$1" || tn_die "unknown node '$1'" ;;
     esac
 }
 
