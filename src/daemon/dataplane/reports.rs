@@ -1,9 +1,11 @@
-//! What the data plane reports besides `info`: the status summary and the metrics snapshot.
+//! What the data plane reports: `info`, the trust list, the status summary and the metrics
+//! snapshot.
 //! Both are copies of counters and one pass over the peers, taken between two batches.
 
 use std::time::Instant;
 
 use super::Core;
+use crate::daemon::control::{InfoReply, RequestInfo, TrustReply, TrustedPeer};
 use crate::daemon::control::{PathCounts, StatusReply, TrustCounts};
 use crate::daemon::metrics::NodeMetrics;
 use crate::node::PathKind;
@@ -105,6 +107,88 @@ impl Core {
                     }
                 })
                 .collect(),
+        }
+    }
+
+    pub(super) fn trust_list(&self) -> TrustReply {
+        let trust = self.node.trust();
+        let mut reply = TrustReply::default();
+        for key in self.node.configured_peers() {
+            reply.trusted.push(TrustedPeer {
+                peer: self.peer_ref(key, None),
+                since_ms: None,
+                configured: true,
+            });
+        }
+        for (key, record) in trust.trusted() {
+            reply.trusted.push(TrustedPeer {
+                peer: self.peer_ref(key, None),
+                since_ms: Some(record.issued_ms),
+                configured: false,
+            });
+        }
+        for o in trust.outgoing() {
+            reply.requested.push(RequestInfo {
+                peer: self.peer_ref(o.request.target, None),
+                justification: o.request.justification.clone(),
+                issued_ms: o.request.issued_ms,
+                status: if o.rejected.is_some() {
+                    "rejected"
+                } else {
+                    "pending"
+                }
+                .into(),
+                reason: o.rejected.as_ref().map(|r| r.1.clone()),
+            });
+        }
+        reply.approved = trust.approved().map(|k| self.peer_ref(k, None)).collect();
+        reply
+    }
+
+    pub(super) fn info(&self) -> InfoReply {
+        let now = Instant::now();
+        let addr = self.node.addr();
+        let net = self.node.net_status(now);
+        let mut drops = self.node.counters().to_json();
+        for (reason, n) in self.own_drops() {
+            drops.insert(reason.into(), n.into());
+        }
+        if let Some((stack, _)) = &self.stack {
+            // Userspace mode: limits the stack hit (see io::stack::Limits).
+            let stats = stack.stats();
+            drops.insert("stack_queue_full".into(), stats.queue_drops.into());
+            drops.insert("stack_connection_limit".into(), stats.limit_refusals.into());
+            drops.insert(
+                "stack_half_open_timeout".into(),
+                stats.half_open_timeouts.into(),
+            );
+        }
+        InfoReply {
+            address: addr.to_ipv6().to_string(),
+            node: addr.to_string(),
+            public_key: self.node.key().to_string(),
+            hostname: self.node.hostname().map(|n| n.to_string()),
+            interface: self.facts.interface.clone(),
+            mode: match self.stack {
+                Some(_) => "userspace",
+                None => "kernel",
+            }
+            .to_owned(),
+            socks5: self.facts.socks5.map(|a| a.to_string()),
+            expose: self.facts.expose.clone(),
+            mtu: self.facts.mtu,
+            listen_port: self.facts.listen_port,
+            endpoint: net.endpoint,
+            endpoint_configured: net.endpoint_configured,
+            observed: net.observed,
+            nat: net.rendezvous.is_some().then_some(net.nat),
+            peers: self.node.peers(now).count(),
+            auto_approve: self.node.auto_approve(),
+            trusted: self.node.trust().trusted().count(),
+            pending: self.node.trust().incoming(self.node.wall_ms(now)).count(),
+            drops,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
         }
     }
 }
