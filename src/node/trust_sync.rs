@@ -104,6 +104,14 @@ impl Node {
         &self.trust
     }
 
+    /// The key of the peer at overlay address `addr` while packets may pass with it (an
+    /// index lookup, not a scan).
+    pub fn trusted_peer_at(&self, addr: crate::addr::NodeAddr) -> Option<NodeKey> {
+        let &index = self.by_addr.get(&addr)?;
+        let peer = &self.peers[index];
+        peer.trusted.then_some(peer.key)
+    }
+
     /// Whether packets may pass between this node and `peer` now: a configured peer, or a valid
     /// mutual record.
     pub fn is_trusted(&self, peer: &NodeKey) -> bool {

@@ -20,14 +20,8 @@ use crate::wire::control::Query;
 impl Core {
     /// The trusted peer at `ip`, as the message service names senders.
     pub(super) fn sender_of(&self, ip: Ipv6Addr) -> Option<PeerRef> {
-        let key = self.trusted_peer_at(NodeAddr::from_ipv6(ip)?)?;
+        let key = self.node.trusted_peer_at(NodeAddr::from_ipv6(ip)?)?;
         Some(self.peer_ref(key, None))
-    }
-
-    /// The key of the peer at `addr`, if packets may pass with it.
-    pub(super) fn trusted_peer_at(&self, addr: NodeAddr) -> Option<NodeKey> {
-        let key = self.node.peer_keys().find(|k| k.address() == addr)?;
-        self.node.is_trusted(&key).then_some(key)
     }
 
     /// Userspace mode: a TCP connection to a trusted peer through the stack, for the SOCKS5
@@ -58,7 +52,7 @@ impl Core {
                 format!("{ip} is not an overlay address (fd70::/80)"),
             ));
         };
-        if self.trusted_peer_at(addr).is_none() {
+        if self.node.trusted_peer_at(addr).is_none() {
             return Err((
                 Reply::NotAllowed,
                 format!("{addr} is not a trusted peer of this node"),
