@@ -121,8 +121,11 @@ struct Core {
     send_dropped: u64,
     /// `resolve` commands waiting for the rendezvous, by lookup id.
     resolve_waiters: BTreeMap<u64, (String, oneshot::Sender<Result<PeerRef, String>>)>,
-    /// Saving the trust state failed: do not try again before this.
+    /// When trust.json may be written next (at most a few times a second, with back-off
+    /// while writes fail).
     saves: SaveSchedule,
+    /// The write of trust.json in flight, on a blocking thread (see `state_files`).
+    saving: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     rendezvous_watch: rendezvous_watch::RendezvousWatch,
     /// Why the daemon must stop (a refused hostname).
     fatal: Option<String>,
@@ -177,6 +180,7 @@ impl DataPlane {
             send_dropped: 0,
             resolve_waiters: BTreeMap::new(),
             saves: SaveSchedule::new(Instant::now()),
+            saving: None,
             rendezvous_watch: rendezvous_watch::RendezvousWatch::new(Instant::now()),
             fatal: None,
             stack,
@@ -229,7 +233,9 @@ impl Core {
                 .node
                 .poll_timeout()
                 .map_or_else(|| now + IDLE, |(t, _)| t);
-            if self.node.trust_changed() {
+            // A change waits for its turn; while a write is in flight, for the write (its
+            // completion wakes the loop).
+            if self.node.trust_changed() && self.saving.is_none() {
                 wake = wake.min(self.saves.next());
             }
             let mut stack_notify = None;
@@ -239,11 +245,14 @@ impl Core {
                 }
                 stack_notify = Some(stack.notify());
             }
+            // The write in flight is polled here, out of `self`, so the other branches may
+            // use `self` freely; it is put back unless it finished.
+            let mut saving = self.saving.take();
+            let (mut saved, mut stop) = (None, false);
             tokio::select! {
-                () = &mut shutdown => {
-                    // A change still waiting for its turn to be written is written now.
-                    self.write_trust(Instant::now());
-                    return Ok(());
+                () = &mut shutdown => stop = true,
+                result = async { saving.as_mut().expect("guarded").await }, if saving.is_some() => {
+                    saved = Some(result);
                 }
                 guard = io.udp.readable() => {
                     let mut guard = guard?;
@@ -262,6 +271,15 @@ impl Core {
                 () = notified(stack_notify.as_deref()) => {}
                 () = tokio::time::sleep_until(wake.into()) => self.node.handle_timeout(Instant::now()),
                 Some(command) = commands.recv() => self.on_command(command),
+            }
+            match saved {
+                Some(result) => self.save_done(result),
+                None => self.saving = saving,
+            }
+            if stop {
+                // A change still waiting for its turn to be written is written now.
+                self.flush_trust().await;
+                return Ok(());
             }
             self.drain_node(io).await?;
             if self.fatal.is_some() {

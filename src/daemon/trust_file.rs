@@ -12,6 +12,7 @@ use crate::node::TrustState;
 
 pub const TRUST_FILE: &str = "trust.json";
 
+#[derive(Debug, Clone)]
 pub struct TrustFile {
     path: PathBuf,
 }

@@ -259,6 +259,9 @@ pub struct Node {
     trust_urgent: bool,
     /// Deliveries to acknowledge once the trust state is saved.
     pending_acks: Vec<u64>,
+    /// Deliveries the state being saved now (taken, not yet confirmed) contains: acknowledged
+    /// by `Node::trust_saved`. `None` while no save is in flight.
+    saving_acks: Option<Vec<u64>>,
     /// Statements submitted and not yet confirmed, by the nonce they went out with.
     inflight: BTreeMap<u64, Statement>,
     next_submit: Option<Instant>,
@@ -317,6 +320,7 @@ impl Node {
             trust_dirty: false,
             trust_urgent: false,
             pending_acks: Vec::new(),
+            saving_acks: None,
             inflight: BTreeMap::new(),
             next_submit: None,
             lookups: BTreeMap::new(),

@@ -135,11 +135,20 @@ impl Node {
         Ok(self.start_lookup(query, LookupFor::Caller, now))
     }
 
-    /// The trust state to save, when it changed since the last call. Deliveries are
-    /// acknowledged to the rendezvous only after [`Node::trust_saved`].
+    /// The trust state to save, when it changed since the last call. The deliveries it
+    /// contains are acknowledged to the rendezvous only after [`Node::trust_saved`]; until
+    /// then (the save may take a while, off the packet task) deliveries that arrive are held
+    /// back too, even those that change nothing: the copy they repeat may be the one being
+    /// written.
     pub fn take_trust_state(&mut self) -> Option<TrustState> {
+        if !self.trust_dirty {
+            return None;
+        }
+        self.trust_dirty = false;
         self.trust_urgent = false;
-        std::mem::take(&mut self.trust_dirty).then(|| self.trust.state())
+        let acks = std::mem::take(&mut self.pending_acks);
+        self.saving_acks.get_or_insert_with(Vec::new).extend(acks);
+        Some(self.trust.state())
     }
 
     /// Queues every statement we hold for the rendezvous again and sends them now.
@@ -166,9 +175,14 @@ impl Node {
         self.trust_dirty && self.trust_urgent
     }
 
-    /// The state from [`Node::take_trust_state`] is durable: acknowledge what it contains.
+    /// The state from [`Node::take_trust_state`] is durable: acknowledge what it contains,
+    /// and what arrived meanwhile without changing anything (the durable state covers it).
     pub fn trust_saved(&mut self, now: Instant) {
-        for id in std::mem::take(&mut self.pending_acks) {
+        let mut acks = self.saving_acks.take().unwrap_or_default();
+        if !self.trust_dirty {
+            acks.append(&mut self.pending_acks);
+        }
+        for id in acks {
             self.send_to_rendezvous(0, &Message::Ack { id }, now);
         }
     }
@@ -177,6 +191,9 @@ impl Node {
     /// the state again at the next [`Node::take_trust_state`].
     pub fn trust_save_failed(&mut self) {
         self.trust_dirty = true;
+        if let Some(acks) = self.saving_acks.take() {
+            self.pending_acks.extend(acks);
+        }
     }
 
     fn require_rendezvous(&self) -> Result<(), VerbError> {
@@ -316,7 +333,7 @@ impl Node {
                 tracing::debug!("refused a delivered trust statement: {e}");
             }
         }
-        if self.trust_dirty {
+        if self.trust_dirty || self.saving_acks.is_some() {
             self.pending_acks.push(id);
         } else {
             self.send_to_rendezvous(0, &Message::Ack { id }, now);

@@ -30,6 +30,10 @@ struct SimNode {
     local: SocketAddr,
     /// Payloads of packets the node delivered to its TUN.
     tun: Vec<Vec<u8>>,
+    /// The daemon's save of trust.json takes until the test says it is done (as a write off
+    /// the packet task may): the state taken waits here meanwhile.
+    slow_saves: bool,
+    saving: Option<pilot::node::TrustState>,
 }
 
 struct Sim {
@@ -121,6 +125,8 @@ impl Sim {
             node,
             local,
             tun: Vec::new(),
+            slow_saves: false,
+            saving: None,
         });
         self.nodes.len() - 1
     }
@@ -292,7 +298,11 @@ impl Sim {
             self.net.send(self.now, host, local, to, &payload);
         }
         // What the daemon does: save the trust state, then let the node acknowledge.
-        if self.nodes[i].node.take_trust_state().is_some() {
+        if self.nodes[i].slow_saves {
+            if self.nodes[i].saving.is_none() {
+                self.nodes[i].saving = self.nodes[i].node.take_trust_state();
+            }
+        } else if self.nodes[i].node.take_trust_state().is_some() {
             self.nodes[i].node.trust_saved(self.now);
             while let Some(t) = self.nodes[i].node.poll_transmit(self.now, &mut self.buf) {
                 let (to, payload) = (t.to, t.payload.to_vec());
@@ -1022,4 +1032,39 @@ fn a_node_that_lost_its_trust_file_gets_its_records_back_with_no_verb() {
         .trust()
         .is_trusted(&sim.nodes[y].node.key()));
     assert!(sim.server.counters().ledger_resyncs >= 1);
+}
+
+#[test]
+fn a_delivery_is_acknowledged_only_once_the_state_holding_it_is_saved() {
+    // The daemon writes trust.json off the packet task: while a save is in flight, a delivery
+    // (even a repeat that changes nothing) must not be acknowledged — the copy it repeats may
+    // be the one being written, and the rendezvous forgets what is acknowledged.
+    let (mut sim, x, y) = Sim::pair(NatKind::Cone, NatKind::Cone);
+    sim.run_for(Duration::from_secs(1));
+    let z = sim.add_node(3, sim.nodes[y].host, &[]);
+    sim.nodes[z].local.set_port(NODE_PORT + 1);
+    sim.run_for(Duration::from_secs(1));
+    sim.nodes[x].slow_saves = true;
+    let xk = sim.nodes[x].node.key();
+    sim.nodes[z].node.handshake(xk, "hello", sim.now).unwrap();
+    // Delivered, resent every 2 s while unacknowledged: nothing acknowledged meanwhile.
+    sim.run_for(Duration::from_secs(7));
+    assert!(
+        sim.nodes[x].saving.is_some(),
+        "the request was not delivered"
+    );
+    assert_eq!(
+        sim.server.outbox_len(),
+        1,
+        "acknowledged before it was saved"
+    );
+    assert!(sim.server.counters().deliveries >= 3, "{}", sim.debug());
+    // The save completes: now it is acknowledged.
+    sim.nodes[x].saving = None;
+    sim.nodes[x].slow_saves = false;
+    let now = sim.now;
+    sim.nodes[x].node.trust_saved(now);
+    sim.drain_node(x);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.server.outbox_len(), 0);
 }
