@@ -82,6 +82,7 @@ fn a_rendezvous_that_lost_its_database_relays_the_pair_again_within_a_keepalive(
     });
     // Within one keepalive (each node re-registers, is told the rendezvous holds nothing of
     // its own, and hands its records back), plus the ping's own second.
+    eprintln!("relayed again {resumed:?} after the rendezvous came back without its database");
     assert!(
         resumed <= Duration::from_secs(KEEPALIVE + 2),
         "took {resumed:?}"
@@ -130,6 +131,7 @@ fn a_node_that_lost_its_trust_file_is_trusted_again_with_no_verb() {
             fs::read_to_string(lab.dir.join("rdv.log")).unwrap_or_default()
         )
     });
+    eprintln!("trusted and pinging both ways {back:?} after the restart without trust.json");
     assert!(back <= Duration::from_secs(10), "took {back:?}");
     // And it is on disk again.
     let saved = eventually(Duration::from_secs(5), || {
