@@ -150,6 +150,11 @@ fn a_node_whose_clock_is_an_hour_a_day_or_a_year_off_joins_connects_and_says_so(
 
         // Trust (signed statements dated by the corrected clock) and traffic.
         lab.trust(&a, &b);
+        // Ages are told by the node's clock, not this system's: the record is seconds old.
+        let out = ctl(&a, &["trust", "--json"]);
+        let trust: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let since = trust["trusted"][0]["since_secs"].as_u64();
+        assert!(since.is_some_and(|s| s < 60), "{offset}: {trust}");
         let pinged = eventually(Duration::from_secs(10), || {
             ctl(&a, &["ping", &b.address, "-c", "1", "-W", "1"])
                 .status

@@ -554,8 +554,10 @@ fn verb(socket: &Path, request: Request, json: bool) -> Result<ExitCode, ClientE
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn age(issued_ms: u64) -> String {
-    let secs = crate::clock::unix_ms_now().saturating_sub(issued_ms) / 1000;
+/// How long ago `issued_ms` was: `secs` as the daemon measured it with the node's clock
+/// (corrected when this system's clock is off), else by this system's clock.
+pub(super) fn age(issued_ms: u64, secs: Option<u64>) -> String {
+    let secs = secs.unwrap_or_else(|| crate::clock::unix_ms_now().saturating_sub(issued_ms) / 1000);
     match secs {
         0..=119 => format!("{secs}s ago"),
         120..=7199 => format!("{}m ago", secs / 60),

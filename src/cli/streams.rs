@@ -279,7 +279,7 @@ pub fn inbox(socket: &Path, json: bool, clear: bool) -> Result<ExitCode, ClientE
             m.from.address,
             m.kind.as_str(),
             m.size,
-            super::pilotctl::age(m.received_ms)
+            super::pilotctl::age(m.received_ms, None)
         );
         match (&m.data, &m.data_base64) {
             // A peer wrote it: each line indented (no forged headers), controls escaped.

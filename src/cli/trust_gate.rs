@@ -50,7 +50,7 @@ fn explain(typed: &str, peer: &PeerRef, me: &str, trust: &TrustReply, asked_us: 
             None => format!(
                 "{base}: it has not approved this node's trust request yet (asked {}); on its \
                  side: `pilotctl approve {me}`",
-                age(request.issued_ms)
+                age(request.issued_ms, request.age_secs)
             ),
         };
     }
@@ -93,6 +93,7 @@ mod tests {
             peer: bob(),
             justification: String::new(),
             issued_ms: crate::clock::unix_ms_now(),
+            age_secs: None,
             status: if reason.is_some() {
                 "rejected"
             } else {

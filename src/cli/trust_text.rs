@@ -26,7 +26,7 @@ pub(super) fn pending_text(requests: &[RequestInfo]) -> String {
             text,
             "{from:<20} {:<24} {:>9}  {}",
             printable(&r.peer.address),
-            age(r.issued_ms),
+            age(r.issued_ms, r.age_secs),
             printable(&r.justification)
         );
     }
@@ -41,7 +41,7 @@ pub(super) fn trust_text(reply: &TrustReply) -> String {
     let mut text = String::new();
     for t in &reply.trusted {
         let since = match t.since_ms {
-            Some(ms) => format!("since {}", age(ms)),
+            Some(ms) => format!("since {}", age(ms, t.since_secs)),
             None => "configured (--peer)".into(),
         };
         let _ = writeln!(text, "trusted    {:<44} {since}", who(&t.peer));
@@ -50,7 +50,10 @@ pub(super) fn trust_text(reply: &TrustReply) -> String {
         let state = match &r.reason {
             Some(reason) if !reason.is_empty() => format!("rejected: {}", printable(reason)),
             Some(_) => "rejected".into(),
-            None => format!("waiting for approval, asked {}", age(r.issued_ms)),
+            None => format!(
+                "waiting for approval, asked {}",
+                age(r.issued_ms, r.age_secs)
+            ),
         };
         let _ = writeln!(text, "requested  {:<44} {state}", who(&r.peer));
     }
@@ -85,6 +88,7 @@ mod tests {
             peer: peer(Some("bob")),
             justification: justification.into(),
             issued_ms: crate::clock::unix_ms_now(),
+            age_secs: None,
             status: "pending".into(),
             reason: reason.map(str::to_owned),
         }

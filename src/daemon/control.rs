@@ -231,6 +231,10 @@ pub struct TrustedPeer {
     pub peer: PeerRef,
     /// When the record was signed (UNIX ms); `None` for a configured (`--peer`) peer.
     pub since_ms: Option<u64>,
+    /// How long ago that was by the node's clock (corrected from the rendezvous' time when
+    /// this system's clock is off, unlike the reader's).
+    #[serde(default)]
+    pub since_secs: Option<u64>,
     pub configured: bool,
 }
 
@@ -241,6 +245,9 @@ pub struct RequestInfo {
     pub peer: PeerRef,
     pub justification: String,
     pub issued_ms: u64,
+    /// How long ago it was made, by the node's clock (see [`TrustedPeer::since_secs`]).
+    #[serde(default)]
+    pub age_secs: Option<u64>,
     /// `pending` or `rejected`.
     pub status: String,
     pub reason: Option<String>,

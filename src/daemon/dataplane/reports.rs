@@ -112,11 +112,14 @@ impl Core {
 
     pub(super) fn trust_list(&self) -> TrustReply {
         let trust = self.node.trust();
+        let now_ms = self.node.wall_ms(Instant::now());
+        let ago = |ms: u64| Some(now_ms.saturating_sub(ms) / 1000);
         let mut reply = TrustReply::default();
         for key in self.node.configured_peers() {
             reply.trusted.push(TrustedPeer {
                 peer: self.peer_ref(key, None),
                 since_ms: None,
+                since_secs: None,
                 configured: true,
             });
         }
@@ -124,6 +127,7 @@ impl Core {
             reply.trusted.push(TrustedPeer {
                 peer: self.peer_ref(key, None),
                 since_ms: Some(record.issued_ms),
+                since_secs: ago(record.issued_ms),
                 configured: false,
             });
         }
@@ -132,6 +136,7 @@ impl Core {
                 peer: self.peer_ref(o.request.target, None),
                 justification: o.request.justification.clone(),
                 issued_ms: o.request.issued_ms,
+                age_secs: ago(o.request.issued_ms),
                 status: if o.rejected.is_some() {
                     "rejected"
                 } else {

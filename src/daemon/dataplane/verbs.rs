@@ -129,6 +129,7 @@ impl Core {
                         peer: self.peer_ref(i.request.requester, i.from_name.clone()),
                         justification: i.request.justification.clone(),
                         issued_ms: i.request.issued_ms,
+                        age_secs: Some(now_ms.saturating_sub(i.request.issued_ms) / 1000),
                         status: "pending".into(),
                         reason: None,
                     })
