@@ -213,6 +213,7 @@ impl Node {
                 }
                 let start = self.peers[index].path.start_punch(&candidates, now);
                 self.counters.punched(start);
+                self.punch_started(now);
                 self.send_probes(index, now);
                 // Both sides are registered now: a handshake sent earlier may have been lost.
                 self.kick_handshake(index);
@@ -272,6 +273,7 @@ impl Node {
         self.send_control(from, &ack, now);
         let start = self.peers[index].path.on_probe_from(from, now);
         self.counters.punched(start);
+        self.punch_started(now);
         self.send_probes(index, now);
         true
     }

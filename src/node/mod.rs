@@ -62,8 +62,12 @@ use tunnel::Via;
 /// 148, and a relay frame adds its header.
 pub const MIN_OUT_BUF: usize = 1500 + 32 + crate::wire::control::RELAY_HEADER_LEN;
 /// How often WireGuard's timers (handshake retry, rekey, keepalive) and the path and
-/// rendezvous timers are run.
-const TIMER_TICK: Duration = Duration::from_millis(250);
+/// rendezvous timers are run while nothing needs finer timing: boringtun keeps its timers to
+/// the second, and every control timer counts in seconds. An idle node wakes once a second,
+/// not four times.
+const TIMER_TICK: Duration = Duration::from_secs(1);
+/// The tick while a peer is being punched: its probes go out every `path::PUNCH_INTERVAL`.
+const PUNCH_TICK: Duration = Duration::from_millis(250);
 /// Handshake messages per second answered before cookies are demanded (boringtun's default).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Cookie replies sent per second at most. A reply (64 bytes) is smaller than the initiation
@@ -478,20 +482,37 @@ impl Node {
     /// Runs what is due at `now`. Call when [`Node::poll_timeout`] says so (earlier is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_tick.is_none_or(|t| now >= t) {
-            self.next_tick = Some(now + TIMER_TICK);
+            let mut punching = false;
             for index in 0..self.peers.len() {
                 if self.peers[index].trusted {
                     self.peers[index].timers_due = true;
                     self.schedule(index);
                 }
+                punching |= self.peers[index].path.is_punching();
             }
+            let tick = if punching { PUNCH_TICK } else { TIMER_TICK };
+            self.next_tick = Some(now + tick);
             self.drive(now);
         }
-        if self.next_rate_reset.is_none_or(|t| now >= t) {
-            self.next_rate_reset = Some(now + Duration::from_secs(1));
+        // The handshake rate limit counts per second, from the first handshake message seen
+        // (see `Node::handshake_seen`); with none, there is nothing to reset.
+        if self.next_rate_reset.is_some_and(|t| now >= t) {
+            self.next_rate_reset = None;
             self.rate_limiter.reset_count();
             self.cookie_budget = COOKIE_REPLIES_PER_SEC;
         }
+    }
+
+    /// A handshake message arrived: the rate limit's second is running.
+    pub(super) fn handshake_seen(&mut self, now: Instant) {
+        self.next_rate_reset
+            .get_or_insert(now + Duration::from_secs(1));
+    }
+
+    /// A peer's punch started: its probes need the fine tick from now on.
+    pub(super) fn punch_started(&mut self, now: Instant) {
+        let soon = now + PUNCH_TICK;
+        self.next_tick = Some(self.next_tick.map_or(soon, |t| t.min(soon)));
     }
 
     /// When the node next needs [`Node::handle_timeout`], and why.

@@ -110,6 +110,11 @@ impl PeerPath {
         PeerPath::default()
     }
 
+    /// A punch window is open: probes go out every `PUNCH_INTERVAL`.
+    pub fn is_punching(&self) -> bool {
+        self.punch_until.is_some()
+    }
+
     pub fn is_fixed(&self) -> bool {
         self.fixed
     }

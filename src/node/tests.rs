@@ -602,3 +602,48 @@ fn a_peer_whose_clock_went_back_gets_a_session_again_once_it_was_silent() {
     );
     assert_eq!(b.counters().peer_clock_resets, 1);
 }
+
+#[test]
+fn an_idle_node_wakes_once_a_second_and_resets_no_rate_limit_nobody_used() {
+    // Issue 16, item 1: a node with nothing to do woke four times a second forever.
+    let mut a = node(1, &[(2, Some(B_EP))]);
+    let now = Instant::now();
+    a.handle_timeout(now);
+    assert_eq!(
+        a.poll_timeout(),
+        Some((now + Duration::from_secs(1), "timers"))
+    );
+    // A handshake message starts the rate limit's second; it is reset once, then not again.
+    let (ia, ib) = (identity(2), identity(1));
+    let mut b = Tunn::new(
+        ia.x25519_secret(),
+        ib.public_key().x25519_public().unwrap(),
+        None,
+        None,
+        9,
+        None,
+    );
+    let mut out = vec![0u8; 2048];
+    let mut back = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(init) = b.format_handshake_initiation(&mut out, false) else {
+        panic!()
+    };
+    let soon = now + Duration::from_millis(400);
+    a.handle_datagram(ep(B_EP), init, soon, &mut back);
+    assert_eq!(
+        a.poll_timeout(),
+        Some((now + Duration::from_secs(1), "timers"))
+    );
+    let later = now + Duration::from_secs(1);
+    a.handle_timeout(later);
+    let reset = soon + Duration::from_secs(1);
+    assert_eq!(
+        a.poll_timeout(),
+        Some((reset, "handshake rate limit reset"))
+    );
+    a.handle_timeout(reset);
+    assert_eq!(
+        a.poll_timeout(),
+        Some((later + Duration::from_secs(1), "timers"))
+    );
+}

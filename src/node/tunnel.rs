@@ -80,6 +80,10 @@ impl Node {
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
         let (Via::Direct(from) | Via::Relay(from)) = via;
+        // Initiations and responses count towards the handshake rate limit.
+        if matches!(datagram.first(), Some(1 | 2)) {
+            self.handshake_seen(now);
+        }
         let (index, kind) = match self.route_wireguard(from, datagram, out) {
             Some(Routed::Peer(index, kind)) => (index, kind),
             Some(Routed::Cookie(len)) => return self.cookie_reply(via, len, out),
