@@ -468,9 +468,9 @@ impl PairState {
 #[derive(Debug, Default, Clone)]
 pub struct TrustLedger {
     pairs: BTreeMap<(NodeKey, NodeKey), PairState>,
-    /// (party, other party) for every pair, both ways round: a node's pairs without a scan
-    /// (the rendezvous holds everyone's).
-    parties: BTreeSet<(NodeKey, NodeKey)>,
+    /// (high, low) for every pair: with `pairs` (keyed (low, high)) a node's pairs are two
+    /// range reads, not a scan (the rendezvous holds everyone's).
+    by_high: BTreeSet<(NodeKey, NodeKey)>,
 }
 
 impl TrustLedger {
@@ -534,21 +534,21 @@ impl TrustLedger {
     }
 
     fn insert(&mut self, (low, high): (NodeKey, NodeKey), state: PairState) {
-        self.parties.insert((low, high));
-        self.parties.insert((high, low));
+        self.by_high.insert((high, low));
         self.pairs.insert((low, high), state);
     }
 
-    /// Every pair `key` is part of, with its state, in the other party's key order.
+    /// Every pair `key` is part of, with its state, in the other party's key order: those
+    /// where it is the higher key (the others are lower), then the lower.
     pub fn pairs_of<'a>(
         &'a self,
         key: &'a NodeKey,
     ) -> impl Iterator<Item = (NodeKey, &'a PairState)> + 'a {
         let range = (*key, NodeKey([0; 32]))..=(*key, NodeKey([0xff; 32]));
-        self.parties.range(range).filter_map(move |&(me, other)| {
-            let state = self.pairs.get(&ordered(me, other))?;
-            Some((other, state))
-        })
+        let lower = (self.by_high.range(range.clone()))
+            .filter_map(move |&(high, low)| Some((low, self.pairs.get(&(low, high))?)));
+        let higher = (self.pairs.range(range)).map(|(&(_, high), state)| (high, state));
+        lower.chain(higher)
     }
 
     /// A digest of `key`'s pairs (who, what, as of when), for two holders of a node's ledger

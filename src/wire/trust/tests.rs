@@ -229,3 +229,36 @@ fn statements_round_trip_and_hostile_bytes_are_refused() {
         }
     }
 }
+
+#[test]
+fn a_nodes_pairs_are_found_by_index_and_digested_alike_in_any_order() {
+    // Both index paths: pairs where the node is the lower key and where it is the higher.
+    let pairs = [(1, 2), (1, 3), (2, 3), (4, 1), (5, 2), (6, 1)];
+    let mut forward = TrustLedger::new();
+    let mut backward = TrustLedger::new();
+    for &(a, b) in &pairs {
+        forward.admit_record(record(a, b, NOW - 100), NOW).unwrap();
+    }
+    for &(a, b) in pairs.iter().rev() {
+        backward.admit_record(record(a, b, NOW - 100), NOW).unwrap();
+    }
+    let me = pubkey(1);
+    let others: Vec<NodeKey> = forward.pairs_of(&me).map(|(k, _)| k).collect();
+    let mut expected = vec![pubkey(2), pubkey(3), pubkey(4), pubkey(6)];
+    expected.sort();
+    assert_eq!(others, expected, "every pair of node 1, in key order, once");
+    assert_eq!(forward.digest_of(&me), backward.digest_of(&me));
+    assert_eq!(TrustLedger::new().pairs_of(&me).count(), 0);
+    // A newer statement about one pair changes the digest of both its parties only.
+    let (d1, d2, d5) = (
+        forward.digest_of(&me),
+        forward.digest_of(&pubkey(2)),
+        forward.digest_of(&pubkey(5)),
+    );
+    let revoke = Revocation::sign(&key(2), me, NOW - 50, "").unwrap();
+    assert!(forward.admit_revocation(revoke, NOW).unwrap());
+    assert_ne!(forward.digest_of(&me), d1);
+    assert_ne!(forward.digest_of(&pubkey(2)), d2);
+    assert_eq!(forward.digest_of(&pubkey(5)), d5);
+    assert_ne!(TrustLedger::new().digest_of(&me), d1);
+}
