@@ -10,6 +10,7 @@ pub mod pilotd;
 mod readiness;
 mod release_name;
 pub mod rendezvous;
+mod report_text;
 mod seed;
 mod service;
 mod streams;
