@@ -39,6 +39,45 @@ fn rendezvous(lab: &mut Lab, ns: &str) -> (String, usize) {
     lab.rendezvous_with(ns, RDV, &["--keepalive", &keepalive])
 }
 
+/// A natlab with the rendezvous and two nodes that trust each other and ping across.
+struct World {
+    lab: Lab,
+    rdv_ns: String,
+    rendezvous: usize,
+    a: NodeHandle,
+    b: NodeHandle,
+    flags: [String; 2],
+}
+
+fn world(nat1: &str, nat2: &str) -> World {
+    let mut lab = Lab::new();
+    let name = lab.natlab(nat1, nat2);
+    let rdv_ns = format!("{name}-rdv");
+    let (rdv, rendezvous) = rendezvous(&mut lab, &rdv_ns);
+    let mut a = lab.node(&format!("{name}-a"), "a", "");
+    let mut b = lab.node(&format!("{name}-b"), "b", "");
+    let flags = ["--rendezvous".to_owned(), rdv];
+    lab.start_with(&mut a, &flags);
+    lab.start_with(&mut b, &flags);
+    lab.trust(&a, &b);
+    let up = eventually(Duration::from_secs(10), || pings(&a, &b).then_some(()));
+    assert!(up.is_some(), "no ping\n{}", a.log_text());
+    World {
+        lab,
+        rdv_ns,
+        rendezvous,
+        a,
+        b,
+        flags,
+    }
+}
+
+impl World {
+    fn rendezvous_log(&self) -> String {
+        fs::read_to_string(self.lab.dir.join("rdv.log")).unwrap_or_default()
+    }
+}
+
 #[test]
 fn a_rendezvous_that_lost_its_database_relays_the_pair_again_within_a_keepalive() {
     // Relayed pairs stayed dead (relay drops `not_allowed`) until a node restarted: nodes
@@ -47,37 +86,26 @@ fn a_rendezvous_that_lost_its_database_relays_the_pair_again_within_a_keepalive(
     if !lab::privileged(test) {
         return;
     }
-    let mut lab = Lab::new();
     // Two symmetric NATs: no direct path, the pair lives on the relay.
-    let name = lab.natlab("sym", "sym");
-    let rdv_ns = format!("{name}-rdv");
-    let (rdv, index) = rendezvous(&mut lab, &rdv_ns);
-    let mut a = lab.node(&format!("{name}-a"), "a", "");
-    let mut b = lab.node(&format!("{name}-b"), "b", "");
-    let flags = ["--rendezvous".to_owned(), rdv];
-    lab.start_with(&mut a, &flags);
-    lab.start_with(&mut b, &flags);
-    lab.trust(&a, &b);
-    let relayed = eventually(Duration::from_secs(10), || pings(&a, &b).then_some(()));
-    assert!(relayed.is_some(), "no ping\n{}", a.log_text());
-    assert_eq!(path(&a, &b), "relay");
+    let mut w = world("sym", "sym");
+    assert_eq!(path(&w.a, &w.b), "relay");
 
     // The rendezvous dies and comes back on an empty database (the same key: identity.json
     // survived, rendezvous.db did not).
-    lab.kill(index);
+    w.lab.kill(w.rendezvous);
     for file in ["rendezvous.db", "rendezvous.db-wal", "rendezvous.db-shm"] {
-        let _ = fs::remove_file(lab.dir.join("rdv").join(file));
+        let _ = fs::remove_file(w.lab.dir.join("rdv").join(file));
     }
-    let _ = rendezvous(&mut lab, &rdv_ns);
+    let _ = rendezvous(&mut w.lab, &w.rdv_ns);
     let lost = Instant::now();
     let resumed = eventually(Duration::from_secs(3 * KEEPALIVE), || {
-        pings(&a, &b).then(|| lost.elapsed())
+        pings(&w.a, &w.b).then(|| lost.elapsed())
     })
     .unwrap_or_else(|| {
         panic!(
             "the pair never came back\n--- a\n{}\n--- rendezvous\n{}",
-            a.log_text(),
-            fs::read_to_string(lab.dir.join("rdv.log")).unwrap_or_default()
+            w.a.log_text(),
+            w.rendezvous_log()
         )
     });
     // Within one keepalive (each node re-registers, is told the rendezvous holds nothing of
@@ -88,9 +116,11 @@ fn a_rendezvous_that_lost_its_database_relays_the_pair_again_within_a_keepalive(
         "took {resumed:?}"
     );
     // No verb, no restart of a node: the nodes' logs say why they resubmitted.
-    assert!(a
-        .log_text()
-        .contains("handing it our trust statements again"));
+    let log = w.a.log_text();
+    assert!(
+        log.contains("handing it our trust statements again"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -101,41 +131,30 @@ fn a_node_that_lost_its_trust_file_is_trusted_again_with_no_verb() {
     if !lab::privileged(test) {
         return;
     }
-    let mut lab = Lab::new();
-    let name = lab.natlab("cone", "prc");
-    let rdv_ns = format!("{name}-rdv");
-    let (rdv, _) = rendezvous(&mut lab, &rdv_ns);
-    let mut a = lab.node(&format!("{name}-a"), "a", "");
-    let mut b = lab.node(&format!("{name}-b"), "b", "");
-    let flags = ["--rendezvous".to_owned(), rdv];
-    lab.start_with(&mut a, &flags);
-    lab.start_with(&mut b, &flags);
-    lab.trust(&a, &b);
-    let up = eventually(Duration::from_secs(10), || pings(&a, &b).then_some(()));
-    assert!(up.is_some(), "no ping\n{}", a.log_text());
+    let mut w = world("cone", "prc");
 
     // a stops, loses trust.json, starts again: it trusts nobody.
-    assert!(lab.stop(&mut a, Signal::SIGTERM));
-    fs::remove_file(a.state_dir.join("trust.json")).unwrap();
-    lab.start_with(&mut a, &flags);
+    assert!(w.lab.stop(&mut w.a, Signal::SIGTERM));
+    fs::remove_file(w.a.state_dir.join("trust.json")).unwrap();
+    w.lab.start_with(&mut w.a, &w.flags);
     let started = Instant::now();
     // Nobody types anything: a's registration carries the digest of an empty ledger, the
     // rendezvous sends the record signed by both back, and traffic flows both ways again.
     let back = eventually(Duration::from_secs(15), || {
-        (a.trusts(&b) && pings(&a, &b) && pings(&b, &a)).then(|| started.elapsed())
+        (w.a.trusts(&w.b) && pings(&w.a, &w.b) && pings(&w.b, &w.a)).then(|| started.elapsed())
     })
     .unwrap_or_else(|| {
         panic!(
             "trust never came back\n--- a\n{}\n--- rendezvous\n{}",
-            a.log_text(),
-            fs::read_to_string(lab.dir.join("rdv.log")).unwrap_or_default()
+            w.a.log_text(),
+            w.rendezvous_log()
         )
     });
     eprintln!("trusted and pinging both ways {back:?} after the restart without trust.json");
     assert!(back <= Duration::from_secs(10), "took {back:?}");
     // And it is on disk again.
     let saved = eventually(Duration::from_secs(5), || {
-        let text = fs::read_to_string(a.state_dir.join("trust.json")).ok()?;
+        let text = fs::read_to_string(w.a.state_dir.join("trust.json")).ok()?;
         let state: serde_json::Value = serde_json::from_str(&text).ok()?;
         state["ledger"]
             .as_array()

@@ -89,16 +89,16 @@ impl Server {
         // fill the guard nor make an honest node's messages look stale. Freshness first, for
         // everyone: a registration dated far from our clock is told our time.
         let now_ms = self.clock.unix_ms(now);
+        let mut request = Request {
+            sender: opened.sender,
+            nonce: opened.nonce,
+            local,
+            local_ip,
+            from,
+            len: datagram.len(),
+            proven: false,
+        };
         if envelope::check_fresh(&opened, now_ms).is_err() {
-            let request = Request {
-                sender: opened.sender,
-                nonce: opened.nonce,
-                local,
-                local_ip,
-                from,
-                len: datagram.len(),
-                proven: false,
-            };
             return self.stale(request, &message, now, out);
         }
         let with_cookie = match &message {
@@ -117,15 +117,7 @@ impl Server {
                 return self.refuse(refusal_of(e), from);
             }
         }
-        let request = Request {
-            sender: opened.sender,
-            nonce: opened.nonce,
-            local,
-            local_ip,
-            from,
-            len: datagram.len(),
-            proven: at_registered || with_cookie,
-        };
+        request.proven = at_registered || with_cookie;
         match (message, local) {
             (Message::Register { .. }, Port::Main) if !request.proven => {
                 self.challenge(request, now, out)
