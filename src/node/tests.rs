@@ -15,6 +15,19 @@ pub(super) fn ep(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// A bare WireGuard tunnel holding `me`'s key, towards `peer` (a node under test), with table
+/// index `index`: a peer (or an attacker holding that key) without a node around it.
+fn wg_peer(me: &Identity, peer: &Identity, index: u32) -> Tunn {
+    Tunn::new(
+        me.x25519_secret(),
+        peer.public_key().x25519_public().unwrap(),
+        None,
+        None,
+        index,
+        None,
+    )
+}
+
 fn secret(n: u8) -> [u8; 32] {
     // Deterministic keys; skip any whose address would be reserved.
     (0..=255u8)
@@ -244,14 +257,7 @@ fn decrypted_packet_for_another_destination_is_dropped() {
     // A malicious peer holding A's real key encrypts whatever it likes.
     let (ia, ib) = (identity(1), identity(2));
     let mut b = node(2, &[(1, Some(A_EP))]);
-    let mut evil = Tunn::new(
-        ia.x25519_secret(),
-        ib.public_key().x25519_public().unwrap(),
-        None,
-        None,
-        7,
-        None,
-    );
+    let mut evil = wg_peer(&ia, &ib, 7);
     let now = Instant::now();
     let mut out = vec![0u8; 2048];
     let mut back = vec![0u8; 2048];
@@ -293,14 +299,7 @@ fn decrypted_packet_for_another_destination_is_dropped() {
 fn handshake_from_an_unknown_key_gets_no_answer() {
     let (ib, ic) = (identity(2), identity(3));
     let mut b = node(2, &[]);
-    let mut c = Tunn::new(
-        ic.x25519_secret(),
-        ib.public_key().x25519_public().unwrap(),
-        None,
-        None,
-        1,
-        None,
-    );
+    let mut c = wg_peer(&ic, &ib, 1);
     let mut out = vec![0u8; 2048];
     let mut back = vec![0u8; 2048];
     let TunnResult::WriteToNetwork(init) = c.format_handshake_initiation(&mut out, false) else {
@@ -547,16 +546,7 @@ fn a_peer_whose_clock_went_back_gets_a_session_again_once_it_was_silent() {
     // went back: it was refused until this node restarted.
     let (ia, ib) = (identity(1), identity(2));
     let mut b = node(2, &[(1, Some(A_EP))]);
-    let tunnel = || {
-        Tunn::new(
-            ia.x25519_secret(),
-            ib.public_key().x25519_public().unwrap(),
-            None,
-            None,
-            7,
-            None,
-        )
-    };
+    let tunnel = || wg_peer(&ia, &ib, 7);
     let (mut out, mut back) = (vec![0u8; 2048], vec![0u8; 2048]);
     // The rebooted peer's first handshake, dated by the clock that went back: made first.
     let mut rebooted = tunnel();
@@ -615,14 +605,7 @@ fn an_idle_node_wakes_once_a_second_and_resets_no_rate_limit_nobody_used() {
     );
     // A handshake message starts the rate limit's second; it is reset once, then not again.
     let (ia, ib) = (identity(2), identity(1));
-    let mut b = Tunn::new(
-        ia.x25519_secret(),
-        ib.public_key().x25519_public().unwrap(),
-        None,
-        None,
-        9,
-        None,
-    );
+    let mut b = wg_peer(&ia, &ib, 9);
     let mut out = vec![0u8; 2048];
     let mut back = vec![0u8; 2048];
     let TunnResult::WriteToNetwork(init) = b.format_handshake_initiation(&mut out, false) else {

@@ -437,7 +437,6 @@ impl Server {
         self.next_flush.get_or_insert(now + FLUSH_INTERVAL);
     }
 
-    /// Counts a refused message; nothing is sent, so forged or replayed traffic learns nothing.
     /// A message dated outside the window around our clock. A registration is told so (a
     /// `Refused { Stale }` echoing its nonce, sealed with our time): a node whose clock is wrong
     /// — a box without RTC before NTP, or on a network without it — learns the time to sign
@@ -457,6 +456,7 @@ impl Server {
         self.refusal_reply(req, RefusalCode::Stale, now, out)
     }
 
+    /// Counts a refused message; nothing is sent, so forged or replayed traffic learns nothing.
     fn refuse<'a>(&mut self, reason: Refusal, from: SocketAddr) -> Option<Transmit<'a>> {
         self.counters.refuse(reason);
         tracing::trace!(%from, reason = reason.name(), "control message refused");
