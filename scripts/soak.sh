@@ -81,14 +81,16 @@ pending_from_carol() { alice pending --json | grep -q "$CAROL_KEY"; }
 carol_trusts_alice() { carol trust --json | grep -q "$TN_KEY_A"; }
 carol_trusts_nobody() { ! carol trust --json | grep -q "$TN_KEY_A"; }
 
-# One round: request, approval, countersignature, revocation.
+# One round: request, approval, countersignature, revocation. Each step may wait for a
+# registration: after a NAT flush the rendezvous reaches a node again only once the node has
+# registered through its new mapping (every keepalive, 25 s).
 churn_trust() {
     carol handshake "$TN_KEY_A" "soak round $1" >/dev/null || tn_die "carol's handshake failed"
-    within 15 "alice saw carol's request" pending_from_carol
+    within 40 "alice saw carol's request" pending_from_carol
     alice approve "$CAROL_KEY" >/dev/null || tn_die "alice could not approve carol"
-    within 15 "carol trusted alice" carol_trusts_alice
+    within 40 "carol trusted alice" carol_trusts_alice
     carol untrust "$TN_KEY_A" >/dev/null || tn_die "carol could not untrust alice"
-    within 15 "the revocation took effect" carol_trusts_nobody
+    within 40 "the revocation took effect" carol_trusts_nobody
     CHURN_ROUNDS=$((CHURN_ROUNDS + 1))
 }
 
