@@ -5,13 +5,16 @@
 //! | request | the requester | the target's outbox |
 //! | approval (half record) | its signer | the unsigned party's outbox |
 //! | complete record | one of its parties | the ledger, and the other party's outbox |
-//! | revocation | its signer | the ledger, and the other party's outbox |
+//! | revocation | either party | the ledger, and (from its signer) the other party's outbox |
 //!
 //! Everything is verified here as the nodes will verify it, so junk is refused at the door
 //! instead of being stored and delivered; the nodes still trust nothing on the rendezvous'
 //! word. `Stored` is sent only once the change is in the store. A statement that changes
 //! nothing (a resubmission after a node restart, or one a newer statement has superseded) is
-//! answered `Stored` as well: what the node wanted kept is kept.
+//! answered `Stored` as well: what the node wanted kept is kept. A revocation is taken from the
+//! party that did not sign it too, as complete records are: that node hands back what a
+//! rendezvous restored from an old backup (or an empty disk) lost while the signer is away,
+//! and the signature alone makes it safe.
 //!
 //! An outbox holds at most one item per kind (request, approval, ledger statement) and other
 //! party; a newer one replaces it. Requests and approvals, which anyone may send to anyone,
@@ -52,11 +55,13 @@ enum Kind {
 enum Plan {
     /// Nothing new: it is known already, or superseded by what is.
     Known,
-    /// Store it for `target` (replacing an older item), and admit it to the ledger if `ledger`.
+    /// Store it for `target` (replacing an older item; a new item only if `notify`), and
+    /// admit it to the ledger if `ledger`.
     Deliver {
         target: NodeKey,
         ledger: bool,
         replaces: Option<u64>,
+        notify: bool,
     },
 }
 
@@ -65,6 +70,8 @@ enum Plan {
 enum Bad {
     #[error("the sender is not the statement's signer")]
     NotSigner,
+    #[error("the sender is not a party to the statement")]
+    NotAParty,
     #[error(transparent)]
     Trust(#[from] TrustError),
 }
@@ -93,12 +100,14 @@ impl Server {
             target,
             ledger,
             replaces,
+            notify,
         } = plan
         else {
             return self.reply(req, &Message::Stored { echo: req.nonce }, now, out);
         };
-        let full = (!ledger && self.outbox.count(&target) >= MAX_OUTBOX)
-            || self.outbox.len() >= self.config.max_outbox;
+        let full = notify
+            && ((!ledger && self.outbox.count(&target) >= MAX_OUTBOX)
+                || self.outbox.len() >= self.config.max_outbox);
         if replaces.is_none() && full {
             self.counters.refuse(Refusal::OutboxFull);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
@@ -106,7 +115,7 @@ impl Server {
         let submission = Submission {
             ledger: ledger.then_some(&statement),
             replaces,
-            deliver: Some(NewDelivery {
+            deliver: notify.then_some(NewDelivery {
                 target,
                 statement: &statement,
                 stored_ms: now_ms,
@@ -200,11 +209,25 @@ impl Server {
                 Ok(self.plan_ledger(target, statement))
             }
             Statement::Revocation(v) => {
-                if v.by != *sender {
-                    return Err(Bad::NotSigner);
-                }
                 v.verify(now_ms)?;
-                Ok(self.plan_ledger(v.other, statement))
+                if v.by == *sender {
+                    Ok(self.plan_ledger(v.other, statement))
+                } else if v.other == *sender {
+                    // Handed back: the ledger takes it; its signer, who holds it, is not told.
+                    Ok(match self.plan_ledger(v.by, statement) {
+                        Plan::Deliver {
+                            target, replaces, ..
+                        } => Plan::Deliver {
+                            target,
+                            ledger: true,
+                            replaces,
+                            notify: false,
+                        },
+                        known => known,
+                    })
+                } else {
+                    Err(Bad::NotAParty)
+                }
             }
         }
     }
@@ -223,6 +246,7 @@ impl Server {
                 target,
                 ledger: false,
                 replaces: held.map(|(id, _)| id),
+                notify: true,
             },
         }
     }
@@ -238,6 +262,7 @@ impl Server {
             replaces: self
                 .outbox_item(&target, statement, Kind::Ledger)
                 .map(|(id, _)| id),
+            notify: true,
         }
     }
 
