@@ -207,6 +207,34 @@ pub enum PeerError {
     TooMany,
 }
 
+/// Sizes of a node's in-memory state ([`Node::state_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    /// The peer table: configured peers and keys that were trusted at some time (a stranger
+    /// gets no entry).
+    pub peers: usize,
+    /// Senders with replay state: at most 16,384.
+    pub replay_senders: usize,
+    /// Trust requests waiting for approval: at most 1,024.
+    pub incoming: usize,
+    /// Our own requests.
+    pub outgoing: usize,
+    /// Our approvals waiting for a countersignature: at most 1,024.
+    pub approved: usize,
+    /// Our statements the rendezvous has not confirmed: at most 4,096.
+    pub unsubmitted: usize,
+    /// Hostnames learnt.
+    pub names: usize,
+    /// Submissions waiting for `Stored`: at most 256.
+    pub inflight: usize,
+    /// Lookups in flight: at most 64.
+    pub lookups: usize,
+    /// Sealed control messages waiting for [`Node::poll_transmit`].
+    pub control_out: usize,
+    /// Events waiting for [`Node::poll_event`].
+    pub events: usize,
+}
+
 struct PendingPing {
     peer: usize,
     seq: u16,
@@ -593,6 +621,25 @@ impl Node {
     /// Keys of every peer in the table (trusted or not).
     pub fn peer_keys(&self) -> impl Iterator<Item = NodeKey> + '_ {
         self.peers.iter().map(|p| p.key)
+    }
+
+    /// How much state the node holds now, for tests and metrics: each figure is bounded (see
+    /// [`StateSizes`]) whatever strangers send. Cheap: sizes of in-memory collections.
+    pub fn state_sizes(&self, now: Instant) -> StateSizes {
+        let now_ms = self.clock.unix_ms(now);
+        StateSizes {
+            peers: self.peers.len(),
+            replay_senders: self.replay.senders(),
+            incoming: self.trust.incoming(now_ms).count(),
+            outgoing: self.trust.outgoing().count(),
+            approved: self.trust.approved().count(),
+            unsubmitted: self.trust.unsubmitted().len(),
+            names: self.trust.names().count(),
+            inflight: self.inflight.len(),
+            lookups: self.lookups.len(),
+            control_out: self.control_out.len(),
+            events: self.events.len(),
+        }
     }
 
     /// Keys of the peers configured with `--peer` (trusted by configuration).
