@@ -294,6 +294,9 @@ pub struct Node {
     lookup_seq: u64,
     /// Our `ReleaseName` waiting for its answer.
     release: Option<names::PendingRelease>,
+    /// When undecryptable data last made us look for its sender by endpoint (see
+    /// `Node::recover_by_source`).
+    last_source_scan: Option<Instant>,
 }
 
 impl Node {
@@ -350,6 +353,7 @@ impl Node {
             lookups: BTreeMap::new(),
             lookup_seq: 0,
             release: None,
+            last_source_scan: None,
         };
         for peer in &config.peers {
             node.add_peer(peer)?;
@@ -478,9 +482,9 @@ impl Node {
             DatagramKind::Pilot(RELAY_FROM) => {
                 let from_rendezvous = self.link.as_ref().is_some_and(|l| l.is_rendezvous(from));
                 match crate::wire::control::parse_relay(datagram) {
-                    Some((_, inner)) if from_rendezvous => {
+                    Some((source, inner)) if from_rendezvous => {
                         self.counters.relay_rx_bytes += datagram.len() as u64;
-                        self.handle_wireguard(Via::Relay(from), inner, now, out)
+                        self.handle_wireguard(Via::Relay(from, source), inner, now, out)
                     }
                     _ => {
                         self.counters.drop(DropReason::UnexpectedControl);
