@@ -215,6 +215,8 @@ pub struct StateSizes {
     pub peers: usize,
     /// Senders with replay state: at most 16,384.
     pub replay_senders: usize,
+    /// Records and revocations held, one per pair: only with keys this node dealt with.
+    pub ledger: usize,
     /// Trust requests waiting for approval: at most 1,024.
     pub incoming: usize,
     /// Our own requests.
@@ -634,6 +636,7 @@ impl Node {
         StateSizes {
             peers: self.peers.len(),
             replay_senders: self.replay.senders(),
+            ledger: self.trust.ledger_len(),
             incoming: self.trust.incoming(now_ms).count(),
             outgoing: self.trust.outgoing().count(),
             approved: self.trust.approved().count(),

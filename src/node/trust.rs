@@ -349,6 +349,11 @@ impl TrustBook {
         self.ledger.trusted(&self.me, peer)
     }
 
+    /// Pairs in this node's ledger (records and revocations).
+    pub fn ledger_len(&self) -> usize {
+        self.ledger.len()
+    }
+
     /// Peers with a valid mutual record.
     pub fn trusted(&self) -> impl Iterator<Item = (NodeKey, &TrustRecord)> + '_ {
         self.ledger
@@ -679,7 +684,26 @@ impl TrustBook {
                     return Err(TrustError::NotAParty);
                 }
                 let (at, reason) = (revocation.issued_ms, revocation.reason.clone());
-                if self.ledger.admit_revocation(revocation, now_ms)? {
+                // Kept only where it changes what holds between us: a record with the peer,
+                // our request to it, our approval of its request. One that withdraws the
+                // peer's own request to us takes that away; from a key we have nothing to do
+                // with it changes nothing. Neither is kept, or every throwaway key could add
+                // an entry to our ledger (and trust.json, and what we hand the rendezvous
+                // again at each resync).
+                let matters = self.ledger.state(&self.me, &peer).is_some()
+                    || self.outgoing.contains_key(&peer)
+                    || self.approved.contains_key(&peer);
+                if !matters {
+                    revocation.verify(now_ms)?;
+                    if self
+                        .incoming
+                        .get(&peer)
+                        .is_some_and(|i| i.request.issued_ms <= at)
+                    {
+                        self.incoming.remove(&peer);
+                        changed = true;
+                    }
+                } else if self.ledger.admit_revocation(revocation, now_ms)? {
                     if let Some(o) = self.outgoing.get_mut(&peer) {
                         if o.request.issued_ms <= at + MAX_FUTURE_MS {
                             o.rejected = Some((at, reason));
