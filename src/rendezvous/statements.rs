@@ -20,7 +20,9 @@
 //! party; a newer one replaces it. Requests and approvals, which anyone may send to anyone,
 //! are capped at [`MAX_OUTBOX`] per node. Ledger changes are not: a revocation must take
 //! effect even while somebody floods the other party's outbox, and each partner can hold at
-//! most one ledger item there.
+//! most one ledger item there. A revocation that ends trust is not held to the outbox's
+//! global cap either (`Config::max_outbox`), which statements to keys that never come to
+//! collect them can fill.
 
 use std::time::Instant;
 
@@ -105,7 +107,15 @@ impl Server {
         else {
             return self.reply(req, &Message::Stored { echo: req.nonce }, now, out);
         };
+        // A revocation that ends trust always goes through, whatever fills the outbox: one
+        // per trusted pair at most (it replaces the pair's ledger item), and trusted pairs
+        // are bounded by the ledger, which is in memory anyway.
+        let ends_trust = matches!(statement, Statement::Revocation(_)) && {
+            let (a, b) = statement.pair();
+            self.ledger.trusted(&a, &b)
+        };
         let full = notify
+            && !ends_trust
             && ((!ledger && self.outbox.count(&target) >= MAX_OUTBOX)
                 || self.outbox.len() >= self.config.max_outbox);
         if replaces.is_none() && full {
