@@ -292,6 +292,8 @@ pub struct Node {
     /// Statements submitted and not yet confirmed, by the nonce they went out with.
     inflight: BTreeMap<u64, Statement>,
     next_submit: Option<Instant>,
+    /// The trust book's `queued_total` when we last sent at once.
+    queued_seen: u64,
     lookups: BTreeMap<u64, PendingLookup>,
     lookup_seq: u64,
     /// Our `ReleaseName` waiting for its answer.
@@ -352,6 +354,7 @@ impl Node {
             pending_acks: Vec::new(),
             inflight: BTreeMap::new(),
             next_submit: None,
+            queued_seen: 0,
             lookups: BTreeMap::new(),
             lookup_seq: 0,
             release: None,
@@ -687,5 +690,7 @@ mod release_tests;
 mod replay_tests;
 #[cfg(test)]
 mod status_tests;
+#[cfg(test)]
+mod submit_tests;
 #[cfg(test)]
 mod tests;

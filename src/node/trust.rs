@@ -172,6 +172,8 @@ pub struct TrustBook {
     unsubmitted: Vec<Statement>,
     /// Approvals forgotten past [`MAX_APPROVED`] since start.
     approvals_evicted: u64,
+    /// Statements queued since start (see [`TrustBook::queued_total`]).
+    queued: u64,
 }
 
 impl TrustBook {
@@ -185,6 +187,7 @@ impl TrustBook {
             names: BTreeMap::new(),
             unsubmitted: Vec::new(),
             approvals_evicted: 0,
+            queued: 0,
         }
     }
 
@@ -450,6 +453,12 @@ impl TrustBook {
         if !self.deals_with(key) {
             self.names.remove(key);
         }
+    }
+
+    /// How many statements were ever queued for the rendezvous: when it moves, there is
+    /// something new to send.
+    pub fn queued_total(&self) -> u64 {
+        self.queued
     }
 
     /// Our statements the rendezvous has not confirmed.
@@ -775,6 +784,7 @@ impl TrustBook {
             self.unsubmitted.remove(0);
         }
         self.unsubmitted.push(statement);
+        self.queued += 1;
     }
 }
 
