@@ -436,12 +436,6 @@ impl Server {
         }
     }
 
-    /// The key whose registration (fresh or not) came from `endpoint`: where the server sends
-    /// that node what it has for it (deliveries, the second `Punch` of an introduction).
-    pub fn key_at(&self, endpoint: &SocketAddr) -> Option<NodeKey> {
-        self.registry.key_at(&canonical(*endpoint))
-    }
-
     /// The registration of `key` as the store keeps it.
     fn record(&self, key: &NodeKey) -> Option<Registration> {
         let hostname = self.directory.name_of(key).cloned();

@@ -229,24 +229,36 @@ fn a_revocation_that_ends_trust_goes_through_a_full_outbox() {
         c.register(&mut sim, &[]).unwrap();
     }
     let record = a.record_with(&b, sim.now_ms());
-    assert!(matches!(a.submit(&mut sim, &record), Some(Message::Stored { .. })));
+    assert!(matches!(
+        a.submit(&mut sim, &record),
+        Some(Message::Stored { .. })
+    ));
     for (id, ..) in sim.deliveries_to(b.at) {
         b.ack(&mut sim, id);
     }
     for n in 0..3u8 {
         let nobody = Client::new(100 + n, "192.0.2.1:1");
         let ask = request(&junk, &nobody, sim.now_ms());
-        assert!(matches!(junk.submit(&mut sim, &ask), Some(Message::Stored { .. })));
+        assert!(matches!(
+            junk.submit(&mut sim, &ask),
+            Some(Message::Stored { .. })
+        ));
     }
     let nobody = Client::new(110, "192.0.2.1:1");
     let more = request(&junk, &nobody, sim.now_ms());
-    assert_eq!(refused(junk.submit(&mut sim, &more)), RefusalCode::RateLimited);
+    assert_eq!(
+        refused(junk.submit(&mut sim, &more)),
+        RefusalCode::RateLimited
+    );
     // b ends trust: stored, in the ledger, and delivered to a.
     sim.advance(Duration::from_secs(1));
     let revoked = Statement::Revocation(
         crate::wire::trust::Revocation::sign(b.signing_key(), a.key(), sim.now_ms(), "").unwrap(),
     );
-    assert!(matches!(b.submit(&mut sim, &revoked), Some(Message::Stored { .. })));
+    assert!(matches!(
+        b.submit(&mut sim, &revoked),
+        Some(Message::Stored { .. })
+    ));
     assert!(!sim.server.ledger().trusted(&a.key(), &b.key()));
     let delivered = sim.deliveries_to(a.at);
     assert_eq!(delivered.len(), 1);
@@ -256,5 +268,8 @@ fn a_revocation_that_ends_trust_goes_through_a_full_outbox() {
         crate::wire::trust::Revocation::sign(junk.signing_key(), nobody.key(), sim.now_ms(), "")
             .unwrap(),
     );
-    assert_eq!(refused(junk.submit(&mut sim, &withdrawn)), RefusalCode::RateLimited);
+    assert_eq!(
+        refused(junk.submit(&mut sim, &withdrawn)),
+        RefusalCode::RateLimited
+    );
 }
