@@ -689,7 +689,10 @@ impl TrustBook {
                 }
             }
             Statement::Revocation(revocation) => {
-                if revocation.by != peer {
+                // Ours, handed back by the rendezvous after we lost our state: it must win
+                // over the record it ended, which may come back too.
+                let ours = revocation.by == self.me;
+                if revocation.by != peer && !ours {
                     return Err(TrustError::NotAParty);
                 }
                 let (at, reason) = (revocation.issued_ms, revocation.reason.clone());
@@ -699,7 +702,8 @@ impl TrustBook {
                 // with it changes nothing. Neither is kept, or every throwaway key could add
                 // an entry to our ledger (and trust.json, and what we hand the rendezvous
                 // again at each resync).
-                let matters = self.ledger.state(&self.me, &peer).is_some()
+                let matters = ours
+                    || self.ledger.state(&self.me, &peer).is_some()
                     || self.outgoing.contains_key(&peer)
                     || self.approved.contains_key(&peer);
                 if !matters {
@@ -713,7 +717,7 @@ impl TrustBook {
                         changed = true;
                     }
                 } else if self.ledger.admit_revocation(revocation, now_ms)? {
-                    if let Some(o) = self.outgoing.get_mut(&peer) {
+                    if let Some(o) = self.outgoing.get_mut(&peer).filter(|_| !ours) {
                         if o.request.issued_ms <= at + MAX_FUTURE_MS {
                             o.rejected = Some((at, reason));
                         }
