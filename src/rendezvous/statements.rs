@@ -142,6 +142,7 @@ impl Server {
         self.store_ok();
         if ledger {
             self.admit(statement.clone(), now_ms);
+            self.drop_superseded(&target, &statement);
         }
         if let Some(old) = replaces {
             self.outbox.remove(old);
@@ -287,6 +288,26 @@ impl Server {
         self.outbox
             .of(target)
             .find(|(_, item)| kind_of(&item.statement) == kind && item.statement.pair() == pair)
+    }
+
+    /// After the ledger took `statement`: the pair's older ledger item waiting for the party
+    /// that is not `target` (the one that submitted or signed it, which holds the newer) is
+    /// superseded. Left there, it reached a node that had lost its state ahead of the newer
+    /// statement, reviving a record its own revocation had ended. Deleted like an
+    /// acknowledged one; if the store fails it stays, and the newer statement still wins.
+    fn drop_superseded(&mut self, target: &NodeKey, statement: &Statement) {
+        let (low, high) = statement.pair();
+        let party = if *target == low { high } else { low };
+        let Some((id, _)) = self.outbox_item(&party, statement, Kind::Ledger) else {
+            return;
+        };
+        if id < EPHEMERAL_IDS {
+            if let Err(e) = self.store.delivered(id) {
+                self.store_error(&e);
+                return;
+            }
+        }
+        self.outbox.remove(id);
     }
 
     /// Admits a stored record or revocation to the ledger (it was verified just before).

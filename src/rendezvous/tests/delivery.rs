@@ -273,3 +273,42 @@ fn a_revocation_that_ends_trust_goes_through_a_full_outbox() {
         RefusalCode::RateLimited
     );
 }
+
+#[test]
+fn a_ledger_item_superseded_while_waiting_is_not_delivered() {
+    // Found by the property test: b left a record waiting in its outbox, then revoked; after
+    // losing its state it got the record back (and trusted a again) along with its revocation.
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "198.51.100.2:40002");
+    a.register(&mut sim, &[]).unwrap();
+    b.register(&mut sim, &[]).unwrap();
+    let record = a.record_with(&b, sim.now_ms());
+    assert!(matches!(
+        a.submit(&mut sim, &record),
+        Some(Message::Stored { .. })
+    ));
+    assert_eq!(
+        sim.store.outbox(&b.key()).len(),
+        1,
+        "b has not acknowledged it"
+    );
+    sim.advance(Duration::from_secs(1));
+    let revoked = Statement::Revocation(
+        crate::wire::trust::Revocation::sign(b.signing_key(), a.key(), sim.now_ms(), "").unwrap(),
+    );
+    assert!(matches!(
+        b.submit(&mut sim, &revoked),
+        Some(Message::Stored { .. })
+    ));
+    assert!(
+        sim.store.outbox(&b.key()).is_empty(),
+        "the record is superseded"
+    );
+    let to_a = sim.store.outbox(&a.key());
+    assert_eq!(to_a.len(), 1);
+    assert_eq!(to_a[0].statement, revoked);
+    sim.drain();
+    sim.advance(Duration::from_secs(3));
+    assert!(sim.deliveries_to(b.at).is_empty());
+}
