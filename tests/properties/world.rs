@@ -316,7 +316,6 @@ impl World {
                 self.server.handle_timeout(self.now);
             }
             self.drain_server();
-            self.check_sizes();
             let next = [
                 self.net.next_arrival(),
                 self.server.poll_timeout().map(|(t, _)| t),
@@ -334,6 +333,9 @@ impl World {
             .unwrap_or(until);
             if next > until {
                 self.now = until;
+                // Sizes once a step: every cap is enforced where state grows, so a
+                // transient excess would persist until the next look.
+                self.check_sizes();
                 return;
             }
             self.now = next.max(self.now);
