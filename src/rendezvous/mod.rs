@@ -180,8 +180,9 @@ pub struct StateSizes {
     pub registry: usize,
     /// Senders with replay state: at most twice [`Config::max_nodes`].
     pub replay_senders: usize,
-    /// Trust statements waiting for delivery: at most [`Config::max_outbox`] (plus a node's
-    /// ledger sent back to it, at most 1024 per registration).
+    /// Trust statements waiting for delivery: at most [`Config::max_outbox`], plus what is
+    /// not held to it (revocations that end trust, ledgers sent back to nodes that lost
+    /// theirs), at most one item per ledger pair and party.
     pub outbox: usize,
     /// The most items waiting for one node.
     pub outbox_largest: usize,

@@ -312,3 +312,34 @@ fn a_ledger_item_superseded_while_waiting_is_not_delivered() {
     sim.advance(Duration::from_secs(3));
     assert!(sim.deliveries_to(b.at).is_empty());
 }
+
+#[test]
+fn a_node_that_lost_its_ledger_gets_it_back_through_a_full_outbox() {
+    // Found by the property test under a heavy flood: the resync was refused outbox_full, and
+    // the node that lost its trust.json stayed cut off from its peers for as long as the
+    // junk lived.
+    let mut sim = Sim::with(MemoryStore::new(), |c| c.max_outbox = 3);
+    let (a, mut b) = pair(&mut sim);
+    let mut junk = Client::new(3, "192.0.2.3:40003");
+    junk.register(&mut sim, &[]).unwrap();
+    for n in 0..3u8 {
+        let nobody = Client::new(100 + n, "192.0.2.1:1");
+        let ask = request(&junk, &nobody, sim.now_ms());
+        assert!(matches!(
+            junk.submit(&mut sim, &ask),
+            Some(Message::Stored { .. })
+        ));
+    }
+    b.trust_digest = Some(crate::wire::trust::TrustLedger::new().digest_of(&b.key()));
+    b.register(&mut sim, &[]).unwrap();
+    let delivered = sim.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        Some(delivered[0].2.clone()),
+        sim.server
+            .ledger()
+            .state(&a.key(), &b.key())
+            .map(|s| s.to_statement())
+    );
+    assert_eq!(sim.server.counters().refused(Refusal::OutboxFull), 0);
+}
