@@ -28,9 +28,9 @@
 //!
 //! Known gap: attackers flooding hard enough (`PILOT_PROPERTY_FLOOD=900`: seed 1 already) fill the
 //! rendezvous' global outbox (`Config::max_outbox`, 300 here) with statements for keys that
-//! never collect them, and honest requests, approvals, new records and a lost ledger's resync
-//! are then refused `outbox_full` until the junk expires (a week). Only a revocation that ends
-//! trust is exempt. The default flood stays below the cap; see the issue note.
+//! never collect them, and honest requests, approvals and new records are then refused
+//! `outbox_full` until the junk expires (a week). Revocations that end trust and a lost
+//! ledger's resync are exempt. The default flood stays below the cap; see the issue note.
 //!
 //! boringtun's own timers (handshake retries, rekeying) read the OS clock, not the simulated
 //! one, so they never fire here: what the node does on its own (kicking handshakes, recovering
