@@ -211,6 +211,36 @@ pub enum PeerError {
     TooMany,
 }
 
+/// Sizes of a node's in-memory state ([`Node::state_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    /// The peer table: configured peers and keys that were trusted at some time (a stranger
+    /// gets no entry).
+    pub peers: usize,
+    /// Senders with replay state: at most 16,384.
+    pub replay_senders: usize,
+    /// Records and revocations held, one per pair: only with keys this node dealt with.
+    pub ledger: usize,
+    /// Trust requests waiting for approval: at most 1,024.
+    pub incoming: usize,
+    /// Our own requests.
+    pub outgoing: usize,
+    /// Our approvals waiting for a countersignature: at most 1,024.
+    pub approved: usize,
+    /// Our statements the rendezvous has not confirmed: at most 4,096.
+    pub unsubmitted: usize,
+    /// Hostnames learnt.
+    pub names: usize,
+    /// Submissions waiting for `Stored`: at most 256.
+    pub inflight: usize,
+    /// Lookups in flight: at most 64.
+    pub lookups: usize,
+    /// Sealed control messages waiting for [`Node::poll_transmit`].
+    pub control_out: usize,
+    /// Events waiting for [`Node::poll_event`].
+    pub events: usize,
+}
+
 struct PendingPing {
     peer: usize,
     seq: u16,
@@ -269,10 +299,15 @@ pub struct Node {
     /// Statements submitted and not yet confirmed, by the nonce they went out with.
     inflight: BTreeMap<u64, Statement>,
     next_submit: Option<Instant>,
+    /// The trust book's `queued_total` when we last sent at once.
+    queued_seen: u64,
     lookups: BTreeMap<u64, PendingLookup>,
     lookup_seq: u64,
     /// Our `ReleaseName` waiting for its answer.
     release: Option<names::PendingRelease>,
+    /// When undecryptable data last made us look for its sender by endpoint (see
+    /// `Node::recover_by_source`).
+    last_source_scan: Option<Instant>,
 }
 
 impl Node {
@@ -327,9 +362,11 @@ impl Node {
             saving_acks: None,
             inflight: BTreeMap::new(),
             next_submit: None,
+            queued_seen: 0,
             lookups: BTreeMap::new(),
             lookup_seq: 0,
             release: None,
+            last_source_scan: None,
         };
         for peer in &config.peers {
             node.add_peer(peer)?;
@@ -458,9 +495,9 @@ impl Node {
             DatagramKind::Pilot(RELAY_FROM) => {
                 let from_rendezvous = self.link.as_ref().is_some_and(|l| l.is_rendezvous(from));
                 match crate::wire::control::parse_relay(datagram) {
-                    Some((_, inner)) if from_rendezvous => {
+                    Some((source, inner)) if from_rendezvous => {
                         self.counters.relay_rx_bytes += datagram.len() as u64;
-                        self.handle_wireguard(Via::Relay(from), inner, now, out)
+                        self.handle_wireguard(Via::Relay(from, source), inner, now, out)
                     }
                     _ => {
                         self.counters.drop(DropReason::UnexpectedControl);
@@ -620,6 +657,26 @@ impl Node {
         self.peers.iter().map(|p| p.key)
     }
 
+    /// How much state the node holds now, for tests and metrics: each figure is bounded (see
+    /// [`StateSizes`]) whatever strangers send. Cheap: sizes of in-memory collections.
+    pub fn state_sizes(&self, now: Instant) -> StateSizes {
+        let now_ms = self.clock.unix_ms(now);
+        StateSizes {
+            peers: self.peers.len(),
+            replay_senders: self.replay.senders(),
+            ledger: self.trust.ledger_len(),
+            incoming: self.trust.incoming(now_ms).count(),
+            outgoing: self.trust.outgoing().count(),
+            approved: self.trust.approved().count(),
+            unsubmitted: self.trust.unsubmitted().len(),
+            names: self.trust.names().count(),
+            inflight: self.inflight.len(),
+            lookups: self.lookups.len(),
+            control_out: self.control_out.len(),
+            events: self.events.len(),
+        }
+    }
+
     /// Keys of the peers configured with `--peer` (trusted by configuration).
     pub fn configured_peers(&self) -> impl Iterator<Item = NodeKey> + '_ {
         self.peers
@@ -658,5 +715,7 @@ mod release_tests;
 mod replay_tests;
 #[cfg(test)]
 mod status_tests;
+#[cfg(test)]
+mod submit_tests;
 #[cfg(test)]
 mod tests;

@@ -10,19 +10,19 @@ use crate::clock::WallClock;
 use crate::rendezvous::{Config, MemoryStore, Port, Server};
 
 /// A node and a rendezvous joined by a lossless link, with a fake clock.
-struct Link {
-    node: Node,
+pub(super) struct Link {
+    pub(super) node: Node,
     server: Server,
     store: MemoryStore,
-    rdv: SocketAddr,
+    pub(super) rdv: SocketAddr,
     at: SocketAddr,
-    now: Instant,
+    pub(super) now: Instant,
     /// The rendezvous answers nothing while false.
-    up: bool,
+    pub(super) up: bool,
 }
 
 impl Link {
-    fn new(hostname: &str) -> Link {
+    pub(super) fn new(hostname: &str) -> Link {
         let rendezvous = identity(9);
         let rdv = ep("203.0.113.10:7000");
         let clock = WallClock::new(Instant::now(), 1_800_000_000_000);
@@ -44,7 +44,7 @@ impl Link {
     }
 
     /// Moves the clock by `by` in 100 ms steps, carrying every datagram both ways.
-    fn run(&mut self, by: Duration) {
+    pub(super) fn run(&mut self, by: Duration) {
         let until = self.now + by;
         let mut out = vec![0u8; 65535];
         let mut reply = vec![0u8; 65535];

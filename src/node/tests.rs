@@ -630,3 +630,43 @@ fn an_idle_node_wakes_once_a_second_and_resets_no_rate_limit_nobody_used() {
         Some((later + Duration::from_secs(1), "timers"))
     );
 }
+
+#[test]
+fn stale_data_from_a_peer_at_another_index_after_a_restart_starts_a_handshake_at_once() {
+    // a knows b second; after a restart, first. b's session still names the old index, so
+    // the index no longer finds b: a used to drop the data and wait for b's timers (15 s of
+    // silence, forever in a simulation whose clock boringtun does not read).
+    let mut pair = Pair {
+        a: node(1, &[(3, Some("192.0.2.3:51870")), (2, Some(B_EP))]),
+        b: node(2, &[(1, Some(A_EP))]),
+        now: Instant::now(),
+        a_tun: Vec::new(),
+        b_tun: Vec::new(),
+    };
+    let (ia, ib) = (pair.a.addr().to_ipv6(), pair.b.addr().to_ipv6());
+    assert_eq!(
+        pair.send_from_a(&udp_packet(ia, ib, b"one")),
+        TunVerdict::Sent
+    );
+    assert_eq!(pair.b_tun.len(), 1);
+    pair.a = node(1, &[(2, Some(B_EP))]);
+    let mut out = vec![0u8; 2048];
+    let mut from_b = |pair: &mut Pair, payload: &[u8]| {
+        let TunOutput::Send(t) =
+            pair.b
+                .handle_tun_packet(&udp_packet(ib, ia, payload), pair.now, &mut out)
+        else {
+            panic!("b has a session")
+        };
+        let d = (ep(B_EP), t.to, t.payload.to_vec());
+        pair.run(vec![d]);
+    };
+    // The first is lost with the old session; a handshakes at once, and the next crosses.
+    from_b(&mut pair, b"stale");
+    assert_eq!(pair.a.counters().get(DropReason::BadWireGuard), 1);
+    assert!(pair.a_tun.is_empty());
+    assert_eq!(pair.a.counters().handshakes, 1);
+    from_b(&mut pair, b"fresh");
+    assert_eq!(pair.a_tun.len(), 1);
+    assert!(pair.a_tun[0].ends_with(b"fresh"));
+}

@@ -177,6 +177,8 @@ pub struct TrustBook {
     unsubmitted: Vec<Statement>,
     /// Approvals forgotten past [`MAX_APPROVED`] since start.
     approvals_evicted: u64,
+    /// Statements queued since start (see [`TrustBook::queued_total`]).
+    queued: u64,
 }
 
 impl TrustBook {
@@ -191,6 +193,7 @@ impl TrustBook {
             contested: BTreeMap::new(),
             unsubmitted: Vec::new(),
             approvals_evicted: 0,
+            queued: 0,
         }
     }
 
@@ -355,6 +358,11 @@ impl TrustBook {
         self.ledger.trusted(&self.me, peer)
     }
 
+    /// Pairs in this node's ledger (records and revocations).
+    pub fn ledger_len(&self) -> usize {
+        self.ledger.len()
+    }
+
     /// Peers with a valid mutual record.
     pub fn trusted(&self) -> impl Iterator<Item = (NodeKey, &TrustRecord)> + '_ {
         self.ledger
@@ -470,6 +478,12 @@ impl TrustBook {
         if !self.deals_with(key) {
             self.names.remove(key);
         }
+    }
+
+    /// How many statements were ever queued for the rendezvous: when it moves, there is
+    /// something new to send.
+    pub fn queued_total(&self) -> u64 {
+        self.queued
     }
 
     /// Our statements the rendezvous has not confirmed.
@@ -700,12 +714,35 @@ impl TrustBook {
                 }
             }
             Statement::Revocation(revocation) => {
-                if revocation.by != peer {
+                // Ours, handed back by the rendezvous after we lost our state: it must win
+                // over the record it ended, which may come back too.
+                let ours = revocation.by == self.me;
+                if revocation.by != peer && !ours {
                     return Err(TrustError::NotAParty);
                 }
                 let (at, reason) = (revocation.issued_ms, revocation.reason.clone());
-                if self.ledger.admit_revocation(revocation, now_ms)? {
-                    if let Some(o) = self.outgoing.get_mut(&peer) {
+                // Kept only where it changes what holds between us: a record with the peer,
+                // our request to it, our approval of its request. One that withdraws the
+                // peer's own request to us takes that away; from a key we have nothing to do
+                // with it changes nothing. Neither is kept, or every throwaway key could add
+                // an entry to our ledger (and trust.json, and what we hand the rendezvous
+                // again at each resync).
+                let matters = ours
+                    || self.ledger.state(&self.me, &peer).is_some()
+                    || self.outgoing.contains_key(&peer)
+                    || self.approved.contains_key(&peer);
+                if !matters {
+                    revocation.verify(now_ms)?;
+                    if self
+                        .incoming
+                        .get(&peer)
+                        .is_some_and(|i| i.request.issued_ms <= at)
+                    {
+                        self.incoming.remove(&peer);
+                        changed = true;
+                    }
+                } else if self.ledger.admit_revocation(revocation, now_ms)? {
+                    if let Some(o) = self.outgoing.get_mut(&peer).filter(|_| !ours) {
                         if o.request.issued_ms <= at + MAX_FUTURE_MS {
                             o.rejected = Some((at, reason));
                         }
@@ -776,6 +813,7 @@ impl TrustBook {
             self.unsubmitted.remove(0);
         }
         self.unsubmitted.push(statement);
+        self.queued += 1;
     }
 }
 

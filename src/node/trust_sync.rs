@@ -208,7 +208,14 @@ impl Node {
     fn trust_updated(&mut self, gate: Gate, now: Instant) {
         self.trust_dirty = true;
         self.trust_urgent |= gate != Gate::Unchanged;
-        self.next_submit = Some(now);
+        // Send at once only when something new was queued: a delivered request (anyone can
+        // send those) must not make us send everything still unconfirmed again, or a flood of
+        // them spends our own submission budget at the rendezvous.
+        let queued = self.trust.queued_total();
+        if queued != self.queued_seen {
+            self.queued_seen = queued;
+            self.next_submit = Some(now);
+        }
         self.drive_trust(now);
         self.apply_gate(gate, now);
     }

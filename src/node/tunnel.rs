@@ -17,6 +17,7 @@ use super::{
     ICMP_ERRORS_PER_SEC,
 };
 use crate::addr::NodeAddr;
+use crate::identity::NodeKey;
 use crate::wire::control::{RELAY_HEADER_LEN, RELAY_TO};
 use crate::wire::ip::{self, UnreachableCode};
 
@@ -25,8 +26,9 @@ use crate::wire::ip::{self, UnreachableCode};
 pub(super) enum Via {
     /// Straight from this endpoint.
     Direct(SocketAddr),
-    /// Inside a relay frame from the rendezvous at this endpoint.
-    Relay(SocketAddr),
+    /// Inside a relay frame from the rendezvous at this endpoint, from this key (as the
+    /// rendezvous says: unauthenticated, like a direct datagram's source).
+    Relay(SocketAddr, NodeKey),
 }
 
 /// Where a WireGuard datagram goes: to a peer, or back to its sender as a cookie reply.
@@ -79,7 +81,7 @@ impl Node {
         now: Instant,
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
-        let (Via::Direct(from) | Via::Relay(from)) = via;
+        let (Via::Direct(from) | Via::Relay(from, _)) = via;
         // Initiations and responses count towards the handshake rate limit.
         if matches!(datagram.first(), Some(1 | 2)) {
             self.handshake_seen(now);
@@ -87,12 +89,15 @@ impl Node {
         let (index, kind) = match self.route_wireguard(from, datagram, out) {
             Some(Routed::Peer(index, kind)) => (index, kind),
             Some(Routed::Cookie(len)) => return self.cookie_reply(via, len, out),
-            None => return NetOutput::Nothing,
+            None => {
+                self.recover_by_source(via, datagram, now);
+                return NetOutput::Nothing;
+            }
         };
         // Answer the way the datagram came.
         let route = match via {
             Via::Direct(from) => Route::Direct(from),
-            Via::Relay(_) => Route::Relay,
+            Via::Relay(..) => Route::Relay,
         };
         let mut produced = self.tunnel_io(index, route, out, |tunn, buf| {
             tunn.decapsulate(Some(from.ip()), datagram, buf)
@@ -106,6 +111,8 @@ impl Node {
             self.counters.drop(DropReason::BadWireGuard);
             if kind == MessageKind::Other && !self.peers[index].has_session() {
                 self.recover_session(index, now);
+            } else {
+                self.recover_by_source(via, datagram, now);
             }
             return NetOutput::Nothing;
         }
@@ -294,6 +301,43 @@ impl Node {
         self.schedule(index);
     }
 
+    /// Data that our receiver index does not place (no such index, or another peer's): the
+    /// index is the one a previous run of this node gave the sender — it restarted and built
+    /// its table in another order. The sender is then the trusted peer it came from, by the
+    /// relay frame's source key or the peer's direct endpoint; recover its session as above.
+    /// Nothing here is authenticated, as with the index: at most a handshake a second per peer
+    /// that has no session, which is what its own timers would send.
+    fn recover_by_source(&mut self, via: Via, datagram: &[u8], now: Instant) {
+        if !matches!(
+            Tunn::parse_incoming_packet(datagram),
+            Ok(Packet::PacketData(_))
+        ) {
+            return;
+        }
+        let index = match via {
+            Via::Relay(_, key) => self.by_key.get(&key).copied(),
+            // A scan of the table: at most one a second, however much junk comes.
+            Via::Direct(_)
+                if self
+                    .last_source_scan
+                    .is_some_and(|t| now.saturating_duration_since(t) < RECOVERY_INTERVAL) =>
+            {
+                None
+            }
+            Via::Direct(from) => {
+                self.last_source_scan = Some(now);
+                self.peers
+                    .iter()
+                    .position(|p| p.trusted && p.path.direct_endpoint() == Some(from))
+            }
+        };
+        if let Some(index) = index {
+            if self.peers[index].trusted && !self.peers[index].has_session() {
+                self.recover_session(index, now);
+            }
+        }
+    }
+
     /// Puts a peer on the work list `poll_transmit` walks, once.
     pub(super) fn schedule(&mut self, index: usize) {
         let peer = &mut self.peers[index];
@@ -440,7 +484,7 @@ impl Node {
                     self.events.push_back(changed);
                 }
             }
-            Via::Relay(_) => path.on_relay_rx(now),
+            Via::Relay(..) => path.on_relay_rx(now),
         }
     }
 
@@ -551,7 +595,7 @@ fn established(kind: MessageKind, produced: &Produced, via: Via, out: &[u8]) -> 
         (MessageKind::Initiation, Produced::Network(..)) => {
             let start = match via {
                 Via::Direct(_) => 0,
-                Via::Relay(_) => RELAY_HEADER_LEN,
+                Via::Relay(..) => RELAY_HEADER_LEN,
             };
             out.get(start) == Some(&HANDSHAKE_RESPONSE)
         }

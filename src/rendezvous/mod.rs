@@ -189,6 +189,27 @@ impl Config {
     }
 }
 
+/// Sizes of the server's in-memory state ([`Server::state_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    /// Registrations in memory: at most [`Config::max_nodes`].
+    pub registry: usize,
+    /// Senders with replay state: at most twice [`Config::max_nodes`].
+    pub replay_senders: usize,
+    /// Trust statements waiting for delivery: at most [`Config::max_outbox`], plus what is
+    /// not held to it (revocations that end trust, ledgers sent back to nodes that lost
+    /// theirs), at most one item per ledger pair and party.
+    pub outbox: usize,
+    /// The most items waiting for one node.
+    pub outbox_largest: usize,
+    /// Sealed datagrams waiting for [`Server::poll_transmit`].
+    pub queued: usize,
+    /// Source addresses with a new-key rate bucket: at most 65,536.
+    pub new_key_sources: usize,
+    /// Pairs in the trust ledger.
+    pub ledger: usize,
+}
+
 /// How long a silent key keeps its hostname by default.
 pub const DEFAULT_NAME_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -418,6 +439,21 @@ impl Server {
     /// Trust statements waiting to be delivered (and acknowledged), for every node.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
+    }
+
+    /// How much state the server holds now, for tests and metrics: every figure here is
+    /// bounded by the configuration (see [`StateSizes`]), whatever senders do. Cheap: sizes of
+    /// in-memory collections, one pass over the outbox's targets.
+    pub fn state_sizes(&self) -> StateSizes {
+        StateSizes {
+            registry: self.registry.len(),
+            replay_senders: self.replay.senders(),
+            outbox: self.outbox.len(),
+            outbox_largest: self.outbox.largest(),
+            queued: self.queued.len(),
+            new_key_sources: self.new_keys.len(),
+            ledger: self.ledger.len(),
+        }
     }
 
     /// The registration of `key` as the store keeps it.

@@ -86,6 +86,15 @@ impl Outbox {
         self.items.len()
     }
 
+    /// The most items any one node has waiting.
+    pub fn largest(&self) -> usize {
+        self.by_target
+            .values()
+            .map(BTreeSet::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn count(&self, target: &NodeKey) -> usize {
         self.by_target.get(target).map_or(0, BTreeSet::len)
     }

@@ -5,19 +5,24 @@
 //! | request | the requester | the target's outbox |
 //! | approval (half record) | its signer | the unsigned party's outbox |
 //! | complete record | one of its parties | the ledger, and the other party's outbox |
-//! | revocation | its signer | the ledger, and the other party's outbox |
+//! | revocation | either party | the ledger, and (from its signer) the other party's outbox |
 //!
 //! Everything is verified here as the nodes will verify it, so junk is refused at the door
 //! instead of being stored and delivered; the nodes still trust nothing on the rendezvous'
 //! word. `Stored` is sent only once the change is in the store. A statement that changes
 //! nothing (a resubmission after a node restart, or one a newer statement has superseded) is
-//! answered `Stored` as well: what the node wanted kept is kept.
+//! answered `Stored` as well: what the node wanted kept is kept. A revocation is taken from the
+//! party that did not sign it too, as complete records are: that node hands back what a
+//! rendezvous restored from an old backup (or an empty disk) lost while the signer is away,
+//! and the signature alone makes it safe.
 //!
 //! An outbox holds at most one item per kind (request, approval, ledger statement) and other
 //! party; a newer one replaces it. Requests and approvals, which anyone may send to anyone,
 //! are capped at [`MAX_OUTBOX`] per node. Ledger changes are not: a revocation must take
 //! effect even while somebody floods the other party's outbox, and each partner can hold at
-//! most one ledger item there.
+//! most one ledger item there. A revocation that ends trust is not held to the outbox's
+//! global cap either (`Config::max_outbox`), which statements to keys that never come to
+//! collect them can fill.
 
 use std::time::Instant;
 
@@ -52,11 +57,13 @@ enum Kind {
 enum Plan {
     /// Nothing new: it is known already, or superseded by what is.
     Known,
-    /// Store it for `target` (replacing an older item), and admit it to the ledger if `ledger`.
+    /// Store it for `target` (replacing an older item; a new item only if `notify`), and
+    /// admit it to the ledger if `ledger`.
     Deliver {
         target: NodeKey,
         ledger: bool,
         replaces: Option<u64>,
+        notify: bool,
     },
 }
 
@@ -65,6 +72,8 @@ enum Plan {
 enum Bad {
     #[error("the sender is not the statement's signer")]
     NotSigner,
+    #[error("the sender is not a party to the statement")]
+    NotAParty,
     #[error(transparent)]
     Trust(#[from] TrustError),
 }
@@ -93,12 +102,22 @@ impl Server {
             target,
             ledger,
             replaces,
+            notify,
         } = plan
         else {
             return self.reply(req, &Message::Stored { echo: req.nonce }, now, out);
         };
-        let full = (!ledger && self.outbox.count(&target) >= MAX_OUTBOX)
-            || self.outbox.len() >= self.config.max_outbox;
+        // A revocation that ends trust always goes through, whatever fills the outbox: one
+        // per trusted pair at most (it replaces the pair's ledger item), and trusted pairs
+        // are bounded by the ledger, which is in memory anyway.
+        let ends_trust = matches!(statement, Statement::Revocation(_)) && {
+            let (a, b) = statement.pair();
+            self.ledger.trusted(&a, &b)
+        };
+        let full = notify
+            && !ends_trust
+            && ((!ledger && self.outbox.count(&target) >= MAX_OUTBOX)
+                || self.outbox.len() >= self.config.max_outbox);
         if replaces.is_none() && full {
             self.counters.refuse(Refusal::OutboxFull);
             return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
@@ -106,7 +125,7 @@ impl Server {
         let submission = Submission {
             ledger: ledger.then_some(&statement),
             replaces,
-            deliver: Some(NewDelivery {
+            deliver: notify.then_some(NewDelivery {
                 target,
                 statement: &statement,
                 stored_ms: now_ms,
@@ -123,6 +142,7 @@ impl Server {
         self.store_ok();
         if ledger {
             self.admit(statement.clone(), now_ms);
+            self.drop_superseded(&target, &statement);
         }
         if let Some(old) = replaces {
             self.outbox.remove(old);
@@ -159,10 +179,9 @@ impl Server {
             if self.outbox_item(&node, &statement, Kind::Ledger).is_some() {
                 continue;
             }
-            if self.outbox.len() >= self.config.max_outbox {
-                self.counters.refuse(Refusal::OutboxFull);
-                break;
-            }
+            // Not held to the global cap, which junk for keys that never collect it can fill:
+            // a node that lost its trust.json must get its records back. At most one item per
+            // pair of the node's (see above), so these are bounded by the ledger itself.
             let id = self.next_ephemeral;
             self.next_ephemeral += 1;
             let item = Item {
@@ -200,11 +219,25 @@ impl Server {
                 Ok(self.plan_ledger(target, statement))
             }
             Statement::Revocation(v) => {
-                if v.by != *sender {
-                    return Err(Bad::NotSigner);
-                }
                 v.verify(now_ms)?;
-                Ok(self.plan_ledger(v.other, statement))
+                if v.by == *sender {
+                    Ok(self.plan_ledger(v.other, statement))
+                } else if v.other == *sender {
+                    // Handed back: the ledger takes it; its signer, who holds it, is not told.
+                    Ok(match self.plan_ledger(v.by, statement) {
+                        Plan::Deliver {
+                            target, replaces, ..
+                        } => Plan::Deliver {
+                            target,
+                            ledger: true,
+                            replaces,
+                            notify: false,
+                        },
+                        known => known,
+                    })
+                } else {
+                    Err(Bad::NotAParty)
+                }
             }
         }
     }
@@ -223,6 +256,7 @@ impl Server {
                 target,
                 ledger: false,
                 replaces: held.map(|(id, _)| id),
+                notify: true,
             },
         }
     }
@@ -238,6 +272,7 @@ impl Server {
             replaces: self
                 .outbox_item(&target, statement, Kind::Ledger)
                 .map(|(id, _)| id),
+            notify: true,
         }
     }
 
@@ -252,6 +287,26 @@ impl Server {
         self.outbox
             .of(target)
             .find(|(_, item)| kind_of(&item.statement) == kind && item.statement.pair() == pair)
+    }
+
+    /// After the ledger took `statement`: the pair's older ledger item waiting for the party
+    /// that is not `target` (the one that submitted or signed it, which holds the newer) is
+    /// superseded. Left there, it reached a node that had lost its state ahead of the newer
+    /// statement, reviving a record its own revocation had ended. Deleted like an
+    /// acknowledged one; if the store fails it stays, and the newer statement still wins.
+    fn drop_superseded(&mut self, target: &NodeKey, statement: &Statement) {
+        let (low, high) = statement.pair();
+        let party = if *target == low { high } else { low };
+        let Some((id, _)) = self.outbox_item(&party, statement, Kind::Ledger) else {
+            return;
+        };
+        if id < EPHEMERAL_IDS {
+            if let Err(e) = self.store.delivered(id) {
+                self.store_error(&e);
+                return;
+            }
+        }
+        self.outbox.remove(id);
     }
 
     /// Admits a stored record or revocation to the ledger (it was verified just before).

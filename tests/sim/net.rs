@@ -189,6 +189,21 @@ impl Net {
         to: SocketAddr,
         payload: &[u8],
     ) {
+        self.send_delayed(now, Duration::ZERO, src, from, to, payload);
+    }
+
+    /// [`Net::send`] held up `extra` on the way (queueing somewhere): datagrams sent with
+    /// different delays arrive reordered.
+    pub fn send_delayed(
+        &mut self,
+        now: Instant,
+        extra: Duration,
+        src: usize,
+        from: SocketAddr,
+        to: SocketAddr,
+        payload: &[u8],
+    ) {
+        let now = now + extra;
         let src_nat = self.hosts[src].nat;
         // Same LAN: straight there, no translation.
         if let Some(dst) = self

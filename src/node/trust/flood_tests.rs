@@ -103,3 +103,41 @@ fn a_trusted_key_keeps_its_name_when_another_key_claims_it() {
     assert!(!book_a.learn_name(b, Some(bob.clone())));
     assert_eq!(book_a.contested(&bob), None);
 }
+
+#[test]
+fn revocations_from_keys_we_never_dealt_with_leave_nothing_behind() {
+    // Found by the property test: each throwaway key's revocation took a ledger entry, kept in
+    // trust.json and handed to the rendezvous again at every resync (where it ate the node's
+    // own submission budget).
+    let me = key(0);
+    let mut book = TrustBook::new(me);
+    for i in 1..=100u32 {
+        let junk = Statement::Revocation(Revocation::sign(&signing(i), me, NOW, "").unwrap());
+        let got = book.receive(&signing(0), junk, None, false, NOW).unwrap();
+        assert!(!got.changed);
+    }
+    assert_eq!(book.ledger_len(), 0);
+    assert!(!book.resubmit_held(), "nothing to hand back");
+    // A request withdrawn by its requester: gone from the pending list, and nothing kept.
+    let ask = request(7, me, NOW, "hi");
+    book.receive(&signing(0), ask, None, false, NOW).unwrap();
+    assert_eq!(book.incoming(NOW).count(), 1);
+    let withdrawn = Statement::Revocation(Revocation::sign(&signing(7), me, NOW + 1, "").unwrap());
+    assert!(
+        book.receive(&signing(0), withdrawn, None, false, NOW + 1)
+            .unwrap()
+            .changed
+    );
+    assert_eq!(book.incoming(NOW + 1).count(), 0);
+    assert_eq!(book.ledger_len(), 0);
+    // A forged one is still refused.
+    let Statement::Revocation(mut forged) =
+        Statement::Revocation(Revocation::sign(&signing(8), me, NOW, "").unwrap())
+    else {
+        unreachable!()
+    };
+    forged.issued_ms += 1;
+    assert!(book
+        .receive(&signing(0), Statement::Revocation(forged), None, false, NOW)
+        .is_err());
+}

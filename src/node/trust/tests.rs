@@ -362,3 +362,41 @@ fn the_saved_state_round_trips_and_tampering_is_left_out() {
     assert_eq!(other.trusted().count(), 0);
     assert!(!warnings.is_empty());
 }
+
+#[test]
+fn a_node_that_lost_its_state_takes_its_own_revocation_back_over_the_record_it_ended() {
+    // Found by the property test: a node untrusted a peer, lost trust.json, and the
+    // rendezvous handed back both the record (still waiting in the node's outbox) and the
+    // node's own revocation (its ledger's newest); the node refused its own revocation and
+    // trusted the peer again.
+    let mut t = Two::new();
+    t.a.handshake(&signing(1), key(2), "", NOW, 7).unwrap();
+    t.carry(true, NOW + 10);
+    t.b.approve(&signing(2), key(1), NOW + 20).unwrap();
+    t.carry(false, NOW + 30);
+    let record = t.a.unsubmitted().to_vec();
+    t.carry(true, NOW + 40);
+    assert!(t.a.is_trusted(&key(2)) && t.b.is_trusted(&key(1)));
+    t.a.untrust(&signing(1), key(2), NOW + 50).unwrap();
+    let revocation = t.a.unsubmitted().last().cloned().unwrap();
+    assert!(matches!(revocation, Statement::Revocation(_)));
+    // a starts again with nothing; the record comes back first, then its own revocation.
+    let mut a = TrustBook::new(key(1));
+    for s in record.clone() {
+        a.receive(&signing(1), s, None, false, NOW + 60).unwrap();
+    }
+    assert!(a.is_trusted(&key(2)));
+    let got = a
+        .receive(&signing(1), revocation.clone(), None, false, NOW + 61)
+        .unwrap();
+    assert_eq!(got.gate, Gate::Closed(key(2)));
+    // The other way round: the revocation first, and the older record changes nothing.
+    let mut a = TrustBook::new(key(1));
+    a.receive(&signing(1), revocation, None, false, NOW + 60)
+        .unwrap();
+    assert_eq!(a.ledger_len(), 1);
+    for s in record {
+        a.receive(&signing(1), s, None, false, NOW + 62).unwrap();
+    }
+    assert!(!a.is_trusted(&key(2)));
+}

@@ -215,3 +215,131 @@ fn the_outbox_is_bounded_for_all_nodes_together() {
     }
     assert_eq!(sim.server.counters().refused(Refusal::OutboxFull), 1);
 }
+
+#[test]
+fn a_revocation_that_ends_trust_goes_through_a_full_outbox() {
+    // Found by the property test: junk for keys that never collect it filled the outbox, and
+    // an untrust was refused (rate_limited) for as long as the junk lived (a week), while
+    // the rendezvous kept introducing and relaying the pair.
+    let mut sim = Sim::with(MemoryStore::new(), |c| c.max_outbox = 3);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "198.51.100.2:40002");
+    let mut junk = Client::new(3, "192.0.2.3:40003");
+    for c in [&mut a, &mut b, &mut junk] {
+        c.register(&mut sim, &[]).unwrap();
+    }
+    let record = a.record_with(&b, sim.now_ms());
+    assert!(matches!(
+        a.submit(&mut sim, &record),
+        Some(Message::Stored { .. })
+    ));
+    for (id, ..) in sim.deliveries_to(b.at) {
+        b.ack(&mut sim, id);
+    }
+    for n in 0..3u8 {
+        let nobody = Client::new(100 + n, "192.0.2.1:1");
+        let ask = request(&junk, &nobody, sim.now_ms());
+        assert!(matches!(
+            junk.submit(&mut sim, &ask),
+            Some(Message::Stored { .. })
+        ));
+    }
+    let nobody = Client::new(110, "192.0.2.1:1");
+    let more = request(&junk, &nobody, sim.now_ms());
+    assert_eq!(
+        refused(junk.submit(&mut sim, &more)),
+        RefusalCode::RateLimited
+    );
+    // b ends trust: stored, in the ledger, and delivered to a.
+    sim.advance(Duration::from_secs(1));
+    let revoked = Statement::Revocation(
+        crate::wire::trust::Revocation::sign(b.signing_key(), a.key(), sim.now_ms(), "").unwrap(),
+    );
+    assert!(matches!(
+        b.submit(&mut sim, &revoked),
+        Some(Message::Stored { .. })
+    ));
+    assert!(!sim.server.ledger().trusted(&a.key(), &b.key()));
+    let delivered = sim.deliveries_to(a.at);
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].2, revoked);
+    // A revocation of a pair that is not trusted is still held to the cap.
+    let withdrawn = Statement::Revocation(
+        crate::wire::trust::Revocation::sign(junk.signing_key(), nobody.key(), sim.now_ms(), "")
+            .unwrap(),
+    );
+    assert_eq!(
+        refused(junk.submit(&mut sim, &withdrawn)),
+        RefusalCode::RateLimited
+    );
+}
+
+#[test]
+fn a_ledger_item_superseded_while_waiting_is_not_delivered() {
+    // Found by the property test: b left a record waiting in its outbox, then revoked; after
+    // losing its state it got the record back (and trusted a again) along with its revocation.
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "198.51.100.2:40002");
+    a.register(&mut sim, &[]).unwrap();
+    b.register(&mut sim, &[]).unwrap();
+    let record = a.record_with(&b, sim.now_ms());
+    assert!(matches!(
+        a.submit(&mut sim, &record),
+        Some(Message::Stored { .. })
+    ));
+    assert_eq!(
+        sim.store.outbox(&b.key()).len(),
+        1,
+        "b has not acknowledged it"
+    );
+    sim.advance(Duration::from_secs(1));
+    let revoked = Statement::Revocation(
+        crate::wire::trust::Revocation::sign(b.signing_key(), a.key(), sim.now_ms(), "").unwrap(),
+    );
+    assert!(matches!(
+        b.submit(&mut sim, &revoked),
+        Some(Message::Stored { .. })
+    ));
+    assert!(
+        sim.store.outbox(&b.key()).is_empty(),
+        "the record is superseded"
+    );
+    let to_a = sim.store.outbox(&a.key());
+    assert_eq!(to_a.len(), 1);
+    assert_eq!(to_a[0].statement, revoked);
+    sim.drain();
+    sim.advance(Duration::from_secs(3));
+    assert!(sim.deliveries_to(b.at).is_empty());
+}
+
+#[test]
+fn a_node_that_lost_its_ledger_gets_it_back_through_a_full_outbox() {
+    // Found by the property test under a heavy flood: the resync was refused outbox_full, and
+    // the node that lost its trust.json stayed cut off from its peers for as long as the
+    // junk lived.
+    let mut sim = Sim::with(MemoryStore::new(), |c| c.max_outbox = 3);
+    let (a, mut b) = pair(&mut sim);
+    let mut junk = Client::new(3, "192.0.2.3:40003");
+    junk.register(&mut sim, &[]).unwrap();
+    for n in 0..3u8 {
+        let nobody = Client::new(100 + n, "192.0.2.1:1");
+        let ask = request(&junk, &nobody, sim.now_ms());
+        assert!(matches!(
+            junk.submit(&mut sim, &ask),
+            Some(Message::Stored { .. })
+        ));
+    }
+    b.trust_digest = Some(crate::wire::trust::TrustLedger::new().digest_of(&b.key()));
+    b.register(&mut sim, &[]).unwrap();
+    let delivered = sim.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        Some(delivered[0].2.clone()),
+        sim.server
+            .ledger()
+            .state(&a.key(), &b.key())
+            .map(|s| s.to_statement())
+    );
+    assert_eq!(sim.server.counters().refused(Refusal::OutboxFull), 0);
+}

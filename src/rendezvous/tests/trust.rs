@@ -183,9 +183,9 @@ fn forged_and_misdirected_statements_are_refused_and_change_nothing() {
         ),
         ('c', half_by_a, "approval submitted by a stranger"),
         (
-            'b',
+            'c',
             revocation(&a, &b, now),
-            "revocation submitted by the other party",
+            "revocation submitted by a stranger",
         ),
         (
             'a',
@@ -214,6 +214,35 @@ fn forged_and_misdirected_statements_are_refused_and_change_nothing() {
     }
     assert_eq!(sim.store.statement(&a.key(), &b.key()), None);
     assert_eq!(sim.server.ledger().state(&a.key(), &b.key()), None);
+}
+
+#[test]
+fn a_revocation_handed_back_by_the_party_that_did_not_sign_it_takes_effect() {
+    // A rendezvous restored from a backup older than b's revocation, while b is away: a, which
+    // holds the revocation, hands it back when asked for its side (Registered.resubmit). It
+    // used to be refused (bad_statement): relay and introductions stayed open for the pair
+    // until b came back.
+    let mut sim = Sim::new();
+    let mut a = registered(&mut sim, 1);
+    let b = registered(&mut sim, 2);
+    let record = a.record_with(&b, sim.now_ms());
+    stored(a.submit(&mut sim, &record));
+    sim.drain();
+    assert!(sim.server.ledger().trusted(&a.key(), &b.key()));
+    sim.now += Duration::from_secs(1);
+    let revoked = revocation(&b, &a, sim.now_ms());
+    stored(a.submit(&mut sim, &revoked));
+    assert!(!sim.server.ledger().trusted(&a.key(), &b.key()));
+    assert_eq!(
+        sim.store.statement(&a.key(), &b.key()),
+        Some(revoked.clone())
+    );
+    // Its signer holds it already: nothing is delivered to anyone.
+    assert_eq!(sim.drain(), Vec::new());
+    assert!(sim.store.outbox(&b.key()).is_empty());
+    // Again changes nothing, and is answered Stored.
+    stored(a.submit(&mut sim, &revoked));
+    assert_eq!(sim.server.counters().refused(Refusal::BadStatement), 0);
 }
 
 #[test]
