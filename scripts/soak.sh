@@ -20,8 +20,8 @@
 # the rendezvous' database and write-ahead log sizes; written to soak.csv in the run directory
 # and printed. Fails when, after a warm-up, RSS grows by more than 25 % + 4 MiB, open fds by
 # more than 8, the database by more than 2 MiB, the log beyond 8 MiB (SQLite checkpoints it at
-# about 4 MiB), or the CPU rate doubles (+5 points) from the first half to
-# the second; when a daemon dies; when a trust round fails; or when alice cannot reach bob
+# about 4 MiB), or (in runs of 10 minutes or more) the CPU rate doubles (+5 points) from the
+# first half to the second; when a daemon dies; when a trust round fails; or when alice cannot reach bob
 # at the end. Prints a summary table either way.
 set -euo pipefail
 
@@ -188,7 +188,8 @@ for proc in ("rendezvous", "alice"):
     wal = max(x[5] for x in s)
     if proc == "rendezvous" and wal > 8 * 1024 * 1024:
         failed.append("the rendezvous' write-ahead log reached %d bytes" % wal)
-    if cpu1 > 2 * cpu0 + 5:
+    # In a short run the halves hold unequal numbers of iperf3 bursts: judged from 10 minutes.
+    if duration >= 600 and cpu1 > 2 * cpu0 + 5:
         failed.append("%s: CPU went from %.1f %% to %.1f %%" % (proc, cpu0, cpu1))
 for f in failed:
     print("GROWTH: " + f)
