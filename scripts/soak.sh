@@ -21,8 +21,8 @@
 # and printed. Fails when, after a warm-up, RSS grows by more than 25 % + 4 MiB, open fds by
 # more than 8, the database by more than 2 MiB, the log beyond 8 MiB (SQLite checkpoints it at
 # about 4 MiB), or (in runs of 10 minutes or more) the CPU rate doubles (+5 points) from the
-# first half to the second; when a daemon dies; when a trust round fails; or when alice cannot reach bob
-# at the end. Prints a summary table either way.
+# first half to the second; when a daemon dies; when a trust round fails; or when alice
+# cannot reach bob at the end. Prints a summary table either way.
 set -euo pipefail
 
 # shellcheck source=lib/twonode.sh source-path=SCRIPTDIR
