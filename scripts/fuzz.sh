@@ -8,7 +8,8 @@
 #
 # New corpus entries land in fuzz/corpus/<target>/ (minimise before committing:
 # `cargo +nightly fuzz cmin -s none <target>`); a crash leaves its input in
-# fuzz/artifacts/<target>/, which `cargo test --test fuzz_corpus` then replays for good.
+# fuzz/artifacts/<target>/ (not committed), which `cargo test --test fuzz_corpus` replays;
+# once the bug is fixed, move it to fuzz/regressions/<target>/ so it is replayed for good.
 # FUZZ_SANITIZER (default none: the library has no unsafe code on these paths, and without
 # ASan the targets run several times faster) is passed to cargo fuzz -s.
 set -euo pipefail
@@ -31,8 +32,6 @@ if (($# > 0)); then
 else
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
-
-cargo +nightly fuzz build -s "$sanitizer" >/dev/null
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT

@@ -259,6 +259,7 @@ impl World {
     /// Delivers what is in flight, and what that provokes, up to a budget.
     fn settle(&mut self) {
         for _ in 0..64 {
+            self.transmit();
             let Some((from, datagram)) = self.inbound.pop_front() else {
                 break;
             };
@@ -272,14 +273,21 @@ impl World {
                 }
                 NetOutput::Nothing => {}
             }
-            while let Some(t) = self.node.poll_transmit(now, &mut out) {
-                let (to, payload) = (t.to, t.payload.to_vec());
-                self.route(to, &payload);
-            }
             self.out = out;
-            while self.node.poll_event().is_some() {}
         }
         self.inbound.clear();
+        while self.node.poll_event().is_some() {}
+    }
+
+    /// Everything the node wants sent.
+    fn transmit(&mut self) {
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.out);
+        while let Some(t) = self.node.poll_transmit(now, &mut out) {
+            let (to, payload) = (t.to, t.payload.to_vec());
+            self.route(to, &payload);
+        }
+        self.out = out;
     }
 
     /// A datagram the node sent: remembered (the nonce of a control message, for echoes)

@@ -334,7 +334,7 @@ fn offload_segments() -> Vec<Vec<u8>> {
 fn node_programs() -> Vec<Vec<u8>> {
     let peer_data = |len: u8| [&[5u8, 2, 1, 1, 0, len][..], &vec![0xab; usize::from(len)]].concat();
     let mut registered = vec![
-        3, 0x0b, 0xb8, 1, 0, 0, 1, 128, 0, 0, 0, 0, 0, 0, 0, 9, 0, 17,
+        3, 0x0b, 0xb8, 1, 0, 0, 1, 128, 0, 0, 0, 0, 0, 0, 0, 9, 0, 18,
     ];
     registered.extend_from_slice(&[0; 8]);
     registered.extend_from_slice(&[4, 203, 0, 113, 9, 0x0f, 0xa0, 0, 25, 0, 2]);
@@ -353,14 +353,14 @@ fn node_programs() -> Vec<Vec<u8>> {
 /// Programs for `rendezvous_datagrams` (see its `step`): two registrations (challenged, then
 /// with the cookie), an introduction, a relay frame, a trust record, timers.
 fn rendezvous_programs() -> Vec<Vec<u8>> {
-    let register = |client: u8| vec![1, client, 1, 2, 1, 1, 1, 1, 1];
+    let register = |client: u8| vec![1, client, 1, 2, 1, client + 1, 1, 1, 1];
     let mut a = Vec::new();
     for c in [0, 0, 1, 1] {
         a.extend(register(c));
     }
+    a.extend([1, 0, 1, 5, 1, 10, 2, 0, 1]);
     a.extend([1, 0, 1, 6, 1, 0, 1]);
     a.extend([1, 0, 1, 3, 1, 0, 8, 4, 0, 0, 0, 1, 2, 3, 4]);
-    a.extend([1, 0, 1, 5, 1, 10, 2, 0, 1]);
-    a.extend([1, 0, 1, 4, 0x10, 0]);
+    a.extend([1, 0, 1, 4, 1, 0]);
     vec![a, vec![1, 0, 1, 0, 0, 40, 0x50, 1, 2, 3]]
 }
