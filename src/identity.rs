@@ -139,16 +139,20 @@ impl Identity {
             });
         }
         let text = fs::read_to_string(path).map_err(read_err)?;
-        let file: IdentityFile = serde_json::from_str(&text)
-            .map_err(|e| corrupt(format!("not valid identity JSON: {e}")))?;
+        Identity::parse_file(&text).map_err(corrupt)
+    }
+
+    /// The identity an identity file's text holds, or why it is corrupt.
+    pub(crate) fn parse_file(text: &str) -> Result<Identity, String> {
+        let file: IdentityFile =
+            serde_json::from_str(text).map_err(|e| format!("not valid identity JSON: {e}"))?;
         if file.version != 1 {
-            return Err(corrupt(format!("unknown version {}", file.version)));
+            return Err(format!("unknown version {}", file.version));
         }
-        let secret =
-            decode_hex32(&file.secret_key).ok_or_else(|| corrupt("bad secret_key".into()))?;
+        let secret = decode_hex32(&file.secret_key).ok_or("bad secret_key")?;
         let identity = Identity::from_secret_bytes(&secret);
         if identity.public_key().to_string() != file.public_key {
-            return Err(corrupt("public_key does not match secret_key".into()));
+            return Err("public_key does not match secret_key".into());
         }
         Ok(identity)
     }

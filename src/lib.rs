@@ -8,6 +8,8 @@ pub mod addr;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod io;
 pub mod node;

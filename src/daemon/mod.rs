@@ -8,12 +8,12 @@ pub mod messages;
 pub mod metrics;
 pub mod names;
 mod notify;
-mod pin;
+pub(crate) mod pin;
 pub mod rendezvous;
 pub mod services;
 pub mod socks5;
 pub mod state_lock;
-mod trust_file;
+pub(crate) mod trust_file;
 mod tun_writer;
 
 use std::net::SocketAddr;

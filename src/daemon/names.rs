@@ -26,4 +26,5 @@ mod hosts;
 mod resolved;
 
 pub use hosts::HostsFile;
+pub(crate) use hosts::{render as render_hosts_block, splice as splice_hosts_block};
 pub use resolved::{register_with_resolved, resolved_running, revert_resolved};

@@ -44,7 +44,12 @@ impl RendezvousPin {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
         };
-        let file: PinFile = serde_json::from_str(&text).with_context(|| {
+        self.parse(&text)
+    }
+
+    /// The key pinned for this rendezvous address in a pin file's text, if any.
+    pub(crate) fn parse(&self, text: &str) -> anyhow::Result<Option<NodeKey>> {
+        let file: PinFile = serde_json::from_str(text).with_context(|| {
             format!(
                 "{} is damaged; remove it to trust the rendezvous anew",
                 self.path.display()

@@ -32,7 +32,12 @@ impl TrustFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TrustState::default()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
         };
-        let state: TrustState = serde_json::from_str(&text).with_context(|| {
+        self.parse(&text)
+    }
+
+    /// The state a `trust.json`'s text holds.
+    pub(crate) fn parse(&self, text: &str) -> anyhow::Result<TrustState> {
+        let state: TrustState = serde_json::from_str(text).with_context(|| {
             format!(
                 "{} is damaged; fix it or move it away (trust is then re-established with \
                  pilotctl handshake/approve)",

@@ -676,7 +676,10 @@ impl<'a> Reader<'a> {
                     .take(16)?
                     .try_into()
                     .map_err(|_| DecodeError::Truncated)?;
-                IpAddr::V6(Ipv6Addr::from(b))
+                // An IPv4-mapped address is the IPv4 one (as `put_endpoint` writes it), and
+                // is checked as such: `::ffff:0.0.0.0` is unspecified, `::ffff:224.0.0.1`
+                // multicast.
+                IpAddr::V6(Ipv6Addr::from(b)).to_canonical()
             }
             _ => return Err(DecodeError::BadEndpoint),
         };
@@ -865,6 +868,33 @@ mod tests {
             panic!()
         };
         assert_eq!(observed, "192.0.2.9:5".parse().unwrap());
+    }
+
+    /// Found by the `control_message` fuzz target: an IPv4-mapped address sent as family 6
+    /// decoded as IPv6 (so it did not re-encode to the same message) and escaped the
+    /// unspecified/multicast checks, which look at the IPv6 form.
+    #[test]
+    fn mapped_ipv4_endpoints_sent_as_ipv6_are_read_and_checked_as_ipv4() {
+        let body = |ip: [u8; 4]| {
+            let mut b = 1u64.to_be_bytes().to_vec();
+            b.push(6);
+            b.extend_from_slice(&Ipv4Addr::from(ip).to_ipv6_mapped().octets());
+            b.extend_from_slice(&5u16.to_be_bytes());
+            b
+        };
+        let Ok(Message::ProbeAck { observed, .. }) =
+            Message::decode(PROBE_ACK, &body([192, 0, 2, 9]))
+        else {
+            panic!()
+        };
+        assert_eq!(observed, "192.0.2.9:5".parse().unwrap());
+        for bad in [[0, 0, 0, 0], [224, 0, 0, 1]] {
+            assert_eq!(
+                Message::decode(PROBE_ACK, &body(bad)),
+                Err(DecodeError::BadEndpoint),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -72,8 +72,7 @@ pub fn write_echo_request(
     write_echo(buf, src, dst, ICMPV6_ECHO_REQUEST, ident, seq, data)
 }
 
-/// Writes the echo reply a peer's kernel would send; for tests.
-#[cfg(test)]
+/// Writes the echo reply a peer's kernel would send; for tests and the fuzz targets.
 pub fn write_echo_reply(
     buf: &mut [u8],
     src: Ipv6Addr,

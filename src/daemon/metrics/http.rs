@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::exposition::CONTENT_TYPE;
@@ -104,9 +104,11 @@ enum Route {
     BadRequest,
 }
 
-/// Reads one request head, answers it, and closes.
-async fn answer<F, Fut>(mut stream: TcpStream, scrape: F) -> io::Result<()>
+/// Reads one request head, answers it, and closes. Any byte stream: the fuzz target
+/// (`crate::fuzzing`) drives it with scripted input.
+pub(crate) async fn answer<S, F, Fut>(mut stream: S, scrape: F) -> io::Result<()>
 where
+    S: AsyncRead + AsyncWrite + Unpin,
     F: Fn() -> Fut,
     Fut: Future<Output = Option<String>>,
 {

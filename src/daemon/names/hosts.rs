@@ -96,7 +96,7 @@ struct Span {
 }
 
 /// The block's bytes for `entries`, each line ending in `\n`; `None` for no entries.
-fn render(entries: &[(Hostname, Ipv6Addr)]) -> Option<Vec<u8>> {
+pub(crate) fn render(entries: &[(Hostname, Ipv6Addr)]) -> Option<Vec<u8>> {
     if entries.is_empty() {
         return None;
     }
@@ -115,7 +115,7 @@ fn render(entries: &[(Hostname, Ipv6Addr)]) -> Option<Vec<u8>> {
 /// `content` with its blocks replaced by `block` (at the first block's place, or appended), or
 /// removed when `block` is `None`. Fails with the line number of a BEGIN that has no END:
 /// guessing where such a block ends could delete the user's own lines.
-fn splice(content: &[u8], block: Option<&[u8]>) -> Result<Vec<u8>, usize> {
+pub(crate) fn splice(content: &[u8], block: Option<&[u8]>) -> Result<Vec<u8>, usize> {
     let spans = find_blocks(content)?;
     let mut out = Vec::with_capacity(content.len() + block.map_or(0, <[u8]>::len) + 1);
     fn without_final_newline(b: &[u8]) -> &[u8] {

@@ -1,6 +1,7 @@
 //! The endpoint over real sockets: an in-process listener on 127.0.0.1, port 0.
 
 use super::*;
+use tokio::net::TcpStream;
 
 const PAGE: &str = "# HELP up_total Up.\n# TYPE up_total counter\nup_total 1\n";
 

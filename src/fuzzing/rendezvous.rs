@@ -1,0 +1,289 @@
+//! A real rendezvous `Server` (over a `MemoryStore`) fed sequences of datagrams: raw bytes
+//! on either port from anywhere, control messages sealed by three known nodes (bodies from
+//! the input, or well-formed registrations that echo the address cookie the server handed
+//! out, trust statements, introductions, lookups), relay frames, replays and timers. The
+//! server never panics, never answers an endpoint it has not seen proven with more bytes
+//! than it was sent, and sends nothing unprompted but to registered endpoints.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::input::Input;
+use super::wire::fixed_identity;
+use crate::clock::WallClock;
+use crate::identity::{Identity, NodeKey};
+use crate::rendezvous::{Config, MemoryStore, Port, Server};
+use crate::wire::control::{write_relay, Message, Query, COOKIE_LEN, RELAY_TO};
+use crate::wire::envelope::{open, seal, OVERHEAD};
+use crate::wire::trust::{Revocation, Statement, TrustRecord, TrustRequest};
+
+const EPOCH_MS: u64 = 1_800_000_000_000;
+const SERVER_ID: u8 = 3;
+/// The nodes (by fixed identity) and where they are.
+const CLIENTS: [u8; 3] = [4, 5, 6];
+const ENDPOINTS: [&str; 4] = [
+    "198.51.100.10:1000",
+    "198.51.100.11:2000",
+    "[2001:db8::12]:3000",
+    // A victim whose address others may claim.
+    "192.0.2.99:53",
+];
+const NAMES: [&str; 3] = ["bob", "alice", "db-1"];
+
+struct World {
+    server: Server,
+    t0: Instant,
+    now: Instant,
+    /// The cookie the server last handed to each endpoint.
+    cookies: BTreeMap<SocketAddr, [u8; COOKIE_LEN]>,
+    nonce: u64,
+    last: Option<(Port, SocketAddr, Vec<u8>)>,
+    out: Vec<u8>,
+}
+
+pub fn rendezvous_datagrams(data: &[u8]) {
+    let mut input = Input::new(data);
+    let t0 = Instant::now();
+    let identity = Identity::from_secret_bytes(&fixed_identity(SERVER_ID).signing_key().to_bytes());
+    let config = Config::new(identity, 7400, 7401);
+    let clock = WallClock::new(t0, EPOCH_MS);
+    let server = Server::new(config, Box::new(MemoryStore::new()), 11, clock, t0)
+        .expect("a memory store loads");
+    let mut world = World {
+        server,
+        t0,
+        now: t0,
+        cookies: BTreeMap::new(),
+        nonce: 0,
+        last: None,
+        out: vec![0; 65535],
+    };
+    for _ in 0..48 {
+        if input.is_empty() {
+            break;
+        }
+        world.step(&mut input);
+    }
+}
+
+fn ep(s: &str) -> SocketAddr {
+    s.parse().expect("a socket address")
+}
+
+impl World {
+    fn wall_ms(&self) -> u64 {
+        EPOCH_MS + self.now.duration_since(self.t0).as_millis() as u64
+    }
+
+    fn step(&mut self, input: &mut Input<'_>) {
+        let port = if input.u8().is_multiple_of(8) {
+            Port::Alt
+        } else {
+            Port::Main
+        };
+        let client = input.choose(CLIENTS.len());
+        // Mostly from the client's own endpoint; sometimes from someone else's.
+        let from = ep(ENDPOINTS[if input.u8().is_multiple_of(4) {
+            input.choose(ENDPOINTS.len())
+        } else {
+            client
+        }]);
+        let datagram = match input.u8() % 8 {
+            0 => input.bytes(1500).to_vec(),
+            1 => {
+                let kind = 0x50 + input.u8() % 0x14;
+                let body = input.bytes(600).to_vec();
+                self.seal(client, kind, &body, input)
+            }
+            2 => {
+                let message = Message::Register {
+                    lan: (0..input.choose(3)).map(|i| ep(ENDPOINTS[i])).collect(),
+                    hostname: [None, Some(0), Some(1), Some(2)][input.choose(4)]
+                        .map(|n| NAMES[n].parse().expect("a name")),
+                    trust_digest: if input.bool() {
+                        self.server.ledger().digest_of(&key(client))
+                    } else {
+                        input.u64()
+                    },
+                    cookie: if input.u8().is_multiple_of(8) {
+                        None
+                    } else {
+                        self.cookies.get(&from).copied()
+                    },
+                };
+                self.message(client, &message, input)
+            }
+            3 => {
+                let target = key(input.choose(CLIENTS.len()));
+                let payload = input.bytes(1400);
+                let mut frame = vec![0; payload.len() + 33];
+                match write_relay(&mut frame, RELAY_TO, &target, payload) {
+                    Some(_) => frame,
+                    None => return,
+                }
+            }
+            4 => {
+                let until = self.now + Duration::from_millis(u64::from(input.u16()) * 50);
+                while let Some((t, _)) = self.server.poll_timeout() {
+                    if t > until {
+                        break;
+                    }
+                    self.now = self.now.max(t);
+                    self.server.handle_timeout(self.now);
+                    self.drain();
+                }
+                self.now = until;
+                let _ = self.server.flush(self.now);
+                return;
+            }
+            5 => {
+                let Some(statement) = self.statement(client, input) else {
+                    return;
+                };
+                self.message(client, &Message::Submit { statement }, input)
+            }
+            6 => {
+                let other = key(input.choose(CLIENTS.len()));
+                let message = match input.u8() % 4 {
+                    0 => Message::Connect { target: other },
+                    1 => Message::Lookup {
+                        query: Query::Name(NAMES[input.choose(3)].parse().expect("a name")),
+                    },
+                    2 => Message::Ack {
+                        id: input.u64() % 4,
+                    },
+                    _ => Message::ReleaseName {
+                        name: NAMES[input.choose(3)].parse().expect("a name"),
+                    },
+                };
+                self.message(client, &message, input)
+            }
+            _ => match self.last.clone() {
+                Some((port, from, d)) => return self.deliver(port, from, &d),
+                None => return,
+            },
+        };
+        self.deliver(port, from, &datagram);
+    }
+
+    fn message(&mut self, client: usize, message: &Message, input: &mut Input<'_>) -> Vec<u8> {
+        let mut body = Vec::new();
+        message.encode(&mut body);
+        self.seal(client, message.kind(), &body, input)
+    }
+
+    fn seal(&mut self, client: usize, kind: u8, body: &[u8], input: &mut Input<'_>) -> Vec<u8> {
+        self.nonce += 1;
+        let skew_ms = if input.u8().is_multiple_of(16) {
+            (i64::from(input.u8()) - 128) * 500
+        } else {
+            0
+        };
+        let ts = self.wall_ms().saturating_add_signed(skew_ms);
+        let signing = fixed_identity(CLIENTS[client]).signing_key();
+        let mut buf = vec![0; body.len() + OVERHEAD];
+        match seal(&mut buf, kind, signing, ts, self.nonce, body) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A trust statement between two of the nodes, signed as they would (or half-signed, or
+    /// with a signature broken).
+    fn statement(&self, client: usize, input: &mut Input<'_>) -> Option<Statement> {
+        let me = fixed_identity(CLIENTS[client]);
+        let other = fixed_identity(CLIENTS[input.choose(CLIENTS.len())]);
+        let issued = self.wall_ms() - u64::from(input.u8()) * 1000;
+        let mut statement = match input.u8() % 4 {
+            0 => Statement::Request(
+                TrustRequest::sign(me.signing_key(), other.public_key(), issued, 1, "hi").ok()?,
+            ),
+            1 => Statement::Record(
+                TrustRecord::approve(me.signing_key(), other.public_key(), issued).ok()?,
+            ),
+            2 => Statement::Record(
+                TrustRecord::approve(me.signing_key(), other.public_key(), issued)
+                    .ok()?
+                    .countersign(other.signing_key(), issued)
+                    .ok()?,
+            ),
+            _ => Statement::Revocation(
+                Revocation::sign(me.signing_key(), other.public_key(), issued, "bye").ok()?,
+            ),
+        };
+        if input.u8() == 0xff {
+            match &mut statement {
+                Statement::Request(r) => r.signature[0] ^= 1,
+                Statement::Record(r) => r.high_signature[0] ^= 1,
+                Statement::Revocation(v) => v.signature[0] ^= 1,
+            }
+        }
+        Some(statement)
+    }
+
+    fn deliver(&mut self, port: Port, from: SocketAddr, datagram: &[u8]) {
+        self.last = Some((port, from, datagram.to_vec()));
+        let proven = self.registered().contains(&from);
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.out);
+        if let Some(t) = self
+            .server
+            .handle_datagram(port, None, from, datagram, now, &mut out)
+        {
+            if t.to == from && !proven {
+                assert!(
+                    t.payload.len() <= datagram.len(),
+                    "{} bytes answered {} to an unproven endpoint",
+                    t.payload.len(),
+                    datagram.len()
+                );
+            }
+            if t.to != from {
+                assert!(
+                    self.registered().contains(&t.to),
+                    "sent to an endpoint nobody registered"
+                );
+            }
+            let (to, payload) = (t.to, t.payload.to_vec());
+            self.learn(to, &payload);
+        }
+        self.out = out;
+        self.drain();
+    }
+
+    /// Everything queued goes to registered endpoints.
+    fn drain(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        while let Some(t) = self.server.poll_transmit(&mut out) {
+            let (to, payload) = (t.to, t.payload.to_vec());
+            assert!(
+                self.registered().contains(&to),
+                "queued datagram for an endpoint nobody registered"
+            );
+            self.learn(to, &payload);
+        }
+        self.out = out;
+    }
+
+    /// Keeps the cookie of a `Challenge`, as the node at `to` would.
+    fn learn(&mut self, to: SocketAddr, payload: &[u8]) {
+        let Ok(opened) = open(payload) else {
+            return;
+        };
+        if let Ok(Message::Challenge { cookie, .. }) = Message::decode(opened.kind, opened.body) {
+            self.cookies.insert(to, cookie);
+        }
+    }
+
+    fn registered(&self) -> Vec<SocketAddr> {
+        (0..CLIENTS.len())
+            .filter_map(|c| self.server.registration(&key(c), self.now))
+            .map(|r| r.observed)
+            .collect()
+    }
+}
+
+fn key(client: usize) -> NodeKey {
+    fixed_identity(CLIENTS[client]).public_key()
+}
