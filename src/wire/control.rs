@@ -684,7 +684,8 @@ impl<'a> Reader<'a> {
             _ => return Err(DecodeError::BadEndpoint),
         };
         let port = self.u16()?;
-        if port == 0 || ip.is_unspecified() || ip.is_multicast() {
+        let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+        if port == 0 || ip.is_unspecified() || ip.is_multicast() || broadcast {
             return Err(DecodeError::BadEndpoint);
         }
         Ok(SocketAddr::new(ip, port))
@@ -929,6 +930,14 @@ mod tests {
         );
         assert_eq!(
             Message::decode(PROBE_ACK, &[0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 1]),
+            Err(DecodeError::BadEndpoint)
+        );
+        // Nor is the limited broadcast address (a probe sent there reaches the whole LAN).
+        assert_eq!(
+            Message::decode(
+                PROBE_ACK,
+                &[0, 0, 0, 0, 0, 0, 0, 0, 4, 255, 255, 255, 255, 0, 1]
+            ),
             Err(DecodeError::BadEndpoint)
         );
         // A hostname that is not a valid label is refused.
