@@ -18,5 +18,12 @@ fn an_rtt_never_measured_is_unknown_not_zero() {
     let status = p.a.peer_status(p.b.addr(), Instant::now()).unwrap();
     assert_eq!(status.path, PathKind::Direct, "{status:?}");
     assert!(status.last_handshake_secs.is_some(), "{status:?}");
-    assert_eq!(status.rtt_ms, None, "{status:?}");
+    // boringtun measures the handshake on the real clock: on a loaded machine it may take a
+    // millisecond or more, and then that is the measurement shown.
+    let index = p.a.by_addr[&p.b.addr()];
+    let estimate = p.a.peers[index].tunn.stats().4;
+    match estimate {
+        Some(0) | None => assert_eq!(status.rtt_ms, None, "{status:?}"),
+        Some(_) => assert!(status.rtt_ms.is_some_and(|ms| ms >= 1.0), "{status:?}"),
+    }
 }
