@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::registry::{candidates, infer_nat, Buckets};
 use super::relay::{self, Rate, TokenBucket};
+use super::sources::Source;
 use super::{
     Port, Queued, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
     FLUSH_INTERVAL, REGISTER_RATE,
@@ -361,35 +362,16 @@ impl Server {
     /// is proven (a registration needs the cookie for it), so throwaway keys cost an
     /// attacker addresses, not just signatures.
     fn admit_new_key(&mut self, from: SocketAddr, now: Instant) -> bool {
-        /// Source addresses remembered at most; beyond it, idle ones are forgotten.
-        const MAX_SOURCES: usize = 65_536;
-        if self.new_keys.len() >= MAX_SOURCES && !self.new_keys.contains_key(&from.ip()) {
-            self.new_keys.retain(|_, bucket| !bucket.is_full(now));
-            if self.new_keys.len() >= MAX_SOURCES {
-                return false;
-            }
-        }
         let rate = self.config.new_keys_per_source;
-        self.new_keys
-            .entry(from.ip())
-            .or_default()
-            .take(rate, 1, now)
+        self.new_keys.take(Source::of(from.ip()), rate, 1, now)
     }
 
     /// Whether `from` may claim a hostname now: within its rate of claims (a name is held for
     /// the name TTL, so claims are what squatting costs) and while the names held are under
     /// their limit.
     fn admit_name_claim(&mut self, from: SocketAddr, now: Instant) -> bool {
-        /// Source addresses remembered at most; beyond it, idle ones are forgotten.
-        const MAX_SOURCES: usize = 65_536;
         if self.directory.names() >= self.config.max_names {
             return false;
-        }
-        if self.name_claims.len() >= MAX_SOURCES && !self.name_claims.contains_key(&from.ip()) {
-            self.name_claims.retain(|_, bucket| !bucket.is_full(now));
-            if self.name_claims.len() >= MAX_SOURCES {
-                return false;
-            }
         }
         // One claim costs `interval` tokens at one token a second.
         let interval = self.config.name_claim_interval_secs.max(1);
@@ -397,10 +379,7 @@ impl Server {
             per_sec: 1,
             burst: interval.saturating_mul(self.config.name_claim_burst.max(1)),
         };
-        self.name_claims
-            .entry(from.ip())
-            .or_default()
-            .take(rate, interval, now)
+        (self.name_claims).take(Source::of(from.ip()), rate, interval, now)
     }
 
     /// Answers a registration from an endpoint not yet proven with the cookie for it.

@@ -33,7 +33,8 @@ pub enum Refusal {
     NameTaken,
     /// `Submit` of a statement that does not verify or is not the sender's to submit.
     BadStatement,
-    /// `Submit` of a request or approval for a node with a full outbox.
+    /// `Submit` of a request or approval for a node with a full outbox, or while the outbox
+    /// is at its global cap and the sender's source holds as many as any other.
     OutboxFull,
     /// A reply larger than its request, withheld because the endpoint it would go to has
     /// not been proven (no amplification towards a spoofed address).
@@ -43,6 +44,12 @@ pub enum Refusal {
     /// `Register` claiming a new hostname over its source address' rate of name claims, or
     /// while the names held are at their limit.
     NameClaims,
+    /// `Submit` of a record or revocation for a pair the ledger does not hold, while the
+    /// ledger is at its size limit.
+    LedgerFull,
+    /// `Submit` of a record or revocation for a pair the ledger does not hold, over its
+    /// source address' rate of new pairs.
+    NewPairs,
 }
 
 /// Why a relay frame was not forwarded.
@@ -65,7 +72,7 @@ pub enum RelayDrop {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::Malformed,
         Refusal::BadSignature,
         Refusal::Stale,
@@ -83,6 +90,8 @@ impl Refusal {
         Refusal::Unproven,
         Refusal::RegisterRate,
         Refusal::NameClaims,
+        Refusal::LedgerFull,
+        Refusal::NewPairs,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -105,6 +114,8 @@ impl Refusal {
             Refusal::Unproven => "unproven",
             Refusal::RegisterRate => "register_rate",
             Refusal::NameClaims => "name_claims",
+            Refusal::LedgerFull => "ledger_full",
+            Refusal::NewPairs => "new_pairs",
         }
     }
 }
@@ -151,6 +162,9 @@ pub struct Counters {
     pub expired: u64,
     /// `Submit`s that changed something (a new delivery, a ledger change) and were stored.
     pub statements_stored: u64,
+    /// Requests and approvals dropped unacknowledged to make room in a full outbox (the
+    /// oldest of the source holding the most).
+    pub outbox_evicted: u64,
     /// Registrations whose ledger digest differed from ours: the two sides exchanged what
     /// they hold.
     pub ledger_resyncs: u64,

@@ -40,6 +40,7 @@ mod directory;
 mod outbox;
 mod registry;
 mod relay;
+mod sources;
 mod sqlite;
 mod statements;
 mod store;
@@ -70,6 +71,7 @@ use control::canonical;
 use directory::Directory;
 use outbox::{Item, Outbox};
 use registry::Registry;
+use sources::{Source, SourceBuckets};
 
 /// How often lazily kept changes (`last_seen` of refreshes) are written to the store.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
@@ -145,9 +147,12 @@ pub struct Config {
     pub relay_bytes_per_sec: u64,
     /// Most registrations held; new nodes beyond it are refused (`RateLimited`).
     pub max_nodes: usize,
-    /// Most trust statements waiting for delivery, all nodes together (each costs about a
-    /// kilobyte of memory and a row on disk for up to a week); beyond it new ones are refused
-    /// (`OutboxFull`). Each node also has at most `MAX_OUTBOX` waiting.
+    /// Most trust requests and approvals waiting for delivery, all nodes together (each costs
+    /// about a kilobyte of memory and a row on disk for up to a week). When it is reached, a
+    /// new one evicts the oldest of the source address holding the most, if that holds more
+    /// than the new one's source; otherwise it is refused (`OutboxFull`). A flood thus
+    /// displaces its own items, not honest ones. Each node also has at most `MAX_OUTBOX`
+    /// waiting. Ledger statements are bounded by the ledger instead (`max_trust_pairs`).
     pub max_outbox: usize,
     /// New keys registered per second from one source address, and the burst allowed (a NAT
     /// with many nodes behind it boots them at once). Refreshes are not counted.
@@ -162,6 +167,15 @@ pub struct Config {
     pub name_claim_burst: u64,
     /// Most hostnames held, all keys together; new claims beyond it are refused.
     pub max_names: usize,
+    /// Most pairs in the trust ledger (records and revocations; a few hundred bytes each in
+    /// memory and on disk). A statement about a new pair is refused (`LedgerFull`) beyond it;
+    /// pairs the ledger holds can always change.
+    pub max_trust_pairs: usize,
+    /// Statements about pairs the ledger does not hold, per second from one source address,
+    /// and the burst allowed (a node that restarts with many peers hands them all back).
+    /// A revocation needs only its signer's key, so without it one registered key could
+    /// grow the ledger at its submit rate with made-up partners.
+    pub new_pairs_per_source: Rate,
 }
 
 impl Config {
@@ -185,6 +199,11 @@ impl Config {
             name_claim_interval_secs: 60,
             name_claim_burst: 16,
             max_names: 1_000_000,
+            max_trust_pairs: 1_000_000,
+            new_pairs_per_source: Rate {
+                per_sec: 2,
+                burst: 4096,
+            },
         }
     }
 }
@@ -196,9 +215,9 @@ pub struct StateSizes {
     pub registry: usize,
     /// Senders with replay state: at most twice [`Config::max_nodes`].
     pub replay_senders: usize,
-    /// Trust statements waiting for delivery: at most [`Config::max_outbox`], plus what is
-    /// not held to it (revocations that end trust, ledgers sent back to nodes that lost
-    /// theirs), at most one item per ledger pair and party.
+    /// Trust statements waiting for delivery: at most [`Config::max_outbox`] requests and
+    /// approvals, plus ledger statements (at most one per ledger pair and party, and ledgers
+    /// sent back to nodes that lost theirs).
     pub outbox: usize,
     /// The most items waiting for one node.
     pub outbox_largest: usize,
@@ -206,7 +225,7 @@ pub struct StateSizes {
     pub queued: usize,
     /// Source addresses with a new-key rate bucket: at most 65,536.
     pub new_key_sources: usize,
-    /// Pairs in the trust ledger.
+    /// Pairs in the trust ledger: at most [`Config::max_trust_pairs`].
     pub ledger: usize,
 }
 
@@ -234,9 +253,11 @@ pub struct Server {
     stranger_lookups: TokenBucket,
     /// New keys registered per source address (see `Config::new_keys_per_source`); idle
     /// buckets are forgotten when there are too many.
-    new_keys: BTreeMap<IpAddr, TokenBucket>,
+    new_keys: SourceBuckets,
     /// New hostnames claimed per source address (see `Config::name_claim_interval_secs`).
-    name_claims: BTreeMap<IpAddr, TokenBucket>,
+    name_claims: SourceBuckets,
+    /// New ledger pairs per source address (see `Config::new_pairs_per_source`).
+    new_pairs: SourceBuckets,
     cookies: cookie::AddressCookies,
     replay: ReplayGuard,
     counters: Counters,
@@ -287,8 +308,9 @@ impl Server {
             outbox: Outbox::default(),
             next_ephemeral: statements::EPHEMERAL_IDS,
             stranger_lookups: TokenBucket::default(),
-            new_keys: BTreeMap::new(),
-            name_claims: BTreeMap::new(),
+            new_keys: SourceBuckets::default(),
+            name_claims: SourceBuckets::default(),
+            new_pairs: SourceBuckets::default(),
             cookies,
             replay,
             counters: Counters::default(),
@@ -468,6 +490,11 @@ impl Server {
     fn restore(&mut self, snapshot: Snapshot, now: Instant) {
         let now_ms = self.clock.unix_ms(now);
         let expiry_ms = self.config.expiry.as_millis() as u64;
+        // Requests and approvals share the outbox by the source they came from; that is not
+        // stored, so it is taken to be where their sender last registered from.
+        let registered_from: BTreeMap<NodeKey, IpAddr> = (snapshot.registrations.iter())
+            .map(|r| (r.key, r.observed.ip()))
+            .collect();
         let mut records = snapshot.registrations;
         // Oldest first, so that of two nodes last seen at one endpoint the newer one keeps it.
         records.sort_by_key(|r| r.last_seen_ms);
@@ -522,10 +549,21 @@ impl Server {
                 tracing::warn!(id = item.id, "skipping stored delivery: not for a party");
                 continue;
             }
+            let sender = if item.target == low { high } else { low };
+            let open = match &item.statement {
+                Statement::Request(_) => true,
+                Statement::Record(r) => !r.is_complete(),
+                Statement::Revocation(_) => false,
+            };
+            let source = open.then(|| {
+                let from = registered_from.get(&sender);
+                from.map_or(Source::Unknown, |ip| Source::of(*ip))
+            });
             let kept = Item {
                 target: item.target,
                 statement: item.statement,
                 stored_ms: item.stored_ms,
+                source,
             };
             self.outbox.insert(item.id, kept);
         }

@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::control::Request;
+use super::sources::Source;
 use super::{Port, Server};
 use crate::identity::NodeKey;
 use crate::wire::control::Message;
@@ -40,6 +41,10 @@ pub(super) struct Item {
     pub target: NodeKey,
     pub statement: Statement,
     pub stored_ms: u64,
+    /// For a request or an approval (which anyone may send to anyone), where its sender
+    /// submitted it from: these share the outbox's global cap by source (see
+    /// [`Outbox::largest_share`]). None for ledger statements, which the ledger bounds.
+    pub source: Option<Source>,
 }
 
 #[derive(Debug, Default)]
@@ -50,12 +55,28 @@ pub(super) struct Outbox {
     /// When each node's next round is due, and the same ordered by time.
     rounds: BTreeMap<NodeKey, Instant>,
     due: BTreeSet<(Instant, NodeKey)>,
+    /// Requests and approvals by the source they came from, oldest first, and the sources
+    /// ordered by how many they hold.
+    by_source: BTreeMap<Source, BTreeSet<u64>>,
+    shares: BTreeSet<(usize, Source)>,
+    /// Requests and approvals waiting, all sources together.
+    open: usize,
 }
 
 impl Outbox {
     pub fn insert(&mut self, id: u64, item: Item) {
         self.by_target.entry(item.target).or_default().insert(id);
-        self.items.insert(id, item);
+        if let Some(source) = item.source {
+            let ids = self.by_source.entry(source).or_default();
+            self.shares.remove(&(ids.len(), source));
+            ids.insert(id);
+            self.shares.insert((ids.len(), source));
+            self.open += 1;
+        }
+        if let Some(old) = self.items.insert(id, item) {
+            // Ids are never reused; if one were, the old item's accounting goes with it.
+            self.forget_source(id, &old);
+        }
     }
 
     pub fn get(&self, id: u64) -> Option<&Item> {
@@ -65,6 +86,7 @@ impl Outbox {
     /// Removes an item; a node left without items has no more rounds.
     pub fn remove(&mut self, id: u64) -> Option<Item> {
         let item = self.items.remove(&id)?;
+        self.forget_source(id, &item);
         if let Some(ids) = self.by_target.get_mut(&item.target) {
             ids.remove(&id);
             if ids.is_empty() {
@@ -73,6 +95,42 @@ impl Outbox {
             }
         }
         Some(item)
+    }
+
+    fn forget_source(&mut self, id: u64, item: &Item) {
+        let Some(source) = item.source else { return };
+        let Some(ids) = self.by_source.get_mut(&source) else {
+            return;
+        };
+        if !ids.remove(&id) {
+            return;
+        }
+        self.shares.remove(&(ids.len() + 1, source));
+        self.open -= 1;
+        if ids.is_empty() {
+            self.by_source.remove(&source);
+        } else {
+            self.shares.insert((ids.len(), source));
+        }
+    }
+
+    /// Requests and approvals waiting (what [`Config::max_outbox`] caps).
+    ///
+    /// [`Config::max_outbox`]: super::Config::max_outbox
+    pub fn open(&self) -> usize {
+        self.open
+    }
+
+    /// How many requests and approvals from `source` are waiting.
+    pub fn share(&self, source: Source) -> usize {
+        self.by_source.get(&source).map_or(0, BTreeSet::len)
+    }
+
+    /// The source with the most requests and approvals waiting, its count, and its oldest.
+    pub fn largest_share(&self) -> Option<(Source, usize, u64)> {
+        let &(count, source) = self.shares.last()?;
+        let oldest = *self.by_source.get(&source)?.first()?;
+        Some((source, count, oldest))
     }
 
     /// `target`'s items, oldest first.
@@ -93,10 +151,6 @@ impl Outbox {
             .map(BTreeSet::len)
             .max()
             .unwrap_or(0)
-    }
-
-    pub fn count(&self, target: &NodeKey) -> usize {
-        self.by_target.get(target).map_or(0, BTreeSet::len)
     }
 
     /// Nodes with items.

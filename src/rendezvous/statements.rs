@@ -18,16 +18,20 @@
 //!
 //! An outbox holds at most one item per kind (request, approval, ledger statement) and other
 //! party; a newer one replaces it. Requests and approvals, which anyone may send to anyone,
-//! are capped at [`MAX_OUTBOX`] per node. Ledger changes are not: a revocation must take
-//! effect even while somebody floods the other party's outbox, and each partner can hold at
-//! most one ledger item there. A revocation that ends trust is not held to the outbox's
-//! global cap either (`Config::max_outbox`), which statements to keys that never come to
-//! collect them can fill.
+//! are capped at [`MAX_OUTBOX`] per node and at `Config::max_outbox` for all nodes together;
+//! a full outbox is shared by source address (see `Server::make_room`), so a flood from a few
+//! addresses displaces its own items and honest requests from elsewhere still get in. Ledger
+//! changes are held to neither: a revocation must take effect even while somebody floods the
+//! other party's outbox, and each partner can hold at most one ledger item there, so they are
+//! bounded by the ledger, whose new pairs are capped (`Config::max_trust_pairs`) and
+//! rate-limited per source address. A pair the ledger holds can always change.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::control::Request;
 use super::outbox::Item;
+use super::sources::Source;
 use super::store::{NewDelivery, Submission};
 use super::{Refusal, Server, Transmit, SUBMIT_RATE};
 use crate::identity::NodeKey;
@@ -98,6 +102,14 @@ impl Server {
                 return self.refusal_reply(req, RefusalCode::BadStatement, now, out);
             }
         };
+        if let Err(refusal) = self.make_room(&req, &statement, &plan, now) {
+            self.counters.refuse(refusal);
+            let code = match refusal {
+                Refusal::StoreFailed => return None,
+                _ => RefusalCode::RateLimited,
+            };
+            return self.refusal_reply(req, code, now, out);
+        }
         let Plan::Deliver {
             target,
             ledger,
@@ -107,21 +119,6 @@ impl Server {
         else {
             return self.reply(req, &Message::Stored { echo: req.nonce }, now, out);
         };
-        // A revocation that ends trust always goes through, whatever fills the outbox: one
-        // per trusted pair at most (it replaces the pair's ledger item), and trusted pairs
-        // are bounded by the ledger, which is in memory anyway.
-        let ends_trust = matches!(statement, Statement::Revocation(_)) && {
-            let (a, b) = statement.pair();
-            self.ledger.trusted(&a, &b)
-        };
-        let full = notify
-            && !ends_trust
-            && ((!ledger && self.outbox.count(&target) >= MAX_OUTBOX)
-                || self.outbox.len() >= self.config.max_outbox);
-        if replaces.is_none() && full {
-            self.counters.refuse(Refusal::OutboxFull);
-            return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
-        }
         let submission = Submission {
             ledger: ledger.then_some(&statement),
             replaces,
@@ -152,6 +149,7 @@ impl Server {
                 target,
                 statement,
                 stored_ms: now_ms,
+                source: (!ledger).then(|| Source::of(req.from.ip())),
             };
             self.outbox.insert(id, item);
             self.deliver_new(id, now);
@@ -159,6 +157,84 @@ impl Server {
         self.counters.statements_stored += 1;
         tracing::debug!(from = %req.sender, to = %target, ledger, "trust statement stored");
         self.reply(req, &Message::Stored { echo: req.nonce }, now, out)
+    }
+
+    /// Whether a statement that verified and changes something fits, making room for it if
+    /// that is fair. Limits, in the order checked:
+    ///
+    /// - A request or approval: at most [`MAX_OUTBOX`] per target, and
+    ///   [`Config::max_outbox`] for all targets together. At either cap the oldest item of
+    ///   the source address holding the most (among the target's items, or among all) is
+    ///   evicted, from the store first, provided that source holds more than the submitter's
+    ///   will; else the new one is refused. A flood from a few addresses thus displaces its
+    ///   own items, and honest requests from other addresses still get in.
+    /// - A record or revocation about a pair the ledger does not hold: within the ledger's
+    ///   size ([`Config::max_trust_pairs`]) and its source's rate of new pairs. Pairs the
+    ///   ledger holds can always change: an untrust is never refused for others' traffic.
+    ///
+    /// Replacing an item of the same kind and parties adds nothing and is never refused.
+    ///
+    /// [`Config::max_outbox`]: super::Config::max_outbox
+    /// [`Config::max_trust_pairs`]: super::Config::max_trust_pairs
+    fn make_room(
+        &mut self,
+        req: &Request,
+        statement: &Statement,
+        plan: &Plan,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let &Plan::Deliver {
+            target,
+            ledger,
+            replaces,
+            notify,
+        } = plan
+        else {
+            return Ok(());
+        };
+        let source = Source::of(req.from.ip());
+        if ledger {
+            let (a, b) = statement.pair();
+            if self.ledger.state(&a, &b).is_none() {
+                if self.ledger.len() >= self.config.max_trust_pairs {
+                    return Err(Refusal::LedgerFull);
+                }
+                let rate = self.config.new_pairs_per_source;
+                if !self.new_pairs.take(source, rate, 1, now) {
+                    return Err(Refusal::NewPairs);
+                }
+            }
+            return Ok(());
+        }
+        if !notify || replaces.is_some() {
+            return Ok(());
+        }
+        // The target's share first: anyone may send anyone requests, so a flood aimed at one
+        // node (one that is down, say) must not lock out that node's honest askers either.
+        let for_target: Vec<(u64, Source)> = (self.outbox.of(&target))
+            .filter_map(|(id, item)| Some((id, item.source?)))
+            .collect();
+        let victim = if for_target.len() >= MAX_OUTBOX {
+            fair_victim(&for_target, source)
+        } else if self.outbox.open() >= self.config.max_outbox {
+            let largest = self.outbox.largest_share();
+            largest.and_then(|(largest, count, oldest)| {
+                (largest != source && count > self.outbox.share(source) + 1).then_some(oldest)
+            })
+        } else {
+            return Ok(());
+        };
+        let Some(victim) = victim else {
+            return Err(Refusal::OutboxFull);
+        };
+        if let Err(e) = self.store.delivered(victim) {
+            self.store_error(&e);
+            return Err(Refusal::StoreFailed);
+        }
+        self.outbox.remove(victim);
+        self.counters.outbox_evicted += 1;
+        tracing::debug!(from = %req.sender, "outbox full: evicted the oldest request of the source holding the most");
+        Ok(())
     }
 
     /// `node` registered with a ledger digest unlike ours for it: it lost statements (its
@@ -188,6 +264,7 @@ impl Server {
                 target: node,
                 statement,
                 stored_ms: now_ms,
+                source: None,
             };
             self.outbox.insert(id, item);
             sent += 1;
@@ -318,6 +395,18 @@ impl Server {
         };
         debug_assert_eq!(admitted, Ok(true), "takes_effect disagrees with the ledger");
     }
+}
+
+/// Of `items` (ids oldest first, with their sources), the oldest of the source holding the
+/// most, if that source is not `newcomer`'s and holds more than it will (with the new one).
+fn fair_victim(items: &[(u64, Source)], newcomer: Source) -> Option<u64> {
+    let mut shares: BTreeMap<Source, (usize, u64)> = BTreeMap::new();
+    for &(id, source) in items {
+        shares.entry(source).or_insert((0, id)).0 += 1;
+    }
+    let mine = shares.get(&newcomer).map_or(0, |(count, _)| *count);
+    let (&largest, &(count, oldest)) = shares.iter().max_by_key(|(_, (count, _))| *count)?;
+    (largest != newcomer && count > mine + 1).then_some(oldest)
 }
 
 fn kind_of(statement: &Statement) -> Kind {

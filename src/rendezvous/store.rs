@@ -196,6 +196,11 @@ impl MemoryStore {
         self.lock().ledger.get(&pair).cloned()
     }
 
+    /// Outbox items, all targets together.
+    pub fn outbox_len(&self) -> usize {
+        self.lock().outbox.len()
+    }
+
     /// The outbox items for `target`, oldest first.
     pub fn outbox(&self, target: &NodeKey) -> Vec<OutboxItem> {
         let contents = self.lock();

@@ -26,11 +26,9 @@
 //! After the churn, a quiet period: the network heals, attackers stop, and every pair's two
 //! gates must agree, with packets crossing between each trusted pair.
 //!
-//! Known gap: attackers flooding hard enough (`PILOT_PROPERTY_FLOOD=900`: seed 1 already) fill the
-//! rendezvous' global outbox (`Config::max_outbox`, 300 here) with statements for keys that
-//! never collect them, and honest requests, approvals and new records are then refused
-//! `outbox_full` until the junk expires (a week). Revocations that end trust and a lost
-//! ledger's resync are exempt. The default flood stays below the cap; see the issue note.
+//! Floods that fill the rendezvous' outbox (`Config::max_outbox`, 300 here; try
+//! `PILOT_PROPERTY_FLOOD=900`) are covered by invariant 4: a full outbox is shared by source
+//! address, so attackers' statements displace their own, never an honest node's request.
 //!
 //! boringtun's own timers (handshake retries, rekeying) read the OS clock, not the simulated
 //! one, so they never fire here: what the node does on its own (kicking handshakes, recovering

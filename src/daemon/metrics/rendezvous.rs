@@ -103,6 +103,11 @@ pub fn render(m: &RendezvousMetrics) -> String {
             c.statements_stored,
         ),
         (
+            "pilot_rendezvous_outbox_evicted_total",
+            "Requests and approvals dropped undelivered to make room in a full outbox.",
+            c.outbox_evicted,
+        ),
+        (
             "pilot_rendezvous_ledger_resyncs_total",
             "Registrations whose trust-ledger digest differed from ours (statements exchanged).",
             c.ledger_resyncs,
@@ -249,9 +254,14 @@ pilot_rendezvous_refusals_total{reason=\"outbox_full\"} 0
 pilot_rendezvous_refusals_total{reason=\"unproven\"} 0
 pilot_rendezvous_refusals_total{reason=\"register_rate\"} 0
 pilot_rendezvous_refusals_total{reason=\"name_claims\"} 0
+pilot_rendezvous_refusals_total{reason=\"ledger_full\"} 0
+pilot_rendezvous_refusals_total{reason=\"new_pairs\"} 0
 # HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
 # TYPE pilot_rendezvous_statements_stored_total counter
 pilot_rendezvous_statements_stored_total 4
+# HELP pilot_rendezvous_outbox_evicted_total Requests and approvals dropped undelivered to make room in a full outbox.
+# TYPE pilot_rendezvous_outbox_evicted_total counter
+pilot_rendezvous_outbox_evicted_total 0
 # HELP pilot_rendezvous_ledger_resyncs_total Registrations whose trust-ledger digest differed from ours (statements exchanged).
 # TYPE pilot_rendezvous_ledger_resyncs_total counter
 pilot_rendezvous_ledger_resyncs_total 0

@@ -263,15 +263,171 @@ fn a_revocation_that_ends_trust_goes_through_a_full_outbox() {
     let delivered = sim.deliveries_to(a.at);
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].2, revoked);
-    // A revocation of a pair that is not trusted is still held to the cap.
+    // A revocation of a pair the ledger does not hold is not an outbox item that anyone may
+    // send anyone: it is held to the ledger's limits (see below), not the outbox's.
     let withdrawn = Statement::Revocation(
         crate::wire::trust::Revocation::sign(junk.signing_key(), nobody.key(), sim.now_ms(), "")
             .unwrap(),
     );
+    assert!(matches!(
+        junk.submit(&mut sim, &withdrawn),
+        Some(Message::Stored { .. })
+    ));
+}
+
+#[test]
+fn a_full_outbox_is_shared_by_source_address() {
+    // Issue 15, A4: registered throwaway keys filled the global outbox with requests to keys
+    // nobody collects, and honest requests were refused outbox_full for the week the junk
+    // lived. Now a full outbox evicts the oldest item of the source holding the most.
+    let mut sim = Sim::with(MemoryStore::new(), |c| c.max_outbox = 4);
+    let mut junk = Client::new(3, "192.0.2.3:40003");
+    let mut junk2 = Client::new(4, "192.0.2.3:40004");
+    let mut honest = Client::new(5, "198.51.100.5:40005");
+    for c in [&mut junk, &mut junk2, &mut honest] {
+        c.register(&mut sim, &[]).unwrap();
+    }
+    let nobody = |n: u8| Client::new(100 + n, "192.0.2.1:1");
+    let mut junk_items = Vec::new();
+    for n in 0..4u8 {
+        let from = if n % 2 == 0 { &mut junk } else { &mut junk2 };
+        let ask = request(from, &nobody(n), sim.now_ms());
+        assert!(matches!(
+            from.submit(&mut sim, &ask),
+            Some(Message::Stored { .. })
+        ));
+        junk_items.push(ask);
+        sim.advance(Duration::from_millis(10));
+    }
+    // A fifth from the same address, whatever the key: refused, nothing evicted.
+    let ask = request(&junk2, &nobody(9), sim.now_ms());
     assert_eq!(
-        refused(junk.submit(&mut sim, &withdrawn)),
+        refused(junk2.submit(&mut sim, &ask)),
         RefusalCode::RateLimited
     );
+    assert_eq!(sim.server.counters().refused(Refusal::OutboxFull), 1);
+    // An honest request from elsewhere gets in; the flood's oldest item makes room, in the
+    // store as in memory.
+    let target = Client::new(50, "203.0.113.50:1");
+    let honest_ask = request(&honest, &target, sim.now_ms());
+    assert!(matches!(
+        honest.submit(&mut sim, &honest_ask),
+        Some(Message::Stored { .. })
+    ));
+    assert_eq!(sim.server.counters().outbox_evicted, 1);
+    assert_eq!(sim.server.outbox_len(), 4);
+    assert!(
+        sim.store.outbox(&nobody(0).key()).is_empty(),
+        "the oldest evicted"
+    );
+    assert_eq!(sim.store.outbox(&nobody(1).key()).len(), 1);
+    assert_eq!(sim.store.outbox(&target.key())[0].statement, honest_ask);
+
+    // After a restart the shares are known again (from where each sender registered): the
+    // next honest request still displaces the flood, never the honest one.
+    let store = sim.store.clone();
+    sim.restart_with(|| Box::new(store), |c| c.max_outbox = 4);
+    let second = request(&honest, &Client::new(51, "203.0.113.51:1"), sim.now_ms());
+    honest.register(&mut sim, &[]).unwrap();
+    assert!(matches!(
+        honest.submit(&mut sim, &second),
+        Some(Message::Stored { .. })
+    ));
+    assert!(
+        sim.store.outbox(&nobody(1).key()).is_empty(),
+        "the next oldest evicted"
+    );
+    assert_eq!(
+        sim.store.outbox(&target.key()).len(),
+        1,
+        "the honest one kept"
+    );
+    // Two each now: the flood's next is refused rather than evicting the honest source.
+    junk.register(&mut sim, &[]).unwrap();
+    let ask = request(&junk, &nobody(10), sim.now_ms());
+    assert_eq!(
+        refused(junk.submit(&mut sim, &ask)),
+        RefusalCode::RateLimited
+    );
+    assert_eq!(sim.server.outbox_len(), 4);
+}
+
+#[test]
+fn a_node_flooded_with_requests_still_gets_honest_ones() {
+    // The per-node cap is shared by source too: 64 throwaway keys at one address filled a
+    // node's outbox (a node that is down, say), and its honest askers were refused for a week.
+    let mut sim = Sim::new();
+    let victim = Client::new(2, "203.0.113.2:40002");
+    for n in 0..MAX_OUTBOX as u8 {
+        let mut junk = Client::new(10 + n, &format!("192.0.2.3:{}", 40_000 + u16::from(n)));
+        junk.register(&mut sim, &[]).unwrap();
+        let ask = request(&junk, &victim, sim.now_ms());
+        assert!(matches!(
+            junk.submit(&mut sim, &ask),
+            Some(Message::Stored { .. })
+        ));
+    }
+    let mut honest = Client::new(1, "198.51.100.1:40001");
+    honest.register(&mut sim, &[]).unwrap();
+    let ask = request(&honest, &victim, sim.now_ms());
+    assert!(matches!(
+        honest.submit(&mut sim, &ask),
+        Some(Message::Stored { .. })
+    ));
+    assert_eq!(sim.server.counters().outbox_evicted, 1);
+    let waiting = sim.store.outbox(&victim.key());
+    assert_eq!(waiting.len(), MAX_OUTBOX);
+    assert!(waiting.iter().any(|i| i.statement == ask));
+}
+
+#[test]
+fn new_ledger_pairs_are_capped_and_rate_limited_per_source_and_known_pairs_always_change() {
+    // Issue 15, A4: a revocation needs only its signer's key, so one registered key could
+    // grow the ledger without bound by revoking made-up partners.
+    let mut sim = Sim::with(MemoryStore::new(), |c| {
+        c.max_trust_pairs = 4;
+        c.new_pairs_per_source = crate::rendezvous::relay::Rate {
+            per_sec: 1,
+            burst: 2,
+        };
+    });
+    let (mut a, mut b) = pair(&mut sim);
+    trust(&mut sim, &mut a, &mut b);
+    let mut junk = Client::new(3, "192.0.2.3:40003");
+    junk.register(&mut sim, &[]).unwrap();
+    let revoke = |by: &Client, other: NodeKey, now_ms: u64| {
+        let v = crate::wire::trust::Revocation::sign(by.signing_key(), other, now_ms, "");
+        Statement::Revocation(v.unwrap())
+    };
+    let nobody = |n: u8| Client::new(100 + n, "192.0.2.1:1").key();
+    for n in 0..2 {
+        let v = revoke(&junk, nobody(n), sim.now_ms());
+        assert!(matches!(
+            junk.submit(&mut sim, &v),
+            Some(Message::Stored { .. })
+        ));
+    }
+    let v = revoke(&junk, nobody(2), sim.now_ms());
+    assert_eq!(refused(junk.submit(&mut sim, &v)), RefusalCode::RateLimited);
+    assert_eq!(sim.server.counters().refused(Refusal::NewPairs), 1);
+    sim.advance(Duration::from_secs(1));
+    let v = revoke(&junk, nobody(3), sim.now_ms());
+    assert!(matches!(
+        junk.submit(&mut sim, &v),
+        Some(Message::Stored { .. })
+    ));
+    sim.advance(Duration::from_secs(1));
+    let v = revoke(&junk, nobody(4), sim.now_ms());
+    assert_eq!(refused(junk.submit(&mut sim, &v)), RefusalCode::RateLimited);
+    assert_eq!(sim.server.counters().refused(Refusal::LedgerFull), 1);
+    assert_eq!(sim.server.ledger().len(), 4);
+    // A pair the ledger holds changes however full it is: the untrust goes through.
+    let v = revoke(&b, a.key(), sim.now_ms());
+    assert!(matches!(
+        b.submit(&mut sim, &v),
+        Some(Message::Stored { .. })
+    ));
+    assert!(!sim.server.ledger().trusted(&a.key(), &b.key()));
 }
 
 #[test]

@@ -23,8 +23,9 @@ fn rss_kib() -> u64 {
 
 /// Fresh keys, 20 submissions each (their rate's burst), each a request to a target nobody
 /// registered (any 32 bytes); sources spread over addresses so the per-source limit on new
-/// keys lets them in. Returns (submissions sent, stored, refused for a full outbox).
-fn flood(sim: &mut Sim, submissions: usize) -> (usize, u64, u64) {
+/// keys lets them in (32 keys, 640 submissions per address). Returns (submissions sent,
+/// stored, refused for a full outbox, evicted to make room).
+fn flood(sim: &mut Sim, submissions: usize) -> (usize, u64, u64, u64) {
     let mut sent = 0;
     let mut n: u32 = 0;
     while sent < submissions {
@@ -66,17 +67,20 @@ fn flood(sim: &mut Sim, submissions: usize) -> (usize, u64, u64) {
         sent,
         counters.statements_stored,
         counters.refused(Refusal::OutboxFull),
+        counters.outbox_evicted,
     )
 }
 
 #[test]
 fn a_flood_of_requests_to_made_up_targets_stops_at_the_outbox_limit() {
     let mut sim = Sim::with(MemoryStore::new(), |c| c.max_outbox = 1_000);
-    let (sent, stored, full) = flood(&mut sim, 4_000);
+    let (sent, stored, full, evicted) = flood(&mut sim, 4_000);
     assert_eq!(sent, 4_000);
-    assert_eq!(stored, 1_000);
-    assert_eq!(full, 3_000);
+    assert_eq!(stored + full, 4_000, "each stored or refused");
+    assert_eq!(stored - evicted, 1_000, "what is held: the limit");
+    assert!(full > 0 && evicted > 0, "{full} refused, {evicted} evicted");
     assert_eq!(sim.server.outbox_len(), 1_000);
+    assert_eq!(sim.store.outbox_len(), 1_000, "evicted from the store too");
 }
 
 #[test]
@@ -85,12 +89,13 @@ fn memory_under_a_million_submits() {
     let mut sim = Sim::new();
     let before = rss_kib();
     let started = std::time::Instant::now();
-    let (sent, stored, full) = flood(&mut sim, 1_000_000);
+    let (sent, stored, full, evicted) = flood(&mut sim, 1_000_000);
     let after = rss_kib();
     println!(
-        "{sent} submissions from {} fresh keys in {:.0} s: {stored} stored (the outbox limit), \
-         {full} refused (outbox_full); outbox {} items; RSS {} MiB -> {} MiB (+{} MiB, \
-         memory store included: it keeps a second copy of every item)",
+        "{sent} submissions from {} fresh keys in {:.0} s: {stored} stored, {evicted} of them \
+         evicted later to make room (the oldest of the address holding the most), {full} \
+         refused (outbox_full); outbox {} items; RSS {} MiB -> {} MiB (+{} MiB, memory store \
+         included: it keeps a second copy of every item)",
         sent / 20,
         started.elapsed().as_secs_f64(),
         sim.server.outbox_len(),

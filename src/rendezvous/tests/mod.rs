@@ -257,10 +257,19 @@ impl Sim {
 
     /// A new server on the store `open` returns, with the same wall clock, as after a crash.
     fn restart(&mut self, open: impl FnOnce() -> Box<dyn Store>) {
+        self.restart_with(open, |_| {});
+    }
+
+    /// [`Sim::restart`] with a configuration changed by `tweak`.
+    fn restart_with(&mut self, open: impl FnOnce() -> Box<dyn Store>, tweak: impl Fn(&mut Config)) {
         // The old server goes first: a SQLite store stays locked while it is open.
-        let config = || Config {
-            name_ttl: self.name_ttl,
-            ..Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT)
+        let config = || {
+            let mut config = Config {
+                name_ttl: self.name_ttl,
+                ..Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT)
+            };
+            tweak(&mut config);
+            config
         };
         let clock = WallClock::new(self.t0, EPOCH_MS);
         let placeholder = Box::new(MemoryStore::new());
