@@ -109,6 +109,7 @@ impl UdpSocket {
         let gso = nix_socket::getsockopt(&fd, sockopt::UdpGsoSegment).is_ok();
         // Without GRO no UDP_GRO message ever comes and every buffer is one datagram.
         let gro = nix_socket::setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
+        allow_fragmentation(&fd, addr);
         tracing::debug!(gso, gro, "UDP offloads");
         Ok(UdpSocket {
             socket: fd.into(),
@@ -220,6 +221,37 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<OwnedFd> {
             let fd = nix_socket::socket(AddressFamily::Inet, SockType::Datagram, flags, None)?;
             nix_socket::bind(fd.as_raw_fd(), &nix_socket::SockaddrIn::from(v4))?;
             Ok(fd)
+        }
+    }
+}
+
+/// Sends IPv4 datagrams without DF, as kernel WireGuard does, so a router whose next link is
+/// too small for one (PPPoE, mobile, a tunnel: 1280 bytes where a full tunnel packet is
+/// 1440) fragments it instead of dropping it. With DF, delivery depends on the router's ICMP
+/// "fragmentation needed" reaching us, and where it is filtered every full-size packet is
+/// lost while pings and handshakes still pass. (GSO batches already went without DF: the
+/// kernel sets it only on datagrams within the path MTU it knows.) Best effort: without it
+/// the kernel's default (DF, learning the path MTU from ICMP) still works where ICMP does.
+/// IPv6 routers never fragment; there the kernel fragments to the path MTU it has learnt.
+fn allow_fragmentation(fd: &OwnedFd, addr: SocketAddr) {
+    // The dual-stack socket takes IPv4-level options for its IPv4 traffic.
+    let ipv4 = addr.is_ipv4() || addr.ip().is_unspecified();
+    if ipv4 {
+        let value: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: the descriptor is open (borrowed for the call), and the option value is a
+        // c_int that lives across the call, with its size passed alongside.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            tracing::warn!("cannot clear DF on the UDP socket ({e}): full-size packets rely on ICMP across small links");
         }
     }
 }
