@@ -237,6 +237,13 @@ pub(super) fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientErro
         text("rendezvous"),
         text("registered")
     );
+    if let Some(standby) = value["standby"].as_array().filter(|s| !s.is_empty()) {
+        let standby: Vec<&str> = standby.iter().filter_map(Value::as_str).collect();
+        println!(
+            "standby         {} (used in this order if it stops answering)",
+            standby.join(", ")
+        );
+    }
     if let Value::String(problem) = &value["problem"] {
         println!("problem         {problem}");
     }

@@ -323,13 +323,25 @@ impl Lab {
 
     /// [`Lab::rendezvous`] with extra `pilotd rendezvous` flags.
     pub fn rendezvous_with(&mut self, ns: &str, listen: &str, extra: &[&str]) -> (String, usize) {
-        let dir = self.dir.join("rdv");
+        self.rendezvous_named("rdv", ns, listen, extra)
+    }
+
+    /// [`Lab::rendezvous_with`] keeping its data in `NAME/` and its log in `NAME.log` of the
+    /// lab's directory, for a second rendezvous beside the first.
+    pub fn rendezvous_named(
+        &mut self,
+        name: &str,
+        ns: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> (String, usize) {
+        let dir = self.dir.join(name);
         let out = run(
             PILOTD,
             &["identity", "--json", "--state-dir", dir.to_str().unwrap()],
         );
         let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let log = self.dir.join("rdv.log");
+        let log = self.dir.join(format!("{name}.log"));
         let dir = dir.to_str().unwrap();
         let mut cmd = vec![
             PILOTD,

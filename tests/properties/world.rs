@@ -212,6 +212,7 @@ impl World {
             key: Some(server_identity().public_key()),
         };
         Node::new(NodeConfig {
+            standby_rendezvous: Vec::new(),
             identity: Identity::from_secret_bytes(&identity.signing_key().to_bytes()),
             peers: Vec::new(),
             trust,
