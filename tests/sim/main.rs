@@ -265,6 +265,8 @@ impl Sim {
                     let (to, payload, port) = (t.to, t.payload.to_vec(), t.port);
                     self.server_send(port, to, &payload);
                 }
+                // Each datagram a batch of its own, as far as the store is concerned.
+                self.server.commit(self.now);
                 self.drain_server();
                 continue;
             }
