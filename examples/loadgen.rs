@@ -190,7 +190,8 @@ fn main() -> anyhow::Result<()> {
     let mut window = Window::default();
     let mut total = Window::default();
     let server_start = args.server_pid.and_then(proc_usage);
-    let mut last_report = (started, server_start);
+    let me = std::process::id();
+    let mut last_report = (started, server_start, proc_usage(me));
     let end = started + Duration::from_secs(args.duration);
     let report = Duration::from_secs(args.report);
     println!(
@@ -337,15 +338,15 @@ fn main() -> anyhow::Result<()> {
         let now = Instant::now();
         if now >= last_report.0 + report {
             let usage = args.server_pid.and_then(proc_usage);
-            print_window(
-                &mut window,
-                now - last_report.0,
-                last_report.1,
-                usage,
-                &nodes,
-            );
+            let mine = proc_usage(me);
+            let elapsed = now - last_report.0;
+            print_window(&mut window, elapsed, last_report.1, usage, &nodes);
+            if let (Some((c0, _)), Some((c1, _))) = (last_report.2, mine) {
+                let busy = (c1 - c0) / elapsed.as_secs_f64() * 100.0;
+                println!("    (generator CPU {busy:.0} %)");
+            }
             merge(&mut total, &mut window);
-            last_report = (now, usage);
+            last_report = (now, usage, mine);
         }
     }
     merge(&mut total, &mut window);
