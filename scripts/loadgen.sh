@@ -72,7 +72,7 @@ for n in "$@"; do
     wait "$rdv_pid" 2>/dev/null || true
     rdv_pid=""
     # The last window (steady state) and the totals.
-    last=$(grep -v '^---' <<<"$out" | tail -2 | head -1)
+    last=$(grep -v -e '^---' -e '^    (' <<<"$out" | tail -2 | head -1)
     rows+=("$n|$last")
 done
 
