@@ -238,5 +238,10 @@ fn a_relayed_pair_moves_to_the_second_rendezvous_when_the_first_dies() {
     assert_eq!(path(&a, &b), "relay");
     assert_eq!(path(&b, &a), "relay");
     assert!(a.log_text().contains("registering with another rendezvous"));
+    let status = String::from_utf8_lossy(&ctl(&a, &["status"]).stdout).into_owned();
+    assert!(
+        status.contains("using the standby 203.0.113.11:7000; the first, 203.0.113.10:7000"),
+        "{status}"
+    );
     lab.kill(traffic);
 }

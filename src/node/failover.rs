@@ -61,6 +61,13 @@ impl Failover {
         self.list.len() > 1
     }
 
+    /// The first rendezvous, while another is in use.
+    pub fn preferred(&self) -> Option<SocketAddr> {
+        (self.current != 0)
+            .then(|| self.list.first().map(|r| r.addr))
+            .flatten()
+    }
+
     /// The rendezvous not in use, in order.
     pub fn standby(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         let current = self.current;

@@ -156,6 +156,7 @@ fn a_silent_rendezvous_is_left_for_the_next_and_the_first_is_taken_back_when_it_
     let status = w.node.net_status(w.now);
     assert_eq!(status.rendezvous, Some(second.to_string()));
     assert_eq!(status.standby, vec![first.to_string()]);
+    assert_eq!(status.preferred, Some(first.to_string()), "status tells why");
 
     // Asked every FAILBACK_EVERY whether the first is back. A forged answer (another key, at
     // the first's address) changes nothing.
@@ -180,6 +181,7 @@ fn a_silent_rendezvous_is_left_for_the_next_and_the_first_is_taken_back_when_it_
     assert_eq!(registers_to(&sent, first).len(), 1, "{sent:?}");
     assert!(w.node.is_registered(w.now));
     assert_eq!(w.node.net_status(w.now).rendezvous, Some(first.to_string()));
+    assert_eq!(w.node.net_status(w.now).preferred, None);
     // An answer the node did not ask for (no probe out) changes nothing.
     w.answer(&identity(w.first.0), first, NAT_PROBE_REPLY, &reply);
     w.run(Duration::from_secs(60));

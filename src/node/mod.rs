@@ -645,6 +645,7 @@ impl Node {
             Some(link) => NetStatus {
                 clock_correction_ms: self.clock.offset_ms(),
                 standby: self.failover.standby().map(|a| a.to_string()).collect(),
+                preferred: self.failover.preferred().map(|a| a.to_string()),
                 ..link.status(self.local_port, now)
             },
             None => NetStatus::default(),

@@ -38,6 +38,9 @@ pub struct NetStatus {
     /// The other rendezvous the node moves to if this one stops answering, in order.
     #[serde(default)]
     pub standby: Vec<String>,
+    /// The first rendezvous, while the node uses another because it stopped answering.
+    #[serde(default)]
+    pub preferred: Option<String>,
     /// The public endpoint peers are told first: the configured one (`--endpoint`), else the
     /// one the rendezvous sees.
     pub endpoint: Option<String>,
@@ -362,6 +365,7 @@ impl RendezvousLink {
             problem: self.problem(now).map(|p| p.to_string()),
             rendezvous: Some(self.config.addr.to_string()),
             standby: Vec::new(),
+            preferred: None,
             registered: self.is_registered(now),
             endpoint: self.configured.or(self.observed).map(|e| e.to_string()),
             endpoint_configured: self.configured.is_some(),
