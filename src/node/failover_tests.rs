@@ -156,7 +156,11 @@ fn a_silent_rendezvous_is_left_for_the_next_and_the_first_is_taken_back_when_it_
     let status = w.node.net_status(w.now);
     assert_eq!(status.rendezvous, Some(second.to_string()));
     assert_eq!(status.standby, vec![first.to_string()]);
-    assert_eq!(status.preferred, Some(first.to_string()), "status tells why");
+    assert_eq!(
+        status.preferred,
+        Some(first.to_string()),
+        "status tells why"
+    );
 
     // Asked every FAILBACK_EVERY whether the first is back. A forged answer (another key, at
     // the first's address) changes nothing.

@@ -21,6 +21,8 @@ use net::{NatKind, Net, ALL_KINDS};
 
 const RDV_IP: &str = "203.0.113.10";
 const RDV_PORT: u16 = 7000;
+/// The standby rendezvous' host (`Sim::with_standby`).
+const RDV2_IP: &str = "203.0.113.11";
 const NODE_PORT: u16 = 51870;
 const EPOCH_MS: u64 = 1_800_000_000_000;
 
@@ -36,11 +38,20 @@ struct SimNode {
     saving: Option<pilot::node::TrustState>,
 }
 
+/// A second rendezvous instance nodes fail over to (`Sim::with_standby`).
+struct Standby {
+    server: Server,
+    host: usize,
+}
+
 struct Sim {
     net: Net,
     nodes: Vec<SimNode>,
     server: Server,
     server_host: usize,
+    /// The first rendezvous is dead: what reaches it is lost, its timers stop.
+    primary_down: bool,
+    standby: Option<Standby>,
     now: Instant,
     /// One wall clock for the whole world, however late a node joins.
     clock: WallClock,
@@ -84,10 +95,24 @@ impl Sim {
             nodes: Vec::new(),
             server,
             server_host,
+            primary_down: false,
+            standby: None,
             now,
             clock,
             buf: vec![0; 65536],
         }
+    }
+
+    /// [`Sim::new`] with a second rendezvous instance at `RDV2_IP` (its own key and empty
+    /// store: instances share nothing yet) that nodes made from now on fail over to.
+    fn with_standby() -> Sim {
+        let mut sim = Sim::new();
+        let host = sim.net.add_host(RDV2_IP, None);
+        let config = Config::new(identity(201), RDV_PORT, RDV_PORT + 1);
+        let store = Box::new(MemoryStore::new());
+        let server = Server::new(config, store, 9, sim.clock, sim.now).unwrap();
+        sim.standby = Some(Standby { server, host });
+        sim
     }
 
     /// A node numbered `n` on host `host` holding mutual trust records (signed by both keys,
@@ -147,8 +172,13 @@ impl Sim {
             alt_port: RDV_PORT + 1,
             key: Some(self.server.public_key()),
         };
+        let standby = self.standby.as_ref().map(|s| RendezvousConfig {
+            addr: SocketAddr::new(RDV2_IP.parse().unwrap(), RDV_PORT),
+            alt_port: RDV_PORT + 1,
+            key: Some(s.server.public_key()),
+        });
         Node::new(NodeConfig {
-            standby_rendezvous: Vec::new(),
+            standby_rendezvous: standby.into_iter().collect(),
             identity: identity(n),
             peers: Vec::new(),
             trust: TrustState {
@@ -177,7 +207,11 @@ impl Sim {
 
     /// Two nodes behind NATs of the given kinds, allowing each other.
     fn pair(a: NatKind, b: NatKind) -> (Sim, usize, usize) {
-        let mut sim = Sim::new();
+        Sim::pair_in(Sim::new(), a, b)
+    }
+
+    /// [`Sim::pair`] in `sim`.
+    fn pair_in(mut sim: Sim, a: NatKind, b: NatKind) -> (Sim, usize, usize) {
         let (na, nb) = (
             sim.net.add_nat(a, "203.0.113.1"),
             sim.net.add_nat(b, "203.0.113.2"),
@@ -218,17 +252,28 @@ impl Sim {
                 }
                 self.drain_node(i);
             }
-            if self
-                .server
-                .poll_timeout()
-                .is_some_and(|(t, _)| t <= self.now)
+            if !self.primary_down
+                && self
+                    .server
+                    .poll_timeout()
+                    .is_some_and(|(t, _)| t <= self.now)
             {
                 self.server.handle_timeout(self.now);
+            }
+            if let Some(s) = &mut self.standby {
+                if s.server.poll_timeout().is_some_and(|(t, _)| t <= self.now) {
+                    s.server.handle_timeout(self.now);
+                }
             }
             self.drain_server();
             let next = [
                 self.net.next_arrival(),
-                self.server.poll_timeout().map(|(t, _)| t),
+                (!self.primary_down)
+                    .then(|| self.server.poll_timeout().map(|(t, _)| t))
+                    .flatten(),
+                self.standby
+                    .as_ref()
+                    .and_then(|s| s.server.poll_timeout().map(|(t, _)| t)),
                 self.nodes
                     .iter()
                     .filter_map(|n| n.node.poll_timeout().map(|(t, _)| t))
@@ -248,6 +293,28 @@ impl Sim {
 
     fn deliver_due(&mut self) {
         while let Some(d) = self.net.pop_due(self.now) {
+            if self.standby.as_ref().is_some_and(|s| s.host == d.host) {
+                let port = if d.to.port() == RDV_PORT {
+                    Port::Main
+                } else {
+                    Port::Alt
+                };
+                let standby = self.standby.as_mut().unwrap();
+                let answer = standby
+                    .server
+                    .handle_datagram(port, None, d.from, &d.payload, self.now, &mut self.buf)
+                    .map(|t| (t.port, t.to, t.payload.to_vec()));
+                standby.server.commit(self.now);
+                let host = standby.host;
+                if let Some((port, to, payload)) = answer {
+                    self.send_from(host, port, to, &payload);
+                }
+                self.drain_server();
+                continue;
+            }
+            if d.host == self.server_host && self.primary_down {
+                continue;
+            }
             if d.host == self.server_host {
                 let port = if d.to.port() == RDV_PORT {
                     Port::Main
@@ -316,20 +383,39 @@ impl Sim {
     }
 
     fn drain_server(&mut self) {
-        while let Some(t) = self.server.poll_transmit(&mut self.buf) {
+        while let Some(t) = (!self.primary_down)
+            .then(|| self.server.poll_transmit(&mut self.buf))
+            .flatten()
+        {
             let (to, payload, port) = (t.to, t.payload.to_vec(), t.port);
             self.server_send(port, to, &payload);
+        }
+        let Some(standby) = &mut self.standby else {
+            return;
+        };
+        let mut queued = Vec::new();
+        while let Some(t) = standby.server.poll_transmit(&mut self.buf) {
+            queued.push((t.port, t.to, t.payload.to_vec()));
+        }
+        let host = standby.host;
+        for (port, to, payload) in queued {
+            self.send_from(host, port, to, &payload);
         }
     }
 
     fn server_send(&mut self, port: Port, to: SocketAddr, payload: &[u8]) {
+        self.send_from(self.server_host, port, to, payload);
+    }
+
+    /// A datagram from the rendezvous on `host`, leaving from its `port`.
+    fn send_from(&mut self, host: usize, port: Port, to: SocketAddr, payload: &[u8]) {
         let local_port = if port == Port::Main {
             RDV_PORT
         } else {
             RDV_PORT + 1
         };
-        let from = SocketAddr::new(self.net.hosts[self.server_host].ip, local_port);
-        self.net.send(self.now, self.server_host, from, to, payload);
+        let from = SocketAddr::new(self.net.hosts[host].ip, local_port);
+        self.net.send(self.now, host, from, to, payload);
     }
 
     /// Node `from` writes an IPv6/UDP packet for node `to` into its TUN; returns whether it
@@ -802,10 +888,11 @@ fn replayed_and_forged_registrations_are_refused() {
     // The registration with the cookie is taken; the same bytes again, from the same or
     // another address, are refused and unanswered.
     let (register, _) = sealed(Some(cookie), 42);
-    assert!(sim
-        .server
+    // A new registration is answered once written: when its batch is committed.
+    let direct = (sim.server)
         .handle_datagram(Port::Main, None, from, &register, sim.now, &mut out)
-        .is_some());
+        .is_some();
+    assert!(direct || sim.server.commit(sim.now) == 1);
     assert_eq!(sim.server.counters().registrations, 1);
     for replay_from in [from, "203.0.113.66:1234".parse().unwrap()] {
         assert!(sim
@@ -959,10 +1046,10 @@ fn a_captured_registration_of_a_node_with_a_wrong_clock_cannot_be_replayed() {
     let captured = captured.expect("a refresh");
     let mut out = vec![0u8; 65536];
     let at = sim.now + Duration::from_secs(25);
-    assert!(sim
-        .server
+    let direct = (sim.server)
         .handle_datagram(Port::Main, None, public, &captured, at, &mut out)
-        .is_some());
+        .is_some();
+    assert!(direct || sim.server.commit(at) == 1);
     // Replayed at once, from there or elsewhere: refused as a replay, unanswered.
     for from in [public, "192.0.2.66:4000".parse().unwrap()] {
         assert!(sim
@@ -1071,4 +1158,59 @@ fn a_delivery_is_acknowledged_only_once_the_state_holding_it_is_saved() {
     sim.drain_node(x);
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.server.outbox_len(), 0);
+}
+
+#[test]
+fn a_relayed_pair_moves_to_the_standby_rendezvous_when_the_first_dies() {
+    // Issue 14: nodes with a second rendezvous. The first dies under relayed traffic; both
+    // nodes register with the second (which knows nothing of them) and hand it their records,
+    // and the pair is relayed again, in simulated seconds and deterministically.
+    let sim = Sim::with_standby();
+    let (mut sim, x, y) = Sim::pair_in(sim, NatKind::Sym, NatKind::Sym);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.path(x, y), PathKind::Relay);
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 40);
+    let standby = format!("{RDV2_IP}:{RDV_PORT}");
+
+    sim.primary_down = true;
+    let died = sim.now;
+    let mut moved = None;
+    let mut resumed = None;
+    for i in 0..200 {
+        sim.send_packet(x, y, format!("x{i}").as_bytes());
+        sim.send_packet(y, x, format!("y{i}").as_bytes());
+        let before = sim.received(x).len() + sim.received(y).len();
+        sim.run_for(Duration::from_millis(100));
+        let on_standby = [x, y].iter().all(|&n| {
+            let status = sim.nodes[n].node.net_status(sim.now);
+            status.registered && status.rendezvous.as_deref() == Some(standby.as_str())
+        });
+        if on_standby && moved.is_none() {
+            moved = Some(sim.now - died);
+        }
+        let after = sim.received(x).len() + sim.received(y).len();
+        if moved.is_some() && after > before && resumed.is_none() {
+            resumed = Some(sim.now - died);
+        }
+        if resumed.is_some() {
+            break;
+        }
+    }
+    let moved = moved.expect("both registered with the standby");
+    let resumed = resumed.expect("relayed through the standby");
+    // A node relaying traffic refreshes every 3 s, gives up on 4 s without an answer and
+    // waits up to 2 s more (jitter), then two round trips (challenge, registration).
+    assert!(moved <= Duration::from_secs(10), "moved after {moved:?}");
+    assert!(
+        resumed <= Duration::from_secs(10),
+        "relayed again after {resumed:?}"
+    );
+    assert_eq!(sim.path(x, y), PathKind::Relay);
+    assert_eq!(sim.path(y, x), PathKind::Relay);
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 40);
+    let standby_server = &sim.standby.as_ref().unwrap().server;
+    assert!(standby_server
+        .ledger()
+        .trusted(&identity(1).public_key(), &identity(2).public_key()));
+    println!("registered with the standby {moved:?} after the first died; relayed again after {resumed:?}");
 }
