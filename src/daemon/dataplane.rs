@@ -34,6 +34,7 @@ use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
 use crate::wire::printable::printable;
 
+mod lan_watch;
 mod rendezvous_watch;
 mod reports;
 mod state_files;
@@ -127,6 +128,7 @@ struct Core {
     /// The write of trust.json in flight, on a blocking thread (see `state_files`).
     saving: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     rendezvous_watch: rendezvous_watch::RendezvousWatch,
+    lan_watch: lan_watch::LanWatch,
     /// Why the daemon must stop (a refused hostname).
     fatal: Option<String>,
     /// Userspace mode: the stack holding the node's address, and where the connections peers
@@ -182,6 +184,7 @@ impl DataPlane {
             saves: SaveSchedule::new(Instant::now()),
             saving: None,
             rendezvous_watch: rendezvous_watch::RendezvousWatch::new(Instant::now()),
+            lan_watch: lan_watch::LanWatch::new(Instant::now()),
             fatal: None,
             stack,
             inbox,
@@ -380,6 +383,7 @@ impl Core {
         let now = Instant::now();
         self.save_trust(now);
         self.watch_rendezvous(now);
+        self.watch_lan(now);
         self.run_stack(io, now).await?;
         loop {
             if self.send.is_full() {

@@ -418,7 +418,7 @@ async fn serve_metrics(listener: MetricsListener, commands: mpsc::Sender<control
 /// This host's own endpoints for the node's port: every global or private address on its
 /// interfaces except loopback, link-local, and the overlay itself. Peers on the same LAN
 /// reach each other through these without going through the NAT.
-fn lan_endpoints(tun: &str, port: u16) -> Vec<std::net::SocketAddr> {
+pub(crate) fn lan_endpoints(tun: &str, port: u16) -> Vec<std::net::SocketAddr> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
     };

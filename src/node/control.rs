@@ -112,7 +112,7 @@ impl Node {
         }
     }
 
-    fn drive_rendezvous(&mut self, now: Instant) {
+    pub(super) fn drive_rendezvous(&mut self, now: Instant) {
         self.drive_failover(now);
         let Some(link) = &self.link else {
             return;

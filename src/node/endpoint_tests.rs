@@ -77,3 +77,71 @@ fn a_configured_endpoint_is_offered_first_and_the_nat_is_not_probed() {
     assert!(net.endpoint_configured);
     assert_eq!(net.observed, Some(observed.to_string()));
 }
+
+#[test]
+fn new_addresses_of_the_host_are_registered_at_once() {
+    use crate::wire::control::{Message, REGISTER, REGISTERED};
+    use crate::wire::envelope;
+    let rendezvous = identity(9);
+    let rdv = ep("203.0.113.10:7000");
+    let clock = WallClock::new(Instant::now(), 1_800_000_000_000);
+    let old = vec![ep("[2001:db8:1::10]:51870")];
+    let mut a = node_with_rendezvous(1, &rendezvous, rdv, old.clone(), None, clock);
+    let mut out = vec![0u8; 2048];
+    let mut now = clock.origin();
+    // The registrations the node sends until `until`: (nonce, offered endpoints).
+    let mut registrations = |a: &mut Node, now: &mut Instant, until: Instant| {
+        let mut sent = Vec::new();
+        while *now <= until {
+            a.handle_timeout(*now);
+            while let Some(t) = a.poll_transmit(*now, &mut out) {
+                if t.payload[0] != REGISTER {
+                    continue;
+                }
+                let opened = envelope::open(t.payload).unwrap();
+                if let Ok(Message::Register { lan, .. }) = Message::decode(opened.kind, opened.body)
+                {
+                    sent.push((opened.nonce, lan));
+                }
+            }
+            *now += Duration::from_millis(250);
+        }
+        sent
+    };
+    let sent = registrations(&mut a, &mut now, clock.origin());
+    let (nonce, offered) = sent[0].clone();
+    assert_eq!(offered, old);
+    let mut body = Vec::new();
+    Message::Registered {
+        echo: nonce,
+        observed: ep("203.0.113.7:40000"),
+        keepalive_secs: 25,
+        resubmit: false,
+    }
+    .encode(&mut body);
+    let mut reply = vec![0u8; envelope::OVERHEAD + body.len()];
+    let n = envelope::seal(
+        &mut reply,
+        REGISTERED,
+        rendezvous.signing_key(),
+        clock.unix_ms(now),
+        77,
+        &body,
+    )
+    .unwrap();
+    let mut scratch = vec![0u8; 2048];
+    a.handle_datagram(rdv, &reply[..n], now, &mut scratch);
+    assert!(a.is_registered(now));
+    assert!(registrations(&mut a, &mut now, clock.origin() + Duration::from_secs(5)).is_empty());
+    // The IPv6 temporary address rotated: registered again at once, with the new one.
+    let new = vec![ep("[2001:db8:1::abcd]:51870")];
+    assert!(
+        !a.set_lan(old.clone(), now),
+        "the same addresses change nothing"
+    );
+    assert!(a.set_lan(new.clone(), now));
+    let at = now;
+    let sent = registrations(&mut a, &mut now, at);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, new);
+}

@@ -640,6 +640,20 @@ impl Node {
     }
 
     /// Public endpoint and NAT behaviour, as far as measured.
+    /// This host's own endpoints now (its addresses changed): offered to peers from the
+    /// registration this makes due at once. Returns whether they changed.
+    pub fn set_lan(&mut self, lan: Vec<SocketAddr>, now: Instant) -> bool {
+        if lan == self.lan {
+            return false;
+        }
+        self.lan = lan;
+        if let Some(link) = &mut self.link {
+            link.next_register = Some(now);
+        }
+        self.drive_rendezvous(now);
+        true
+    }
+
     pub fn net_status(&self, now: Instant) -> NetStatus {
         match &self.link {
             Some(link) => NetStatus {
