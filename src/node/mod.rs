@@ -22,6 +22,7 @@ mod liveness;
 mod names;
 mod path;
 mod peer;
+mod port_mapping;
 mod rendezvous;
 mod trust;
 mod trust_sync;
@@ -47,6 +48,7 @@ pub use trust::{
 use crate::addr::{Hostname, NodeAddr};
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
+use crate::portmap::PortMapStatus;
 use crate::wire::control::{Found, RELAY_FROM};
 use crate::wire::envelope::{NonceSource, ReplayGuard};
 use crate::wire::ip::UnreachableCode;
@@ -265,6 +267,10 @@ pub struct Node {
     by_wg_key: BTreeMap<[u8; 32], usize>,
     link: Option<RendezvousLink>,
     lan: Vec<SocketAddr>,
+    /// What the router offered (PCP, NAT-PMP), and the public endpoint it mapped to us, told
+    /// to peers after the configured one (see `port_mapping.rs`).
+    port_map: PortMapStatus,
+    mapped: Option<SocketAddr>,
     local_port: u16,
     clock: WallClock,
     replay: ReplayGuard,
@@ -337,6 +343,8 @@ impl Node {
                 .rendezvous
                 .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE, config.endpoint)),
             lan: config.lan,
+            port_map: PortMapStatus::off(),
+            mapped: None,
             local_port: config.local_port,
             clock: config.clock,
             replay: ReplayGuard::new(REPLAY_SENDERS),
@@ -626,9 +634,13 @@ impl Node {
         match &self.link {
             Some(link) => NetStatus {
                 clock_correction_ms: self.clock.offset_ms(),
+                port_mapping: self.port_map.clone(),
                 ..link.status(self.local_port, now)
             },
-            None => NetStatus::default(),
+            None => NetStatus {
+                port_mapping: self.port_map.clone(),
+                ..NetStatus::default()
+            },
         }
     }
 

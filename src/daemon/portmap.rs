@@ -1,0 +1,212 @@
+//! The port-mapping task: finds the IPv4 default gateway, runs a [`PortMapper`] against it on
+//! its own UDP socket, and tells the data plane what the gateway offered and which endpoint it
+//! mapped. It runs beside the packet loop and never blocks it: a silent gateway costs a few
+//! requests in the background. At shutdown the mapping is deleted (waiting at most
+//! [`RELEASE_WAIT`] for the gateway to confirm).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::control::Command;
+use crate::portmap::{PortMapStatus, PortMapper, SERVER_PORT};
+
+/// How long shutdown waits for the gateway to confirm the deletion (three requests).
+pub const RELEASE_WAIT: Duration = Duration::from_millis(750);
+
+/// The running task; [`stop`](PortMapping::stop) deletes the mapping and ends it.
+pub struct PortMapping {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PortMapping {
+    /// Starts mapping UDP port `internal_port` on the default gateway; reports go to the data
+    /// plane through `commands`.
+    pub fn start(internal_port: u16, commands: mpsc::Sender<Command>) -> PortMapping {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(internal_port, commands, stopped));
+        PortMapping { stop, task }
+    }
+
+    /// Deletes the mapping on the gateway (if there is one) and ends the task.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let wait = RELEASE_WAIT + Duration::from_millis(250);
+        if tokio::time::timeout(wait, self.task).await.is_err() {
+            tracing::debug!("port mapping: deletion not confirmed in time");
+        }
+    }
+}
+
+async fn run(
+    internal_port: u16,
+    commands: mpsc::Sender<Command>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let report = |status: PortMapStatus, mapped: Option<SocketAddr>| {
+        let commands = commands.clone();
+        async move {
+            commands
+                .send(Command::PortMapping { status, mapped })
+                .await
+                .is_ok()
+        }
+    };
+    let gateway = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|table| default_gateway(&table));
+    let socket = match gateway {
+        Some(gateway) => connect(gateway)
+            .await
+            .map(|(s, client)| (s, gateway, client)),
+        None => Err(std::io::Error::other("no IPv4 default route")),
+    };
+    let (socket, gateway, client) = match socket {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!("port mapping: no gateway to ask ({e})");
+            report(PortMapStatus::no_gateway(), None).await;
+            return;
+        }
+    };
+    let nonce: [u8; 12] = rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        .to_le_bytes()
+        .into_iter()
+        .chain(rand_core::RngCore::next_u32(&mut rand_core::OsRng).to_le_bytes())
+        .collect::<Vec<u8>>()
+        .try_into()
+        .expect("12 bytes");
+    let mut mapper = PortMapper::new(gateway, client, internal_port, nonce, Instant::now());
+    let mut last = None;
+    let mut buf = [0u8; 1100];
+    loop {
+        let now = Instant::now();
+        mapper.handle_timeout(now);
+        send_all(&socket, &mut mapper).await;
+        let current = (mapper.status(now), mapper.mapped(now));
+        if last.as_ref() != Some(&current) {
+            if !report(current.0.clone(), current.1).await {
+                return;
+            }
+            last = Some(current);
+        }
+        let wake = mapper
+            .poll_timeout()
+            .map_or(now + Duration::from_secs(3600), |(t, _)| t);
+        tokio::select! {
+            _ = &mut stopped => break,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => mapper.handle_datagram(from, &buf[..n], Instant::now()),
+                // An ICMP error (no PCP server there): the retries run out on their own.
+                Err(e) => {
+                    tracing::trace!("port mapping: {e}");
+                    tokio::time::sleep_until(wake.into()).await;
+                }
+            },
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+    if !mapper.release(Instant::now()) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while !mapper.released() && tokio::time::Instant::now() < deadline {
+        send_all(&socket, &mut mapper).await;
+        let resend = tokio::time::Instant::now() + RELEASE_WAIT / 3;
+        while !mapper.released() {
+            tokio::select! {
+                received = socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = received {
+                        mapper.handle_datagram(from, &buf[..n], Instant::now());
+                    }
+                }
+                () = tokio::time::sleep_until(resend.min(deadline)) => break,
+            }
+        }
+        mapper.resend_release();
+    }
+    if mapper.released() {
+        tracing::info!("port mapping deleted on the gateway");
+    }
+}
+
+/// A UDP socket connected to the gateway's PCP/NAT-PMP port, and our address towards it.
+async fn connect(gateway: Ipv4Addr) -> std::io::Result<(tokio::net::UdpSocket, Ipv4Addr)> {
+    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    socket.connect((gateway, SERVER_PORT)).await?;
+    match socket.local_addr()? {
+        SocketAddr::V4(local) => Ok((socket, *local.ip())),
+        SocketAddr::V6(_) => Err(std::io::Error::other("not an IPv4 socket")),
+    }
+}
+
+async fn send_all(socket: &tokio::net::UdpSocket, mapper: &mut PortMapper) {
+    while let Some(datagram) = mapper.poll_transmit() {
+        if let Err(e) = socket.send(&datagram).await {
+            tracing::debug!("port mapping: sending to the gateway: {e}");
+        }
+    }
+}
+
+/// The gateway of the IPv4 default route with the lowest metric, from `/proc/net/route`'s
+/// text (addresses there are hexadecimal in host byte order).
+pub fn default_gateway(table: &str) -> Option<Ipv4Addr> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_GATEWAY: u32 = 0x2;
+    let mut best: Option<(u32, Ipv4Addr)> = None;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, destination, gateway, flags, _, _, metric, mask, ..] = fields[..] else {
+            continue;
+        };
+        let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+        let (Some(destination), Some(gateway), Some(flags), Some(mask)) =
+            (hex(destination), hex(gateway), hex(flags), hex(mask))
+        else {
+            continue;
+        };
+        let Ok(metric) = metric.parse::<u32>() else {
+            continue;
+        };
+        if destination != 0 || mask != 0 || flags & (RTF_UP | RTF_GATEWAY) != RTF_UP | RTF_GATEWAY {
+            continue;
+        }
+        let gateway = Ipv4Addr::from(gateway.to_ne_bytes());
+        if best.is_none_or(|(m, _)| metric < m) {
+            best = Some((metric, gateway));
+        }
+    }
+    best.map(|(_, gateway)| gateway)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_gateway_is_read_from_the_route_table() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t006433C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            wlan0\t00000000\t0201A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t016433C6\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(default_gateway(table), Some(Ipv4Addr::new(198, 51, 100, 1)));
+    }
+
+    #[test]
+    fn no_default_route_or_garbage_is_no_gateway() {
+        assert_eq!(default_gateway(""), None);
+        let table = "Iface\tDestination\tGateway\n\
+            eth0\t006433C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            eth0\tzz\t016433C6\t0003\t0\t0\t100\t00000000\n\
+            eth0\t00000000\n\
+            eth0\t00000000\t016433C6\t0001\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(
+            default_gateway(table),
+            None,
+            "a default route without RTF_GATEWAY"
+        );
+    }
+}
