@@ -144,7 +144,13 @@ async fn connect(gateway: Ipv4Addr) -> std::io::Result<(tokio::net::UdpSocket, I
 
 async fn send_all(socket: &tokio::net::UdpSocket, mapper: &mut PortMapper) {
     while let Some(datagram) = mapper.poll_transmit() {
-        if let Err(e) = socket.send(&datagram).await {
+        // On a connected socket an ICMP error from the last request (nothing listens on the
+        // gateway's port) fails the next send instead, which consumes it: send once more.
+        let mut sent = socket.send(&datagram).await;
+        if sent.is_err() {
+            sent = socket.send(&datagram).await;
+        }
+        if let Err(e) = sent {
             tracing::debug!("port mapping: sending to the gateway: {e}");
         }
     }
