@@ -1,6 +1,6 @@
-//! The port-mapping task: finds the IPv4 default gateway, runs a [`PortMapper`] against it on
-//! its own UDP socket, and tells the data plane what the gateway offered and which endpoint it
-//! mapped. It runs beside the packet loop and never blocks it: a silent gateway costs a few
+//! The port-mapping task: finds the IPv4 default gateway (again every [`GATEWAY_CHECK`]), runs
+//! a [`PortMapper`] against it on its own UDP socket, and tells the data plane what the
+//! gateway offered and which endpoint it mapped. It runs beside the packet loop and never blocks it: a silent gateway costs a few
 //! requests in the background. At shutdown the mapping is deleted (waiting at most
 //! [`RELEASE_WAIT`] for the gateway to confirm).
 
@@ -40,80 +40,123 @@ impl PortMapping {
     }
 }
 
+/// The gateway is looked up again this often: a laptop moves to another network, a host
+/// boots before DHCP has given it a default route.
+pub const GATEWAY_CHECK: Duration = Duration::from_secs(60);
+
+/// One gateway being asked: its socket and the client talking to it.
+struct Session {
+    gateway: Ipv4Addr,
+    socket: tokio::net::UdpSocket,
+    mapper: PortMapper,
+}
+
+impl Session {
+    async fn open(gateway: Ipv4Addr, internal_port: u16) -> std::io::Result<Session> {
+        let (socket, client) = connect(gateway).await?;
+        let mut nonce = [0u8; 12];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let mapper = PortMapper::new(gateway, client, internal_port, nonce, Instant::now());
+        Ok(Session {
+            gateway,
+            socket,
+            mapper,
+        })
+    }
+}
+
 async fn run(
     internal_port: u16,
     commands: mpsc::Sender<Command>,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let report = |status: PortMapStatus, mapped: Option<SocketAddr>| {
-        let commands = commands.clone();
-        async move {
-            commands
-                .send(Command::PortMapping { status, mapped })
-                .await
-                .is_ok()
-        }
-    };
-    let gateway = std::fs::read_to_string("/proc/net/route")
-        .ok()
-        .and_then(|table| default_gateway(&table));
-    let socket = match gateway {
-        Some(gateway) => connect(gateway)
-            .await
-            .map(|(s, client)| (s, gateway, client)),
-        None => Err(std::io::Error::other("no IPv4 default route")),
-    };
-    let (socket, gateway, client) = match socket {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::debug!("port mapping: no gateway to ask ({e})");
-            report(PortMapStatus::no_gateway(), None).await;
-            return;
-        }
-    };
-    let nonce: [u8; 12] = rand_core::RngCore::next_u64(&mut rand_core::OsRng)
-        .to_le_bytes()
-        .into_iter()
-        .chain(rand_core::RngCore::next_u32(&mut rand_core::OsRng).to_le_bytes())
-        .collect::<Vec<u8>>()
-        .try_into()
-        .expect("12 bytes");
-    let mut mapper = PortMapper::new(gateway, client, internal_port, nonce, Instant::now());
+    let mut session: Option<Session> = None;
     let mut last = None;
+    let mut next_check = Instant::now();
     let mut buf = [0u8; 1100];
     loop {
         let now = Instant::now();
-        mapper.handle_timeout(now);
-        send_all(&socket, &mut mapper).await;
-        let current = (mapper.status(now), mapper.mapped(now));
+        if now >= next_check {
+            next_check = now + GATEWAY_CHECK;
+            let gateway = std::fs::read_to_string("/proc/net/route")
+                .ok()
+                .and_then(|table| default_gateway(&table));
+            if gateway != session.as_ref().map(|s| s.gateway) {
+                // A new gateway knows nothing of the old one's mapping: start afresh.
+                session = match gateway {
+                    Some(gateway) => match Session::open(gateway, internal_port).await {
+                        Ok(session) => Some(session),
+                        Err(e) => {
+                            tracing::debug!("port mapping: cannot reach gateway {gateway}: {e}");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                if session.is_none() {
+                    tracing::debug!("port mapping: no IPv4 default gateway to ask");
+                }
+            }
+        }
+        let mut wake = next_check;
+        let current = match &mut session {
+            Some(s) => {
+                s.mapper.handle_timeout(now);
+                send_all(&s.socket, &mut s.mapper).await;
+                if let Some((at, _)) = s.mapper.poll_timeout() {
+                    wake = wake.min(at);
+                }
+                (s.mapper.status(now), s.mapper.mapped(now))
+            }
+            None => (PortMapStatus::no_gateway(), None),
+        };
         if last.as_ref() != Some(&current) {
-            if !report(current.0.clone(), current.1).await {
+            let (status, mapped) = current.clone();
+            if commands
+                .send(Command::PortMapping { status, mapped })
+                .await
+                .is_err()
+            {
                 return;
             }
             last = Some(current);
         }
-        let wake = mapper
-            .poll_timeout()
-            .map_or(now + Duration::from_secs(3600), |(t, _)| t);
+        let received = async {
+            match &session {
+                Some(s) => s.socket.recv_from(&mut buf).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut stopped => break,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => mapper.handle_datagram(from, &buf[..n], Instant::now()),
-                // An ICMP error (no PCP server there): the retries run out on their own.
-                Err(e) => {
-                    tracing::trace!("port mapping: {e}");
-                    tokio::time::sleep_until(wake.into()).await;
+            received = received => match received {
+                Ok((n, from)) => {
+                    if let Some(s) = &mut session {
+                        s.mapper.handle_datagram(from, &buf[..n], Instant::now());
+                    }
                 }
+                // An ICMP error (nothing listens there), reported once: the retries run out
+                // on their own.
+                Err(e) => tracing::trace!("port mapping: {e}"),
             },
             () = tokio::time::sleep_until(wake.into()) => {}
         }
     }
+    if let Some(session) = session {
+        release(session).await;
+    }
+}
+
+/// Deletes the session's mapping, if it has one, waiting at most [`RELEASE_WAIT`].
+async fn release(mut session: Session) {
+    let (socket, mapper) = (&session.socket, &mut session.mapper);
     if !mapper.release(Instant::now()) {
         return;
     }
+    let mut buf = [0u8; 1100];
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     while !mapper.released() && tokio::time::Instant::now() < deadline {
-        send_all(&socket, &mut mapper).await;
+        send_all(socket, mapper).await;
         let resend = tokio::time::Instant::now() + RELEASE_WAIT / 3;
         while !mapper.released() {
             tokio::select! {
