@@ -1,6 +1,7 @@
 //! Port mapping on a real router daemon: Debian's `miniupnpd` (nftables backend) on natlab's
-//! symmetric NAT router nat1 maps node a's UDP port over PCP, and a pair behind two symmetric
-//! NATs — relayed without it (`tests/nat.rs`, sym_sym) — goes direct. Needs root and
+//! symmetric NAT router nat1 maps node a's UDP port over PCP (or, configured without
+//! NAT-PMP/PCP, over UPnP-IGD), and a pair behind two symmetric NATs — relayed without it
+//! (`tests/nat.rs`, sym_sym) — goes direct. Needs root and
 //! miniupnpd (package `miniupnpd-nftables`); under CI=true a missing one fails the test.
 //!
 //! miniupnpd 2.3 refuses to map when its external address is a reserved one (which every
@@ -75,13 +76,26 @@ const ROUTER_NFT: &str = "table inet miniupnpd {
 }
 ";
 
-fn miniupnpd_config(lab: &Path) -> String {
+/// Which protocols the lab router speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Router {
+    /// NAT-PMP and PCP (miniupnpd answers both on 5351).
+    Pcp,
+    /// UPnP-IGD alone: SSDP on the LAN and its HTTP/SOAP port 5000; nothing on 5351.
+    Upnp,
+}
+
+fn miniupnpd_config(lab: &Path, router: Router) -> String {
+    let (natpmp, upnp) = match router {
+        Router::Pcp => ("yes", "no"),
+        Router::Upnp => ("no", "yes"),
+    };
     format!(
         "ext_ifname=wan
 listening_ip=br0
-http_port=0
-enable_natpmp=yes
-enable_upnp=no
+http_port=5000
+enable_natpmp={natpmp}
+enable_upnp={upnp}
 secure_mode=yes
 system_uptime=no
 ext_perform_stun=yes
@@ -125,9 +139,9 @@ fn runnable(test: &str) -> bool {
     false
 }
 
-/// Makes natlab's nat1 a router running miniupnpd with NAT-PMP and PCP on its LAN side; returns
-/// once it listens.
-fn start_miniupnpd(lab: &mut Lab, name: &str) {
+/// Makes natlab's nat1 a router running miniupnpd on its LAN side with `router`'s protocols;
+/// returns once it listens.
+fn start_miniupnpd(lab: &mut Lab, name: &str, router: Router) {
     let (n1, rdv) = (format!("{name}-n1"), format!("{name}-rdv"));
     let stun = lab.dir.join("stun.py");
     fs::write(&stun, STUN_SERVER).unwrap();
@@ -188,7 +202,7 @@ fn start_miniupnpd(lab: &mut Lab, name: &str) {
         );
     }
     let conf = lab.dir.join("miniupnpd.conf");
-    fs::write(&conf, miniupnpd_config(&lab.dir)).unwrap();
+    fs::write(&conf, miniupnpd_config(&lab.dir, router)).unwrap();
     let log = lab.dir.join("miniupnpd.log");
     let pid = lab.dir.join("miniupnpd.pid");
     let cmd = [
@@ -203,8 +217,11 @@ fn start_miniupnpd(lab: &mut Lab, name: &str) {
     let up = eventually(Duration::from_secs(20), || {
         let text = fs::read_to_string(&log).unwrap_or_default();
         assert!(!text.contains("Port forwarding is now disabled"), "{text}");
-        text.contains("Listening for NAT-PMP/PCP traffic")
-            .then_some(())
+        let ready = match router {
+            Router::Pcp => "Listening for NAT-PMP/PCP traffic",
+            Router::Upnp => "HTTP listening on port 5000",
+        };
+        text.contains(ready).then_some(())
     });
     assert!(
         up.is_some(),
@@ -255,13 +272,23 @@ fn wait_path(from: &NodeHandle, to: &NodeHandle, want: &str, secs: u64) -> (Stri
 }
 
 #[test]
-fn sym_sym_go_direct_when_one_router_maps_the_port() {
-    if !runnable("portmap sym/sym with miniupnpd") {
+fn sym_sym_go_direct_when_one_router_maps_the_port_with_pcp() {
+    sym_sym_direct(Router::Pcp);
+}
+
+/// A router that speaks only UPnP-IGD: PCP and NAT-PMP go unanswered for 7.5 s first.
+#[test]
+fn sym_sym_go_direct_when_one_router_maps_the_port_with_upnp_igd() {
+    sym_sym_direct(Router::Upnp);
+}
+
+fn sym_sym_direct(router: Router) {
+    if !runnable(&format!("portmap sym/sym with miniupnpd ({router:?})")) {
         return;
     }
     let mut lab = Lab::new();
     let name = lab.natlab("sym", "sym");
-    start_miniupnpd(&mut lab, &name);
+    start_miniupnpd(&mut lab, &name, router);
     let (pinned, _) = lab.rendezvous(&format!("{name}-rdv"), RDV);
     let mut a = lab.node(&format!("{name}-a"), "a", "");
     let mut b = lab.node(&format!("{name}-b"), "b", "");
@@ -280,7 +307,7 @@ fn sym_sym_go_direct_when_one_router_maps_the_port() {
     };
 
     // a's router maps its port over PCP; b's router has no mapping daemon.
-    let mapped = eventually(Duration::from_secs(10), || {
+    let mapped = eventually(Duration::from_secs(20), || {
         let pm = netcheck(&a)["port_mapping"].clone();
         (pm["state"] == "mapped").then(|| pm["external"].as_str().unwrap().to_owned())
     });
@@ -288,8 +315,12 @@ fn sym_sym_go_direct_when_one_router_maps_the_port() {
     eprintln!("mapped {mapped} after {:?}", started.elapsed());
     assert!(mapped.starts_with("203.0.113.1:"), "{mapped}");
     let a_status = netcheck(&a)["port_mapping"].clone();
-    assert_eq!(a_status["protocol"], "pcp");
-    assert_eq!(a_status["gateway"], "198.51.100.1:5351");
+    let (protocol, gateway, text_protocol) = match router {
+        Router::Pcp => ("pcp", "198.51.100.1:5351", "PCP"),
+        Router::Upnp => ("upnp-igd", "198.51.100.1:5000", "UPnP-IGD"),
+    };
+    assert_eq!(a_status["protocol"], protocol);
+    assert_eq!(a_status["gateway"], gateway);
     let external_port = mapped.rsplit(':').next().unwrap().to_owned();
     assert!(
         forwards(&name).contains(&format!(
@@ -300,7 +331,9 @@ fn sym_sym_go_direct_when_one_router_maps_the_port() {
     );
     let text = String::from_utf8_lossy(&ctl(&a, &["netcheck"]).stdout).into_owned();
     assert!(
-        text.contains(&format!("router          {mapped} mapped with PCP")),
+        text.contains(&format!(
+            "router          {mapped} mapped with {text_protocol}"
+        )),
         "{text}"
     );
     let silent = eventually(Duration::from_secs(15), || {
@@ -390,7 +423,10 @@ fn a_silent_router_costs_nothing_and_port_mapping_off_sends_nothing() {
         (netcheck(&a2)["port_mapping"]["state"] == "no-answer").then_some(())
     });
     assert!(given_up.is_some(), "{}", netcheck(&a2));
-    eprintln!("a2 gave up asking after {:?}", started.elapsed());
+    eprintln!(
+        "a2 gave up asking (PCP, NAT-PMP, SSDP) after {:?}",
+        started.elapsed()
+    );
     let counters = String::from_utf8_lossy(
         &ns_exec(&n1, &["nft", "list", "chain", "ip", "natlab", "input"]).stdout,
     )

@@ -296,6 +296,7 @@ fn port_mapping_text(report: &Value) -> String {
     let protocol = match field("protocol") {
         Some("pcp") => "PCP",
         Some("nat-pmp") => "NAT-PMP",
+        Some("upnp-igd") => "UPnP-IGD",
         _ => "?",
     };
     match field("state").unwrap_or("off") {
@@ -305,7 +306,9 @@ fn port_mapping_text(report: &Value) -> String {
             report["lifetime_secs"].as_u64().unwrap_or(0)
         ),
         "asking" => format!("asking for a port mapping with {protocol}{gateway}"),
-        "no-answer" => format!("no port mapping offered{gateway}: no answer to PCP or NAT-PMP"),
+        "no-answer" => {
+            format!("no port mapping offered{gateway}: no answer to PCP, NAT-PMP or UPnP-IGD")
+        }
         "refused" => format!(
             "no port mapping offered{gateway}: {protocol} refused it (result code {})",
             report["result_code"].as_u64().unwrap_or(0)
@@ -345,7 +348,8 @@ mod tests {
         };
         assert_eq!(
             report(silent),
-            "no port mapping offered (gateway 198.51.100.1:5351): no answer to PCP or NAT-PMP"
+            "no port mapping offered (gateway 198.51.100.1:5351): no answer to PCP, NAT-PMP or \
+             UPnP-IGD"
         );
         assert_eq!(
             report(PortMapStatus::off()),

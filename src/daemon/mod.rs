@@ -16,6 +16,7 @@ pub mod socks5;
 pub mod state_lock;
 pub(crate) mod trust_file;
 mod tun_writer;
+mod upnp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

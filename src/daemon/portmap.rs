@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::control::Command;
-use crate::portmap::{PortMapStatus, PortMapper, SERVER_PORT};
+use super::upnp::{self, IgdError, IgdMapping};
+use crate::portmap::{MapState, PortMapStatus, PortMapper, Protocol, REDISCOVER, SERVER_PORT};
 
 /// How long shutdown waits for the gateway to confirm the deletion (three requests).
 pub const RELEASE_WAIT: Duration = Duration::from_millis(750);
@@ -47,9 +48,32 @@ pub const GATEWAY_CHECK: Duration = Duration::from_secs(60);
 /// One gateway being asked: its socket and the client talking to it.
 struct Session {
     gateway: Ipv4Addr,
+    /// Our address towards it.
+    client: Ipv4Addr,
     socket: tokio::net::UdpSocket,
     mapper: PortMapper,
+    igd: Igd,
 }
+
+/// UPnP-IGD, asked once PCP and NAT-PMP went unanswered or were refused.
+enum Igd {
+    Untried,
+    Mapped {
+        mapping: IgdMapping,
+        renew_at: Instant,
+        /// `None`: a permanent mapping (renewed anyway, in case the router restarted).
+        expires: Option<Instant>,
+    },
+    Failed {
+        error: IgdError,
+        retry_at: Instant,
+    },
+}
+
+/// A permanent UPnP-IGD mapping is added again this often.
+const PERMANENT_RENEWAL: Duration = Duration::from_secs(1800);
+/// A failed UPnP-IGD renewal is retried this often while the mapping lasts.
+const IGD_RENEW_RETRY: Duration = Duration::from_secs(60);
 
 impl Session {
     async fn open(gateway: Ipv4Addr, internal_port: u16) -> std::io::Result<Session> {
@@ -59,9 +83,113 @@ impl Session {
         let mapper = PortMapper::new(gateway, client, internal_port, nonce, Instant::now());
         Ok(Session {
             gateway,
+            client,
             socket,
             mapper,
+            igd: Igd::Untried,
         })
+    }
+
+    /// What the gateway offered and the endpoint mapped, whichever protocol did it.
+    fn status(&self, now: Instant) -> (PortMapStatus, Option<SocketAddr>) {
+        match &self.igd {
+            Igd::Mapped { mapping, .. } => (
+                PortMapStatus {
+                    state: MapState::Mapped,
+                    gateway: Some(mapping.service.control.addr.to_string()),
+                    protocol: Some(Protocol::UpnpIgd),
+                    external: Some(mapping.external.to_string()),
+                    lifetime_secs: Some(mapping.lease_secs),
+                    result_code: None,
+                },
+                Some(SocketAddr::V4(mapping.external)),
+            ),
+            Igd::Failed {
+                error: IgdError::Refused(code),
+                ..
+            } if self.mapper.mapped(now).is_none() => (
+                PortMapStatus {
+                    state: MapState::Refused,
+                    protocol: Some(Protocol::UpnpIgd),
+                    result_code: Some(u16::try_from(*code).unwrap_or(u16::MAX)),
+                    ..self.mapper.status(now)
+                },
+                None,
+            ),
+            _ => (self.mapper.status(now), self.mapper.mapped(now)),
+        }
+    }
+
+    /// When UPnP-IGD work is due: a first try once PCP and NAT-PMP gave up, a retry, a renewal.
+    fn igd_due(&self, now: Instant) -> Option<Instant> {
+        match &self.igd {
+            Igd::Untried => {
+                let state = self.mapper.status(now).state;
+                matches!(state, MapState::NoAnswer | MapState::Refused).then_some(now)
+            }
+            Igd::Mapped { renew_at, .. } => Some(*renew_at),
+            Igd::Failed { retry_at, .. } => Some(*retry_at),
+        }
+    }
+
+    /// Maps, or renews, over UPnP-IGD.
+    async fn igd_step(&mut self, internal_port: u16) {
+        let now = Instant::now();
+        let until = |lease: u32| {
+            let lease = Duration::from_secs(u64::from(lease));
+            match lease.is_zero() {
+                true => (now + PERMANENT_RENEWAL, None),
+                false => (now + lease / 2, Some(now + lease)),
+            }
+        };
+        self.igd = match std::mem::replace(&mut self.igd, Igd::Untried) {
+            Igd::Mapped {
+                mapping, expires, ..
+            } => match upnp::renew(&mapping, self.client, internal_port).await {
+                Ok(()) => {
+                    let (renew_at, expires) = until(mapping.lease_secs);
+                    Igd::Mapped {
+                        mapping,
+                        renew_at,
+                        expires,
+                    }
+                }
+                Err(error) if expires.is_some_and(|t| now >= t) => {
+                    tracing::info!("port mapping (UPnP-IGD) lapsed: {error}");
+                    Igd::Failed {
+                        error,
+                        retry_at: now,
+                    }
+                }
+                Err(_) => Igd::Mapped {
+                    mapping,
+                    renew_at: now + IGD_RENEW_RETRY,
+                    expires,
+                },
+            },
+            _ => match upnp::map(self.gateway, self.client, internal_port).await {
+                Ok(mapping) => {
+                    tracing::info!(
+                        external = %mapping.external,
+                        lease_secs = mapping.lease_secs,
+                        "port mapped on the gateway with UPnP-IGD"
+                    );
+                    let (renew_at, expires) = until(mapping.lease_secs);
+                    Igd::Mapped {
+                        mapping,
+                        renew_at,
+                        expires,
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(gateway = %self.gateway, "no port mapping offered: {error}");
+                    Igd::Failed {
+                        error,
+                        retry_at: now + REDISCOVER,
+                    }
+                }
+            },
+        };
     }
 }
 
@@ -99,14 +227,31 @@ async fn run(
             }
         }
         let mut wake = next_check;
-        let current = match &mut session {
-            Some(s) => {
+        if let Some(s) = &mut session {
+            // While UPnP-IGD holds the mapping, PCP and NAT-PMP are not asked again.
+            if !matches!(s.igd, Igd::Mapped { .. }) {
                 s.mapper.handle_timeout(now);
                 send_all(&s.socket, &mut s.mapper).await;
-                if let Some((at, _)) = s.mapper.poll_timeout() {
+            }
+            if s.igd_due(now).is_some_and(|t| now >= t) {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = s.igd_step(internal_port) => {}
+                }
+            }
+        }
+        let current = match &session {
+            Some(s) => {
+                let now = Instant::now();
+                // The client's timers do not run while UPnP-IGD holds the mapping.
+                let mapper = match s.igd {
+                    Igd::Mapped { .. } => None,
+                    _ => s.mapper.poll_timeout().map(|(t, _)| t),
+                };
+                for at in [mapper, s.igd_due(now)].into_iter().flatten() {
                     wake = wake.min(at);
                 }
-                (s.mapper.status(now), s.mapper.mapped(now))
+                s.status(now)
             }
             None => (PortMapStatus::no_gateway(), None),
         };
@@ -149,6 +294,14 @@ async fn run(
 
 /// Deletes the session's mapping, if it has one, waiting at most [`RELEASE_WAIT`].
 async fn release(mut session: Session) {
+    if let Igd::Mapped { mapping, .. } = &session.igd {
+        match tokio::time::timeout(RELEASE_WAIT, upnp::delete(mapping)).await {
+            Ok(Ok(())) => tracing::info!("port mapping deleted on the gateway"),
+            Ok(Err(e)) => tracing::debug!("port mapping: deleting it: {e}"),
+            Err(_) => tracing::debug!("port mapping: deletion not confirmed in time"),
+        }
+        return;
+    }
     let (socket, mapper) = (&session.socket, &mut session.mapper);
     if !mapper.release(Instant::now()) {
         return;

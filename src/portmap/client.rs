@@ -295,6 +295,8 @@ impl PortMapper {
                 )
                 .to_vec(),
             ),
+            // Not this client's protocol (see `daemon::upnp`).
+            Protocol::UpnpIgd => {}
             Protocol::NatPmp => {
                 if lifetime > 0 {
                     self.out

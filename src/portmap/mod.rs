@@ -1,5 +1,6 @@
 //! Port mapping on the home router: where the default gateway speaks PCP (RFC 6887) or
-//! NAT-PMP (RFC 6886), the node asks it to forward a public UDP port to its own socket, renews
+//! NAT-PMP (RFC 6886) — or else UPnP-IGD, whose messages are in [`upnp`] and whose exchanges
+//! `daemon::upnp` runs — the node asks it to forward a public UDP port to its own socket, renews
 //! the mapping at half its lifetime, and deletes it when the node stops. The mapped endpoint
 //! is one more candidate peers probe: behind a symmetric NAT whose router cooperates, the
 //! peer's probes reach the node through the mapping, so even two symmetric NATs go direct.
@@ -8,11 +9,13 @@
 //! gateway and the time, sends what it returns, and hands [`PortMapper::mapped`] to the node.
 //! It believes only answers from the gateway's PCP/NAT-PMP port that match its request (the
 //! PCP nonce, the protocol and internal port). A gateway that does not answer costs a few
-//! retries (under 8 s in all) and then one quiet try every [`REDISCOVER`]: nothing waits on it.
+//! retries (7.5 s in all, then an SSDP search of 3 s) and then one quiet try every
+//! [`REDISCOVER`]: nothing waits on it.
 
 mod client;
 pub mod natpmp;
 pub mod pcp;
+pub mod upnp;
 
 pub use client::{PortMapper, ATTEMPTS, REDISCOVER, REQUESTED_LIFETIME};
 
@@ -39,6 +42,9 @@ pub enum Protocol {
     Pcp,
     #[serde(rename = "nat-pmp")]
     NatPmp,
+    /// UPnP-IGD, tried when the gateway answers neither PCP nor NAT-PMP (`daemon::upnp`).
+    #[serde(rename = "upnp-igd")]
+    UpnpIgd,
 }
 
 impl std::fmt::Display for Protocol {
@@ -46,6 +52,7 @@ impl std::fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Pcp => "PCP",
             Protocol::NatPmp => "NAT-PMP",
+            Protocol::UpnpIgd => "UPnP-IGD",
         })
     }
 }
@@ -63,7 +70,7 @@ pub enum MapState {
     Asking,
     /// The gateway mapped a port.
     Mapped,
-    /// The gateway did not answer (no port mapping offered).
+    /// The gateway answered none of PCP, NAT-PMP and UPnP-IGD (no port mapping offered).
     NoAnswer,
     /// The gateway answered with a refusal.
     Refused,
