@@ -120,15 +120,17 @@ impl Session {
         }
     }
 
-    /// When UPnP-IGD work is due: a first try once PCP and NAT-PMP gave up, a retry, a renewal.
+    /// When UPnP-IGD work is due: a renewal, or a try once PCP and NAT-PMP gave up (again:
+    /// a retry waits for their own retry to fail, so the two never ask at once).
     fn igd_due(&self, now: Instant) -> Option<Instant> {
+        let others_gave_up = matches!(
+            self.mapper.status(now).state,
+            MapState::NoAnswer | MapState::Refused
+        );
         match &self.igd {
-            Igd::Untried => {
-                let state = self.mapper.status(now).state;
-                matches!(state, MapState::NoAnswer | MapState::Refused).then_some(now)
-            }
+            Igd::Untried => others_gave_up.then_some(now),
             Igd::Mapped { renew_at, .. } => Some(*renew_at),
-            Igd::Failed { retry_at, .. } => Some(*retry_at),
+            Igd::Failed { retry_at, .. } => others_gave_up.then_some(*retry_at),
         }
     }
 
