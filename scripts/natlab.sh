@@ -4,6 +4,7 @@
 # --delay; ping (iputils-ping) for `check` of a lab with --loss/--delay.
 #
 #   natlab.sh up NAME [--nat1 KIND] [--nat2 KIND] [--loss PCT] [--delay MS]
+#                [--v6-1 V6KIND] [--v6-2 V6KIND] [--no-v4 1|2]
 #   natlab.sh down NAME              remove everything of lab NAME (idempotent)
 #   natlab.sh status NAME            namespaces, addresses, NAT kinds, impairment
 #   natlab.sh check NAME             measure that each NAT behaves as its kind says; one
@@ -33,6 +34,15 @@
 #    |                     rdv; no NAT, no default route        |
 #    +-- NAME-a   eth0 198.51.100.10/24                          +-- NAME-b eth0 192.0.2.10/24
 #    +-- NAME-a2  eth0 198.51.100.11/24
+#
+# IPv6 (--v6-1/--v6-2, per LAN; off by default) adds addresses from 2001:db8::/32, no NAT:
+#   inet 2001:db8:f1::fe, 2001:db8:f2::fe, 2001:db8:f0::fe on its links to n1, n2, rdv;
+#   nat1 wan 2001:db8:f1::1, LAN1 2001:db8:1::/64 (gw ::1, a ::10, a2 ::11);
+#   nat2 wan 2001:db8:f2::1, LAN2 2001:db8:2::/64 (gw ::1, b ::10);
+#   rdv 2001:db8:f0::10 (whenever either LAN has IPv6).
+# V6KIND: off (no IPv6 on that LAN), open (routed, no filter), fw (a stateful firewall as home
+# routers have: outbound and its replies pass, nothing unsolicited comes in). --no-v4 N takes
+# the IPv4 default route from LAN N's hosts: IPv6-only hosts (their LAN addresses stay).
 #
 # Hosts keep the same addresses whatever the NAT kind; each host's default route is its NAT
 # router, each router's default route is inet. The hosts of one LAN share an L2 bridge (br0 in
@@ -88,6 +98,20 @@ NL_LAN2_GW=192.0.2.1
 NL_B_IP=192.0.2.10
 NL_LAN_BITS=24
 NL_QUEUE=0 # NFQUEUE number of the delayer (queues are per namespace)
+NL_V6KINDS=(off open fw)
+NL_INET6_N1=2001:db8:f1::fe
+NL_INET6_N2=2001:db8:f2::fe
+NL_INET6_RDV=2001:db8:f0::fe
+NL_NAT1_PUB6=2001:db8:f1::1
+NL_NAT2_PUB6=2001:db8:f2::1
+NL_RDV_IP6=2001:db8:f0::10
+NL_LAN1_6=2001:db8:1::/64
+NL_LAN1_GW6=2001:db8:1::1
+NL_A_IP6=2001:db8:1::10
+NL_A2_IP6=2001:db8:1::11
+NL_LAN2_6=2001:db8:2::/64
+NL_LAN2_GW6=2001:db8:2::1
+NL_B_IP6=2001:db8:2::10
 
 # Filled in by nl_load / nl_up.
 NAME=""
@@ -96,6 +120,9 @@ NL_NAT1=prc
 NL_NAT2=prc
 NL_LOSS=0
 NL_DELAY=0
+NL_V6_1=off
+NL_V6_2=off
+NL_NO_V4=""
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -166,6 +193,9 @@ nl_load() {
         nat2) NL_NAT2=$value ;;
         loss) NL_LOSS=$value ;;
         delay) NL_DELAY=$value ;;
+        v6_1) NL_V6_1=$value ;;
+        v6_2) NL_V6_2=$value ;;
+        no_v4) NL_NO_V4=$value ;;
         esac
     done <"$NL_DIR/config"
 }
@@ -261,6 +291,14 @@ nl_parse_up_args() {
             fi
             NL_DELAY=$2
             ;;
+        --v6-1 | --v6-2)
+            [[ " ${NL_V6KINDS[*]} " == *" $2 "* ]] || nl_die "IPv6 kind '$2': one of ${NL_V6KINDS[*]}"
+            if [[ $1 == --v6-1 ]]; then NL_V6_1=$2; else NL_V6_2=$2; fi
+            ;;
+        --no-v4)
+            [[ $2 == 1 || $2 == 2 ]] || nl_die "--no-v4 '$2': 1 or 2 (a LAN)"
+            NL_NO_V4+=$2
+            ;;
         *) nl_die "unknown option '$1' (try: $NL_SELF help)" ;;
         esac
         shift 2
@@ -350,6 +388,93 @@ nl_routes() {
     fi
     if [[ $NL_NAT2 == none ]]; then
         ip -n "$(nl_ns inet)" route add "$NL_LAN2" via "$NL_NAT2_PUB" dev n2
+    fi
+}
+
+# nl_v6_on NS DEV…: IPv6 back on for these links of NS (nl_sysctls_and_up turned it off), with
+# no autoconfiguration and no duplicate address detection (addresses usable at once).
+nl_v6_on() {
+    local ns=$1 dev
+    shift
+    local -a settings=(net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0)
+    for dev in "$@"; do
+        settings+=("net.ipv6.conf.$dev.disable_ipv6=0" "net.ipv6.conf.$dev.accept_dad=0"
+            "net.ipv6.conf.$dev.accept_ra=0" "net.ipv6.conf.$dev.autoconf=0")
+    done
+    ip netns exec "$ns" sysctl -qew "${settings[@]}"
+}
+
+# nl_v6_link OTHER INET_IF INET_ADDR OTHER_ADDR: IPv6 on the link from inet to OTHER, a /64,
+# and OTHER's default route over it.
+nl_v6_link() {
+    local other=$1 inet_if=$2 inet_addr=$3 other_addr=$4 other_if=wan
+    [[ $other == rdv ]] && other_if=eth0
+    nl_v6_on "$(nl_ns inet)" "$inet_if"
+    nl_v6_on "$(nl_ns "$other")" "$other_if"
+    ip -n "$(nl_ns inet)" -6 addr add "$inet_addr/64" dev "$inet_if" nodad
+    ip -n "$(nl_ns "$other")" -6 addr add "$other_addr/64" dev "$other_if" nodad
+    ip -n "$(nl_ns "$other")" -6 route add default via "$inet_addr" dev "$other_if"
+}
+
+# nl_v6_lan ROUTER KIND LAN GW PUBLIC HOST IP [HOST IP…]: IPv6 on a router's LAN and its
+# hosts, inet's route to the LAN, and the router's firewall for KIND.
+nl_v6_lan() {
+    local router=$1 kind=$2 lan=$3 gw=$4 pub=$5 rns host ip
+    rns=$(nl_ns "$router")
+    shift 5
+    nl_v6_on "$rns" br0
+    ip netns exec "$rns" sysctl -qw net.ipv6.conf.all.forwarding=1
+    ip -n "$rns" -6 addr add "$gw/64" dev br0 nodad
+    while (($#)); do
+        host=$1 ip=$2
+        shift 2
+        nl_v6_on "$(nl_ns "$host")" eth0
+        ip -n "$(nl_ns "$host")" -6 addr add "$ip/64" dev eth0 nodad
+        ip -n "$(nl_ns "$host")" -6 route add default via "$gw" dev eth0
+    done
+    ip -n "$(nl_ns inet)" -6 route add "$lan" via "$pub"
+    [[ $kind == fw ]] || return 0
+    ip netns exec "$rns" nft -f - <<EOF
+table ip6 natlab6 {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        iifname "br0" oifname "wan" accept
+        iifname "br0" oifname "br0" accept
+        iifname "wan" oifname "br0" ct state established,related accept
+    }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "wan" ct state established,related accept
+        iifname "wan" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, echo-request } accept
+        iifname "wan" drop
+    }
+}
+EOF
+}
+
+nl_ipv6() {
+    [[ $NL_V6_1 != off || $NL_V6_2 != off ]] || return 0
+    ip netns exec "$(nl_ns inet)" sysctl -qw net.ipv6.conf.all.forwarding=1
+    nl_v6_link rdv rdv "$NL_INET6_RDV" "$NL_RDV_IP6"
+    if [[ $NL_V6_1 != off ]]; then
+        nl_v6_link nat1 n1 "$NL_INET6_N1" "$NL_NAT1_PUB6"
+        nl_v6_lan nat1 "$NL_V6_1" "$NL_LAN1_6" "$NL_LAN1_GW6" "$NL_NAT1_PUB6" \
+            a "$NL_A_IP6" a2 "$NL_A2_IP6"
+    fi
+    if [[ $NL_V6_2 != off ]]; then
+        nl_v6_link nat2 n2 "$NL_INET6_N2" "$NL_NAT2_PUB6"
+        nl_v6_lan nat2 "$NL_V6_2" "$NL_LAN2_6" "$NL_LAN2_GW6" "$NL_NAT2_PUB6" b "$NL_B_IP6"
+    fi
+}
+
+# IPv6-only hosts: no IPv4 beyond their LAN.
+nl_no_v4() {
+    if [[ $NL_NO_V4 == *1* ]]; then
+        ip -n "$(nl_ns a)" route del default
+        ip -n "$(nl_ns a2)" route del default
+    fi
+    if [[ $NL_NO_V4 == *2* ]]; then
+        ip -n "$(nl_ns b)" route del default
     fi
 }
 
@@ -456,7 +581,7 @@ nl_up_rollback() {
 }
 
 nl_up() {
-    (($# >= 1)) || nl_die "usage: $NL_SELF up NAME [--nat1 KIND] [--nat2 KIND] [--loss PCT] [--delay MS]"
+    (($# >= 1)) || nl_die "usage: $NL_SELF up NAME [--nat1 KIND] [--nat2 KIND] [--loss PCT] [--delay MS] [--v6-1 V6KIND] [--v6-2 V6KIND] [--no-v4 1|2]"
     nl_set_name "$1"
     shift
     nl_parse_up_args "$@"
@@ -486,15 +611,19 @@ nl_up() {
     nl_lan nat2 "$NL_LAN2_GW" b "$NL_B_IP"
     nl_sysctls_and_up
     nl_routes
+    nl_ipv6
+    nl_no_v4
     nl_apply_nat
     nl_impair
     nl_write_probe
-    printf 'nat1=%s\nnat2=%s\nloss=%s\ndelay=%s\n' "$NL_NAT1" "$NL_NAT2" "$NL_LOSS" "$NL_DELAY" >"$NL_DIR/config.new"
+    printf 'nat1=%s\nnat2=%s\nloss=%s\ndelay=%s\nv6_1=%s\nv6_2=%s\nno_v4=%s\n' "$NL_NAT1" "$NL_NAT2" \
+        "$NL_LOSS" "$NL_DELAY" "$NL_V6_1" "$NL_V6_2" "$NL_NO_V4" >"$NL_DIR/config.new"
     mv "$NL_DIR/config.new" "$NL_DIR/config"
 
     trap - EXIT INT TERM
-    printf 'lab %s up: nat1=%s nat2=%s loss=%s%% delay=%sms (namespaces %s-*)\n' \
-        "$NAME" "$NL_NAT1" "$NL_NAT2" "$NL_LOSS" "$NL_DELAY" "$NAME"
+    printf 'lab %s up: nat1=%s nat2=%s loss=%s%% delay=%sms ipv6=%s/%s%s (namespaces %s-*)\n' \
+        "$NAME" "$NL_NAT1" "$NL_NAT2" "$NL_LOSS" "$NL_DELAY" "$NL_V6_1" "$NL_V6_2" \
+        "${NL_NO_V4:+ no-v4=$NL_NO_V4}" "$NAME"
 }
 
 # ---------------------------------------------------------------------------------------------

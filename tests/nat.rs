@@ -330,6 +330,89 @@ fn a_1280_byte_link_on_the_path_carries_20_mb_even_where_icmp_is_dropped() {
     );
 }
 
+/// A pair behind symmetric IPv4 NATs (relayed over IPv4) whose LANs also have IPv6 behind
+/// stateful firewalls; `no_v4`: the hosts have no IPv4 beyond their LAN and reach the
+/// rendezvous over IPv6. Both must end direct over IPv6, and curl crosses.
+fn ipv6_pair(test: &str, no_v4: bool) {
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let mut extra = vec!["--v6-1", "fw", "--v6-2", "fw"];
+    if no_v4 {
+        extra.extend(["--no-v4", "1", "--no-v4", "2"]);
+    }
+    let name = lab.natlab_with("sym", "sym", &extra);
+    let (pinned, rendezvous) = lab.rendezvous(&format!("{name}-rdv"), "[::]:7000");
+    let key = pinned.split('@').next().unwrap();
+    let at = if no_v4 { "[2001:db8:f0::10]:7000" } else { RDV };
+    let pinned = format!("{key}@{at}");
+    let mut a = lab.node(&format!("{name}-a"), "a", "");
+    let mut b = lab.node(&format!("{name}-b"), "b", "");
+    for node in [&mut a, &mut b] {
+        lab.start_with(node, &["--rendezvous".to_owned(), pinned.clone()]);
+    }
+    lab.trust(&a, &b);
+    let mut w = World {
+        lab,
+        name,
+        a,
+        b,
+        rendezvous,
+    };
+    let www = w.lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    fs::write(www.join("index.html"), "over IPv6\n").unwrap();
+    w.serve(&www, "index.html");
+    for (from, to, endpoint) in [
+        (&w.a, &w.b, "[2001:db8:2::10]"),
+        (&w.b, &w.a, "[2001:db8:1::10]"),
+    ] {
+        let mut seen = String::new();
+        let found = eventually(Duration::from_secs(15), || {
+            let out = ctl(from, &["peers", "--json"]);
+            let peers: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let peer = (peers.as_array()?.iter()).find(|p| p["public_key"] == to.key.as_str())?;
+            seen = format!("{} via {}", peer["path"], peer["endpoint"]);
+            let direct = peer["path"] == "direct";
+            let v6 = peer["endpoint"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(endpoint));
+            (direct && v6).then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "{} to {}: {seen}\n{}",
+            from.ns,
+            to.ns,
+            w.logs()
+        );
+    }
+    let url = format!("http://[{}]:8080/index.html", w.b.address);
+    let out = ns_exec(&w.a.ns, &["curl", "-sS", "--fail", "-m", "5", &url]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "over IPv6\n",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn symmetric_nats_go_direct_over_ipv6_through_stateful_firewalls() {
+    // Issue 13, item 5: a carrier-grade (symmetric) IPv4 NAT on both sides stays relayed over
+    // IPv4, but both hosts have IPv6 behind routers that let only outbound traffic (and its
+    // replies) in: probing each other's IPv6 candidates at once opens both firewalls.
+    ipv6_pair(
+        "symmetric_nats_go_direct_over_ipv6_through_stateful_firewalls",
+        false,
+    );
+}
+
+#[test]
+fn ipv6_only_hosts_meet_through_a_rendezvous_on_ipv6() {
+    ipv6_pair("ipv6_only_hosts_meet_through_a_rendezvous_on_ipv6", true);
+}
+
 #[test]
 fn a_capture_on_the_relay_shows_no_plaintext() {
     if !lab::privileged("a_capture_on_the_relay_shows_no_plaintext") {

@@ -163,3 +163,85 @@ fn a_node_that_lost_its_trust_file_is_trusted_again_with_no_verb() {
     });
     assert!(saved.is_some(), "trust.json not written back");
 }
+
+#[test]
+fn a_relayed_pair_moves_to_the_second_rendezvous_when_the_first_dies() {
+    // Issue 14's node side: `--rendezvous` given twice. The first is killed with -9 while
+    // traffic flows; both nodes of the relayed (symmetric/symmetric) pair must be registered
+    // with the second within 10 s, and the pair relayed again through it, with nothing typed.
+    if !lab::privileged("a_relayed_pair_moves_to_the_second_rendezvous_when_the_first_dies") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let name = lab.natlab("sym", "sym");
+    let rdv_ns = format!("{name}-rdv");
+    // The rdv namespace has a second address, 203.0.113.11: the second instance's host.
+    let (first, first_index) = lab.rendezvous_named("rdv1", &rdv_ns, RDV, &[]);
+    let (second, _) = lab.rendezvous_named("rdv2", &rdv_ns, "203.0.113.11:7000", &[]);
+    let mut a = lab.node(&format!("{name}-a"), "a", "");
+    let mut b = lab.node(&format!("{name}-b"), "b", "");
+    let flags = [
+        "--rendezvous".to_owned(),
+        first,
+        "--rendezvous".to_owned(),
+        second,
+    ];
+    lab.start_with(&mut a, &flags);
+    lab.start_with(&mut b, &flags);
+    lab.trust(&a, &b);
+    let up = eventually(Duration::from_secs(10), || pings(&a, &b).then_some(()));
+    assert!(up.is_some(), "no ping\n{}", a.log_text());
+    assert_eq!(path(&a, &b), "relay");
+    let netcheck = |n: &NodeHandle| -> serde_json::Value {
+        let out = ctl(n, &["netcheck", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    assert_eq!(netcheck(&a)["rendezvous"], RDV);
+    assert_eq!(netcheck(&a)["standby"][0], "203.0.113.11:7000");
+
+    // Traffic flows through the relay (an idle node would notice at its next refresh, up to
+    // a keepalive later; one relaying traffic refreshes every 3 s).
+    let a_ns = a.ns.clone();
+    let traffic = lab.spawn_in(&a_ns, &["ping", "-q", "-i", "0.2", "-w", "60", &b.address]);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.signal(first_index, Signal::SIGKILL);
+    let killed = Instant::now();
+    let logs = |a: &NodeHandle, b: &NodeHandle| {
+        format!("--- a\n{}\n--- b\n{}", a.log_text(), b.log_text())
+    };
+    for node in [&a, &b] {
+        let moved = eventually(Duration::from_secs(20), || {
+            let n = netcheck(node);
+            (n["rendezvous"] == "203.0.113.11:7000" && n["registered"] == true).then_some(())
+        });
+        assert!(
+            moved.is_some(),
+            "never registered with the second\n{}",
+            logs(&a, &b)
+        );
+    }
+    let registered = killed.elapsed();
+    let back = eventually(Duration::from_secs(20), || pings(&a, &b).then_some(()));
+    assert!(back.is_some(), "not relayed again\n{}", logs(&a, &b));
+    let relayed = killed.elapsed();
+    println!(
+        "first rendezvous killed: both registered with the second after {:.1} s, pinging \
+         through it after {:.1} s",
+        registered.as_secs_f64(),
+        relayed.as_secs_f64()
+    );
+    assert!(
+        registered <= Duration::from_secs(11),
+        "registered with the second only after {registered:?}\n{}",
+        logs(&a, &b)
+    );
+    assert_eq!(path(&a, &b), "relay");
+    assert_eq!(path(&b, &a), "relay");
+    assert!(a.log_text().contains("registering with another rendezvous"));
+    let status = String::from_utf8_lossy(&ctl(&a, &["status"]).stdout).into_owned();
+    assert!(
+        status.contains("using the standby 203.0.113.11:7000; the first, 203.0.113.10:7000"),
+        "{status}"
+    );
+    lab.kill(traffic);
+}

@@ -41,7 +41,7 @@ pub struct UpFile {
     #[serde(default, deserialize_with = "peers")]
     pub peers: Option<Vec<PeerConfig>>,
     #[serde(default, deserialize_with = "rendezvous")]
-    pub rendezvous: Option<RendezvousConfig>,
+    pub rendezvous: Option<Vec<RendezvousConfig>>,
     #[serde(default, deserialize_with = "port")]
     pub rendezvous_alt_port: Option<u16>,
     #[serde(default, deserialize_with = "hostname")]
@@ -374,8 +374,21 @@ fn socks5<'de, D: Deserializer<'de>>(d: D) -> Result<Option<pilotd::Socks5Addr>,
     })
 }
 
-fn rendezvous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RendezvousConfig>, D::Error> {
-    parsed(d, "\"[KEY@]HOST:PORT\"", pilotd::parse_rendezvous)
+/// One rendezvous, or several in order of preference (the node moves on when one stops
+/// answering).
+fn rendezvous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RendezvousConfig>>, D::Error> {
+    const EXPECTED: &str = "\"[KEY@]HOST:PORT\" or an array of \"KEY@HOST:PORT\" strings";
+    let value = Value::deserialize(d)?;
+    let items = match &value {
+        Value::String(_) => std::slice::from_ref(&value),
+        Value::Array(items) if !items.is_empty() => items.as_slice(),
+        _ => return Err(mismatch(EXPECTED, &value)),
+    };
+    let list = items.iter().map(|item| match item {
+        Value::String(text) => pilotd::parse_rendezvous(text).map_err(D::Error::custom),
+        _ => Err(mismatch(EXPECTED, &value)),
+    });
+    list.collect::<Result<_, _>>().map(Some)
 }
 
 fn endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {

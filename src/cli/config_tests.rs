@@ -70,11 +70,11 @@ expose = ["8080", "80:8081"]
                 endpoint: Some("[2001:db8::1]:9".parse().unwrap()),
             },
         ]),
-        rendezvous: Some(RendezvousConfig {
+        rendezvous: Some(vec![RendezvousConfig {
             addr: "203.0.113.10:7000".parse().unwrap(),
             alt_port: 7001,
             key: Some(k1),
-        }),
+        }]),
         rendezvous_alt_port: Some(7100),
         hostname: Some("alice".parse().unwrap()),
         endpoint: Some("198.51.100.7:40000".parse().unwrap()),
@@ -228,7 +228,7 @@ fn bad_values_name_line_column_key_and_expectation() {
         ),
         (
             "rendezvous = 7000".into(),
-            "1:14: rendezvous: expected \"[KEY@]HOST:PORT\", found 7000",
+            "1:14: rendezvous: expected \"[KEY@]HOST:PORT\" or an array of \"KEY@HOST:PORT\" strings, found 7000",
         ),
         (
             "hostname = \"Bob\"".into(),

@@ -222,7 +222,7 @@ mod tests {
         let file: UpFile = config::parse(Path::new("pilotd.toml"), &text).unwrap();
         assert_eq!(file.hostname.unwrap().as_str(), "my-agent");
         assert_eq!(
-            file.rendezvous.unwrap().addr.to_string(),
+            file.rendezvous.unwrap()[0].addr.to_string(),
             "203.0.113.10:7000"
         );
         assert_eq!(file.endpoint, Some("198.51.100.7:51870".parse().unwrap()));

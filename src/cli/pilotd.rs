@@ -83,10 +83,12 @@ struct UpArgs {
     peers: Vec<PeerConfig>,
     /// Rendezvous server, [KEY@]HOST:PORT: registration, NAT discovery, hole punching and
     /// relay. With KEY, its answers must be signed by that key; without, the first key that
-    /// answers is pinned in the state directory and required from then on.
+    /// answers is pinned in the state directory and required from then on. Repeatable, each
+    /// as KEY@HOST:PORT: the node registers with the first that answers, in this order, and
+    /// moves to the next when the one it uses stops answering.
     /// (`--registry` is accepted as well, the seed's word for it.)
     #[arg(long, alias = "registry", value_name = "[KEY@]HOST:PORT", value_parser = parse_rendezvous)]
-    rendezvous: Option<RendezvousConfig>,
+    rendezvous: Vec<RendezvousConfig>,
     /// The rendezvous' second UDP port, used to measure NAT behaviour [default: its port + 1]
     #[arg(long, value_name = "PORT")]
     rendezvous_alt_port: Option<u16>,
@@ -103,9 +105,9 @@ struct UpArgs {
     /// is refused: trust is always mutual, so no node is open to everyone.
     #[arg(long)]
     public: bool,
-    /// Do not ask the router (PCP, NAT-PMP) to map the UDP port; `port_mapping = false` in the
-    /// config file does the same. On by default: a mapped port lets peers behind any NAT
-    /// reach this node directly.
+    /// Do not ask the router (PCP, NAT-PMP, UPnP-IGD) to map the UDP port; `port_mapping =
+    /// false` in the config file does the same. On by default: a mapped port lets peers behind
+    /// any NAT reach this node directly.
     #[arg(long = "no-port-mapping", action = clap::ArgAction::SetFalse)]
     port_mapping: bool,
     /// Approve every incoming trust request automatically (for public services; off by default).
@@ -230,8 +232,13 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
     } else {
         args.peers
     };
-    let mut rendezvous = args.rendezvous.or(file.rendezvous);
+    let list = if args.rendezvous.is_empty() {
+        file.rendezvous.unwrap_or_default()
+    } else {
+        args.rendezvous
+    };
     let alt_port = args.rendezvous_alt_port.or(file.rendezvous_alt_port);
+    let (mut rendezvous, standby_rendezvous) = rendezvous_list(list, alt_port)?;
     let hostname = args.hostname.or(file.hostname);
     let endpoint = args.endpoint.or(file.endpoint);
     if args.public && endpoint.is_none() {
@@ -287,6 +294,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
             .unwrap_or(DEFAULT_LISTEN_PORT),
         peers,
         rendezvous,
+        standby_rendezvous,
         hostname,
         endpoint,
         auto_approve: args.auto_approve || file.auto_approve.unwrap_or(false),
@@ -362,6 +370,38 @@ pub(super) fn parse_peer(text: &str) -> Result<PeerConfig, String> {
         key,
         endpoint: Some(endpoint),
     })
+}
+
+/// The rendezvous to use first and the ones to move to, from `--rendezvous` (or the config
+/// file's `rendezvous`) in order. Several must each have a pinned key: a node moving between
+/// them must not trust whichever key answers at the next address, and answers from one it
+/// does not use (telling it the first is back) are believed only under a known key.
+fn rendezvous_list(
+    mut list: Vec<RendezvousConfig>,
+    alt_port: Option<u16>,
+) -> anyhow::Result<(Option<RendezvousConfig>, Vec<RendezvousConfig>)> {
+    if list.len() > 1 {
+        if alt_port.is_some() {
+            bail!(
+                "--rendezvous-alt-port is for a single rendezvous; with several, each one's \
+                 alternate port is its port + 1"
+            );
+        }
+        if let Some(r) = list.iter().find(|r| r.key.is_none()) {
+            bail!(
+                "rendezvous {} has no key: with several rendezvous give each as KEY@HOST:PORT \
+                 (the key is printed by `pilotd rendezvous` at start)",
+                r.addr
+            );
+        }
+        for (i, r) in list.iter().enumerate() {
+            if list[..i].iter().any(|o| o.addr == r.addr) {
+                bail!("rendezvous {} is given twice", r.addr);
+            }
+        }
+    }
+    let standby = list.split_off(list.len().min(1));
+    Ok((list.pop(), standby))
 }
 
 /// Parses `[KEY@]HOST:PORT` for `--rendezvous`; the alternate port defaults to PORT + 1.

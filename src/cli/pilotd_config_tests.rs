@@ -367,3 +367,59 @@ fn rendezvous_free_name_parses_under_pilotd() {
     assert_eq!(args.name.as_str(), "edge-7");
     assert_eq!(args.data_dir(&RendezvousFile::default()), Path::new("/d"));
 }
+
+#[test]
+fn several_rendezvous_come_from_the_flag_or_the_file_in_order_each_pinned() {
+    let k1 = "1111111111111111111111111111111111111111111111111111111111111111";
+    let k2 = "2222222222222222222222222222222222222222222222222222222222222222";
+    let (a, b) = (
+        format!("{k1}@203.0.113.10:7000"),
+        format!("{k2}@203.0.113.20:7000"),
+    );
+    let o = up_options(
+        up_args(&["--rendezvous", &a, "--rendezvous", &b]),
+        UpFile::default(),
+    )
+    .unwrap();
+    let first = o.rendezvous.unwrap();
+    assert_eq!(first.addr.to_string(), "203.0.113.10:7000");
+    assert_eq!(o.standby_rendezvous.len(), 1);
+    assert_eq!(
+        o.standby_rendezvous[0].addr.to_string(),
+        "203.0.113.20:7000"
+    );
+    assert_eq!(o.standby_rendezvous[0].alt_port, 7001);
+
+    let file = up_file(&format!("rendezvous = [\"{a}\", \"{b}\"]\n"));
+    let o = up_options(up_args(&[]), file).unwrap();
+    assert_eq!(o.rendezvous.unwrap().addr.to_string(), "203.0.113.10:7000");
+    assert_eq!(o.standby_rendezvous.len(), 1);
+    // The flag wins over the file, as for every setting.
+    let file = up_file(&format!("rendezvous = [\"{a}\", \"{b}\"]\n"));
+    let o = up_options(up_args(&["--rendezvous", &b]), file).unwrap();
+    assert_eq!(o.rendezvous.unwrap().addr.to_string(), "203.0.113.20:7000");
+    assert!(o.standby_rendezvous.is_empty());
+
+    let refused = [
+        (
+            vec!["--rendezvous", &a, "--rendezvous", "203.0.113.20:7000"],
+            "has no key",
+        ),
+        (vec!["--rendezvous", &a, "--rendezvous", &a], "given twice"),
+        (
+            vec![
+                "--rendezvous",
+                &a,
+                "--rendezvous",
+                &b,
+                "--rendezvous-alt-port",
+                "9",
+            ],
+            "for a single rendezvous",
+        ),
+    ];
+    for (args, why) in refused {
+        let err = up_options(up_args(&args), UpFile::default()).unwrap_err();
+        assert!(err.to_string().contains(why), "{args:?}: {err}");
+    }
+}

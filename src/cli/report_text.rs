@@ -78,6 +78,12 @@ fn status_text(s: &StatusReply) -> String {
     if let (Some(rendezvous), Some(problem)) = (&s.rendezvous, &s.rendezvous_problem) {
         attention.push(format!("rendezvous {rendezvous}: {problem}"));
     }
+    if let (Some(rendezvous), Some(first)) = (&s.rendezvous, &s.rendezvous_preferred) {
+        attention.push(format!(
+            "rendezvous: using the standby {rendezvous}; the first, {first}, stopped answering \
+             (asked every 30 s whether it is back)"
+        ));
+    }
     for peer in &s.unreachable {
         attention.push(format!("unreachable: {}", printable(peer)));
     }
@@ -242,6 +248,16 @@ pub(super) fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientErro
         text("rendezvous"),
         text("registered")
     );
+    if let Some(standby) = value["standby"].as_array().filter(|s| !s.is_empty()) {
+        let standby: Vec<&str> = standby.iter().filter_map(Value::as_str).collect();
+        println!(
+            "standby         {} (used in this order if it stops answering)",
+            standby.join(", ")
+        );
+    }
+    if let Value::String(first) = &value["preferred"] {
+        println!("first           {first} stopped answering; back to it once it answers");
+    }
     if let Value::String(problem) = &value["problem"] {
         println!("problem         {problem}");
     }
@@ -398,6 +414,7 @@ mod tests {
             trust_save_failures: 0,
             unreachable: Vec::new(),
             rendezvous_problem: None,
+            rendezvous_preferred: None,
             clock_offset_ms: Some(-1_500),
         };
         assert_eq!(

@@ -167,6 +167,9 @@ pub struct StatusReply {
     /// Why the rendezvous does not register this node, while it does not.
     #[serde(default)]
     pub rendezvous_problem: Option<String>,
+    /// The first rendezvous, while the node uses a standby one because it stopped answering.
+    #[serde(default)]
+    pub rendezvous_preferred: Option<String>,
     /// Peers that no longer answer, as `NAME (NODE), last heard N s ago`.
     #[serde(default)]
     pub unreachable: Vec<String>,

@@ -426,6 +426,9 @@ impl Core {
                         }
                     }
                 }
+                Event::RendezvousSwitched { from, to, why } => {
+                    tracing::warn!(%from, %to, "registering with another rendezvous: {why}");
+                }
                 Event::TrustChanged { peer, trusted } => {
                     let name = self.node.trust().name_of(&peer).map(|n| n.to_string());
                     let verdict = if trusted {

@@ -65,6 +65,9 @@ pub struct UpOptions {
     pub keepalive: u16,
     /// The rendezvous to register with, if any (its key pinned when given).
     pub rendezvous: Option<RendezvousConfig>,
+    /// More rendezvous, in order, to move to when the one in use stops answering (every one,
+    /// and `rendezvous` then too, with a pinned key).
+    pub standby_rendezvous: Vec<RendezvousConfig>,
     /// Hostname to claim at the rendezvous.
     pub hostname: Option<Hostname>,
     /// This node's public endpoint when the operator knows it (told to peers first).
@@ -334,6 +337,7 @@ async fn serve(
         keepalive: (options.keepalive > 0).then_some(options.keepalive),
         seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
         rendezvous: start.rendezvous,
+        standby_rendezvous: options.standby_rendezvous.clone(),
         lan: lan_endpoints(&local.interface, listen_port),
         endpoint: options.endpoint,
         local_port: listen_port,

@@ -347,6 +347,12 @@ impl Core {
                 queue(&mut self.send, sockets, &mut self.send_errors, t);
             }
         }
+        // The batch's new and changed registrations: one write, then their answers.
+        if self.server.commit(now) > 0 {
+            while let Some(t) = self.server.poll_transmit(&mut self.out) {
+                queue(&mut self.send, sockets, &mut self.send_errors, t);
+            }
+        }
         for port in [Port::Main, Port::Alt] {
             flush(&mut self.send, sockets, &mut self.send_errors, port);
         }

@@ -69,6 +69,7 @@ impl World {
     fn new() -> World {
         let t0 = Instant::now();
         let node = Node::new(NodeConfig {
+            standby_rendezvous: Vec::new(),
             identity: clone_identity(ME),
             peers: vec![PeerConfig {
                 key: fixed_identity(PEER_ID).public_key(),

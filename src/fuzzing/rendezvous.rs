@@ -249,6 +249,8 @@ impl World {
             self.learn(to, &payload);
         }
         self.out = out;
+        // Each datagram a batch of its own: what changed is written and answered now.
+        self.server.commit(now);
         self.drain();
     }
 

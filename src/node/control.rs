@@ -40,6 +40,7 @@ impl Node {
             Err(_) => return self.counters.drop(DropReason::BadControl),
         }
         let handled = match message {
+            m if self.on_failback_answer(from, &opened, &m, now) => true,
             m if m.is_from_rendezvous() => self.on_rendezvous_message(from, &opened, m, now),
             Message::Probe { target } if target == self.key => self.on_probe(from, &opened, now),
             Message::ProbeAck { echo, .. } => self.on_probe_ack(from, &opened, echo, now),
@@ -68,10 +69,11 @@ impl Node {
     /// rendezvous (its address, and its key once pinned), probes from trusted peers.
     fn entitled(&self, from: SocketAddr, opened: &Opened<'_>, message: &Message) -> bool {
         match message {
-            m if m.is_from_rendezvous() => self
-                .link
-                .as_ref()
-                .is_some_and(|l| l.is_rendezvous(from) && l.accepts(&opened.sender)),
+            m if m.is_from_rendezvous() => {
+                let link = self.link.as_ref();
+                link.is_some_and(|l| l.is_rendezvous(from) && l.accepts(&opened.sender))
+                    || self.failback_entitled(from, opened)
+            }
             Message::Probe { .. } | Message::ProbeAck { .. } => self
                 .by_key
                 .get(&opened.sender)
@@ -111,6 +113,7 @@ impl Node {
     }
 
     fn drive_rendezvous(&mut self, now: Instant) {
+        self.drive_failover(now);
         let Some(link) = &self.link else {
             return;
         };
@@ -333,7 +336,7 @@ impl Node {
     }
 
     /// Seals `message` with this node's key and queues it for `to`; returns its nonce.
-    fn send_control(&mut self, to: SocketAddr, message: &Message, now: Instant) -> u64 {
+    pub(super) fn send_control(&mut self, to: SocketAddr, message: &Message, now: Instant) -> u64 {
         let mut body = Vec::new();
         message.encode(&mut body);
         let nonce = self.nonces.next_nonce();

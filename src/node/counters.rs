@@ -99,6 +99,8 @@ pub struct Counters {
     pub punches_failed: u64,
     /// Direct paths given up after going silent under traffic (back to the relay).
     pub relay_fallbacks: u64,
+    /// Moves to another rendezvous (it stopped answering, or the first one came back).
+    pub rendezvous_switches: u64,
     /// Bytes of relay frames sent to and received from the rendezvous (headers included).
     pub relay_tx_bytes: u64,
     pub relay_rx_bytes: u64,

@@ -18,6 +18,7 @@
 mod clock_sync;
 mod control;
 mod counters;
+mod failover;
 mod liveness;
 mod names;
 mod path;
@@ -54,6 +55,7 @@ use crate::wire::envelope::{NonceSource, ReplayGuard};
 use crate::wire::ip::UnreachableCode;
 use crate::wire::trust::Statement;
 use crate::wire::{classify, ip, DatagramKind};
+use failover::Failover;
 use path::{PeerPath, Route};
 use peer::Peer;
 use rendezvous::RendezvousLink;
@@ -87,7 +89,7 @@ const MAX_PEERS: usize = 1 << 24;
 /// within the freshness window; see [`ReplayGuard`]).
 const REPLAY_SENDERS: usize = 16_384;
 /// Default registration refresh until the rendezvous says otherwise.
-const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
+pub(super) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 
 /// Static settings of a node.
 pub struct NodeConfig {
@@ -107,6 +109,9 @@ pub struct NodeConfig {
     /// Randomness for nonces and the ping token; the caller supplies it so simulations replay.
     pub seed: u64,
     pub rendezvous: Option<RendezvousConfig>,
+    /// Rendezvous to move to, in order, when the one in use stops answering (see `failover`);
+    /// each with a pinned key.
+    pub standby_rendezvous: Vec<RendezvousConfig>,
     /// The node's own endpoints on its local networks, offered to peers as candidates.
     pub lan: Vec<SocketAddr>,
     /// This node's public endpoint when the operator knows it (`--endpoint`: a fixed public
@@ -166,6 +171,12 @@ pub enum Event {
     },
     /// Our public endpoint, as the rendezvous sees it, is new or changed.
     PublicEndpoint(SocketAddr),
+    /// The node now registers with the rendezvous at `to` instead of `from`, because `why`.
+    RendezvousSwitched {
+        from: SocketAddr,
+        to: SocketAddr,
+        why: &'static str,
+    },
     /// A peer's gate opened (a valid mutual record) or closed (revoked).
     TrustChanged { peer: NodeKey, trusted: bool },
     /// A trust request waits for `pilotctl approve`.
@@ -266,6 +277,8 @@ pub struct Node {
     by_key: BTreeMap<NodeKey, usize>,
     by_wg_key: BTreeMap<[u8; 32], usize>,
     link: Option<RendezvousLink>,
+    /// The rendezvous list, when there is more than one.
+    failover: Failover,
     lan: Vec<SocketAddr>,
     /// What the router offered (PCP, NAT-PMP), and the public endpoint it mapped to us, told
     /// to peers after the configured one (see `port_mapping.rs`).
@@ -339,6 +352,11 @@ impl Node {
             by_addr: BTreeMap::new(),
             by_key: BTreeMap::new(),
             by_wg_key: BTreeMap::new(),
+            failover: Failover::new(
+                (config.rendezvous.iter().cloned())
+                    .chain(config.standby_rendezvous)
+                    .collect(),
+            ),
             link: config
                 .rendezvous
                 .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE, config.endpoint)),
@@ -635,6 +653,8 @@ impl Node {
             Some(link) => NetStatus {
                 clock_correction_ms: self.clock.offset_ms(),
                 port_mapping: self.port_map.clone(),
+                standby: self.failover.standby().map(|a| a.to_string()).collect(),
+                preferred: self.failover.preferred().map(|a| a.to_string()),
                 ..link.status(self.local_port, now)
             },
             None => NetStatus {
@@ -719,6 +739,8 @@ impl Node {
 mod cookie_tests;
 #[cfg(test)]
 mod endpoint_tests;
+#[cfg(test)]
+mod failover_tests;
 #[cfg(test)]
 mod log_tests;
 #[cfg(test)]

@@ -63,13 +63,19 @@ impl Link {
                 }
                 let answer = self
                     .server
-                    .handle_datagram(port, None, self.at, &datagram, self.now, &mut reply);
-                if let Some(answer) = answer {
-                    let (from, bytes) = (self.rdv, answer.payload.to_vec());
-                    let from = if answer.port == Port::Main {
-                        from
+                    .handle_datagram(port, None, self.at, &datagram, self.now, &mut reply)
+                    .map(|a| (a.port, a.payload.to_vec()));
+                // A registration that changed is answered once written (`commit`).
+                self.server.commit(self.now);
+                let mut answers: Vec<(Port, Vec<u8>)> = answer.into_iter().collect();
+                while let Some(t) = self.server.poll_transmit(&mut reply) {
+                    answers.push((t.port, t.payload.to_vec()));
+                }
+                for (port, bytes) in answers {
+                    let from = if port == Port::Main {
+                        self.rdv
                     } else {
-                        SocketAddr::new(from.ip(), 7001)
+                        SocketAddr::new(self.rdv.ip(), 7001)
                     };
                     self.node.handle_datagram(from, &bytes, self.now, &mut out);
                 }

@@ -35,6 +35,12 @@ pub struct RendezvousConfig {
 pub struct NetStatus {
     pub rendezvous: Option<String>,
     pub registered: bool,
+    /// The other rendezvous the node moves to if this one stops answering, in order.
+    #[serde(default)]
+    pub standby: Vec<String>,
+    /// The first rendezvous, while the node uses another because it stopped answering.
+    #[serde(default)]
+    pub preferred: Option<String>,
     /// The public endpoint peers are told first: the configured one (`--endpoint`), else the
     /// one the rendezvous sees.
     pub endpoint: Option<String>,
@@ -182,6 +188,24 @@ impl RendezvousLink {
     /// the first signed answer to our own registration decides (trust on first use).
     pub fn accepts(&self, sender: &NodeKey) -> bool {
         self.key.is_none_or(|k| k == *sender)
+    }
+
+    /// How long registrations have gone unanswered (zero while answered).
+    pub fn unanswered_for(&self, now: Instant) -> Duration {
+        self.unanswered_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// Makes the next refresh come at most `within` after the last answer (unless one is in
+    /// flight, which retries on its own).
+    pub fn refresh_within(&mut self, within: Duration, now: Instant) {
+        if self.pending_register.is_some() {
+            return;
+        }
+        let due = self.last_registered.map_or(now, |t| t + within);
+        if self.next_register.is_none_or(|t| t > due) {
+            self.next_register = Some(due);
+        }
     }
 
     /// A registration is due.
@@ -343,6 +367,8 @@ impl RendezvousLink {
         NetStatus {
             problem: self.problem(now).map(|p| p.to_string()),
             rendezvous: Some(self.config.addr.to_string()),
+            standby: Vec::new(),
+            preferred: None,
             registered: self.is_registered(now),
             endpoint: self.configured.or(self.observed).map(|e| e.to_string()),
             endpoint_configured: self.configured.is_some(),

@@ -52,6 +52,7 @@ pub(super) fn node_with_rendezvous(
     clock: WallClock,
 ) -> Node {
     Node::new(NodeConfig {
+        standby_rendezvous: Vec::new(),
         identity: identity(me),
         peers: Vec::new(),
         trust: Default::default(),
@@ -74,6 +75,7 @@ pub(super) fn node_with_rendezvous(
 
 pub(super) fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
     Node::new(NodeConfig {
+        standby_rendezvous: Vec::new(),
         identity: identity(me),
         peers: peers
             .iter()
@@ -467,6 +469,7 @@ fn bad_peer_configs_are_refused() {
 fn the_dns_stub_answers_own_and_trusted_names_only() {
     use crate::wire::dns::{tests::query, TYPE_A, TYPE_AAAA};
     let config = NodeConfig {
+        standby_rendezvous: Vec::new(),
         identity: identity(1),
         peers: Vec::new(),
         trust: Default::default(),

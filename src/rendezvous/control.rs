@@ -33,6 +33,16 @@ pub(super) struct Request {
     pub proven: bool,
 }
 
+/// A registration that changed, waiting for [`Server::commit`] to write it.
+pub(super) struct Uncommitted {
+    req: Request,
+    pub record: Registration,
+    alt_seen: Option<SocketAddr>,
+    trust_digest: u64,
+    /// No live registration of this key was held (the node hands its statements over).
+    first: bool,
+}
+
 impl Server {
     pub(super) fn relay<'a>(
         &mut self,
@@ -196,7 +206,13 @@ impl Server {
         }
         // First come, first served; the registration is refused as a whole so the node does
         // not believe it holds a name it does not.
-        let holder = hostname.as_ref().and_then(|n| self.directory.holder(n));
+        let holder = hostname.as_ref().and_then(|n| {
+            let mut waiting = self.uncommitted.iter().rev();
+            let claimed = waiting.find(|p| p.record.hostname.as_ref() == Some(n));
+            claimed
+                .map(|p| p.record.key)
+                .or_else(|| self.directory.holder(n))
+        });
         if holder.is_some_and(|k| k != req.sender) {
             self.counters.refuse(Refusal::NameTaken);
             return self.refusal_reply(req, RefusalCode::NameTaken, now, out);
@@ -231,19 +247,72 @@ impl Server {
             first_seen_ms: previous.map_or(now_ms, |p| p.first_seen_ms),
             last_seen_ms: now_ms,
         };
+        let registration = Uncommitted {
+            req,
+            record,
+            alt_seen,
+            trust_digest,
+            first,
+        };
         if changed {
-            // Acknowledge only what would survive a crash right after the reply.
-            if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
-                self.store_error(&e);
+            // Acknowledged only once it would survive a crash right after the reply: written
+            // with the others of this batch in one transaction (`Server::commit`), and only
+            // then in effect and answered. A newer one from the same node replaces it.
+            self.uncommitted.retain(|p| p.req.sender != req.sender);
+            self.uncommitted.push(registration);
+            return None;
+        }
+        self.mark_dirty(req.sender, now);
+        let reply = self.take_effect(registration, now);
+        // Queued, so they leave right behind the reply.
+        self.start_deliveries(req.sender, now);
+        self.reply(req, &reply, now, out)
+    }
+
+    /// Writes the registrations that changed since the last call, all in one transaction
+    /// (one fsync for a whole receive batch instead of one per new node), then puts them in
+    /// effect and queues their `Registered` for [`Server::poll_transmit`]. If the write fails,
+    /// none is answered (the nodes retry). The daemon calls it after each receive batch;
+    /// returns how many were answered.
+    pub fn commit(&mut self, now: Instant) -> usize {
+        if self.uncommitted.is_empty() {
+            return 0;
+        }
+        let waiting = std::mem::take(&mut self.uncommitted);
+        let records: Vec<Registration> = waiting.iter().map(|p| p.record.clone()).collect();
+        if let Err(e) = self.store.save(&records) {
+            self.store_error(&e);
+            for _ in &waiting {
                 self.counters.refuse(Refusal::StoreFailed);
-                return None;
             }
-            self.store_ok();
+            return 0;
+        }
+        self.store_ok();
+        let answered = waiting.len();
+        for registration in waiting {
+            let req = registration.req;
             self.dirty.remove(&req.sender);
             tracing::debug!(node = %req.sender, observed = %req.from, "registered");
-        } else {
-            self.mark_dirty(req.sender, now);
+            let reply = self.take_effect(registration, now);
+            self.queue_reply(req, &reply, now);
+            // Its deliveries right behind it.
+            self.start_deliveries(req.sender, now);
         }
+        answered
+    }
+
+    /// A registration in the store (or needing no write) takes effect: registry, names,
+    /// the ledger comparison. Returns the `Registered` to answer with; deliveries are started
+    /// by the caller once that is queued.
+    fn take_effect(&mut self, registration: Uncommitted, now: Instant) -> Message {
+        let Uncommitted {
+            req,
+            record,
+            alt_seen,
+            trust_digest,
+            first,
+        } = registration;
+        let hostname = record.hostname.clone();
         self.registry.upsert(record, alt_seen, req.local_ip, now);
         self.directory.set_name(req.sender, hostname);
         if let Some(until) = now.checked_add(self.config.name_ttl) {
@@ -252,15 +321,12 @@ impl Server {
         self.directory.set_registered(req.sender, true);
         self.counters.registrations += 1;
         let resynced = self.compare_ledgers(req.sender, trust_digest, now);
-        let reply = Message::Registered {
+        Message::Registered {
             echo: req.nonce,
             observed: req.from,
             keepalive_secs: u16::try_from(self.config.keepalive.as_secs()).unwrap_or(u16::MAX),
             resubmit: first || resynced,
-        };
-        // Queued, so they leave right behind the reply.
-        self.start_deliveries(req.sender, now);
-        self.reply(req, &reply, now, out)
+        }
     }
 
     /// The node's ledger digest against ours for it: on a difference not acted on before,
@@ -497,6 +563,25 @@ impl Server {
             to: req.from,
             payload: &out[..len],
         })
+    }
+
+    /// [`Server::reply`] through the queue, for answers given after the request's batch.
+    fn queue_reply(&mut self, req: Request, message: &Message, now: Instant) {
+        let mut buf = vec![0u8; 1500];
+        let Some(len) = self.seal(message, now, &mut buf) else {
+            return;
+        };
+        if !req.proven && len > req.len {
+            self.refuse(Refusal::Unproven, req.from);
+            return;
+        }
+        buf.truncate(len);
+        self.queued.push_back(Queued {
+            port: req.local,
+            src_ip: req.local_ip,
+            to: req.from,
+            bytes: buf,
+        });
     }
 
     /// Seals `message` for [`Server::poll_transmit`], to leave from `port` and `src_ip`.

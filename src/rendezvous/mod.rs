@@ -266,6 +266,8 @@ pub struct Server {
     queued: VecDeque<Queued>,
     /// Nodes whose in-memory state is ahead of the store.
     dirty: BTreeSet<NodeKey>,
+    /// Registrations that changed, to be written and answered by `commit`.
+    uncommitted: Vec<control::Uncommitted>,
     next_flush: Option<Instant>,
     next_purge: Instant,
     /// Scratch for encoding message bodies, reused.
@@ -317,6 +319,7 @@ impl Server {
             queued: VecDeque::new(),
             dirty: BTreeSet::new(),
             next_flush: None,
+            uncommitted: Vec::new(),
             next_purge: now,
             body: Vec::with_capacity(512),
             store_failing: false,
@@ -373,6 +376,8 @@ impl Server {
     /// Runs what is due at `now`: expiry, lazy store writes, delivery rounds, purging old
     /// records. Deliveries wait in [`Server::poll_transmit`].
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Registrations a caller left uncommitted are not left waiting.
+        self.commit(now);
         for key in self.registry.expire(now) {
             self.counters.expired += 1;
             // A node silent for the whole expiry had its last state flushed long ago.

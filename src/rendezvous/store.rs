@@ -150,6 +150,8 @@ pub trait Store: Send {
 pub struct MemoryStore {
     contents: Arc<Mutex<Contents>>,
     failing: Arc<AtomicBool>,
+    /// `save` calls that wrote (each is one transaction, one fsync, on SQLite).
+    saves: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -170,6 +172,11 @@ impl MemoryStore {
     /// While true, every write fails and changes nothing.
     pub fn fail_writes(&self, fail: bool) {
         self.failing.store(fail, Ordering::Relaxed);
+    }
+
+    /// How many `save` calls wrote registrations.
+    pub fn saves(&self) -> u64 {
+        self.saves.load(Ordering::Relaxed)
     }
 
     /// A copy of what is stored for `key`.
@@ -233,6 +240,7 @@ impl Store for MemoryStore {
 
     fn save(&mut self, records: &[Registration]) -> Result<(), StoreError> {
         self.check_writable()?;
+        self.saves.fetch_add(1, Ordering::Relaxed);
         let mut contents = self.lock();
         for r in records {
             contents.names.retain(|_, k| *k != r.key);

@@ -113,15 +113,19 @@ impl Lab {
     /// Brings up the NAT topology of `scripts/natlab.sh` with the given router kinds; returns
     /// the lab name (namespaces are `NAME-a`, `NAME-a2`, `NAME-b`, `NAME-rdv`, …).
     pub fn natlab(&mut self, nat1: &str, nat2: &str) -> String {
+        self.natlab_with(nat1, nat2, &[])
+    }
+
+    /// [`Lab::natlab`] with more `natlab.sh up` options (`--v6-1 fw`, `--no-v4 2`, …).
+    pub fn natlab_with(&mut self, nat1: &str, nat2: &str, extra: &[&str]) -> String {
         // natlab names are at most 6 characters.
         let unique = std::process::id() * 64 + NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         let name = format!("n{:x}", unique % 0xf_ffff);
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
         self.natlab = Some(name.clone());
-        run(
-            "bash",
-            &[script, "up", &name, "--nat1", nat1, "--nat2", nat2],
-        );
+        let mut args = vec![script, "up", &name, "--nat1", nat1, "--nat2", nat2];
+        args.extend(extra);
+        run("bash", &args);
         name
     }
 
@@ -319,13 +323,25 @@ impl Lab {
 
     /// [`Lab::rendezvous`] with extra `pilotd rendezvous` flags.
     pub fn rendezvous_with(&mut self, ns: &str, listen: &str, extra: &[&str]) -> (String, usize) {
-        let dir = self.dir.join("rdv");
+        self.rendezvous_named("rdv", ns, listen, extra)
+    }
+
+    /// [`Lab::rendezvous_with`] keeping its data in `NAME/` and its log in `NAME.log` of the
+    /// lab's directory, for a second rendezvous beside the first.
+    pub fn rendezvous_named(
+        &mut self,
+        name: &str,
+        ns: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> (String, usize) {
+        let dir = self.dir.join(name);
         let out = run(
             PILOTD,
             &["identity", "--json", "--state-dir", dir.to_str().unwrap()],
         );
         let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let log = self.dir.join("rdv.log");
+        let log = self.dir.join(format!("{name}.log"));
         let dir = dir.to_str().unwrap();
         let mut cmd = vec![
             PILOTD,

@@ -212,6 +212,7 @@ impl World {
             key: Some(server_identity().public_key()),
         };
         Node::new(NodeConfig {
+            standby_rendezvous: Vec::new(),
             identity: Identity::from_secret_bytes(&identity.signing_key().to_bytes()),
             peers: Vec::new(),
             trust,
@@ -405,6 +406,9 @@ impl World {
             .server
             .handle_datagram(port, None, from, payload, self.now, &mut self.buf)
             .map(|t| (t.port, t.to, t.payload.to_vec()));
+        // Each datagram a batch of its own: a registration that changed is written (and
+        // answered, below) now, and a refusal of it counts against this datagram.
+        self.server.commit(self.now);
         if let Some((port, to, bytes)) = out {
             self.check_from_server(to, sender.or(relay_to), relay_to, &bytes);
             self.server_send(port, to, &bytes);

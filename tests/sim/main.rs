@@ -148,6 +148,7 @@ impl Sim {
             key: Some(self.server.public_key()),
         };
         Node::new(NodeConfig {
+            standby_rendezvous: Vec::new(),
             identity: identity(n),
             peers: Vec::new(),
             trust: TrustState {
@@ -264,6 +265,8 @@ impl Sim {
                     let (to, payload, port) = (t.to, t.payload.to_vec(), t.port);
                     self.server_send(port, to, &payload);
                 }
+                // Each datagram a batch of its own, as far as the store is concerned.
+                self.server.commit(self.now);
                 self.drain_server();
                 continue;
             }
@@ -725,6 +728,7 @@ fn nothing_passes_until_both_sides_agree_and_untrust_stops_it() {
     sim.drain_node(x);
     sim.run_for(Duration::from_secs(1));
     sim.nodes[y].node = Node::new(NodeConfig {
+        standby_rendezvous: Vec::new(),
         identity: identity(2),
         peers: vec![PeerConfig {
             key: kx,

@@ -94,6 +94,7 @@ impl Core {
             trust_save_error: self.saves.failing().map(str::to_owned),
             trust_save_failures: self.saves.failures(),
             rendezvous_problem: net.problem.clone(),
+            rendezvous_preferred: net.preferred.clone(),
             clock_offset_ms: net.clock_offset_ms,
             unreachable: self
                 .node

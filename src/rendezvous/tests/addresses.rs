@@ -19,23 +19,14 @@ impl Sim {
         from: SocketAddr,
         datagram: &[u8],
     ) -> Option<(Option<IpAddr>, Sent)> {
-        let t = self.server.handle_datagram(
-            port,
-            Some(local_ip),
-            from,
-            datagram,
-            self.now,
-            &mut self.out,
-        )?;
-        Some((t.src_ip, (t.port, t.to, t.payload.to_vec())))
+        self.deliver(port, Some(local_ip), from, datagram)
     }
 
     /// Everything queued: the address it leaves from, where it goes, and what it says.
     fn drain_with_sources(&mut self) -> Vec<(Option<IpAddr>, SocketAddr, Message)> {
         let mut out = Vec::new();
-        while let Some(t) = self.server.poll_transmit(&mut self.out) {
-            let sent = (t.port, t.to, t.payload.to_vec());
-            out.push((t.src_ip, sent.1, self.message(&sent)));
+        while let Some((src_ip, sent)) = self.poll_with_source() {
+            out.push((src_ip, sent.1, self.message(&sent)));
         }
         out
     }

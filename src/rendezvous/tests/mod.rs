@@ -29,6 +29,9 @@ struct Sim {
     out: Vec<u8>,
     /// The configured name TTL, kept across restarts.
     name_ttl: Duration,
+    /// What the server had queued before an answer given by `commit` (see `Sim::deliver`):
+    /// `poll` returns it first, so the order stays the server's.
+    backlog: std::collections::VecDeque<(Option<IpAddr>, Sent)>,
 }
 
 struct Client {
@@ -190,19 +193,54 @@ impl Sim {
             now: t0,
             out: vec![0; 65535],
             name_ttl,
+            backlog: Default::default(),
         }
     }
 
+    /// One datagram in, as a batch of its own: the answer, given at once or (a registration
+    /// that changed) once `commit` has written it.
     fn send(&mut self, port: Port, from: SocketAddr, datagram: &[u8]) -> Option<Sent> {
-        let t = self
-            .server
-            .handle_datagram(port, None, from, datagram, self.now, &mut self.out)?;
-        Some((t.port, t.to, t.payload.to_vec()))
+        self.deliver(port, None, from, datagram)
+            .map(|(_, sent)| sent)
+    }
+
+    /// `send` to the server's address `local_ip` (if given); the answer with the address it
+    /// leaves from.
+    fn deliver(
+        &mut self,
+        port: Port,
+        local_ip: Option<IpAddr>,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<(Option<IpAddr>, Sent)> {
+        let direct = (self.server)
+            .handle_datagram(port, local_ip, from, datagram, self.now, &mut self.out)
+            .map(|t| (t.src_ip, (t.port, t.to, t.payload.to_vec())));
+        if direct.is_some() {
+            return direct;
+        }
+        // What was queued before stays ahead of the answer `commit` queues.
+        while let Some(queued) = self.poll_server() {
+            self.backlog.push_back(queued);
+        }
+        if self.server.commit(self.now) > 0 {
+            return self.poll_server();
+        }
+        None
+    }
+
+    fn poll_server(&mut self) -> Option<(Option<IpAddr>, Sent)> {
+        let t = self.server.poll_transmit(&mut self.out)?;
+        Some((t.src_ip, (t.port, t.to, t.payload.to_vec())))
+    }
+
+    /// The next datagram queued for sending, and the address it leaves from.
+    fn poll_with_source(&mut self) -> Option<(Option<IpAddr>, Sent)> {
+        self.backlog.pop_front().or_else(|| self.poll_server())
     }
 
     fn poll(&mut self) -> Option<Sent> {
-        let t = self.server.poll_transmit(&mut self.out)?;
-        Some((t.port, t.to, t.payload.to_vec()))
+        self.poll_with_source().map(|(_, sent)| sent)
     }
 
     /// Opens a reply, checking it is signed by the server.

@@ -44,6 +44,95 @@ fn registration_is_stored_before_it_is_acknowledged() {
 }
 
 #[test]
+fn a_batch_of_new_registrations_is_one_write_and_answered_only_once_written() {
+    // Every new registration was written (and fsynced) on its own, on the packet loop: about
+    // a thousand a second at most, so 100,000 nodes arriving (a restart on an empty
+    // database, a first deployment) timed out and retried for minutes. Now a receive batch's
+    // registrations are one transaction (`Server::commit`), answered once it is written.
+    let mut sim = Sim::new();
+    let mut clients: Vec<Client> = (0..3u8)
+        .map(|n| Client::new(10 + n, &format!("198.51.100.{}:40001", 10 + n)))
+        .collect();
+    let mut batch = Vec::new();
+    for (n, c) in clients.iter_mut().enumerate() {
+        c.fetch_cookie(&mut sim);
+        // Two new keys claiming one name in the same batch: the second is refused.
+        let hostname = if n == 0 { "alpha" } else { "beta" };
+        let msg = Message::Register {
+            lan: vec![],
+            hostname: Some(hostname.parse().unwrap()),
+            cookie: c.cookie,
+            trust_digest: 0,
+        };
+        batch.push((c.at, c.key(), c.sealed(&sim, &msg)));
+    }
+    let saves = sim.store.saves();
+    let mut out = vec![0u8; 2048];
+    let mut refused = 0;
+    for (from, _, d) in &batch {
+        let direct = (sim.server).handle_datagram(Port::Main, None, *from, d, sim.now, &mut out);
+        if let Some(t) = direct {
+            let opened = open(t.payload).unwrap();
+            let refusal = Message::decode(opened.kind, opened.body).unwrap();
+            assert!(
+                matches!(
+                    refusal,
+                    Message::Refused {
+                        code: RefusalCode::NameTaken,
+                        ..
+                    }
+                ),
+                "{refusal:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1, "beta claimed twice in one batch");
+    // Nothing is in effect, answered or written before the commit.
+    assert!(batch
+        .iter()
+        .all(|(_, key, _)| sim.server.registration(key, sim.now).is_none()));
+    assert!(sim.poll().is_none());
+    assert_eq!(sim.store.saves(), saves);
+    assert_eq!(sim.server.commit(sim.now), 2);
+    assert_eq!(
+        sim.store.saves(),
+        saves + 1,
+        "one transaction for the batch"
+    );
+    let answered: Vec<SocketAddr> = sim
+        .drain()
+        .into_iter()
+        .map(|(to, m)| {
+            assert!(matches!(m, Message::Registered { .. }), "{m:?}");
+            to
+        })
+        .collect();
+    assert_eq!(answered, vec![batch[0].0, batch[1].0]);
+    assert!(sim.server.registration(&batch[1].1, sim.now).is_some());
+    assert_eq!(sim.store.holder(&"beta".parse().unwrap()), Some(batch[1].1));
+
+    // A batch whose write fails is answered not at all, takes no effect, and is counted.
+    sim.store.fail_writes(true);
+    let mut late = Client::new(20, "198.51.100.20:40001");
+    late.fetch_cookie(&mut sim);
+    let msg = Message::Register {
+        lan: vec![],
+        hostname: None,
+        cookie: late.cookie,
+        trust_digest: 0,
+    };
+    let d = late.sealed(&sim, &msg);
+    assert!((sim.server)
+        .handle_datagram(Port::Main, None, late.at, &d, sim.now, &mut out)
+        .is_none());
+    assert_eq!(sim.server.commit(sim.now), 0);
+    assert!(sim.poll().is_none());
+    assert!(sim.server.registration(&late.key(), sim.now).is_none());
+    assert_eq!(sim.server.counters().refused(Refusal::StoreFailed), 1);
+}
+
+#[test]
 fn forged_replayed_stale_and_misplaced_messages_get_no_reply_and_change_nothing() {
     let mut sim = Sim::new();
     let mut a = Client::new(1, "198.51.100.1:40001");

@@ -1,0 +1,182 @@
+//! More than one rendezvous (`--rendezvous` given several times): the node registers with
+//! the first that answers, in the order given, and moves on when the one it uses stops
+//! answering.
+//!
+//! - **Failover.** Registrations unanswered for [`FAILOVER_AFTER`] make the node register
+//!   with the next rendezvous, after a random delay of up to [`FAILOVER_JITTER`] so that every
+//!   node of a fleet does not hit the survivor in the same instant. The new rendezvous may
+//!   know nothing of the node: it asks for the node's trust statements (`Registered.resubmit`)
+//!   and the node hands them over, so it introduces and relays the node's pairs within that
+//!   round trip. Direct paths do not involve the rendezvous and carry on meanwhile.
+//! - **Noticing in time.** An idle node notices at its next refresh (the keepalive, 25 s by
+//!   default). A node relaying traffic through the rendezvous refreshes every
+//!   [`RELAYED_REFRESH`] instead, so a relayed pair is moved within about 10 s of the
+//!   rendezvous' death; the refresh is one small signed datagram.
+//! - **Failback.** While on another than the first, the node asks the first for a NAT probe
+//!   every [`FAILBACK_EVERY`]; an answer signed with its pinned key brings the node back, so
+//!   nodes that got split between instances (each still reachable by some) end up on the same
+//!   one again: two nodes can only meet at a rendezvous they both use.
+//!
+//! Every rendezvous in such a list has a pinned key (the command line refuses a list with an
+//! unpinned one): a failback answer is believed only under that key.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::rendezvous::{RendezvousConfig, RendezvousLink};
+use super::{Event, Node, DEFAULT_KEEPALIVE};
+use crate::wire::control::Message;
+use crate::wire::envelope::Opened;
+
+/// Registrations unanswered this long move the node to the next rendezvous (two retries).
+pub const FAILOVER_AFTER: Duration = Duration::from_secs(4);
+/// The most a node waits, at random, before registering with the next rendezvous.
+pub const FAILOVER_JITTER: Duration = Duration::from_secs(2);
+/// How often a node relaying traffic refreshes its registration (when it has a rendezvous
+/// to move to).
+pub const RELAYED_REFRESH: Duration = Duration::from_secs(3);
+/// How often a node on another than the first rendezvous asks the first whether it is back.
+pub const FAILBACK_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+pub(super) struct Failover {
+    /// Every rendezvous, in order of preference; the link talks to `list[current]`.
+    list: Vec<RendezvousConfig>,
+    current: usize,
+    /// The nonce of the NAT probe sent to the first rendezvous, awaiting its answer.
+    probe: Option<u64>,
+    next_probe: Option<Instant>,
+}
+
+impl Failover {
+    pub fn new(list: Vec<RendezvousConfig>) -> Failover {
+        Failover {
+            list,
+            ..Failover::default()
+        }
+    }
+
+    /// There is a rendezvous to move to.
+    pub fn is_on(&self) -> bool {
+        self.list.len() > 1
+    }
+
+    /// The first rendezvous, while another is in use.
+    pub fn preferred(&self) -> Option<SocketAddr> {
+        (self.current != 0)
+            .then(|| self.list.first().map(|r| r.addr))
+            .flatten()
+    }
+
+    /// The rendezvous not in use, in order.
+    pub fn standby(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let current = self.current;
+        (self.list.iter().enumerate())
+            .filter(move |(i, _)| *i != current)
+            .map(|(_, r)| r.addr)
+    }
+}
+
+impl Node {
+    /// Failover's part of the rendezvous timers: move on from a silent rendezvous, refresh
+    /// often while relaying, and ask the first whether it is back.
+    pub(super) fn drive_failover(&mut self, now: Instant) {
+        if !self.failover.is_on() {
+            return;
+        }
+        let relaying = (self.peers.iter()).any(|p| p.trusted && p.path.relays_traffic(now));
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        if link.unanswered_for(now) >= FAILOVER_AFTER {
+            let next = (self.failover.current + 1) % self.failover.list.len();
+            self.switch_rendezvous(next, "it stopped answering", now);
+            return;
+        }
+        if relaying {
+            link.refresh_within(RELAYED_REFRESH, now);
+        }
+        let back_home = self.failover.current != 0 && link.is_registered(now);
+        if back_home && self.failover.next_probe.is_none_or(|t| now >= t) {
+            let first = self.failover.list[0].addr;
+            self.failover.probe = Some(self.send_control(first, &Message::NatProbe, now));
+            self.failover.next_probe = Some(now + FAILBACK_EVERY);
+        }
+    }
+
+    /// A signed answer from the first rendezvous to our failback probe, while we use another:
+    /// it is back, so we return to it. Returns whether `message` was that answer.
+    pub(super) fn on_failback_answer(
+        &mut self,
+        from: SocketAddr,
+        opened: &Opened<'_>,
+        message: &Message,
+        now: Instant,
+    ) -> bool {
+        let Message::NatProbeReply { echo, .. } = message else {
+            return false;
+        };
+        let first = &self.failover.list.first();
+        let is_first =
+            first.is_some_and(|r| r.addr == from && r.key.is_some_and(|k| k == opened.sender));
+        if !is_first || self.failover.current == 0 || self.failover.probe != Some(*echo) {
+            return false;
+        }
+        self.failover.probe = None;
+        self.switch_rendezvous(0, "the first one is back", now);
+        true
+    }
+
+    /// Whether a rendezvous message from `from` signed by `opened.sender` may be the answer
+    /// to our failback probe (checked fully in [`Node::on_failback_answer`]).
+    pub(super) fn failback_entitled(&self, from: SocketAddr, opened: &Opened<'_>) -> bool {
+        self.failover.current != 0
+            && self.failover.probe.is_some()
+            && (self.failover.list.first())
+                .is_some_and(|r| r.addr == from && r.key.is_some_and(|k| k == opened.sender))
+    }
+
+    fn switch_rendezvous(&mut self, to: usize, why: &'static str, now: Instant) {
+        let Some(old) = self.link.take() else {
+            return;
+        };
+        let config = self.failover.list[to].clone();
+        let (from, addr) = (old.config.addr, config.addr);
+        let mut link = RendezvousLink::new(config, DEFAULT_KEEPALIVE, old.configured);
+        let jitter_ms = self.nonces.next_nonce() % (FAILOVER_JITTER.as_millis() as u64 + 1);
+        link.next_register = Some(now + Duration::from_millis(jitter_ms));
+        self.link = Some(link);
+        self.failover.current = to;
+        self.failover.probe = None;
+        self.failover.next_probe = Some(now + FAILBACK_EVERY);
+        self.counters.rendezvous_switches += 1;
+        self.events.push_back(Event::RendezvousSwitched {
+            from,
+            to: addr,
+            why,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+
+    fn config(port: u16) -> RendezvousConfig {
+        RendezvousConfig {
+            addr: SocketAddr::from(([203, 0, 113, 10], port)),
+            alt_port: port + 1,
+            key: Some(NodeKey([port as u8; 32])),
+        }
+    }
+
+    #[test]
+    fn one_rendezvous_is_no_failover_and_the_standby_list_skips_the_current() {
+        assert!(!Failover::new(vec![config(7000)]).is_on());
+        let f = Failover::new(vec![config(7000), config(7100), config(7200)]);
+        assert!(f.is_on());
+        let standby: Vec<u16> = f.standby().map(|a| a.port()).collect();
+        assert_eq!(standby, vec![7100, 7200]);
+    }
+}
