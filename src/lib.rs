@@ -13,5 +13,6 @@ pub mod fuzzing;
 pub mod identity;
 pub mod io;
 pub mod node;
+pub mod portmap;
 pub mod rendezvous;
 pub mod wire;

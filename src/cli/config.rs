@@ -50,6 +50,8 @@ pub struct UpFile {
     pub endpoint: Option<SocketAddr>,
     #[serde(default, deserialize_with = "boolean")]
     pub auto_approve: Option<bool>,
+    #[serde(default, deserialize_with = "boolean")]
+    pub port_mapping: Option<bool>,
     #[serde(default, deserialize_with = "path")]
     pub hosts_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "seconds_u16")]

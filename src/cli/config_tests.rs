@@ -42,6 +42,7 @@ rendezvous_alt_port = 7100
 hostname = "alice"
 endpoint = "198.51.100.7:40000"
 auto_approve = true
+port_mapping = false
 hosts_file = "/etc/hosts"
 keepalive = 10
 control = "/run/p.sock"
@@ -78,6 +79,7 @@ expose = ["8080", "80:8081"]
         hostname: Some("alice".parse().unwrap()),
         endpoint: Some("198.51.100.7:40000".parse().unwrap()),
         auto_approve: Some(true),
+        port_mapping: Some(false),
         hosts_file: Some("/etc/hosts".into()),
         keepalive: Some(10),
         control: Some("/run/p.sock".into()),
@@ -141,7 +143,7 @@ fn an_unknown_key_names_its_place_and_every_known_key() {
         err,
         "/etc/pilot/pilotd.toml:7:1: unknown key `rendevous`; expected one of: state_dir, \
          interface, mtu, listen_port, peers, rendezvous, rendezvous_alt_port, hostname, \
-         endpoint, auto_approve, hosts_file, keepalive, control, log_level, metrics, userspace, socks5, \
+         endpoint, auto_approve, port_mapping, hosts_file, keepalive, control, log_level, metrics, userspace, socks5, \
          expose"
     );
     // The seed's name for the rendezvous is told apart.

@@ -105,6 +105,11 @@ struct UpArgs {
     /// is refused: trust is always mutual, so no node is open to everyone.
     #[arg(long)]
     public: bool,
+    /// Do not ask the router (PCP, NAT-PMP, UPnP-IGD) to map the UDP port; `port_mapping =
+    /// false` in the config file does the same. On by default: a mapped port lets peers behind
+    /// any NAT reach this node directly.
+    #[arg(long = "no-port-mapping", action = clap::ArgAction::SetFalse)]
+    port_mapping: bool,
     /// Approve every incoming trust request automatically (for public services; off by default).
     #[arg(long)]
     auto_approve: bool,
@@ -293,6 +298,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
         hostname,
         endpoint,
         auto_approve: args.auto_approve || file.auto_approve.unwrap_or(false),
+        port_mapping: args.port_mapping && file.port_mapping.unwrap_or(true),
         hosts_file: args.hosts_file.or(file.hosts_file),
         control: args
             .control

@@ -166,6 +166,26 @@ metrics = "127.0.0.1:9100"
 }
 
 #[test]
+fn port_mapping_is_on_unless_the_flag_or_the_file_turns_it_off() {
+    assert!(
+        up_options(up_args(&[]), UpFile::default())
+            .unwrap()
+            .port_mapping
+    );
+    let off = up_options(up_args(&["--no-port-mapping"]), UpFile::default()).unwrap();
+    assert!(!off.port_mapping);
+    let file_off = up_options(up_args(&[]), up_file("port_mapping = false\n")).unwrap();
+    assert!(!file_off.port_mapping);
+    let file_on = up_file("port_mapping = true\n");
+    assert!(up_options(up_args(&[]), file_on).unwrap().port_mapping);
+    let both = up_options(
+        up_args(&["--no-port-mapping"]),
+        up_file("port_mapping = true\n"),
+    );
+    assert!(!both.unwrap().port_mapping, "the flag wins");
+}
+
+#[test]
 fn a_hostname_needs_a_rendezvous_from_either_source() {
     let rdv = "rendezvous = \"203.0.113.10:7000\"";
     let o = up_options(up_args(&["--hostname", "bob"]), up_file(rdv)).unwrap();

@@ -234,8 +234,13 @@ pub(super) fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientErro
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    let router = format!(
+        "router          {}",
+        port_mapping_text(&value["port_mapping"])
+    );
     if value["rendezvous"].is_null() {
         println!("no rendezvous configured (start pilotd with --rendezvous HOST:PORT)");
+        println!("{router}");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -284,6 +289,7 @@ pub(super) fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientErro
             "nat             {} (not measured: the endpoint is configured)",
             text("nat")
         );
+        println!("{router}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("endpoint        {}", text("endpoint"));
@@ -294,12 +300,83 @@ pub(super) fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientErro
         text("mapped_main"),
         text("mapped_alt")
     );
+    println!("{router}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the router offered for port mapping (netcheck's `router` line), from the daemon's
+/// `port_mapping` report.
+fn port_mapping_text(report: &Value) -> String {
+    let field = |key: &str| report[key].as_str();
+    let gateway = field("gateway").map_or_else(String::new, |g| format!(" (gateway {g})"));
+    let protocol = match field("protocol") {
+        Some("pcp") => "PCP",
+        Some("nat-pmp") => "NAT-PMP",
+        Some("upnp-igd") => "UPnP-IGD",
+        _ => "?",
+    };
+    match field("state").unwrap_or("off") {
+        "mapped" => format!(
+            "{} mapped with {protocol}{gateway}, lifetime {} s, renewed at half",
+            field("external").unwrap_or("?"),
+            report["lifetime_secs"].as_u64().unwrap_or(0)
+        ),
+        "asking" => format!("asking for a port mapping with {protocol}{gateway}"),
+        "no-answer" => {
+            format!("no port mapping offered{gateway}: no answer to PCP, NAT-PMP or UPnP-IGD")
+        }
+        "refused" => format!(
+            "no port mapping offered{gateway}: {protocol} refused it (result code {})",
+            report["result_code"].as_u64().unwrap_or(0)
+        ),
+        "no-gateway" => "no port mapping offered: no IPv4 default gateway".to_owned(),
+        _ => "port mapping off (port_mapping = false or --no-port-mapping)".to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netcheck_says_what_the_router_offered() {
+        let report = |status: crate::portmap::PortMapStatus| {
+            port_mapping_text(&serde_json::to_value(status).unwrap())
+        };
+        use crate::portmap::{MapState, PortMapStatus, Protocol};
+        let mapped = PortMapStatus {
+            state: MapState::Mapped,
+            gateway: Some("198.51.100.1:5351".into()),
+            protocol: Some(Protocol::Pcp),
+            external: Some("203.0.113.1:40000".into()),
+            lifetime_secs: Some(7200),
+            result_code: None,
+        };
+        assert_eq!(
+            report(mapped),
+            "203.0.113.1:40000 mapped with PCP (gateway 198.51.100.1:5351), lifetime 7200 s, \
+             renewed at half"
+        );
+        let silent = PortMapStatus {
+            state: MapState::NoAnswer,
+            gateway: Some("198.51.100.1:5351".into()),
+            ..PortMapStatus::default()
+        };
+        assert_eq!(
+            report(silent),
+            "no port mapping offered (gateway 198.51.100.1:5351): no answer to PCP, NAT-PMP or \
+             UPnP-IGD"
+        );
+        assert_eq!(
+            report(PortMapStatus::off()),
+            "port mapping off (port_mapping = false or --no-port-mapping)"
+        );
+        assert_eq!(
+            port_mapping_text(&Value::Null),
+            "port mapping off (port_mapping = false or --no-port-mapping)",
+            "an older daemon says nothing"
+        );
+    }
     use crate::daemon::control::{PathCounts, TrustCounts};
     use crate::wire::control::NatKind;
 

@@ -309,6 +309,11 @@ pub enum Command {
     },
     /// Releases this node's hostname; answered once the rendezvous has (within seconds).
     ReleaseName(oneshot::Sender<Result<ReleasedName, String>>),
+    /// From the port-mapping task: what the gateway offered, and the endpoint it mapped.
+    PortMapping {
+        status: crate::portmap::PortMapStatus,
+        mapped: Option<std::net::SocketAddr>,
+    },
 }
 
 /// `release_name`'s result: the hostname the rendezvous freed.

@@ -9,12 +9,14 @@ pub mod metrics;
 pub mod names;
 mod notify;
 pub(crate) mod pin;
+pub mod portmap;
 pub mod rendezvous;
 pub mod services;
 pub mod socks5;
 pub mod state_lock;
 pub(crate) mod trust_file;
 mod tun_writer;
+mod upnp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +74,8 @@ pub struct UpOptions {
     pub endpoint: Option<SocketAddr>,
     /// Approve incoming trust requests automatically.
     pub auto_approve: bool,
+    /// Ask the default gateway (PCP, NAT-PMP) to map the UDP port (see `portmap`).
+    pub port_mapping: bool,
     /// Hosts file to keep trusted peers' names in (opt-in).
     pub hosts_file: Option<PathBuf>,
     /// Where to serve Prometheus metrics (opt-in).
@@ -366,6 +370,10 @@ async fn serve(
     if let Some(listener) = start.metrics {
         tasks.push(tokio::spawn(serve_metrics(listener, commands_tx.clone())));
     }
+    // Beside the packet loop: a gateway that does not answer delays nothing.
+    let port_mapping = options
+        .port_mapping
+        .then(|| portmap::PortMapping::start(listen_port, commands_tx.clone()));
     let server = tokio::spawn(control.serve(commands_tx));
     let where_ = if local.interface.is_empty() {
         "userspace stack".to_owned()
@@ -393,6 +401,9 @@ async fn serve(
         address.to_ipv6()
     ));
     let outcome = plane.run(commands_rx, shutdown).await;
+    if let Some(port_mapping) = port_mapping {
+        port_mapping.stop().await;
+    }
     for task in tasks {
         task.abort();
     }

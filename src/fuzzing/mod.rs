@@ -12,6 +12,7 @@ mod input;
 mod ledger;
 mod node;
 mod offload;
+mod portmap;
 mod rendezvous;
 mod seeds;
 mod wire;
@@ -21,6 +22,7 @@ pub use files::{config_toml, hosts_file, state_files};
 pub use ledger::trust_ledger;
 pub use node::node_datagrams;
 pub use offload::{offload_coalesce, offload_segment};
+pub use portmap::port_mapping;
 pub use rendezvous::rendezvous_datagrams;
 pub use seeds::seeds;
 pub use wire::{control_message, dns_query, envelope, ip_packet, trust_statement};
@@ -48,6 +50,7 @@ pub const TARGETS: &[Target] = &[
     ("offload_coalesce", offload_coalesce),
     ("node_datagrams", node_datagrams),
     ("rendezvous_datagrams", rendezvous_datagrams),
+    ("port_mapping", port_mapping),
 ];
 
 /// The body of the target called `name`.

@@ -121,6 +121,19 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         ],
         "node_datagrams" => node_programs(),
         "rendezvous_datagrams" => rendezvous_programs(),
+        // A PCP request answered as sent (mapped), time to its renewal, the renewal answered,
+        // then release; and an SSDP answer for the UPnP parsers.
+        "port_mapping" => vec![
+            [
+                // Ask; the answer with an external port (byte 42) and address (byte 59).
+                &[0u8, 0, 0, 2, 2, 42, 0x9c, 59, 1, 0][..],
+                // 30.7 min later: the renewal, answered; release, answered.
+                &[0, 0x70, 0x80, 2, 2, 42, 0x9c, 59, 1, 0, 4, 2, 0, 0][..],
+                b"HTTP/1.1 200 OK\r\nLOCATION: http://198.51.100.1:5000/rootDesc.xml\r\n\r\n",
+            ]
+            .concat(),
+            [&[0u8, 0, 0, 1, 0, 0, 0x81, 0, 1][..], &[0, 0, 1, 0, 0, 0, 0, 4][..]].concat(),
+        ],
         _ => Vec::new(),
     }
 }

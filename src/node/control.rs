@@ -138,13 +138,17 @@ impl Node {
     }
 
     /// The endpoints the rendezvous passes on to peers besides the one it observes: the
-    /// configured public endpoint first (so the cap never cuts it), then the LAN ones.
-    fn candidates(&self) -> Vec<SocketAddr> {
+    /// configured public endpoint first, then the one the router mapped (so the cap never
+    /// cuts them), then the LAN ones.
+    pub(super) fn candidates(&self) -> Vec<SocketAddr> {
         let configured = self.link.as_ref().and_then(|l| l.configured);
-        let lan = self.lan.iter().filter(|e| Some(**e) != configured);
-        (configured.iter().chain(lan).copied())
-            .take(MAX_LAN_ENDPOINTS)
-            .collect()
+        let mut out: Vec<SocketAddr> = configured.into_iter().collect();
+        for &endpoint in self.mapped.iter().chain(&self.lan) {
+            if out.len() < MAX_LAN_ENDPOINTS && !out.contains(&endpoint) {
+                out.push(endpoint);
+            }
+        }
+        out
     }
 
     /// Messages only the rendezvous may send, from one of its ports, signed with its key.

@@ -23,6 +23,7 @@ mod liveness;
 mod names;
 mod path;
 mod peer;
+mod port_mapping;
 mod rendezvous;
 mod trust;
 mod trust_sync;
@@ -48,6 +49,7 @@ pub use trust::{
 use crate::addr::{Hostname, NodeAddr};
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
+use crate::portmap::PortMapStatus;
 use crate::wire::control::{Found, RELAY_FROM};
 use crate::wire::envelope::{NonceSource, ReplayGuard};
 use crate::wire::ip::UnreachableCode;
@@ -278,6 +280,10 @@ pub struct Node {
     /// The rendezvous list, when there is more than one.
     failover: Failover,
     lan: Vec<SocketAddr>,
+    /// What the router offered (PCP, NAT-PMP), and the public endpoint it mapped to us, told
+    /// to peers after the configured one (see `port_mapping.rs`).
+    port_map: PortMapStatus,
+    mapped: Option<SocketAddr>,
     local_port: u16,
     clock: WallClock,
     replay: ReplayGuard,
@@ -355,6 +361,8 @@ impl Node {
                 .rendezvous
                 .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE, config.endpoint)),
             lan: config.lan,
+            port_map: PortMapStatus::off(),
+            mapped: None,
             local_port: config.local_port,
             clock: config.clock,
             replay: ReplayGuard::new(REPLAY_SENDERS),
@@ -658,11 +666,15 @@ impl Node {
         match &self.link {
             Some(link) => NetStatus {
                 clock_correction_ms: self.clock.offset_ms(),
+                port_mapping: self.port_map.clone(),
                 standby: self.failover.standby().map(|a| a.to_string()).collect(),
                 preferred: self.failover.preferred().map(|a| a.to_string()),
                 ..link.status(self.local_port, now)
             },
-            None => NetStatus::default(),
+            None => NetStatus {
+                port_mapping: self.port_map.clone(),
+                ..NetStatus::default()
+            },
         }
     }
 

@@ -67,6 +67,9 @@ pub struct NetStatus {
     /// The correction the node signs with (0: its own clock is close enough).
     #[serde(default)]
     pub clock_correction_ms: i64,
+    /// What the router offered for port mapping (PCP, NAT-PMP), and the mapping.
+    #[serde(default)]
+    pub port_mapping: crate::portmap::PortMapStatus,
 }
 
 /// Why the rendezvous does not register this node.
@@ -376,6 +379,7 @@ impl RendezvousLink {
             mapped_alt: self.mapped[1].map(|e| e.to_string()),
             clock_offset_ms: self.clock_offset_ms,
             clock_correction_ms: 0,
+            port_mapping: Default::default(),
         }
     }
 }

@@ -100,6 +100,9 @@ impl Core {
             }
             Command::Inbox { clear, reply } => self.inbox(clear, reply),
             Command::ReleaseName(reply) => self.release_name(reply),
+            Command::PortMapping { status, mapped } => {
+                self.node.set_port_mapping(status, mapped, Instant::now())
+            }
             Command::Info(reply) => {
                 let _ = reply.send(self.info());
             }
