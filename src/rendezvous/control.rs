@@ -5,8 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use super::rate::{Rate, TokenBucket};
 use super::registry::{candidates, infer_nat, Buckets};
-use super::relay::{self, Rate, TokenBucket};
+use super::relay;
 use super::sources::Source;
 use super::{
     Port, Queued, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::control::Request;
-use super::relay::Rate;
+use super::rate::Rate;
 use super::{Refusal, Server, Transmit, LOOKUP_RATE, SUBMIT_RATE};
 use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;

@@ -38,6 +38,7 @@ mod cookie;
 mod counters;
 mod directory;
 mod outbox;
+mod rate;
 mod registry;
 mod relay;
 mod sources;
@@ -53,7 +54,7 @@ use std::time::{Duration, Instant};
 
 pub use counters::{Counters, Refusal, RelayDrop};
 pub use outbox::{DELIVERY_ROUND, RESEND_INTERVAL};
-use relay::{Rate, TokenBucket};
+use rate::{Rate, TokenBucket};
 pub use sqlite::{SqliteStore, DB_FILE};
 pub use statements::MAX_OUTBOX;
 pub use store::{
@@ -308,7 +309,7 @@ impl Server {
             directory: Directory::default(),
             ledger: TrustLedger::new(),
             outbox: Outbox::default(),
-            next_ephemeral: statements::EPHEMERAL_IDS,
+            next_ephemeral: outbox::EPHEMERAL_IDS,
             stranger_lookups: TokenBucket::default(),
             new_keys: SourceBuckets::default(),
             name_claims: SourceBuckets::default(),

@@ -30,6 +30,11 @@ use crate::identity::NodeKey;
 use crate::wire::control::Message;
 use crate::wire::trust::Statement;
 
+/// Outbox ids from here up are items held in memory only: a node's ledger sent back to it
+/// because its registration's digest differed from ours. Not stored, because the ledger they
+/// come from is: after a restart the next registration finds the difference again. (No
+/// store row has such an id: SQLite's are at most `i64::MAX`.)
+pub const EPHEMERAL_IDS: u64 = 1 << 63;
 /// Most `Deliver`s sent to one node per round.
 pub const DELIVERY_ROUND: usize = 32;
 /// How long an unacknowledged delivery waits before it is sent again.
@@ -264,7 +269,7 @@ impl Server {
             return;
         }
         // Items sent back from the ledger live in memory only: nothing to delete.
-        if id < super::statements::EPHEMERAL_IDS {
+        if id < EPHEMERAL_IDS {
             if let Err(e) = self.store.delivered(id) {
                 self.store_error(&e);
                 return;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::relay::TokenBucket;
+use super::rate::TokenBucket;
 use super::store::Registration;
 use crate::addr::Hostname;
 use crate::identity::NodeKey;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use super::relay::{Rate, TokenBucket};
+use super::rate::{Rate, TokenBucket};
 
 /// Source addresses with a rate bucket remembered at most, per kind of bucket; beyond it,
 /// idle (full) buckets are forgotten, and if none is idle a new source is refused.

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::control::Request;
-use super::outbox::Item;
+use super::outbox::{Item, EPHEMERAL_IDS};
 use super::sources::Source;
 use super::store::{NewDelivery, Submission};
 use super::{Refusal, Server, Transmit, SUBMIT_RATE};
@@ -40,11 +40,6 @@ use crate::wire::trust::{PairState, Statement, TrustError, TrustLedger};
 
 /// Most requests and approvals waiting for one node.
 pub const MAX_OUTBOX: usize = 64;
-/// Outbox ids from here up are items held in memory only: a node's ledger sent back to it
-/// because its registration's digest differed from ours. Not stored, because the ledger they
-/// come from is: after a restart the next registration finds the difference again. (No
-/// store row has such an id: SQLite's are at most `i64::MAX`.)
-pub const EPHEMERAL_IDS: u64 = 1 << 63;
 /// Most ledger statements sent back to one node per registration.
 const MAX_RESYNC: usize = 1024;
 

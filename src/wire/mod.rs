@@ -6,6 +6,7 @@
 //! (control, probes, relay frames — later issues) take first bytes from [`PILOT_FIRST`] up, far
 //! from WireGuard's range so neither can be mistaken for the other.
 
+pub mod codec;
 pub mod control;
 pub mod dns;
 pub mod envelope;

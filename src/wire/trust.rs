@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use super::control::{DecodeError, Reader};
+use super::codec::{DecodeError, Reader};
 use crate::identity::NodeKey;
 
 /// Longest justification a request may carry, in bytes of UTF-8.

@@ -386,7 +386,7 @@ fn new_ledger_pairs_are_capped_and_rate_limited_per_source_and_known_pairs_alway
     // grow the ledger without bound by revoking made-up partners.
     let mut sim = Sim::with(MemoryStore::new(), |c| {
         c.max_trust_pairs = 4;
-        c.new_pairs_per_source = crate::rendezvous::relay::Rate {
+        c.new_pairs_per_source = crate::rendezvous::rate::Rate {
             per_sec: 1,
             burst: 2,
         };

@@ -391,7 +391,7 @@ fn a_flood_from_throwaway_keys_dated_ahead_never_refuses_an_honest_registration(
 fn new_keys_are_rate_limited_per_source_address_and_refreshes_are_not() {
     // Issue 15, A4: Register had no rate limit; throwaway keys now cost proven addresses.
     let mut sim = Sim::with(MemoryStore::new(), |c| {
-        c.new_keys_per_source = relay::Rate {
+        c.new_keys_per_source = rate::Rate {
             per_sec: 1,
             burst: 3,
         }
