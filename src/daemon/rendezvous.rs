@@ -183,6 +183,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         ],
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         send_errors: 0,
+        commits: metrics::CommitStats::default(),
         started,
     };
     let metrics_rx = metrics_server.is_some().then_some(metrics_rx);
@@ -241,6 +242,8 @@ struct Core {
     /// retry control messages, and WireGuard copes with loss).
     send_errors: u64,
     started: Instant,
+    /// How the writes of registrations went, for the metrics page.
+    commits: metrics::CommitStats,
 }
 
 impl Sockets {
@@ -348,7 +351,10 @@ impl Core {
             }
         }
         // The batch's new and changed registrations: one write, then their answers.
-        if self.server.commit(now) > 0 {
+        let started = Instant::now();
+        let committed = self.server.commit(now);
+        if committed > 0 {
+            self.commits.record(committed, started.elapsed());
             while let Some(t) = self.server.poll_transmit(&mut self.out) {
                 queue(&mut self.send, sockets, &mut self.send_errors, t);
             }
@@ -371,6 +377,7 @@ impl Core {
             outbox: self.server.outbox_len(),
             send_errors: self.send_errors,
             store_bytes: None,
+            commits: self.commits,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::exposition::{Exposition, Kind};
+use super::exposition::{Exposition, Kind, Value};
 use crate::rendezvous::{Counters, Refusal, RelayDrop};
 
 /// What the rendezvous loop knows at one moment.
@@ -21,6 +21,28 @@ pub struct RendezvousMetrics {
     pub send_errors: u64,
     /// The database's size on disk (file and write-ahead log), when it could be read.
     pub store_bytes: Option<u64>,
+    /// Writes of new and changed registrations (one per receive batch that had any), the
+    /// registrations they held, the time they took in all, and the slowest.
+    pub commits: CommitStats,
+}
+
+/// How the registry's writes of registrations went (see `Server::commit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommitStats {
+    pub writes: u64,
+    pub registrations: u64,
+    pub seconds: f64,
+    pub slowest_seconds: f64,
+}
+
+impl CommitStats {
+    /// One write of `registrations` that took `took`.
+    pub fn record(&mut self, registrations: usize, took: Duration) {
+        self.writes += 1;
+        self.registrations += registrations as u64;
+        self.seconds += took.as_secs_f64();
+        self.slowest_seconds = self.slowest_seconds.max(took.as_secs_f64());
+    }
 }
 
 /// The text exposition of `m`, families in a fixed order, every reason always.
@@ -152,6 +174,35 @@ pub fn render(m: &RendezvousMetrics) -> String {
         "Trust statements waiting for delivery to their target.",
         m.outbox,
     );
+    let k = &m.commits;
+    for (name, kind, help, value) in [
+        (
+            "pilot_rendezvous_store_commits_total",
+            Kind::Counter,
+            "Writes of new and changed registrations (a receive batch's in one transaction).",
+            Value::from(k.writes),
+        ),
+        (
+            "pilot_rendezvous_store_committed_total",
+            Kind::Counter,
+            "Registrations those writes held.",
+            Value::from(k.registrations),
+        ),
+        (
+            "pilot_rendezvous_store_commit_seconds_total",
+            Kind::Counter,
+            "Time those writes took, in all (the packet loop waits for them).",
+            Value::from(k.seconds),
+        ),
+        (
+            "pilot_rendezvous_store_commit_slowest_seconds",
+            Kind::Gauge,
+            "The slowest of those writes since the rendezvous started.",
+            Value::from(k.slowest_seconds),
+        ),
+    ] {
+        page.single(name, kind, help, value);
+    }
     if let Some(bytes) = m.store_bytes {
         page.single(
             "pilot_rendezvous_store_bytes",
@@ -193,6 +244,12 @@ mod tests {
             outbox: 0,
             send_errors: 7,
             store_bytes: Some(4096),
+            commits: CommitStats {
+                writes: 3,
+                registrations: 5,
+                seconds: 0.25,
+                slowest_seconds: 0.125,
+            },
         };
         let page = render(&m);
         let expected = "\
@@ -286,6 +343,18 @@ pilot_rendezvous_trust_pairs 1
 # HELP pilot_rendezvous_outbox_items Trust statements waiting for delivery to their target.
 # TYPE pilot_rendezvous_outbox_items gauge
 pilot_rendezvous_outbox_items 0
+# HELP pilot_rendezvous_store_commits_total Writes of new and changed registrations (a receive batch's in one transaction).
+# TYPE pilot_rendezvous_store_commits_total counter
+pilot_rendezvous_store_commits_total 3
+# HELP pilot_rendezvous_store_committed_total Registrations those writes held.
+# TYPE pilot_rendezvous_store_committed_total counter
+pilot_rendezvous_store_committed_total 5
+# HELP pilot_rendezvous_store_commit_seconds_total Time those writes took, in all (the packet loop waits for them).
+# TYPE pilot_rendezvous_store_commit_seconds_total counter
+pilot_rendezvous_store_commit_seconds_total 0.25
+# HELP pilot_rendezvous_store_commit_slowest_seconds The slowest of those writes since the rendezvous started.
+# TYPE pilot_rendezvous_store_commit_slowest_seconds gauge
+pilot_rendezvous_store_commit_slowest_seconds 0.125
 # HELP pilot_rendezvous_store_bytes Size of the registry database on disk (file and write-ahead log).
 # TYPE pilot_rendezvous_store_bytes gauge
 pilot_rendezvous_store_bytes 4096
