@@ -331,12 +331,9 @@ fn a_1280_byte_link_on_the_path_carries_20_mb_even_where_icmp_is_dropped() {
 }
 
 /// A pair behind symmetric IPv4 NATs (relayed over IPv4) whose LANs also have IPv6 behind
-/// stateful firewalls; `no_v4`: the hosts have no IPv4 beyond their LAN and reach the
-/// rendezvous over IPv6. Both must end direct over IPv6, and curl crosses.
-fn ipv6_pair(test: &str, no_v4: bool) {
-    if !lab::privileged(test) {
-        return;
-    }
+/// stateful firewalls, trusting each other; `no_v4`: the hosts have no IPv4 beyond their LAN
+/// and reach the rendezvous over IPv6.
+fn ipv6_world(no_v4: bool) -> World {
     let mut lab = Lab::new();
     let mut extra = vec!["--v6-1", "fw", "--v6-2", "fw"];
     if no_v4 {
@@ -353,17 +350,17 @@ fn ipv6_pair(test: &str, no_v4: bool) {
         lab.start_with(node, &["--rendezvous".to_owned(), pinned.clone()]);
     }
     lab.trust(&a, &b);
-    let mut w = World {
+    World {
         lab,
         name,
         a,
         b,
         rendezvous,
-    };
-    let www = w.lab.dir.join("www");
-    fs::create_dir(&www).unwrap();
-    fs::write(www.join("index.html"), "over IPv6\n").unwrap();
-    w.serve(&www, "index.html");
+    }
+}
+
+/// Both sides report a direct path over IPv6 within 15 s.
+fn wait_direct_over_ipv6(w: &World) {
     for (from, to, endpoint) in [
         (&w.a, &w.b, "[2001:db8:2::10]"),
         (&w.b, &w.a, "[2001:db8:1::10]"),
@@ -388,6 +385,19 @@ fn ipv6_pair(test: &str, no_v4: bool) {
             w.logs()
         );
     }
+}
+
+/// Both ends direct over IPv6 and curl crosses.
+fn ipv6_pair(test: &str, no_v4: bool) {
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut w = ipv6_world(no_v4);
+    let www = w.lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    fs::write(www.join("index.html"), "over IPv6\n").unwrap();
+    w.serve(&www, "index.html");
+    wait_direct_over_ipv6(&w);
     let url = format!("http://[{}]:8080/index.html", w.b.address);
     let out = ns_exec(&w.a.ns, &["curl", "-sS", "--fail", "-m", "5", &url]);
     assert_eq!(
@@ -395,6 +405,39 @@ fn ipv6_pair(test: &str, no_v4: bool) {
         "over IPv6\n",
         "{out:?}"
     );
+}
+
+#[test]
+fn a_small_link_on_an_ipv6_path_carries_20_mb_where_packet_too_big_is_dropped() {
+    // Issue 13, item 4, over IPv6: routers never fragment, and a full-size tunnel packet
+    // (1,460 bytes) does not fit a 1,400-byte link; where the ICMPv6 Packet Too Big is
+    // dropped, every full-size packet is lost while pings and handshakes still pass.
+    let test = "a_small_link_on_an_ipv6_path_carries_20_mb_where_packet_too_big_is_dropped";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut w = ipv6_world(false);
+    let www = w.lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    fs::write(www.join("big.bin"), &big).unwrap();
+    w.serve(&www, "big.bin");
+    wait_direct_over_ipv6(&w);
+    let rules = "table inet mtu {\n  chain out {\n    type filter hook output priority 0;\n    \
+                 icmpv6 type packet-too-big drop\n  }\n}\n";
+    let file = w.lab.dir.join("no-ptb.nft");
+    fs::write(&file, rules).unwrap();
+    for host in ["inet", "n1", "n2"] {
+        let ns = format!("{}-{host}", w.name);
+        let out = ns_exec(&ns, &["nft", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    set_path_mtu(&w, 1400);
+    let url = format!("http://[{}]:8080/big.bin", w.b.address);
+    fetch_while(&mut w, &url, &big, Duration::ZERO, |_| {});
+    wait_direct_over_ipv6(&w);
 }
 
 #[test]

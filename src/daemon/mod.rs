@@ -338,6 +338,7 @@ async fn serve(
         seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
         rendezvous: start.rendezvous,
         standby_rendezvous: options.standby_rendezvous.clone(),
+        mtu: u16::try_from(options.mtu).unwrap_or(u16::MAX),
         lan: lan_endpoints(&local.interface, listen_port),
         endpoint: options.endpoint,
         local_port: listen_port,

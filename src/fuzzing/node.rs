@@ -70,6 +70,7 @@ impl World {
         let t0 = Instant::now();
         let node = Node::new(NodeConfig {
             standby_rendezvous: Vec::new(),
+            mtu: 1380,
             identity: clone_identity(ME),
             peers: vec![PeerConfig {
                 key: fixed_identity(PEER_ID).public_key(),

@@ -104,6 +104,7 @@ impl Node {
                     None,
                 );
             }
+            self.drive_pmtu(index, now);
             if registered && self.peers[index].path.wants_connect(now) {
                 let target = self.peers[index].key;
                 self.send_to_rendezvous(0, &Message::Connect { target }, now);
@@ -298,6 +299,9 @@ impl Node {
         if !self.peers[index].trusted {
             return false;
         }
+        if self.peers[index].pmtu.on_ack(echo, self.tun_mtu, now) {
+            return true;
+        }
         let was_direct = self.peers[index].path.direct_endpoint().is_some();
         if self.peers[index].path.on_probe_ack(echo, from, now) {
             if !was_direct {
@@ -335,10 +339,41 @@ impl Node {
         self.send_control(to, message, now)
     }
 
+    /// Measures peer `index`'s direct IPv6 path (see `pmtu`): a `Probe` padded to the size
+    /// of a full tunnel packet, or the next size down.
+    fn drive_pmtu(&mut self, index: usize, now: Instant) {
+        let endpoint = self.peers[index].path.direct_endpoint();
+        let Some(size) = self.peers[index].pmtu.poll(endpoint, self.tun_mtu, now) else {
+            return;
+        };
+        let (Some(to), target) = (endpoint, self.peers[index].key) else {
+            return;
+        };
+        let len = super::pmtu::probe_len(size);
+        let nonce = self.send_padded_control(to, &Message::Probe { target }, len, now);
+        self.peers[index].pmtu.sent(nonce, size, now);
+    }
+
     /// Seals `message` with this node's key and queues it for `to`; returns its nonce.
     pub(super) fn send_control(&mut self, to: SocketAddr, message: &Message, now: Instant) -> u64 {
+        self.send_padded_control(to, message, 0, now)
+    }
+
+    /// [`Node::send_control`], with the body padded with zeros to make the datagram `len`
+    /// bytes long (if it is shorter).
+    fn send_padded_control(
+        &mut self,
+        to: SocketAddr,
+        message: &Message,
+        len: usize,
+        now: Instant,
+    ) -> u64 {
         let mut body = Vec::new();
         message.encode(&mut body);
+        let padded = len.saturating_sub(envelope::OVERHEAD);
+        if body.len() < padded {
+            body.resize(padded, 0);
+        }
         let nonce = self.nonces.next_nonce();
         let mut sealed = vec![0u8; envelope::OVERHEAD + body.len()];
         let unix_ms = self.clock.unix_ms(now);

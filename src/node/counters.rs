@@ -99,6 +99,9 @@ pub struct Counters {
     pub punches_failed: u64,
     /// Direct paths given up after going silent under traffic (back to the relay).
     pub relay_fallbacks: u64,
+    /// Packets from the TUN larger than a direct IPv6 path carries, answered with an ICMPv6
+    /// Packet Too Big (see `pmtu`).
+    pub too_big: u64,
     /// Moves to another rendezvous (it stopped answering, or the first one came back).
     pub rendezvous_switches: u64,
     /// Bytes of relay frames sent to and received from the rendezvous (headers included).

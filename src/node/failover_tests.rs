@@ -44,6 +44,7 @@ impl World {
             seed: 5,
             rendezvous: Some(config(&first)),
             standby_rendezvous: vec![config(&second)],
+            mtu: 1380,
             lan: Vec::new(),
             endpoint: None,
             local_port: 51870,

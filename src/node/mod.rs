@@ -23,6 +23,7 @@ mod liveness;
 mod names;
 mod path;
 mod peer;
+mod pmtu;
 mod port_mapping;
 mod rendezvous;
 mod trust;
@@ -120,6 +121,8 @@ pub struct NodeConfig {
     pub endpoint: Option<SocketAddr>,
     /// The UDP port the node's socket is bound to (for `netcheck`'s port preservation).
     pub local_port: u16,
+    /// The TUN's MTU: the largest packet the kernel hands over (see `pmtu`).
+    pub mtu: u16,
     pub clock: WallClock,
 }
 
@@ -280,6 +283,7 @@ pub struct Node {
     /// The rendezvous list, when there is more than one.
     failover: Failover,
     lan: Vec<SocketAddr>,
+    tun_mtu: u16,
     /// What the router offered (PCP, NAT-PMP), and the public endpoint it mapped to us, told
     /// to peers after the configured one (see `port_mapping.rs`).
     port_map: PortMapStatus,
@@ -364,6 +368,7 @@ impl Node {
             port_map: PortMapStatus::off(),
             mapped: None,
             local_port: config.local_port,
+            tun_mtu: config.mtu,
             clock: config.clock,
             replay: ReplayGuard::new(REPLAY_SENDERS),
             nonces: NonceSource::new(config.seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -493,6 +498,13 @@ impl Node {
         if route == Route::Nowhere {
             self.counters.drop(DropReason::NoEndpoint);
             return self.unreachable(UnreachableCode::AddressUnreachable, packet, now, out);
+        }
+        if let (Route::Direct(_), Some(mtu)) = (route, self.peers[index].pmtu.inner()) {
+            if packet.len() > usize::from(mtu) {
+                // The path carries less than the TUN lets through: tell the sender's stack.
+                self.counters.too_big += 1;
+                return self.too_big(mtu, packet, now, out);
+            }
         }
         self.peers[index].path.on_tx(now);
         self.peers[index].liveness.sent_data(now);

@@ -99,6 +99,8 @@ pub(crate) struct Peer {
     pub last_rtt: Option<Duration>,
     /// Whether the peer answers, from what arrives.
     pub liveness: Liveness,
+    /// The measured MTU of a direct IPv6 path (see `pmtu`).
+    pub pmtu: super::pmtu::PathMtu,
     /// The gate: a configured peer, or a valid mutual trust record. While false, nothing is
     /// sent to the peer and nothing from it is answered or delivered.
     pub trusted: bool,
@@ -146,6 +148,7 @@ impl Peer {
             last_clock_reset: None,
             last_rtt: None,
             liveness: Liveness::default(),
+            pmtu: Default::default(),
             trusted: false,
             own_secret,
             wg_public,

@@ -347,6 +347,36 @@ impl Node {
         }
     }
 
+    /// An ICMPv6 Packet Too Big for `packet` into the TUN, within the ICMPv6 error budget.
+    pub(super) fn too_big<'a>(
+        &mut self,
+        mtu: u16,
+        packet: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> TunOutput<'a> {
+        if !self.take_icmp_token(now) {
+            return TunOutput::Nothing;
+        }
+        match ip::write_packet_too_big(out, self.ip, u32::from(mtu), packet) {
+            Some(len) => TunOutput::Reply(&out[..len]),
+            None => TunOutput::Nothing,
+        }
+    }
+
+    /// One ICMPv6 error from this second's budget, if any is left.
+    fn take_icmp_token(&mut self, now: Instant) -> bool {
+        if self.icmp_refill.is_none_or(|t| now >= t) {
+            self.icmp_refill = Some(now + Duration::from_secs(1));
+            self.icmp_tokens = ICMP_ERRORS_PER_SEC;
+        }
+        if self.icmp_tokens == 0 {
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
+    }
+
     pub(super) fn unreachable<'a>(
         &mut self,
         code: UnreachableCode,
@@ -354,18 +384,11 @@ impl Node {
         now: Instant,
         out: &'a mut [u8],
     ) -> TunOutput<'a> {
-        if self.icmp_refill.is_none_or(|t| now >= t) {
-            self.icmp_refill = Some(now + Duration::from_secs(1));
-            self.icmp_tokens = ICMP_ERRORS_PER_SEC;
-        }
-        if self.icmp_tokens == 0 {
+        if !self.take_icmp_token(now) {
             return TunOutput::Nothing;
         }
         match ip::write_unreachable(out, self.ip, code, packet) {
-            Some(len) => {
-                self.icmp_tokens -= 1;
-                TunOutput::Reply(&out[..len])
-            }
+            Some(len) => TunOutput::Reply(&out[..len]),
             None => TunOutput::Nothing,
         }
     }

@@ -477,8 +477,10 @@ impl Message {
             },
             other => return Err(DecodeError::UnknownKind(other)),
         };
-        // Requests may carry zero padding (see [`REQUEST_MIN_LEN`]); nothing else may trail.
-        let padding = message.may_come_unproven() && r.0.iter().all(|&b| b == 0);
+        // Requests may carry zero padding (see [`REQUEST_MIN_LEN`]), and so may a `Probe` (a
+        // path-MTU probe is one padded to the size it tests); nothing else may trail.
+        let paddable = message.may_come_unproven() || matches!(message, Message::Probe { .. });
+        let padding = paddable && r.0.iter().all(|&b| b == 0);
         if !r.0.is_empty() && !padding {
             return Err(DecodeError::Trailing);
         }
@@ -741,6 +743,11 @@ mod tests {
                 );
             }
             body.push(0);
+            if matches!(m, Message::Probe { .. }) {
+                // A path-MTU probe: padded with zeros to the size it tests, and nothing else.
+                assert_eq!(Message::decode(m.kind(), &body), Ok(m.clone()));
+                body.push(1);
+            }
             assert_eq!(
                 Message::decode(m.kind(), &body),
                 Err(DecodeError::Trailing),

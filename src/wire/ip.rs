@@ -8,6 +8,7 @@ pub const IPV6_HEADER_LEN: usize = 40;
 pub const NEXT_HEADER_ICMPV6: u8 = 58;
 pub const NEXT_HEADER_UDP: u8 = 17;
 const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 const HOP_LIMIT: u8 = 64;
@@ -144,6 +145,34 @@ pub fn write_unreachable(
     Some(total)
 }
 
+/// Writes an ICMPv6 Packet Too Big about `offending` into `buf`, from `src` back to the
+/// offending packet's source: the path onwards carries at most `mtu` bytes, so the sender's
+/// stack lowers its path MTU for that destination (RFC 4443 §3.2, RFC 8201). `None` when the
+/// offending packet is not IPv6 or `buf` is too small. Unlike other errors it may answer an
+/// ICMPv6 error too large to pass.
+pub fn write_packet_too_big(
+    buf: &mut [u8],
+    src: Ipv6Addr,
+    mtu: u32,
+    offending: &[u8],
+) -> Option<usize> {
+    let (orig_src, _) = ipv6_addrs(offending)?;
+    let quoted = offending.len().min(MIN_MTU - IPV6_HEADER_LEN - 8);
+    let icmp_len = 8 + quoted;
+    let total = IPV6_HEADER_LEN + icmp_len;
+    let orig_src = *orig_src;
+    let out = buf.get_mut(..total)?;
+    write_ipv6_header(out, &src.octets(), &orig_src, NEXT_HEADER_ICMPV6, icmp_len)?;
+    let icmp = &mut out[IPV6_HEADER_LEN..];
+    icmp[0] = ICMPV6_PACKET_TOO_BIG;
+    icmp[1] = 0;
+    icmp[2..4].fill(0);
+    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[8..].copy_from_slice(&offending[..quoted]);
+    finish_icmpv6(out);
+    Some(total)
+}
+
 /// Writes a 40-byte IPv6 header (no flow label, hop limit 64) at the start of `out`.
 pub(crate) fn write_ipv6_header(
     out: &mut [u8],
@@ -256,6 +285,31 @@ mod tests {
         assert_eq!(
             write_unreachable(&mut [0u8; 1500], A, UnreachableCode::NoRoute, err),
             None
+        );
+    }
+
+    #[test]
+    fn packet_too_big_names_the_mtu_and_quotes_the_packet() {
+        let mut req = [0u8; 1500];
+        let n = write_echo_request(&mut req, B, A, 1, 1, &[0x55; 1400]).unwrap();
+        let mut buf = [0u8; 1500];
+        let m = write_packet_too_big(&mut buf, A, 1340, &req[..n]).unwrap();
+        assert_eq!(m, MIN_MTU, "as much of the packet as fits the minimum MTU");
+        let err = &buf[..m];
+        assert_eq!(
+            ipv6_addrs(err),
+            Some((&A.octets(), &B.octets())),
+            "back to its sender"
+        );
+        let icmp = &err[IPV6_HEADER_LEN..];
+        assert_eq!((icmp[0], icmp[1]), (ICMPV6_PACKET_TOO_BIG, 0));
+        assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), 1340);
+        assert_eq!(icmpv6_checksum(&A.octets(), &B.octets(), icmp), 0);
+        assert_eq!(&err[48..88], &req[..40]);
+        assert_eq!(
+            write_packet_too_big(&mut buf, A, 1340, &[0x45; 60]),
+            None,
+            "not IPv6"
         );
     }
 

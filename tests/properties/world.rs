@@ -213,6 +213,7 @@ impl World {
         };
         Node::new(NodeConfig {
             standby_rendezvous: Vec::new(),
+            mtu: 1380,
             identity: Identity::from_secret_bytes(&identity.signing_key().to_bytes()),
             peers: Vec::new(),
             trust,

@@ -179,6 +179,7 @@ impl Sim {
         });
         Node::new(NodeConfig {
             standby_rendezvous: standby.into_iter().collect(),
+            mtu: 1380,
             identity: identity(n),
             peers: Vec::new(),
             trust: TrustState {
@@ -815,6 +816,7 @@ fn nothing_passes_until_both_sides_agree_and_untrust_stops_it() {
     sim.run_for(Duration::from_secs(1));
     sim.nodes[y].node = Node::new(NodeConfig {
         standby_rendezvous: Vec::new(),
+        mtu: 1380,
         identity: identity(2),
         peers: vec![PeerConfig {
             key: kx,

@@ -144,6 +144,11 @@ pub fn render(m: &NodeMetrics) -> String {
             c.relay_fallbacks,
         ),
         (
+            "pilot_packets_too_big_total",
+            "Packets larger than a direct IPv6 path carries, answered with an ICMPv6 Packet Too Big.",
+            c.too_big,
+        ),
+        (
             "pilot_rendezvous_switches_total",
             "Moves to another rendezvous (the one in use stopped answering, or the first came back).",
             c.rendezvous_switches,
@@ -297,6 +302,7 @@ mod tests {
             "pilot_direct_paths_found_total 2",
             "pilot_punches_failed_total 1",
             "pilot_relay_fallbacks_total 1",
+            "pilot_packets_too_big_total 0",
             "pilot_rendezvous_switches_total 0",
             "pilot_relay_tx_bytes_total 330",
             "pilot_relay_rx_bytes_total 660",
@@ -320,7 +326,7 @@ mod tests {
         let drops = lines.iter().filter(|l| l.starts_with("pilot_drops_total{"));
         assert_eq!(drops.count(), DropReason::ALL.len() + 3);
         let families = lines.iter().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 26);
+        assert_eq!(families, 27);
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("# HELP ")).count(),
             families
