@@ -124,25 +124,13 @@ pub fn write_unreachable(
     code: UnreachableCode,
     offending: &[u8],
 ) -> Option<usize> {
-    let (orig_src, _) = ipv6_addrs(offending)?;
+    ipv6_addrs(offending)?;
     if offending[6] == NEXT_HEADER_ICMPV6
         && offending.get(IPV6_HEADER_LEN).is_some_and(|t| *t < 128)
     {
         return None;
     }
-    let quoted = offending.len().min(MIN_MTU - IPV6_HEADER_LEN - 8);
-    let icmp_len = 8 + quoted;
-    let total = IPV6_HEADER_LEN + icmp_len;
-    let orig_src = *orig_src;
-    let out = buf.get_mut(..total)?;
-    write_ipv6_header(out, &src.octets(), &orig_src, NEXT_HEADER_ICMPV6, icmp_len)?;
-    let icmp = &mut out[IPV6_HEADER_LEN..];
-    icmp[0] = ICMPV6_DEST_UNREACHABLE;
-    icmp[1] = code as u8;
-    icmp[2..8].fill(0);
-    icmp[8..].copy_from_slice(&offending[..quoted]);
-    finish_icmpv6(out);
-    Some(total)
+    write_error(buf, src, (ICMPV6_DEST_UNREACHABLE, code as u8), 0, offending)
 }
 
 /// Writes an ICMPv6 Packet Too Big about `offending` into `buf`, from `src` back to the
@@ -156,6 +144,18 @@ pub fn write_packet_too_big(
     mtu: u32,
     offending: &[u8],
 ) -> Option<usize> {
+    write_error(buf, src, (ICMPV6_PACKET_TOO_BIG, 0), mtu, offending)
+}
+
+/// An ICMPv6 error of `(type, code)` with `word` in its second four bytes, quoting as much of
+/// `offending` as fits the IPv6 minimum MTU, back to its source.
+fn write_error(
+    buf: &mut [u8],
+    src: Ipv6Addr,
+    (kind, code): (u8, u8),
+    word: u32,
+    offending: &[u8],
+) -> Option<usize> {
     let (orig_src, _) = ipv6_addrs(offending)?;
     let quoted = offending.len().min(MIN_MTU - IPV6_HEADER_LEN - 8);
     let icmp_len = 8 + quoted;
@@ -164,10 +164,10 @@ pub fn write_packet_too_big(
     let out = buf.get_mut(..total)?;
     write_ipv6_header(out, &src.octets(), &orig_src, NEXT_HEADER_ICMPV6, icmp_len)?;
     let icmp = &mut out[IPV6_HEADER_LEN..];
-    icmp[0] = ICMPV6_PACKET_TOO_BIG;
-    icmp[1] = 0;
+    icmp[0] = kind;
+    icmp[1] = code;
     icmp[2..4].fill(0);
-    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[4..8].copy_from_slice(&word.to_be_bytes());
     icmp[8..].copy_from_slice(&offending[..quoted]);
     finish_icmpv6(out);
     Some(total)
