@@ -9,9 +9,10 @@
 //!   and the node hands them over, so it introduces and relays the node's pairs within that
 //!   round trip. Direct paths do not involve the rendezvous and carry on meanwhile.
 //! - **Noticing in time.** An idle node notices at its next refresh (the keepalive, 25 s by
-//!   default). A node relaying traffic through the rendezvous refreshes every
-//!   [`RELAYED_REFRESH`] instead, so a relayed pair is moved within about 10 s of the
-//!   rendezvous' death; the refresh is one small signed datagram.
+//!   default). A node relaying traffic through the rendezvous, or waiting for its answer to a
+//!   trust statement or a lookup (a verb someone typed), refreshes every [`RELAYED_REFRESH`]
+//!   instead, so it moves within about 10 s of the rendezvous' death; the refresh is one
+//!   small signed datagram.
 //! - **Failback.** While on another than the first, the node asks the first for a NAT probe
 //!   every [`FAILBACK_EVERY`]; an answer signed with its pinned key brings the node back, so
 //!   nodes that got split between instances (each still reachable by some) end up on the same
@@ -84,7 +85,10 @@ impl Node {
         if !self.failover.is_on() {
             return;
         }
+        // Someone waits on the rendezvous: traffic through its relay, or a verb's statement or
+        // lookup not yet answered. Then a dead rendezvous must be noticed in seconds.
         let relaying = (self.peers.iter()).any(|p| p.trusted && p.path.relays_traffic(now));
+        let waiting = relaying || !self.inflight.is_empty() || !self.lookups.is_empty();
         let Some(link) = &mut self.link else {
             return;
         };
@@ -93,7 +97,7 @@ impl Node {
             self.switch_rendezvous(next, "it stopped answering", now);
             return;
         }
-        if relaying {
+        if waiting {
             link.refresh_within(RELAYED_REFRESH, now);
         }
         let back_home = self.failover.current != 0 && link.is_registered(now);

@@ -210,3 +210,32 @@ fn one_rendezvous_is_never_left() {
     }
     assert_eq!(a.counters().rendezvous_switches, 0);
 }
+
+#[test]
+fn an_idle_node_asked_for_a_lookup_notices_a_dead_rendezvous_within_seconds() {
+    let mut w = World::new();
+    let second = w.second.1;
+    w.alive = [true, true];
+    w.run(Duration::from_secs(1));
+    assert!(w.node.is_registered(w.now));
+    // The first dies; the node is idle, so it would notice at its next refresh (25 s).
+    w.alive[0] = false;
+    w.run(Duration::from_secs(5));
+    let asked = w.now;
+    let name: crate::addr::Hostname = "bob".parse().unwrap();
+    w.node
+        .lookup(crate::wire::control::Query::Name(name), w.now)
+        .unwrap();
+    let mut moved = None;
+    for _ in 0..150 {
+        w.run(Duration::from_millis(100));
+        if w.node.net_status(w.now).rendezvous == Some(second.to_string())
+            && w.node.is_registered(w.now)
+        {
+            moved = Some(w.now - asked);
+            break;
+        }
+    }
+    let moved = moved.expect("moved to the second");
+    assert!(moved <= Duration::from_secs(10), "after {moved:?}");
+}

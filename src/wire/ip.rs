@@ -130,7 +130,13 @@ pub fn write_unreachable(
     {
         return None;
     }
-    write_error(buf, src, (ICMPV6_DEST_UNREACHABLE, code as u8), 0, offending)
+    write_error(
+        buf,
+        src,
+        (ICMPV6_DEST_UNREACHABLE, code as u8),
+        0,
+        offending,
+    )
 }
 
 /// Writes an ICMPv6 Packet Too Big about `offending` into `buf`, from `src` back to the
