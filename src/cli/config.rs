@@ -20,7 +20,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use toml::Value;
 
-use super::{pilotd, rendezvous};
+use super::{rendezvous, values};
 use crate::addr::Hostname;
 use crate::daemon::services::Expose;
 use crate::daemon::{self, MTU_RANGE};
@@ -65,7 +65,7 @@ pub struct UpFile {
     #[serde(default, deserialize_with = "boolean")]
     pub userspace: Option<bool>,
     #[serde(default, deserialize_with = "socks5")]
-    pub socks5: Option<pilotd::Socks5Addr>,
+    pub socks5: Option<values::Socks5Addr>,
     #[serde(default, deserialize_with = "expose")]
     pub expose: Option<Vec<Expose>>,
 }
@@ -349,7 +349,7 @@ fn peers<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PeerConfig>>, D::
         return Err(mismatch(EXPECTED, &value));
     };
     let peers = items.iter().map(|item| match item {
-        Value::String(text) => pilotd::parse_peer(text).map_err(D::Error::custom),
+        Value::String(text) => values::parse_peer(text).map_err(D::Error::custom),
         _ => Err(mismatch(EXPECTED, &value)),
     });
     peers.collect::<Result<_, _>>().map(Some)
@@ -368,9 +368,9 @@ fn expose<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Expose>>, D::Err
     rules.collect::<Result<_, _>>().map(Some)
 }
 
-fn socks5<'de, D: Deserializer<'de>>(d: D) -> Result<Option<pilotd::Socks5Addr>, D::Error> {
+fn socks5<'de, D: Deserializer<'de>>(d: D) -> Result<Option<values::Socks5Addr>, D::Error> {
     parsed(d, "\"IP:PORT\" or \"off\"", |s| {
-        s.parse::<pilotd::Socks5Addr>()
+        s.parse::<values::Socks5Addr>()
     })
 }
 
@@ -385,23 +385,23 @@ fn rendezvous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RendezvousCo
         _ => return Err(mismatch(EXPECTED, &value)),
     };
     let list = items.iter().map(|item| match item {
-        Value::String(text) => pilotd::parse_rendezvous(text).map_err(D::Error::custom),
+        Value::String(text) => values::parse_rendezvous(text).map_err(D::Error::custom),
         _ => Err(mismatch(EXPECTED, &value)),
     });
     list.collect::<Result<_, _>>().map(Some)
 }
 
 fn endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    parsed(d, "\"IP:PORT\"", pilotd::parse_endpoint)
+    parsed(d, "\"IP:PORT\"", values::parse_endpoint)
 }
 
 fn hostname<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Hostname>, D::Error> {
-    parsed(d, "a hostname (a string)", pilotd::parse_hostname)
+    parsed(d, "a hostname (a string)", values::parse_hostname)
 }
 
 fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     parsed(d, "a log filter (a string)", |s| {
-        pilotd::log_filter(s).map(|_| s.to_owned())
+        values::log_filter(s).map(|_| s.to_owned())
     })
 }
 

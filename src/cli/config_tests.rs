@@ -86,7 +86,7 @@ expose = ["8080", "80:8081"]
         log_level: Some("pilot=debug".into()),
         metrics: Some("127.0.0.1:9100".parse().unwrap()),
         userspace: Some(true),
-        socks5: Some(crate::cli::pilotd::Socks5Addr(Some(
+        socks5: Some(crate::cli::values::Socks5Addr(Some(
             "127.0.0.1:1081".parse().unwrap(),
         ))),
         expose: Some(vec!["8080".parse().unwrap(), "80:8081".parse().unwrap()]),

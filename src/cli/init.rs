@@ -91,7 +91,7 @@ pub fn run(socket: &Path, args: InitArgs) -> Result<ExitCode, ClientError> {
         node: id.address().to_string(),
     };
     if args.json {
-        super::pilotctl::print_json(&serde_json::to_value(&done).expect("serializes"));
+        super::control_call::print_json(&serde_json::to_value(&done).expect("serializes"));
     } else {
         print!("{}", report(&done));
     }

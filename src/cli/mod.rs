@@ -1,6 +1,7 @@
 //! Command lines of the two binaries.
 
 pub mod config;
+mod control_call;
 mod init;
 #[cfg(test)]
 mod packaging_files;
@@ -17,3 +18,4 @@ mod streams;
 mod trust_gate;
 mod trust_text;
 mod up_flags;
+pub mod values;

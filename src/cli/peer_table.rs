@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
+use crate::daemon::control::PeerRef;
 use crate::node::PeerStatus;
+use crate::wire::printable::printable;
 
 /// The table, header first; `no peers` when there are none.
 pub(super) fn peer_table(peers: &[PeerStatus]) -> String {
@@ -65,6 +67,26 @@ fn row(
         "{node:<14} {name:<16} {address:<22} {path:<6} {endpoint:<22} {rx:>10} {tx:>10} \
          {handshake:>9} {heard:>9} {rtt:>9}"
     );
+}
+
+/// `bob (fd70::…)`, or the node address when there is no hostname. Hostnames come from the
+/// rendezvous: escaped like any text from the network.
+pub(super) fn who(peer: &PeerRef) -> String {
+    match &peer.hostname {
+        Some(name) => format!("{} ({})", printable(name), peer.address),
+        None => format!("{} ({})", peer.node, peer.address),
+    }
+}
+
+/// How long ago `issued_ms` was: `secs` as the daemon measured it with the node's clock
+/// (corrected when this system's clock is off), else by this system's clock.
+pub(super) fn age(issued_ms: u64, secs: Option<u64>) -> String {
+    let secs = secs.unwrap_or_else(|| crate::clock::unix_ms_now().saturating_sub(issued_ms) / 1000);
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
 }
 
 #[cfg(test)]

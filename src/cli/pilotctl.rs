@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use serde_json::Value;
 
 use crate::daemon::control::{
     self, ClientError, HandshakeReply, PeerRef, PingReply, Request, RequestInfo, TrustReply,
@@ -13,12 +12,11 @@ use crate::daemon::control::{
 use crate::node::HandshakeOutcome;
 use crate::node::PeerStatus;
 
+use super::control_call::{call, parse, print_json};
+use super::peer_table::who;
 use super::report_text::{info, netcheck, status};
 use super::seed::{refuse_seed_ids, HINT_INFO, HINT_PENDING, HINT_TRUST};
 use super::{streams, trust_text};
-use crate::wire::printable::printable;
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(name = "pilotctl", version, about = "Control a running pilotd")]
@@ -250,14 +248,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-pub(super) fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
-    control::request(socket, request, REQUEST_TIMEOUT)
-}
-
-pub(super) fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError> {
-    serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
-}
-
 fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     let value = call(socket, &Request::Peers {})?;
     if json {
@@ -267,19 +257,6 @@ fn peers(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {
     let peers: Vec<PeerStatus> = parse(value)?;
     print!("{}", super::peer_table::peer_table(&peers));
     Ok(ExitCode::SUCCESS)
-}
-
-/// `bob (fd70::…)`, or the node address when there is no hostname. Hostnames come from the
-/// rendezvous: escaped like any text from the network.
-pub(super) fn who(peer: &PeerRef) -> String {
-    match &peer.hostname {
-        Some(name) => format!("{} ({})", printable(name), peer.address),
-        None => format!("{} ({})", peer.node, peer.address),
-    }
-}
-
-pub(super) fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("json"));
 }
 
 fn resolve(socket: &Path, name: String, json: bool) -> Result<ExitCode, ClientError> {
@@ -344,17 +321,6 @@ fn verb(socket: &Path, request: Request, json: bool) -> Result<ExitCode, ClientE
         _ => println!("no longer trusting {peer}; its session is closed"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// How long ago `issued_ms` was: `secs` as the daemon measured it with the node's clock
-/// (corrected when this system's clock is off), else by this system's clock.
-pub(super) fn age(issued_ms: u64, secs: Option<u64>) -> String {
-    let secs = secs.unwrap_or_else(|| crate::clock::unix_ms_now().saturating_sub(issued_ms) / 1000);
-    match secs {
-        0..=119 => format!("{secs}s ago"),
-        120..=7199 => format!("{}m ago", secs / 60),
-        _ => format!("{}h ago", secs / 3600),
-    }
 }
 
 fn pending(socket: &Path, json: bool) -> Result<ExitCode, ClientError> {

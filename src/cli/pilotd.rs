@@ -1,6 +1,6 @@
 //! `pilotd`: the daemon's command line.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +10,9 @@ use tracing_subscriber::EnvFilter;
 
 use super::config::{self, RendezvousFile, UpFile};
 use super::rendezvous::{RendezvousAction, RendezvousCommand};
+use super::values::{
+    log_filter, parse_endpoint, parse_hostname, parse_peer, parse_rendezvous, Socks5Addr,
+};
 use crate::addr::Hostname;
 use crate::daemon::rendezvous::run_rendezvous;
 use crate::daemon::services::Expose;
@@ -17,7 +20,7 @@ use crate::daemon::{
     self, control, UpOptions, Userspace, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU,
     DEFAULT_SOCKS5,
 };
-use crate::identity::{self, Identity, NodeKey};
+use crate::identity::{self, Identity};
 use crate::node::{PeerConfig, RendezvousConfig};
 
 /// Log filter when neither `--log-level`, `PILOT_LOG` nor a config file sets one.
@@ -139,23 +142,6 @@ struct UpArgs {
     /// 127.0.0.1:LOCALPORT (default: the same port). Repeatable.
     #[arg(long, value_name = "PORT[:LOCALPORT]")]
     expose: Vec<Expose>,
-}
-
-/// `--socks5`: an address, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Socks5Addr(pub Option<SocketAddr>);
-
-impl std::str::FromStr for Socks5Addr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Socks5Addr, String> {
-        if s == "off" {
-            return Ok(Socks5Addr(None));
-        }
-        s.parse()
-            .map(|a| Socks5Addr(Some(a)))
-            .map_err(|_| format!("`{s}`: expected IP:PORT (IPv6 in brackets) or off"))
-    }
 }
 
 /// The command line, for the generated completions and man pages.
@@ -339,39 +325,6 @@ pub(super) const PUBLIC_ALONE: &str = "--public only marks the --endpoint as pub
      Nothing makes a node open to everyone: trust is always mutual; to approve every trust \
      request automatically, run pilotd with --auto-approve";
 
-/// Parses `--endpoint IP:PORT`: an address peers can send to.
-pub(super) fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|_| format!("`{text}`: expected IP:PORT (IPv6 in brackets)"))?;
-    let ip = addr.ip();
-    if ip.is_unspecified() || ip.is_multicast() || addr.port() == 0 {
-        return Err(format!(
-            "`{text}`: give the address and port peers reach this node at (not a wildcard, \
-             multicast address or port 0)"
-        ));
-    }
-    Ok(addr)
-}
-
-pub(super) fn parse_hostname(s: &str) -> Result<Hostname, String> {
-    s.parse()
-        .map_err(|e: crate::addr::HostnameError| e.to_string())
-}
-
-/// Parses `KEY@HOST:PORT`, resolving HOST once, now.
-pub(super) fn parse_peer(text: &str) -> Result<PeerConfig, String> {
-    let (key, endpoint) = text
-        .split_once('@')
-        .ok_or_else(|| format!("`{text}`: expected KEY@HOST:PORT"))?;
-    let key: NodeKey = key.parse().map_err(|e| format!("{e}"))?;
-    let endpoint = resolve_endpoint(endpoint)?;
-    Ok(PeerConfig {
-        key,
-        endpoint: Some(endpoint),
-    })
-}
-
 /// The rendezvous to use first and the ones to move to, from `--rendezvous` (or the config
 /// file's `rendezvous`) in order. Several must each have a pinned key: a node moving between
 /// them must not trust whichever key answers at the next address, and answers from one it
@@ -402,60 +355,6 @@ fn rendezvous_list(
     }
     let standby = list.split_off(list.len().min(1));
     Ok((list.pop(), standby))
-}
-
-/// Parses `[KEY@]HOST:PORT` for `--rendezvous`; the alternate port defaults to PORT + 1.
-pub(super) fn parse_rendezvous(text: &str) -> Result<RendezvousConfig, String> {
-    let (key, endpoint) = match text.split_once('@') {
-        Some((key, endpoint)) => (
-            Some(key.parse::<NodeKey>().map_err(|e| format!("{e}"))?),
-            endpoint,
-        ),
-        None => (None, text),
-    };
-    let addr = resolve_endpoint(endpoint)?;
-    let alt_port = addr.port().checked_add(1).ok_or_else(|| {
-        format!("`{text}`: port 65535 leaves no room for the alternate port; give --rendezvous-alt-port")
-    })?;
-    Ok(RendezvousConfig {
-        addr,
-        alt_port,
-        key,
-    })
-}
-
-fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|e| format!("`{text}`: expected HOST:PORT ({e})"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("`{text}`: the name has no address"))
-}
-
-/// The levels `--log-level` takes alone, as its refusals list them.
-const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
-
-/// Parses a log filter as `--log-level` and the config files take it. A bare word that is not
-/// a level is refused: tracing would read it as a target name (`verbose`, `warning`) and log
-/// nothing else at all.
-pub(super) fn log_filter(filter: &str) -> Result<EnvFilter, String> {
-    for directive in filter.split(',').map(str::trim) {
-        if directive.is_empty() || directive.contains('=') {
-            continue;
-        }
-        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
-            return Err(format!(
-                "`{directive}` is not a log level: use one of {}, or directives TARGET=LEVEL \
-                 such as pilot=debug,boringtun=warn",
-                LOG_LEVELS.join(", ")
-            ));
-        }
-    }
-    EnvFilter::try_new(filter).map_err(|e| format!("`{filter}` is not a log filter ({e})"))
 }
 
 /// `--log-level`, checked when the command line is parsed.

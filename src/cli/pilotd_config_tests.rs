@@ -7,6 +7,7 @@ use clap::{Arg, CommandFactory, FromArgMatches};
 use super::*;
 use crate::cli::config::{keys, parse};
 use crate::cli::rendezvous;
+use crate::identity::NodeKey;
 
 /// `pilotd ARGS`, blind to `PILOT_*` variables so the test sees only what it gives.
 fn cli(args: &[&str]) -> Cli {

@@ -10,8 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::control_call::{call, parse, print_json};
 use super::init::write_config;
-use super::pilotctl::{call, parse, print_json};
 use super::up_flags::default_config_path;
 use crate::daemon::control::{ClientError, ReleasedName, Request};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 
 use super::config::RendezvousFile;
-use super::pilotd::parse_hostname;
+use super::values::parse_hostname;
 use crate::addr::Hostname;
 use crate::daemon::rendezvous::{default_data_dir, RendezvousOptions};
 use crate::rendezvous::DEFAULT_NAME_TTL;

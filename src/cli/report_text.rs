@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::pilotctl::{call, parse, print_json};
+use super::control_call::{call, parse, print_json};
 use crate::clock::describe_offset;
 use crate::daemon::control::{ClientError, InfoReply, Request, StatusReply};
 use crate::wire::printable::printable;

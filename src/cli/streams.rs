@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::pilotctl::{call, parse, print_json, who};
+use super::control_call::{call, parse, print_json};
+use super::peer_table::who;
 use crate::daemon::control::{ClientError, InfoReply, PeerRef, Request};
 use crate::daemon::inbox::StoredMessage;
 use crate::daemon::socks5::{self, Reply, Target};
@@ -279,7 +280,7 @@ pub fn inbox(socket: &Path, json: bool, clear: bool) -> Result<ExitCode, ClientE
             m.from.address,
             m.kind.as_str(),
             m.size,
-            super::pilotctl::age(m.received_ms, None)
+            super::peer_table::age(m.received_ms, None)
         );
         match (&m.data, &m.data_base64) {
             // A peer wrote it: each line indented (no forged headers), controls escaped.

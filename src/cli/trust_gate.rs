@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use super::pilotctl::{age, call, parse, who};
+use super::control_call::{call, parse};
+use super::peer_table::{age, who};
 use crate::daemon::control::{ClientError, PeerRef, Request, RequestInfo, TrustReply};
 
 /// `Ok` when packets to `peer` may pass; otherwise why not, naming the next step. `typed` is

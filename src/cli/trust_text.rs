@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::daemon::control::{RequestInfo, TrustReply};
 use crate::wire::printable::printable;
 
-use super::pilotctl::{age, who};
+use super::peer_table::{age, who};
 
 /// The table of requests waiting for approval.
 pub(super) fn pending_text(requests: &[RequestInfo]) -> String {

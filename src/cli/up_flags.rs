@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::config::{self, UpFile};
-use super::pilotd;
+use super::{pilotd, values};
 
 /// Where `pilotctl init` writes and `pilotctl daemon start` reads `pilotd up` settings when
 /// `--config`/`PILOT_CONFIG` do not say: `/etc/pilot/pilotd.toml` for root (the file the
@@ -30,15 +30,15 @@ pub fn default_config_path() -> PathBuf {
 #[derive(Debug, Default, Clone, PartialEq, Eq, clap::Args)]
 pub struct UpFlags {
     /// Hostname to claim at the rendezvous; peers reach this node as NAME.pilot.
-    #[arg(long, value_name = "NAME", value_parser = checked(pilotd::parse_hostname))]
+    #[arg(long, value_name = "NAME", value_parser = checked(values::parse_hostname))]
     pub hostname: Option<String>,
     /// Rendezvous server, [KEY@]HOST:PORT (`--registry` is accepted too, the seed's word).
     #[arg(long, alias = "registry", value_name = "[KEY@]HOST:PORT",
-          value_parser = checked(pilotd::parse_rendezvous))]
+          value_parser = checked(values::parse_rendezvous))]
     pub rendezvous: Option<String>,
     /// This node's public endpoint, when known (a fixed public address or a port forward):
     /// told to peers first.
-    #[arg(long, value_name = "IP:PORT", value_parser = checked(pilotd::parse_endpoint))]
+    #[arg(long, value_name = "IP:PORT", value_parser = checked(values::parse_endpoint))]
     pub endpoint: Option<String>,
     /// Says that --endpoint is public (implied by it; refused alone).
     #[arg(long)]

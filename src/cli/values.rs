@@ -1,0 +1,114 @@
+//! Values the command lines and the config files share, parsed and checked the same way in
+//! both: endpoints, hostnames, static peers, rendezvous, the SOCKS5 address, log filters.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use tracing_subscriber::EnvFilter;
+
+use crate::addr::Hostname;
+use crate::identity::NodeKey;
+use crate::node::{PeerConfig, RendezvousConfig};
+
+/// `--socks5`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Socks5Addr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Socks5Addr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Socks5Addr, String> {
+        if s == "off" {
+            return Ok(Socks5Addr(None));
+        }
+        s.parse()
+            .map(|a| Socks5Addr(Some(a)))
+            .map_err(|_| format!("`{s}`: expected IP:PORT (IPv6 in brackets) or off"))
+    }
+}
+
+/// Parses `--endpoint IP:PORT`: an address peers can send to.
+pub fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}`: expected IP:PORT (IPv6 in brackets)"))?;
+    let ip = addr.ip();
+    if ip.is_unspecified() || ip.is_multicast() || addr.port() == 0 {
+        return Err(format!(
+            "`{text}`: give the address and port peers reach this node at (not a wildcard, \
+             multicast address or port 0)"
+        ));
+    }
+    Ok(addr)
+}
+
+pub fn parse_hostname(s: &str) -> Result<Hostname, String> {
+    s.parse()
+        .map_err(|e: crate::addr::HostnameError| e.to_string())
+}
+
+/// Parses `KEY@HOST:PORT`, resolving HOST once, now.
+pub fn parse_peer(text: &str) -> Result<PeerConfig, String> {
+    let (key, endpoint) = text
+        .split_once('@')
+        .ok_or_else(|| format!("`{text}`: expected KEY@HOST:PORT"))?;
+    let key: NodeKey = key.parse().map_err(|e| format!("{e}"))?;
+    let endpoint = resolve_endpoint(endpoint)?;
+    Ok(PeerConfig {
+        key,
+        endpoint: Some(endpoint),
+    })
+}
+
+/// Parses `[KEY@]HOST:PORT` for `--rendezvous`; the alternate port defaults to PORT + 1.
+pub fn parse_rendezvous(text: &str) -> Result<RendezvousConfig, String> {
+    let (key, endpoint) = match text.split_once('@') {
+        Some((key, endpoint)) => (
+            Some(key.parse::<NodeKey>().map_err(|e| format!("{e}"))?),
+            endpoint,
+        ),
+        None => (None, text),
+    };
+    let addr = resolve_endpoint(endpoint)?;
+    let alt_port = addr.port().checked_add(1).ok_or_else(|| {
+        format!("`{text}`: port 65535 leaves no room for the alternate port; give --rendezvous-alt-port")
+    })?;
+    Ok(RendezvousConfig {
+        addr,
+        alt_port,
+        key,
+    })
+}
+
+fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}`: expected HOST:PORT ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("`{text}`: the name has no address"))
+}
+
+/// The levels `--log-level` takes alone, as its refusals list them.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Parses a log filter as `--log-level` and the config files take it. A bare word that is not
+/// a level is refused: tracing would read it as a target name (`verbose`, `warning`) and log
+/// nothing else at all.
+pub fn log_filter(filter: &str) -> Result<EnvFilter, String> {
+    for directive in filter.split(',').map(str::trim) {
+        if directive.is_empty() || directive.contains('=') {
+            continue;
+        }
+        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            return Err(format!(
+                "`{directive}` is not a log level: use one of {}, or directives TARGET=LEVEL \
+                 such as pilot=debug,boringtun=warn",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    EnvFilter::try_new(filter).map_err(|e| format!("`{filter}` is not a log filter ({e})"))
+}
