@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::node::{NetStatus, PeerStatus};
 use crate::wire::control::NatKind;
+use crate::wire::message::MessageKind;
 
 /// Longest request line accepted; anything longer is refused and the connection closed.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -329,9 +330,26 @@ pub type OpenedStream = (
 );
 
 /// `inbox`'s result.
+/// One message as `pilotctl inbox --json` shows it. Exactly one of `data` (text: a JSON
+/// string; json: the document itself) and `data_base64` (binary: standard base64) is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: String,
+    /// Who sent it, as the control socket names peers.
+    pub from: PeerRef,
+    pub kind: MessageKind,
+    pub received_ms: u64,
+    /// Payload bytes.
+    pub size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct InboxReply {
-    pub messages: Vec<super::inbox::StoredMessage>,
+    pub messages: Vec<StoredMessage>,
     /// How many were removed, when clearing was asked.
     pub cleared: Option<usize>,
 }

@@ -26,7 +26,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::daemon::control::PeerRef;
+use crate::daemon::control::{PeerRef, StoredMessage};
 use crate::io::file::write_atomic;
 use crate::wire::message::{validate, MessageError, MessageKind, MAX_MESSAGE_BYTES};
 
@@ -34,23 +34,6 @@ use crate::wire::message::{validate, MessageError, MessageKind, MAX_MESSAGE_BYTE
 pub const MAX_INBOX_MESSAGES: usize = 1000;
 /// Most payload bytes the inbox holds before it refuses more.
 pub const MAX_INBOX_BYTES: u64 = 64 * 1024 * 1024;
-
-/// One message as `pilotctl inbox --json` shows it. Exactly one of `data` (text: a JSON
-/// string; json: the document itself) and `data_base64` (binary: standard base64) is set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    pub id: String,
-    /// Who sent it, as the control socket names peers.
-    pub from: PeerRef,
-    pub kind: MessageKind,
-    pub received_ms: u64,
-    /// Payload bytes.
-    pub size: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_base64: Option<String>,
-}
 
 /// Why a message was not stored.
 #[derive(Debug, thiserror::Error)]
