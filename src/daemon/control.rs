@@ -294,8 +294,8 @@ pub enum Command {
     Metrics(oneshot::Sender<super::metrics::NodeMetrics>),
     /// Userspace mode: a TCP connection to a peer through the stack (SOCKS5 CONNECT).
     OpenStream {
-        target: super::socks5::Target,
-        reply: oneshot::Sender<Result<OpenedStream, (super::socks5::Reply, String)>>,
+        target: super::services::socks5::Target,
+        reply: oneshot::Sender<Result<OpenedStream, (super::services::socks5::Reply, String)>>,
     },
     /// The trusted peer at an overlay address (`None` if there is none), for the message
     /// service in kernel mode.

@@ -23,13 +23,13 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::control::ReleasedName;
 use super::control::{Command, PeerRef, PingReply};
-use super::inbox::Inbox;
+use super::services::inbox::Inbox;
 use super::services::Incoming;
 use super::trust_file::{SaveSchedule, TrustFile};
-use super::tun_writer::TunWriter;
 use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
+use crate::io::tun_writer::TunWriter;
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
 use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
 use crate::wire::printable::printable;

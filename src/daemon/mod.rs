@@ -3,8 +3,6 @@
 
 pub mod control;
 mod dataplane;
-pub mod inbox;
-pub mod messages;
 pub mod metrics;
 pub mod names;
 mod notify;
@@ -12,11 +10,8 @@ pub(crate) mod pin;
 pub mod portmap;
 pub mod rendezvous;
 pub mod services;
-pub mod socks5;
 pub mod state_lock;
 pub(crate) mod trust_file;
-mod tun_writer;
-mod upnp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,8 +32,8 @@ use crate::wire::control::MAX_LAN_ENDPOINTS;
 use crate::wire::message::MESSAGE_PORT;
 use control::ControlSocket;
 use dataplane::{DataPlane, Facts, Local};
-use inbox::Inbox;
 use metrics::MetricsListener;
+use services::inbox::Inbox;
 use services::Expose;
 use state_lock::{LockedDir, StateLock};
 
@@ -259,7 +254,7 @@ async fn up_userspace(
         None => None,
     };
     let socks5_addr = socks5.as_ref().and_then(|l| l.local_addr().ok());
-    if let Some(warning) = socks5_addr.and_then(socks5::exposure_warning) {
+    if let Some(warning) = socks5_addr.and_then(services::socks5::exposure_warning) {
         tracing::warn!("{warning}");
     }
     let mut stack = Stack::new(

@@ -9,7 +9,7 @@ use futures::executor::block_on;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::daemon::control::{Request, Response};
-use crate::daemon::socks5::{self, Target};
+use crate::daemon::services::socks5::{self, Target};
 use crate::wire::message::{
     read_request, read_response, validate, write_request, write_response, Status,
 };

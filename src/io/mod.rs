@@ -11,6 +11,7 @@ pub mod netlink;
 pub mod offload;
 pub mod stack;
 pub mod tun;
+pub mod tun_writer;
 pub mod udp;
 
 /// Helpers shared by the tests that need root: gating and private network namespaces.

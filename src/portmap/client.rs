@@ -295,7 +295,7 @@ impl PortMapper {
                 )
                 .to_vec(),
             ),
-            // Not this client's protocol (see `daemon::upnp`).
+            // Not this client's protocol (see `daemon::portmap::upnp`).
             Protocol::UpnpIgd => {}
             Protocol::NatPmp => {
                 if lifetime > 0 {

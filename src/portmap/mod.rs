@@ -1,6 +1,6 @@
 //! Port mapping on the home router: where the default gateway speaks PCP (RFC 6887) or
 //! NAT-PMP (RFC 6886) — or else UPnP-IGD, whose messages are in [`upnp`] and whose exchanges
-//! `daemon::upnp` runs — the node asks it to forward a public UDP port to its own socket, renews
+//! `daemon::portmap::upnp` runs — the node asks it to forward a public UDP port to its own socket, renews
 //! the mapping at half its lifetime, and deletes it when the node stops. The mapped endpoint
 //! is one more candidate peers probe: behind a symmetric NAT whose router cooperates, the
 //! peer's probes reach the node through the mapping, so even two symmetric NATs go direct.
@@ -42,7 +42,7 @@ pub enum Protocol {
     Pcp,
     #[serde(rename = "nat-pmp")]
     NatPmp,
-    /// UPnP-IGD, tried when the gateway answers neither PCP nor NAT-PMP (`daemon::upnp`).
+    /// UPnP-IGD, tried when the gateway answers neither PCP nor NAT-PMP (`daemon::portmap::upnp`).
     #[serde(rename = "upnp-igd")]
     UpnpIgd,
 }

@@ -12,7 +12,7 @@ use super::Core;
 use crate::addr::{Hostname, NodeAddr};
 use crate::daemon::control::{Command, HandshakeReply, PeerRef, PingReply, RequestInfo, TrustVerb};
 use crate::daemon::control::{InboxReply, OpenedStream, ReleasedName};
-use crate::daemon::socks5::{Reply, Target};
+use crate::daemon::services::socks5::{Reply, Target};
 use crate::identity::NodeKey;
 use crate::node::{HandshakeOutcome, ReleaseOutcome};
 use crate::wire::control::Query;

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use crate::daemon::control::PeerRef;
-use crate::daemon::inbox::{Inbox, InboxError};
+use crate::daemon::services::inbox::{Inbox, InboxError};
 use crate::wire::message::{
     read_request, validate, write_response, MessageError, MessageKind, Status, MAX_MESSAGE_BYTES,
 };

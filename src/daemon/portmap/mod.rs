@@ -4,14 +4,16 @@
 //! requests in the background. At shutdown the mapping is deleted (waiting at most
 //! [`RELEASE_WAIT`] for the gateway to confirm).
 
+mod upnp;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::control::Command;
-use super::upnp::{self, IgdError, IgdMapping};
+use crate::daemon::control::Command;
 use crate::portmap::{MapState, PortMapStatus, PortMapper, Protocol, REDISCOVER, SERVER_PORT};
+use upnp::{IgdError, IgdMapping};
 
 /// How long shutdown waits for the gateway to confirm the deletion (three requests).
 pub const RELEASE_WAIT: Duration = Duration::from_millis(750);

@@ -3,8 +3,8 @@ use std::future::Future;
 use tokio::io::{duplex, DuplexStream};
 
 use super::*;
-use crate::daemon::inbox::tests::{sender, TestDir};
-use crate::daemon::inbox::Limits;
+use crate::daemon::services::inbox::tests::{sender, TestDir};
+use crate::daemon::services::inbox::Limits;
 use crate::wire::message::{read_response, send, write_request, Response, SendError};
 
 const RECEIVED_MS: u64 = 1_700_000_000_000;

@@ -7,6 +7,10 @@
 //! listens on the node's fd70 address like any program would, and asks the data plane whether
 //! the address that connected belongs to a trusted peer.
 
+pub mod inbox;
+pub mod messages;
+pub mod socks5;
+
 use std::net::{Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -16,13 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::control::PeerRef;
-use super::control::{ask, Command};
-use super::inbox::Inbox;
-use super::socks5::{self, Reply};
 use crate::clock::unix_ms_now;
+use crate::daemon::control::PeerRef;
+use crate::daemon::control::{ask, Command};
 use crate::io::stack::{Accepted, CONNECT_TIMEOUT};
 use crate::wire::message::MESSAGE_PORT;
+use inbox::Inbox;
+use socks5::Reply;
 
 /// How long a SOCKS5 client may take to say where it wants to go.
 const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,12 +91,7 @@ pub async fn serve_incoming(
             refusal,
         } = accepted;
         if port == MESSAGE_PORT {
-            tokio::spawn(super::messages::serve(
-                stream,
-                sender,
-                inbox.clone(),
-                unix_ms_now,
-            ));
+            tokio::spawn(messages::serve(stream, sender, inbox.clone(), unix_ms_now));
             continue;
         }
         let Some(rule) = expose.iter().find(|e| e.port == port).copied() else {
@@ -146,7 +145,7 @@ pub async fn serve_messages(
             let sender = ask(&commands, |reply| Command::SenderOf { ip, reply })
                 .await
                 .flatten();
-            super::messages::serve(stream, sender, inbox, unix_ms_now).await;
+            messages::serve(stream, sender, inbox, unix_ms_now).await;
         }
     })
     .await;

@@ -8,11 +8,18 @@ use crate::io::tun::TunDevice;
 /// Packets held for coalescing before they are written (a receive batch or more).
 const COALESCE_PACKETS: usize = 256;
 
+/// The data plane's writer into the TUN.
 pub struct TunWriter {
     coalescer: Coalescer,
     /// A single packet with its virtio-net header, for writes outside a batch.
     single: Box<[u8]>,
     errors: u64,
+}
+
+impl Default for TunWriter {
+    fn default() -> TunWriter {
+        TunWriter::new()
+    }
 }
 
 impl TunWriter {
