@@ -89,7 +89,12 @@ impl Node {
         self.drive_trust(now);
         self.drive_release(now);
         for index in 0..self.peers.len() {
-            if self.peers[index].path.is_fixed() || !self.peers[index].trusted {
+            if !self.peers[index].trusted {
+                continue;
+            }
+            // Configured peers' paths are measured too (an IPv6 one may be small).
+            self.drive_pmtu(index, now);
+            if self.peers[index].path.is_fixed() {
                 continue;
             }
             if self.peers[index].path.check_direct(now) {
@@ -104,7 +109,6 @@ impl Node {
                     None,
                 );
             }
-            self.drive_pmtu(index, now);
             if registered && self.peers[index].path.wants_connect(now) {
                 let target = self.peers[index].key;
                 self.send_to_rendezvous(0, &Message::Connect { target }, now);
