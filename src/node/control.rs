@@ -346,8 +346,12 @@ impl Node {
     /// Measures peer `index`'s direct IPv6 path (see `pmtu`): a `Probe` padded to the size
     /// of a full tunnel packet, or the next size down.
     fn drive_pmtu(&mut self, index: usize, now: Instant) {
-        let endpoint = self.peers[index].path.direct_endpoint();
-        let Some(size) = self.peers[index].pmtu.poll(endpoint, self.tun_mtu, now) else {
+        let path = &self.peers[index].path;
+        let (endpoint, active) = (path.direct_endpoint(), path.is_active(now));
+        let Some(size) = self.peers[index]
+            .pmtu
+            .poll(endpoint, self.tun_mtu, active, now)
+        else {
             return;
         };
         let (Some(to), target) = (endpoint, self.peers[index].key) else {

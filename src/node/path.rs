@@ -136,6 +136,11 @@ impl PeerPath {
         self.direct.and_then(|d| d.rtt)
     }
 
+    /// Traffic flows to the peer (sent to lately).
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.active(now)
+    }
+
     /// Traffic flows to the peer through the relay (no direct path, sent to lately).
     pub fn relays_traffic(&self, now: Instant) -> bool {
         !self.fixed && self.direct.is_none() && self.active(now)

@@ -4,7 +4,8 @@
 //! Big that many networks filter. Then every full-size packet is lost while pings and
 //! handshakes still pass.
 //!
-//! So the node measures: on a new direct IPv6 path, and every [`RECHECK`] after, it sends the
+//! So the node measures: on a new direct IPv6 path, and every [`RECHECK`] after
+//! ([`RECHECK_ACTIVE`] while traffic flows), it sends the
 //! peer a `Probe` padded to the size of a full tunnel packet. Unanswered within [`WAIT`], it
 //! tries the next smaller size of [`LADDER`]; the largest answered sets the inner MTU of the
 //! path. A packet from the TUN larger than that is answered with an ICMPv6 Packet Too Big
@@ -24,8 +25,11 @@ pub const LADDER: [u16; 4] = [1400, 1340, 1300, 1280];
 pub const WIREGUARD_OVERHEAD: u16 = 32;
 /// How long a probe waits for its answer.
 pub const WAIT: Duration = Duration::from_secs(1);
-/// How often a measured path is measured again (its MTU may change, both ways).
+/// How often a measured path is measured again (its MTU may change, both ways)…
 pub const RECHECK: Duration = Duration::from_secs(30);
+/// …and while traffic flows to the peer, so that a route change onto a smaller link stalls
+/// a transfer for seconds, not half a minute.
+pub const RECHECK_ACTIVE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 pub(super) struct PathMtu {
@@ -36,6 +40,8 @@ pub(super) struct PathMtu {
     /// The probe out: its nonce, the inner size it tests, when it went.
     probe: Option<(u64, u16, Instant)>,
     next: Option<Instant>,
+    /// When the last measurement ended.
+    measured: Option<Instant>,
 }
 
 impl PathMtu {
@@ -50,6 +56,7 @@ impl PathMtu {
         &mut self,
         endpoint: Option<SocketAddr>,
         tun_mtu: u16,
+        active: bool,
         now: Instant,
     ) -> Option<u16> {
         let endpoint = endpoint.filter(SocketAddr::is_ipv6);
@@ -72,11 +79,14 @@ impl PathMtu {
                     self.inner = Some(size.min(tun_mtu));
                     self.probe = None;
                     self.next = Some(now + RECHECK);
+                    self.measured = Some(now);
                     None
                 }
             };
         }
-        if self.next.is_some_and(|t| now >= t) {
+        let recheck = if active { RECHECK_ACTIVE } else { RECHECK };
+        if self.next.is_some_and(|t| now >= t) || self.measured.is_some_and(|t| now >= t + recheck)
+        {
             return Some(tun_mtu);
         }
         None
@@ -99,6 +109,7 @@ impl PathMtu {
         self.inner = (size < tun_mtu).then_some(size);
         self.probe = None;
         self.next = Some(now + RECHECK);
+        self.measured = Some(now);
         true
     }
 }
@@ -120,15 +131,15 @@ mod tests {
     fn sizes_step_down_until_one_is_answered_and_are_checked_again() {
         let t0 = Instant::now();
         let mut p = PathMtu::default();
-        assert_eq!(p.poll(v6(), 1380, t0), Some(1380), "full size first");
+        assert_eq!(p.poll(v6(), 1380, false, t0), Some(1380), "full size first");
         p.sent(1, 1380, t0);
         assert_eq!(
-            p.poll(v6(), 1380, t0 + WAIT / 2),
+            p.poll(v6(), 1380, false, t0 + WAIT / 2),
             None,
             "waits for the answer"
         );
         // Unanswered: 1,340 (1,400 is not below the TUN's 1,380).
-        assert_eq!(p.poll(v6(), 1380, t0 + WAIT), Some(1340));
+        assert_eq!(p.poll(v6(), 1380, false, t0 + WAIT), Some(1340));
         p.sent(2, 1340, t0 + WAIT);
         assert!(
             !p.on_ack(1, 1380, t0 + WAIT),
@@ -137,13 +148,17 @@ mod tests {
         assert!(p.on_ack(2, 1380, t0 + WAIT));
         assert_eq!(p.inner(), Some(1340));
         assert_eq!(
-            p.poll(v6(), 1380, t0 + WAIT + RECHECK),
+            p.poll(v6(), 1380, false, t0 + WAIT + RECHECK),
             Some(1380),
             "checked again"
         );
         p.sent(3, 1380, t0 + WAIT + RECHECK);
         assert!(p.on_ack(3, 1380, t0 + WAIT + RECHECK));
         assert_eq!(p.inner(), None, "the full size passes now");
+        // Under traffic it is checked every few seconds.
+        let t1 = t0 + WAIT + RECHECK;
+        assert_eq!(p.poll(v6(), 1380, true, t1 + RECHECK_ACTIVE / 2), None);
+        assert_eq!(p.poll(v6(), 1380, true, t1 + RECHECK_ACTIVE), Some(1380));
     }
 
     #[test]
@@ -152,7 +167,7 @@ mod tests {
         let mut p = PathMtu::default();
         let mut now = t0;
         let mut probed = Vec::new();
-        while let Some(size) = p.poll(v6(), 1420, now) {
+        while let Some(size) = p.poll(v6(), 1420, false, now) {
             probed.push(size);
             p.sent(probed.len() as u64, size, now);
             now += WAIT;
@@ -161,11 +176,11 @@ mod tests {
         assert_eq!(p.inner(), Some(1280));
         // Another endpoint: measured afresh.
         let other = Some("[2001:db8:2::11]:51870".parse().unwrap());
-        assert_eq!(p.poll(other, 1420, now), Some(1420));
+        assert_eq!(p.poll(other, 1420, false, now), Some(1420));
         assert_eq!(p.inner(), None);
         let v4 = Some("203.0.113.2:51870".parse().unwrap());
-        assert_eq!(p.poll(v4, 1420, now), None);
-        assert_eq!(p.poll(None, 1420, now), None);
+        assert_eq!(p.poll(v4, 1420, false, now), None);
+        assert_eq!(p.poll(None, 1420, false, now), None);
         assert_eq!(p.inner(), None);
     }
 }
