@@ -16,8 +16,8 @@ const NOW_MS: u64 = 1_800_000_000_000;
 /// Parties.
 const KEYS: u8 = 4;
 /// Statements per run. Two to four on one pair are what an order dependence needs; eight
-/// leave room for several pairs at once, and a run costs at most eight signature checks
-/// per ledger and statement kind instead of sixteen.
+/// leave room for several pairs at once, and halve the worst run of sixteen (each statement
+/// costs both ledgers up to two signature checks).
 const MAX_STATEMENTS: usize = 8;
 /// Built statements kept for later runs (some 20 MB at most); there are about 10^5 specs,
 /// so in a long run the cache is dropped now and then rather than grown without bound.
