@@ -11,9 +11,12 @@
 # fuzz/artifacts/<target>/ (not committed), which `cargo test --test fuzz_corpus` replays;
 # once the bug is fixed, move it to fuzz/regressions/<target>/ so it is replayed for good.
 # FUZZ_SANITIZER (default none: the library has no unsafe code on these paths, and without
-# ASan the targets run several times faster) is passed to cargo fuzz -s.
+# ASan the targets run several times faster) is passed to cargo fuzz -s. The cryptography
+# crates are built without coverage instrumentation (fuzz/rustc-uninstrumented-crypto.sh says
+# why); run cmin, or cargo fuzz by hand, with the same RUSTC_WRAPPER or everything rebuilds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export RUSTC_WRAPPER="$PWD/fuzz/rustc-uninstrumented-crypto.sh"
 
 seconds=${1:-60}
 shift || true

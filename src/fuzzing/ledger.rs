@@ -3,6 +3,9 @@
 //! revoked, as of when; for every key: the digest a node and the rendezvous compare), and a
 //! statement altered after signing is never admitted.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use super::input::Input;
 use super::wire::fixed_identity;
 use crate::identity::NodeKey;
@@ -12,17 +15,49 @@ use crate::wire::trust::{PairState, Revocation, TrustLedger, TrustRecord, MAX_FU
 const NOW_MS: u64 = 1_800_000_000_000;
 /// Parties.
 const KEYS: u8 = 4;
+/// Statements per run. Two to four on one pair are what an order dependence needs; eight
+/// leave room for several pairs at once, and halve the worst run of sixteen (each statement
+/// costs both ledgers up to two signature checks).
+const MAX_STATEMENTS: usize = 8;
+/// Built statements kept for later runs (some 20 MB at most); there are about 10^5 specs,
+/// so in a long run the cache is dropped now and then rather than grown without bound.
+const CACHE_LIMIT: usize = 1 << 16;
 
+#[derive(Clone)]
 enum Signed {
     Record(TrustRecord),
     Revocation(Revocation),
 }
 
+/// What the input asks for, every field as the statement uses it: equal specs build equal
+/// statements (Ed25519 signing is deterministic), so they are built once and kept.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Spec {
+    op: u8,
+    a: u8,
+    b: u8,
+    issued: u64,
+    /// The signature byte flipped after signing, if any.
+    tamper: Option<u8>,
+    reason: u8,
+}
+
+/// A statement, and whether it verifies at `NOW_MS` (what a ledger must agree with).
+#[derive(Clone)]
+struct Built {
+    signed: Signed,
+    valid: bool,
+}
+
+thread_local! {
+    static BUILT: RefCell<HashMap<Spec, Option<Built>>> = RefCell::new(HashMap::new());
+}
+
 pub fn trust_ledger(data: &[u8]) {
     let mut input = Input::new(data);
     let mut statements = Vec::new();
-    while !input.is_empty() && statements.len() < 16 {
-        if let Some(s) = statement(&mut input) {
+    while !input.is_empty() && statements.len() < MAX_STATEMENTS {
+        if let Some(s) = built(spec(&mut input)) {
             statements.push(s);
         }
     }
@@ -64,18 +99,56 @@ pub fn trust_ledger(data: &[u8]) {
 }
 
 /// One statement: who, what, when; sometimes altered after signing (then it must be refused).
-fn statement(input: &mut Input<'_>) -> Option<Signed> {
-    let op = input.u8();
-    let a = fixed_identity(input.u8() % KEYS);
-    let b = fixed_identity(input.u8() % KEYS);
+fn spec(input: &mut Input<'_>) -> Spec {
+    let op = input.u8() % 3;
+    let a = input.u8() % KEYS;
+    let b = input.u8() % KEYS;
     // Mostly in the past, sometimes a little (or too far) in the future.
     let issued = (NOW_MS - 1000 + u64::from(input.u8() % 8) * 100)
         .wrapping_add(u64::from(input.u8() >> 6) * MAX_FUTURE_MS / 2);
     let tamper = input.u8();
-    let mut signed = match op % 3 {
+    let reason = if op == 2 { input.u8() % 3 } else { 0 };
+    Spec {
+        op,
+        a,
+        b,
+        issued,
+        tamper: (tamper & 0x80 != 0).then_some(tamper & 0x3f),
+        reason,
+    }
+}
+
+/// The statement `spec` asks for, built and verified once per spec (signing and checking
+/// it is most of the cost of a run; the ledgers under test still check every signature of
+/// every statement they are given, each run).
+fn built(spec: Spec) -> Option<Built> {
+    if let Some(known) = BUILT.with(|b| b.borrow().get(&spec).cloned()) {
+        return known;
+    }
+    let built = build(spec).map(|signed| {
+        let valid = match &signed {
+            Signed::Record(r) => r.verify(NOW_MS).is_ok(),
+            Signed::Revocation(v) => v.verify(NOW_MS).is_ok(),
+        };
+        Built { signed, valid }
+    });
+    BUILT.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() >= CACHE_LIMIT {
+            b.clear();
+        }
+        b.insert(spec, built.clone());
+    });
+    built
+}
+
+fn build(spec: Spec) -> Option<Signed> {
+    let a = fixed_identity(spec.a);
+    let b = fixed_identity(spec.b);
+    let mut signed = match spec.op {
         0 | 1 => {
-            let half = TrustRecord::approve(a.signing_key(), b.public_key(), issued).ok()?;
-            let record = if op.is_multiple_of(3) {
+            let half = TrustRecord::approve(a.signing_key(), b.public_key(), spec.issued).ok()?;
+            let record = if spec.op == 0 {
                 half.countersign(b.signing_key(), NOW_MS).ok()?
             } else {
                 half
@@ -83,14 +156,14 @@ fn statement(input: &mut Input<'_>) -> Option<Signed> {
             Signed::Record(record)
         }
         _ => {
-            let reason = ["", "gone", "key lost"][usize::from(input.u8() % 3)];
+            let reason = ["", "gone", "key lost"][usize::from(spec.reason)];
             let revocation =
-                Revocation::sign(a.signing_key(), b.public_key(), issued, reason).ok()?;
+                Revocation::sign(a.signing_key(), b.public_key(), spec.issued, reason).ok()?;
             Signed::Revocation(revocation)
         }
     };
-    if tamper & 0x80 != 0 {
-        let at = usize::from(tamper & 0x3f);
+    if let Some(at) = spec.tamper {
+        let at = usize::from(at);
         match &mut signed {
             Signed::Record(r) => r.low_signature[at] ^= 1,
             Signed::Revocation(v) => v.signature[at] ^= 1,
@@ -99,20 +172,15 @@ fn statement(input: &mut Input<'_>) -> Option<Signed> {
     Some(signed)
 }
 
-fn admit(ledger: &mut TrustLedger, statement: &Signed) {
-    let (result, valid) = match statement {
-        Signed::Record(r) => (
-            ledger.admit_record(r.clone(), NOW_MS),
-            r.verify(NOW_MS).is_ok(),
-        ),
-        Signed::Revocation(v) => (
-            ledger.admit_revocation(v.clone(), NOW_MS),
-            v.verify(NOW_MS).is_ok(),
-        ),
+/// Admits `statement`: accepted exactly when it verifies.
+fn admit(ledger: &mut TrustLedger, statement: &Built) {
+    let result = match &statement.signed {
+        Signed::Record(r) => ledger.admit_record(r.clone(), NOW_MS),
+        Signed::Revocation(v) => ledger.admit_revocation(v.clone(), NOW_MS),
     };
     assert_eq!(
         result.is_ok(),
-        valid,
+        statement.valid,
         "admitted what does not verify (or the reverse)"
     );
 }

@@ -10,6 +10,7 @@ mod daemon;
 mod files;
 mod input;
 mod ledger;
+mod memo;
 mod node;
 mod offload;
 mod portmap;

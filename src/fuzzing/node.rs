@@ -7,17 +7,18 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 
 use super::input::Input;
+use super::memo;
 use super::wire::fixed_identity;
 use crate::clock::WallClock;
 use crate::identity::Identity;
 use crate::node::{NetOutput, Node, NodeConfig, PeerConfig, RendezvousConfig, TunOutput};
 use crate::wire::control::{write_relay, RELAY_FROM, RELAY_TO};
-use crate::wire::envelope::{open, seal};
 
 const EPOCH_MS: u64 = 1_800_000_000_000;
 const RDV: &str = "203.0.113.7:7400";
@@ -92,10 +93,15 @@ impl World {
             clock: WallClock::new(t0, EPOCH_MS),
         })
         .expect("the node starts");
-        let me = fixed_identity(ME).public_key();
+        // The same every run, and a point decompression to work out.
+        static ME_X25519: OnceLock<boringtun::x25519::PublicKey> = OnceLock::new();
+        let me = ME_X25519.get_or_init(|| {
+            let me = fixed_identity(ME).public_key();
+            me.x25519_public().expect("a valid key")
+        });
         let peer = Tunn::new(
             fixed_identity(PEER_ID).x25519_secret(),
-            me.x25519_public().expect("a valid key"),
+            *me,
             None,
             None,
             0x77,
@@ -202,11 +208,8 @@ impl World {
             _ => STRANGER,
         };
         let ts = self.wall_ms().saturating_add_signed(skew_ms);
-        let key = fixed_identity(signer).signing_key();
-        let mut buf = vec![0; body.len() + crate::wire::envelope::OVERHEAD];
-        if let Ok(n) = seal(&mut buf, kind, key, ts, nonce, &body) {
-            buf.truncate(n);
-            self.inbound.push_back((ep(from), buf));
+        if let Some(sealed) = memo::seal(kind, signer, ts, nonce, &body) {
+            self.inbound.push_back((ep(from), sealed));
         }
     }
 
@@ -300,8 +303,8 @@ impl World {
             Some(&RELAY_TO) if to_rendezvous => payload.get(33..),
             Some(1..=4) if to == ep(PEER) => Some(payload),
             _ => {
-                if let Ok(opened) = open(payload) {
-                    self.last_nonce[usize::from(!to_rendezvous)] = opened.nonce;
+                if let Some(nonce) = memo::opened_nonce(payload) {
+                    self.last_nonce[usize::from(!to_rendezvous)] = nonce;
                 }
                 None
             }

@@ -5,17 +5,19 @@
 //! server never panics, never answers an endpoint it has not seen proven with more bytes
 //! than it was sent, and sends nothing unprompted but to registered endpoints.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::input::Input;
+use super::memo;
 use super::wire::fixed_identity;
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
 use crate::rendezvous::{Config, MemoryStore, Port, Server};
-use crate::wire::control::{write_relay, Message, Query, COOKIE_LEN, RELAY_TO};
-use crate::wire::envelope::{open, seal, OVERHEAD};
+use crate::wire::control::{write_relay, Message, Query, CHALLENGE, COOKIE_LEN, RELAY_TO};
+use crate::wire::envelope::open;
 use crate::wire::trust::{Revocation, Statement, TrustRecord, TrustRequest};
 
 const EPOCH_MS: u64 = 1_800_000_000_000;
@@ -181,37 +183,22 @@ impl World {
             0
         };
         let ts = self.wall_ms().saturating_add_signed(skew_ms);
-        let signing = fixed_identity(CLIENTS[client]).signing_key();
-        let mut buf = vec![0; body.len() + OVERHEAD];
-        match seal(&mut buf, kind, signing, ts, self.nonce, body) {
-            Ok(n) => buf[..n].to_vec(),
-            Err(_) => Vec::new(),
-        }
+        memo::seal(kind, CLIENTS[client], ts, self.nonce, body).unwrap_or_default()
     }
 
     /// A trust statement between two of the nodes, signed as they would (or half-signed, or
-    /// with a signature broken).
+    /// with a signature broken). Signing is deterministic: each is signed once, then kept.
     fn statement(&self, client: usize, input: &mut Input<'_>) -> Option<Statement> {
-        let me = fixed_identity(CLIENTS[client]);
-        let other = fixed_identity(CLIENTS[input.choose(CLIENTS.len())]);
+        thread_local! {
+            static SIGNED: memo::Cache<(usize, usize, u64, u8), Option<Statement>> =
+                RefCell::new(HashMap::new());
+        }
+        let other = input.choose(CLIENTS.len());
         let issued = self.wall_ms() - u64::from(input.u8()) * 1000;
-        let mut statement = match input.u8() % 4 {
-            0 => Statement::Request(
-                TrustRequest::sign(me.signing_key(), other.public_key(), issued, 1, "hi").ok()?,
-            ),
-            1 => Statement::Record(
-                TrustRecord::approve(me.signing_key(), other.public_key(), issued).ok()?,
-            ),
-            2 => Statement::Record(
-                TrustRecord::approve(me.signing_key(), other.public_key(), issued)
-                    .ok()?
-                    .countersign(other.signing_key(), issued)
-                    .ok()?,
-            ),
-            _ => Statement::Revocation(
-                Revocation::sign(me.signing_key(), other.public_key(), issued, "bye").ok()?,
-            ),
-        };
+        let form = input.u8() % 4;
+        let mut statement = memo::cached(&SIGNED, (client, other, issued, form), || {
+            signed_statement(CLIENTS[client], CLIENTS[other], issued, form)
+        })?;
         if input.u8() == 0xff {
             match &mut statement {
                 Statement::Request(r) => r.signature[0] ^= 1,
@@ -270,6 +257,11 @@ impl World {
 
     /// Keeps the cookie of a `Challenge`, as the node at `to` would.
     fn learn(&mut self, to: SocketAddr, payload: &[u8]) {
+        // An envelope's kind is its first byte: anything else is not a `Challenge`, and is
+        // not worth a signature check.
+        if payload.first() != Some(&CHALLENGE) {
+            return;
+        }
         let Ok(opened) = open(payload) else {
             return;
         };
@@ -288,4 +280,27 @@ impl World {
 
 fn key(client: usize) -> NodeKey {
     fixed_identity(CLIENTS[client]).public_key()
+}
+
+/// `me`'s statement about `other` in one of four forms: a request, an approval, an approval
+/// countersigned, a revocation.
+fn signed_statement(me: u8, other: u8, issued: u64, form: u8) -> Option<Statement> {
+    let (me, other) = (fixed_identity(me), fixed_identity(other));
+    Some(match form {
+        0 => Statement::Request(
+            TrustRequest::sign(me.signing_key(), other.public_key(), issued, 1, "hi").ok()?,
+        ),
+        1 => Statement::Record(
+            TrustRecord::approve(me.signing_key(), other.public_key(), issued).ok()?,
+        ),
+        2 => Statement::Record(
+            TrustRecord::approve(me.signing_key(), other.public_key(), issued)
+                .ok()?
+                .countersign(other.signing_key(), issued)
+                .ok()?,
+        ),
+        _ => Statement::Revocation(
+            Revocation::sign(me.signing_key(), other.public_key(), issued, "bye").ok()?,
+        ),
+    })
 }
