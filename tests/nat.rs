@@ -181,35 +181,11 @@ fn flushing_the_nat_mid_transfer_does_not_break_it() {
         w.logs()
     );
     // About 8 s at 2 MB/s; the NAT in front of a forgets every mapping 2 s in.
-    let fetched = w.lab.dir.join("fetched.bin");
     let url = format!("http://[{}]:8080/big.bin", w.b.address);
-    let ns = w.a.ns.clone();
-    let curl = w.lab.spawn_in(
-        &ns,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "-m",
-            "60",
-            "--limit-rate",
-            "2M",
-            "-o",
-            fetched.to_str().unwrap(),
-            &url,
-        ],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
-    lab::run("bash", &[script, "flush", &w.name, "nat1"]);
-    assert!(
-        w.lab.wait(curl, Duration::from_secs(60)),
-        "the transfer failed after the flush\n{}",
-        w.logs()
-    );
-    let got = fs::read(&fetched).unwrap();
-    assert_eq!(got.len(), big.len());
-    assert_eq!(Sha256::digest(&got), Sha256::digest(&big));
+    fetch_while(&mut w, &url, &big, "2M", Duration::from_secs(2), |w| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
+        lab::run("bash", &[script, "flush", &w.name, "nat1"]);
+    });
 }
 
 /// Sets the MTU of the links between the internet and both NAT routers, at both ends:
@@ -224,12 +200,29 @@ fn set_path_mtu(w: &World, mtu: u32) {
     }
 }
 
-/// Fetches `url` from b into a file of a's at 4 MB/s and checks it against `want`;
-/// `meanwhile` runs `after` into the transfer.
+/// Every router of the lab (inet, n1, n2) drops the ICMP it would send that `rules` (nft
+/// rule lines) match.
+fn drop_icmp(w: &World, rules: &str) {
+    let ruleset = format!(
+        "table inet mtu {{\n  chain out {{\n    type filter hook output priority 0;\n    \
+         {rules}\n  }}\n}}\n"
+    );
+    let file = w.lab.dir.join("drop-icmp.nft");
+    fs::write(&file, ruleset).unwrap();
+    for host in ["inet", "n1", "n2"] {
+        let ns = format!("{}-{host}", w.name);
+        let out = ns_exec(&ns, &["nft", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// Fetches `url` from b into a file of a's at `rate` (curl's `--limit-rate`) and checks it
+/// against `want`; `meanwhile` runs `after` into the transfer.
 fn fetch_while(
     w: &mut World,
     url: &str,
     want: &[u8],
+    rate: &str,
     after: Duration,
     meanwhile: impl FnOnce(&World),
 ) {
@@ -245,7 +238,7 @@ fn fetch_while(
             "-m",
             "60",
             "--limit-rate",
-            "4M",
+            rate,
             "-o",
             fetched.to_str().unwrap(),
             url,
@@ -287,16 +280,10 @@ fn a_1280_byte_link_on_the_path_carries_20_mb_even_where_icmp_is_dropped() {
         w.logs()
     );
     // No router tells anybody that a packet was too big.
-    let rules = "table inet mtu {\n  chain out {\n    type filter hook output priority 0;\n    \
-                 icmp type destination-unreachable drop\n    icmpv6 type packet-too-big drop\n  \
-                 }\n}\n";
-    let file = w.lab.dir.join("no-icmp.nft");
-    fs::write(&file, rules).unwrap();
-    for host in ["inet", "n1", "n2"] {
-        let ns = format!("{}-{host}", w.name);
-        let out = ns_exec(&ns, &["nft", "-f", file.to_str().unwrap()]);
-        assert!(out.status.success(), "{out:?}");
-    }
+    drop_icmp(
+        &w,
+        "icmp type destination-unreachable drop\n    icmpv6 type packet-too-big drop",
+    );
     let url = format!("http://[{}]:8080/big.bin", w.b.address);
 
     set_path_mtu(&w, 1280);
@@ -316,10 +303,10 @@ fn a_1280_byte_link_on_the_path_carries_20_mb_even_where_icmp_is_dropped() {
     ];
     let out = ns_exec(&w.a.ns, &ping);
     assert!(out.status.success(), "{out:?}\n{}", w.logs());
-    fetch_while(&mut w, &url, &big, Duration::ZERO, |_| {});
+    fetch_while(&mut w, &url, &big, "4M", Duration::ZERO, |_| {});
     // The MTU drops 2 s into a transfer (a route change onto a tunnel).
     set_path_mtu(&w, 1500);
-    fetch_while(&mut w, &url, &big, Duration::from_secs(2), |w| {
+    fetch_while(&mut w, &url, &big, "4M", Duration::from_secs(2), |w| {
         set_path_mtu(w, 1280)
     });
     assert_eq!(
@@ -425,18 +412,10 @@ fn a_small_link_on_an_ipv6_path_carries_20_mb_where_packet_too_big_is_dropped() 
     fs::write(www.join("big.bin"), &big).unwrap();
     w.serve(&www, "big.bin");
     wait_direct_over_ipv6(&w);
-    let rules = "table inet mtu {\n  chain out {\n    type filter hook output priority 0;\n    \
-                 icmpv6 type packet-too-big drop\n  }\n}\n";
-    let file = w.lab.dir.join("no-ptb.nft");
-    fs::write(&file, rules).unwrap();
-    for host in ["inet", "n1", "n2"] {
-        let ns = format!("{}-{host}", w.name);
-        let out = ns_exec(&ns, &["nft", "-f", file.to_str().unwrap()]);
-        assert!(out.status.success(), "{out:?}");
-    }
+    drop_icmp(&w, "icmpv6 type packet-too-big drop");
     set_path_mtu(&w, 1400);
     let url = format!("http://[{}]:8080/big.bin", w.b.address);
-    fetch_while(&mut w, &url, &big, Duration::ZERO, |_| {});
+    fetch_while(&mut w, &url, &big, "4M", Duration::ZERO, |_| {});
     wait_direct_over_ipv6(&w);
 }
 

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use super::tests::{ep, identity, node_with_rendezvous};
 use super::*;
 use crate::clock::WallClock;
+use crate::identity::Identity;
 
 #[test]
 fn a_configured_endpoint_is_offered_first_and_the_nat_is_not_probed() {
-    use crate::wire::control::{Message, MAX_LAN_ENDPOINTS, NAT_PROBE, REGISTER, REGISTERED};
+    use crate::wire::control::{Message, MAX_LAN_ENDPOINTS, NAT_PROBE, REGISTER};
     use crate::wire::envelope;
     let rendezvous = identity(9);
     let rdv = ep("203.0.113.10:7000");
@@ -47,25 +48,14 @@ fn a_configured_endpoint_is_offered_first_and_the_nat_is_not_probed() {
 
     // The rendezvous sees the node elsewhere (the NAT's own mapping, not the forward).
     let observed = ep("203.0.113.7:55123");
-    let mut body = Vec::new();
-    Message::Registered {
-        echo: opened.nonce,
+    let reply = registered(
+        &rendezvous,
+        opened.nonce,
         observed,
-        keepalive_secs: 25,
-        resubmit: true,
-    }
-    .encode(&mut body);
-    let mut reply = vec![0u8; envelope::OVERHEAD + body.len()];
-    let n = envelope::seal(
-        &mut reply,
-        REGISTERED,
-        rendezvous.signing_key(),
+        true,
         clock.unix_ms(now),
-        77,
-        &body,
-    )
-    .unwrap();
-    a.handle_datagram(rdv, &reply[..n], now, &mut out);
+    );
+    a.handle_datagram(rdv, &reply, now, &mut out);
     assert!(a.is_registered(now));
     let sent = run(&mut a, &mut now, clock.origin() + Duration::from_secs(20));
     assert!(
@@ -80,7 +70,7 @@ fn a_configured_endpoint_is_offered_first_and_the_nat_is_not_probed() {
 
 #[test]
 fn new_addresses_of_the_host_are_registered_at_once() {
-    use crate::wire::control::{Message, REGISTER, REGISTERED};
+    use crate::wire::control::{Message, REGISTER};
     use crate::wire::envelope;
     let rendezvous = identity(9);
     let rdv = ep("203.0.113.10:7000");
@@ -111,26 +101,10 @@ fn new_addresses_of_the_host_are_registered_at_once() {
     let sent = registrations(&mut a, &mut now, clock.origin());
     let (nonce, offered) = sent[0].clone();
     assert_eq!(offered, old);
-    let mut body = Vec::new();
-    Message::Registered {
-        echo: nonce,
-        observed: ep("203.0.113.7:40000"),
-        keepalive_secs: 25,
-        resubmit: false,
-    }
-    .encode(&mut body);
-    let mut reply = vec![0u8; envelope::OVERHEAD + body.len()];
-    let n = envelope::seal(
-        &mut reply,
-        REGISTERED,
-        rendezvous.signing_key(),
-        clock.unix_ms(now),
-        77,
-        &body,
-    )
-    .unwrap();
+    let observed = ep("203.0.113.7:40000");
+    let reply = registered(&rendezvous, nonce, observed, false, clock.unix_ms(now));
     let mut scratch = vec![0u8; 2048];
-    a.handle_datagram(rdv, &reply[..n], now, &mut scratch);
+    a.handle_datagram(rdv, &reply, now, &mut scratch);
     assert!(a.is_registered(now));
     assert!(registrations(&mut a, &mut now, clock.origin() + Duration::from_secs(5)).is_empty());
     // The IPv6 temporary address rotated: registered again at once, with the new one.
@@ -144,4 +118,29 @@ fn new_addresses_of_the_host_are_registered_at_once() {
     let sent = registrations(&mut a, &mut now, at);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1, new);
+}
+
+/// The rendezvous' `Registered` answer to registration `echo`, sealed at `unix_ms`.
+fn registered(
+    rendezvous: &Identity,
+    echo: u64,
+    observed: SocketAddr,
+    resubmit: bool,
+    unix_ms: u64,
+) -> Vec<u8> {
+    use crate::wire::control::{Message, REGISTERED};
+    use crate::wire::envelope;
+    let mut body = Vec::new();
+    Message::Registered {
+        echo,
+        observed,
+        keepalive_secs: 25,
+        resubmit,
+    }
+    .encode(&mut body);
+    let mut reply = vec![0u8; envelope::OVERHEAD + body.len()];
+    let key = rendezvous.signing_key();
+    let n = envelope::seal(&mut reply, REGISTERED, key, unix_ms, 77, &body).unwrap();
+    reply.truncate(n);
+    reply
 }
