@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target in fuzz/ in turn, SECONDS_PER_TARGET each (default 60), one
-# job and one worker at a time, and prints a table: target, executions, executions per
+# Runs every cargo-fuzz target in fuzz/ in turn, SECONDS_PER_TARGET each (default 60), in
+# one process (so several fuzz.sh may run at once: libFuzzer's -jobs would have them share
+# ./fuzz-0.log), and prints a table: target, executions, executions per
 # second, corpus files, crashes. Installs cargo-fuzz if it is missing; needs a nightly
 # toolchain (`rustup toolchain install nightly`).
 #
@@ -46,11 +47,8 @@ for target in "${targets[@]}"; do
     echo "fuzzing $target for ${seconds}s" >&2
     status=0
     cargo +nightly fuzz run -s "$sanitizer" "$target" -- \
-        -max_total_time="$seconds" -print_final_stats=1 -jobs=1 -workers=1 \
+        -max_total_time="$seconds" -print_final_stats=1 \
         -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1 || status=$?
-    # With -jobs libFuzzer runs one child that logs to ./fuzz-0.log; the parent has copied
-    # it into our log by now.
-    rm -f fuzz-0.log
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     corpus=$(find "fuzz/corpus/$target" -type f | wc -l)
