@@ -11,6 +11,8 @@
 # `cargo +nightly fuzz cmin -s none <target>`); a crash leaves its input in
 # fuzz/artifacts/<target>/ (not committed), which `cargo test --test fuzz_corpus` replays;
 # once the bug is fixed, move it to fuzz/regressions/<target>/ so it is replayed for good.
+# FUZZ_RUNS=N ends a target after N executions if that comes before SECONDS_PER_TARGET (run
+# it under `nice` to reach a count while the machine does other work).
 # FUZZ_SANITIZER (default none: the library has no unsafe code on these paths, and without
 # ASan the targets run several times faster) is passed to cargo fuzz -s. The cryptography
 # crates are built without coverage instrumentation (fuzz/rustc-uninstrumented-crypto.sh says
@@ -22,6 +24,7 @@ export RUSTC_WRAPPER="$PWD/fuzz/rustc-uninstrumented-crypto.sh"
 seconds=${1:-60}
 shift || true
 sanitizer=${FUZZ_SANITIZER:-none}
+runs=${FUZZ_RUNS:--1}
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz.sh: needs a nightly toolchain: rustup toolchain install nightly" >&2
@@ -47,7 +50,7 @@ for target in "${targets[@]}"; do
     echo "fuzzing $target for ${seconds}s" >&2
     status=0
     cargo +nightly fuzz run -s "$sanitizer" "$target" -- \
-        -max_total_time="$seconds" -print_final_stats=1 \
+        -max_total_time="$seconds" -print_final_stats=1 -runs="$runs" \
         -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
