@@ -480,7 +480,11 @@ impl Server {
 
     fn mark_dirty(&mut self, key: NodeKey, now: Instant) {
         self.dirty.insert(key);
-        self.next_flush.get_or_insert(now + FLUSH_INTERVAL);
+        let due = self.next_flush.get_or_insert(now + FLUSH_INTERVAL);
+        // A full batch goes at the next timer tick; a failing store keeps its retry interval.
+        if self.dirty.len() >= self.config.lazy_batch && !self.store_failing {
+            *due = (*due).min(now);
+        }
     }
 
     /// A message dated outside the window around our clock. A registration is told so (a

@@ -274,6 +274,57 @@ fn silent_nodes_expire_and_refreshes_are_written_lazily() {
 }
 
 #[test]
+fn lazy_changes_are_written_as_soon_as_a_batch_waits() {
+    let store = MemoryStore::new();
+    let mut sim = Sim::with(store.clone(), |c| c.lazy_batch = 3);
+    let mut nodes: Vec<Client> = (1..=4)
+        .map(|n| Client::new(n, &format!("198.51.100.{n}:40000")))
+        .collect();
+    for node in &mut nodes {
+        assert!(matches!(node.register(&mut sim, &[]), Some(Message::Registered { .. })));
+    }
+    sim.advance(Duration::from_secs(20));
+    for node in &mut nodes[..2] {
+        node.register(&mut sim, &[]);
+    }
+    // Two waiting: the interval decides.
+    assert_eq!(
+        sim.server.poll_timeout().unwrap(),
+        (sim.now + FLUSH_INTERVAL, "flush")
+    );
+    let saves = store.saves();
+    nodes[2].register(&mut sim, &[]);
+    // The third fills the batch: written at the next tick, not 10 s later.
+    assert_eq!(sim.server.poll_timeout().unwrap(), (sim.now, "flush"));
+    sim.advance(Duration::ZERO);
+    assert_eq!(store.saves(), saves + 1, "one write for the batch");
+    for node in &nodes[..3] {
+        assert_eq!(
+            store.get(&node.key()).unwrap().last_seen_ms,
+            EPOCH_MS + 20_000
+        );
+    }
+
+    // A failing store keeps its retry interval however many wait.
+    sim.advance(Duration::from_secs(20));
+    store.fail_writes(true);
+    for node in &mut nodes[..3] {
+        node.register(&mut sim, &[]);
+    }
+    sim.advance(Duration::ZERO);
+    assert!(sim.server.counters().store_errors > 0);
+    let retry = sim.now + FLUSH_INTERVAL;
+    nodes[3].register(&mut sim, &[]);
+    assert_eq!(sim.server.poll_timeout().unwrap(), (retry, "flush"));
+    store.fail_writes(false);
+    sim.advance(FLUSH_INTERVAL);
+    assert_eq!(
+        store.get(&nodes[3].key()).unwrap().last_seen_ms,
+        EPOCH_MS + 40_000
+    );
+}
+
+#[test]
 fn a_restarted_server_keeps_fresh_registrations() {
     let mut sim = Sim::new();
     let (mut a, b) = pair(&mut sim);
