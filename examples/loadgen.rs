@@ -156,7 +156,6 @@ fn main() -> anyhow::Result<()> {
         }
         sockets.push(sock);
     }
-    let started = Instant::now();
     let ramp = Duration::from_secs(args.ramp.unwrap_or(args.refresh));
     let refresh = Duration::from_secs(args.refresh);
     let mut nodes = Vec::with_capacity(args.nodes as usize);
@@ -175,9 +174,15 @@ fn main() -> anyhow::Result<()> {
             cookie: None,
             pending: None,
             registered: false,
-            next_at: started + ramp.mul_f64(f64::from(i) / f64::from(args.nodes.max(1))),
+            next_at: Instant::now(),
         });
-        due.push(Reverse((nodes[i as usize].next_at, i)));
+    }
+    // The clock starts once the keys exist: making 100,000 takes over a second, and a ramp
+    // timed from before would open with that second's nodes all at once.
+    let started = Instant::now();
+    for (i, n) in (0..).zip(nodes.iter_mut()) {
+        n.next_at = started + ramp.mul_f64(f64::from(i) / f64::from(args.nodes.max(1)));
+        due.push(Reverse((n.next_at, i)));
     }
     let empty_digest =
         |key: &SigningKey| TrustLedger::new().digest_of(&NodeKey(key.verifying_key().to_bytes()));
