@@ -7,8 +7,9 @@
 #
 #   scripts/loadgen.sh [N...]            default: 10000 50000 100000 200000
 #
-#   LOADGEN_SECONDS   run time per N after the ramp [60]; the first registrations are spread
-#                     over one refresh interval (25 s) before it
+#   LOADGEN_RAMP      seconds the first registrations are spread over [25: one refresh
+#                     interval]; a longer ramp lets N beyond the CPU's arrival rate settle
+#   LOADGEN_SECONDS   run time per N after the ramp [60]
 #   PILOT_BIN         where the release binaries are [target/release]; built when missing
 #
 # Namespaces lg<PID>-r (rendezvous, 10.76.0.1) and lg<PID>-g (generator, 10.76.0.2, with
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || exec sudo -E "$0" "$@"
 (($# > 0)) || set -- 10000 50000 100000 200000
 seconds=${LOADGEN_SECONDS:-60}
+ramp=${LOADGEN_RAMP:-25}
 bin=${PILOT_BIN:-target/release}
 if [[ ! -x $bin/pilotd || ! -x $bin/examples/loadgen ]]; then
     cargo build --release --bin pilotd --example loadgen
@@ -67,7 +69,7 @@ for n in "$@"; do
     done
     echo "== $n nodes"
     out=$(ip netns exec "$gns" "$loadgen" --rendezvous 10.76.0.1:7000 --nodes "$n" \
-        --duration $((25 + seconds)) --report 10 --server-pid "$rdv_pid" | tee -a /dev/stderr)
+        --ramp "$ramp" --duration $((ramp + seconds)) --report 10 --server-pid "$rdv_pid" | tee -a /dev/stderr)
     kill "$rdv_pid"
     wait "$rdv_pid" 2>/dev/null || true
     rdv_pid=""
