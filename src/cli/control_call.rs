@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon::control::{self, ClientError, Request};
+use crate::api::{self, ClientError, Request};
 
 /// How long a verb waits for the daemon's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `request` to the daemon at `socket` and returns its answer.
 pub(super) fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
-    control::request(socket, request, REQUEST_TIMEOUT)
+    api::request(socket, request, REQUEST_TIMEOUT)
 }
 
 pub(super) fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ClientError> {

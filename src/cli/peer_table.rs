@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::daemon::control::PeerRef;
+use crate::api::PeerRef;
 use crate::node::PeerStatus;
 use crate::wire::printable::printable;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use crate::daemon::control::{
+use crate::api::{
     self, ClientError, HandshakeReply, PeerRef, PingReply, Request, RequestInfo, TrustReply,
 };
 use crate::node::HandshakeOutcome;
@@ -178,7 +178,7 @@ pub(super) fn command() -> clap::Command {
 /// Entry point of the `pilotctl` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = cli.control.unwrap_or_else(control::default_socket_path);
+    let socket = cli.control.unwrap_or_else(api::default_socket_path);
     let result = match cli.command {
         Command::Status { json } => status(&socket, json),
         Command::Info { json } => info(&socket, json),

@@ -17,8 +17,7 @@ use crate::addr::Hostname;
 use crate::daemon::rendezvous::run_rendezvous;
 use crate::daemon::services::Expose;
 use crate::daemon::{
-    self, control, UpOptions, Userspace, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU,
-    DEFAULT_SOCKS5,
+    self, UpOptions, Userspace, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_SOCKS5,
 };
 use crate::identity::{self, Identity};
 use crate::node::{PeerConfig, RendezvousConfig};
@@ -289,7 +288,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
         control: args
             .control
             .or(file.control)
-            .unwrap_or_else(control::default_socket_path),
+            .unwrap_or_else(crate::api::default_socket_path),
         keepalive: args
             .keepalive
             .or(file.keepalive)

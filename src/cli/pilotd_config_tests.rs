@@ -163,7 +163,7 @@ metrics = "127.0.0.1:9100"
     assert_eq!((o.listen_port, o.keepalive), (DEFAULT_LISTEN_PORT, 25));
     assert!(o.peers.is_empty() && o.rendezvous.is_none() && o.hostname.is_none());
     assert!(!o.auto_approve && o.hosts_file.is_none() && o.metrics.is_none());
-    assert_eq!(o.control, control::default_socket_path());
+    assert_eq!(o.control, crate::api::default_socket_path());
 }
 
 #[test]

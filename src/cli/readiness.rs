@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::daemon::control::{self, ClientError, InfoReply, Request, StatusReply};
+use crate::api::{self, ClientError, InfoReply, Request, StatusReply};
 
 /// How long the control socket may take to answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
@@ -111,7 +111,7 @@ fn request<T: serde::de::DeserializeOwned>(
     socket: &Path,
     request: Request,
 ) -> Result<T, ClientError> {
-    let value = control::request(socket, &request, Duration::from_secs(5))?;
+    let value = api::request(socket, &request, Duration::from_secs(5))?;
     serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 

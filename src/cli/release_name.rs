@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use super::control_call::{call, parse, print_json};
 use super::init::write_config;
 use super::up_flags::default_config_path;
-use crate::daemon::control::{ClientError, ReleasedName, Request};
+use crate::api::{ClientError, ReleasedName, Request};
 
 #[derive(Debug, clap::Args)]
 pub struct ReleaseNameArgs {

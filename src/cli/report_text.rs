@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use super::control_call::{call, parse, print_json};
+use crate::api::{ClientError, InfoReply, Request, StatusReply};
 use crate::clock::describe_offset;
-use crate::daemon::control::{ClientError, InfoReply, Request, StatusReply};
 use crate::wire::printable::printable;
 
 /// A clock further off than this from the rendezvous' would have its messages refused.
@@ -377,7 +377,7 @@ mod tests {
             "an older daemon says nothing"
         );
     }
-    use crate::daemon::control::{PathCounts, TrustCounts};
+    use crate::api::{PathCounts, TrustCounts};
     use crate::wire::control::NatKind;
 
     #[test]

@@ -5,7 +5,7 @@
 //! (network, then the number in hex). Our nodes are named by what they are: a hostname, the
 //! node address `xxxx.xxxx.xxxx` derived from the key, the fd70:: address, or the key itself.
 
-use crate::daemon::control::ClientError;
+use crate::api::ClientError;
 
 /// The forms `pilotctl` accepts for a peer, for messages.
 pub const PEER_FORMS: &str =

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::readiness::{self, Registration, Starting};
 use super::up_flags::{default_config_path, UpFlags};
-use crate::daemon::control::{self, ClientError, InfoReply, Request};
+use crate::api::{self, ClientError, InfoReply, Request};
 
 /// How long `stop` waits for the daemon to exit.
 const WAIT: Duration = Duration::from_secs(15);
@@ -81,7 +81,7 @@ pub fn run(socket: &Path, command: DaemonCommand) -> Result<ExitCode, String> {
 }
 
 fn info(socket: &Path) -> Result<InfoReply, ClientError> {
-    let value = control::request(socket, &Request::Info {}, Duration::from_secs(5))?;
+    let value = api::request(socket, &Request::Info {}, Duration::from_secs(5))?;
     serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 

@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 
 use super::control_call::{call, parse, print_json};
 use super::peer_table::who;
-use crate::daemon::control::StoredMessage;
-use crate::daemon::control::{ClientError, InfoReply, PeerRef, Request};
-use crate::daemon::services::socks5::{self, Reply, Target};
+use crate::api::socks5::{self, Reply, Target};
+use crate::api::StoredMessage;
+use crate::api::{ClientError, InfoReply, PeerRef, Request};
 use crate::wire::message::{self, MessageKind, MESSAGE_PORT};
 use crate::wire::printable::printable;
 

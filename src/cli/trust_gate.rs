@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::control_call::{call, parse};
 use super::peer_table::{age, who};
-use crate::daemon::control::{ClientError, PeerRef, Request, RequestInfo, TrustReply};
+use crate::api::{ClientError, PeerRef, Request, RequestInfo, TrustReply};
 
 /// `Ok` when packets to `peer` may pass; otherwise why not, naming the next step. `typed` is
 /// how the user named the peer, `me` how the peer names this node (hostname, else address).

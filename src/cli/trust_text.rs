@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::daemon::control::{RequestInfo, TrustReply};
+use crate::api::{RequestInfo, TrustReply};
 use crate::wire::printable::printable;
 
 use super::peer_table::{age, who};
@@ -70,7 +70,7 @@ pub(super) fn trust_text(reply: &TrustReply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::control::PeerRef;
+    use crate::api::PeerRef;
 
     const HOSTILE: &str = "hi\nmallory          fd70::6666:6666:6666     1s ago  \x1b[31mURGENT";
 

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::control::ReleasedName;
-use super::control::{Command, PeerRef, PingReply};
+use super::control::Command;
 use super::services::inbox::Inbox;
 use super::services::Incoming;
 use super::trust_file::{SaveSchedule, TrustFile};
+use crate::api::{PeerRef, PingReply, ReleasedName};
 use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};

@@ -254,7 +254,7 @@ async fn up_userspace(
         None => None,
     };
     let socks5_addr = socks5.as_ref().and_then(|l| l.local_addr().ok());
-    if let Some(warning) = socks5_addr.and_then(services::socks5::exposure_warning) {
+    if let Some(warning) = socks5_addr.and_then(crate::api::socks5::exposure_warning) {
         tracing::warn!("{warning}");
     }
     let mut stack = Stack::new(

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use futures::executor::block_on;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::daemon::control::{Request, Response};
-use crate::daemon::services::socks5::{self, Target};
+use crate::api::socks5::{self, Target};
+use crate::api::{Request, Response};
 use crate::wire::message::{
     read_request, read_response, validate, write_request, write_response, Status,
 };

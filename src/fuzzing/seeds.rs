@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::wire::fixed_identity;
-use crate::daemon::control::Request;
+use crate::api::Request;
 use crate::identity::NodeKey;
 use crate::wire::control::{Found, Message, NatKind, Query, RefusalCode};
 use crate::wire::envelope::seal;

@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use super::Core;
-use crate::daemon::control::{InfoReply, RequestInfo, TrustReply, TrustedPeer};
-use crate::daemon::control::{PathCounts, StatusReply, TrustCounts};
+use crate::api::{InfoReply, RequestInfo, TrustReply, TrustedPeer};
+use crate::api::{PathCounts, StatusReply, TrustCounts};
 use crate::daemon::metrics::NodeMetrics;
 use crate::node::PathKind;
 

@@ -10,9 +10,11 @@ use tokio::sync::oneshot;
 
 use super::Core;
 use crate::addr::{Hostname, NodeAddr};
-use crate::daemon::control::{Command, HandshakeReply, PeerRef, PingReply, RequestInfo, TrustVerb};
-use crate::daemon::control::{InboxReply, OpenedStream, ReleasedName};
-use crate::daemon::services::socks5::{Reply, Target};
+use crate::api::socks5::{Reply, Target};
+use crate::api::{HandshakeReply, PeerRef, PingReply, RequestInfo};
+use crate::api::{InboxReply, ReleasedName};
+use crate::daemon::control::OpenedStream;
+use crate::daemon::control::{Command, TrustVerb};
 use crate::identity::NodeKey;
 use crate::node::{HandshakeOutcome, ReleaseOutcome};
 use crate::wire::control::Query;

@@ -26,7 +26,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::daemon::control::{PeerRef, StoredMessage};
+use crate::api::{PeerRef, StoredMessage};
 use crate::io::file::write_atomic;
 use crate::wire::message::{validate, MessageError, MessageKind, MAX_MESSAGE_BYTES};
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::daemon::control::PeerRef;
+use crate::api::PeerRef;
 use crate::daemon::services::inbox::{Inbox, InboxError};
 use crate::wire::message::{
     read_request, validate, write_response, MessageError, MessageKind, Status, MAX_MESSAGE_BYTES,

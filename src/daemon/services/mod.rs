@@ -9,7 +9,6 @@
 
 pub mod inbox;
 pub mod messages;
-pub mod socks5;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -20,13 +19,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::api::socks5::{self, Reply};
+use crate::api::PeerRef;
 use crate::clock::unix_ms_now;
-use crate::daemon::control::PeerRef;
 use crate::daemon::control::{ask, Command};
 use crate::io::stack::{Accepted, CONNECT_TIMEOUT};
 use crate::wire::message::MESSAGE_PORT;
 use inbox::Inbox;
-use socks5::Reply;
 
 /// How long a SOCKS5 client may take to say where it wants to go.
 const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -281,7 +281,10 @@ fn lazy_changes_are_written_as_soon_as_a_batch_waits() {
         .map(|n| Client::new(n, &format!("198.51.100.{n}:40000")))
         .collect();
     for node in &mut nodes {
-        assert!(matches!(node.register(&mut sim, &[]), Some(Message::Registered { .. })));
+        assert!(matches!(
+            node.register(&mut sim, &[]),
+            Some(Message::Registered { .. })
+        ));
     }
     sim.advance(Duration::from_secs(20));
     for node in &mut nodes[..2] {
