@@ -21,12 +21,12 @@ pub mod socks5;
 
 pub use client::{default_socket_path, request, ClientError};
 pub use reply::{
-    HandshakeReply, InboxReply, InfoReply, PathCounts, PeerRef, PingReply, ReleasedName,
-    RequestInfo, StatusReply, StoredMessage, TrustCounts, TrustReply, TrustedPeer,
+    HandshakeReply, InboxReply, InfoReply, PathCounts, PingReply, ReleasedName, RequestInfo,
+    StatusReply, StoredMessage, TrustCounts, TrustReply, TrustedPeer,
 };
 pub use request::{Request, Response};
 
 // The node's own types that replies carry as they are.
-pub use crate::node::{HandshakeOutcome, NetStatus, PathKind, PeerStatus};
+pub use crate::node::{HandshakeOutcome, NetStatus, PathKind, PeerRef, PeerStatus};
 pub use crate::wire::control::NatKind;
 pub use crate::wire::message::MessageKind;

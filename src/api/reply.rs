@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::HandshakeOutcome;
+use crate::node::{HandshakeOutcome, PeerRef};
 use crate::wire::control::NatKind;
 use crate::wire::message::MessageKind;
 
@@ -118,15 +118,6 @@ pub struct TrustCounts {
     /// Requests waiting for `pilotctl approve`.
     pub pending: usize,
     pub auto_approve: bool,
-}
-
-/// A peer as the trust verbs name it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerRef {
-    pub address: String,
-    pub node: String,
-    pub hostname: Option<String>,
-    pub public_key: String,
 }
 
 /// `handshake`'s result.

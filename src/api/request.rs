@@ -92,4 +92,47 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"info","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
     }
+
+    #[test]
+    fn peers_keep_their_wire_form_and_are_checked_when_read() {
+        use crate::api::{PathKind, PeerRef, PeerStatus};
+        use crate::identity::NodeKey;
+        let key = NodeKey([9; 32]);
+        let status = PeerStatus {
+            peer: PeerRef::new(key, Some("bob".parse().unwrap())),
+            path: PathKind::Relay,
+            endpoint: Some("203.0.113.7:7400".parse().unwrap()),
+            rx_bytes: 1,
+            tx_bytes: 2,
+            last_handshake_secs: Some(3),
+            rtt_ms: None,
+            last_heard_secs: Some(4),
+            unreachable: false,
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        let addr = key.address();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "address": addr.to_ipv6().to_string(),
+                "node": addr.to_string(),
+                "hostname": "bob",
+                "public_key": key.to_string(),
+                "path": "relay",
+                "endpoint": "203.0.113.7:7400",
+                "rx_bytes": 1,
+                "tx_bytes": 2,
+                "last_handshake_secs": 3,
+                "rtt_ms": null,
+                "last_heard_secs": 4,
+                "unreachable": false,
+            })
+        );
+        let back: PeerStatus = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.peer, status.peer);
+        // An address that is not the key's is refused, not believed.
+        let mut forged = json;
+        forged["node"] = "a1b2.c3d4.e5f6".into();
+        assert!(serde_json::from_value::<PeerStatus>(forged).is_err());
+    }
 }

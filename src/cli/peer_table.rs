@@ -33,11 +33,11 @@ pub(super) fn peer_table(peers: &[PeerStatus]) -> String {
         row(
             &mut text,
             [
-                &p.node,
-                &or_dash(p.hostname.clone()),
-                &p.address,
+                &p.peer.addr.to_string(),
+                &or_dash(p.peer.hostname.as_ref().map(ToString::to_string)),
+                &p.peer.addr.to_ipv6().to_string(),
                 p.path.as_str(),
-                &or_dash(p.endpoint.clone()),
+                &or_dash(p.endpoint.map(|e| e.to_string())),
                 &p.rx_bytes.to_string(),
                 &p.tx_bytes.to_string(),
                 &or_dash(p.last_handshake_secs.map(|s| format!("{s}s ago"))),
@@ -73,8 +73,8 @@ fn row(
 /// rendezvous: escaped like any text from the network.
 pub(super) fn who(peer: &PeerRef) -> String {
     match &peer.hostname {
-        Some(name) => format!("{} ({})", printable(name), peer.address),
-        None => format!("{} ({})", peer.node, peer.address),
+        Some(name) => format!("{} ({})", printable(name.as_str()), peer.addr.to_ipv6()),
+        None => format!("{} ({})", peer.addr, peer.addr.to_ipv6()),
     }
 }
 
@@ -96,12 +96,13 @@ mod tests {
 
     fn peer(hostname: Option<&str>, rtt_ms: Option<f64>) -> PeerStatus {
         PeerStatus {
-            address: "fd70::a1b2:c3d4:e5f6".into(),
-            node: "a1b2.c3d4.e5f6".into(),
-            hostname: hostname.map(Into::into),
-            public_key: "00".repeat(32),
+            peer: PeerRef {
+                key: crate::identity::NodeKey([0; 32]),
+                addr: "a1b2.c3d4.e5f6".parse().unwrap(),
+                hostname: hostname.map(|h| h.parse().unwrap()),
+            },
             path: PathKind::Direct,
-            endpoint: Some("198.51.100.2:51870".into()),
+            endpoint: Some("198.51.100.2:51870".parse().unwrap()),
             rx_bytes: 1234,
             tx_bytes: 56,
             last_handshake_secs: Some(7),

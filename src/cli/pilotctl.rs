@@ -265,7 +265,7 @@ fn resolve(socket: &Path, name: String, json: bool) -> Result<ExitCode, ClientEr
         print_json(&value);
     } else {
         let peer: PeerRef = parse(value)?;
-        println!("{}", peer.address);
+        println!("{}", peer.addr.to_ipv6());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -42,10 +42,7 @@ fn route(socket: &Path, typed: &str, port: u16) -> Result<Route, ClientError> {
     let info: InfoReply = parse(call(socket, &Request::Info {})?)?;
     let me = info.hostname.as_deref().unwrap_or(&info.node);
     super::trust_gate::check(socket, typed, &peer, me)?;
-    let ip: IpAddr = peer
-        .address
-        .parse()
-        .map_err(|_| ClientError::Protocol(format!("bad address {}", peer.address)))?;
+    let ip = IpAddr::V6(peer.addr.to_ipv6());
     let proxy = match (info.mode.as_str(), &info.socks5) {
         ("userspace", Some(proxy)) => Some(
             proxy
@@ -273,11 +270,11 @@ pub fn inbox(socket: &Path, json: bool, clear: bool) -> Result<ExitCode, ClientE
         println!("no messages");
     }
     for m in &messages {
-        let from = printable(m.from.hostname.as_deref().unwrap_or(&m.from.node));
+        let from = printable(&m.from.name()).to_string();
         println!(
             "{}  from {from} ({})  {}  {} bytes  {}",
             m.id,
-            m.from.address,
+            m.from.addr.to_ipv6(),
             m.kind.as_str(),
             m.size,
             super::peer_table::age(m.received_ms, None)

@@ -18,15 +18,11 @@ pub(super) fn check(
     me: &str,
 ) -> Result<(), ClientError> {
     let trust: TrustReply = parse(call(socket, &Request::Trust {})?)?;
-    if trust
-        .trusted
-        .iter()
-        .any(|t| t.peer.public_key == peer.public_key)
-    {
+    if trust.trusted.iter().any(|t| t.peer.key == peer.key) {
         return Ok(());
     }
     let pending: Vec<RequestInfo> = parse(call(socket, &Request::Pending {})?)?;
-    let asked_us = pending.iter().any(|r| r.peer.public_key == peer.public_key);
+    let asked_us = pending.iter().any(|r| r.peer.key == peer.key);
     Err(ClientError::Daemon(explain(
         typed, peer, me, &trust, asked_us,
     )))
@@ -38,10 +34,7 @@ fn explain(typed: &str, peer: &PeerRef, me: &str, trust: &TrustReply, asked_us: 
         "{} is not a trusted peer of this node, so nothing reaches it",
         who(peer)
     );
-    let ours = trust
-        .requested
-        .iter()
-        .find(|r| r.peer.public_key == peer.public_key);
+    let ours = trust.requested.iter().find(|r| r.peer.key == peer.key);
     if let Some(request) = ours {
         return match &request.reason {
             Some(reason) if !reason.is_empty() => {
@@ -55,11 +48,7 @@ fn explain(typed: &str, peer: &PeerRef, me: &str, trust: &TrustReply, asked_us: 
             ),
         };
     }
-    if trust
-        .approved
-        .iter()
-        .any(|a| a.public_key == peer.public_key)
-    {
+    if trust.approved.iter().any(|a| a.key == peer.key) {
         return format!(
             "{base} yet: this node approved its request, and its node countersigns as soon as \
              it hears of it; try again in a moment"
@@ -82,10 +71,9 @@ mod tests {
 
     fn bob() -> PeerRef {
         PeerRef {
-            address: "fd70::a1b2:c3d4:e5f6".into(),
-            node: "a1b2.c3d4.e5f6".into(),
-            hostname: Some("bob".into()),
-            public_key: "0b".repeat(32),
+            key: crate::identity::NodeKey([0x0b; 32]),
+            addr: "a1b2.c3d4.e5f6".parse().unwrap(),
+            hostname: Some("bob".parse().unwrap()),
         }
     }
 

@@ -19,13 +19,12 @@ pub(super) fn pending_text(requests: &[RequestInfo]) -> String {
         "FROM", "ADDRESS", "ASKED"
     );
     for r in requests {
-        let from = r.peer.hostname.as_deref().unwrap_or(&r.peer.node);
         // Padding counts chars: format the escaped name first.
-        let from = printable(from).to_string();
+        let from = printable(&r.peer.name()).to_string();
         let _ = writeln!(
             text,
             "{from:<20} {:<24} {:>9}  {}",
-            printable(&r.peer.address),
+            r.peer.addr.to_ipv6().to_string(),
             age(r.issued_ms, r.age_secs),
             printable(&r.justification)
         );
@@ -76,10 +75,9 @@ mod tests {
 
     fn peer(hostname: Option<&str>) -> PeerRef {
         PeerRef {
-            address: "fd70::a1b2:c3d4:e5f6".into(),
-            node: "a1b2.c3d4.e5f6".into(),
-            hostname: hostname.map(str::to_owned),
-            public_key: "00".repeat(32),
+            key: crate::identity::NodeKey([0; 32]),
+            addr: "a1b2.c3d4.e5f6".parse().unwrap(),
+            hostname: hostname.map(|h| h.parse().unwrap()),
         }
     }
 
@@ -112,19 +110,25 @@ mod tests {
     }
 
     #[test]
-    fn a_hostile_reason_and_hostname_are_escaped_in_trust() {
+    fn a_hostile_reason_is_escaped_in_trust_and_a_hostile_hostname_is_not_read_at_all() {
         let reply = TrustReply {
             trusted: Vec::new(),
             requested: vec![RequestInfo {
-                peer: peer(Some("eve\n\x1b[2J")),
+                peer: peer(Some("eve")),
                 ..request("", Some(HOSTILE))
             }],
             approved: Vec::new(),
         };
         let text = trust_text(&reply);
         assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(text.starts_with("requested  eve\\n\\u{1b}[2J (fd70::a1b2:c3d4:e5f6)"));
+        assert!(text.starts_with("requested  eve (fd70::a1b2:c3d4:e5f6)"));
         assert!(text.contains("rejected: hi\\nmallory"), "{text}");
         assert!(!text.contains('\x1b'));
+
+        // A hostname is a `Hostname`: what is not one never becomes a `PeerRef` to print.
+        let mut json =
+            serde_json::to_value(PeerRef::new(crate::identity::NodeKey([7; 32]), None)).unwrap();
+        json["hostname"] = "eve\n\x1b[2J".into();
+        assert!(serde_json::from_value::<PeerRef>(json).is_err());
     }
 }

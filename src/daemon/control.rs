@@ -246,12 +246,9 @@ async fn trust_verb(commands: &mpsc::Sender<Command>, peer: String, verb: TrustV
         Ok(peer) => peer,
         Err(e) => return failure(e),
     };
-    let Ok(key) = peer.public_key.parse() else {
-        return failure(format!("bad key {}", peer.public_key));
-    };
     match ask(commands, |reply| Command::Trust {
         verb,
-        peer: key,
+        peer: peer.key,
         reply,
     })
     .await

@@ -41,7 +41,7 @@ use ed25519_dalek::SigningKey;
 
 pub use counters::{Counters, DropReason};
 pub use names::{ReleaseError, ReleaseOutcome};
-pub use peer::{PathKind, PeerConfig, PeerStatus, PeerTraffic};
+pub use peer::{PathKind, PeerConfig, PeerRef, PeerStatus, PeerTraffic};
 pub use rendezvous::{NetStatus, RendezvousConfig, RendezvousProblem};
 pub use trust::{
     HandshakeOutcome, Incoming, Outgoing, TrustBook, TrustState, VerbError, TRUST_STATE_VERSION,
@@ -747,10 +747,7 @@ impl Node {
         let relay = self.link.as_ref().map(|l| l.config.addr);
         let mut status =
             self.peers[index].status(self.route(index, now), relay, self.keepalive, now);
-        status.hostname = self
-            .trust
-            .name_of(&self.peers[index].key)
-            .map(|n| n.to_string());
+        status.peer.hostname = self.trust.name_of(&self.peers[index].key).cloned();
         status
     }
 

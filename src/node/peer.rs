@@ -1,6 +1,6 @@
 //! One peer: its key, the address that key owns, its WireGuard tunnel and where to reach it.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::liveness::Liveness;
 use super::path::{PeerPath, Route};
-use crate::addr::NodeAddr;
+use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
 
 /// A WireGuard session older than this is gone (boringtun's REJECT_AFTER_TIME is 180 s).
@@ -46,15 +46,81 @@ impl PathKind {
     }
 }
 
+/// A peer as verbs and replies name it: its key, the overlay address that key owns, and its
+/// hostname when one is known. On the control socket it is
+/// `{"address": "fd70::…", "node": "a1b2.c3d4.e5f6", "hostname": "bob", "public_key": "…"}`;
+/// reading one checks that the address is the key's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "PeerRefWire", try_from = "PeerRefWire")]
+pub struct PeerRef {
+    pub key: NodeKey,
+    pub addr: NodeAddr,
+    pub hostname: Option<Hostname>,
+}
+
+impl PeerRef {
+    pub fn new(key: NodeKey, hostname: Option<Hostname>) -> PeerRef {
+        PeerRef {
+            key,
+            addr: key.address(),
+            hostname,
+        }
+    }
+
+    /// What people call it: its hostname, else its node address.
+    pub fn name(&self) -> String {
+        match &self.hostname {
+            Some(name) => name.to_string(),
+            None => self.addr.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerRefWire {
+    address: Ipv6Addr,
+    node: NodeAddr,
+    hostname: Option<Hostname>,
+    public_key: String,
+}
+
+impl From<PeerRef> for PeerRefWire {
+    fn from(p: PeerRef) -> PeerRefWire {
+        PeerRefWire {
+            address: p.addr.to_ipv6(),
+            node: p.addr,
+            hostname: p.hostname,
+            public_key: p.key.to_string(),
+        }
+    }
+}
+
+impl TryFrom<PeerRefWire> for PeerRef {
+    type Error = String;
+
+    fn try_from(w: PeerRefWire) -> Result<PeerRef, String> {
+        let key: NodeKey = w
+            .public_key
+            .parse()
+            .map_err(|e| format!("public_key {:?}: {e}", w.public_key))?;
+        let peer = PeerRef::new(key, w.hostname);
+        if peer.addr != w.node || peer.addr.to_ipv6() != w.address {
+            return Err(format!(
+                "{} and {} are not the addresses of key {key}",
+                w.node, w.address
+            ));
+        }
+        Ok(peer)
+    }
+}
+
 /// A snapshot of one peer for `pilotctl peers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
-    pub address: String,
-    pub node: String,
-    pub hostname: Option<String>,
-    pub public_key: String,
+    #[serde(flatten)]
+    pub peer: PeerRef,
     pub path: PathKind,
-    pub endpoint: Option<String>,
+    pub endpoint: Option<SocketAddr>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub last_handshake_secs: Option<u64>,
@@ -242,12 +308,13 @@ impl Peer {
             .map(|d| d.as_secs_f64() * 1000.0)
             .or(rtt.filter(|&ms| ms > 0).map(f64::from));
         PeerStatus {
-            address: self.addr.to_ipv6().to_string(),
-            node: self.addr.to_string(),
-            hostname: None,
-            public_key: self.key.to_string(),
+            peer: PeerRef {
+                key: self.key,
+                addr: self.addr,
+                hostname: None,
+            },
             path,
-            endpoint: endpoint.map(|e| e.to_string()),
+            endpoint,
             rx_bytes: rx_bytes as u64,
             tx_bytes: tx_bytes as u64,
             last_handshake_secs: since_handshake.map(|d| d.as_secs()),

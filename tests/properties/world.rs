@@ -618,7 +618,12 @@ impl World {
                 .map(|p| {
                     format!(
                         "{} {:?} via {:?} rx {} tx {} hs {:?}",
-                        p.node, p.path, p.endpoint, p.rx_bytes, p.tx_bytes, p.last_handshake_secs
+                        p.peer.addr,
+                        p.path,
+                        p.endpoint,
+                        p.rx_bytes,
+                        p.tx_bytes,
+                        p.last_handshake_secs
                     )
                 })
                 .collect();

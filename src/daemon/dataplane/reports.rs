@@ -101,10 +101,10 @@ impl Core {
                 .peers(now)
                 .filter(|p| p.unreachable)
                 .map(|p| {
-                    let name = p.hostname.as_deref().unwrap_or("-");
+                    let name = p.peer.hostname.as_ref().map_or("-", |h| h.as_str());
                     match p.last_heard_secs {
-                        Some(s) => format!("{name} ({}), last heard {s} s ago", p.node),
-                        None => format!("{name} ({}), never heard", p.node),
+                        Some(s) => format!("{name} ({}), last heard {s} s ago", p.peer.addr),
+                        None => format!("{name} ({}), never heard", p.peer.addr),
                     }
                 })
                 .collect(),

@@ -151,14 +151,8 @@ impl Core {
     }
 
     pub(super) fn peer_ref(&self, key: NodeKey, hostname: Option<Hostname>) -> PeerRef {
-        let addr = key.address();
         let hostname = hostname.or_else(|| self.node.trust().name_of(&key).cloned());
-        PeerRef {
-            address: addr.to_ipv6().to_string(),
-            node: addr.to_string(),
-            hostname: hostname.map(|n| n.to_string()),
-            public_key: key.to_string(),
-        }
+        PeerRef::new(key, hostname)
     }
 
     /// Starts releasing this node's hostname; `reply` is answered by [`Self::name_released`].

@@ -54,21 +54,21 @@ async fn serve_with_timeout<S: AsyncRead + AsyncWrite + Unpin>(
         refuse(stream, Status::NotTrusted, NOT_TRUSTED, idle).await;
         return;
     };
-    let from = sender.node.as_str();
+    let from = sender.addr;
     loop {
         let (kind, payload) = match timeout(idle, read_request(&mut stream)).await {
             Ok(Ok(Some(request))) => request,
             Ok(Ok(None)) => break,
             Err(_) => {
-                tracing::debug!(from, "message connection idle for {idle:?}: closed");
+                tracing::debug!(%from, "message connection idle for {idle:?}: closed");
                 break;
             }
             Ok(Err(e @ (MessageError::Closed(_) | MessageError::Io(_)))) => {
-                tracing::debug!(from, "message connection lost: {e}");
+                tracing::debug!(%from, "message connection lost: {e}");
                 return;
             }
             Ok(Err(e)) => {
-                tracing::debug!(from, "message refused, connection closed: {e}");
+                tracing::debug!(%from, "message refused, connection closed: {e}");
                 let status = match e {
                     MessageError::TooLarge { .. } => Status::TooLarge,
                     _ => Status::Malformed,
@@ -80,7 +80,7 @@ async fn serve_with_timeout<S: AsyncRead + AsyncWrite + Unpin>(
         let (status, detail) = match validate(kind, &payload) {
             Ok(()) => store(&inbox, &sender, kind, payload, clock()).await,
             Err(e) => {
-                tracing::debug!(from, kind = kind.as_str(), "message refused: {e}");
+                tracing::debug!(%from, kind = kind.as_str(), "message refused: {e}");
                 (Status::Malformed, e.to_string())
             }
         };
@@ -109,25 +109,25 @@ async fn store(
         inbox.store(&from, kind, &payload, received_ms)
     })
     .await;
-    let from = sender.node.as_str();
-    let hostname = sender.hostname.as_deref().unwrap_or("-");
+    let from = sender.addr;
+    let hostname = sender.hostname.as_ref().map_or("-", |h| h.as_str());
     match stored {
         Ok(Ok(id)) => {
-            tracing::info!(from, hostname, kind = kind.as_str(), size, %id, "message stored");
+            tracing::info!(%from, hostname, kind = kind.as_str(), size, %id, "message stored");
             (Status::Stored, id)
         }
         Ok(Err(e @ InboxError::Full { .. })) => {
-            tracing::debug!(from, "message refused: {e}");
+            tracing::debug!(%from, "message refused: {e}");
             (Status::InboxFull, e.to_string())
         }
         Ok(Err(InboxError::Invalid(e))) => (Status::Malformed, e.to_string()),
         Ok(Err(InboxError::Io(e))) => {
-            tracing::warn!(from, "cannot store a message: {e}");
+            tracing::warn!(%from, "cannot store a message: {e}");
             let detail = format!("the receiver could not store the message: {e}");
             (Status::StoreFailed, detail)
         }
         Err(e) => {
-            tracing::warn!(from, "storing a message failed: {e}");
+            tracing::warn!(%from, "storing a message failed: {e}");
             let detail = "the receiver could not store the message".to_owned();
             (Status::StoreFailed, detail)
         }

@@ -24,12 +24,10 @@ impl Drop for TestDir {
 }
 
 pub(crate) fn sender() -> PeerRef {
-    PeerRef {
-        public_key: "k3y".to_owned(),
-        node: "0123:4567:89ab:cdef".to_owned(),
-        address: "fd70::123:4567:89ab:cdef".to_owned(),
-        hostname: Some("alice".to_owned()),
-    }
+    PeerRef::new(
+        crate::identity::NodeKey([3; 32]),
+        Some("alice".parse().unwrap()),
+    )
 }
 
 fn message_files(dir: &Path) -> Vec<String> {
