@@ -15,11 +15,13 @@
 //! only its client and state types); the daemon's side of the socket is `daemon::control`.
 
 mod client;
+mod error;
 mod reply;
 mod request;
 pub mod socks5;
 
 pub use client::{default_socket_path, request, ClientError};
+pub use error::ControlError;
 pub use reply::{
     HandshakeReply, InboxReply, InfoReply, PathCounts, PingReply, ReleasedName, RequestInfo,
     StatusReply, StoredMessage, TrustCounts, TrustReply, TrustedPeer,

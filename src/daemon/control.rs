@@ -13,8 +13,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{
-    InboxReply, InfoReply, NetStatus, PeerRef, PeerStatus, PingReply, ReleasedName, Request,
-    RequestInfo, Response, StatusReply, TrustReply,
+    ControlError, InboxReply, InfoReply, NetStatus, PeerRef, PeerStatus, PingReply, ReleasedName,
+    Request, RequestInfo, Response, StatusReply, TrustReply,
 };
 
 /// Longest request line accepted; anything longer is refused and the connection closed.
@@ -28,19 +28,19 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     Ping {
         peer: String,
-        reply: oneshot::Sender<Result<oneshot::Receiver<PingReply>, String>>,
+        reply: oneshot::Sender<Result<oneshot::Receiver<PingReply>, ControlError>>,
     },
     NetCheck(oneshot::Sender<NetStatus>),
     /// Finds the key behind a hostname, address or key (locally, else at the rendezvous).
     Resolve {
         name: String,
-        reply: oneshot::Sender<Result<PeerRef, String>>,
+        reply: oneshot::Sender<Result<PeerRef, ControlError>>,
     },
     /// A trust verb on a resolved peer.
     Trust {
         verb: TrustVerb,
         peer: crate::identity::NodeKey,
-        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+        reply: oneshot::Sender<Result<serde_json::Value, ControlError>>,
     },
     TrustList(oneshot::Sender<TrustReply>),
     Pending(oneshot::Sender<Vec<RequestInfo>>),
@@ -50,7 +50,7 @@ pub enum Command {
     /// Userspace mode: a TCP connection to a peer through the stack (SOCKS5 CONNECT).
     OpenStream {
         target: crate::api::socks5::Target,
-        reply: oneshot::Sender<Result<OpenedStream, (crate::api::socks5::Reply, String)>>,
+        reply: oneshot::Sender<Result<OpenedStream, (crate::api::socks5::Reply, ControlError)>>,
     },
     /// The trusted peer at an overlay address (`None` if there is none), for the message
     /// service in kernel mode.
@@ -61,10 +61,10 @@ pub enum Command {
     /// Received messages, cleared after listing if asked.
     Inbox {
         clear: bool,
-        reply: oneshot::Sender<Result<InboxReply, String>>,
+        reply: oneshot::Sender<Result<InboxReply, ControlError>>,
     },
     /// Releases this node's hostname; answered once the rendezvous has (within seconds).
-    ReleaseName(oneshot::Sender<Result<ReleasedName, String>>),
+    ReleaseName(oneshot::Sender<Result<ReleasedName, ControlError>>),
     /// From the port-mapping task: what the gateway offered, and the endpoint it mapped.
     PortMapping {
         status: crate::portmap::PortMapStatus,
@@ -160,13 +160,25 @@ async fn serve_connection(stream: UnixStream, commands: mpsc::Sender<Command>) {
         if n == 0 {
             return;
         }
-        let response = if line.len() > MAX_REQUEST {
-            failure(format!("request longer than {MAX_REQUEST} bytes"))
+        let answer = if line.len() > MAX_REQUEST {
+            Err(ControlError::RequestTooLong(MAX_REQUEST))
         } else {
             match serde_json::from_str::<Request>(&line) {
                 Ok(request) => handle(request, &commands).await,
-                Err(e) => failure(format!("bad request: {e}")),
+                Err(e) => Err(ControlError::BadRequest(e.to_string())),
             }
+        };
+        let response = match answer {
+            Ok(result) => Response {
+                ok: true,
+                result: Some(result),
+                error: None,
+            },
+            Err(e) => Response {
+                ok: false,
+                result: None,
+                error: Some(e.to_string()),
+            },
         };
         let mut text = serde_json::to_string(&response).expect("response serializes");
         text.push('\n');
@@ -176,19 +188,15 @@ async fn serve_connection(stream: UnixStream, commands: mpsc::Sender<Command>) {
     }
 }
 
-async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response {
-    let stopped = || failure("the daemon is shutting down".into());
+async fn handle(
+    request: Request,
+    commands: &mpsc::Sender<Command>,
+) -> Result<serde_json::Value, ControlError> {
     match request {
-        Request::Info {} => ask(commands, Command::Info)
-            .await
-            .map_or_else(stopped, success),
-        Request::Peers {} => ask(commands, Command::Peers)
-            .await
-            .map_or_else(stopped, success),
-        Request::Netcheck {} => ask(commands, Command::NetCheck)
-            .await
-            .map_or_else(stopped, success),
-        Request::Resolve { name } => resolve(commands, name).await.map_or_else(failure, success),
+        Request::Info {} => value(answered(ask(commands, Command::Info).await)?),
+        Request::Peers {} => value(answered(ask(commands, Command::Peers).await)?),
+        Request::Netcheck {} => value(answered(ask(commands, Command::NetCheck).await)?),
+        Request::Resolve { name } => value(resolve(commands, name).await?),
         Request::Handshake {
             peer,
             justification,
@@ -198,65 +206,52 @@ async fn handle(request: Request, commands: &mpsc::Sender<Command>) -> Response 
             trust_verb(commands, peer, TrustVerb::Reject(reason)).await
         }
         Request::Untrust { peer } => trust_verb(commands, peer, TrustVerb::Untrust).await,
-        Request::Trust {} => ask(commands, Command::TrustList)
-            .await
-            .map_or_else(stopped, success),
-        Request::Pending {} => ask(commands, Command::Pending)
-            .await
-            .map_or_else(stopped, success),
-        Request::Status {} => ask(commands, Command::Status)
-            .await
-            .map_or_else(stopped, success),
+        Request::Trust {} => value(answered(ask(commands, Command::TrustList).await)?),
+        Request::Pending {} => value(answered(ask(commands, Command::Pending).await)?),
+        Request::Status {} => value(answered(ask(commands, Command::Status).await)?),
         Request::Inbox { clear } => {
-            match ask(commands, |reply| Command::Inbox { clear, reply }).await {
-                Some(Ok(reply)) => success(reply),
-                Some(Err(e)) => failure(e),
-                None => stopped(),
-            }
+            let inbox = ask(commands, |reply| Command::Inbox { clear, reply }).await;
+            value(answered(inbox)??)
         }
-        Request::ReleaseName {} => match ask(commands, Command::ReleaseName).await {
-            Some(Ok(released)) => success(released),
-            Some(Err(e)) => failure(e),
-            None => stopped(),
-        },
+        Request::ReleaseName {} => value(answered(ask(commands, Command::ReleaseName).await)??),
         Request::Ping { peer, timeout_ms } => {
-            let waiter = match ask(commands, |reply| Command::Ping { peer, reply }).await {
-                Some(Ok(waiter)) => waiter,
-                Some(Err(e)) => return failure(e),
-                None => return stopped(),
-            };
+            let waiter = answered(ask(commands, |reply| Command::Ping { peer, reply }).await)??;
             let timeout = Duration::from_millis(timeout_ms).min(MAX_PING_TIMEOUT);
             match tokio::time::timeout(timeout, waiter).await {
-                Ok(Ok(reply)) => success(reply),
-                Ok(Err(_)) => stopped(),
-                Err(_) => failure(format!("no reply within {} ms", timeout.as_millis())),
+                Ok(reply) => value(reply.map_err(|_| ControlError::ShuttingDown)?),
+                Err(_) => Err(ControlError::NoReply(timeout.as_millis())),
             }
         }
     }
 }
 
 /// Resolves a peer name to its key (waiting for the rendezvous if it must be asked).
-async fn resolve(commands: &mpsc::Sender<Command>, name: String) -> Result<PeerRef, String> {
-    let answer = ask(commands, |reply| Command::Resolve { name, reply }).await;
-    answer.unwrap_or_else(|| Err("the daemon is shutting down".into()))
+async fn resolve(commands: &mpsc::Sender<Command>, name: String) -> Result<PeerRef, ControlError> {
+    answered(ask(commands, |reply| Command::Resolve { name, reply }).await)?
 }
 
-async fn trust_verb(commands: &mpsc::Sender<Command>, peer: String, verb: TrustVerb) -> Response {
-    let peer = match resolve(commands, peer).await {
-        Ok(peer) => peer,
-        Err(e) => return failure(e),
-    };
-    match ask(commands, |reply| Command::Trust {
+async fn trust_verb(
+    commands: &mpsc::Sender<Command>,
+    peer: String,
+    verb: TrustVerb,
+) -> Result<serde_json::Value, ControlError> {
+    let peer = resolve(commands, peer).await?;
+    let done = ask(commands, |reply| Command::Trust {
         verb,
         peer: peer.key,
         reply,
     })
-    .await
-    {
-        Some(Ok(result)) => success(result),
-        Some(Err(e)) => failure(e),
-        None => failure("the daemon is shutting down".into()),
-    }
+    .await;
+    answered(done)?
+}
+
+/// The data plane's answer; `ShuttingDown` when it stopped before giving one.
+fn answered<T>(answer: Option<T>) -> Result<T, ControlError> {
+    answer.ok_or(ControlError::ShuttingDown)
+}
+
+fn value<T: Serialize>(result: T) -> Result<serde_json::Value, ControlError> {
+    Ok(serde_json::to_value(result).expect("replies serialize"))
 }
 
 /// Sends the data plane the command `make` builds around a reply channel and waits for the
@@ -268,20 +263,4 @@ pub(super) async fn ask<T>(
     let (tx, rx) = oneshot::channel();
     commands.send(make(tx)).await.ok()?;
     rx.await.ok()
-}
-
-fn success<T: Serialize>(value: T) -> Response {
-    Response {
-        ok: true,
-        result: Some(serde_json::to_value(value).expect("serializes")),
-        error: None,
-    }
-}
-
-fn failure(error: String) -> Response {
-    Response {
-        ok: false,
-        result: None,
-        error: Some(error),
-    }
 }

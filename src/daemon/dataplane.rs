@@ -25,7 +25,7 @@ use super::control::Command;
 use super::services::inbox::Inbox;
 use super::services::Incoming;
 use super::trust_file::{SaveSchedule, TrustFile};
-use crate::api::{PeerRef, PingReply, ReleasedName};
+use crate::api::{ControlError, PeerRef, PingReply, ReleasedName};
 use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
@@ -121,7 +121,7 @@ struct Core {
     /// Replies dropped because the send batch stayed full.
     send_dropped: u64,
     /// `resolve` commands waiting for the rendezvous, by lookup id.
-    resolve_waiters: BTreeMap<u64, (String, oneshot::Sender<Result<PeerRef, String>>)>,
+    resolve_waiters: BTreeMap<u64, (String, oneshot::Sender<Result<PeerRef, ControlError>>)>,
     /// When trust.json may be written next (at most a few times a second, with back-off
     /// while writes fail).
     saves: SaveSchedule,
@@ -137,7 +137,7 @@ struct Core {
     /// Received messages (listed and cleared through the control socket).
     inbox: Arc<Mutex<Inbox>>,
     /// The `release_name` command waiting for the rendezvous.
-    release_waiter: Option<oneshot::Sender<Result<ReleasedName, String>>>,
+    release_waiter: Option<oneshot::Sender<Result<ReleasedName, ControlError>>>,
 }
 
 impl DataPlane {
@@ -468,11 +468,9 @@ impl Core {
                         let answer =
                             found
                                 .map(|f| self.peer_ref(f.key, f.hostname))
-                                .ok_or_else(|| match blame {
-                                    Some(blame) => format!("cannot look up `{name}`: {blame}"),
-                                    None => {
-                                        format!("no node `{name}` is registered at the rendezvous")
-                                    }
+                                .ok_or(match blame {
+                                    Some(why) => ControlError::LookupFailed { name, why },
+                                    None => ControlError::NotRegistered(name),
                                 });
                         let _ = waiter.send(answer);
                     }

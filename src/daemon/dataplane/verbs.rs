@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 use super::Core;
 use crate::addr::{Hostname, NodeAddr};
 use crate::api::socks5::{Reply, Target};
+use crate::api::{ControlError, InboxReply, ReleasedName};
 use crate::api::{HandshakeReply, PeerRef, PingReply, RequestInfo};
-use crate::api::{InboxReply, ReleasedName};
 use crate::daemon::control::OpenedStream;
 use crate::daemon::control::{Command, TrustVerb};
 use crate::identity::NodeKey;
@@ -28,52 +28,50 @@ impl Core {
 
     /// Userspace mode: a TCP connection to a trusted peer through the stack, for the SOCKS5
     /// proxy. The error carries the SOCKS5 reply that says why not.
-    pub(super) fn open_stream(&mut self, target: Target) -> Result<OpenedStream, (Reply, String)> {
+    pub(super) fn open_stream(
+        &mut self,
+        target: Target,
+    ) -> Result<OpenedStream, (Reply, ControlError)> {
         let (ip, port) = match target {
             Target::Ip(SocketAddr::V6(sa)) => (*sa.ip(), sa.port()),
             Target::Ip(SocketAddr::V4(sa)) => {
                 return Err((
                     Reply::AddressTypeNotSupported,
-                    format!("{sa}: only overlay (fd70::) addresses are reachable through this proxy"),
+                    ControlError::NotOverlayV4(sa),
                 ))
             }
             Target::Name(name, port) => match self.resolve_local(&name) {
                 Ok(Ok(key)) => (key.address().to_ipv6(), port),
                 Ok(Err(_)) => {
-                    return Err((
-                        Reply::HostUnreachable,
-                        format!("`{name}` is not a peer this node knows (trust it first: pilotctl handshake)"),
-                    ))
+                    return Err((Reply::HostUnreachable, ControlError::UnknownPeer(name)))
                 }
                 Err(e) => return Err((Reply::HostUnreachable, e)),
             },
         };
         let Some(addr) = NodeAddr::from_ipv6(ip) else {
-            return Err((
-                Reply::NetworkUnreachable,
-                format!("{ip} is not an overlay address (fd70::/80)"),
-            ));
+            return Err((Reply::NetworkUnreachable, ControlError::NotOverlay(ip)));
         };
         if self.node.trusted_peer_at(addr).is_none() {
-            return Err((
-                Reply::NotAllowed,
-                format!("{addr} is not a trusted peer of this node"),
-            ));
+            return Err((Reply::NotAllowed, ControlError::NotTrusted(addr)));
         }
         let Some((stack, _)) = &mut self.stack else {
-            return Err((Reply::GeneralFailure, "not in userspace mode".into()));
+            return Err((Reply::GeneralFailure, ControlError::NotUserspace));
         };
         stack
             .connect(SocketAddrV6::new(ip, port, 0, 0), Instant::now())
-            .map_err(|e| (Reply::GeneralFailure, e.to_string()))
+            .map_err(|e| (Reply::GeneralFailure, e.into()))
     }
 
     /// Lists (and clears) the inbox off the loop: it reads files.
-    pub(super) fn inbox(&self, clear: bool, reply: oneshot::Sender<Result<InboxReply, String>>) {
+    pub(super) fn inbox(
+        &self,
+        clear: bool,
+        reply: oneshot::Sender<Result<InboxReply, ControlError>>,
+    ) {
         let inbox = self.inbox.clone();
         tokio::task::spawn_blocking(move || {
             let Ok(mut inbox) = inbox.lock() else {
-                let _ = reply.send(Err("the inbox is unavailable".into()));
+                let _ = reply.send(Err(ControlError::InboxUnavailable));
                 return;
             };
             let messages = inbox.list();
@@ -81,7 +79,7 @@ impl Core {
                 match inbox.clear() {
                     Ok(n) => Some(n),
                     Err(e) => {
-                        let _ = reply.send(Err(format!("clearing the inbox: {e}")));
+                        let _ = reply.send(Err(ControlError::ClearInbox(e)));
                         return;
                     }
                 }
@@ -156,14 +154,17 @@ impl Core {
     }
 
     /// Starts releasing this node's hostname; `reply` is answered by [`Self::name_released`].
-    pub(super) fn release_name(&mut self, reply: oneshot::Sender<Result<ReleasedName, String>>) {
+    pub(super) fn release_name(
+        &mut self,
+        reply: oneshot::Sender<Result<ReleasedName, ControlError>>,
+    ) {
         match self.node.release_name(Instant::now()) {
             Ok(name) => {
                 tracing::info!("releasing hostname {name} at the rendezvous");
                 self.release_waiter = Some(reply);
             }
             Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(e.into()));
             }
         }
     }
@@ -177,17 +178,14 @@ impl Core {
                     hostname: name.to_string(),
                 })
             }
-            ReleaseOutcome::NotHeld => Err(format!(
-                "the rendezvous says this node does not hold `{name}` (another node does, or \
-                 nobody); nothing changed"
-            )),
+            ReleaseOutcome::NotHeld => Err(ControlError::NameNotHeld(name.clone())),
             ReleaseOutcome::Unconfirmed => {
                 let blame = self.rendezvous_blame(Instant::now());
                 let why = blame.map_or_else(String::new, |b| format!(" ({b})"));
-                Err(format!(
-                    "the rendezvous did not confirm releasing `{name}`{why}; this node claims \
-                     it again as before: try again (pilotctl netcheck shows the rendezvous)"
-                ))
+                Err(ControlError::ReleaseUnconfirmed {
+                    name: name.clone(),
+                    why,
+                })
             }
         };
         if let Err(e) = &answer {
@@ -203,7 +201,7 @@ impl Core {
     pub(super) fn resolve(
         &mut self,
         name: String,
-        reply: oneshot::Sender<Result<PeerRef, String>>,
+        reply: oneshot::Sender<Result<PeerRef, ControlError>>,
     ) {
         let query = match self.resolve_local(&name) {
             Ok(Ok(key)) => {
@@ -222,13 +220,13 @@ impl Core {
                 self.resolve_waiters.insert(id, (name, reply));
             }
             Err(e) => {
-                let _ = reply.send(Err(format!("`{name}` is not known locally, and {e}")));
+                let _ = reply.send(Err(ControlError::CannotAsk { name, source: e }));
             }
         }
     }
 
     /// `Ok(Ok(key))` when known here, `Ok(Err(query))` when the rendezvous must be asked.
-    pub(super) fn resolve_local(&self, name: &str) -> Result<Result<NodeKey, Query>, String> {
+    pub(super) fn resolve_local(&self, name: &str) -> Result<Result<NodeKey, Query>, ControlError> {
         if let Ok(key) = name.parse::<NodeKey>() {
             return Ok(Ok(key));
         }
@@ -243,13 +241,15 @@ impl Core {
                 return Ok(Ok(self.node.key()));
             }
             if let Some((holder, other)) = self.node.trust().contested(&host) {
-                return Err(contested_name(&host, &holder, &other));
+                return Err(ControlError::Ambiguous {
+                    name: host,
+                    holder,
+                    other,
+                });
             }
             return Ok(self.node.trust().key_named(&host).ok_or(Query::Name(host)));
         }
-        Err(format!(
-            "`{name}` is not a peer: give a hostname, a node address (xxxx.xxxx.xxxx), an fd70:: address or a public key"
-        ))
+        Err(ControlError::NotAPeerName(name.to_owned()))
     }
 
     /// Every key this node has heard of: peers, requests both ways, approvals, names.
@@ -268,15 +268,12 @@ impl Core {
         &mut self,
         verb: TrustVerb,
         peer: NodeKey,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, ControlError> {
         let now = Instant::now();
         let peer_ref = self.peer_ref(peer, None);
         let done = match verb {
             TrustVerb::Handshake(justification) => {
-                let outcome = self
-                    .node
-                    .handshake(peer, &justification, now)
-                    .map_err(|e| e.to_string())?;
+                let outcome = self.node.handshake(peer, &justification, now)?;
                 let reply = HandshakeReply {
                     peer: peer_ref,
                     outcome,
@@ -288,37 +285,25 @@ impl Core {
             TrustVerb::Reject(reason) => self.node.reject(peer, &reason, now),
             TrustVerb::Untrust => self.node.untrust(peer, now),
         };
-        done.map_err(|e| e.to_string())?;
+        done?;
         Ok(serde_json::json!({ "peer": peer_ref }))
     }
 
     pub(super) fn start_ping(
         &mut self,
         peer: &str,
-    ) -> Result<oneshot::Receiver<PingReply>, String> {
+    ) -> Result<oneshot::Receiver<PingReply>, ControlError> {
         let addr = match self.resolve_local(peer)? {
             Ok(key) => key.address(),
             Err(Query::Address(addr)) => addr,
-            Err(_) => return Err(format!("`{peer}` is not a trusted peer of this node")),
+            Err(_) => return Err(ControlError::NotTrustedName(peer.to_owned())),
         };
         // Forget waiters whose pilotctl gave up.
         self.ping_waiters.retain(|_, w| !w.is_closed());
         self.ping_seq = self.ping_seq.wrapping_add(1);
-        self.node
-            .ping(addr, self.ping_seq, Instant::now())
-            .map_err(|e| e.to_string())?;
+        self.node.ping(addr, self.ping_seq, Instant::now())?;
         let (tx, rx) = oneshot::channel();
         self.ping_waiters.insert(self.ping_seq, tx);
         Ok(rx)
     }
-}
-
-/// Why a verb refuses a name two keys answer to: the trusted one that holds it here, and the
-/// one the rendezvous has since given it to.
-fn contested_name(name: &Hostname, holder: &NodeKey, other: &NodeKey) -> String {
-    format!(
-        "`{name}` is ambiguous: the trusted peer {holder} is known here as {name}, but the \
-         rendezvous now gives that name to {other} (the trusted peer's registration may have \
-         lapsed and someone else claimed it); name the peer by its key"
-    )
 }

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::api::socks5::{self, Reply};
-use crate::api::PeerRef;
+use crate::api::{ControlError, PeerRef};
 use crate::clock::unix_ms_now;
 use crate::daemon::control::{ask, Command};
 use crate::io::stack::{Accepted, CONNECT_TIMEOUT};
@@ -198,13 +198,13 @@ async fn socks5_connection(
         reply,
     })
     .await
-    .unwrap_or_else(|| Err((Reply::GeneralFailure, "the daemon is shutting down".into())));
+    .unwrap_or(Err((Reply::GeneralFailure, ControlError::ShuttingDown)));
     let (stream, established) = match opened {
         Ok(opened) => opened,
         Err((code, why)) => {
             tracing::info!(%target, "SOCKS5 connect refused: {why}");
             let _ = socks5::reply(&mut local, code, unspecified).await;
-            return Err(why);
+            return Err(why.to_string());
         }
     };
     let outcome = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), established).await;
