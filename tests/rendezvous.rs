@@ -33,6 +33,8 @@ struct Rendezvous {
     alt: SocketAddr,
     /// Where `--metrics` listens, if it was given.
     metrics: Option<SocketAddr>,
+    /// Where `--tcp-listen` accepts TLS streams, if it was given.
+    streams: Option<SocketAddr>,
     log: mpsc::Receiver<String>,
 }
 
@@ -67,6 +69,7 @@ impl Rendezvous {
             main: SocketAddr::from(([127, 0, 0, 1], port("main_port"))),
             alt: SocketAddr::from(([127, 0, 0, 1], port("alt_port"))),
             metrics: field("metrics").parse().ok(),
+            streams: field("streams").parse().ok(),
             child,
             log,
         }
@@ -595,5 +598,180 @@ fn the_metrics_endpoint_counts_registrations_and_refusals() {
 
     rdv.stop();
     let _ = std::fs::remove_dir_all(&other);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A node whose UDP is blocked: one TLS stream to the rendezvous, frames both ways.
+struct StreamClient {
+    tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    identity: Identity,
+    nonce: u64,
+    cookie: Option<[u8; 16]>,
+}
+
+impl StreamClient {
+    /// Connects and completes TLS, accepting only the rendezvous key `pinned`.
+    fn connect(to: SocketAddr, pinned: NodeKey, n: u8) -> std::io::Result<StreamClient> {
+        use std::io::Write;
+        let config = pilot::io::stream::client_config(pinned).unwrap();
+        let conn = rustls::ClientConnection::new(config, pilot::io::stream::server_name()).unwrap();
+        let tcp = std::net::TcpStream::connect(to)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // The handshake runs on first use.
+        tls.flush()?;
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(StreamClient {
+            tls,
+            identity: Identity::from_secret_bytes(&[n; 32]),
+            nonce: u64::from(std::process::id()) << 20 | u64::from(n) << 12,
+            cookie: None,
+        })
+    }
+
+    fn key(&self) -> NodeKey {
+        self.identity.public_key()
+    }
+
+    fn send_frame(&mut self, datagram: &[u8]) {
+        use std::io::Write;
+        let mut frame = Vec::new();
+        assert!(pilot::io::stream::push_frame(&mut frame, datagram));
+        self.tls.write_all(&frame).unwrap();
+        self.tls.flush().unwrap();
+    }
+
+    fn recv_frame(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        let mut header = [0u8; 2];
+        self.tls.read_exact(&mut header).expect("a frame");
+        let mut datagram = vec![0u8; usize::from(u16::from_be_bytes(header))];
+        self.tls
+            .read_exact(&mut datagram)
+            .expect("the frame's bytes");
+        datagram
+    }
+
+    fn ask(&mut self, rdv: &Rendezvous, message: &Message) -> Message {
+        self.nonce += 1;
+        let mut body = Vec::new();
+        message.encode(&mut body);
+        let mut buf = vec![0u8; 1500];
+        let key = self.identity.signing_key();
+        let n = seal(&mut buf, message.kind(), key, now_ms(), self.nonce, &body).unwrap();
+        self.send_frame(&buf[..n]);
+        self.expect(rdv)
+    }
+
+    fn expect(&mut self, rdv: &Rendezvous) -> Message {
+        let datagram = self.recv_frame();
+        let opened = open(&datagram).expect("a signed reply");
+        assert_eq!(opened.sender, rdv.key);
+        Message::decode(opened.kind, opened.body).unwrap()
+    }
+
+    fn register(&mut self, rdv: &Rendezvous) -> SocketAddr {
+        for _ in 0..2 {
+            let msg = Message::Register {
+                lan: vec![],
+                hostname: None,
+                cookie: self.cookie,
+                trust_digest: 0,
+            };
+            match self.ask(rdv, &msg) {
+                Message::Challenge { cookie, .. } => self.cookie = Some(cookie),
+                Message::Registered { observed, .. } => return observed,
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("challenged twice")
+    }
+}
+
+#[test]
+fn a_node_whose_udp_is_blocked_registers_trusts_and_is_relayed_over_tls() {
+    let dir = temp("streams");
+    let rdv = Rendezvous::start(
+        &dir,
+        &["--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"],
+    );
+    let streams = rdv.streams.expect("streams listening");
+
+    // A TLS server with another key is not the rendezvous: the handshake fails.
+    let impostor = Identity::from_secret_bytes(&[0x66; 32]).public_key();
+    assert!(StreamClient::connect(streams, impostor, 9).is_err());
+
+    let mut b = StreamClient::connect(streams, rdv.key, 2).unwrap();
+    let observed = b.register(&rdv);
+    assert!(
+        observed.to_string().starts_with("[100::"),
+        "a stream's endpoint: {observed}"
+    );
+    let mut a = Client::new(1);
+    a.register(&rdv, &[], None);
+
+    // Trust over both transports: b approves over its stream, a countersigns over UDP.
+    let half = TrustRecord::approve(b.identity.signing_key(), a.key(), now_ms()).unwrap();
+    let stored = b.ask(
+        &rdv,
+        &Message::Submit {
+            statement: Statement::Record(half.clone()),
+        },
+    );
+    assert_eq!(stored, Message::Stored { echo: b.nonce });
+    let (id, _, _) = a.delivery(&rdv);
+    a.ack(&rdv, id);
+    let complete = half
+        .countersign(a.identity.signing_key(), now_ms())
+        .unwrap();
+    a.submit(&rdv, &Statement::Record(complete));
+    let Message::Deliver { id, .. } = b.expect(&rdv) else {
+        panic!("b gets the record down its stream")
+    };
+    b.nonce += 1;
+    let mut body = Vec::new();
+    let ack = Message::Ack { id };
+    ack.encode(&mut body);
+    let mut buf = vec![0u8; 256];
+    let n = seal(
+        &mut buf,
+        ack.kind(),
+        b.identity.signing_key(),
+        now_ms(),
+        b.nonce,
+        &body,
+    )
+    .unwrap();
+    b.send_frame(&buf[..n]);
+
+    // Relayed both ways: UDP in, down the stream; up the stream, out over UDP.
+    a.relay_to(&rdv, &b.key(), b"\x04to b");
+    let frame = b.recv_frame();
+    assert_eq!(
+        (frame[0], &frame[1..33], &frame[33..]),
+        (RELAY_FROM, &a.key().0[..], &b"\x04to b"[..])
+    );
+    let mut frame = vec![0u8; 64];
+    let n = write_relay(&mut frame, RELAY_TO, &a.key(), b"\x04to a").unwrap();
+    b.send_frame(&frame[..n]);
+    let (from, frame) = a.recv(Duration::from_secs(3)).expect("relayed over UDP");
+    assert_eq!(from, rdv.main);
+    assert_eq!(
+        (frame[0], &frame[1..33], &frame[33..]),
+        (RELAY_FROM, &b.key().0[..], &b"\x04to a"[..])
+    );
+
+    // A frame from an endpoint nobody registered goes nowhere. (That UDP cannot pose as a
+    // stream's endpoint, 100::/64, is the server's unit tests': loopback cannot send from it.)
+    let spoof = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut frame = vec![0u8; 64];
+    let n = write_relay(&mut frame, RELAY_TO, &a.key(), b"\x04spoofed").unwrap();
+    spoof.send_to(&frame[..n], rdv.main).unwrap();
+    a.assert_quiet("a frame from an unregistered UDP endpoint");
+
+    let counters = rdv.stop();
+    assert!(counters.contains("stream_drops=0"), "{counters}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

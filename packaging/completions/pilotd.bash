@@ -186,7 +186,7 @@ _pilotd() {
             return 0
             ;;
         pilotd__subcmd__rendezvous)
-            opts="-h --config --listen --alt-port --data-dir --keepalive --expiry --name-ttl --relay-rate --stats-interval --metrics --log-level --help free-name help"
+            opts="-h --config --listen --alt-port --data-dir --keepalive --expiry --name-ttl --relay-rate --stats-interval --metrics --tcp-listen --log-level --help free-name help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -229,6 +229,10 @@ _pilotd() {
                     return 0
                     ;;
                 --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tcp-listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

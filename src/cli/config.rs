@@ -94,6 +94,8 @@ pub struct RendezvousFile {
     pub log_level: Option<String>,
     #[serde(default, deserialize_with = "socket_addr")]
     pub metrics: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "socket_addr")]
+    pub tcp_listen: Option<SocketAddr>,
 }
 
 /// Why a config file was refused.

@@ -106,6 +106,7 @@ relay_rate = 0
 stats_interval = 5
 log_level = "warn"
 metrics = "[::1]:9101"
+tcp_listen = "[::]:443"
 "#;
     sets_every_key(text, keys::<RendezvousFile>());
     let expected = RendezvousFile {
@@ -119,6 +120,7 @@ metrics = "[::1]:9101"
         stats_interval: Some(5),
         log_level: Some("warn".into()),
         metrics: Some("[::1]:9101".parse().unwrap()),
+        tcp_listen: Some("[::]:443".parse().unwrap()),
     };
     assert_eq!(rdv(text).unwrap(), expected);
 }

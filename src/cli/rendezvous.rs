@@ -108,6 +108,11 @@ pub struct RendezvousArgs {
     /// Serve Prometheus metrics over HTTP at IP:PORT, path /metrics (e.g. 127.0.0.1:9188).
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
+    /// Also accept nodes over TLS on this TCP address, for networks that block UDP (443 is
+    /// the port they let out: `0.0.0.0:443`). The TLS key is the rendezvous' own, which nodes
+    /// pin. Off unless given.
+    #[arg(long, value_name = "IP:PORT")]
+    tcp_listen: Option<SocketAddr>,
 }
 
 /// The rendezvous' settings: each from its flag if given, else from the config file, else its
@@ -182,6 +187,7 @@ pub(super) fn options(
         relay_bytes_per_sec,
         stats_interval: Duration::from_secs(stats_interval),
         metrics: args.metrics.or(file.metrics),
+        tcp_listen: args.tcp_listen.or(file.tcp_listen),
     })
 }
 

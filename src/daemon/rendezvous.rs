@@ -16,12 +16,19 @@
 //! destination (IP_PKTINFO / IPV6_RECVPKTINFO, in the same recvmmsg), the server names the
 //! address to answer from in every `Transmit`, and the send carries it (IP_PKTINFO /
 //! IPV6_PKTINFO, in the same sendmmsg).
+//!
+//! With `--tcp-listen`, nodes whose network blocks UDP reach the same server over TLS streams
+//! (`streams`); their datagrams come to this loop as frames and go back the same way.
+
+mod streams;
 
 use crate::io::file::prepare_private_dir;
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -34,7 +41,9 @@ use crate::addr::Hostname;
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
+use crate::rendezvous::streams::{connection_of, stream_endpoint};
 use crate::rendezvous::{Config, Port, Server, SqliteStore, Store, Transmit, DB_FILE};
+use streams::{StreamEvent, StreamLimits, StreamRefusals};
 
 /// A scrape waiting for the loop's snapshot.
 type MetricsRequest = oneshot::Sender<RendezvousMetrics>;
@@ -55,6 +64,9 @@ pub struct RendezvousOptions {
     pub stats_interval: Duration,
     /// Where to serve Prometheus metrics (opt-in).
     pub metrics: Option<SocketAddr>,
+    /// Where to accept TLS streams from nodes whose network blocks UDP (opt-in; 443 is the
+    /// port such networks let out).
+    pub tcp_listen: Option<SocketAddr>,
 }
 
 /// The data directory when none is given: `/var/lib/pilot-rendezvous` for root,
@@ -123,6 +135,19 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
             .context("asking for the destination address of datagrams (IP_PKTINFO)")?;
     }
     let (main_port, alt_port) = (main.local_addr()?.port(), alt.local_addr()?.port());
+    let tcp = match options.tcp_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding TCP {addr} for streams (--tcp-listen; ports below 1024 need root or CAP_NET_BIND_SERVICE)")
+        })?),
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+    let acceptor = match &tcp {
+        Some(_) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::io::stream::server_config(&identity).context("TLS for --tcp-listen")?,
+        )),
+        None => None,
+    };
     let metrics = match options.metrics {
         Some(addr) => Some(MetricsListener::bind(addr).await?),
         None => None,
@@ -160,6 +185,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         registrations = server.registered(),
         data_dir = %options.data_dir.display(),
         metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        streams = %tcp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "rendezvous listening"
     );
     // Handlers first: a SIGTERM right after READY=1 must still flush the registry.
@@ -173,24 +199,51 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let (metrics_tx, metrics_rx) = mpsc::channel(4);
     let metrics_server =
         metrics.map(|listener| tokio::spawn(serve_metrics(listener, metrics_tx, db.clone())));
+    let refusals = Arc::new(StreamRefusals::default());
+    let (stream_tx, stream_rx) = mpsc::channel(1024);
+    let listener = match (tcp, acceptor) {
+        (Some(tcp), Some(acceptor)) => Some(tokio::spawn(streams::listen(
+            tcp,
+            acceptor,
+            StreamLimits::default(),
+            stream_tx,
+            Arc::clone(&refusals),
+        ))),
+        _ => None,
+    };
+    let stream_rx = listener.is_some().then_some(stream_rx);
     let sockets = Sockets { main, alt };
     let mut core = Core {
         server,
         recv: RecvBatch::new(MAX_BATCH, MAX_DATAGRAM),
-        send: [
-            SendBatch::new(MAX_BATCH, MAX_DATAGRAM),
-            SendBatch::new(MAX_BATCH, MAX_DATAGRAM),
-        ],
+        tx: Senders {
+            udp: [
+                SendBatch::new(MAX_BATCH, MAX_DATAGRAM),
+                SendBatch::new(MAX_BATCH, MAX_DATAGRAM),
+            ],
+            udp_errors: 0,
+            streams: StreamTable {
+                salt: rand_core::RngCore::next_u32(&mut rand_core::OsRng),
+                conns: HashMap::new(),
+                dropped: 0,
+                refusals,
+            },
+        },
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
-        send_errors: 0,
         commits: metrics::CommitStats::default(),
         started,
     };
     let metrics_rx = metrics_server.is_some().then_some(metrics_rx);
     let outcome = core
-        .run(&sockets, shutdown, options.stats_interval, metrics_rx)
+        .run(
+            &sockets,
+            shutdown,
+            options.stats_interval,
+            metrics_rx,
+            stream_rx,
+        )
         .await;
-    if let Some(task) = metrics_server {
+    for task in [metrics_server, listener].into_iter().flatten() {
         task.abort();
     }
     outcome
@@ -235,12 +288,8 @@ struct Sockets {
 struct Core {
     server: Server,
     recv: RecvBatch,
-    /// One send batch per port: main, alternate.
-    send: [SendBatch; 2],
+    tx: Senders,
     out: Box<[u8]>,
-    /// Datagrams the kernel refused or that found the send buffer full (dropped: nodes
-    /// retry control messages, and WireGuard copes with loss).
-    send_errors: u64,
     started: Instant,
     /// How the writes of registrations went, for the metrics page.
     commits: metrics::CommitStats,
@@ -249,7 +298,8 @@ struct Core {
 impl Sockets {
     fn get(&self, port: Port) -> &UdpSocket {
         match port {
-            Port::Main => self.main.get_ref(),
+            // A stream's datagrams never reach a socket (`queue` hands them to the stream).
+            Port::Main | Port::Stream => self.main.get_ref(),
             Port::Alt => self.alt.get_ref(),
         }
     }
@@ -262,6 +312,7 @@ impl Core {
         shutdown: impl std::future::Future<Output = ()>,
         stats_interval: Duration,
         mut metrics: Option<mpsc::Receiver<MetricsRequest>>,
+        mut streams: Option<mpsc::Receiver<StreamEvent>>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         // The first tick one interval from now, not at once.
@@ -290,6 +341,10 @@ impl Core {
                         guard.clear_ready();
                     }
                 }
+                event = next_event(&mut streams) => match event {
+                    Some(event) => self.stream_event(sockets, event),
+                    None => streams = None,
+                },
                 () = tokio::time::sleep_until(wake.into()) => self.tick(sockets),
                 request = next_request(&mut metrics) => match request {
                     Some(reply) => {
@@ -301,7 +356,11 @@ impl Core {
                 _ = stats.tick() => {
                     if *self.server.counters() != logged {
                         logged = self.server.counters().clone();
-                        tracing::info!(send_errors = self.send_errors, "counters: {logged}");
+                        tracing::info!(
+                            send_errors = self.tx.udp_errors,
+                            stream_drops = self.tx.streams.dropped,
+                            "counters: {logged}"
+                        );
                     }
                 }
             }
@@ -310,7 +369,8 @@ impl Core {
             tracing::warn!("last registry write failed: {e}");
         }
         tracing::info!(
-            send_errors = self.send_errors,
+            send_errors = self.tx.udp_errors,
+            stream_drops = self.tx.streams.dropped,
             "counters at exit: {}",
             self.server.counters()
         );
@@ -342,27 +402,66 @@ impl Core {
                 self.server
                     .handle_datagram(port, local_ip, from, datagram, now, &mut self.out)
             {
-                queue(&mut self.send, sockets, &mut self.send_errors, t);
+                self.tx.queue(sockets, t);
             }
             // What the answer set off (the second Punch of an introduction, deliveries to a
             // node that registered or was just sent a statement) leaves right behind it.
             while let Some(t) = self.server.poll_transmit(&mut self.out) {
-                queue(&mut self.send, sockets, &mut self.send_errors, t);
+                self.tx.queue(sockets, t);
             }
         }
-        // The batch's new and changed registrations: one write, then their answers.
+        self.commit(sockets, now);
+        self.tx.flush(sockets);
+        false
+    }
+
+    /// A stream connection opened, brought frames, or closed.
+    fn stream_event(&mut self, sockets: &Sockets, event: StreamEvent) {
+        let salt = self.tx.streams.salt;
+        match event {
+            StreamEvent::Opened { conn, peer, out } => {
+                self.server
+                    .stream_opened(stream_endpoint(salt, conn), peer.ip());
+                self.tx.streams.conns.insert(conn, out);
+            }
+            StreamEvent::Closed { conn } => {
+                self.server.stream_closed(&stream_endpoint(salt, conn));
+                self.tx.streams.conns.remove(&conn);
+            }
+            StreamEvent::Frames { conn, frames } => {
+                let from = stream_endpoint(salt, conn);
+                let now = Instant::now();
+                for datagram in streams::frames(&frames) {
+                    if let Some(t) = self.server.handle_datagram(
+                        Port::Stream,
+                        None,
+                        from,
+                        datagram,
+                        now,
+                        &mut self.out,
+                    ) {
+                        self.tx.queue(sockets, t);
+                    }
+                    while let Some(t) = self.server.poll_transmit(&mut self.out) {
+                        self.tx.queue(sockets, t);
+                    }
+                }
+                self.commit(sockets, now);
+                self.tx.flush(sockets);
+            }
+        }
+    }
+
+    /// The batch's new and changed registrations: one write, then their answers.
+    fn commit(&mut self, sockets: &Sockets, now: Instant) {
         let started = Instant::now();
         let committed = self.server.commit(now);
         if committed > 0 {
             self.commits.record(committed, started.elapsed());
             while let Some(t) = self.server.poll_transmit(&mut self.out) {
-                queue(&mut self.send, sockets, &mut self.send_errors, t);
+                self.tx.queue(sockets, t);
             }
         }
-        for port in [Port::Main, Port::Alt] {
-            flush(&mut self.send, sockets, &mut self.send_errors, port);
-        }
-        false
     }
 
     /// A copy of the counters and sizes for the metrics page (the store's size is read by
@@ -375,9 +474,10 @@ impl Core {
             registered: self.server.registered(),
             ledger: self.server.ledger().len(),
             outbox: self.server.outbox_len(),
-            send_errors: self.send_errors,
+            send_errors: self.tx.udp_errors,
             store_bytes: None,
             commits: self.commits,
+            streams: self.tx.streams.stats(),
         }
     }
 
@@ -385,11 +485,9 @@ impl Core {
     fn tick(&mut self, sockets: &Sockets) {
         self.server.handle_timeout(Instant::now());
         while let Some(t) = self.server.poll_transmit(&mut self.out) {
-            queue(&mut self.send, sockets, &mut self.send_errors, t);
+            self.tx.queue(sockets, t);
         }
-        for port in [Port::Main, Port::Alt] {
-            flush(&mut self.send, sockets, &mut self.send_errors, port);
-        }
+        self.tx.flush(sockets);
     }
 }
 
@@ -403,31 +501,88 @@ async fn next_request(
     }
 }
 
-/// Queues `t` on the send batch of its port, flushing that batch first if it is full.
-fn queue(send: &mut [SendBatch; 2], sockets: &Sockets, errors: &mut u64, t: Transmit<'_>) {
-    if send[batch_of(t.port)].is_full() {
-        flush(send, sockets, errors, t.port);
-    }
-    send[batch_of(t.port)].push_from(t.payload, t.src_ip, t.to);
+/// Where answers go: the UDP send batches (main, alternate port) and the streams.
+struct Senders {
+    udp: [SendBatch; 2],
+    /// Datagrams the kernel refused or that found the send buffer full (dropped: nodes
+    /// retry control messages, and WireGuard copes with loss).
+    udp_errors: u64,
+    streams: StreamTable,
 }
 
-fn batch_of(port: Port) -> usize {
-    match port {
-        Port::Main => 0,
-        Port::Alt => 1,
+impl Senders {
+    /// Queues `t` on the send batch of its port (flushing that batch first if it is full), or
+    /// hands it to its stream.
+    fn queue(&mut self, sockets: &Sockets, t: Transmit<'_>) {
+        let batch = match t.port {
+            Port::Stream => return self.streams.send(&t.to, t.payload),
+            Port::Main => 0,
+            Port::Alt => 1,
+        };
+        if self.udp[batch].is_full() {
+            self.flush_port(sockets, t.port, batch);
+        }
+        self.udp[batch].push_from(t.payload, t.src_ip, t.to);
+    }
+
+    fn flush(&mut self, sockets: &Sockets) {
+        self.flush_port(sockets, Port::Main, 0);
+        self.flush_port(sockets, Port::Alt, 1);
+    }
+
+    /// Sends what the batch of `port` holds, now or never: whatever finds the socket full is
+    /// dropped, as a congested router would drop it.
+    fn flush_port(&mut self, sockets: &Sockets, port: Port, index: usize) {
+        let batch = &mut self.udp[index];
+        let refused_before = batch.send_errors();
+        if let Err(e) = batch.flush(sockets.get(port)) {
+            tracing::trace!("send: {e}");
+            self.udp_errors += batch.clear() as u64;
+        }
+        self.udp_errors += batch.send_errors() - refused_before;
     }
 }
 
-/// Sends what the batch of `port` holds, now or never: whatever finds the socket full is
-/// dropped, as a congested router would drop it.
-fn flush(send: &mut [SendBatch; 2], sockets: &Sockets, errors: &mut u64, port: Port) {
-    let batch = &mut send[batch_of(port)];
-    let refused_before = batch.send_errors();
-    if let Err(e) = batch.flush(sockets.get(port)) {
-        tracing::trace!("send: {e}");
-        *errors += batch.clear() as u64;
+/// The open stream connections, by the number their endpoint carries.
+struct StreamTable {
+    /// This process' part of every stream endpoint.
+    salt: u32,
+    conns: HashMap<u32, mpsc::Sender<Vec<u8>>>,
+    /// Datagrams for a stream that was gone or not reading (its queue full).
+    dropped: u64,
+    refusals: Arc<StreamRefusals>,
+}
+
+impl StreamTable {
+    fn stats(&self) -> metrics::StreamStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics::StreamStats {
+            open: self.conns.len(),
+            dropped: self.dropped,
+            over_limit: self.refusals.over_limit.load(Relaxed),
+            handshakes_failed: self.refusals.handshakes_failed.load(Relaxed),
+        }
     }
-    *errors += batch.send_errors() - refused_before;
+
+    fn send(&mut self, to: &SocketAddr, payload: &[u8]) {
+        let conn = connection_of(to, self.salt).and_then(|c| self.conns.get(&c));
+        let Some(conn) = conn else {
+            self.dropped += 1;
+            return;
+        };
+        let mut frame = Vec::with_capacity(payload.len() + crate::io::stream::FRAME_HEADER);
+        if !crate::io::stream::push_frame(&mut frame, payload) || conn.try_send(frame).is_err() {
+            self.dropped += 1;
+        }
+    }
+}
+
+/// The streams' next event; never resolves without a listener.
+async fn next_event(streams: &mut Option<mpsc::Receiver<StreamEvent>>) -> Option<StreamEvent> {
+    match streams {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A non-blocking UDP socket bound to exactly `addr` (the IPv6 wildcard serves IPv4 too).

@@ -10,6 +10,7 @@ pub mod lan_guard;
 pub mod netlink;
 pub mod offload;
 pub mod stack;
+pub mod stream;
 pub mod tun;
 pub mod tun_writer;
 pub mod udp;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::rate::{Rate, TokenBucket};
 use super::registry::{candidates, infer_nat, Buckets};
 use super::relay;
-use super::sources::Source;
+use super::streams;
 use super::{
     Port, Queued, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
     FLUSH_INTERVAL, REGISTER_RATE,
@@ -53,7 +53,7 @@ impl Server {
         now: Instant,
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
-        if local != Port::Main {
+        if local == Port::Alt {
             self.counters.relay_drop(RelayDrop::WrongPort);
             return None;
         }
@@ -64,7 +64,7 @@ impl Server {
                 self.counters.relay_bytes += len as u64;
                 tracing::trace!(%from, %to, len, "relayed");
                 Some(Transmit {
-                    port: Port::Main,
+                    port: streams::port_of(&to),
                     src_ip,
                     to,
                     payload: &out[..len],
@@ -131,7 +131,7 @@ impl Server {
         }
         request.proven = at_registered || with_cookie;
         match (message, local) {
-            (Message::Register { .. }, Port::Main) if !request.proven => {
+            (Message::Register { .. }, Port::Main | Port::Stream) if !request.proven => {
                 self.challenge(request, now, out)
             }
             (
@@ -141,7 +141,7 @@ impl Server {
                     trust_digest,
                     ..
                 },
-                Port::Main,
+                Port::Main | Port::Stream,
             ) => self.register(request, lan, hostname, trust_digest, now, out),
             // A registered node's request from an endpoint other than its registered one (its
             // NAT moved it, or someone replays its message from elsewhere) is not acted on,
@@ -157,17 +157,22 @@ impl Server {
             ) if !request.proven && self.registry.get(&request.sender).is_some() => {
                 self.challenge(request, now, out)
             }
-            (Message::NatProbe, _) => self.nat_probe(request, now, out),
-            (Message::Connect { target }, Port::Main) => self.connect(request, target, now, out),
-            (Message::Submit { statement }, Port::Main) => {
+            // A stream shows the server nothing of the node's NAT.
+            (Message::NatProbe, Port::Main | Port::Alt) => self.nat_probe(request, now, out),
+            (Message::Connect { target }, Port::Main | Port::Stream) => {
+                self.connect(request, target, now, out)
+            }
+            (Message::Submit { statement }, Port::Main | Port::Stream) => {
                 self.submit(request, statement, now, out)
             }
-            (Message::Ack { id }, Port::Main) => {
+            (Message::Ack { id }, Port::Main | Port::Stream) => {
                 self.ack(request, id);
                 None
             }
-            (Message::Lookup { query }, Port::Main) => self.lookup(request, query, now, out),
-            (Message::ReleaseName { name }, Port::Main) => {
+            (Message::Lookup { query }, Port::Main | Port::Stream) => {
+                self.lookup(request, query, now, out)
+            }
+            (Message::ReleaseName { name }, Port::Main | Port::Stream) => {
                 self.release_name(request, name, now, out)
             }
             _ => self.refuse(Refusal::Unexpected, from),
@@ -359,7 +364,7 @@ impl Server {
             match req.local {
                 // The main port sees the registered endpoint; a new one is believed only
                 // from a registration proven with a cookie.
-                Port::Main => {}
+                Port::Main | Port::Stream => {}
                 Port::Alt => {
                     if let Some(entry) = self.registry.get_mut(&req.sender) {
                         entry.alt_seen = Some(req.from);
@@ -370,7 +375,7 @@ impl Server {
         }
         self.counters.nat_probes += 1;
         let port = match req.local {
-            Port::Main => self.config.main_port,
+            Port::Main | Port::Stream => self.config.main_port,
             Port::Alt => self.config.alt_port,
         };
         let reply = Message::NatProbeReply {
@@ -411,7 +416,8 @@ impl Server {
         };
         // Both sides must probe at the same moment: the peer's Punch goes out right after
         // the reply, before anything else is read.
-        self.queue(Port::Main, peer_local_ip, peer_observed, &to_peer, now);
+        let peer_port = streams::port_of(&peer_observed);
+        self.queue(peer_port, peer_local_ip, peer_observed, &to_peer, now);
         self.counters.punches += 1;
         tracing::debug!(from = %req.sender, to = %target, "introduced");
         let to_sender = Message::Punch {
@@ -422,15 +428,13 @@ impl Server {
         self.reply(req, &to_sender, now, out)
     }
 
-    /// A signed message from a registered node's socket arrived at the main port from `from`:
-    /// that is where its NAT maps it now (rebinding is followed at once, not at the next
-    /// `Register`).
     /// Whether one more new key may register from `from`'s address now. The source address
     /// is proven (a registration needs the cookie for it), so throwaway keys cost an
     /// attacker addresses, not just signatures.
     fn admit_new_key(&mut self, from: SocketAddr, now: Instant) -> bool {
         let rate = self.config.new_keys_per_source;
-        self.new_keys.take(Source::of(from.ip()), rate, 1, now)
+        let source = self.source_of(&from);
+        self.new_keys.take(source, rate, 1, now)
     }
 
     /// Whether `from` may claim a hostname now: within its rate of claims (a name is held for
@@ -446,7 +450,8 @@ impl Server {
             per_sec: 1,
             burst: interval.saturating_mul(self.config.name_claim_burst.max(1)),
         };
-        (self.name_claims).take(Source::of(from.ip()), rate, interval, now)
+        let source = self.source_of(&from);
+        (self.name_claims).take(source, rate, interval, now)
     }
 
     /// Answers a registration from an endpoint not yet proven with the cookie for it.
@@ -500,7 +505,7 @@ impl Server {
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
         let refused = self.refuse(Refusal::Stale, req.from);
-        if req.local != Port::Main || !matches!(message, Message::Register { .. }) {
+        if req.local == Port::Alt || !matches!(message, Message::Register { .. }) {
             return refused;
         }
         self.refusal_reply(req, RefusalCode::Stale, now, out)

@@ -50,6 +50,9 @@ pub enum Refusal {
     /// `Submit` of a record or revocation for a pair the ledger does not hold, over its
     /// source address' rate of new pairs.
     NewPairs,
+    /// A datagram from a stream endpoint at a UDP port (spoofed), or over a stream from an
+    /// endpoint that is not one.
+    WrongTransport,
 }
 
 /// Why a relay frame was not forwarded.
@@ -72,7 +75,7 @@ pub enum RelayDrop {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::Malformed,
         Refusal::BadSignature,
         Refusal::Stale,
@@ -92,6 +95,7 @@ impl Refusal {
         Refusal::NameClaims,
         Refusal::LedgerFull,
         Refusal::NewPairs,
+        Refusal::WrongTransport,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -116,6 +120,7 @@ impl Refusal {
             Refusal::NameClaims => "name_claims",
             Refusal::LedgerFull => "ledger_full",
             Refusal::NewPairs => "new_pairs",
+            Refusal::WrongTransport => "wrong_transport",
         }
     }
 }

@@ -45,6 +45,7 @@ mod sources;
 mod sqlite;
 mod statements;
 mod store;
+pub mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -105,13 +106,16 @@ const REGISTER_RATE: Rate = Rate {
 /// The relay burst: a quarter second at the node's rate, at least one largest datagram.
 const RELAY_MIN_BURST: u64 = 65_535;
 
-/// Which of the server's two UDP ports a datagram arrived at or leaves from.
+/// Where a datagram arrived or leaves: one of the server's two UDP ports, or a node's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Port {
     /// Registration, punching, relay, NAT probes.
     Main,
     /// NAT probes only: the second destination that tells mapping behaviours apart.
     Alt,
+    /// A node's TLS stream (for networks that block UDP): everything `Main` carries. Its
+    /// datagrams come from, and go to, the connection's endpoint in [`streams::PREFIX`].
+    Stream,
 }
 
 /// A datagram to send from `port` to `to`.
@@ -265,6 +269,9 @@ pub struct Server {
     new_keys: SourceBuckets,
     /// New hostnames claimed per source address (see `Config::name_claim_interval_secs`).
     name_claims: SourceBuckets,
+    /// Open stream connections' endpoints → the address each connection comes from (the
+    /// daemon says so: [`Server::stream_opened`]); as many as the daemon has connections.
+    stream_sources: BTreeMap<SocketAddr, IpAddr>,
     /// New ledger pairs per source address (see `Config::new_pairs_per_source`).
     new_pairs: SourceBuckets,
     cookies: cookie::AddressCookies,
@@ -321,6 +328,7 @@ impl Server {
             stranger_lookups: TokenBucket::default(),
             new_keys: SourceBuckets::default(),
             name_claims: SourceBuckets::default(),
+            stream_sources: BTreeMap::new(),
             new_pairs: SourceBuckets::default(),
             cookies,
             replay,
@@ -356,11 +364,40 @@ impl Server {
         out: &'a mut [u8],
     ) -> Option<Transmit<'a>> {
         let from = canonical(from);
+        // A stream's endpoint is the daemon's name for one connection: on a UDP port it can
+        // only be spoofed, and a stream never comes from anything else.
+        if (local == Port::Stream) != streams::is_stream_endpoint(&from) {
+            self.counters.refuse(Refusal::WrongTransport);
+            return None;
+        }
         if datagram.first() == Some(&RELAY_TO) {
             return self.relay(local, from, datagram, now, out);
         }
         let local_ip = local_ip.map(|ip| ip.to_canonical());
         self.control(local, local_ip, from, datagram, now, out)
+    }
+
+    /// A stream connection from `peer` is known from now on by `endpoint` (see [`streams`]):
+    /// what arrives over it counts against `peer`'s address in every per-source limit, as a
+    /// datagram from `peer` would.
+    pub fn stream_opened(&mut self, endpoint: SocketAddr, peer: IpAddr) {
+        if streams::is_stream_endpoint(&endpoint) {
+            self.stream_sources.insert(endpoint, peer.to_canonical());
+        }
+    }
+
+    /// The connection behind `endpoint` closed. A node registered over it stays registered
+    /// until it expires or registers again (over a new connection, or over UDP once that
+    /// works); meanwhile what is sent to it is dropped by the daemon.
+    pub fn stream_closed(&mut self, endpoint: &SocketAddr) {
+        self.stream_sources.remove(endpoint);
+    }
+
+    /// The source a datagram from `from` counts against: its address (an IPv6 /56), or for a
+    /// stream the address its connection comes from.
+    pub(super) fn source_of(&self, from: &SocketAddr) -> Source {
+        let ip = self.stream_sources.get(from).copied().unwrap_or(from.ip());
+        Source::of(ip)
     }
 
     /// The next queued datagram, written into `out`.

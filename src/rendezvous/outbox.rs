@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::control::Request;
 use super::sources::Source;
-use super::{Port, Server};
+use super::{streams, Server};
 use crate::identity::NodeKey;
 use crate::wire::control::Message;
 use crate::wire::trust::Statement;
@@ -293,7 +293,7 @@ impl Server {
             from_name: self.directory.name_of(&other).cloned(),
             statement: item.statement.clone(),
         };
-        self.queue(Port::Main, src_ip, to, &message, now);
+        self.queue(streams::port_of(&to), src_ip, to, &message, now);
         self.counters.deliveries += 1;
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::rate::TokenBucket;
 use super::store::Registration;
+use super::streams::is_stream_endpoint;
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::wire::control::{NatKind, MAX_CANDIDATES};
@@ -208,12 +209,15 @@ pub(super) fn infer_nat(
 /// [`MAX_CANDIDATES`].
 pub(super) fn candidates(entry: &Entry) -> Vec<SocketAddr> {
     let mut out = Vec::with_capacity(MAX_CANDIDATES);
-    out.push(entry.observed);
+    // A stream's endpoint is no address at all to punch.
+    if !is_stream_endpoint(&entry.observed) {
+        out.push(entry.observed);
+    }
     for &endpoint in &entry.lan {
         if out.len() == MAX_CANDIDATES {
             break;
         }
-        if !out.contains(&endpoint) {
+        if !out.contains(&endpoint) && !is_stream_endpoint(&endpoint) {
             out.push(endpoint);
         }
     }

@@ -144,7 +144,7 @@ impl Server {
                 target,
                 statement,
                 stored_ms: now_ms,
-                source: (!ledger).then(|| Source::of(req.from.ip())),
+                source: (!ledger).then(|| self.source_of(&req.from)),
             };
             self.outbox.insert(id, item);
             self.deliver_new(id, now);
@@ -187,7 +187,7 @@ impl Server {
         else {
             return Ok(());
         };
-        let source = Source::of(req.from.ip());
+        let source = self.source_of(&req.from);
         if ledger {
             let (a, b) = statement.pair();
             if self.ledger.state(&a, &b).is_none() {

@@ -24,6 +24,20 @@ pub struct RendezvousMetrics {
     /// Writes of new and changed registrations (one per receive batch that had any), the
     /// registrations they held, the time they took in all, and the slowest.
     pub commits: CommitStats,
+    pub streams: StreamStats,
+}
+
+/// The TLS streams of nodes whose network blocks UDP (`--tcp-listen`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Connections open now.
+    pub open: usize,
+    /// Datagrams for a stream that was gone or not reading (its queue full).
+    pub dropped: u64,
+    /// Connections closed at once: over the total or the per-address limit.
+    pub over_limit: u64,
+    /// TLS handshakes that failed or took too long.
+    pub handshakes_failed: u64,
 }
 
 /// How the registry's writes of registrations went (see `Server::commit`).
@@ -159,9 +173,30 @@ pub fn render(m: &RendezvousMetrics) -> String {
             "Datagrams the kernel refused or that found the send buffer full.",
             m.send_errors,
         ),
+        (
+            "pilot_rendezvous_stream_drops_total",
+            "Datagrams for a node's TLS stream dropped: the stream was gone or not reading.",
+            m.streams.dropped,
+        ),
+        (
+            "pilot_rendezvous_streams_refused_total",
+            "TLS stream connections closed at once, over the total or per-address limit.",
+            m.streams.over_limit,
+        ),
+        (
+            "pilot_rendezvous_stream_handshakes_failed_total",
+            "TLS stream handshakes that failed or took too long.",
+            m.streams.handshakes_failed,
+        ),
     ] {
         page.single(name, Kind::Counter, help, value);
     }
+    page.single(
+        "pilot_rendezvous_streams",
+        Kind::Gauge,
+        "TLS stream connections open (nodes whose network blocks UDP).",
+        m.streams.open,
+    );
     page.single(
         "pilot_rendezvous_trust_pairs",
         Kind::Gauge,
@@ -250,6 +285,12 @@ mod tests {
                 seconds: 0.25,
                 slowest_seconds: 0.125,
             },
+            streams: StreamStats {
+                open: 2,
+                dropped: 3,
+                over_limit: 1,
+                handshakes_failed: 4,
+            },
         };
         let page = render(&m);
         let expected = "\
@@ -313,6 +354,7 @@ pilot_rendezvous_refusals_total{reason=\"register_rate\"} 0
 pilot_rendezvous_refusals_total{reason=\"name_claims\"} 0
 pilot_rendezvous_refusals_total{reason=\"ledger_full\"} 0
 pilot_rendezvous_refusals_total{reason=\"new_pairs\"} 0
+pilot_rendezvous_refusals_total{reason=\"wrong_transport\"} 0
 # HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
 # TYPE pilot_rendezvous_statements_stored_total counter
 pilot_rendezvous_statements_stored_total 4
@@ -337,6 +379,18 @@ pilot_rendezvous_store_errors_total 0
 # HELP pilot_rendezvous_send_errors_total Datagrams the kernel refused or that found the send buffer full.
 # TYPE pilot_rendezvous_send_errors_total counter
 pilot_rendezvous_send_errors_total 7
+# HELP pilot_rendezvous_stream_drops_total Datagrams for a node's TLS stream dropped: the stream was gone or not reading.
+# TYPE pilot_rendezvous_stream_drops_total counter
+pilot_rendezvous_stream_drops_total 3
+# HELP pilot_rendezvous_streams_refused_total TLS stream connections closed at once, over the total or per-address limit.
+# TYPE pilot_rendezvous_streams_refused_total counter
+pilot_rendezvous_streams_refused_total 1
+# HELP pilot_rendezvous_stream_handshakes_failed_total TLS stream handshakes that failed or took too long.
+# TYPE pilot_rendezvous_stream_handshakes_failed_total counter
+pilot_rendezvous_stream_handshakes_failed_total 4
+# HELP pilot_rendezvous_streams TLS stream connections open (nodes whose network blocks UDP).
+# TYPE pilot_rendezvous_streams gauge
+pilot_rendezvous_streams 2
 # HELP pilot_rendezvous_trust_pairs Trust statements in force, one per pair (records and revocations).
 # TYPE pilot_rendezvous_trust_pairs gauge
 pilot_rendezvous_trust_pairs 1

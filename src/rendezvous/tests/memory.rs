@@ -40,6 +40,7 @@ fn flood(sim: &mut Sim, submissions: usize) -> (usize, u64, u64, u64) {
             nonce: u64::from(n) << 32,
             cookie: None,
             trust_digest: None,
+            port: Port::Main,
         };
         assert!(matches!(
             c.register(sim, &[]),

@@ -7,6 +7,7 @@ mod introductions;
 mod memory;
 mod names;
 mod registrations;
+mod streams;
 mod trust;
 
 use std::net::SocketAddr;
@@ -43,7 +44,12 @@ struct Client {
     /// The ledger digest registrations carry; `None`: the server's own for this key (a node
     /// in step with the rendezvous).
     trust_digest: Option<u64>,
+    /// Where its datagrams arrive: the main port, or (a node whose UDP is blocked) its stream.
+    port: Port,
 }
+
+/// The daemon's salt in the stream endpoints of these tests.
+const STREAM_SALT: u32 = 0x5a17;
 
 /// What the server sent: from which port, to where, and the datagram.
 type Sent = (Port, SocketAddr, Vec<u8>);
@@ -56,6 +62,16 @@ impl Client {
             nonce: u64::from(n) << 32,
             cookie: None,
             trust_digest: None,
+            port: Port::Main,
+        }
+    }
+
+    /// A node reaching the server over stream connection `conn`.
+    fn over_stream(n: u8, conn: u32) -> Client {
+        Client {
+            at: crate::rendezvous::streams::stream_endpoint(STREAM_SALT, conn),
+            port: Port::Stream,
+            ..Client::new(n, "192.0.2.1:1")
         }
     }
 
@@ -98,7 +114,7 @@ impl Client {
             trust_digest: sim.server.ledger().digest_of(&self.key()),
         };
         let d = self.sealed(sim, &msg);
-        let sent = sim.send(Port::Main, self.at, &d).expect("a challenge");
+        let sent = sim.send(self.port, self.at, &d).expect("a challenge");
         assert!(sent.2.len() <= d.len(), "challenge larger than the request");
         let Message::Challenge { cookie, .. } = sim.message(&sent) else {
             panic!("expected a challenge")
@@ -120,7 +136,7 @@ impl Client {
                     .unwrap_or_else(|| sim.server.ledger().digest_of(&self.key())),
             };
             let d = self.sealed(sim, &msg);
-            let reply = sim.send(Port::Main, self.at, &d).map(|s| sim.message(&s));
+            let reply = sim.send(self.port, self.at, &d).map(|s| sim.message(&s));
             match reply {
                 Some(Message::Challenge { cookie, .. }) => self.cookie = Some(cookie),
                 other => return other,
@@ -138,13 +154,13 @@ impl Client {
         let msg = Message::Submit {
             statement: statement.clone(),
         };
-        self.ask(sim, Port::Main, &msg)
+        self.ask(sim, self.port, &msg)
     }
 
     fn ack(&mut self, sim: &mut Sim, id: u64) {
         let d = self.sealed(sim, &Message::Ack { id });
         assert_eq!(
-            sim.send(Port::Main, self.at, &d),
+            sim.send(self.port, self.at, &d),
             None,
             "acks are not answered"
         );
