@@ -92,6 +92,9 @@ pub struct StatusReply {
     /// The first rendezvous, while the node uses a standby one because it stopped answering.
     #[serde(default)]
     pub rendezvous_preferred: Option<String>,
+    /// The TLS stream the node reaches the rendezvous over, while UDP to it gets no answer.
+    #[serde(default)]
+    pub rendezvous_stream: Option<String>,
     /// Peers that no longer answer, as `NAME (NODE), last heard N s ago`.
     #[serde(default)]
     pub unreachable: Vec<String>,

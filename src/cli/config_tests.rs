@@ -74,6 +74,7 @@ expose = ["8080", "80:8081"]
             addr: "203.0.113.10:7000".parse().unwrap(),
             alt_port: 7001,
             key: Some(k1),
+            stream: Some("203.0.113.10:443".parse().unwrap()),
         }]),
         rendezvous_alt_port: Some(7100),
         hostname: Some("alice".parse().unwrap()),

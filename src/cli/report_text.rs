@@ -78,6 +78,12 @@ fn status_text(s: &StatusReply) -> String {
     if let (Some(rendezvous), Some(problem)) = (&s.rendezvous, &s.rendezvous_problem) {
         attention.push(format!("rendezvous {rendezvous}: {problem}"));
     }
+    if let (Some(rendezvous), Some(tls)) = (&s.rendezvous, &s.rendezvous_stream) {
+        attention.push(format!(
+            "rendezvous {rendezvous}: UDP to it gets no answer, so it is reached over TLS at \
+             {tls} and peers only through its relay (UDP is tried again every 30 s)"
+        ));
+    }
     if let (Some(rendezvous), Some(first)) = (&s.rendezvous, &s.rendezvous_preferred) {
         attention.push(format!(
             "rendezvous: using the standby {rendezvous}; the first, {first}, stopped answering \
@@ -255,6 +261,9 @@ pub(super) fn netcheck(socket: &Path, json: bool) -> Result<ExitCode, ClientErro
             standby.join(", ")
         );
     }
+    if let Value::String(tls) = &value["stream"] {
+        println!("over TLS        {tls}: UDP to the rendezvous gets no answer (tried every 30 s)");
+    }
     if let Value::String(first) = &value["preferred"] {
         println!("first           {first} stopped answering; back to it once it answers");
     }
@@ -415,6 +424,7 @@ mod tests {
             unreachable: Vec::new(),
             rendezvous_problem: None,
             rendezvous_preferred: None,
+            rendezvous_stream: None,
             clock_offset_ms: Some(-1_500),
         };
         assert_eq!(

@@ -59,6 +59,9 @@ pub fn parse_peer(text: &str) -> Result<PeerConfig, String> {
     })
 }
 
+/// The TCP port nodes try for the rendezvous' TLS streams when UDP to it gets no answer.
+pub const DEFAULT_STREAM_PORT: u16 = 443;
+
 /// Parses `[KEY@]HOST:PORT` for `--rendezvous`; the alternate port defaults to PORT + 1.
 pub fn parse_rendezvous(text: &str) -> Result<RendezvousConfig, String> {
     let (key, endpoint) = match text.split_once('@') {
@@ -76,6 +79,9 @@ pub fn parse_rendezvous(text: &str) -> Result<RendezvousConfig, String> {
         addr,
         alt_port,
         key,
+        // Where a rendezvous started with `--tcp-listen 0.0.0.0:443` takes streams: tried
+        // only when UDP to it gets no answer.
+        stream: Some(SocketAddr::new(addr.ip(), DEFAULT_STREAM_PORT)),
     })
 }
 

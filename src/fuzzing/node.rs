@@ -86,6 +86,7 @@ impl World {
                 addr: ep(RDV),
                 alt_port: ep(RDV_ALT).port(),
                 key: Some(fixed_identity(RDV_ID).public_key()),
+                stream: None,
             }),
             lan: vec![ep("10.0.0.2:51870")],
             endpoint: None,

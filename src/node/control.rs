@@ -118,6 +118,7 @@ impl Node {
     }
 
     pub(super) fn drive_rendezvous(&mut self, now: Instant) {
+        self.drive_stream(now);
         self.drive_failover(now);
         let Some(link) = &self.link else {
             return;
@@ -179,10 +180,14 @@ impl Node {
             } => {
                 let first_key = link.key.is_none();
                 let accepted = link.pending_register == Some(echo);
+                let over_udp = !link.over_stream;
                 let changed =
                     link.on_registered(opened.sender, echo, observed, keepalive_secs, now);
                 if first_key && link.key.is_some() {
                     self.events.push_back(Event::RendezvousKey(opened.sender));
+                }
+                if accepted && over_udp {
+                    self.udp_answered();
                 }
                 if accepted && resubmit {
                     // The rendezvous holds nothing of ours (it is new to us, or restarted
@@ -203,7 +208,11 @@ impl Node {
                 true
             }
             Message::NatProbeReply { echo, observed, .. } => {
-                link.on_nat_probe_reply(echo, observed, &self.lan, now);
+                if !self.on_udp_probe_answer(echo, now) {
+                    if let Some(link) = &mut self.link {
+                        link.on_nat_probe_reply(echo, observed, &self.lan, now);
+                    }
+                }
                 true
             }
             Message::Challenge { cookie, .. } => {

@@ -104,6 +104,8 @@ pub struct Counters {
     pub too_big: u64,
     /// Moves to another rendezvous (it stopped answering, or the first one came back).
     pub rendezvous_switches: u64,
+    /// Moves of the rendezvous link to a TLS stream (UDP to it got no answer).
+    pub rendezvous_streams: u64,
     /// Bytes of relay frames sent to and received from the rendezvous (headers included).
     pub relay_tx_bytes: u64,
     pub relay_rx_bytes: u64,

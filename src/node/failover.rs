@@ -153,6 +153,7 @@ impl Node {
         self.failover.current = to;
         self.failover.probe = None;
         self.failover.next_probe = Some(now + FAILBACK_EVERY);
+        self.stream_on_switch();
         self.counters.rendezvous_switches += 1;
         self.events.push_back(Event::RendezvousSwitched {
             from,
@@ -172,6 +173,7 @@ mod tests {
             addr: SocketAddr::from(([203, 0, 113, 10], port)),
             alt_port: port + 1,
             key: Some(NodeKey([port as u8; 32])),
+            stream: None,
         }
     }
 

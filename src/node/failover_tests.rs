@@ -33,6 +33,7 @@ impl World {
             addr: *addr,
             alt_port: addr.port() + 1,
             key: Some(identity(*id).public_key()),
+            stream: None,
         };
         let node = Node::new(NodeConfig {
             identity: identity(1),

@@ -26,6 +26,7 @@ mod peer;
 mod pmtu;
 mod port_mapping;
 mod rendezvous;
+mod stream;
 mod trust;
 mod trust_sync;
 mod tunnel;
@@ -43,6 +44,7 @@ pub use counters::{Counters, DropReason};
 pub use names::{ReleaseError, ReleaseOutcome};
 pub use peer::{PathKind, PeerConfig, PeerRef, PeerStatus, PeerTraffic};
 pub use rendezvous::{NetStatus, RendezvousConfig, RendezvousProblem};
+pub use stream::StreamTarget;
 pub use trust::{
     HandshakeOutcome, Incoming, Outgoing, TrustBook, TrustState, VerbError, TRUST_STATE_VERSION,
 };
@@ -282,6 +284,8 @@ pub struct Node {
     link: Option<RendezvousLink>,
     /// The rendezvous list, when there is more than one.
     failover: Failover,
+    /// Reaching the rendezvous over TLS when UDP gets no answer.
+    stream: stream::StreamFallback,
     lan: Vec<SocketAddr>,
     tun_mtu: u16,
     /// What the router offered (PCP, NAT-PMP), and the public endpoint it mapped to us, told
@@ -361,6 +365,7 @@ impl Node {
                     .chain(config.standby_rendezvous)
                     .collect(),
             ),
+            stream: stream::StreamFallback::default(),
             link: config
                 .rendezvous
                 .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE, config.endpoint)),
@@ -772,6 +777,8 @@ mod release_tests;
 mod replay_tests;
 #[cfg(test)]
 mod status_tests;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod submit_tests;
 #[cfg(test)]

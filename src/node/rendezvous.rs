@@ -28,6 +28,9 @@ pub struct RendezvousConfig {
     /// Pinned key. `None`: trust the first key that answers and report it (see
     /// `Event::RendezvousKey`) so the daemon can pin it from then on.
     pub key: Option<NodeKey>,
+    /// Where it accepts TLS streams (`pilotd rendezvous --tcp-listen`), for when UDP to it
+    /// gets no answer (see `node::stream`); `None`: UDP only.
+    pub stream: Option<SocketAddr>,
 }
 
 /// What `pilotctl netcheck` reports.
@@ -41,6 +44,9 @@ pub struct NetStatus {
     /// The first rendezvous, while the node uses another because it stopped answering.
     #[serde(default)]
     pub preferred: Option<String>,
+    /// The TLS stream the node reaches the rendezvous over, while UDP to it gets no answer.
+    #[serde(default)]
+    pub stream: Option<String>,
     /// The public endpoint peers are told first: the configured one (`--endpoint`), else the
     /// one the rendezvous sees.
     pub endpoint: Option<String>,
@@ -134,6 +140,9 @@ pub(crate) struct RendezvousLink {
     pub nat_probes: [Option<u64>; 2],
     pub mapped: [Option<SocketAddr>; 2],
     pub next_nat_probe: Option<Instant>,
+    /// Everything for the main address goes over the TLS stream (UDP got no answer; see
+    /// `node::stream`).
+    pub over_stream: bool,
 }
 
 impl RendezvousLink {
@@ -163,7 +172,33 @@ impl RendezvousLink {
             nat_probes: [None; 2],
             mapped: [None; 2],
             next_nat_probe: None,
+            over_stream: false,
         }
+    }
+
+    /// From now on over the stream: a new endpoint to the rendezvous, so register afresh
+    /// (without the UDP endpoint's cookie), and forget what UDP told of our NAT.
+    pub fn use_stream(&mut self, now: Instant) {
+        self.over_stream = true;
+        self.reset_endpoint(now);
+    }
+
+    /// Back on UDP: register there at once (the rendezvous challenges the endpoint first).
+    pub fn use_udp(&mut self, now: Instant) {
+        self.over_stream = false;
+        self.reset_endpoint(now);
+    }
+
+    fn reset_endpoint(&mut self, now: Instant) {
+        self.cookie = None;
+        self.pending_register = None;
+        self.unanswered_since = None;
+        self.next_register = Some(now);
+        self.observed = None;
+        self.nat = NatKind::Unknown;
+        self.nat_probes = [None; 2];
+        self.mapped = [None; 2];
+        self.next_nat_probe = None;
     }
 
     /// The two rendezvous endpoints: main, then alternate.
@@ -286,6 +321,10 @@ impl RendezvousLink {
             self.keepalive = Duration::from_secs(u64::from(keepalive_secs));
         }
         self.next_register = Some(now + self.keepalive);
+        if self.over_stream {
+            // The stream's endpoint at the rendezvous: nothing of our NAT, nothing to tell.
+            return false;
+        }
         let changed = self.observed != Some(observed);
         self.observed = Some(observed);
         if let Some(configured) = self.configured {
@@ -310,7 +349,9 @@ impl RendezvousLink {
     }
 
     pub fn nat_probe_due(&self, now: Instant) -> bool {
-        self.last_registered.is_some() && self.next_nat_probe.is_some_and(|t| now >= t)
+        !self.over_stream
+            && self.last_registered.is_some()
+            && self.next_nat_probe.is_some_and(|t| now >= t)
     }
 
     pub fn nat_probes_sent(&mut self, nonces: [u64; 2], now: Instant) {
@@ -369,6 +410,9 @@ impl RendezvousLink {
             rendezvous: Some(self.config.addr.to_string()),
             standby: Vec::new(),
             preferred: None,
+            stream: (self.config.stream)
+                .filter(|_| self.over_stream)
+                .map(|s| s.to_string()),
             registered: self.is_registered(now),
             endpoint: self.configured.or(self.observed).map(|e| e.to_string()),
             endpoint_configured: self.configured.is_some(),
@@ -404,6 +448,7 @@ mod tests {
             addr: "203.0.113.10:7000".parse().unwrap(),
             alt_port: 7001,
             key: None,
+            stream: None,
         };
         RendezvousLink::new(config, Duration::from_secs(25), None)
     }

@@ -65,6 +65,7 @@ pub(super) fn node_with_rendezvous(
             addr: rdv,
             alt_port: rdv.port() + 1,
             key: Some(rendezvous.public_key()),
+            stream: None,
         }),
         lan,
         endpoint,

@@ -210,6 +210,7 @@ impl World {
             addr: SocketAddr::new(RDV_IP.parse().unwrap(), RDV_PORT),
             alt_port: RDV_PORT + 1,
             key: Some(server_identity().public_key()),
+            stream: None,
         };
         Node::new(NodeConfig {
             standby_rendezvous: Vec::new(),

@@ -171,11 +171,13 @@ impl Sim {
             addr: SocketAddr::new(RDV_IP.parse().unwrap(), RDV_PORT),
             alt_port: RDV_PORT + 1,
             key: Some(self.server.public_key()),
+            stream: None,
         };
         let standby = self.standby.as_ref().map(|s| RendezvousConfig {
             addr: SocketAddr::new(RDV2_IP.parse().unwrap(), RDV_PORT),
             alt_port: RDV_PORT + 1,
             key: Some(s.server.public_key()),
+            stream: None,
         });
         Node::new(NodeConfig {
             standby_rendezvous: standby.into_iter().collect(),

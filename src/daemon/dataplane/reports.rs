@@ -95,6 +95,7 @@ impl Core {
             trust_save_failures: self.saves.failures(),
             rendezvous_problem: net.problem.clone(),
             rendezvous_preferred: net.preferred.clone(),
+            rendezvous_stream: net.stream.clone(),
             clock_offset_ms: net.clock_offset_ms,
             unreachable: self
                 .node

@@ -154,6 +154,11 @@ pub fn render(m: &NodeMetrics) -> String {
             c.rendezvous_switches,
         ),
         (
+            "pilot_rendezvous_streams_total",
+            "Moves of the rendezvous link to a TLS stream (UDP to the rendezvous got no answer).",
+            c.rendezvous_streams,
+        ),
+        (
             "pilot_relay_tx_bytes_total",
             "Bytes of relay frames sent to the rendezvous.",
             c.relay_tx_bytes,
@@ -304,6 +309,7 @@ mod tests {
             "pilot_relay_fallbacks_total 1",
             "pilot_packets_too_big_total 0",
             "pilot_rendezvous_switches_total 0",
+            "pilot_rendezvous_streams_total 0",
             "pilot_relay_tx_bytes_total 330",
             "pilot_relay_rx_bytes_total 660",
             "pilot_clock_corrections_total 0",
@@ -326,7 +332,7 @@ mod tests {
         let drops = lines.iter().filter(|l| l.starts_with("pilot_drops_total{"));
         assert_eq!(drops.count(), DropReason::ALL.len() + 3);
         let families = lines.iter().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 27);
+        assert_eq!(families, 28);
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("# HELP ")).count(),
             families
