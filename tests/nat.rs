@@ -526,3 +526,92 @@ fn a_direct_path_survives_the_rendezvous_dying() {
     );
     assert_eq!(w.wait_path(&w.a, &w.b, "direct", 1), "direct");
 }
+
+/// Blocks (or, `block` false, lets through again) every UDP datagram the router in front of
+/// a forwards, both ways, as a corporate or guest network's firewall does.
+fn block_udp(w: &World, block: bool) {
+    let ns = format!("{}-n1", w.name);
+    let out = if block {
+        let rules = "table inet blockudp {\n  chain udp_out {\n    type filter hook forward priority -10;\n    meta l4proto udp drop\n  }\n}\n";
+        let file = w.lab.dir.join("block-udp.nft");
+        fs::write(&file, rules).unwrap();
+        ns_exec(&ns, &["nft", "-f", file.to_str().unwrap()])
+    } else {
+        ns_exec(&ns, &["nft", "delete", "table", "inet", "blockudp"])
+    };
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// What `pilotctl netcheck` says of the TLS stream a uses (`null` while on UDP).
+fn stream_of(node: &NodeHandle) -> Option<serde_json::Value> {
+    let out = ctl(node, &["netcheck", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(status["stream"].clone()).filter(|_| status["registered"] == true)
+}
+
+#[test]
+fn a_node_whose_network_blocks_udp_is_relayed_over_tls_and_returns_to_udp_mid_transfer() {
+    let test =
+        "a_node_whose_network_blocks_udp_is_relayed_over_tls_and_returns_to_udp_mid_transfer";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let name = lab.natlab("cone", "cone");
+    let tls = "203.0.113.10:443";
+    let (pinned, rendezvous) =
+        lab.rendezvous_with(&format!("{name}-rdv"), RDV, &["--tcp-listen", tls]);
+    let a = lab.node(&format!("{name}-a"), "a", "");
+    let b = lab.node(&format!("{name}-b"), "b", "");
+    let mut w = World {
+        lab,
+        name,
+        a,
+        b,
+        rendezvous,
+    };
+    block_udp(&w, true);
+    for node in [&mut w.a, &mut w.b] {
+        w.lab
+            .start_with(node, &["--rendezvous".to_owned(), pinned.clone()]);
+    }
+    // UDP gets a nothing: within ~10 s it registers over TLS instead.
+    let on_tls = eventually(Duration::from_secs(40), || {
+        (stream_of(&w.a)? == tls).then_some(())
+    });
+    assert!(
+        on_tls.is_some(),
+        "a never registered over TLS\n{}",
+        w.logs()
+    );
+    let status = ctl(&w.a, &["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("over TLS"), "{status}");
+    w.lab.trust(&w.a, &w.b);
+
+    // 20 MB from b to a through the relay over a's stream; UDP comes back 3 s in, and the
+    // transfer carries on over UDP, intact.
+    let www = w.lab.dir.join("www");
+    fs::create_dir(&www).unwrap();
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(www.join("big.bin"), &big).unwrap();
+    w.serve(&www, "big.bin");
+    assert_eq!(
+        w.wait_path(&w.a, &w.b, "relay", 15),
+        "relay",
+        "{}",
+        w.logs()
+    );
+    let url = format!("http://[{}]:8080/big.bin", w.b.address);
+    fetch_while(&mut w, &url, &big, "1M", Duration::from_secs(3), |w| {
+        block_udp(w, false);
+    });
+    // Within a recheck (30 s) a is back on UDP, and then direct (cone/cone).
+    let on_udp = eventually(Duration::from_secs(40), || {
+        (stream_of(&w.a)?.is_null()).then_some(())
+    });
+    assert!(on_udp.is_some(), "a never came back to UDP\n{}", w.logs());
+    w.settle("direct");
+}

@@ -613,7 +613,7 @@ impl StreamClient {
     /// Connects and completes TLS, accepting only the rendezvous key `pinned`.
     fn connect(to: SocketAddr, pinned: NodeKey, n: u8) -> std::io::Result<StreamClient> {
         use std::io::Write;
-        let config = pilot::io::stream::client_config(pinned).unwrap();
+        let config = pilot::io::stream::client_config(Some(pinned)).unwrap();
         let conn = rustls::ClientConnection::new(config, pilot::io::stream::server_name()).unwrap();
         let tcp = std::net::TcpStream::connect(to)?;
         tcp.set_read_timeout(Some(Duration::from_secs(3)))?;

@@ -11,7 +11,7 @@
 //! This file is the loop and its packet I/O. What the loop also answers between two batches
 //! lives beside it: the control verbs in `verbs`, the reports (`info`, `status`, trust list,
 //! metrics) in `reports`, the state files in `state_files`, the rendezvous' health in
-//! `rendezvous_watch`.
+//! `rendezvous_watch`, the TLS stream to it when UDP is blocked in `rendezvous_stream`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -35,6 +35,7 @@ use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
 use crate::wire::printable::printable;
 
 mod lan_watch;
+mod rendezvous_stream;
 mod rendezvous_watch;
 mod reports;
 mod state_files;
@@ -73,6 +74,8 @@ pub struct Facts {
 pub struct DataPlane {
     io: Io,
     core: Core,
+    /// What the rendezvous stream reads, in batches of frames (see `rendezvous_stream`).
+    stream_frames: mpsc::Receiver<Vec<u8>>,
 }
 
 /// The descriptors, kept apart from the state so a readiness guard on one can be held while
@@ -138,6 +141,10 @@ struct Core {
     inbox: Arc<Mutex<Inbox>>,
     /// The `release_name` command waiting for the rendezvous.
     release_waiter: Option<oneshot::Sender<Result<ReleasedName, ControlError>>>,
+    /// The TLS stream to the rendezvous, while the node wants one (UDP to it is blocked).
+    rdv_stream: Option<rendezvous_stream::RendezvousStream>,
+    /// Where that stream hands what it reads (the loop's end is `DataPlane::stream_frames`).
+    stream_frames: mpsc::Sender<Vec<u8>>,
 }
 
 impl DataPlane {
@@ -167,6 +174,7 @@ impl DataPlane {
         // SAFETY: as for the TUN above.
         let udp = unsafe { AsyncFd::register(udp) }.map_err(io::Error::from)?;
         let io = Io { tun, udp };
+        let (stream_tx, stream_frames) = mpsc::channel(64);
         let core = Core {
             node,
             facts,
@@ -189,8 +197,14 @@ impl DataPlane {
             stack,
             inbox,
             release_waiter: None,
+            rdv_stream: None,
+            stream_frames: stream_tx,
         };
-        Ok(DataPlane { io, core })
+        Ok(DataPlane {
+            io,
+            core,
+            stream_frames,
+        })
     }
 
     /// Runs until `shutdown` resolves, an I/O error that cannot be survived, or a fatal
@@ -201,11 +215,17 @@ impl DataPlane {
         mut commands: mpsc::Receiver<Command>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let DataPlane { io, mut core } = self;
+        let DataPlane {
+            io,
+            mut core,
+            mut stream_frames,
+        } = self;
         tokio::pin!(shutdown);
         core.node.handle_timeout(Instant::now());
         core.update_hosts_file();
-        let result = core.run(&io, &mut commands, shutdown).await;
+        let result = core
+            .run(&io, &mut commands, &mut stream_frames, shutdown)
+            .await;
         if let Some(hosts) = &core.facts.hosts_file {
             if let Err(e) = hosts.remove() {
                 tracing::warn!(
@@ -228,6 +248,7 @@ impl Core {
         &mut self,
         io: &Io,
         commands: &mut mpsc::Receiver<Command>,
+        stream_frames: &mut mpsc::Receiver<Vec<u8>>,
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> io::Result<()> {
         loop {
@@ -274,6 +295,7 @@ impl Core {
                 () = notified(stack_notify.as_deref()) => {}
                 () = tokio::time::sleep_until(wake.into()) => self.node.handle_timeout(Instant::now()),
                 Some(command) = commands.recv() => self.on_command(command),
+                Some(frames) = stream_frames.recv() => self.on_stream_frames(io, &frames),
             }
             match saved {
                 Some(result) => self.save_done(result),
@@ -297,33 +319,45 @@ impl Core {
         let tun = io.tun.as_ref().map(AsyncFd::get_ref);
         for i in 0..count {
             let (from, datagram) = self.recv.get(i);
-            match self
+            let output = self
                 .node
-                .handle_datagram(from, datagram, now, &mut self.out_buf)
-            {
-                NetOutput::Tun(packet) => match (tun, &mut self.stack) {
-                    (Some(tun), _) => self.writer.push(tun, packet),
-                    (None, Some((stack, _))) => {
-                        stack.push_packet(packet);
-                    }
-                    (None, None) => {}
-                },
-                NetOutput::Send(t) => {
-                    // Replies (handshake responses, cookies) are rare; if the socket is backed
-                    // up so far that the batch is still full, WireGuard retries them anyway.
-                    if self.send.is_full() {
-                        let _ = self.send.flush(io.udp.get_ref());
-                    }
-                    if self.send.is_full() {
-                        self.send_dropped += 1;
-                    } else {
-                        self.send.push(t.payload, t.to);
-                    }
-                }
-                NetOutput::Nothing => {}
-            }
+                .handle_datagram(from, datagram, now, &mut self.out_buf);
+            carry_out(
+                io,
+                output,
+                &mut self.writer,
+                &mut self.stack,
+                &mut self.send,
+                &mut self.send_dropped,
+                self.rdv_stream.as_mut(),
+            );
         }
         if let Some(tun) = tun {
+            self.writer.flush(tun);
+        }
+    }
+
+    /// What the rendezvous stream read: datagrams from the rendezvous, as if over UDP.
+    fn on_stream_frames(&mut self, io: &Io, frames: &[u8]) {
+        let Some(from) = self.rdv_stream.as_ref().map(|s| s.target.rendezvous) else {
+            return;
+        };
+        let now = Instant::now();
+        for datagram in crate::io::stream::frames(frames) {
+            let output = self
+                .node
+                .handle_datagram(from, datagram, now, &mut self.out_buf);
+            carry_out(
+                io,
+                output,
+                &mut self.writer,
+                &mut self.stack,
+                &mut self.send,
+                &mut self.send_dropped,
+                self.rdv_stream.as_mut(),
+            );
+        }
+        if let Some(tun) = io.tun.as_ref().map(AsyncFd::get_ref) {
             self.writer.flush(tun);
         }
     }
@@ -361,6 +395,7 @@ impl Core {
                         encrypt(
                             &mut self.node,
                             &mut self.send,
+                            self.rdv_stream.as_mut(),
                             &mut self.writer,
                             tun,
                             packet,
@@ -384,6 +419,7 @@ impl Core {
         self.save_trust(now);
         self.watch_rendezvous(now);
         self.watch_lan(now);
+        self.hold_rendezvous_stream();
         self.run_stack(io, now).await?;
         loop {
             if self.send.is_full() {
@@ -392,7 +428,10 @@ impl Core {
             let Some(t) = self.node.poll_transmit(now, &mut self.out_buf) else {
                 break;
             };
-            self.send.push(t.payload, t.to);
+            match self.rdv_stream.as_mut().filter(|s| s.carries(t.to)) {
+                Some(stream) => stream.send(t.payload),
+                None => self.send.push(t.payload, t.to),
+            }
         }
         flush_batch(&mut self.send, io).await?;
         while let Some(event) = self.node.poll_event() {
@@ -555,10 +594,52 @@ async fn notified(notify: Option<&Notify>) {
     }
 }
 
-/// Encrypts one packet from the TUN into the next send slot. The batch must not be full.
+/// Carries out what a received datagram made the node do: a packet for the TUN (or the
+/// userspace stack), or a reply to send.
+fn carry_out(
+    io: &Io,
+    output: NetOutput<'_>,
+    writer: &mut TunWriter,
+    stack: &mut Option<(Box<Stack>, mpsc::Sender<Incoming>)>,
+    send: &mut SendBatch,
+    send_dropped: &mut u64,
+    stream: Option<&mut rendezvous_stream::RendezvousStream>,
+) {
+    let tun = io.tun.as_ref().map(AsyncFd::get_ref);
+    match output {
+        NetOutput::Tun(packet) => match (tun, stack) {
+            (Some(tun), _) => writer.push(tun, packet),
+            (None, Some((stack, _))) => {
+                stack.push_packet(packet);
+            }
+            (None, None) => {}
+        },
+        NetOutput::Send(t) => {
+            if let Some(stream) = stream.filter(|s| s.carries(t.to)) {
+                stream.send(t.payload);
+                return;
+            }
+            // Replies (handshake responses, cookies) are rare; if the socket is backed up so
+            // far that the batch is still full, WireGuard retries them anyway.
+            if send.is_full() {
+                let _ = send.flush(io.udp.get_ref());
+            }
+            if send.is_full() {
+                *send_dropped += 1;
+            } else {
+                send.push(t.payload, t.to);
+            }
+        }
+        NetOutput::Nothing => {}
+    }
+}
+
+/// Encrypts one packet from the TUN into the next send slot (or down the rendezvous stream,
+/// when that is where it goes). The batch must not be full.
 fn encrypt(
     node: &mut Node,
     send: &mut SendBatch,
+    stream: Option<&mut rendezvous_stream::RendezvousStream>,
     writer: &mut TunWriter,
     tun: &TunDevice,
     packet: &[u8],
@@ -567,7 +648,11 @@ fn encrypt(
     match node.handle_tun_packet(packet, now, send.next_slot()) {
         TunOutput::Send(t) => {
             let (to, len) = (t.to, t.payload.len());
-            send.commit(len, to);
+            match stream.filter(|s| s.carries(to)) {
+                // The slot stays free for the next packet.
+                Some(stream) => stream.send(&send.next_slot()[..len]),
+                None => send.commit(len, to),
+            }
         }
         TunOutput::Reply(reply) => writer.write_now(tun, reply),
         TunOutput::Nothing => {}

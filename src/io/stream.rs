@@ -75,10 +75,12 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, rustls::E
 }
 
 /// A node's side: TLS 1.3 only, accepting the rendezvous whose key is `pinned` and nothing
-/// else.
-pub fn client_config(pinned: NodeKey) -> Result<Arc<ClientConfig>, rustls::Error> {
+/// else. Without a pinned key (a node that never reached its rendezvous and was given none)
+/// any Ed25519 key that proves itself in the handshake is accepted: the signed messages
+/// inside then decide, as over UDP (trust on first use).
+pub fn client_config(pinned: Option<NodeKey>) -> Result<Arc<ClientConfig>, rustls::Error> {
     let verifier = PinnedKey {
-        spki: spki(&pinned),
+        spki: pinned.as_ref().map(spki),
         provider: provider(),
     };
     let config = ClientConfig::builder_with_provider(provider())
@@ -99,7 +101,8 @@ pub fn server_name() -> ServerName<'static> {
 /// when that key made it.
 #[derive(Debug)]
 struct PinnedKey {
-    spki: Vec<u8>,
+    /// `None`: any Ed25519 key.
+    spki: Option<Vec<u8>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -112,7 +115,12 @@ impl ServerCertVerifier for PinnedKey {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if intermediates.is_empty() && end_entity.as_ref() == self.spki.as_slice() {
+        let key = end_entity.as_ref();
+        let acceptable = match &self.spki {
+            Some(pinned) => key == pinned.as_slice(),
+            None => key.len() == 44 && key.starts_with(&ED25519_SPKI_PREFIX),
+        };
+        if intermediates.is_empty() && acceptable {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -167,6 +175,19 @@ pub fn push_frame(out: &mut Vec<u8>, datagram: &[u8]) -> bool {
     true
 }
 
+/// Splits back-to-back frames; stops at the first incomplete one (there is none in what a
+/// reader hands over).
+pub fn frames(bytes: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let (header, tail) = rest.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*header));
+        let (frame, after) = tail.split_at_checked(len)?;
+        rest = after;
+        Some(frame)
+    })
+}
+
 /// Reads one frame into `buf` (at least [`MAX_FRAME`] long) and returns its length; `None`
 /// at a clean end of the stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
@@ -215,7 +236,7 @@ mod tests {
     fn session(server_key: u8, pinned: NodeKey, frames: &[&[u8]]) -> io::Result<Vec<Vec<u8>>> {
         let server = Identity::from_secret_bytes(&[server_key; 32]);
         let acceptor = TlsAcceptor::from(server_config(&server).unwrap());
-        let connector = TlsConnector::from(client_config(pinned).unwrap());
+        let connector = TlsConnector::from(client_config(Some(pinned)).unwrap());
         let mut bytes = Vec::new();
         for f in frames {
             assert!(push_frame(&mut bytes, f));
@@ -262,6 +283,19 @@ mod tests {
             err.to_string().contains("certificate") || err.to_string().contains("Certificate"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn frames_split_back_to_back_and_stop_at_a_truncated_one() {
+        let mut bytes = Vec::new();
+        push_frame(&mut bytes, b"one");
+        push_frame(&mut bytes, b"");
+        push_frame(&mut bytes, b"three");
+        let mut truncated = bytes.clone();
+        truncated.extend_from_slice(&[0, 9, b'x']);
+        let want: Vec<&[u8]> = vec![b"one", b"", b"three"];
+        assert_eq!(frames(&bytes).collect::<Vec<_>>(), want);
+        assert_eq!(frames(&truncated).collect::<Vec<_>>(), want);
     }
 
     #[test]

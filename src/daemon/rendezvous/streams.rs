@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+pub use crate::io::stream::frames;
 use crate::io::stream::{push_frame, read_frame, write_frames, MAX_FRAME};
 
 /// How long a TLS handshake may take.
@@ -255,35 +256,9 @@ async fn serve(
     tracing::debug!(%peer, conn, "stream connection closed");
 }
 
-/// Splits back-to-back frames; stops at the first incomplete one (there is none in what a
-/// reader hands over).
-pub fn frames(bytes: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
-    let mut rest = bytes;
-    std::iter::from_fn(move || {
-        let (header, tail) = rest.split_first_chunk::<2>()?;
-        let len = usize::from(u16::from_be_bytes(*header));
-        let (frame, after) = tail.split_at_checked(len)?;
-        rest = after;
-        Some(frame)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_split_back_to_back_and_stop_at_a_truncated_one() {
-        let mut bytes = Vec::new();
-        push_frame(&mut bytes, b"one");
-        push_frame(&mut bytes, b"");
-        push_frame(&mut bytes, b"three");
-        let mut truncated = bytes.clone();
-        truncated.extend_from_slice(&[0, 9, b'x']);
-        let want: Vec<&[u8]> = vec![b"one", b"", b"three"];
-        assert_eq!(frames(&bytes).collect::<Vec<_>>(), want);
-        assert_eq!(frames(&truncated).collect::<Vec<_>>(), want);
-    }
 
     #[test]
     fn each_address_holds_at_most_its_share_and_gets_it_back() {

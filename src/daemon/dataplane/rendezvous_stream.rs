@@ -1,0 +1,194 @@
+//! The node's end of the TLS stream to the rendezvous, while UDP to it gets no answer (the
+//! node decides: `node::stream`, [`Node::rendezvous_stream`]).
+//!
+//! One task holds the connection and reconnects (1 s, doubling to 30 s) when it fails. The
+//! loop hands it datagrams for the rendezvous with `try_send` on a bounded queue: when the
+//! stream falls behind they are dropped, as a congested UDP path would drop them (WireGuard
+//! and the control messages retry), and the packet loop never waits for TCP. What the stream
+//! brings comes back to the loop as batches of frames, handed to the node as datagrams from
+//! the rendezvous' address. This path allocates per frame sent and per batch read: it carries
+//! only a UDP-blocked node's traffic.
+//!
+//! [`Node::rendezvous_stream`]: crate::node::Node::rendezvous_stream
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+use crate::io::stream::{
+    client_config, push_frame, read_frame, server_name, write_frames, FRAME_HEADER, MAX_FRAME,
+};
+use crate::node::StreamTarget;
+
+/// How long a TCP connect and a TLS handshake may take, each.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Datagrams queued for the stream; more are dropped.
+const QUEUE: usize = 1024;
+/// A batch of frames read is handed over once this large (or when nothing more is buffered).
+const READ_BATCH: usize = 32 * 1024;
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The stream the loop holds, and where its datagrams go.
+pub(super) struct RendezvousStream {
+    pub target: StreamTarget,
+    queue: mpsc::Sender<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+    /// Datagrams dropped: the queue was full (the stream fell behind, or is reconnecting).
+    pub dropped: u64,
+}
+
+impl RendezvousStream {
+    /// Starts connecting to `target`; frames read go to `incoming`.
+    pub fn open(target: StreamTarget, incoming: mpsc::Sender<Vec<u8>>) -> RendezvousStream {
+        let (queue, outgoing) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(hold(target, outgoing, incoming));
+        RendezvousStream {
+            target,
+            queue,
+            task,
+            dropped: 0,
+        }
+    }
+
+    /// Whether a datagram to `to` goes down this stream.
+    pub fn carries(&self, to: SocketAddr) -> bool {
+        to == self.target.rendezvous
+    }
+
+    pub fn send(&mut self, datagram: &[u8]) {
+        let mut frame = Vec::with_capacity(FRAME_HEADER + datagram.len());
+        if !push_frame(&mut frame, datagram) || self.queue.try_send(frame).is_err() {
+            self.dropped += 1;
+        }
+    }
+}
+
+impl Drop for RendezvousStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects, carries frames until the connection fails, and connects again.
+async fn hold(
+    target: StreamTarget,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    incoming: mpsc::Sender<Vec<u8>>,
+) {
+    let config = match client_config(target.key) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!("TLS to the rendezvous: {e}");
+            return;
+        }
+    };
+    let connector = TlsConnector::from(config);
+    let mut retry = RETRY_FIRST;
+    loop {
+        match connect(&connector, target.tls).await {
+            Ok(tls) => {
+                tracing::info!(tls = %target.tls, "connected to the rendezvous over TLS");
+                retry = RETRY_FIRST;
+                let why = carry(tls, &mut outgoing, &incoming).await;
+                if incoming.is_closed() {
+                    return;
+                }
+                tracing::info!(tls = %target.tls, "TLS stream to the rendezvous ended: {why}");
+            }
+            Err(e) => {
+                tracing::info!(tls = %target.tls, "cannot reach the rendezvous over TLS: {e}");
+            }
+        }
+        // What was queued meanwhile is stale (the node retries what matters).
+        while outgoing.try_recv().is_ok() {}
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+async fn connect(
+    connector: &TlsConnector,
+    to: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
+        .await
+        .map_err(|_| timed_out())??;
+    let _ = tcp.set_nodelay(true);
+    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name(), tcp))
+        .await
+        .map_err(|_| timed_out())?
+}
+
+/// Carries frames both ways until either side fails; returns why it stopped.
+async fn carry(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    outgoing: &mut mpsc::Receiver<Vec<u8>>,
+    incoming: &mpsc::Sender<Vec<u8>>,
+) -> String {
+    let (read, mut write) = tokio::io::split(tls);
+    let incoming_for_reader = incoming.clone();
+    let mut reader = tokio::spawn(async move {
+        let mut reader = BufReader::with_capacity(READ_BATCH, read);
+        let mut frame = vec![0u8; MAX_FRAME];
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        loop {
+            let len = match read_frame(&mut reader, &mut frame).await {
+                Ok(Some(len)) => len,
+                Ok(None) => return "closed by the rendezvous".to_owned(),
+                Err(e) => return e.to_string(),
+            };
+            push_frame(&mut batch, &frame[..len]);
+            if batch.len() >= READ_BATCH || reader.buffer().is_empty() {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                if incoming_for_reader.send(full).await.is_err() {
+                    return "the data plane stopped".to_owned();
+                }
+            }
+        }
+    });
+    let mut pending = Vec::with_capacity(READ_BATCH);
+    let why = loop {
+        tokio::select! {
+            ended = &mut reader => break ended.unwrap_or_else(|e| e.to_string()),
+            frame = outgoing.recv() => {
+                let Some(frame) = frame else {
+                    break "the data plane stopped".to_owned();
+                };
+                pending.clear();
+                pending.extend_from_slice(&frame);
+                while pending.len() < READ_BATCH {
+                    match outgoing.try_recv() {
+                        Ok(more) => pending.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = write_frames(&mut write, &pending).await {
+                    break e.to_string();
+                }
+            }
+        }
+    };
+    reader.abort();
+    why
+}
+
+impl super::Core {
+    /// Opens, moves or closes the stream as the node wants it now.
+    pub(super) fn hold_rendezvous_stream(&mut self) {
+        let wanted = self.node.rendezvous_stream();
+        if self.rdv_stream.as_ref().map(|s| s.target) == wanted {
+            return;
+        }
+        if let Some(old) = self.rdv_stream.take() {
+            tracing::info!(tls = %old.target.tls, dropped = old.dropped, "TLS stream to the rendezvous closed");
+        }
+        self.rdv_stream =
+            wanted.map(|target| RendezvousStream::open(target, self.stream_frames.clone()));
+    }
+}
