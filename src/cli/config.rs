@@ -44,6 +44,8 @@ pub struct UpFile {
     pub rendezvous: Option<Vec<RendezvousConfig>>,
     #[serde(default, deserialize_with = "port")]
     pub rendezvous_alt_port: Option<u16>,
+    #[serde(default, deserialize_with = "port")]
+    pub rendezvous_tls_port: Option<u16>,
     #[serde(default, deserialize_with = "hostname")]
     pub hostname: Option<Hostname>,
     #[serde(default, deserialize_with = "endpoint")]

@@ -39,6 +39,7 @@ peers = [
 ]
 rendezvous = "{k1}@203.0.113.10:7000"
 rendezvous_alt_port = 7100
+rendezvous_tls_port = 8443
 hostname = "alice"
 endpoint = "198.51.100.7:40000"
 auto_approve = true
@@ -77,6 +78,7 @@ expose = ["8080", "80:8081"]
             stream: Some("203.0.113.10:443".parse().unwrap()),
         }]),
         rendezvous_alt_port: Some(7100),
+        rendezvous_tls_port: Some(8443),
         hostname: Some("alice".parse().unwrap()),
         endpoint: Some("198.51.100.7:40000".parse().unwrap()),
         auto_approve: Some(true),
@@ -145,7 +147,8 @@ fn an_unknown_key_names_its_place_and_every_known_key() {
     assert_eq!(
         err,
         "/etc/pilot/pilotd.toml:7:1: unknown key `rendevous`; expected one of: state_dir, \
-         interface, mtu, listen_port, peers, rendezvous, rendezvous_alt_port, hostname, \
+         interface, mtu, listen_port, peers, rendezvous, rendezvous_alt_port, \
+         rendezvous_tls_port, hostname, \
          endpoint, auto_approve, port_mapping, hosts_file, keepalive, control, log_level, metrics, userspace, socks5, \
          expose"
     );

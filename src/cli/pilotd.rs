@@ -94,6 +94,10 @@ struct UpArgs {
     /// The rendezvous' second UDP port, used to measure NAT behaviour [default: its port + 1]
     #[arg(long, value_name = "PORT")]
     rendezvous_alt_port: Option<u16>,
+    /// The TCP port where each rendezvous takes TLS, tried when UDP to it gets no answer (a
+    /// network that blocks UDP); 0: never [default: 443]
+    #[arg(long, value_name = "PORT")]
+    rendezvous_tls_port: Option<u16>,
     /// Hostname to claim at the rendezvous (lowercase letters, digits and `-`, 1-63); peers then
     /// reach this node as NAME.pilot. The first node to claim a name keeps it.
     #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
@@ -223,6 +227,12 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
         args.rendezvous
     };
     let alt_port = args.rendezvous_alt_port.or(file.rendezvous_alt_port);
+    let mut list = list;
+    if let Some(port) = args.rendezvous_tls_port.or(file.rendezvous_tls_port) {
+        for r in &mut list {
+            r.stream = (port != 0).then(|| SocketAddr::new(r.addr.ip(), port));
+        }
+    }
     let (mut rendezvous, standby_rendezvous) = rendezvous_list(list, alt_port)?;
     let hostname = args.hostname.or(file.hostname);
     let endpoint = args.endpoint.or(file.endpoint);

@@ -198,6 +198,34 @@ fn a_hostname_needs_a_rendezvous_from_either_source() {
     )
     .unwrap();
     assert_eq!(o.rendezvous.unwrap().alt_port, 7010);
+    // TLS: port 443 of the rendezvous' host unless told otherwise; 0 never.
+    assert_eq!(
+        up_options(up_args(&["--rendezvous", "203.0.113.10:7000"]), up_file(""))
+            .unwrap()
+            .rendezvous
+            .unwrap()
+            .stream,
+        Some("203.0.113.10:443".parse().unwrap())
+    );
+    for (args, file, want) in [
+        (
+            &["--rendezvous-tls-port", "8443"][..],
+            "",
+            Some("203.0.113.10:8443"),
+        ),
+        (&[][..], "rendezvous_tls_port = 0", None),
+        (
+            &["--rendezvous-tls-port", "0"][..],
+            "rendezvous_tls_port = 8443",
+            None,
+        ),
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--rendezvous", "203.0.113.10:7000"]);
+        let o = up_options(up_args(&args), up_file(file)).unwrap();
+        let want = want.map(|w| w.parse().unwrap());
+        assert_eq!(o.rendezvous.unwrap().stream, want, "{args:?} {file}");
+    }
     for (args, file) in [
         (&["--hostname", "bob"][..], ""),
         (&[], "hostname = \"bob\""),
