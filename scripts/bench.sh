@@ -16,8 +16,10 @@
 #                     leaves each tool at its default (pilot 1380, wireguard-go 1420, nebula 1300)
 #   BENCH_NAT=0       skip the NAT section (default: run it)
 #   BENCH_NAT_PAIRS=".."  NAT pairs nat1/nat2 to measure (node A behind nat1, node B behind
-#                     nat2; kinds none, cone, prc, sym), default
-#                     "cone/prc prc/prc prc/sym sym/sym none/sym"
+#                     nat2; kinds none, cone, prc, sym; "+tls" after nat1's kind: that router
+#                     drops all UDP, so A reaches the rendezvous over TLS and B only through
+#                     the relay over that stream), default
+#                     "cone/prc prc/prc prc/sym sym/sym none/sym prc+tls/prc"
 #   BENCH_RELAY_RATE=MBIT  --relay-rate of the NAT section's rendezvous (default 10000, so the
 #                     relay's own speed is measured; pilotd's default is 100 Mbit/s per node)
 #   PILOT_BIN=DIR     where pilotd/pilotctl are (default: target/release; built if missing)
@@ -48,7 +50,7 @@ BENCH_COMPARE=${BENCH_COMPARE:-}
 BENCH_INSTALL=${BENCH_INSTALL:-0}
 BENCH_MTU=${BENCH_MTU:-}
 BENCH_NAT=${BENCH_NAT:-1}
-BENCH_NAT_PAIRS=${BENCH_NAT_PAIRS:-"cone/prc prc/prc prc/sym sym/sym none/sym"}
+BENCH_NAT_PAIRS=${BENCH_NAT_PAIRS:-"cone/prc prc/prc prc/sym sym/sym none/sym prc+tls/prc"}
 BENCH_RELAY_RATE=${BENCH_RELAY_RATE:-10000}
 # Unique per run, as asked; each run also has its own namespaces, so this is belt and braces.
 IPERF_PORT=$((5201 + $$ % 1000))
@@ -161,8 +163,8 @@ check_settings() {
         local pair
         NAT_PAIRS=()
         for pair in ${BENCH_NAT_PAIRS//,/ }; do
-            if ! [[ $pair =~ ^([a-z]+)/([a-z]+)$ ]] || ! np_is_kind "${BASH_REMATCH[1]}" || ! np_is_kind "${BASH_REMATCH[2]}"; then
-                echo "BENCH_NAT_PAIRS: '$pair' is not NAT1/NAT2 with kinds from: $NP_KINDS" >&2
+            if ! [[ $pair =~ ^([a-z]+)(\+tls)?/([a-z]+)$ ]] || ! np_is_kind "${BASH_REMATCH[1]}" || ! np_is_kind "${BASH_REMATCH[3]}"; then
+                echo "BENCH_NAT_PAIRS: '$pair' is not NAT1[+tls]/NAT2 with kinds from: $NP_KINDS" >&2
                 exit 2
             fi
             [[ " ${NAT_PAIRS[*]} " == *" $pair "* ]] || NAT_PAIRS+=("$pair")
@@ -362,12 +364,27 @@ nat_first_byte() {
 
 # bench_nat_pair NAT1 NAT2: one NAT pair in a fresh natlab.
 bench_nat_pair() {
-    local nat1=$1 nat2=$2 pair="$1/$2" key="nat_${1}_${2}" want
+    local nat1=${1%+tls} nat2=$2 pair="$1/$2" key="nat_${1/+/_}_${2}" want tls=0
+    [[ $1 == *+tls ]] && tls=1
     want=$(np_expected_path "$nat1" "$nat2")
-    tn_say "NAT $pair: fresh natlab, node A behind nat1=$nat1, node B behind nat2=$nat2 (expected path: $want)"
+    ((tls)) && want=relay
+    tn_say "NAT $pair: fresh natlab, node A behind nat1=$nat1$( ((tls)) && echo ' (dropping all UDP: A goes over TLS)'), node B behind nat2=$nat2 (expected path: $want)"
     np_lab_up "$nat1" "$nat2" b
     np_make_identities "$TN_DIR/$key"
+    local rdv_args=("${NP_RDV_ARGS[@]}")
+    if ((tls)); then
+        ip netns exec "${NP_LAB}-n1" nft -f - <<'NFT' || tn_die "could not block UDP on nat1"
+table inet bench_noudp {
+    chain fwd_udp {
+        type filter hook forward priority -10;
+        meta l4proto udp drop
+    }
+}
+NFT
+        NP_RDV_ARGS+=(--tcp-listen "$NP_RDV_IP:443")
+    fi
     np_start_rendezvous "$key-rendezvous"
+    NP_RDV_ARGS=("${rdv_args[@]}")
     # The web server first: it binds ::, so it is ready before B's pilot0 exists, and the first
     # byte measures the overlay alone.
     local url="http://[$TN_ADDR_B]:$NAT_HTTP_PORT/"
@@ -380,7 +397,7 @@ bench_nat_pair() {
     tn_note "starting both nodes; alice asks bob for trust, bob approves; from the approval on, curl $url every 20 ms and poll A's path every 20 ms"
     np_start_nodes "$key-pilotd"
     tn_wait_ready
-    np_wait_registered a
+    if ((tls)); then np_wait_registered_over_tls a; else np_wait_registered a; fi
     np_wait_registered b
     np_trust quiet
     # Times count from bob's approval: the moment both sides have agreed.
@@ -702,6 +719,8 @@ if os.environ["BENCH_NAT"] == "1":
         print("".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
     print()
     nat_notes = [
+        "+tls: A's router drops all UDP; A registered over TLS (TCP 443 of the rendezvous) and"
+        " every packet between A and B goes A -> TLS -> rendezvous -> UDP relay -> B.",
         "first byte: from bob's `pilotctl approve` (both daemons up and registered) to the first byte of an HTTP"
         " reply from B's fd70 address, curl retried from A every 20 ms with a 1 s timeout. direct:"
         " until A's `pilotctl peers` (polled every ~20 ms) reports path=direct; '-' when the pair"
