@@ -66,8 +66,8 @@ impl AsyncWrite for Script<'_> {
 }
 
 /// A message connection's bytes, read as requests until the framing breaks (each payload
-/// validated for its kind), and the same bytes read as a response. Whatever is read writes
-/// back to frames that read the same.
+/// validated for its kind), and the same bytes read as a response, and as a rendezvous TLS
+/// stream's frames. Whatever is read writes back to frames that read the same.
 pub fn message_frames(data: &[u8]) {
     let mut stream = data;
     for _ in 0..64 {
@@ -104,6 +104,29 @@ pub fn message_frames(data: &[u8]) {
     block_on(write_response(&mut frame, Status::Malformed, &detail)).expect("Vec");
     let again = block_on(read_response(&mut frame.as_slice())).expect("re-reads");
     assert!(detail.starts_with(&again.detail) && again.detail.len() <= usize::from(u16::MAX));
+    rendezvous_stream_frames(data);
+}
+
+/// The same bytes as a TLS stream to the rendezvous carries them (`io::stream`): splitting
+/// back-to-back frames and reading them one by one agree, and what splits frames again to the
+/// same bytes.
+fn rendezvous_stream_frames(data: &[u8]) {
+    use crate::io::stream::{frames, push_frame, read_frame, MAX_FRAME};
+    let split: Vec<&[u8]> = frames(data).collect();
+    let mut again = Vec::new();
+    for frame in &split {
+        assert!(push_frame(&mut again, frame));
+    }
+    assert_eq!(
+        &data[..again.len()],
+        again.as_slice(),
+        "frames do not re-frame"
+    );
+    let (mut reader, mut buf) = (data, vec![0u8; MAX_FRAME]);
+    for frame in &split {
+        let read = block_on(read_frame(&mut reader, &mut buf)).expect("a whole frame reads");
+        assert_eq!(read.map(|n| &buf[..n]), Some(*frame));
+    }
 }
 
 /// `[chunk][client bytes]` to the proxy side (`accept`), and the same bytes as a proxy's

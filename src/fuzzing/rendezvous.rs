@@ -1,7 +1,8 @@
 //! A real rendezvous `Server` (over a `MemoryStore`) fed sequences of datagrams: raw bytes
 //! on either port from anywhere, control messages sealed by three known nodes (bodies from
 //! the input, or well-formed registrations that echo the address cookie the server handed
-//! out, trust statements, introductions, lookups), relay frames, replays and timers. The
+//! out, trust statements, introductions, lookups), relay frames, replays and timers; some
+//! over a TLS stream's endpoint, and that endpoint spoofed on UDP. The
 //! server never panics, never answers an endpoint it has not seen proven with more bytes
 //! than it was sent, and sends nothing unprompted but to registered endpoints.
 
@@ -24,13 +25,17 @@ const EPOCH_MS: u64 = 1_800_000_000_000;
 const SERVER_ID: u8 = 3;
 /// The nodes (by fixed identity) and where they are.
 const CLIENTS: [u8; 3] = [4, 5, 6];
-const ENDPOINTS: [&str; 4] = [
+const ENDPOINTS: [&str; 5] = [
     "198.51.100.10:1000",
     "198.51.100.11:2000",
     "[2001:db8::12]:3000",
     // A victim whose address others may claim.
     "192.0.2.99:53",
+    // A TLS stream (salt 0x5a17, connection 1), opened from 203.0.113.50.
+    "[100::5a17:0:1]:443",
 ];
+/// The stream endpoint of `ENDPOINTS`.
+const STREAM: usize = 4;
 const NAMES: [&str; 3] = ["bob", "alice", "db-1"];
 
 struct World {
@@ -45,13 +50,21 @@ struct World {
 }
 
 pub fn rendezvous_datagrams(data: &[u8]) {
+    run(data);
+}
+
+fn run(data: &[u8]) -> World {
     let mut input = Input::new(data);
     let t0 = Instant::now();
     let identity = Identity::from_secret_bytes(&fixed_identity(SERVER_ID).signing_key().to_bytes());
     let config = Config::new(identity, 7400, 7401);
     let clock = WallClock::new(t0, EPOCH_MS);
-    let server = Server::new(config, Box::new(MemoryStore::new()), 11, clock, t0)
+    let mut server = Server::new(config, Box::new(MemoryStore::new()), 11, clock, t0)
         .expect("a memory store loads");
+    server.stream_opened(
+        ep(ENDPOINTS[STREAM]),
+        "203.0.113.50".parse().expect("an address"),
+    );
     let mut world = World {
         server,
         t0,
@@ -67,6 +80,7 @@ pub fn rendezvous_datagrams(data: &[u8]) {
         }
         world.step(&mut input);
     }
+    world
 }
 
 fn ep(s: &str) -> SocketAddr {
@@ -79,11 +93,7 @@ impl World {
     }
 
     fn step(&mut self, input: &mut Input<'_>) {
-        let port = if input.u8().is_multiple_of(8) {
-            Port::Alt
-        } else {
-            Port::Main
-        };
+        let port_byte = input.u8();
         let client = input.choose(CLIENTS.len());
         // Mostly from the client's own endpoint; sometimes from someone else's.
         let from = ep(ENDPOINTS[if input.u8().is_multiple_of(4) {
@@ -91,6 +101,16 @@ impl World {
         } else {
             client
         }]);
+        // A stream's endpoint mostly over its stream (sometimes spoofed on UDP); the others
+        // mostly at the main port, sometimes the alternate, sometimes (a confused daemon) as
+        // if from a stream.
+        let port = match (from == ep(ENDPOINTS[STREAM]), port_byte % 8) {
+            (true, 0) => Port::Main,
+            (true, _) => Port::Stream,
+            (false, 0) => Port::Alt,
+            (false, 7) => Port::Stream,
+            (false, _) => Port::Main,
+        };
         let datagram = match input.u8() % 8 {
             0 => input.bytes(1500).to_vec(),
             1 => {
@@ -303,4 +323,28 @@ fn signed_statement(me: u8, other: u8, issued: u64, form: u8) -> Option<Statemen
             Revocation::sign(me.signing_key(), other.public_key(), issued, "bye").ok()?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_seed_registers_its_node_over_the_stream() {
+        let seeds = crate::fuzzing::seeds("rendezvous_datagrams");
+        let world = run(&seeds[1]);
+        let registration = world.server.registration(&key(0), world.now);
+        assert_eq!(
+            registration.map(|r| r.observed),
+            Some(ep(ENDPOINTS[STREAM])),
+            "node 0 registered over its stream"
+        );
+        let udp = run(&seeds[0]);
+        assert_eq!(
+            udp.server
+                .registration(&key(0), udp.now)
+                .map(|r| r.observed),
+            Some(ep(ENDPOINTS[0]))
+        );
+    }
 }

@@ -364,16 +364,29 @@ fn node_programs() -> Vec<Vec<u8>> {
 }
 
 /// Programs for `rendezvous_datagrams` (see its `step`): two registrations (challenged, then
-/// with the cookie), an introduction, a relay frame, a trust record, timers.
+/// with the cookie), an introduction, a relay frame, a trust record, timers; the same with
+/// the first node over a TLS stream.
 fn rendezvous_programs() -> Vec<Vec<u8>> {
-    let register = |client: u8| vec![1, client, 1, 2, 1, client + 1, 1, 1, 1];
-    let mut a = Vec::new();
-    for c in [0, 0, 1, 1] {
-        a.extend(register(c));
-    }
-    a.extend([1, 0, 1, 5, 1, 10, 2, 0, 1]);
-    a.extend([1, 0, 1, 6, 1, 0, 1]);
-    a.extend([1, 0, 1, 3, 1, 0, 8, 4, 0, 0, 0, 1, 2, 3, 4]);
-    a.extend([1, 0, 1, 4, 1, 0]);
-    vec![a, vec![1, 0, 1, 0, 0, 40, 0x50, 1, 2, 3]]
+    // Each step starts with the port byte, the client and where it sends from: its own
+    // endpoint (1), or (0 then 4) the stream's.
+    let program = |from_a: &[u8]| {
+        let step = |client: u8, rest: &[u8]| {
+            let from: &[u8] = if client == 0 { from_a } else { &[1] };
+            [&[1, client][..], from, rest].concat()
+        };
+        let mut p = Vec::new();
+        for c in [0, 0, 1, 1] {
+            p.extend(step(c, &[2, 1, c + 1, 1, 1, 1]));
+        }
+        p.extend(step(0, &[5, 1, 10, 2, 0, 1]));
+        p.extend(step(0, &[6, 1, 0, 1]));
+        p.extend(step(0, &[3, 1, 0, 8, 4, 0, 0, 0, 1, 2, 3, 4]));
+        p.extend(step(0, &[4, 1, 0]));
+        p
+    };
+    vec![
+        program(&[1]),
+        program(&[0, 4]),
+        vec![1, 0, 1, 0, 0, 40, 0x50, 1, 2, 3],
+    ]
 }
