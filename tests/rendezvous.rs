@@ -100,6 +100,17 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// `message` signed by `identity`, dated now.
+fn sealed(identity: &Identity, nonce: u64, message: &Message) -> Vec<u8> {
+    let mut body = Vec::new();
+    message.encode(&mut body);
+    let mut buf = vec![0u8; 1500];
+    let key = identity.signing_key();
+    let n = seal(&mut buf, message.kind(), key, now_ms(), nonce, &body).unwrap();
+    buf.truncate(n);
+    buf
+}
+
 fn wait_for(log: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
@@ -143,13 +154,7 @@ impl Client {
 
     fn sealed(&mut self, message: &Message) -> Vec<u8> {
         self.nonce += 1;
-        let mut body = Vec::new();
-        message.encode(&mut body);
-        let mut buf = vec![0u8; 1500];
-        let key = self.identity.signing_key();
-        let n = seal(&mut buf, message.kind(), key, now_ms(), self.nonce, &body).unwrap();
-        buf.truncate(n);
-        buf
+        sealed(&self.identity, self.nonce, message)
     }
 
     fn send(&self, datagram: &[u8], to: SocketAddr) {
@@ -654,14 +659,15 @@ impl StreamClient {
         datagram
     }
 
-    fn ask(&mut self, rdv: &Rendezvous, message: &Message) -> Message {
+    /// Sends a signed message down the stream (no answer awaited).
+    fn tell(&mut self, message: &Message) {
         self.nonce += 1;
-        let mut body = Vec::new();
-        message.encode(&mut body);
-        let mut buf = vec![0u8; 1500];
-        let key = self.identity.signing_key();
-        let n = seal(&mut buf, message.kind(), key, now_ms(), self.nonce, &body).unwrap();
-        self.send_frame(&buf[..n]);
+        let datagram = sealed(&self.identity, self.nonce, message);
+        self.send_frame(&datagram);
+    }
+
+    fn ask(&mut self, rdv: &Rendezvous, message: &Message) -> Message {
+        self.tell(message);
         self.expect(rdv)
     }
 
@@ -730,21 +736,7 @@ fn a_node_whose_udp_is_blocked_registers_trusts_and_is_relayed_over_tls() {
     let Message::Deliver { id, .. } = b.expect(&rdv) else {
         panic!("b gets the record down its stream")
     };
-    b.nonce += 1;
-    let mut body = Vec::new();
-    let ack = Message::Ack { id };
-    ack.encode(&mut body);
-    let mut buf = vec![0u8; 256];
-    let n = seal(
-        &mut buf,
-        ack.kind(),
-        b.identity.signing_key(),
-        now_ms(),
-        b.nonce,
-        &body,
-    )
-    .unwrap();
-    b.send_frame(&buf[..n]);
+    b.tell(&Message::Ack { id });
 
     // Relayed both ways: UDP in, down the stream; up the stream, out over UDP.
     a.relay_to(&rdv, &b.key(), b"\x04to b");

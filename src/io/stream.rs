@@ -20,7 +20,8 @@ use rustls::pki_types::{
 use rustls::server::AlwaysResolvesServerRawPublicKeys;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
+use tokio::sync::mpsc;
 
 use crate::identity::{Identity, NodeKey};
 
@@ -213,6 +214,48 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -
     use tokio::io::AsyncWriteExt;
     writer.write_all(bytes).await?;
     writer.flush().await
+}
+
+/// Reads one frame, and then the frames already buffered behind it, into one batch of about
+/// `limit` bytes at most (one frame may exceed it): what arrived together is handed on
+/// together. `None` at a clean end of the stream between frames.
+pub async fn read_batch<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    frame: &mut [u8],
+    limit: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut batch = Vec::with_capacity(limit);
+    loop {
+        let Some(len) = read_frame(reader, frame).await? else {
+            return Ok((!batch.is_empty()).then_some(batch));
+        };
+        push_frame(&mut batch, &frame[..len]);
+        if batch.len() >= limit || reader.buffer().is_empty() {
+            return Ok(Some(batch));
+        }
+    }
+}
+
+/// Writes what `queued` brings (whole frames) until it closes or a write fails; what is
+/// already queued goes in the same write, up to about `limit` bytes.
+pub async fn write_queued<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    queued: &mut mpsc::Receiver<Vec<u8>>,
+    limit: usize,
+) -> io::Result<()> {
+    let mut pending = Vec::with_capacity(limit);
+    while let Some(frame) = queued.recv().await {
+        pending.clear();
+        pending.extend_from_slice(&frame);
+        while pending.len() < limit {
+            match queued.try_recv() {
+                Ok(more) => pending.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        write_frames(writer, &pending).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

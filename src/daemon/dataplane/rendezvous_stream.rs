@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use crate::io::stream::{
-    client_config, push_frame, read_frame, server_name, write_frames, FRAME_HEADER, MAX_FRAME,
+    client_config, push_frame, read_batch, server_name, write_queued, FRAME_HEADER, MAX_FRAME,
 };
 use crate::node::StreamTarget;
 
@@ -132,50 +132,29 @@ async fn carry(
     incoming: &mpsc::Sender<Vec<u8>>,
 ) -> String {
     let (read, mut write) = tokio::io::split(tls);
-    let incoming_for_reader = incoming.clone();
-    let mut reader = tokio::spawn(async move {
+    let reading = async {
         let mut reader = BufReader::with_capacity(READ_BATCH, read);
         let mut frame = vec![0u8; MAX_FRAME];
-        let mut batch = Vec::with_capacity(READ_BATCH);
         loop {
-            let len = match read_frame(&mut reader, &mut frame).await {
-                Ok(Some(len)) => len,
-                Ok(None) => return "closed by the rendezvous".to_owned(),
-                Err(e) => return e.to_string(),
-            };
-            push_frame(&mut batch, &frame[..len]);
-            if batch.len() >= READ_BATCH || reader.buffer().is_empty() {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-                if incoming_for_reader.send(full).await.is_err() {
-                    return "the data plane stopped".to_owned();
-                }
-            }
-        }
-    });
-    let mut pending = Vec::with_capacity(READ_BATCH);
-    let why = loop {
-        tokio::select! {
-            ended = &mut reader => break ended.unwrap_or_else(|e| e.to_string()),
-            frame = outgoing.recv() => {
-                let Some(frame) = frame else {
-                    break "the data plane stopped".to_owned();
-                };
-                pending.clear();
-                pending.extend_from_slice(&frame);
-                while pending.len() < READ_BATCH {
-                    match outgoing.try_recv() {
-                        Ok(more) => pending.extend_from_slice(&more),
-                        Err(_) => break,
+            match read_batch(&mut reader, &mut frame, READ_BATCH).await {
+                Ok(Some(frames)) => {
+                    if incoming.send(frames).await.is_err() {
+                        return "the data plane stopped".to_owned();
                     }
                 }
-                if let Err(e) = write_frames(&mut write, &pending).await {
-                    break e.to_string();
-                }
+                Ok(None) => return "closed by the rendezvous".to_owned(),
+                Err(e) => return e.to_string(),
             }
         }
     };
-    reader.abort();
-    why
+    // Whichever ends first ends the connection.
+    tokio::select! {
+        why = reading => why,
+        written = write_queued(&mut write, outgoing, READ_BATCH) => match written {
+            Ok(()) => "the data plane stopped".to_owned(),
+            Err(e) => e.to_string(),
+        },
+    }
 }
 
 impl super::Core {

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::io::stream::frames;
-use crate::io::stream::{push_frame, read_frame, write_frames, MAX_FRAME};
+use crate::io::stream::{read_batch, write_queued, MAX_FRAME};
 
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,29 +197,17 @@ async fn serve(
     }
     tracing::debug!(%peer, conn, "stream connection opened");
     let writer = tokio::spawn(async move {
-        let mut pending = Vec::new();
-        while let Some(frame) = queued.recv().await {
-            pending.clear();
-            pending.extend_from_slice(&frame);
-            // What else is queued goes in the same write.
-            while pending.len() < READ_BATCH {
-                match queued.try_recv() {
-                    Ok(more) => pending.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if write_frames(&mut write, &pending).await.is_err() {
-                break;
-            }
-        }
+        let _ = write_queued(&mut write, &mut queued, READ_BATCH).await;
     });
     let mut reader = BufReader::with_capacity(READ_BATCH, read);
     let mut frame = vec![0u8; MAX_FRAME];
-    let mut batch = Vec::with_capacity(READ_BATCH);
     loop {
-        let read = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut reader, &mut frame)).await;
-        let len = match read {
-            Ok(Ok(Some(len))) => len,
+        let read = tokio::time::timeout(
+            IDLE_TIMEOUT,
+            read_batch(&mut reader, &mut frame, READ_BATCH),
+        );
+        let frames = match read.await {
+            Ok(Ok(Some(frames))) => frames,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, conn, "stream closed: {e}");
@@ -230,26 +218,13 @@ async fn serve(
                 break;
             }
         };
-        push_frame(&mut batch, &frame[..len]);
-        // Hand over now unless another frame is already buffered and the batch has room.
-        if batch.len() >= READ_BATCH || reader.buffer().is_empty() {
-            let frames = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-            if events
-                .send(StreamEvent::Frames { conn, frames })
-                .await
-                .is_err()
-            {
-                break;
-            }
+        if events
+            .send(StreamEvent::Frames { conn, frames })
+            .await
+            .is_err()
+        {
+            break;
         }
-    }
-    if !batch.is_empty() {
-        let _ = events
-            .send(StreamEvent::Frames {
-                conn,
-                frames: batch,
-            })
-            .await;
     }
     writer.abort();
     let _ = events.send(StreamEvent::Closed { conn }).await;
