@@ -397,7 +397,7 @@ NFT
     tn_note "starting both nodes; alice asks bob for trust, bob approves; from the approval on, curl $url every 20 ms and poll A's path every 20 ms"
     np_start_nodes "$key-pilotd"
     tn_wait_ready
-    if ((tls)); then np_wait_registered_over_tls a; else np_wait_registered a; fi
+    if ((tls)); then np_wait_registered a tls; else np_wait_registered a; fi
     np_wait_registered b
     np_trust quiet
     # Times count from bob's approval: the moment both sides have agreed.

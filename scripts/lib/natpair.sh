@@ -216,25 +216,21 @@ np_path() {
     sed -n '/^ *"path": *"[a-z]*"/{s/^ *"path": *"\([a-z]*\)".*/\1/p;q}' <<<"$out"
 }
 
-# np_wait_registered_over_tls SIDE: until the node's netcheck says registered over TLS (its
-# UDP blocked: no NAT to measure).
-np_wait_registered_over_tls() {
-    local side=$1 ctl_var="TN_CTL_${1^^}" deadline=$((SECONDS + TN_TIMEOUT + 15))
-    until "$TN_BIN/pilotctl" --control "${!ctl_var}" netcheck --json 2>/dev/null |
-        python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not (d.get("registered") and d.get("stream")))' 2>/dev/null; do
-        np_check_alive
-        ((SECONDS < deadline)) || tn_die "node ${side^^} did not register with the rendezvous over TLS within $((TN_TIMEOUT + 15))s"
-        sleep 0.1
-    done
-}
-
-# np_wait_registered SIDE: until the node's netcheck says registered with the NAT measured.
+# np_wait_registered SIDE [tls]: until the node's netcheck says registered with the NAT
+# measured, or (tls: its UDP blocked, no NAT to measure) registered over TLS.
 np_wait_registered() {
-    local side=$1 ctl_var="TN_CTL_${1^^}" deadline=$((SECONDS + TN_TIMEOUT))
+    local side=$1 ctl_var="TN_CTL_${1^^}" limit=$TN_TIMEOUT what="register with the rendezvous (or measure its NAT)"
+    local check='d.get("registered") and d.get("nat") not in (None, "unknown")'
+    if [[ ${2:-} == tls ]]; then
+        check='d.get("registered") and d.get("stream")'
+        what="register with the rendezvous over TLS"
+        limit=$((TN_TIMEOUT + 15))
+    fi
+    local deadline=$((SECONDS + limit))
     until "$TN_BIN/pilotctl" --control "${!ctl_var}" netcheck --json 2>/dev/null |
-        python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not (d.get("registered") and d.get("nat") not in (None, "unknown")))' 2>/dev/null; do
+        python3 -c "import json,sys; d=json.load(sys.stdin); sys.exit(not ($check))" 2>/dev/null; do
         np_check_alive
-        ((SECONDS < deadline)) || tn_die "node ${side^^} did not register with the rendezvous (or measure its NAT) within ${TN_TIMEOUT}s"
+        ((SECONDS < deadline)) || tn_die "node ${side^^} did not $what within ${limit}s"
         sleep 0.1
     done
 }
