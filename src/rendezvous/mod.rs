@@ -55,7 +55,8 @@ use std::time::{Duration, Instant};
 
 pub use counters::{Counters, Refusal, RelayDrop};
 pub use outbox::{DELIVERY_ROUND, RESEND_INTERVAL};
-use rate::{Rate, TokenBucket};
+pub use rate::Rate;
+use rate::TokenBucket;
 pub use sqlite::{SqliteStore, DB_FILE};
 pub use statements::MAX_OUTBOX;
 pub use store::{

@@ -34,7 +34,7 @@ pub struct StreamStats {
     pub open: usize,
     /// Datagrams for a stream that was gone or not reading (its queue full).
     pub dropped: u64,
-    /// Connections closed at once: over the total or the per-address limit.
+    /// Connections closed at once: over the total or the per-address limit, or a rate.
     pub over_limit: u64,
     /// TLS handshakes that failed or took too long.
     pub handshakes_failed: u64,
@@ -180,7 +180,7 @@ pub fn render(m: &RendezvousMetrics) -> String {
         ),
         (
             "pilot_rendezvous_streams_refused_total",
-            "TLS stream connections closed at once, over the total or per-address limit.",
+            "TLS stream connections closed at once, over the total or per-address limit or rate.",
             m.streams.over_limit,
         ),
         (
@@ -382,7 +382,7 @@ pilot_rendezvous_send_errors_total 7
 # HELP pilot_rendezvous_stream_drops_total Datagrams for a node's TLS stream dropped: the stream was gone or not reading.
 # TYPE pilot_rendezvous_stream_drops_total counter
 pilot_rendezvous_stream_drops_total 3
-# HELP pilot_rendezvous_streams_refused_total TLS stream connections closed at once, over the total or per-address limit.
+# HELP pilot_rendezvous_streams_refused_total TLS stream connections closed at once, over the total or per-address limit or rate.
 # TYPE pilot_rendezvous_streams_refused_total counter
 pilot_rendezvous_streams_refused_total 1
 # HELP pilot_rendezvous_stream_handshakes_failed_total TLS stream handshakes that failed or took too long.

@@ -11,9 +11,12 @@
 //! readers (TCP pushes back on the senders), not the UDP ports.
 //!
 //! Limits: at most [`StreamLimits::connections`] connections in all and
-//! [`StreamLimits::per_address`] from one IP address (beyond them a connection is closed at
-//! once), a TLS handshake within [`HANDSHAKE_TIMEOUT`], and a connection that carries nothing
-//! for [`IDLE_TIMEOUT`] (nodes refresh their registration every keepalive) is closed. This
+//! [`StreamLimits::per_address`] from one IP address (an IPv6 /56), new connections at most
+//! [`ACCEPTS_PER_ADDRESS`] a second from one address and [`ACCEPTS_TOTAL`] from everyone (a
+//! TLS handshake costs a signature: a flood of them must not take the CPU the UDP ports
+//! need); beyond them a connection is closed at once. A TLS handshake must finish within
+//! [`HANDSHAKE_TIMEOUT`], and a connection that carries nothing for [`IDLE_TIMEOUT`] (nodes
+//! refresh their registration every keepalive) is closed. This
 //! path allocates a buffer per batch of frames read and per frame sent: it carries only what
 //! UDP-blocked nodes exchange.
 
@@ -29,11 +32,27 @@ use tokio_rustls::TlsAcceptor;
 
 pub use crate::io::stream::frames;
 use crate::io::stream::{read_batch, write_queued, MAX_FRAME};
+use crate::rendezvous::Rate;
 
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection silent this long is closed (nodes send at least every keepalive, 25 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// New connections a second from one address (an IPv6 /56), and the burst allowed (a NAT
+/// with many UDP-blocked nodes behind it, all starting at once).
+pub const ACCEPTS_PER_ADDRESS: Rate = Rate {
+    per_sec: 4,
+    burst: 64,
+};
+/// New connections a second from everyone, and the burst: about 5 % of a core in handshakes;
+/// 10,000 nodes reconnecting after a restart are all back within a minute (they retry with
+/// back-off).
+pub const ACCEPTS_TOTAL: Rate = Rate {
+    per_sec: 500,
+    burst: 2_000,
+};
+/// Addresses whose accept rate is remembered; beyond it the oldest-refilled are forgotten.
+const RATE_TABLE: usize = 65_536;
 /// Frames queued for one connection's writer; more are dropped.
 const WRITE_QUEUE: usize = 512;
 /// A reader hands over what it has once this much is gathered.
@@ -77,7 +96,7 @@ pub enum StreamEvent {
 /// Counts of what the listener refused, shared with the loop for the metrics page.
 #[derive(Debug, Default)]
 pub struct StreamRefusals {
-    /// Connections closed at once: over the total or the per-address limit.
+    /// Connections closed at once: over the total or the per-address limit, or a rate.
     pub over_limit: std::sync::atomic::AtomicU64,
     /// TLS handshakes that failed or took too long.
     pub handshakes_failed: std::sync::atomic::AtomicU64,
@@ -93,6 +112,7 @@ pub async fn listen(
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections));
     let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let mut accepts = AcceptRate::default();
     let mut next: u32 = 0;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -104,7 +124,13 @@ pub async fn listen(
                 continue;
             }
         };
-        let ip = peer.ip().to_canonical();
+        let ip = address_of(peer.ip());
+        if !accepts.admit(ip, std::time::Instant::now()) {
+            refusals
+                .over_limit
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             refusals
                 .over_limit
@@ -124,6 +150,69 @@ pub async fn listen(
             serve(tcp, peer, conn, acceptor, events, refusals).await;
             drop((slot, address));
         });
+    }
+}
+
+/// The address a connection counts against: IPv4 as it is, IPv6 by its /56 (one host has a
+/// /64 or more to itself).
+fn address_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[7..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Token buckets for new connections: one per address (bounded) and one for everyone.
+#[derive(Default)]
+struct AcceptRate {
+    per_address: HashMap<IpAddr, Bucket>,
+    total: Bucket,
+}
+
+impl AcceptRate {
+    fn admit(&mut self, ip: IpAddr, now: std::time::Instant) -> bool {
+        if self.per_address.len() >= RATE_TABLE && !self.per_address.contains_key(&ip) {
+            // Full buckets say nothing; forget those first, then whatever is left.
+            self.per_address.retain(|_, b| {
+                b.level(ACCEPTS_PER_ADDRESS, now) < ACCEPTS_PER_ADDRESS.burst as f64
+            });
+            if self.per_address.len() >= RATE_TABLE {
+                self.per_address.clear();
+            }
+        }
+        let mine = self.per_address.entry(ip).or_default();
+        mine.take(ACCEPTS_PER_ADDRESS, now) && self.total.take(ACCEPTS_TOTAL, now)
+    }
+}
+
+/// A token bucket; a new one is full.
+#[derive(Default)]
+struct Bucket {
+    /// Tokens spent below the burst, and when they were counted (`None`: never spent).
+    spent: f64,
+    at: Option<std::time::Instant>,
+}
+
+impl Bucket {
+    fn level(&self, rate: Rate, now: std::time::Instant) -> f64 {
+        let refill = self.at.map_or(f64::INFINITY, |t| {
+            now.saturating_duration_since(t).as_secs_f64() * rate.per_sec as f64
+        });
+        (rate.burst as f64 - (self.spent - refill).max(0.0)).max(0.0)
+    }
+
+    fn take(&mut self, rate: Rate, now: std::time::Instant) -> bool {
+        let level = self.level(rate, now);
+        if level < 1.0 {
+            return false;
+        }
+        self.spent = rate.burst as f64 - level + 1.0;
+        self.at = Some(now);
+        true
     }
 }
 
@@ -234,6 +323,28 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_connections_are_rate_limited_per_address_and_in_all() {
+        let t0 = std::time::Instant::now();
+        let mut rate = AcceptRate::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let admitted = (0..100).filter(|_| rate.admit(a, t0)).count();
+        assert_eq!(admitted, ACCEPTS_PER_ADDRESS.burst as usize);
+        // A quarter second later: one more token at 4 a second.
+        assert!(rate.admit(a, t0 + Duration::from_millis(260)));
+        assert!(!rate.admit(a, t0 + Duration::from_millis(260)));
+        // One IPv6 host's addresses are one address.
+        let v6 = |s: &str| address_of(s.parse().unwrap());
+        assert_eq!(v6("2001:db8:0:1::1"), v6("2001:db8:0:ff:1::7"));
+        assert_ne!(v6("2001:db8:0:1::1"), v6("2001:db8:0:100::1"));
+        // Many addresses together meet the total.
+        let mut rate = AcceptRate::default();
+        let many = (0..4_000u32)
+            .filter(|i| rate.admit(IpAddr::from(i.to_be_bytes()), t0))
+            .count();
+        assert_eq!(many, ACCEPTS_TOTAL.burst as usize);
+    }
 
     #[test]
     fn each_address_holds_at_most_its_share_and_gets_it_back() {

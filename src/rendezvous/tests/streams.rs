@@ -120,3 +120,22 @@ fn new_keys_over_streams_count_against_the_address_the_connection_comes_from() {
     sim.server
         .stream_closed(&crate::rendezvous::streams::stream_endpoint(STREAM_SALT, 4));
 }
+
+#[test]
+fn two_nodes_over_streams_are_relayed_stream_to_stream() {
+    let mut sim = Sim::new();
+    let mut a = Client::over_stream(1, 1);
+    let mut b = Client::over_stream(2, 2);
+    for node in [&mut a, &mut b] {
+        assert!(matches!(
+            node.register(&mut sim, &[]),
+            Some(Message::Registered { .. })
+        ));
+    }
+    trust(&mut sim, &mut a, &mut b);
+    let (port, to, out) = sim.send(Port::Stream, a.at, &relay_frame(&b)).unwrap();
+    assert_eq!((port, to), (Port::Stream, b.at));
+    assert_eq!(&out[1..33], &a.key().0[..]);
+    let (port, to, _) = sim.send(Port::Stream, b.at, &relay_frame(&a)).unwrap();
+    assert_eq!((port, to), (Port::Stream, a.at));
+}
