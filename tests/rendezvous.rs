@@ -767,3 +767,66 @@ fn a_node_whose_udp_is_blocked_registers_trusts_and_is_relayed_over_tls() {
     assert!(counters.contains("stream_drops=0"), "{counters}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `cargo test --release --test rendezvous memory_per_stream -- --ignored --nocapture`:
+/// the rendezvous' RSS with this many idle TLS stream connections open (from 250 loopback
+/// addresses, within the per-address limits).
+#[test]
+#[ignore = "a measurement: run it by name"]
+fn memory_per_stream_connection() {
+    const CONNECTIONS: usize = 2_000;
+    let dir = temp("stream-memory");
+    let rdv = Rendezvous::start(
+        &dir,
+        &["--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"],
+    );
+    let to = rdv.streams.unwrap();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", rdv.child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .to_owned();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = rss();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = pilot::io::stream::client_config(Some(rdv.key)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut held = Vec::new();
+    let started = Instant::now();
+    for i in 0..CONNECTIONS {
+        // 8 per address: within the per-address burst and connection limit.
+        let local = std::net::Ipv4Addr::new(127, 1, (i / 8 / 250) as u8, (i / 8 % 250 + 1) as u8);
+        let tls = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from((local, 0))).unwrap();
+            let tcp = socket.connect(to).await.unwrap();
+            connector
+                .connect(pilot::io::stream::server_name(), tcp)
+                .await
+                .expect("the handshake")
+        });
+        held.push(tls);
+    }
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss();
+    println!(
+        "{CONNECTIONS} idle TLS streams in {:.1} s: rendezvous RSS {before} -> {after} KiB, \
+         {:.1} KiB per connection",
+        elapsed.as_secs_f64(),
+        (after - before) as f64 / CONNECTIONS as f64
+    );
+    drop(held);
+    rdv.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -218,18 +218,32 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -
 
 /// Reads one frame, and then the frames already buffered behind it, into one batch of about
 /// `limit` bytes at most (one frame may exceed it): what arrived together is handed on
-/// together. `None` at a clean end of the stream between frames.
+/// together. `None` at a clean end of the stream between frames. Frames are read straight
+/// into the batch, which grows only as far as they need: an idle connection holds no frame
+/// buffer.
 pub async fn read_batch<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
-    frame: &mut [u8],
     limit: usize,
 ) -> io::Result<Option<Vec<u8>>> {
-    let mut batch = Vec::with_capacity(limit);
+    let mut batch = Vec::new();
     loop {
-        let Some(len) = read_frame(reader, frame).await? else {
-            return Ok((!batch.is_empty()).then_some(batch));
-        };
-        push_frame(&mut batch, &frame[..len]);
+        let mut header = [0u8; FRAME_HEADER];
+        match reader.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && batch.is_empty() => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        }
+        let start = batch.len();
+        batch.extend_from_slice(&header);
+        batch.resize(
+            start + FRAME_HEADER + usize::from(u16::from_be_bytes(header)),
+            0,
+        );
+        reader
+            .read_exact(&mut batch[start + FRAME_HEADER..])
+            .await?;
         if batch.len() >= limit || reader.buffer().is_empty() {
             return Ok(Some(batch));
         }
@@ -243,7 +257,8 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(
     queued: &mut mpsc::Receiver<Vec<u8>>,
     limit: usize,
 ) -> io::Result<()> {
-    let mut pending = Vec::with_capacity(limit);
+    // Grown by the first writes, not up front: an idle connection holds little.
+    let mut pending = Vec::new();
     while let Some(frame) = queued.recv().await {
         pending.clear();
         pending.extend_from_slice(&frame);

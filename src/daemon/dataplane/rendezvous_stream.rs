@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use crate::io::stream::{
-    client_config, push_frame, read_batch, server_name, write_queued, FRAME_HEADER, MAX_FRAME,
+    client_config, push_frame, read_batch, server_name, write_queued, FRAME_HEADER,
 };
 use crate::node::StreamTarget;
 
@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const QUEUE: usize = 1024;
 /// A batch of frames read is handed over once this large (or when nothing more is buffered).
 const READ_BATCH: usize = 32 * 1024;
+/// What the stream reads ahead (one TLS record's plaintext).
+const READ_BUFFER: usize = 16 * 1024;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -133,10 +135,9 @@ async fn carry(
 ) -> String {
     let (read, mut write) = tokio::io::split(tls);
     let reading = async {
-        let mut reader = BufReader::with_capacity(READ_BATCH, read);
-        let mut frame = vec![0u8; MAX_FRAME];
+        let mut reader = BufReader::with_capacity(READ_BUFFER, read);
         loop {
-            match read_batch(&mut reader, &mut frame, READ_BATCH).await {
+            match read_batch(&mut reader, READ_BATCH).await {
                 Ok(Some(frames)) => {
                     if incoming.send(frames).await.is_err() {
                         return "the data plane stopped".to_owned();

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::io::stream::frames;
-use crate::io::stream::{read_batch, write_queued, MAX_FRAME};
+use crate::io::stream::{read_batch, write_queued};
 use crate::rendezvous::Rate;
 
 /// How long a TLS handshake may take.
@@ -57,6 +57,10 @@ const RATE_TABLE: usize = 65_536;
 const WRITE_QUEUE: usize = 512;
 /// A reader hands over what it has once this much is gathered.
 const READ_BATCH: usize = 32 * 1024;
+/// What a connection reads ahead: frames larger than it are read past it, smaller ones
+/// that arrived together come out of it together. Allocated for every connection, idle or
+/// not, so kept small.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// How many stream connections the listener holds.
 #[derive(Debug, Clone, Copy)]
@@ -288,13 +292,9 @@ async fn serve(
     let writer = tokio::spawn(async move {
         let _ = write_queued(&mut write, &mut queued, READ_BATCH).await;
     });
-    let mut reader = BufReader::with_capacity(READ_BATCH, read);
-    let mut frame = vec![0u8; MAX_FRAME];
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     loop {
-        let read = tokio::time::timeout(
-            IDLE_TIMEOUT,
-            read_batch(&mut reader, &mut frame, READ_BATCH),
-        );
+        let read = tokio::time::timeout(IDLE_TIMEOUT, read_batch(&mut reader, READ_BATCH));
         let frames = match read.await {
             Ok(Ok(Some(frames))) => frames,
             Ok(Ok(None)) => break,
