@@ -83,6 +83,9 @@ pub struct NetStatus {
 pub enum RendezvousProblem {
     /// Registrations went unanswered for this long.
     NoAnswer { secs: u64 },
+    /// Registrations over the TLS stream (UDP to the rendezvous is blocked) went unanswered
+    /// for this long.
+    NoAnswerOverTls { secs: u64, tls: SocketAddr },
     /// Answers came signed by `got`, but `pinned` is the key this node trusts.
     WrongKey { got: String, pinned: String },
 }
@@ -94,6 +97,12 @@ impl std::fmt::Display for RendezvousProblem {
                 f,
                 "no answer for {secs} s (is it running and reachable over UDP, at that address \
                  and port?)"
+            ),
+            RendezvousProblem::NoAnswerOverTls { secs, tls } => write!(
+                f,
+                "no answer over UDP, and none over TLS at {tls} for {secs} s either (does it \
+                 take TLS there: `pilotd rendezvous --tcp-listen`, this node's \
+                 --rendezvous-tls-port? is TCP to it let through?)"
             ),
             RendezvousProblem::WrongKey { got, pinned } => write!(
                 f,
@@ -399,8 +408,10 @@ impl RendezvousLink {
         }
         let since = self.unanswered_since?;
         let waited = now.saturating_duration_since(since);
-        (waited >= NO_ANSWER_AFTER).then_some(RendezvousProblem::NoAnswer {
-            secs: waited.as_secs(),
+        let secs = waited.as_secs();
+        (waited >= NO_ANSWER_AFTER).then_some(match self.config.stream {
+            Some(tls) if self.over_stream => RendezvousProblem::NoAnswerOverTls { secs, tls },
+            _ => RendezvousProblem::NoAnswer { secs },
         })
     }
 

@@ -25,6 +25,8 @@ struct World {
     server_out: Vec<u8>,
     /// The network drops every UDP datagram between the two.
     udp_blocked: bool,
+    /// The daemon's TLS never connects: the stream carries nothing.
+    stream_dead: bool,
     /// Datagrams that went each way, by path: (UDP, stream).
     carried: (usize, usize),
 }
@@ -66,6 +68,7 @@ impl World {
             out: vec![0; 2048],
             server_out: vec![0; 2048],
             udp_blocked: true,
+            stream_dead: false,
             carried: (0, 0),
         }
     }
@@ -90,6 +93,7 @@ impl World {
             for (to, datagram) in to_server {
                 let stream = self.node.rendezvous_stream();
                 let (port, from) = match stream {
+                    Some(s) if s.rendezvous == to && self.stream_dead => continue,
                     Some(s) if s.rendezvous == to => (Port::Stream, World::stream_endpoint()),
                     _ if self.udp_blocked => continue,
                     _ if to == ep(RDV) => (Port::Main, ep(PUBLIC)),
@@ -174,6 +178,19 @@ fn blocked_udp_moves_the_link_to_the_stream_and_working_udp_brings_it_back() {
     let status = w.node.net_status(w.now);
     assert_eq!(status.observed.as_deref(), Some(PUBLIC));
     assert_eq!(status.stream, None);
+}
+
+#[test]
+fn a_stream_nobody_answers_is_named_as_the_problem() {
+    let mut w = World::new();
+    w.stream_dead = true;
+    w.run(STREAM_AFTER + Duration::from_secs(8));
+    assert!(w.node.rendezvous_stream().is_some());
+    let problem = w.node.net_status(w.now).problem.expect("a problem");
+    assert!(
+        problem.contains("none over TLS at 203.0.113.10:443"),
+        "{problem}"
+    );
 }
 
 #[test]
