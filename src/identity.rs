@@ -167,7 +167,7 @@ impl Identity {
         let file = IdentityFile {
             version: 1,
             public_key: self.public_key().to_string(),
-            secret_key: crate::wire::hex::encode(&self.signing.to_bytes()),
+            secret_key: crate::hex::encode(&self.signing.to_bytes()),
         };
         let mut text = serde_json::to_string_pretty(&file).expect("identity serializes");
         text.push('\n');
@@ -199,13 +199,13 @@ impl NodeKey {
 
 impl fmt::Display for NodeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::wire::hex::encode(&self.0))
+        f.write_str(&crate::hex::encode(&self.0))
     }
 }
 
 impl fmt::Debug for NodeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeKey({})", &crate::wire::hex::encode(&self.0)[..16])
+        write!(f, "NodeKey({})", &crate::hex::encode(&self.0)[..16])
     }
 }
 
@@ -231,7 +231,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
-    crate::wire::hex::decode(s)?.try_into().ok()
+    crate::hex::decode(s)?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -338,7 +338,7 @@ mod tests {
     fn debug_output_has_no_secret() {
         let id = Identity::from_secret_bytes(&[0x42; 32]);
         let shown = format!("{id:?}");
-        assert!(!shown.contains(&crate::wire::hex::encode(&[0x42; 32])));
+        assert!(!shown.contains(&crate::hex::encode(&[0x42; 32])));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Pilot: a kernel-visible overlay network.
 //!
-//! Module map (dependencies point down the list): `cli` → `daemon` → `api` → `node` → `wire`,
-//! `addr`, `identity`. `api` is the control protocol and its client: `pilotctl`'s half of
+//! Module map (dependencies point down the list): `cli` → `daemon` → `api` → `node` → `wire`
+//! → `addr`, `identity` → `hex`. `api` is the control protocol and its client: `pilotctl`'s half of
 //! `cli` reaches the daemon through it alone. `io` is the real I/O (TUN, netlink, batched UDP)
 //! the daemon feeds to the sans-IO `node`.
 
@@ -12,6 +12,7 @@ pub mod clock;
 pub mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hex;
 pub mod identity;
 pub mod io;
 pub mod node;

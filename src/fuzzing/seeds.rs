@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 
 use super::wire::fixed_identity;
 use crate::api::Request;
+use crate::hex;
 use crate::identity::NodeKey;
 use crate::wire::control::{Found, Message, NatKind, Query, RefusalCode};
 use crate::wire::envelope::seal;
-use crate::wire::hex;
 use crate::wire::trust::{Revocation, Statement, TrustRecord, TrustRequest};
 
 const NOW_MS: u64 = 1_800_000_000_000;

@@ -23,8 +23,8 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::Hostname;
+use crate::hex::{decode as decode_hex, encode as encode_hex};
 use crate::identity::NodeKey;
-use crate::wire::hex::{decode as decode_hex, encode as encode_hex};
 use crate::wire::trust::{
     PairState, Revocation, Statement, TrustError, TrustLedger, TrustRecord, TrustRequest,
     MAX_FUTURE_MS, REQUEST_LIFETIME_MS,

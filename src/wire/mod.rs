@@ -10,7 +10,6 @@ pub mod codec;
 pub mod control;
 pub mod dns;
 pub mod envelope;
-pub mod hex;
 pub mod ip;
 pub mod message;
 pub mod printable;

@@ -348,7 +348,7 @@ fn warn_damaged(path: &Path, why: &str) {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    crate::wire::hex::encode(&Sha256::digest(bytes))
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 #[cfg(test)]
