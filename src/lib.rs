@@ -1,9 +1,9 @@
 //! Pilot: a kernel-visible overlay network.
 //!
 //! Module map (dependencies point down the list): `cli` → `daemon` → `api` → `node` → `wire`
-//! → `addr`, `identity` → `hex`. `api` is the control protocol and its client: `pilotctl`'s half of
-//! `cli` reaches the daemon through it alone. `io` is the real I/O (TUN, netlink, batched UDP)
-//! the daemon feeds to the sans-IO `node`.
+//! → `addr`, `identity` → `hex`. `api` is the control protocol and its client: `pilotctl`'s
+//! half of `cli` reaches the daemon through it alone. `io` is the real I/O (TUN, netlink,
+//! batched UDP, the rendezvous' TLS stream) the daemon feeds to the sans-IO `node`.
 
 pub mod addr;
 pub mod api;

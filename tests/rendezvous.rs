@@ -618,7 +618,7 @@ impl StreamClient {
     /// Connects and completes TLS, accepting only the rendezvous key `pinned`.
     fn connect(to: SocketAddr, pinned: NodeKey, n: u8) -> std::io::Result<StreamClient> {
         use std::io::Write;
-        let config = pilot::io::stream::client_config(Some(pinned)).unwrap();
+        let config = pilot::io::stream::client_config(Some(pinned.0)).unwrap();
         let conn = rustls::ClientConnection::new(config, pilot::io::stream::server_name()).unwrap();
         let tcp = std::net::TcpStream::connect(to)?;
         tcp.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -799,7 +799,7 @@ fn memory_per_stream_connection() {
         .enable_all()
         .build()
         .unwrap();
-    let config = pilot::io::stream::client_config(Some(rdv.key)).unwrap();
+    let config = pilot::io::stream::client_config(Some(rdv.key.0)).unwrap();
     let connector = tokio_rustls::TlsConnector::from(config);
     let mut held = Vec::new();
     let started = Instant::now();

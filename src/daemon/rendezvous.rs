@@ -144,7 +144,8 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
     let acceptor = match &tcp {
         Some(_) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::io::stream::server_config(&identity).context("TLS for --tcp-listen")?,
+            crate::io::stream::server_config(identity.signing_key())
+                .context("TLS for --tcp-listen")?,
         )),
         None => None,
     };

@@ -23,7 +23,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme}
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::sync::mpsc;
 
-use crate::identity::{Identity, NodeKey};
+use ed25519_dalek::SigningKey;
 
 /// Largest frame: a datagram's length fits two bytes.
 pub const MAX_FRAME: usize = u16::MAX as usize;
@@ -40,10 +40,10 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-/// The key as TLS carries a raw public key.
-fn spki(key: &NodeKey) -> Vec<u8> {
+/// An Ed25519 public key as TLS carries a raw public key.
+fn spki(key: &[u8; 32]) -> Vec<u8> {
     let mut der = ED25519_SPKI_PREFIX.to_vec();
-    der.extend_from_slice(&key.0);
+    der.extend_from_slice(key);
     der
 }
 
@@ -56,14 +56,16 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The rendezvous' side: TLS 1.3 only, its identity key as the raw public key, no client
-/// authentication.
-pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, rustls::Error> {
+/// The rendezvous' side: TLS 1.3 only, its identity key (`signing`) as the raw public key,
+/// no client authentication.
+pub fn server_config(signing: &SigningKey) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
-    pkcs8.extend_from_slice(&identity.signing_key().to_bytes());
+    pkcs8.extend_from_slice(&signing.to_bytes());
     let signer = rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8))?;
     let key = CertifiedKey::new(
-        vec![CertificateDer::from(spki(&identity.public_key()))],
+        vec![CertificateDer::from(spki(
+            signing.verifying_key().as_bytes(),
+        ))],
         signer,
     );
     let config = ServerConfig::builder_with_provider(provider())
@@ -79,7 +81,7 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, rustls::E
 /// else. Without a pinned key (a node that never reached its rendezvous and was given none)
 /// any Ed25519 key that proves itself in the handshake is accepted: the signed messages
 /// inside then decide, as over UDP (trust on first use).
-pub fn client_config(pinned: Option<NodeKey>) -> Result<Arc<ClientConfig>, rustls::Error> {
+pub fn client_config(pinned: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, rustls::Error> {
     let verifier = PinnedKey {
         spki: pinned.as_ref().map(spki),
         provider: provider(),
@@ -291,8 +293,8 @@ mod tests {
 
     /// A TLS session over an in-memory pipe between a server with `server_key` and a client
     /// pinning `pinned`; the frames the client sent as the server read them, or the error.
-    fn session(server_key: u8, pinned: NodeKey, frames: &[&[u8]]) -> io::Result<Vec<Vec<u8>>> {
-        let server = Identity::from_secret_bytes(&[server_key; 32]);
+    fn session(server_key: u8, pinned: [u8; 32], frames: &[&[u8]]) -> io::Result<Vec<Vec<u8>>> {
+        let server = SigningKey::from_bytes(&[server_key; 32]);
         let acceptor = TlsAcceptor::from(server_config(&server).unwrap());
         let connector = TlsConnector::from(client_config(Some(pinned)).unwrap());
         let mut bytes = Vec::new();
@@ -327,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_node_reaches_the_rendezvous_it_pinned_and_frames_cross_intact() {
-        let rendezvous = Identity::from_secret_bytes(&[7; 32]).public_key();
+        let rendezvous = SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes();
         let big = vec![0xab; MAX_FRAME];
         let got = session(7, rendezvous, &[b"register", b"", &big]).unwrap();
         assert_eq!(got, vec![b"register".to_vec(), Vec::new(), big]);
@@ -335,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_server_with_another_key_is_refused_in_the_handshake() {
-        let pinned = Identity::from_secret_bytes(&[7; 32]).public_key();
+        let pinned = SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes();
         let err = session(8, pinned, &[b"register"]).unwrap_err();
         assert!(
             err.to_string().contains("certificate") || err.to_string().contains("Certificate"),

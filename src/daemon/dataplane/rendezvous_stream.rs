@@ -82,7 +82,7 @@ async fn hold(
     mut outgoing: mpsc::Receiver<Vec<u8>>,
     incoming: mpsc::Sender<Vec<u8>>,
 ) {
-    let config = match client_config(target.key) {
+    let config = match client_config(target.key.map(|k| k.0)) {
         Ok(config) => config,
         Err(e) => {
             tracing::warn!("TLS to the rendezvous: {e}");
