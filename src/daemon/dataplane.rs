@@ -108,21 +108,19 @@ struct Core {
     node: Node,
     facts: Facts,
     recv: RecvBatch,
-    send: SendBatch,
+    /// Where decrypted packets and datagrams to send go.
+    out: Outlet,
     /// One TUN read (a packet, or a TCP super-segment with offloads) lands here.
     tun_buf: Box<[u8]>,
     /// One segment cut from a super-segment, before it is encrypted into a send slot.
     seg_buf: Box<[u8]>,
     /// Decrypted packets and control-path outputs are written here.
     out_buf: Box<[u8]>,
-    writer: TunWriter,
     /// TUN reads that could not be parsed or segmented.
     offload_errors: u64,
     ping_seq: u16,
     /// Pings in flight by sequence number (unique within this daemon).
     ping_waiters: BTreeMap<u16, oneshot::Sender<PingReply>>,
-    /// Replies dropped because the send batch stayed full.
-    send_dropped: u64,
     /// `resolve` commands waiting for the rendezvous, by lookup id.
     resolve_waiters: BTreeMap<u64, (String, oneshot::Sender<Result<PeerRef, ControlError>>)>,
     /// When trust.json may be written next (at most a few times a second, with back-off
@@ -134,17 +132,27 @@ struct Core {
     lan_watch: lan_watch::LanWatch,
     /// Why the daemon must stop (a refused hostname).
     fatal: Option<String>,
-    /// Userspace mode: the stack holding the node's address, and where the connections peers
-    /// open to it are served.
-    stack: Option<(Box<Stack>, mpsc::Sender<Incoming>)>,
     /// Received messages (listed and cleared through the control socket).
     inbox: Arc<Mutex<Inbox>>,
     /// The `release_name` command waiting for the rendezvous.
     release_waiter: Option<oneshot::Sender<Result<ReleasedName, ControlError>>>,
-    /// The TLS stream to the rendezvous, while the node wants one (UDP to it is blocked).
-    rdv_stream: Option<rendezvous_stream::RendezvousStream>,
     /// Where that stream hands what it reads (the loop's end is `DataPlane::stream_frames`).
     stream_frames: mpsc::Sender<Vec<u8>>,
+}
+
+/// Where what the node hands out goes: decrypted packets to the TUN (or the userspace stack),
+/// datagrams to the UDP send batch or, for the rendezvous while UDP to it is blocked, down its
+/// TLS stream.
+struct Outlet {
+    writer: TunWriter,
+    /// Userspace mode: the stack holding the node's address, and where the connections peers
+    /// open to it are served.
+    stack: Option<(Box<Stack>, mpsc::Sender<Incoming>)>,
+    send: SendBatch,
+    /// Replies dropped because the send batch stayed full.
+    send_dropped: u64,
+    /// The TLS stream to the rendezvous, while the node wants one (UDP to it is blocked).
+    rdv_stream: Option<rendezvous_stream::RendezvousStream>,
 }
 
 impl DataPlane {
@@ -179,25 +187,27 @@ impl DataPlane {
             node,
             facts,
             recv: RecvBatch::new(MAX_BATCH, SLOT),
-            send: SendBatch::new(MAX_BATCH, SLOT),
+            out: Outlet {
+                writer: TunWriter::new(),
+                stack,
+                send: SendBatch::new(MAX_BATCH, SLOT),
+                send_dropped: 0,
+                rdv_stream: None,
+            },
             tun_buf: vec![0; OFFLOAD_READ_LEN].into_boxed_slice(),
             seg_buf: vec![0; SLOT].into_boxed_slice(),
             out_buf: vec![0; SLOT].into_boxed_slice(),
-            writer: TunWriter::new(),
             offload_errors: 0,
             ping_seq: 0,
             ping_waiters: BTreeMap::new(),
-            send_dropped: 0,
             resolve_waiters: BTreeMap::new(),
             saves: SaveSchedule::new(Instant::now()),
             saving: None,
             rendezvous_watch: rendezvous_watch::RendezvousWatch::new(Instant::now()),
             lan_watch: lan_watch::LanWatch::new(Instant::now()),
             fatal: None,
-            stack,
             inbox,
             release_waiter: None,
-            rdv_stream: None,
             stream_frames: stream_tx,
         };
         Ok(DataPlane {
@@ -263,7 +273,7 @@ impl Core {
                 wake = wake.min(self.saves.next());
             }
             let mut stack_notify = None;
-            if let Some((stack, _)) = &mut self.stack {
+            if let Some((stack, _)) = &mut self.out.stack {
                 if let Some(at) = stack.poll_at(now) {
                     wake = wake.min(at);
                 }
@@ -322,24 +332,16 @@ impl Core {
             let output = self
                 .node
                 .handle_datagram(from, datagram, now, &mut self.out_buf);
-            carry_out(
-                io,
-                output,
-                &mut self.writer,
-                &mut self.stack,
-                &mut self.send,
-                &mut self.send_dropped,
-                self.rdv_stream.as_mut(),
-            );
+            self.out.carry(io, output);
         }
         if let Some(tun) = tun {
-            self.writer.flush(tun);
+            self.out.writer.flush(tun);
         }
     }
 
     /// What the rendezvous stream read: datagrams from the rendezvous, as if over UDP.
     fn on_stream_frames(&mut self, io: &Io, frames: &[u8]) {
-        let Some(from) = self.rdv_stream.as_ref().map(|s| s.target.rendezvous) else {
+        let Some(from) = self.out.rdv_stream.as_ref().map(|s| s.target.rendezvous) else {
             return;
         };
         let now = Instant::now();
@@ -347,18 +349,10 @@ impl Core {
             let output = self
                 .node
                 .handle_datagram(from, datagram, now, &mut self.out_buf);
-            carry_out(
-                io,
-                output,
-                &mut self.writer,
-                &mut self.stack,
-                &mut self.send,
-                &mut self.send_dropped,
-                self.rdv_stream.as_mut(),
-            );
+            self.out.carry(io, output);
         }
         if let Some(tun) = io.tun.as_ref().map(AsyncFd::get_ref) {
-            self.writer.flush(tun);
+            self.out.writer.flush(tun);
         }
     }
 
@@ -386,21 +380,13 @@ impl Core {
                 continue;
             };
             loop {
-                if self.send.is_full() {
-                    flush_batch(&mut self.send, io).await?;
+                if self.out.send.is_full() {
+                    flush_batch(&mut self.out.send, io).await?;
                 }
                 match segs.next_into(&mut self.seg_buf) {
                     Ok(Some(len)) => {
                         let packet = &self.seg_buf[..len];
-                        encrypt(
-                            &mut self.node,
-                            &mut self.send,
-                            self.rdv_stream.as_mut(),
-                            &mut self.writer,
-                            tun,
-                            packet,
-                            now,
-                        );
+                        self.out.encrypt(&mut self.node, tun, packet, now);
                     }
                     Ok(None) => break,
                     Err(_) => {
@@ -422,18 +408,18 @@ impl Core {
         self.hold_rendezvous_stream();
         self.run_stack(io, now).await?;
         loop {
-            if self.send.is_full() {
-                flush_batch(&mut self.send, io).await?;
+            if self.out.send.is_full() {
+                flush_batch(&mut self.out.send, io).await?;
             }
             let Some(t) = self.node.poll_transmit(now, &mut self.out_buf) else {
                 break;
             };
-            match self.rdv_stream.as_mut().filter(|s| s.carries(t.to)) {
+            match self.out.rdv_stream.as_mut().filter(|s| s.carries(t.to)) {
                 Some(stream) => stream.send(t.payload),
-                None => self.send.push(t.payload, t.to),
+                None => self.out.send.push(t.payload, t.to),
             }
         }
-        flush_batch(&mut self.send, io).await?;
+        flush_batch(&mut self.out.send, io).await?;
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::PingReply { peer, seq, rtt } => {
@@ -534,7 +520,7 @@ impl Core {
     /// Userspace mode: runs the stack, hands over the connections peers opened to it, and
     /// encrypts what it sends into the send batch, as packets read from a TUN are.
     async fn run_stack(&mut self, io: &Io, now: Instant) -> io::Result<()> {
-        let Some((mut stack, incoming)) = self.stack.take() else {
+        let Some((mut stack, incoming)) = self.out.stack.take() else {
             return Ok(());
         };
         stack.poll(now);
@@ -548,19 +534,19 @@ impl Core {
         let mut result = Ok(());
         let mut replied = false;
         while let Some(packet) = stack.pop_packet() {
-            if self.send.is_full() {
-                result = flush_batch(&mut self.send, io).await;
+            if self.out.send.is_full() {
+                result = flush_batch(&mut self.out.send, io).await;
                 if result.is_err() {
                     break;
                 }
             }
             match self
                 .node
-                .handle_tun_packet(&packet, now, self.send.next_slot())
+                .handle_tun_packet(&packet, now, self.out.send.next_slot())
             {
                 TunOutput::Send(t) => {
                     let (to, len) = (t.to, t.payload.len());
-                    self.send.commit(len, to);
+                    self.out.send.commit(len, to);
                 }
                 TunOutput::Reply(reply) => replied |= stack.push_packet(reply),
                 TunOutput::Nothing => {}
@@ -571,7 +557,7 @@ impl Core {
             // An ICMPv6 error for the stack (an untrusted destination): let it see it now.
             stack.poll(now);
         }
-        self.stack = Some((stack, incoming));
+        self.out.stack = Some((stack, incoming));
         result
     }
 }
@@ -594,68 +580,54 @@ async fn notified(notify: Option<&Notify>) {
     }
 }
 
-/// Carries out what a received datagram made the node do: a packet for the TUN (or the
-/// userspace stack), or a reply to send.
-fn carry_out(
-    io: &Io,
-    output: NetOutput<'_>,
-    writer: &mut TunWriter,
-    stack: &mut Option<(Box<Stack>, mpsc::Sender<Incoming>)>,
-    send: &mut SendBatch,
-    send_dropped: &mut u64,
-    stream: Option<&mut rendezvous_stream::RendezvousStream>,
-) {
-    let tun = io.tun.as_ref().map(AsyncFd::get_ref);
-    match output {
-        NetOutput::Tun(packet) => match (tun, stack) {
-            (Some(tun), _) => writer.push(tun, packet),
-            (None, Some((stack, _))) => {
-                stack.push_packet(packet);
+impl Outlet {
+    /// Carries out what a received datagram made the node do: a packet for the TUN (or the
+    /// userspace stack), or a reply to send.
+    fn carry(&mut self, io: &Io, output: NetOutput<'_>) {
+        let tun = io.tun.as_ref().map(AsyncFd::get_ref);
+        match output {
+            NetOutput::Tun(packet) => match (tun, &mut self.stack) {
+                (Some(tun), _) => self.writer.push(tun, packet),
+                (None, Some((stack, _))) => {
+                    stack.push_packet(packet);
+                }
+                (None, None) => {}
+            },
+            NetOutput::Send(t) => {
+                if let Some(stream) = self.rdv_stream.as_mut().filter(|s| s.carries(t.to)) {
+                    stream.send(t.payload);
+                    return;
+                }
+                // Replies (handshake responses, cookies) are rare; if the socket is backed up
+                // so far that the batch is still full, WireGuard retries them anyway.
+                if self.send.is_full() {
+                    let _ = self.send.flush(io.udp.get_ref());
+                }
+                if self.send.is_full() {
+                    self.send_dropped += 1;
+                } else {
+                    self.send.push(t.payload, t.to);
+                }
             }
-            (None, None) => {}
-        },
-        NetOutput::Send(t) => {
-            if let Some(stream) = stream.filter(|s| s.carries(t.to)) {
-                stream.send(t.payload);
-                return;
-            }
-            // Replies (handshake responses, cookies) are rare; if the socket is backed up so
-            // far that the batch is still full, WireGuard retries them anyway.
-            if send.is_full() {
-                let _ = send.flush(io.udp.get_ref());
-            }
-            if send.is_full() {
-                *send_dropped += 1;
-            } else {
-                send.push(t.payload, t.to);
-            }
+            NetOutput::Nothing => {}
         }
-        NetOutput::Nothing => {}
     }
-}
 
-/// Encrypts one packet from the TUN into the next send slot (or down the rendezvous stream,
-/// when that is where it goes). The batch must not be full.
-fn encrypt(
-    node: &mut Node,
-    send: &mut SendBatch,
-    stream: Option<&mut rendezvous_stream::RendezvousStream>,
-    writer: &mut TunWriter,
-    tun: &TunDevice,
-    packet: &[u8],
-    now: Instant,
-) {
-    match node.handle_tun_packet(packet, now, send.next_slot()) {
-        TunOutput::Send(t) => {
-            let (to, len) = (t.to, t.payload.len());
-            match stream.filter(|s| s.carries(to)) {
-                // The slot stays free for the next packet.
-                Some(stream) => stream.send(&send.next_slot()[..len]),
-                None => send.commit(len, to),
+    /// Encrypts one packet from the TUN into the next send slot (or down the rendezvous
+    /// stream, when that is where it goes). The batch must not be full.
+    fn encrypt(&mut self, node: &mut Node, tun: &TunDevice, packet: &[u8], now: Instant) {
+        match node.handle_tun_packet(packet, now, self.send.next_slot()) {
+            TunOutput::Send(t) => {
+                let (to, len) = (t.to, t.payload.len());
+                match self.rdv_stream.as_mut().filter(|s| s.carries(to)) {
+                    // The slot stays free for the next packet.
+                    Some(stream) => stream.send(&self.send.next_slot()[..len]),
+                    None => self.send.commit(len, to),
+                }
             }
+            TunOutput::Reply(reply) => self.writer.write_now(tun, reply),
+            TunOutput::Nothing => {}
         }
-        TunOutput::Reply(reply) => writer.write_now(tun, reply),
-        TunOutput::Nothing => {}
     }
 }
 

@@ -162,13 +162,13 @@ impl super::Core {
     /// Opens, moves or closes the stream as the node wants it now.
     pub(super) fn hold_rendezvous_stream(&mut self) {
         let wanted = self.node.rendezvous_stream();
-        if self.rdv_stream.as_ref().map(|s| s.target) == wanted {
+        if self.out.rdv_stream.as_ref().map(|s| s.target) == wanted {
             return;
         }
-        if let Some(old) = self.rdv_stream.take() {
+        if let Some(old) = self.out.rdv_stream.take() {
             tracing::info!(tls = %old.target.tls, dropped = old.dropped, "TLS stream to the rendezvous closed");
         }
-        self.rdv_stream =
+        self.out.rdv_stream =
             wanted.map(|target| RendezvousStream::open(target, self.stream_frames.clone()));
     }
 }

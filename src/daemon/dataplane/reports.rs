@@ -27,11 +27,11 @@ impl Core {
     /// Drops the loop counts itself: TUN writes, TUN reads, UDP sends.
     pub(super) fn own_drops(&self) -> [(&'static str, u64); 3] {
         [
-            ("tun_write_failed", self.writer.errors()),
+            ("tun_write_failed", self.out.writer.errors()),
             ("tun_read_malformed", self.offload_errors),
             (
                 "udp_send_failed",
-                self.send.send_errors() + self.send_dropped,
+                self.out.send.send_errors() + self.out.send_dropped,
             ),
         ]
     }
@@ -160,7 +160,7 @@ impl Core {
         for (reason, n) in self.own_drops() {
             drops.insert(reason.into(), n.into());
         }
-        if let Some((stack, _)) = &self.stack {
+        if let Some((stack, _)) = &self.out.stack {
             // Userspace mode: limits the stack hit (see io::stack::Limits).
             let stats = stack.stats();
             drops.insert("stack_queue_full".into(), stats.queue_drops.into());
@@ -176,7 +176,7 @@ impl Core {
             public_key: self.node.key().to_string(),
             hostname: self.node.hostname().map(|n| n.to_string()),
             interface: self.facts.interface.clone(),
-            mode: match self.stack {
+            mode: match self.out.stack {
                 Some(_) => "userspace",
                 None => "kernel",
             }

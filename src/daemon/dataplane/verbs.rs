@@ -54,7 +54,7 @@ impl Core {
         if self.node.trusted_peer_at(addr).is_none() {
             return Err((Reply::NotAllowed, ControlError::NotTrusted(addr)));
         }
-        let Some((stack, _)) = &mut self.stack else {
+        let Some((stack, _)) = &mut self.out.stack else {
             return Err((Reply::GeneralFailure, ControlError::NotUserspace));
         };
         stack
