@@ -75,7 +75,7 @@ pub struct DataPlane {
     io: Io,
     core: Core,
     /// What the rendezvous stream reads, in batches of frames (see `rendezvous_stream`).
-    stream_frames: mpsc::Receiver<Vec<u8>>,
+    stream_frames: mpsc::Receiver<rendezvous_stream::StreamIn>,
 }
 
 /// The descriptors, kept apart from the state so a readiness guard on one can be held while
@@ -137,7 +137,7 @@ struct Core {
     /// The `release_name` command waiting for the rendezvous.
     release_waiter: Option<oneshot::Sender<Result<ReleasedName, ControlError>>>,
     /// Where that stream hands what it reads (the loop's end is `DataPlane::stream_frames`).
-    stream_frames: mpsc::Sender<Vec<u8>>,
+    stream_frames: mpsc::Sender<rendezvous_stream::StreamIn>,
 }
 
 /// Where what the node hands out goes: decrypted packets to the TUN (or the userspace stack),
@@ -258,7 +258,7 @@ impl Core {
         &mut self,
         io: &Io,
         commands: &mut mpsc::Receiver<Command>,
-        stream_frames: &mut mpsc::Receiver<Vec<u8>>,
+        stream_frames: &mut mpsc::Receiver<rendezvous_stream::StreamIn>,
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> io::Result<()> {
         loop {
@@ -305,7 +305,10 @@ impl Core {
                 () = notified(stack_notify.as_deref()) => {}
                 () = tokio::time::sleep_until(wake.into()) => self.node.handle_timeout(Instant::now()),
                 Some(command) = commands.recv() => self.on_command(command),
-                Some(frames) = stream_frames.recv() => self.on_stream_frames(io, &frames),
+                Some(event) = stream_frames.recv() => match event {
+                    rendezvous_stream::StreamIn::Frames(frames) => self.on_stream_frames(io, &frames),
+                    rendezvous_stream::StreamIn::Connected => self.node.stream_connected(Instant::now()),
+                },
             }
             match saved {
                 Some(result) => self.save_done(result),

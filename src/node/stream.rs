@@ -120,6 +120,17 @@ impl Node {
         true
     }
 
+    /// The daemon (re)connected the stream: the rendezvous knows the connection as a new
+    /// endpoint, so register there at once rather than at the next refresh (until then it
+    /// would send our relayed traffic down a connection that is gone).
+    pub fn stream_connected(&mut self, now: Instant) {
+        if let Some(link) = self.link.as_mut().filter(|l| l.over_stream) {
+            link.use_stream(now);
+            // Now, not at the next timer tick.
+            self.next_tick = Some(now);
+        }
+    }
+
     /// The rendezvous in use changed (failover): UDP's silence so far still counts.
     pub(super) fn stream_on_switch(&mut self) {
         self.stream.probe = None;

@@ -27,6 +27,8 @@ struct World {
     udp_blocked: bool,
     /// The daemon's TLS never connects: the stream carries nothing.
     stream_dead: bool,
+    /// The daemon's connection number (a reconnection is a new one).
+    conn: u32,
     /// Datagrams that went each way, by path: (UDP, stream).
     carried: (usize, usize),
 }
@@ -69,13 +71,14 @@ impl World {
             server_out: vec![0; 2048],
             udp_blocked: true,
             stream_dead: false,
+            conn: 1,
             carried: (0, 0),
         }
     }
 
-    /// The stream's endpoint at the rendezvous (the daemon's connection 1).
-    fn stream_endpoint() -> SocketAddr {
-        stream_endpoint(0x1234, 1)
+    /// The stream's endpoint at the rendezvous.
+    fn stream_endpoint(&self) -> SocketAddr {
+        stream_endpoint(0x1234, self.conn)
     }
 
     /// Runs both for `d` in 100 ms steps, carrying datagrams as the daemons would: what goes
@@ -94,7 +97,7 @@ impl World {
                 let stream = self.node.rendezvous_stream();
                 let (port, from) = match stream {
                     Some(s) if s.rendezvous == to && self.stream_dead => continue,
-                    Some(s) if s.rendezvous == to => (Port::Stream, World::stream_endpoint()),
+                    Some(s) if s.rendezvous == to => (Port::Stream, self.stream_endpoint()),
                     _ if self.udp_blocked => continue,
                     _ if to == ep(RDV) => (Port::Main, ep(PUBLIC)),
                     _ if to == ep(RDV_ALT) => (Port::Alt, ep(PUBLIC)),
@@ -178,6 +181,24 @@ fn blocked_udp_moves_the_link_to_the_stream_and_working_udp_brings_it_back() {
     let status = w.node.net_status(w.now);
     assert_eq!(status.observed.as_deref(), Some(PUBLIC));
     assert_eq!(status.stream, None);
+}
+
+#[test]
+fn a_reconnected_stream_is_registered_again_at_once() {
+    let mut w = World::new();
+    w.run(STREAM_AFTER + Duration::from_secs(2));
+    let key = w.node.key();
+    let at = |w: &World| w.server.registration(&key, w.now).map(|r| r.observed);
+    assert_eq!(at(&w), Some(w.stream_endpoint()));
+    // The connection dropped and the daemon made a new one: a new endpoint to the rendezvous.
+    w.conn = 2;
+    w.node.stream_connected(w.now);
+    w.run(Duration::from_secs(1));
+    assert_eq!(
+        at(&w),
+        Some(w.stream_endpoint()),
+        "not a keepalive (25 s) later"
+    );
 }
 
 #[test]

@@ -35,6 +35,14 @@ const READ_BUFFER: usize = 16 * 1024;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// What the stream tells the loop.
+pub(super) enum StreamIn {
+    /// A connection was made (again): the rendezvous knows it as a new endpoint.
+    Connected,
+    /// Frames read, back to back.
+    Frames(Vec<u8>),
+}
+
 /// The stream the loop holds, and where its datagrams go.
 pub(super) struct RendezvousStream {
     pub target: StreamTarget,
@@ -46,7 +54,7 @@ pub(super) struct RendezvousStream {
 
 impl RendezvousStream {
     /// Starts connecting to `target`; frames read go to `incoming`.
-    pub fn open(target: StreamTarget, incoming: mpsc::Sender<Vec<u8>>) -> RendezvousStream {
+    pub fn open(target: StreamTarget, incoming: mpsc::Sender<StreamIn>) -> RendezvousStream {
         let (queue, outgoing) = mpsc::channel(QUEUE);
         let task = tokio::spawn(hold(target, outgoing, incoming));
         RendezvousStream {
@@ -80,7 +88,7 @@ impl Drop for RendezvousStream {
 async fn hold(
     target: StreamTarget,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
-    incoming: mpsc::Sender<Vec<u8>>,
+    incoming: mpsc::Sender<StreamIn>,
 ) {
     let config = match client_config(target.key.map(|k| k.0)) {
         Ok(config) => config,
@@ -96,6 +104,9 @@ async fn hold(
             Ok(tls) => {
                 tracing::info!(tls = %target.tls, "connected to the rendezvous over TLS");
                 retry = RETRY_FIRST;
+                if incoming.send(StreamIn::Connected).await.is_err() {
+                    return;
+                }
                 let why = carry(tls, &mut outgoing, &incoming).await;
                 if incoming.is_closed() {
                     return;
@@ -131,7 +142,7 @@ async fn connect(
 async fn carry(
     tls: tokio_rustls::client::TlsStream<TcpStream>,
     outgoing: &mut mpsc::Receiver<Vec<u8>>,
-    incoming: &mpsc::Sender<Vec<u8>>,
+    incoming: &mpsc::Sender<StreamIn>,
 ) -> String {
     let (read, mut write) = tokio::io::split(tls);
     let reading = async {
@@ -139,7 +150,7 @@ async fn carry(
         loop {
             match read_batch(&mut reader, READ_BATCH).await {
                 Ok(Some(frames)) => {
-                    if incoming.send(frames).await.is_err() {
+                    if incoming.send(StreamIn::Frames(frames)).await.is_err() {
                         return "the data plane stopped".to_owned();
                     }
                 }
@@ -162,7 +173,15 @@ impl super::Core {
     /// Opens, moves or closes the stream as the node wants it now.
     pub(super) fn hold_rendezvous_stream(&mut self) {
         let wanted = self.node.rendezvous_stream();
-        if self.out.rdv_stream.as_ref().map(|s| s.target) == wanted {
+        // A key learned on first contact (over this stream) is no reason to reconnect.
+        let same = match (&self.out.rdv_stream, wanted) {
+            (Some(s), Some(w)) => {
+                (s.target.tls, s.target.rendezvous) == (w.tls, w.rendezvous)
+                    && (s.target.key.is_none() || s.target.key == w.key)
+            }
+            (held, wanted) => held.is_none() && wanted.is_none(),
+        };
+        if same {
             return;
         }
         if let Some(old) = self.out.rdv_stream.take() {
