@@ -432,7 +432,7 @@ impl Core {
             StreamEvent::Frames { conn, frames } => {
                 let from = stream_endpoint(salt, conn);
                 let now = Instant::now();
-                for datagram in streams::frames(&frames) {
+                for datagram in crate::io::stream::frames(&frames) {
                     if let Some(t) = self.server.handle_datagram(
                         Port::Stream,
                         None,

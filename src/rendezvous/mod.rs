@@ -25,10 +25,11 @@
 //! and a `Stored` reply only after the submitted statement is. A refresh that only moves
 //! `last_seen` (and a re-measured NAT kind, or an endpoint learned from a
 //! `Connect`/`NatProbe`) is written lazily, within [`FLUSH_INTERVAL`] (sooner once
-//! [`Config::lazy_batch`] wait), and on [`Server::flush`]. A crash therefore loses at most each node's latest refresh, never
-//! anything a node was told was registered: a node that refreshes every `keepalive` then
-//! looks at most one `keepalive` older than it is, and as long as `expiry > 2 × keepalive`
-//! (the default is 3 × keepalive + 5 s) its next refresh arrives before that older
+//! [`Config::lazy_batch`] wait), and on [`Server::flush`]. A crash therefore loses at most
+//! each node's latest refresh, never anything a node was told was registered: a node that
+//! refreshes every `keepalive` then looks at most one `keepalive` older than it is, and as
+//! long as `expiry > 2 × keepalive` (the default is 3 × keepalive + 5 s) its next refresh
+//! arrives before that older
 //! `last_seen` expires. Writing every refresh instead would cost an fsync per node per
 //! keepalive interval.
 //!

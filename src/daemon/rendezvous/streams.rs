@@ -30,7 +30,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-pub use crate::io::stream::frames;
 use crate::io::stream::{read_batch, write_queued};
 use crate::rendezvous::Rate;
 
