@@ -6,15 +6,21 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::path::PunchEnd;
-use super::{DropReason, Event, Node, PathKind};
+use super::{DropReason, Event, Node, PathKind, Socket};
 use crate::wire::control::{Message, RefusalCode, MAX_LAN_ENDPOINTS};
 use crate::wire::envelope::{self, EnvelopeError, Opened};
 
 impl Node {
-    /// A signed control datagram from `from`. Anything that does not verify, is stale or
-    /// replayed, or comes from someone not entitled to send it is dropped and counted;
-    /// nothing changes.
-    pub(super) fn handle_control(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+    /// A signed control datagram from `from`, on our `socket`. Anything that does not verify,
+    /// is stale or replayed, or comes from someone not entitled to send it is dropped and
+    /// counted; nothing changes. A spare socket (see `birthday`) carries path probes only.
+    pub(super) fn handle_control(
+        &mut self,
+        from: SocketAddr,
+        socket: Socket,
+        datagram: &[u8],
+        now: Instant,
+    ) {
         let opened = match envelope::open(datagram) {
             Ok(opened) => opened,
             Err(_) => return self.counters.drop(DropReason::BadControl),
@@ -22,6 +28,10 @@ impl Node {
         let Ok(message) = Message::decode(opened.kind, opened.body) else {
             return self.counters.drop(DropReason::BadControl);
         };
+        let probe = matches!(message, Message::Probe { .. } | Message::ProbeAck { .. });
+        if socket != Socket::Main && !probe {
+            return self.counters.drop(DropReason::UnexpectedControl);
+        }
         // Replay state is kept per sender and only for those entitled to speak to us (our
         // rendezvous, trusted peers): anyone else is dropped before it can touch that state,
         // so a flood from throwaway keys cannot make our rendezvous' answers look replayed.
@@ -42,8 +52,10 @@ impl Node {
         let handled = match message {
             m if self.on_failback_answer(from, &opened, &m, now) => true,
             m if m.is_from_rendezvous() => self.on_rendezvous_message(from, &opened, m, now),
-            Message::Probe { target } if target == self.key => self.on_probe(from, &opened, now),
-            Message::ProbeAck { echo, .. } => self.on_probe_ack(from, &opened, echo, now),
+            Message::Probe { target } if target == self.key => {
+                self.on_probe(from, socket, &opened, now)
+            }
+            Message::ProbeAck { echo, .. } => self.on_probe_ack(from, socket, &opened, echo, now),
             _ => false,
         };
         if !handled {
@@ -85,6 +97,7 @@ impl Node {
     /// The timer-driven control work; runs every tick and right after events that need it.
     pub(super) fn drive(&mut self, now: Instant) {
         self.drive_rendezvous(now);
+        self.drive_birthday(now);
         let registered = self.link.as_ref().is_some_and(|l| l.is_registered(now));
         self.drive_trust(now);
         self.drive_release(now);
@@ -224,7 +237,9 @@ impl Node {
                 true
             }
             Message::Punch {
-                peer, candidates, ..
+                peer,
+                peer_nat,
+                candidates,
             } => {
                 let Some(&index) = self.by_key.get(&peer) else {
                     return false;
@@ -235,6 +250,7 @@ impl Node {
                 let start = self.peers[index].path.start_punch(&candidates, now);
                 self.counters.punched(start);
                 self.punch_started(now);
+                self.birthday_introduced(index, peer_nat, &candidates, now);
                 self.send_probes(index, now);
                 // Both sides are registered now: a handshake sent earlier may have been lost.
                 self.kick_handshake(index);
@@ -279,8 +295,15 @@ impl Node {
         }
     }
 
-    /// A peer probing a path to us: answer where it came from, and probe back there.
-    fn on_probe(&mut self, from: SocketAddr, opened: &Opened<'_>, now: Instant) -> bool {
+    /// A peer probing a path to us: answer where it came from, from the socket it came to,
+    /// and probe back there.
+    fn on_probe(
+        &mut self,
+        from: SocketAddr,
+        socket: Socket,
+        opened: &Opened<'_>,
+        now: Instant,
+    ) -> bool {
         let Some(&index) = self.by_key.get(&opened.sender) else {
             return false;
         };
@@ -291,8 +314,8 @@ impl Node {
             echo: opened.nonce,
             observed: from,
         };
-        self.send_control(from, &ack, now);
-        let start = self.peers[index].path.on_probe_from(from, now);
+        self.send_control_from(socket, from, &ack, now);
+        let start = self.peers[index].path.on_probe_from(from, socket, now);
         self.counters.punched(start);
         self.punch_started(now);
         self.send_probes(index, now);
@@ -302,6 +325,7 @@ impl Node {
     fn on_probe_ack(
         &mut self,
         from: SocketAddr,
+        socket: Socket,
         opened: &Opened<'_>,
         echo: u64,
         now: Instant,
@@ -316,7 +340,15 @@ impl Node {
             return true;
         }
         let was_direct = self.peers[index].path.direct_endpoint().is_some();
-        if self.peers[index].path.on_probe_ack(echo, from, now) {
+        let path = &mut self.peers[index].path;
+        let answered = if path.on_probe_ack(echo, from, socket, now) {
+            true
+        } else if let Some(rtt) = self.birthday_answered(index, echo, from, socket, now) {
+            self.peers[index].path.answered(from, socket, rtt, now)
+        } else {
+            false
+        };
+        if answered {
             if !was_direct {
                 self.counters.direct_found += 1;
             }
@@ -329,13 +361,16 @@ impl Node {
     /// Sends the probes peer `index`'s path wants now.
     fn send_probes(&mut self, index: usize, now: Instant) {
         let mut due = Vec::new();
-        if self.peers[index].path.poll_probes(now, |to| due.push(to)) == PunchEnd::Failed {
+        let end = self.peers[index]
+            .path
+            .poll_probes(now, |to, socket| due.push((to, socket)));
+        if end == PunchEnd::Failed {
             self.counters.punches_failed += 1;
         }
         let target = self.peers[index].key;
-        for to in due {
-            let nonce = self.send_control(to, &Message::Probe { target }, now);
-            self.peers[index].path.probe_sent(nonce, to, now);
+        for (to, socket) in due {
+            let nonce = self.send_control_from(socket, to, &Message::Probe { target }, now);
+            self.peers[index].path.probe_sent(nonce, to, socket, now);
         }
     }
 
@@ -367,20 +402,35 @@ impl Node {
             return;
         };
         let len = super::pmtu::probe_len(size);
-        let nonce = self.send_padded_control(to, &Message::Probe { target }, len, now);
+        let socket = match self.peers[index].path.route(false) {
+            super::path::Route::Direct(_, socket) => socket,
+            _ => Socket::Main,
+        };
+        let nonce = self.send_padded_control((to, socket), &Message::Probe { target }, len, now);
         self.peers[index].pmtu.sent(nonce, size, now);
     }
 
     /// Seals `message` with this node's key and queues it for `to`; returns its nonce.
     pub(super) fn send_control(&mut self, to: SocketAddr, message: &Message, now: Instant) -> u64 {
-        self.send_padded_control(to, message, 0, now)
+        self.send_padded_control((to, Socket::Main), message, 0, now)
     }
 
-    /// [`Node::send_control`], with the body padded with zeros to make the datagram `len`
+    /// [`Node::send_control`] from `socket`.
+    pub(super) fn send_control_from(
+        &mut self,
+        socket: Socket,
+        to: SocketAddr,
+        message: &Message,
+        now: Instant,
+    ) -> u64 {
+        self.send_padded_control((to, socket), message, 0, now)
+    }
+
+    /// [`Node::send_control_from`], with the body padded with zeros to make the datagram `len`
     /// bytes long (if it is shorter).
     fn send_padded_control(
         &mut self,
-        to: SocketAddr,
+        to: (SocketAddr, Socket),
         message: &Message,
         len: usize,
         now: Instant,

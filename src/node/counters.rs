@@ -97,6 +97,13 @@ pub struct Counters {
     pub direct_found: u64,
     /// Punch windows that closed with no direct path (the pair stays on the relay).
     pub punches_failed: u64,
+    /// Birthday probing attempts started (one side's NAT maps endpoint-dependently, see
+    /// `birthday`), those that ended with a direct path, those that ended without, and the
+    /// probes they sent.
+    pub birthday_attempts: u64,
+    pub birthday_direct: u64,
+    pub birthday_failed: u64,
+    pub birthday_probes: u64,
     /// Direct paths given up after going silent under traffic (back to the relay).
     pub relay_fallbacks: u64,
     /// Packets from the TUN larger than a direct IPv6 path carries, answered with an ICMPv6

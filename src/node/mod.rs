@@ -15,6 +15,7 @@
 //! datagrams to peers, direct or wrapped for the relay); `control` the signed control messages
 //! (registration, NAT discovery, punching, probes); `path` and `rendezvous` their state.
 
+mod birthday;
 mod clock_sync;
 mod control;
 mod counters;
@@ -40,6 +41,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 use ed25519_dalek::SigningKey;
 
+pub use birthday::{Spares, SPARES};
 pub use counters::{Counters, DropReason};
 pub use names::{ReleaseError, ReleaseOutcome};
 pub use peer::{PathKind, PeerConfig, PeerRef, PeerStatus, PeerTraffic};
@@ -128,10 +130,21 @@ pub struct NodeConfig {
     pub clock: WallClock,
 }
 
+/// Which of the node's UDP sockets a datagram leaves from or arrived on: the main one, or
+/// spare number `n`, which the daemon opens while [`Node::spares`] wants it (see `birthday`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Socket {
+    #[default]
+    Main,
+    Spare(u8),
+}
+
 /// A datagram to send.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Transmit<'a> {
     pub to: SocketAddr,
+    /// The socket to send it from.
+    pub socket: Socket,
     pub payload: &'a [u8],
 }
 
@@ -307,7 +320,7 @@ pub struct Node {
     /// Peers with queued datagrams or due timers, for `poll_transmit`.
     work: VecDeque<usize>,
     /// Sealed control messages waiting to be sent.
-    control_out: VecDeque<(SocketAddr, Vec<u8>)>,
+    control_out: VecDeque<((SocketAddr, Socket), Vec<u8>)>,
     events: VecDeque<Event>,
     scratch: [u8; 128],
     trust: TrustBook,
@@ -335,6 +348,8 @@ pub struct Node {
     /// When undecryptable data last made us look for its sender by endpoint (see
     /// `Node::recover_by_source`).
     last_source_scan: Option<Instant>,
+    /// Birthday probing with a peer when one of the two NATs maps endpoint-dependently.
+    birthday: birthday::Birthday,
 }
 
 impl Node {
@@ -403,6 +418,7 @@ impl Node {
             lookup_seq: 0,
             release: None,
             last_source_scan: None,
+            birthday: birthday::Birthday::new(config.seed),
         };
         for peer in &config.peers {
             node.add_peer(peer)?;
@@ -504,7 +520,7 @@ impl Node {
             self.counters.drop(DropReason::NoEndpoint);
             return self.unreachable(UnreachableCode::AddressUnreachable, packet, now, out);
         }
-        if let (Route::Direct(_), Some(mtu)) = (route, self.peers[index].pmtu.inner()) {
+        if let (Route::Direct(..), Some(mtu)) = (route, self.peers[index].pmtu.inner()) {
             if packet.len() > usize::from(mtu) {
                 // The path carries less than the TUN lets through: tell the sender's stack.
                 self.counters.too_big += 1;
@@ -516,8 +532,9 @@ impl Node {
         // The source is not checked here: the receiving peer enforces that a packet's source is
         // the sender's own address, which is the check that matters.
         match self.send_via_path(index, route, out, |tunn, buf| tunn.encapsulate(packet, buf)) {
-            Some((to, len)) => TunOutput::Send(Transmit {
+            Some(((to, socket), len)) => TunOutput::Send(Transmit {
                 to,
+                socket,
                 payload: &out[..len],
             }),
             // Queued inside boringtun until the handshake completes.
@@ -525,7 +542,7 @@ impl Node {
         }
     }
 
-    /// A datagram that arrived on the node's socket from `from`.
+    /// A datagram that arrived on the node's main socket from `from`.
     pub fn handle_datagram<'a>(
         &mut self,
         from: SocketAddr,
@@ -533,10 +550,26 @@ impl Node {
         now: Instant,
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
+        self.handle_datagram_on(Socket::Main, from, datagram, now, out)
+    }
+
+    /// A datagram that arrived on `socket` from `from`. Relay frames count only on the main
+    /// socket, which is the one registered with the rendezvous.
+    pub fn handle_datagram_on<'a>(
+        &mut self,
+        socket: Socket,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> NetOutput<'a> {
         match classify(datagram) {
-            DatagramKind::WireGuard => self.handle_wireguard(Via::Direct(from), datagram, now, out),
+            DatagramKind::WireGuard => {
+                self.handle_wireguard(Via::Direct(from, socket), datagram, now, out)
+            }
             DatagramKind::Pilot(RELAY_FROM) => {
-                let from_rendezvous = self.link.as_ref().is_some_and(|l| l.is_rendezvous(from));
+                let from_rendezvous = socket == Socket::Main
+                    && self.link.as_ref().is_some_and(|l| l.is_rendezvous(from));
                 match crate::wire::control::parse_relay(datagram) {
                     Some((source, inner)) if from_rendezvous => {
                         self.counters.relay_rx_bytes += datagram.len() as u64;
@@ -549,7 +582,7 @@ impl Node {
                 }
             }
             DatagramKind::Pilot(_) => {
-                self.handle_control(from, datagram, now);
+                self.handle_control(from, socket, datagram, now);
                 NetOutput::Nothing
             }
             DatagramKind::Unknown => {
@@ -570,7 +603,13 @@ impl Node {
                 }
                 punching |= self.peers[index].path.is_punching();
             }
-            let tick = if punching { PUNCH_TICK } else { TIMER_TICK };
+            let tick = if self.birthday.is_running() {
+                birthday::TICK
+            } else if punching {
+                PUNCH_TICK
+            } else {
+                TIMER_TICK
+            };
             self.next_tick = Some(now + tick);
             self.drive(now);
         }
@@ -610,9 +649,10 @@ impl Node {
     /// The next datagram the node wants sent, written into `out`; `None` when there is none.
     /// Call until `None` after every batch of input and every timeout.
     pub fn poll_transmit<'a>(&mut self, now: Instant, out: &'a mut [u8]) -> Option<Transmit<'a>> {
-        let (to, len) = self.next_transmit(now, out)?;
+        let ((to, socket), len) = self.next_transmit(now, out)?;
         Some(Transmit {
             to,
+            socket,
             payload: &out[..len],
         })
     }

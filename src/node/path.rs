@@ -11,6 +11,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::Socket;
+
 /// How long one punch keeps probing.
 pub const PUNCH_WINDOW: Duration = Duration::from_secs(5);
 /// Time between probe rounds during a punch.
@@ -53,7 +55,8 @@ pub struct PunchStart {
 /// Where the next datagram for a peer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Direct(SocketAddr),
+    /// To this endpoint, from this one of our sockets.
+    Direct(SocketAddr, Socket),
     Relay,
     /// No way to reach the peer yet.
     Nowhere,
@@ -62,6 +65,8 @@ pub enum Route {
 #[derive(Debug, Clone, Copy)]
 struct Direct {
     endpoint: SocketAddr,
+    /// Our socket that reaches it (a spare one after birthday probing, see `birthday`).
+    socket: Socket,
     /// `None` for a configured endpoint that has not answered yet.
     last_rx: Option<Instant>,
     rtt: Option<Duration>,
@@ -71,6 +76,7 @@ struct Direct {
 struct Outstanding {
     nonce: u64,
     to: SocketAddr,
+    socket: Socket,
     sent: Instant,
 }
 
@@ -80,7 +86,8 @@ pub struct PeerPath {
     /// Configured with `--peer KEY@HOST:PORT`: always direct, no relay, no probing.
     fixed: bool,
     direct: Option<Direct>,
-    candidates: Vec<SocketAddr>,
+    /// Where to probe, and from which of our sockets.
+    candidates: Vec<(SocketAddr, Socket)>,
     punch_until: Option<Instant>,
     next_round: Option<Instant>,
     /// Probes sent and not yet answered (bounded ring).
@@ -98,6 +105,7 @@ impl PeerPath {
             fixed: true,
             direct: Some(Direct {
                 endpoint,
+                socket: Socket::Main,
                 last_rx: None,
                 rtt: None,
             }),
@@ -122,7 +130,7 @@ impl PeerPath {
     /// Where to send now. `relay` says whether the rendezvous can relay for us.
     pub fn route(&self, relay: bool) -> Route {
         match self.direct {
-            Some(d) => Route::Direct(d.endpoint),
+            Some(d) => Route::Direct(d.endpoint, d.socket),
             None if relay => Route::Relay,
             None => Route::Nowhere,
         }
@@ -130,6 +138,17 @@ impl PeerPath {
 
     pub fn direct_endpoint(&self) -> Option<SocketAddr> {
         self.direct.map(|d| d.endpoint)
+    }
+
+    /// The spare socket the direct path uses, if it uses one.
+    pub fn spare(&self) -> Option<u8> {
+        match self.direct {
+            Some(Direct {
+                socket: Socket::Spare(i),
+                ..
+            }) => Some(i),
+            _ => None,
+        }
     }
 
     pub fn direct_rtt(&self) -> Option<Duration> {
@@ -150,14 +169,15 @@ impl PeerPath {
         self.last_tx = Some(now);
     }
 
-    /// An authenticated datagram arrived straight from `from`: that is where the peer is now
-    /// (roaming and NAT rebinding are followed this way).
-    pub fn on_direct_rx(&mut self, from: SocketAddr, now: Instant) {
+    /// An authenticated datagram arrived straight from `from` on `socket`: that is where the
+    /// peer is now (roaming and NAT rebinding are followed this way).
+    pub fn on_direct_rx(&mut self, from: SocketAddr, socket: Socket, now: Instant) {
         match &mut self.direct {
-            Some(d) if d.endpoint == from => d.last_rx = Some(now),
+            Some(d) if d.endpoint == from && d.socket == socket => d.last_rx = Some(now),
             _ => {
                 self.direct = Some(Direct {
                     endpoint: from,
+                    socket,
                     last_rx: Some(now),
                     rtt: None,
                 })
@@ -173,17 +193,27 @@ impl PeerPath {
     /// candidate heard of again moves to the end); the oldest are dropped past
     /// [`MAX_CANDIDATES`].
     pub fn start_punch(&mut self, candidates: &[SocketAddr], now: Instant) -> PunchStart {
+        self.start_punch_from(candidates, Socket::Main, now)
+    }
+
+    /// [`PeerPath::start_punch`] with the probes sent from `socket`.
+    fn start_punch_from(
+        &mut self,
+        candidates: &[SocketAddr],
+        socket: Socket,
+        now: Instant,
+    ) -> PunchStart {
         // At most the newest MAX_CANDIDATES of a long list can stay anyway.
         let skip = candidates.len().saturating_sub(MAX_CANDIDATES);
         let mut evicted = skip as u64;
-        for c in &candidates[skip..] {
-            if let Some(i) = self.candidates.iter().position(|k| k == c) {
+        for &c in &candidates[skip..] {
+            if let Some(i) = self.candidates.iter().position(|&k| k == (c, socket)) {
                 self.candidates.remove(i);
             } else if self.candidates.len() >= MAX_CANDIDATES {
                 self.candidates.remove(0);
                 evicted += 1;
             }
-            self.candidates.push(*c);
+            self.candidates.push((c, socket));
         }
         let opened = self.punch_until.is_none();
         self.punch_until = Some(now + PUNCH_WINDOW);
@@ -192,42 +222,65 @@ impl PeerPath {
         PunchStart { opened, evicted }
     }
 
-    /// The peer's probe reached us from `from`: probe back there too (it is the endpoint its
-    /// NAT opened towards us, which may be the only one that works).
-    pub fn on_probe_from(&mut self, from: SocketAddr, now: Instant) -> PunchStart {
-        if self.fixed || self.direct.is_some_and(|d| d.endpoint == from) {
+    /// The peer's probe reached us from `from`, on our `socket`: probe back there too, from
+    /// that socket (it is the endpoint its NAT opened towards us, which may be the only one
+    /// that works).
+    pub fn on_probe_from(&mut self, from: SocketAddr, socket: Socket, now: Instant) -> PunchStart {
+        if self.fixed
+            || self
+                .direct
+                .is_some_and(|d| d.endpoint == from && d.socket == socket)
+        {
             return PunchStart::default();
         }
-        self.start_punch(&[from], now)
+        self.start_punch_from(&[from], socket, now)
     }
 
-    /// Remembers a probe the caller sent.
-    pub fn probe_sent(&mut self, nonce: u64, to: SocketAddr, now: Instant) {
+    /// Remembers a probe the caller sent from `socket`.
+    pub fn probe_sent(&mut self, nonce: u64, to: SocketAddr, socket: Socket, now: Instant) {
         if self.outstanding.len() >= 4 * MAX_CANDIDATES {
             self.outstanding.remove(0);
         }
         self.outstanding.push(Outstanding {
             nonce,
             to,
+            socket,
             sent: now,
         });
         self.last_probe = Some(now);
     }
 
-    /// A probe answer from `from` echoing `nonce`. Returns true if it made or changed the
-    /// direct path.
-    pub fn on_probe_ack(&mut self, nonce: u64, from: SocketAddr, now: Instant) -> bool {
+    /// A probe answer from `from` on our `socket`, echoing `nonce`. Returns true if it made or
+    /// changed the direct path.
+    pub fn on_probe_ack(
+        &mut self,
+        nonce: u64,
+        from: SocketAddr,
+        socket: Socket,
+        now: Instant,
+    ) -> bool {
         let Some(i) = self
             .outstanding
             .iter()
-            .position(|o| o.nonce == nonce && o.to == from)
+            .position(|o| o.nonce == nonce && o.to == from && o.socket == socket)
         else {
             return false;
         };
         let probe = self.outstanding.swap_remove(i);
-        let rtt = now.saturating_duration_since(probe.sent);
+        self.answered(from, socket, now.saturating_duration_since(probe.sent), now)
+    }
+
+    /// A probe sent `rtt` ago to `from`, from our `socket`, was answered (one of ours, or one
+    /// of birthday probing's). Returns true if it made or changed the direct path.
+    pub fn answered(
+        &mut self,
+        from: SocketAddr,
+        socket: Socket,
+        rtt: Duration,
+        now: Instant,
+    ) -> bool {
         match &mut self.direct {
-            Some(d) if d.endpoint == from => {
+            Some(d) if d.endpoint == from && d.socket == socket => {
                 d.last_rx = Some(now);
                 d.rtt = Some(rtt);
                 false
@@ -236,6 +289,7 @@ impl PeerPath {
             _ => {
                 self.direct = Some(Direct {
                     endpoint: from,
+                    socket,
                     last_rx: Some(now),
                     rtt: Some(rtt),
                 });
@@ -246,7 +300,11 @@ impl PeerPath {
 
     /// Probes due at `now`: every candidate once per punch round, and the direct endpoint when
     /// it has gone quiet under traffic. Says whether a punch window closed now, and how.
-    pub fn poll_probes(&mut self, now: Instant, mut due: impl FnMut(SocketAddr)) -> PunchEnd {
+    pub fn poll_probes(
+        &mut self,
+        now: Instant,
+        mut due: impl FnMut(SocketAddr, Socket),
+    ) -> PunchEnd {
         if self.fixed {
             return PunchEnd::NotNow;
         }
@@ -262,8 +320,8 @@ impl PeerPath {
                 };
             } else if now >= next {
                 self.next_round = Some(now + PUNCH_INTERVAL);
-                for &to in &self.candidates {
-                    due(to);
+                for &(to, socket) in &self.candidates {
+                    due(to, socket);
                 }
             }
         }
@@ -275,7 +333,7 @@ impl PeerPath {
                 .last_probe
                 .is_some_and(|t| now.saturating_duration_since(t) < PROBE_QUIET / 2);
             if self.active(now) && quiet >= PROBE_QUIET && !probed_lately {
-                due(d.endpoint);
+                due(d.endpoint, d.socket);
             }
         }
         end
@@ -328,13 +386,15 @@ impl PeerPath {
 mod tests {
     use super::*;
 
+    const M: Socket = Socket::Main;
+
     fn ep(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
     fn probes(path: &mut PeerPath, now: Instant) -> Vec<SocketAddr> {
         let mut v = Vec::new();
-        path.poll_probes(now, |to| v.push(to));
+        path.poll_probes(now, |to, _| v.push(to));
         v
     }
 
@@ -353,17 +413,17 @@ mod tests {
             probes(&mut p, t0 + Duration::from_millis(50)).is_empty(),
             "rounds are paced"
         );
-        p.probe_sent(1, public, t0);
-        p.probe_sent(2, lan, t0);
+        p.probe_sent(1, public, M, t0);
+        p.probe_sent(2, lan, M, t0);
         assert!(
-            !p.on_probe_ack(1, lan, t0),
+            !p.on_probe_ack(1, lan, M, t0),
             "an ack must come from where the probe went"
         );
-        assert!(p.on_probe_ack(1, public, t0 + Duration::from_millis(10)));
-        assert_eq!(p.route(true), Route::Direct(public));
+        assert!(p.on_probe_ack(1, public, M, t0 + Duration::from_millis(10)));
+        assert_eq!(p.route(true), Route::Direct(public, M));
         // The LAN answers faster: it takes over.
-        assert!(p.on_probe_ack(2, lan, t0 + Duration::from_millis(2)));
-        assert_eq!(p.route(true), Route::Direct(lan));
+        assert!(p.on_probe_ack(2, lan, M, t0 + Duration::from_millis(2)));
+        assert_eq!(p.route(true), Route::Direct(lan, M));
         assert!(
             !p.wants_connect(t0 + RETRY_DIRECT * 2),
             "direct pairs do not re-punch"
@@ -377,7 +437,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = PeerPath::discovered();
         let peer = ep("203.0.113.2:40000");
-        p.on_direct_rx(peer, t0);
+        p.on_direct_rx(peer, M, t0);
         // Idle: nothing is watched, the path stays.
         assert!(!p.check_direct(t0 + DIRECT_TIMEOUT * 3));
         let t1 = t0 + DIRECT_TIMEOUT * 3;
@@ -387,7 +447,7 @@ mod tests {
             vec![peer],
             "quiet under traffic: probe it"
         );
-        p.probe_sent(9, peer, t1);
+        p.probe_sent(9, peer, M, t1);
         assert!(
             probes(&mut p, t1 + Duration::from_millis(100)).is_empty(),
             "paced"
@@ -402,7 +462,7 @@ mod tests {
     fn a_punch_window_ends_failed_or_direct_once() {
         let t0 = Instant::now();
         let candidate = ep("203.0.113.2:40000");
-        let end = |p: &mut PeerPath, at: Instant| p.poll_probes(at, |_| {});
+        let end = |p: &mut PeerPath, at: Instant| p.poll_probes(at, |_, _| {});
         let mut p = PeerPath::discovered();
         assert!(p.start_punch(&[candidate], t0).opened, "opens a window");
         assert!(
@@ -416,8 +476,8 @@ mod tests {
         assert_eq!(end(&mut p, closed), PunchEnd::NotNow, "reported once");
 
         assert!(p.start_punch(&[candidate], closed).opened);
-        p.probe_sent(1, candidate, closed);
-        assert!(p.on_probe_ack(1, candidate, closed));
+        p.probe_sent(1, candidate, M, closed);
+        assert!(p.on_probe_ack(1, candidate, M, closed));
         assert_eq!(end(&mut p, closed + PUNCH_WINDOW), PunchEnd::Direct);
     }
 
@@ -453,9 +513,9 @@ mod tests {
     fn traffic_from_a_new_endpoint_moves_the_path() {
         let t0 = Instant::now();
         let mut p = PeerPath::discovered();
-        p.on_direct_rx(ep("203.0.113.2:40000"), t0);
-        p.on_direct_rx(ep("203.0.113.2:40999"), t0);
-        assert_eq!(p.route(true), Route::Direct(ep("203.0.113.2:40999")));
+        p.on_direct_rx(ep("203.0.113.2:40000"), M, t0);
+        p.on_direct_rx(ep("203.0.113.2:40999"), M, t0);
+        assert_eq!(p.route(true), Route::Direct(ep("203.0.113.2:40999"), M));
     }
 
     #[test]
@@ -466,6 +526,6 @@ mod tests {
         assert!(!p.check_direct(t0 + Duration::from_secs(60)));
         assert!(probes(&mut p, t0 + Duration::from_secs(60)).is_empty());
         assert!(!p.wants_connect(t0));
-        assert_eq!(p.route(false), Route::Direct(ep("198.51.100.2:51870")));
+        assert_eq!(p.route(false), Route::Direct(ep("198.51.100.2:51870"), M));
     }
 }

@@ -295,9 +295,9 @@ impl Peer {
         let unreachable = self.liveness.is_unreachable(keepalive, now);
         let live = since_handshake.is_some_and(|t| t < SESSION_LIFETIME) && !unreachable;
         let (path, endpoint) = match route {
-            Route::Direct(e) if live => (PathKind::Direct, Some(e)),
+            Route::Direct(e, _) if live => (PathKind::Direct, Some(e)),
             Route::Relay if live => (PathKind::Relay, relay),
-            Route::Direct(e) => (PathKind::None, Some(e)),
+            Route::Direct(e, _) => (PathKind::None, Some(e)),
             _ => (PathKind::None, None),
         };
         // boringtun's estimate is the handshake's round trip in whole milliseconds: 0 says

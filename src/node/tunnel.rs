@@ -13,7 +13,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::path::Route;
 use super::{
-    DropReason, Event, NetOutput, Node, PathKind, PendingPing, Transmit, TunOutput,
+    DropReason, Event, NetOutput, Node, PathKind, PendingPing, Socket, Transmit, TunOutput,
     ICMP_ERRORS_PER_SEC,
 };
 use crate::addr::NodeAddr;
@@ -24,8 +24,8 @@ use crate::wire::ip::{self, UnreachableCode};
 /// How a WireGuard datagram reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Via {
-    /// Straight from this endpoint.
-    Direct(SocketAddr),
+    /// Straight from this endpoint, on this socket of ours.
+    Direct(SocketAddr, Socket),
     /// Inside a relay frame from the rendezvous at this endpoint, from this key (as the
     /// rendezvous says: unauthenticated, like a direct datagram's source).
     Relay(SocketAddr, NodeKey),
@@ -61,8 +61,9 @@ const HANDSHAKE_RESPONSE: u8 = 2;
 
 /// What a boringtun call produced, as positions in the caller's buffer.
 enum Produced {
-    /// A datagram of this many bytes at the start of the buffer, for this endpoint.
-    Network(SocketAddr, usize),
+    /// A datagram of this many bytes at the start of the buffer, for this endpoint, from this
+    /// socket.
+    Network((SocketAddr, Socket), usize),
     /// A decrypted IPv6 packet in this range of the buffer, with this inner source.
     Tunnel(Range<usize>, Ipv6Addr),
     TunnelV4,
@@ -81,7 +82,7 @@ impl Node {
         now: Instant,
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
-        let (Via::Direct(from) | Via::Relay(from, _)) = via;
+        let (Via::Direct(from, _) | Via::Relay(from, _)) = via;
         // Initiations and responses count towards the handshake rate limit.
         if matches!(datagram.first(), Some(1 | 2)) {
             self.handshake_seen(now);
@@ -96,7 +97,7 @@ impl Node {
         };
         // Answer the way the datagram came.
         let route = match via {
-            Via::Direct(from) => Route::Direct(from),
+            Via::Direct(from, socket) => Route::Direct(from, socket),
             Via::Relay(..) => Route::Relay,
         };
         let mut produced = self.tunnel_io(index, route, out, |tunn, buf| {
@@ -122,11 +123,12 @@ impl Node {
         // Authenticated: this is where the peer is now (roaming, NAT rebinding, a punched path).
         self.on_authenticated(index, via, now);
         match produced {
-            Produced::Network(to, len) => {
+            Produced::Network((to, socket), len) => {
                 self.peers[index].needs_flush = true;
                 self.schedule(index);
                 NetOutput::Send(Transmit {
                     to,
+                    socket,
                     payload: &out[..len],
                 })
             }
@@ -184,7 +186,7 @@ impl Node {
         route: Route,
         out: &mut [u8],
         op: impl for<'b> FnOnce(&mut Tunn, &'b mut [u8]) -> TunnResult<'b>,
-    ) -> Option<(SocketAddr, usize)> {
+    ) -> Option<((SocketAddr, Socket), usize)> {
         match self.tunnel_io(index, route, out, op) {
             Produced::Network(to, len) => Some((to, len)),
             _ => None,
@@ -197,7 +199,7 @@ impl Node {
         &mut self,
         now: Instant,
         out: &mut [u8],
-    ) -> Option<(SocketAddr, usize)> {
+    ) -> Option<((SocketAddr, Socket), usize)> {
         while let Some((to, bytes)) = self.control_out.pop_front() {
             if let Some(dst) = out.get_mut(..bytes.len()) {
                 dst.copy_from_slice(&bytes);
@@ -317,14 +319,14 @@ impl Node {
         let index = match via {
             Via::Relay(_, key) => self.by_key.get(&key).copied(),
             // A scan of the table: at most one a second, however much junk comes.
-            Via::Direct(_)
+            Via::Direct(..)
                 if self
                     .last_source_scan
                     .is_some_and(|t| now.saturating_duration_since(t) < RECOVERY_INTERVAL) =>
             {
                 None
             }
-            Via::Direct(from) => {
+            Via::Direct(from, _) => {
                 self.last_source_scan = Some(now);
                 self.peers
                     .iter()
@@ -433,12 +435,12 @@ impl Node {
             return produced;
         };
         match (route, relay_to) {
-            (Route::Direct(to), _) => Produced::Network(to, len),
+            (Route::Direct(to, socket), _) => Produced::Network((to, socket), len),
             (Route::Relay, Some(rendezvous)) => {
                 out[0] = RELAY_TO;
                 out[1..RELAY_HEADER_LEN].copy_from_slice(&self.peers[index].key.0);
                 self.counters.relay_tx_bytes += (RELAY_HEADER_LEN + len) as u64;
-                Produced::Network(rendezvous, RELAY_HEADER_LEN + len)
+                Produced::Network((rendezvous, Socket::Main), RELAY_HEADER_LEN + len)
             }
             _ => Produced::Done,
         }
@@ -491,13 +493,13 @@ impl Node {
         self.peers[index].liveness.heard(now);
         let path = &mut self.peers[index].path;
         match via {
-            Via::Direct(from) => {
-                let before = path.direct_endpoint();
-                path.on_direct_rx(from, now);
-                if before.is_none() {
+            Via::Direct(from, socket) => {
+                let before = path.route(false);
+                path.on_direct_rx(from, socket, now);
+                if before == Route::Nowhere {
                     self.counters.direct_found += 1;
                 }
-                if before != Some(from) {
+                if before != Route::Direct(from, socket) {
                     let peer = self.peers[index].key;
                     let changed = Event::PathChanged {
                         peer,
@@ -579,7 +581,7 @@ impl Node {
     /// source address, and a relayed initiation's source is the rendezvous (whose relay only
     /// carries trusted pairs' traffic, rate-limited per node), so a reply there helps nobody.
     fn cookie_reply<'a>(&mut self, via: Via, len: usize, out: &'a [u8]) -> NetOutput<'a> {
-        let Via::Direct(to) = via else {
+        let Via::Direct(to, socket) = via else {
             return NetOutput::Nothing;
         };
         if self.cookie_budget == 0 {
@@ -589,6 +591,7 @@ impl Node {
         self.counters.cookie_replies += 1;
         NetOutput::Send(Transmit {
             to,
+            socket,
             payload: &out[..len],
         })
     }
@@ -617,7 +620,7 @@ fn established(kind: MessageKind, produced: &Produced, via: Via, out: &[u8]) -> 
         (MessageKind::Response, Produced::Network(..) | Produced::Done) => true,
         (MessageKind::Initiation, Produced::Network(..)) => {
             let start = match via {
-                Via::Direct(_) => 0,
+                Via::Direct(..) => 0,
                 Via::Relay(..) => RELAY_HEADER_LEN,
             };
             out.get(start) == Some(&HANDSHAKE_RESPONSE)
