@@ -20,6 +20,8 @@ struct World {
     a: NodeHandle,
     b: NodeHandle,
     rendezvous: usize,
+    /// How nodes name the rendezvous: `KEY@ADDRESS`.
+    pinned: String,
 }
 
 fn world(nat1: &str, nat2: &str, second: &str) -> World {
@@ -38,6 +40,7 @@ fn world(nat1: &str, nat2: &str, second: &str) -> World {
         a,
         b,
         rendezvous,
+        pinned,
     }
 }
 
@@ -141,8 +144,68 @@ nat_pairs! {
     cone_prc: "cone" / "prc" => "direct";
     cone_sym: "cone" / "sym" => "direct";
     prc_prc: "prc" / "prc" => "direct";
-    prc_sym: "prc" / "sym" => "relay";
+    prc_sym: "prc" / "sym" => "direct";
     sym_sym: "sym" / "sym" => "relay";
+}
+
+/// What `from` reports as its path to `to`: the path and the endpoint.
+fn path_of(from: &NodeHandle, to: &NodeHandle) -> Option<(String, String)> {
+    let out = ctl(from, &["peers", "--json"]);
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let peer = peers
+        .as_array()?
+        .iter()
+        .find(|p| p["public_key"] == to.key.as_str())?
+        .clone();
+    Some((
+        peer["path"].as_str()?.to_owned(),
+        peer["endpoint"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+#[test]
+fn a_symmetric_nat_meets_a_port_restricted_one_direct_within_3_s_in_19_of_20_restarts() {
+    // Issue 13, item 1: b's router maps fully at random per destination (masquerade
+    // fully-random), a's is Linux masquerade (endpoint-independent mapping, port-restricted
+    // filtering). Birthday probing finds a direct path; each trial restarts b with its
+    // router's conntrack flushed, so every introduction meets fresh random mappings.
+    let test = "a_symmetric_nat_meets_a_port_restricted_one_direct_within_3_s_in_19_of_20_restarts";
+    if !lab::privileged(test) {
+        return;
+    }
+    let mut w = world("prc", "sym", "b");
+    w.settle("direct");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
+    let mut took = Vec::new();
+    for trial in 0..20 {
+        let (_, old) = path_of(&w.a, &w.b).unwrap_or_default();
+        assert!(w.lab.stop(&mut w.b, nix::sys::signal::Signal::SIGTERM));
+        lab::run("bash", &[script, "flush", &w.name, "nat2"]);
+        let started = std::time::Instant::now();
+        w.lab
+            .start_with(&mut w.b, &["--rendezvous".to_owned(), w.pinned.clone()]);
+        let found = eventually(Duration::from_secs(8), || {
+            let (path_b, _) = path_of(&w.b, &w.a)?;
+            let (path_a, endpoint) = path_of(&w.a, &w.b)?;
+            (path_a == "direct" && path_b == "direct" && endpoint != old).then(|| started.elapsed())
+        });
+        eprintln!("trial {trial}: direct after {found:?}");
+
+        took.push(found);
+    }
+    let within: Vec<_> = took
+        .iter()
+        .flatten()
+        .filter(|t| **t <= Duration::from_secs(3))
+        .collect();
+    let info = w.b.info();
+    assert!(
+        within.len() >= 19,
+        "direct within 3 s in {} of 20: {took:?}\nb: {}\n{}",
+        within.len(),
+        info["counters"],
+        w.logs()
+    );
 }
 
 #[test]
@@ -343,6 +406,7 @@ fn ipv6_world(no_v4: bool) -> World {
         a,
         b,
         rendezvous,
+        pinned,
     }
 }
 
@@ -569,11 +633,12 @@ fn a_node_whose_network_blocks_udp_is_relayed_over_tls_and_returns_to_udp_mid_tr
         a,
         b,
         rendezvous,
+        pinned,
     };
     block_udp(&w, true);
     for node in [&mut w.a, &mut w.b] {
         w.lab
-            .start_with(node, &["--rendezvous".to_owned(), pinned.clone()]);
+            .start_with(node, &["--rendezvous".to_owned(), w.pinned.clone()]);
     }
     // UDP gets a nothing: within ~10 s it registers over TLS instead.
     let on_tls = eventually(Duration::from_secs(40), || {

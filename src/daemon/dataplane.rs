@@ -31,7 +31,7 @@ use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
 use crate::io::tun_writer::TunWriter;
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH};
-use crate::node::{Event, NetOutput, Node, PathKind, TunOutput};
+use crate::node::{Event, NetOutput, Node, PathKind, Socket, Spares, TunOutput, SPARES};
 use crate::wire::printable::printable;
 
 mod lan_watch;
@@ -84,6 +84,16 @@ struct Io {
     /// Kernel mode's TUN; `None` in userspace mode, where [`Core::stack`] takes its place.
     tun: Option<AsyncFd<TunDevice>>,
     udp: AsyncFd<UdpSocket>,
+    /// The spare sockets by number, open while the node wants them (birthday probing, see
+    /// `node::birthday`): all of them during an attempt on the hard side, then the ones
+    /// peers' direct paths use.
+    spares: Vec<Option<AsyncFd<UdpSocket>>>,
+}
+
+impl Io {
+    fn spare(&self, k: u8) -> Option<&AsyncFd<UdpSocket>> {
+        self.spares.get(usize::from(k)).and_then(Option::as_ref)
+    }
 }
 
 /// Where the node's own packets come from and go to.
@@ -132,6 +142,8 @@ struct Core {
     lan_watch: lan_watch::LanWatch,
     /// Why the daemon must stop (a refused hostname).
     fatal: Option<String>,
+    /// The spare sockets open, as last made to match [`Node::spares`].
+    spares_open: Spares,
     /// Received messages (listed and cleared through the control socket).
     inbox: Arc<Mutex<Inbox>>,
     /// The `release_name` command waiting for the rendezvous.
@@ -153,6 +165,16 @@ struct Outlet {
     send_dropped: u64,
     /// The TLS stream to the rendezvous, while the node wants one (UDP to it is blocked).
     rdv_stream: Option<rendezvous_stream::RendezvousStream>,
+    /// Datagrams for a spare socket: those of a peer whose direct path birthday probing
+    /// found. Allocated at the first.
+    spare: Option<SpareSend>,
+}
+
+/// The send batch of one spare socket at a time: a datagram for another spare flushes it
+/// first (two peers on spares at once is rare; each keeps its batches).
+struct SpareSend {
+    batch: SendBatch,
+    socket: u8,
 }
 
 impl DataPlane {
@@ -181,7 +203,11 @@ impl DataPlane {
         };
         // SAFETY: as for the TUN above.
         let udp = unsafe { AsyncFd::register(udp) }.map_err(io::Error::from)?;
-        let io = Io { tun, udp };
+        let io = Io {
+            tun,
+            udp,
+            spares: (0..SPARES).map(|_| None).collect(),
+        };
         let (stream_tx, stream_frames) = mpsc::channel(64);
         let core = Core {
             node,
@@ -193,6 +219,7 @@ impl DataPlane {
                 send: SendBatch::new(MAX_BATCH, SLOT),
                 send_dropped: 0,
                 rdv_stream: None,
+                spare: None,
             },
             tun_buf: vec![0; OFFLOAD_READ_LEN].into_boxed_slice(),
             seg_buf: vec![0; SLOT].into_boxed_slice(),
@@ -206,6 +233,7 @@ impl DataPlane {
             rendezvous_watch: rendezvous_watch::RendezvousWatch::new(Instant::now()),
             lan_watch: lan_watch::LanWatch::new(Instant::now()),
             fatal: None,
+            spares_open: Spares::default(),
             inbox,
             release_waiter: None,
             stream_frames: stream_tx,
@@ -226,7 +254,7 @@ impl DataPlane {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let DataPlane {
-            io,
+            mut io,
             mut core,
             mut stream_frames,
         } = self;
@@ -234,7 +262,7 @@ impl DataPlane {
         core.node.handle_timeout(Instant::now());
         core.update_hosts_file();
         let result = core
-            .run(&io, &mut commands, &mut stream_frames, shutdown)
+            .run(&mut io, &mut commands, &mut stream_frames, shutdown)
             .await;
         if let Some(hosts) = &core.facts.hosts_file {
             if let Err(e) = hosts.remove() {
@@ -256,12 +284,14 @@ impl Core {
     /// sends what the node has for the network.
     async fn run(
         &mut self,
-        io: &Io,
+        io: &mut Io,
         commands: &mut mpsc::Receiver<Command>,
         stream_frames: &mut mpsc::Receiver<rendezvous_stream::StreamIn>,
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> io::Result<()> {
         loop {
+            self.sync_spares(io);
+            let io = &*io;
             let now = Instant::now();
             let mut wake = self
                 .node
@@ -291,9 +321,17 @@ impl Core {
                 guard = io.udp.readable() => {
                     let mut guard = guard?;
                     match self.recv.recv(io.udp.get_ref()) {
-                        Ok(n) => self.on_datagrams(io, n),
+                        Ok(n) => self.on_datagrams(io, Socket::Main, n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                         Err(e) => tracing::debug!("udp receive: {e}"),
+                    }
+                }
+                ready = spare_readable(&io.spares) => {
+                    let (k, mut guard) = ready?;
+                    match self.recv.recv(guard.get_inner()) {
+                        Ok(n) => self.on_datagrams(io, Socket::Spare(k), n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                        Err(e) => tracing::debug!("udp receive on spare {k}: {e}"),
                     }
                 }
                 guard = readable(io.tun.as_ref()) => {
@@ -326,15 +364,41 @@ impl Core {
         }
     }
 
-    /// Decrypts a received batch; plaintext goes to the TUN, replies to the send batch.
-    fn on_datagrams(&mut self, io: &Io, count: usize) {
+    /// Opens and closes spare sockets to match what the node wants. One that cannot be opened
+    /// stays closed (the node's probes from it are dropped; the attempt may still succeed on
+    /// the others, or the pair stays relayed).
+    fn sync_spares(&mut self, io: &mut Io) {
+        let want = self.node.spares();
+        if want == self.spares_open {
+            return;
+        }
+        let mut failed = None;
+        for (k, slot) in (0..=u8::MAX).zip(io.spares.iter_mut()) {
+            match (want.contains(k), slot.is_some()) {
+                (true, false) => match open_spare() {
+                    Ok(fd) => *slot = Some(fd),
+                    Err(e) => failed = Some(e),
+                },
+                (false, true) => *slot = None,
+                _ => {}
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!("cannot open a spare UDP socket for birthday probing: {e}");
+        }
+        self.spares_open = want;
+    }
+
+    /// Decrypts a batch received on `socket`; plaintext goes to the TUN, replies to the send
+    /// batch.
+    fn on_datagrams(&mut self, io: &Io, socket: Socket, count: usize) {
         let now = Instant::now();
         let tun = io.tun.as_ref().map(AsyncFd::get_ref);
         for i in 0..count {
             let (from, datagram) = self.recv.get(i);
-            let output = self
-                .node
-                .handle_datagram(from, datagram, now, &mut self.out_buf);
+            let output =
+                self.node
+                    .handle_datagram_on(socket, from, datagram, now, &mut self.out_buf);
             self.out.carry(io, output);
         }
         if let Some(tun) = tun {
@@ -389,7 +453,7 @@ impl Core {
                 match segs.next_into(&mut self.seg_buf) {
                     Ok(Some(len)) => {
                         let packet = &self.seg_buf[..len];
-                        self.out.encrypt(&mut self.node, tun, packet, now);
+                        self.out.encrypt(io, &mut self.node, packet, now);
                     }
                     Ok(None) => break,
                     Err(_) => {
@@ -417,12 +481,14 @@ impl Core {
             let Some(t) = self.node.poll_transmit(now, &mut self.out_buf) else {
                 break;
             };
-            match self.out.rdv_stream.as_mut().filter(|s| s.carries(t.to)) {
-                Some(stream) => stream.send(t.payload),
-                None => self.out.send.push(t.payload, t.to),
+            match (t.socket, self.out.rdv_stream.as_mut()) {
+                (Socket::Spare(k), _) => self.out.push_spare(io, k, t.payload, t.to),
+                (Socket::Main, Some(stream)) if stream.carries(t.to) => stream.send(t.payload),
+                (Socket::Main, _) => self.out.send.push(t.payload, t.to),
             }
         }
         flush_batch(&mut self.out.send, io).await?;
+        self.out.flush_spare(io).await;
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::PingReply { peer, seq, rtt } => {
@@ -548,8 +614,8 @@ impl Core {
                 .handle_tun_packet(&packet, now, self.out.send.next_slot())
             {
                 TunOutput::Send(t) => {
-                    let (to, len) = (t.to, t.payload.len());
-                    self.out.send.commit(len, to);
+                    let (to, socket, len) = (t.to, t.socket, t.payload.len());
+                    self.out.commit_slot(io, socket, len, to);
                 }
                 TunOutput::Reply(reply) => replied |= stack.push_packet(reply),
                 TunOutput::Nothing => {}
@@ -597,6 +663,10 @@ impl Outlet {
                 (None, None) => {}
             },
             NetOutput::Send(t) => {
+                if let Socket::Spare(k) = t.socket {
+                    self.push_spare(io, k, t.payload, t.to);
+                    return;
+                }
                 if let Some(stream) = self.rdv_stream.as_mut().filter(|s| s.carries(t.to)) {
                     stream.send(t.payload);
                     return;
@@ -618,20 +688,120 @@ impl Outlet {
 
     /// Encrypts one packet from the TUN into the next send slot (or down the rendezvous
     /// stream, when that is where it goes). The batch must not be full.
-    fn encrypt(&mut self, node: &mut Node, tun: &TunDevice, packet: &[u8], now: Instant) {
+    fn encrypt(&mut self, io: &Io, node: &mut Node, packet: &[u8], now: Instant) {
         match node.handle_tun_packet(packet, now, self.send.next_slot()) {
             TunOutput::Send(t) => {
-                let (to, len) = (t.to, t.payload.len());
-                match self.rdv_stream.as_mut().filter(|s| s.carries(to)) {
-                    // The slot stays free for the next packet.
-                    Some(stream) => stream.send(&self.send.next_slot()[..len]),
-                    None => self.send.commit(len, to),
+                let (to, socket, len) = (t.to, t.socket, t.payload.len());
+                self.commit_slot(io, socket, len, to);
+            }
+            TunOutput::Reply(reply) => {
+                if let Some(tun) = io.tun.as_ref() {
+                    self.writer.write_now(tun.get_ref(), reply);
                 }
             }
-            TunOutput::Reply(reply) => self.writer.write_now(tun, reply),
             TunOutput::Nothing => {}
         }
     }
+
+    /// Sends the datagram of `len` bytes the node wrote into the next slot of the send batch:
+    /// commits the slot, or copies the datagram down the rendezvous stream or into the spare
+    /// batch (the slot then stays free for the next one).
+    fn commit_slot(&mut self, io: &Io, socket: Socket, len: usize, to: std::net::SocketAddr) {
+        match (socket, self.rdv_stream.as_mut()) {
+            (Socket::Spare(k), _) => {
+                let spare = self.spare.get_or_insert_with(SpareSend::new);
+                spare.make_room(io, k, &mut self.send_dropped);
+                spare.batch.push(&self.send.next_slot()[..len], to);
+            }
+            (Socket::Main, Some(stream)) if stream.carries(to) => {
+                stream.send(&self.send.next_slot()[..len]);
+            }
+            (Socket::Main, _) => self.send.commit(len, to),
+        }
+    }
+
+    /// Queues a datagram for spare socket `k`.
+    fn push_spare(&mut self, io: &Io, k: u8, datagram: &[u8], to: std::net::SocketAddr) {
+        let spare = self.spare.get_or_insert_with(SpareSend::new);
+        spare.make_room(io, k, &mut self.send_dropped);
+        spare.batch.push(datagram, to);
+    }
+
+    /// Sends what the spare batch holds, waiting for its socket to drain when the kernel
+    /// pushes back. A spare that fails otherwise loses its datagrams (counted) and never
+    /// stops the data plane: the pair falls back to the relay.
+    async fn flush_spare(&mut self, io: &Io) {
+        let Some(spare) = &mut self.spare else {
+            return;
+        };
+        let Some(fd) = io.spare(spare.socket) else {
+            self.send_dropped += spare.batch.clear() as u64;
+            return;
+        };
+        while !spare.batch.is_empty() {
+            match spare.batch.flush(fd.get_ref()) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match fd.writable().await {
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(_) => break,
+                },
+                Err(e) => {
+                    tracing::debug!("send on spare {}: {e}", spare.socket);
+                    break;
+                }
+            }
+        }
+        self.send_dropped += spare.batch.clear() as u64;
+    }
+}
+
+impl SpareSend {
+    fn new() -> SpareSend {
+        SpareSend {
+            batch: SendBatch::new(MAX_BATCH, SLOT),
+            socket: 0,
+        }
+    }
+
+    /// Makes room in the batch for a datagram from spare `k`: a batch for another spare, or a
+    /// full one, is sent first as far as the socket takes it without waiting; what it does not
+    /// take is dropped and counted in `dropped`.
+    fn make_room(&mut self, io: &Io, k: u8, dropped: &mut u64) {
+        if self.batch.is_empty() || (self.socket == k && !self.batch.is_full()) {
+            self.socket = k;
+            return;
+        }
+        if let Some(fd) = io.spare(self.socket) {
+            let _ = self.batch.flush(fd.get_ref());
+        }
+        *dropped += self.batch.clear() as u64;
+        self.socket = k;
+    }
+}
+
+/// A spare socket, registered with the reactor.
+fn open_spare() -> io::Result<AsyncFd<UdpSocket>> {
+    let socket = UdpSocket::bind_spare()?;
+    // SAFETY: as for the main socket in `DataPlane::new`.
+    unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)
+}
+
+/// The first spare socket with something to read, and its readiness; never, while none is
+/// open.
+async fn spare_readable(
+    spares: &[Option<AsyncFd<UdpSocket>>],
+) -> io::Result<(u8, tokio::io::unix::AsyncFdReadyGuard<'_, UdpSocket>)> {
+    std::future::poll_fn(|cx| {
+        for (k, fd) in (0..=u8::MAX).zip(spares) {
+            if let Some(fd) = fd {
+                if let std::task::Poll::Ready(ready) = fd.poll_read_ready(cx) {
+                    return std::task::Poll::Ready(ready.map(|guard| (k, guard)));
+                }
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Flushes the send batch, waiting for the socket to drain when the kernel pushes back.

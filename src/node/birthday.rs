@@ -105,6 +105,8 @@ struct Attempt {
     /// The peer's public endpoint: where the hard side's spares send, and (its address) where
     /// the easy side's probes go.
     target: SocketAddr,
+    /// The introduction.
+    introduced: Instant,
     start: Instant,
     until: Instant,
     /// Probes sent: nonce, then the port probed (easy) or the spare sent from (hard), and when.
@@ -196,6 +198,7 @@ impl Node {
             peer: index,
             role,
             target,
+            introduced: now,
             start,
             until: start + WINDOW,
             sent: Vec::with_capacity(PROBES as usize),
@@ -206,6 +209,7 @@ impl Node {
             birthday.spares = Spares::all();
         }
         self.counters.birthday_attempts += 1;
+        tracing::debug!(peer = %key, ?role, %target, "birthday probing starts in 0.5 s");
         let soon = now + TICK;
         self.next_tick = Some(self.next_tick.map_or(soon, |t| t.min(soon)));
     }
@@ -216,7 +220,9 @@ impl Node {
         if let Some(attempt) = &self.birthday.attempt {
             let index = attempt.peer;
             let peer = &self.peers[index];
-            let direct = peer.path.direct_endpoint().is_some();
+            // A direct path from before the introduction may be stale (the peer restarted,
+            // its NAT forgot the mapping): it does not count.
+            let direct = peer.path.direct_heard_since(attempt.introduced);
             if !peer.trusted || (direct && now < attempt.start) {
                 // Not needed (the ordinary punch won), or no longer allowed.
                 self.end_birthday(None, now);
@@ -302,6 +308,7 @@ impl Node {
             return;
         };
         let key = self.peers[attempt.peer].key;
+        tracing::debug!(peer = %key, role = ?attempt.role, ?direct, probes = attempt.sent.len(), "birthday probing ends");
         match direct {
             Some(true) => {
                 self.counters.birthday_direct += 1;

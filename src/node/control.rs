@@ -105,6 +105,13 @@ impl Node {
             if !self.peers[index].trusted {
                 continue;
             }
+            if self.peers[index].kick_at.is_some_and(|t| now >= t) {
+                self.peers[index].kick_at = None;
+                if !self.peers[index].has_session() {
+                    self.peers[index].kick_handshake = true;
+                    self.schedule(index);
+                }
+            }
             // Configured peers' paths are measured too (an IPv6 one may be small).
             self.drive_pmtu(index, now);
             if self.peers[index].path.is_fixed() {
@@ -223,7 +230,11 @@ impl Node {
             Message::NatProbeReply { echo, observed, .. } => {
                 if !self.on_udp_probe_answer(echo, now) {
                     if let Some(link) = &mut self.link {
+                        let before = link.nat;
                         link.on_nat_probe_reply(echo, observed, &self.lan, now);
+                        if link.nat != before {
+                            self.nat_measured(now);
+                        }
                     }
                 }
                 true
@@ -253,7 +264,7 @@ impl Node {
                 self.birthday_introduced(index, peer_nat, &candidates, now);
                 self.send_probes(index, now);
                 // Both sides are registered now: a handshake sent earlier may have been lost.
-                self.kick_handshake(index);
+                self.kick_handshake(index, now);
                 true
             }
             Message::Refused { echo, code } => {
@@ -353,7 +364,7 @@ impl Node {
                 self.counters.direct_found += 1;
             }
             self.path_changed(index, PathKind::Direct, Some(from));
-            self.kick_handshake(index);
+            self.kick_handshake(index, now);
         }
         true
     }
@@ -459,6 +470,19 @@ impl Node {
             Err(e) => tracing::warn!("cannot seal a control message: {e}"),
         }
         nonce
+    }
+
+    /// Our NAT's behaviour is measured (or changed; the rendezvous measured it from the same
+    /// probes): peers introduced before — right after a start, introductions come before
+    /// the measurement — are introduced again if they have no direct path, so that birthday
+    /// probing can start when the two NATs call for it.
+    fn nat_measured(&mut self, now: Instant) {
+        for peer in &mut self.peers {
+            if peer.trusted && peer.path.direct_endpoint().is_none() {
+                peer.path.reconnect_now(now);
+            }
+        }
+        self.drive(now);
     }
 
     fn path_changed(&mut self, index: usize, path: PathKind, endpoint: Option<SocketAddr>) {

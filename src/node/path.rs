@@ -140,6 +140,13 @@ impl PeerPath {
         self.direct.map(|d| d.endpoint)
     }
 
+    /// A direct path answered at or after `since`: found now, not a stale one from before
+    /// (the peer restarted or moved, and asks for a new introduction).
+    pub fn direct_heard_since(&self, since: Instant) -> bool {
+        self.direct
+            .is_some_and(|d| d.last_rx.is_some_and(|t| t >= since))
+    }
+
     /// The spare socket the direct path uses, if it uses one.
     pub fn spare(&self) -> Option<u8> {
         match self.direct {
@@ -285,7 +292,14 @@ impl PeerPath {
                 d.rtt = Some(rtt);
                 false
             }
-            Some(d) if d.rtt.is_some_and(|cur| rtt + SWITCH_MARGIN >= cur) => false,
+            // A live path stays unless this one is faster; a silent one gives way.
+            Some(d)
+                if d.rtt.is_some_and(|cur| rtt + SWITCH_MARGIN >= cur)
+                    && d.last_rx
+                        .is_some_and(|t| now.saturating_duration_since(t) < PROBE_QUIET) =>
+            {
+                false
+            }
             _ => {
                 self.direct = Some(Direct {
                     endpoint: from,

@@ -157,6 +157,9 @@ pub(crate) struct Peer {
     pub queued: bool,
     /// Start a handshake at the next `poll_transmit` unless a session is up.
     pub kick_handshake: bool,
+    /// The higher key's deferred kick (see `Node::kick_handshake`): start a handshake then if
+    /// no session came up by itself.
+    pub kick_at: Option<Instant>,
     /// When stale data last made this node start a handshake (see `recover_session`).
     pub last_recovery: Option<Instant>,
     /// When the tunnel was last started afresh because the peer's clock went back.
@@ -210,6 +213,7 @@ impl Peer {
             timers_due: false,
             queued: false,
             kick_handshake: false,
+            kick_at: None,
             last_recovery: None,
             last_clock_reset: None,
             last_rtt: None,

@@ -47,6 +47,10 @@ enum MessageKind {
     Other,
 }
 
+/// How long the higher key waits for the lower key's handshake before starting its own (see
+/// `Node::kick_handshake`): a few round trips.
+const HIGHER_KEY_KICK_AFTER: Duration = Duration::from_secs(1);
+
 /// Least time between two handshakes started because stale data arrived.
 const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -276,9 +280,12 @@ impl Node {
     /// an initiation sent before the peer was reachable (over a relay that did not know it
     /// yet) is simply lost. Both sides learn of the path at the same moment, and two
     /// initiations that cross overwrite each other's handshake state (boringtun keeps one), so
-    /// only the side with the lower key kicks; the other answers.
-    pub(super) fn kick_handshake(&mut self, index: usize) {
+    /// only the side with the lower key kicks; the other answers. But the lower key may hold a
+    /// session from before the other side restarted, and then it kicks nothing: so the higher
+    /// key kicks too, [`HIGHER_KEY_KICK_AFTER`] later, if no session came up by then.
+    pub(super) fn kick_handshake(&mut self, index: usize, now: Instant) {
         if self.key >= self.peers[index].key {
+            self.peers[index].kick_at = Some(now + HIGHER_KEY_KICK_AFTER);
             return;
         }
         self.peers[index].kick_handshake = true;

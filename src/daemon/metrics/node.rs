@@ -139,6 +139,26 @@ pub fn render(m: &NodeMetrics) -> String {
             c.punches_failed,
         ),
         (
+            "pilot_birthday_attempts_total",
+            "Birthday probing attempts (one side's NAT maps endpoint-dependently).",
+            c.birthday_attempts,
+        ),
+        (
+            "pilot_birthday_direct_total",
+            "Birthday probing attempts that ended with a direct path.",
+            c.birthday_direct,
+        ),
+        (
+            "pilot_birthday_failed_total",
+            "Birthday probing attempts that ended without a direct path (the next waits).",
+            c.birthday_failed,
+        ),
+        (
+            "pilot_birthday_probes_total",
+            "Probes sent by birthday probing.",
+            c.birthday_probes,
+        ),
+        (
             "pilot_relay_fallbacks_total",
             "Direct paths given up after going silent under traffic.",
             c.relay_fallbacks,
@@ -249,6 +269,9 @@ mod tests {
         counters.punches = 4;
         counters.direct_found = 2;
         counters.punches_failed = 1;
+        counters.birthday_attempts = 3;
+        counters.birthday_direct = 2;
+        counters.birthday_probes = 900;
         counters.relay_fallbacks = 1;
         counters.relay_tx_bytes = 330;
         counters.relay_rx_bytes = 660;
@@ -306,6 +329,10 @@ mod tests {
             "pilot_punches_total 4",
             "pilot_direct_paths_found_total 2",
             "pilot_punches_failed_total 1",
+            "pilot_birthday_attempts_total 3",
+            "pilot_birthday_direct_total 2",
+            "pilot_birthday_failed_total 0",
+            "pilot_birthday_probes_total 900",
             "pilot_relay_fallbacks_total 1",
             "pilot_packets_too_big_total 0",
             "pilot_rendezvous_switches_total 0",
@@ -332,7 +359,7 @@ mod tests {
         let drops = lines.iter().filter(|l| l.starts_with("pilot_drops_total{"));
         assert_eq!(drops.count(), DropReason::ALL.len() + 3);
         let families = lines.iter().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 28);
+        assert_eq!(families, 32);
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("# HELP ")).count(),
             families

@@ -94,6 +94,26 @@ impl UdpSocket {
         }
     }
 
+    /// A spare socket (birthday probing, see `node::birthday`): dual-stack on any port, with
+    /// the kernel's default buffers — hundreds may be open at once, and only the one a peer's
+    /// path ends up on carries traffic.
+    pub fn bind_spare() -> io::Result<UdpSocket> {
+        let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
+        match bind_socket(v6, true) {
+            Ok(fd) => Ok(UdpSocket::with_offloads(fd, v6, true)),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                ) =>
+            {
+                let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+                Ok(UdpSocket::with_offloads(bind_socket(v4, false)?, v4, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Binds exactly `addr` (port 0 = any), so replies leave from the address peers sent to
     /// — what a server on a host with several addresses needs. The IPv6 wildcard is made
     /// dual-stack explicitly (the default follows the net.ipv6.bindv6only sysctl); any other
@@ -103,6 +123,11 @@ impl UdpSocket {
         let fd = bind_socket(addr, dual_stack)?;
         raise_buffer(&fd, sockopt::RcvBufForce, sockopt::RcvBuf);
         raise_buffer(&fd, sockopt::SndBufForce, sockopt::SndBuf);
+        Ok(UdpSocket::with_offloads(fd, addr, dual_stack))
+    }
+
+    /// The socket on `fd` (bound to `addr`), with GSO when the kernel knows it and GRO on.
+    fn with_offloads(fd: OwnedFd, addr: SocketAddr, dual_stack: bool) -> UdpSocket {
         // A kernel that does not know UDP_SEGMENT would not refuse the control message but
         // ignore it and send one oversized datagram, so ask before ever using it. Reading
         // the option leaves the socket's default segment size (0: none) alone.
@@ -111,11 +136,11 @@ impl UdpSocket {
         let gro = nix_socket::setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
         allow_fragmentation(&fd, addr);
         tracing::debug!(gso, gro, "UDP offloads");
-        Ok(UdpSocket {
+        UdpSocket {
             socket: fd.into(),
             dual_stack,
             gso: AtomicBool::new(gso),
-        })
+        }
     }
 
     /// Asks the kernel to report the local address each datagram was sent to
