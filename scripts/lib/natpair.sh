@@ -32,12 +32,12 @@ np_natlab() { bash "$TN_ROOT/scripts/natlab.sh" "$@"; }
 
 np_is_kind() { [[ " $NP_KINDS " == *" $1 "* && -n $1 ]]; }
 
-# np_expected_path KIND1 KIND2: the path pilot should end on for this pair of NATs. Punching
-# fails only when one side maps a new port per destination (sym) and the other filters by
-# remote port (prc or sym); every other pair goes direct.
+# np_expected_path KIND1 KIND2: the path pilot should end on for this pair of NATs. Only two
+# NATs that both map a new port per destination (sym) defeat it; against a home router (prc)
+# a symmetric NAT is found by birthday probing; every other pair goes direct at the first punch.
 np_expected_path() {
     case "$1/$2" in
-    prc/sym | sym/prc | sym/sym) echo relay ;;
+    sym/sym) echo relay ;;
     *) echo direct ;;
     esac
 }
