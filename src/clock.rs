@@ -11,6 +11,15 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// Moves WireGuard's clock (boringtun's timers: handshake retry, rekey, keepalive, session
+/// expiry) forward by `by`, on this thread. Only with the `simulated-clock` feature, where
+/// boringtun reads this clock instead of the system's; a simulation calls it as its own time
+/// advances.
+#[cfg(feature = "simulated-clock")]
+pub fn advance_wireguard(by: std::time::Duration) {
+    mock_instant::MockClock::advance(by);
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
     at: Instant,

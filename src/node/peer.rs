@@ -162,6 +162,8 @@ pub(crate) struct Peer {
     pub kick_at: Option<Instant>,
     /// When stale data last made this node start a handshake (see `recover_session`).
     pub last_recovery: Option<Instant>,
+    /// When we last started a handshake of our own accord (a kick, see `Node::kick_handshake`).
+    pub last_kick: Option<Instant>,
     /// When the tunnel was last started afresh because the peer's clock went back.
     pub last_clock_reset: Option<Instant>,
     /// Latest round trip measured by `pilotctl ping`.
@@ -215,6 +217,7 @@ impl Peer {
             kick_handshake: false,
             kick_at: None,
             last_recovery: None,
+            last_kick: None,
             last_clock_reset: None,
             last_rtt: None,
             liveness: Liveness::default(),

@@ -51,6 +51,9 @@ enum MessageKind {
 /// `Node::kick_handshake`): a few round trips.
 const HIGHER_KEY_KICK_AFTER: Duration = Duration::from_secs(1);
 
+/// Least time between two handshakes a node starts of its own accord with one peer.
+const KICK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Least time between two handshakes started because stale data arrived.
 const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -239,9 +242,23 @@ impl Node {
             // Not per data packet: timers and flushes only.
             let name = self.trust.name_of(&self.peers[index].key);
             let _span = self.peers[index].log_span(name).entered();
-            if std::mem::take(&mut self.peers[index].kick_handshake)
-                && !self.peers[index].has_session()
-            {
+            // A kick within [`KICK_INTERVAL`] of the last one waits until then (and is dropped
+            // if a session came up meanwhile): each new initiation replaces the one before it
+            // (boringtun answers the two latest), so a burst of them — an introduction, a path
+            // found, stale data, all at once — makes the peer's answers miss, and both sides'
+            // crossing sessions churn.
+            let last_kick = self.peers[index].last_kick;
+            let kicked_lately =
+                last_kick.is_some_and(|t| now.saturating_duration_since(t) < KICK_INTERVAL);
+            let kick = std::mem::take(&mut self.peers[index].kick_handshake)
+                && !self.peers[index].has_session();
+            if kick && kicked_lately {
+                let at = last_kick.map(|t| t + KICK_INTERVAL);
+                let peer = &mut self.peers[index];
+                peer.kick_at = peer.kick_at.min(at).or(at);
+            }
+            if kick && !kicked_lately {
+                self.peers[index].last_kick = Some(now);
                 let route = self.route(index, now);
                 let produced = self.tunnel_io(index, route, out, |tunn, buf| {
                     tunn.format_handshake_initiation(buf, true)

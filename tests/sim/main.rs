@@ -1,5 +1,7 @@
 //! Simulation: real `Node`s and a real rendezvous `Server` over a simulated internet with NAT
-//! models and a fake clock. A minute of network life runs in milliseconds, deterministically.
+//! models and a fake clock. A minute of network life runs in milliseconds, deterministically —
+//! WireGuard's own timers included: built with the `simulated-clock` feature, boringtun reads
+//! a clock that moves only with the world's (`pilot::clock::advance_wireguard`).
 
 mod net;
 
@@ -263,6 +265,7 @@ impl Sim {
                     .poll_timeout()
                     .is_none_or(|(t, _)| t <= self.now)
                 {
+                    Sim::nudge_wireguard();
                     self.nodes[i].node.handle_timeout(self.now);
                 }
                 self.drain_node(i);
@@ -299,15 +302,30 @@ impl Sim {
             .min()
             .unwrap_or(until);
             if next > until {
-                self.now = until;
+                self.advance_to(until);
                 return;
             }
-            self.now = next.max(self.now);
+            self.advance_to(next.max(self.now));
         }
+    }
+
+    /// The world's time moves to `t`, WireGuard's with it.
+    fn advance_to(&mut self, t: Instant) {
+        pilot::clock::advance_wireguard(t - self.now);
+        self.now = t;
+    }
+
+    /// Many things happen at one instant of the world's clock, which no real clock does:
+    /// WireGuard stamps each handshake initiation with its clock, and refuses one stamped no
+    /// later than the last (a replay). So its clock moves on by a microsecond per event; it
+    /// stays ahead of the world's by that much in all.
+    fn nudge_wireguard() {
+        pilot::clock::advance_wireguard(Duration::from_micros(1));
     }
 
     fn deliver_due(&mut self) {
         while let Some(d) = self.net.pop_due(self.now) {
+            Sim::nudge_wireguard();
             if self.standby.as_ref().is_some_and(|s| s.host == d.host) {
                 let port = if d.to.port() == RDV_PORT {
                     Port::Main
@@ -452,6 +470,7 @@ impl Sim {
             self.nodes[to].node.addr().to_ipv6(),
         );
         let packet = udp_packet(src, dst, payload);
+        Sim::nudge_wireguard();
         let node = &mut self.nodes[from];
         if let TunOutput::Send(t) = node
             .node
@@ -1301,4 +1320,79 @@ fn a_symmetric_nat_meets_a_port_restricted_one_direct_by_birthday_probing() {
         assert_eq!(sim.path(x, y), PathKind::Direct, "{what}");
         assert_eq!(sim.path(y, x), PathKind::Direct, "{what}");
     }
+}
+
+#[test]
+fn both_sides_sending_from_the_first_moment_get_through_within_a_second() {
+    // Both sides' first packets start handshakes at once, and the introduction, the paths found
+    // and stale data each want one more: the initiations must not pile up so that every answer
+    // misses (with WireGuard's own timers running, that took 15 s to recover).
+    for (a, b) in [
+        (NatKind::Prc, NatKind::Prc),
+        (NatKind::Sym, NatKind::Prc),
+        (NatKind::Cone, NatKind::Sym),
+    ] {
+        let (mut sim, x, y) = pair_of(10, a, b);
+        let start = sim.now;
+        let mut both = None;
+        for _ in 0..250 {
+            sim.send_packet(x, y, b"ping");
+            sim.send_packet(y, x, b"pong");
+            sim.run_for(Duration::from_millis(20));
+            if both.is_none() && !sim.received(x).is_empty() && !sim.received(y).is_empty() {
+                both = Some(sim.now - start);
+            }
+        }
+        let what = format!("{a:?}/{b:?}\n{}", sim.debug());
+        let both = both.unwrap_or_else(|| panic!("nothing crossed both ways: {what}"));
+        assert!(
+            both <= Duration::from_secs(1),
+            "first both ways after {both:?}: {what}"
+        );
+        let (rx, ry) = (sim.received(x).len(), sim.received(y).len());
+        // What went while the handshakes crossed (the first few hundred ms) may be lost.
+        assert!(
+            rx >= 225 && ry >= 225,
+            "{rx} and {ry} of 250 arrived: {what}"
+        );
+    }
+}
+
+#[test]
+fn wireguard_rekeys_under_traffic_and_comes_back_after_its_keys_expired() {
+    // WireGuard's timers run on the simulated clock: the initiator rekeys every 2 minutes
+    // under traffic, and after 10 minutes of silence (keys zeroed at 9) the next packet starts
+    // a new handshake and arrives within a second.
+    let (mut sim, x, y) = Sim::pair(NatKind::Prc, NatKind::Prc);
+    sim.run_for(Duration::from_secs(1));
+    let handshakes = |sim: &Sim| sim.nodes[x].node.counters().handshakes;
+    let before = handshakes(&sim);
+    // Six minutes of a packet each way every second.
+    for _ in 0..360 {
+        sim.send_packet(x, y, b"x");
+        sim.send_packet(y, x, b"y");
+        sim.run_for(Duration::from_secs(1));
+    }
+    let (rx, ry) = (sim.received(x).len(), sim.received(y).len());
+    assert!(
+        rx >= 355 && ry >= 355,
+        "{rx} and {ry} of 360 arrived\n{}",
+        sim.debug()
+    );
+    let rekeys = handshakes(&sim) - before;
+    assert!(
+        (2..=4).contains(&rekeys),
+        "{rekeys} handshakes in 6 minutes\n{}",
+        sim.debug()
+    );
+    // Silence, long past the sessions' expiry.
+    sim.run_for(Duration::from_secs(600));
+    let seen = sim.received(y).len();
+    sim.send_packet(x, y, b"after");
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.received(y).len(), seen + 1, "{}", sim.debug());
+    assert!(
+        handshakes(&sim) > before + rekeys,
+        "a new handshake after the silence"
+    );
 }
