@@ -406,12 +406,16 @@ impl Server {
             self.counters.refuse(Refusal::UnknownTarget);
             return self.refusal_reply(req, RefusalCode::UnknownTarget, now, out);
         };
-        let (peer_local_ip, peer_observed, peer_nat, peer_candidates) =
-            (peer.local_ip, peer.observed, peer.nat, candidates(peer));
+        let (peer_local_ip, peer_observed, peer_nat, peer_candidates) = (
+            peer.local_ip,
+            peer.observed,
+            punch_nat(peer),
+            candidates(peer),
+        );
         let me = self.registry.get(&req.sender)?;
         let to_peer = Message::Punch {
             peer: req.sender,
-            peer_nat: me.nat,
+            peer_nat: punch_nat(me),
             candidates: candidates(me),
         };
         // Both sides must probe at the same moment: the peer's Punch goes out right after
@@ -677,5 +681,16 @@ fn refusal_of(e: EnvelopeError) -> Refusal {
         | EnvelopeError::Version(_)
         | EnvelopeError::BadKey
         | EnvelopeError::BufferTooSmall => Refusal::Malformed,
+    }
+}
+
+/// The NAT kind a `Punch` tells of `entry`'s node: none for a node on a TLS stream, whose
+/// public endpoint is not among its candidates (birthday probing aims at that endpoint's
+/// address, see `node::birthday`).
+fn punch_nat(entry: &super::registry::Entry) -> NatKind {
+    if super::streams::is_stream_endpoint(&entry.observed) {
+        NatKind::Unknown
+    } else {
+        entry.nat
     }
 }

@@ -139,3 +139,46 @@ fn two_nodes_over_streams_are_relayed_stream_to_stream() {
     let (port, to, _) = sim.send(Port::Stream, b.at, &relay_frame(&a)).unwrap();
     assert_eq!((port, to), (Port::Stream, a.at));
 }
+
+#[test]
+fn a_node_on_a_stream_is_introduced_with_no_nat_kind_to_aim_birthday_probes_at() {
+    // b was measured behind a symmetric NAT over UDP, then moved to a stream: its public
+    // endpoint is no candidate any more, so its peers must not spray probes at that address.
+    let mut sim = Sim::new();
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "198.51.100.2:40002");
+    a.register(&mut sim, &[]);
+    b.register(&mut sim, &[]);
+    trust(&mut sim, &mut a, &mut b);
+    let at = b.at;
+    b.at = "198.51.100.2:40999".parse().unwrap();
+    assert!(matches!(
+        b.ask(&mut sim, Port::Alt, &Message::NatProbe),
+        Some(Message::NatProbeReply { .. })
+    ));
+    b.at = at;
+    let connect = Message::Connect { target: b.key() };
+    let peer_nat = |reply| match reply {
+        Some(Message::Punch { peer_nat, .. }) => peer_nat,
+        other => panic!("a is introduced: {other:?}"),
+    };
+    assert_eq!(
+        peer_nat(a.ask(&mut sim, Port::Main, &connect)),
+        NatKind::EndpointDependent
+    );
+    while sim.poll().is_some() {}
+    let nonce = b.nonce;
+    let mut b = Client::over_stream(2, 7);
+    b.nonce = nonce;
+    sim.server
+        .stream_opened(b.at, "198.51.100.2".parse().unwrap());
+    assert!(matches!(
+        b.register(&mut sim, &[]),
+        Some(Message::Registered { .. })
+    ));
+    while sim.poll().is_some() {}
+    assert_eq!(
+        peer_nat(a.ask(&mut sim, Port::Main, &connect)),
+        NatKind::Unknown
+    );
+}
