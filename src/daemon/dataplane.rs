@@ -87,12 +87,31 @@ struct Io {
     /// The spare sockets by number, open while the node wants them (birthday probing, see
     /// `node::birthday`): all of them during an attempt on the hard side, then the ones
     /// peers' direct paths use.
-    spares: Vec<Option<AsyncFd<UdpSocket>>>,
+    spares: Vec<Option<SpareSocket>>,
+}
+
+/// A spare socket: small buffers while it only probes, the main socket's once it carries a
+/// peer's traffic (its first batch of data).
+struct SpareSocket {
+    fd: AsyncFd<UdpSocket>,
+    raised: std::cell::Cell<bool>,
 }
 
 impl Io {
     fn spare(&self, k: u8) -> Option<&AsyncFd<UdpSocket>> {
-        self.spares.get(usize::from(k)).and_then(Option::as_ref)
+        self.spares
+            .get(usize::from(k))
+            .and_then(Option::as_ref)
+            .map(|s| &s.fd)
+    }
+
+    /// Spare `k` carries a peer's traffic: it gets big buffers (once).
+    fn spare_carries_traffic(&self, k: u8) {
+        if let Some(spare) = self.spares.get(usize::from(k)).and_then(Option::as_ref) {
+            if !spare.raised.replace(true) {
+                spare.fd.get_ref().raise_buffers();
+            }
+        }
     }
 }
 
@@ -329,7 +348,15 @@ impl Core {
                 ready = spare_readable(&io.spares) => {
                     let (k, mut guard) = ready?;
                     match self.recv.recv(guard.get_inner()) {
-                        Ok(n) => self.on_datagrams(io, Socket::Spare(k), n),
+                        Ok(n) => {
+                            // WireGuard on a spare: it carries a peer's traffic.
+                            if n > 0 && crate::wire::classify(self.recv.get(0).1)
+                                == crate::wire::DatagramKind::WireGuard
+                            {
+                                io.spare_carries_traffic(k);
+                            }
+                            self.on_datagrams(io, Socket::Spare(k), n);
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                         Err(e) => tracing::debug!("udp receive on spare {k}: {e}"),
                     }
@@ -376,7 +403,12 @@ impl Core {
         for (k, slot) in (0..=u8::MAX).zip(io.spares.iter_mut()) {
             match (want.contains(k), slot.is_some()) {
                 (true, false) => match open_spare() {
-                    Ok(fd) => *slot = Some(fd),
+                    Ok(fd) => {
+                        *slot = Some(SpareSocket {
+                            fd,
+                            raised: std::cell::Cell::new(false),
+                        })
+                    }
                     Err(e) => failed = Some(e),
                 },
                 (false, true) => *slot = None,
@@ -449,6 +481,9 @@ impl Core {
             loop {
                 if self.out.send.is_full() {
                     flush_batch(&mut self.out.send, io).await?;
+                }
+                if self.out.spare.as_ref().is_some_and(|s| s.batch.is_full()) {
+                    self.out.flush_spare(io).await;
                 }
                 match segs.next_into(&mut self.seg_buf) {
                     Ok(Some(len)) => {
@@ -609,6 +644,9 @@ impl Core {
                     break;
                 }
             }
+            if self.out.spare.as_ref().is_some_and(|s| s.batch.is_full()) {
+                self.out.flush_spare(io).await;
+            }
             match self
                 .node
                 .handle_tun_packet(&packet, now, self.out.send.next_slot())
@@ -709,6 +747,8 @@ impl Outlet {
     fn commit_slot(&mut self, io: &Io, socket: Socket, len: usize, to: std::net::SocketAddr) {
         match (socket, self.rdv_stream.as_mut()) {
             (Socket::Spare(k), _) => {
+                // A packet from the TUN or the stack: the spare carries a peer's traffic.
+                io.spare_carries_traffic(k);
                 let spare = self.spare.get_or_insert_with(SpareSend::new);
                 spare.make_room(io, k, &mut self.send_dropped);
                 spare.batch.push(&self.send.next_slot()[..len], to);
@@ -789,12 +829,12 @@ fn open_spare() -> io::Result<AsyncFd<UdpSocket>> {
 /// The first spare socket with something to read, and its readiness; never, while none is
 /// open.
 async fn spare_readable(
-    spares: &[Option<AsyncFd<UdpSocket>>],
+    spares: &[Option<SpareSocket>],
 ) -> io::Result<(u8, tokio::io::unix::AsyncFdReadyGuard<'_, UdpSocket>)> {
     std::future::poll_fn(|cx| {
-        for (k, fd) in (0..=u8::MAX).zip(spares) {
-            if let Some(fd) = fd {
-                if let std::task::Poll::Ready(ready) = fd.poll_read_ready(cx) {
+        for (k, spare) in (0..=u8::MAX).zip(spares) {
+            if let Some(spare) = spare {
+                if let std::task::Poll::Ready(ready) = spare.fd.poll_read_ready(cx) {
                     return std::task::Poll::Ready(ready.map(|guard| (k, guard)));
                 }
             }

@@ -94,6 +94,13 @@ impl UdpSocket {
         }
     }
 
+    /// Raises the buffers to what [`UdpSocket::bind`] gives (a spare socket that now carries
+    /// a peer's traffic).
+    pub fn raise_buffers(&self) {
+        raise_buffer(&self.socket, sockopt::RcvBufForce, sockopt::RcvBuf);
+        raise_buffer(&self.socket, sockopt::SndBufForce, sockopt::SndBuf);
+    }
+
     /// A spare socket (birthday probing, see `node::birthday`): dual-stack on any port, with
     /// the kernel's default buffers — hundreds may be open at once, and only the one a peer's
     /// path ends up on carries traffic.
@@ -283,7 +290,7 @@ fn allow_fragmentation(fd: &OwnedFd, addr: SocketAddr) {
 
 /// The *FORCE option ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN; the plain one
 /// is capped by that sysctl. A smaller buffer only costs drops under bursts, so no error.
-fn raise_buffer<F, P>(fd: &OwnedFd, force: F, plain: P)
+fn raise_buffer<F, P>(fd: &impl AsFd, force: F, plain: P)
 where
     F: nix_socket::SetSockOpt<Val = usize>,
     P: nix_socket::SetSockOpt<Val = usize> + nix_socket::GetSockOpt<Val = usize> + Copy,
