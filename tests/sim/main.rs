@@ -1396,3 +1396,46 @@ fn wireguard_rekeys_under_traffic_and_comes_back_after_its_keys_expired() {
         "a new handshake after the silence"
     );
 }
+
+#[test]
+fn birthday_probing_that_fails_is_paced_bounded_and_backs_off() {
+    // Nothing gets through between the two NATs (the relay still works): every attempt fails.
+    let (mut sim, x, y) = pair_of(10, NatKind::Sym, NatKind::Prc);
+    sim.net.block_direct = true;
+    let counters = |sim: &Sim, i: usize| sim.nodes[i].node.counters().clone();
+    // The first attempt starts 0.5 s after the introduction and sends at most 1,000 probes a
+    // second: 0.3 s into it, no more than 300 and a burst.
+    sim.run_for(Duration::from_millis(800));
+    for i in [x, y] {
+        let c = counters(&sim, i);
+        assert_eq!(c.birthday_attempts, 1, "{c:?}");
+        assert!(c.birthday_probes <= 300 + 25, "{c:?}");
+    }
+    assert_eq!(
+        sim.nodes[x].node.spares().iter().count(),
+        256,
+        "the hard side's spares"
+    );
+    // It ends without a direct path, within its budget; the spares close.
+    sim.run_for(Duration::from_secs(5));
+    for i in [x, y] {
+        let c = counters(&sim, i);
+        assert_eq!((c.birthday_failed, c.birthday_direct), (1, 0), "{c:?}");
+        assert!(c.birthday_probes <= 2048, "{c:?}");
+        assert!(sim.nodes[i].node.spares().is_empty());
+    }
+    assert_eq!(sim.path(x, y), PathKind::Relay, "{}", sim.debug());
+    // The pair asks for a punch again every 30 s, but the next attempt waits 60 s.
+    sim.run_for(Duration::from_secs(50));
+    assert!(counters(&sim, x).punches >= 2, "re-punched meanwhile");
+    assert_eq!(counters(&sim, x).birthday_attempts, 1, "backed off");
+    // After the wait, and with the way open again, the next attempt goes direct.
+    sim.net.block_direct = false;
+    sim.run_for(Duration::from_secs(40));
+    for i in [x, y] {
+        let c = counters(&sim, i);
+        assert_eq!((c.birthday_attempts, c.birthday_direct), (2, 1), "{c:?}");
+    }
+    assert_eq!(sim.path(x, y), PathKind::Direct, "{}", sim.debug());
+    assert_eq!(sim.path(y, x), PathKind::Direct, "{}", sim.debug());
+}
