@@ -49,15 +49,9 @@ impl World {
     fn wait_path(&self, from: &NodeHandle, to: &NodeHandle, want: &str, secs: u64) -> String {
         let mut last = String::new();
         let found = eventually(Duration::from_secs(secs), || {
-            let out = ctl(from, &["peers", "--json"]);
-            let peers: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let peer = peers
-                .as_array()?
-                .iter()
-                .find(|p| p["public_key"] == to.key.as_str())?
-                .clone();
-            last = format!("{} via {}", peer["path"], peer["endpoint"]);
-            (peer["path"] == want).then_some(())
+            let (path, endpoint) = path_of(from, to)?;
+            last = format!("\"{path}\" via \"{endpoint}\"");
+            (path == want).then_some(())
         });
         if found.is_some() {
             want.to_owned()
