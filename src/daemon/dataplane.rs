@@ -43,8 +43,10 @@ mod verbs;
 
 /// Largest datagram the node sends or accepts: the largest TUN packet plus WireGuard overhead.
 const SLOT: usize = 65535;
-/// How long to sleep when the node has no timer (it always has one once started).
-const IDLE: Duration = Duration::from_secs(1);
+/// How long to sleep when the node has no deadline at all (no rendezvous, no keepalive, no
+/// traffic): a safety net, as every input wakes the loop anyway and the node reads its
+/// deadlines again after it.
+const IDLE: Duration = Duration::from_secs(60);
 /// TUN reads per wake-up before the loop turns to the socket again (fairness).
 const TUN_READS_PER_WAKE: usize = 64;
 
@@ -315,7 +317,8 @@ impl Core {
             let mut wake = self
                 .node
                 .poll_timeout()
-                .map_or_else(|| now + IDLE, |(t, _)| t);
+                .map_or_else(|| now + IDLE, |(t, _)| t)
+                .min(self.lan_watch.next());
             // A change waits for its turn; while a write is in flight, for the write (its
             // completion wakes the loop).
             if self.node.trust_changed() && self.saving.is_none() {

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::timers::Timer;
 use super::{Node, Socket};
 use crate::identity::NodeKey;
 use crate::wire::control::{Message, NatKind};
@@ -210,8 +211,7 @@ impl Node {
         }
         self.counters.birthday_attempts += 1;
         tracing::debug!(peer = %key, ?role, %target, "birthday probing starts in 0.5 s");
-        let soon = now + TICK;
-        self.next_tick = Some(self.next_tick.map_or(soon, |t| t.min(soon)));
+        self.wake_by(now + TICK, Timer::Birthday);
     }
 
     /// Runs the attempt: its probes due at `now`, and its end. Also keeps the set of spares in

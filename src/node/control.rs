@@ -112,6 +112,21 @@ impl Node {
                     self.schedule(index);
                 }
             }
+            if super::timers::wireguard_deadline(&self.peers[index], now).is_some_and(|t| now >= t)
+            {
+                self.peers[index].timers_due = true;
+                self.schedule(index);
+            }
+            if self
+                .keepalive_deadline(index, now)
+                .is_some_and(|t| now >= t)
+            {
+                let peer = &mut self.peers[index];
+                // Tried now, sent or not: the next is an interval away either way.
+                peer.keepalive_from = Some(now);
+                peer.keepalive_due = true;
+                self.schedule(index);
+            }
             // Configured peers' paths are measured too (an IPv6 one may be small).
             self.drive_pmtu(index, now);
             if self.peers[index].path.is_fixed() {
@@ -260,9 +275,9 @@ impl Node {
                 }
                 let start = self.peers[index].path.start_punch(&candidates, now);
                 self.counters.punched(start);
-                self.punch_started(now);
                 self.birthday_introduced(index, peer_nat, &candidates, now);
                 self.send_probes(index, now);
+                self.punch_started(index);
                 // Both sides are registered now: a handshake sent earlier may have been lost.
                 self.kick_handshake(index, now);
                 true
@@ -328,8 +343,8 @@ impl Node {
         self.send_control_from(socket, from, &ack, now);
         let start = self.peers[index].path.on_probe_from(from, socket, now);
         self.counters.punched(start);
-        self.punch_started(now);
         self.send_probes(index, now);
+        self.punch_started(index);
         true
     }
 

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::rendezvous::{RendezvousConfig, RendezvousLink};
+use super::timers::{Earliest, Timer};
 use super::{Event, Node, DEFAULT_KEEPALIVE};
 use crate::wire::control::Message;
 use crate::wire::envelope::Opened;
@@ -105,6 +106,19 @@ impl Node {
             let first = self.failover.list[0].addr;
             self.failover.probe = Some(self.send_control(first, &Message::NatProbe, now));
             self.failover.next_probe = Some(now + FAILBACK_EVERY);
+        }
+    }
+
+    /// When [`Node::drive_failover`] next has work: the move on from a silent rendezvous, and
+    /// while on another than the first, the next failback probe.
+    pub(super) fn failover_deadlines(&self, base: Instant, next: &mut Earliest) {
+        let Some(link) = self.link.as_ref().filter(|_| self.failover.is_on()) else {
+            return;
+        };
+        let silent = link.unanswered_since().map(|t| t + FAILOVER_AFTER);
+        next.at(silent, Timer::Register);
+        if self.failover.current != 0 && link.is_registered(base) {
+            next.at(self.failover.next_probe.or(Some(base)), Timer::Failback);
         }
     }
 

@@ -28,6 +28,7 @@ mod pmtu;
 mod port_mapping;
 mod rendezvous;
 mod stream;
+mod timers;
 mod trust;
 mod trust_sync;
 mod tunnel;
@@ -64,19 +65,13 @@ use failover::Failover;
 use path::{PeerPath, Route};
 use peer::Peer;
 use rendezvous::RendezvousLink;
+use timers::Timer;
 use trust_sync::PendingLookup;
 use tunnel::Via;
 
 /// Smallest buffer the caller may pass for outputs: boringtun needs `len + 32` and at least
 /// 148, and a relay frame adds its header.
 pub const MIN_OUT_BUF: usize = 1500 + 32 + crate::wire::control::RELAY_HEADER_LEN;
-/// How often WireGuard's timers (handshake retry, rekey, keepalive) and the path and
-/// rendezvous timers are run while nothing needs finer timing: boringtun keeps its timers to
-/// the second, and every control timer counts in seconds. An idle node wakes once a second,
-/// not four times.
-const TIMER_TICK: Duration = Duration::from_secs(1);
-/// The tick while a peer is being punched: its probes go out every `path::PUNCH_INTERVAL`.
-const PUNCH_TICK: Duration = Duration::from_millis(250);
 /// Handshake messages per second answered before cookies are demanded (boringtun's default).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Cookie replies sent per second at most. A reply (64 bytes) is smaller than the initiation
@@ -310,7 +305,12 @@ pub struct Node {
     replay: ReplayGuard,
     nonces: NonceSource,
     counters: Counters,
-    next_tick: Option<Instant>,
+    /// The next deadline as the last run of the timers computed it (see `timers`).
+    wake: Option<(Instant, Timer)>,
+    /// The earliest deadline inputs asked for since (see `Node::wake_by`).
+    asked: Option<(Instant, Timer)>,
+    /// When the timers last ran.
+    timers_ran: Option<Instant>,
     next_rate_reset: Option<Instant>,
     icmp_tokens: u32,
     icmp_refill: Option<Instant>,
@@ -393,7 +393,9 @@ impl Node {
             replay: ReplayGuard::new(REPLAY_SENDERS),
             nonces: NonceSource::new(config.seed ^ 0x9e37_79b9_7f4a_7c15),
             counters: Counters::default(),
-            next_tick: None,
+            wake: None,
+            asked: None,
+            timers_ran: None,
             next_rate_reset: None,
             icmp_tokens: ICMP_ERRORS_PER_SEC,
             icmp_refill: None,
@@ -479,7 +481,6 @@ impl Node {
             wg_public,
             self.secret.clone(),
             index as u32,
-            self.keepalive,
             self.rate_limiter.clone(),
         ));
         self.by_addr.insert(addr, index);
@@ -529,9 +530,12 @@ impl Node {
         }
         self.peers[index].path.on_tx(now);
         self.peers[index].liveness.sent_data(now);
+        self.peers[index].data_at = Some(now);
         // The source is not checked here: the receiving peer enforces that a packet's source is
         // the sender's own address, which is the check that matters.
-        match self.send_via_path(index, route, out, |tunn, buf| tunn.encapsulate(packet, buf)) {
+        match self.send_via_path(index, route, now, out, |tunn, buf| {
+            tunn.encapsulate(packet, buf)
+        }) {
             Some(((to, socket), len)) => TunOutput::Send(Transmit {
                 to,
                 socket,
@@ -594,24 +598,11 @@ impl Node {
 
     /// Runs what is due at `now`. Call when [`Node::poll_timeout`] says so (earlier is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.next_tick.is_none_or(|t| now >= t) {
-            let mut punching = false;
-            for index in 0..self.peers.len() {
-                if self.peers[index].trusted {
-                    self.peers[index].timers_due = true;
-                    self.schedule(index);
-                }
-                punching |= self.peers[index].path.is_punching();
-            }
-            let tick = if self.birthday.is_running() {
-                birthday::TICK
-            } else if punching {
-                PUNCH_TICK
-            } else {
-                TIMER_TICK
-            };
-            self.next_tick = Some(now + tick);
+        if self.timers_deadline().is_none_or(|(t, _)| now >= t) {
+            self.timers_ran = Some(now);
+            self.asked = None;
             self.drive(now);
+            self.wake = self.deadline(now);
         }
         // The handshake rate limit counts per second, from the first handshake message seen
         // (see `Node::handshake_seen`); with none, there is nothing to reset.
@@ -628,19 +619,30 @@ impl Node {
             .get_or_insert(now + Duration::from_secs(1));
     }
 
-    /// A peer's punch started: its probes need the fine tick from now on.
-    pub(super) fn punch_started(&mut self, now: Instant) {
-        let soon = now + PUNCH_TICK;
-        self.next_tick = Some(self.next_tick.map_or(soon, |t| t.min(soon)));
+    /// When the timers run next, and for what: the last run's answer while it is at most a
+    /// tick away, else read afresh (an input may have made something due sooner).
+    fn timers_deadline(&self) -> Option<(Instant, Timer)> {
+        let Some(ran) = self.timers_ran else {
+            // The first run: at once (the clock's origin is the node's start).
+            return Some((self.clock.origin(), Timer::Start));
+        };
+        let table = match self.wake {
+            Some((t, timer)) if t <= ran + timers::TIMER_TICK => Some((t, timer)),
+            _ => self.deadline(ran),
+        };
+        match (table, self.asked) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
     }
 
     /// When the node next needs [`Node::handle_timeout`], and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        let tick = self.next_tick.map(|t| (t, "timers"));
+        let timers = self.timers_deadline().map(|(t, timer)| (t, timer.name()));
         let reset = self
             .next_rate_reset
             .map(|t| (t, "handshake rate limit reset"));
-        match (tick, reset) {
+        match (timers, reset) {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
             (a, b) => a.or(b),
         }

@@ -7,6 +7,7 @@
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
+use super::timers::{Earliest, Timer};
 use super::{DropReason, Event, Node, TunOutput};
 use crate::addr::Hostname;
 use crate::wire::control::Message;
@@ -86,6 +87,17 @@ impl Node {
         });
         self.drive_release(now);
         Ok(name)
+    }
+
+    /// When [`Node::drive_release`] next has work.
+    pub(super) fn release_deadlines(&self, base: Instant, next: &mut Earliest) {
+        let Some(pending) = &self.release else {
+            return;
+        };
+        next.at(Some(pending.deadline), Timer::Release);
+        if self.link.as_ref().is_some_and(|l| l.is_registered(base)) {
+            next.at(Some(pending.next_send), Timer::Release);
+        }
     }
 
     /// Timer work: resend the release while registered; give it up at its deadline.

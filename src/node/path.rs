@@ -118,11 +118,6 @@ impl PeerPath {
         PeerPath::default()
     }
 
-    /// A punch window is open: probes go out every `PUNCH_INTERVAL`.
-    pub fn is_punching(&self) -> bool {
-        self.punch_until.is_some()
-    }
-
     pub fn is_fixed(&self) -> bool {
         self.fixed
     }
@@ -351,6 +346,28 @@ impl PeerPath {
             }
         }
         end
+    }
+
+    /// When [`PeerPath::poll_probes`] next has a punch round, or the window's end.
+    pub fn punch_deadline(&self) -> Option<Instant> {
+        match (self.punch_until, self.next_round) {
+            (Some(until), Some(next)) => Some(until.min(next)),
+            _ => None,
+        }
+    }
+
+    /// A direct path under traffic is watched at the timer tick: probed once quiet, given up
+    /// once silent (see [`PeerPath::check_direct`]).
+    pub fn watches_direct(&self, now: Instant) -> bool {
+        !self.fixed && self.direct.is_some() && self.active(now)
+    }
+
+    /// When [`PeerPath::wants_connect`] says yes next (asked only while registered).
+    pub fn connect_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.fixed || self.direct.is_some() {
+            return None;
+        }
+        Some(self.next_connect.unwrap_or(now))
     }
 
     /// Drops a direct path that went silent under traffic. Returns true if it did.

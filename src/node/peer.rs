@@ -151,8 +151,23 @@ pub(crate) struct Peer {
     pub path: PeerPath,
     /// boringtun queued datagrams for this peer that `poll_transmit` must drain.
     pub needs_flush: bool,
-    /// The 250 ms timer tick has not yet been applied to this peer.
+    /// WireGuard's timers are due for this peer (`Tunn::update_timers` at the next
+    /// `poll_transmit`).
     pub timers_due: bool,
+    /// When `Tunn::update_timers` last ran: boringtun dates every event by that call, so the
+    /// node runs it first when it is a tick old (see `Node::tunnel_io`).
+    pub timers_at: Option<Instant>,
+    /// The last data packet either way (not keepalives): WireGuard's data timers follow it.
+    pub data_at: Option<Instant>,
+    /// The last handshake initiation we sent.
+    pub handshake_at: Option<Instant>,
+    /// The last session established, either side initiating.
+    pub session_at: Option<Instant>,
+    /// The last datagram we sent the peer, or the last keepalive tried: our persistent
+    /// keepalive is due an interval after it (see `Node::keepalive_deadline`).
+    pub keepalive_from: Option<Instant>,
+    /// A persistent keepalive is due (sent at the next `poll_transmit`).
+    pub keepalive_due: bool,
     /// On the node's work list already.
     pub queued: bool,
     /// Start a handshake at the next `poll_transmit` unless a session is up.
@@ -196,23 +211,21 @@ impl Peer {
         wg_public: x25519::PublicKey,
         own_secret: x25519::StaticSecret,
         index: u32,
-        keepalive: Option<u16>,
         rate_limiter: Arc<RateLimiter>,
     ) -> Peer {
         Peer {
             key,
             addr: key.address(),
-            tunn: Tunn::new(
-                own_secret.clone(),
-                wg_public,
-                None,
-                keepalive,
-                index,
-                Some(rate_limiter.clone()),
-            ),
+            tunn: tunnel(&own_secret, wg_public, index, &rate_limiter),
             path,
             needs_flush: false,
             timers_due: false,
+            timers_at: None,
+            data_at: None,
+            handshake_at: None,
+            session_at: None,
+            keepalive_from: None,
+            keepalive_due: false,
             queued: false,
             kick_handshake: false,
             kick_at: None,
@@ -249,9 +262,9 @@ impl Peer {
 
     /// Closes the gate and forgets the session: a fresh tunnel (same index) holds no keys, so
     /// nothing sent under the old session is accepted any more, and the path starts over.
-    pub fn close(&mut self, keepalive: Option<u16>) {
+    pub fn close(&mut self) {
         self.trusted = false;
-        self.restart_tunnel(keepalive);
+        self.restart_tunnel();
         self.path = PeerPath::discovered();
         self.needs_flush = false;
         self.kick_handshake = false;
@@ -260,17 +273,17 @@ impl Peer {
 
     /// A fresh tunnel (same index): no session, and no memory of the peer's last handshake
     /// timestamp. Traffic counts carry over; trust and path stay as they are.
-    pub fn restart_tunnel(&mut self, keepalive: Option<u16>) {
+    pub fn restart_tunnel(&mut self) {
         let traffic = self.traffic();
         (self.closed_rx, self.closed_tx) = (traffic.rx_bytes, traffic.tx_bytes);
-        self.tunn = Tunn::new(
-            self.own_secret.clone(),
+        self.tunn = tunnel(
+            &self.own_secret,
             self.wg_public,
-            None,
-            keepalive,
             self.index,
-            Some(self.rate_limiter.clone()),
+            &self.rate_limiter,
         );
+        (self.timers_at, self.handshake_at, self.session_at) = (None, None, None);
+        self.keepalive_due = false;
     }
 
     /// Bytes through this peer's tunnels since the node started.
@@ -333,4 +346,23 @@ impl Peer {
             unreachable,
         }
     }
+}
+
+/// A peer's boringtun tunnel. Without boringtun's persistent keepalive: that one is checked
+/// only when its timers run, which would have to be every second; the node sends its own
+/// (see `Node::keepalive_deadline`).
+fn tunnel(
+    own_secret: &x25519::StaticSecret,
+    wg_public: x25519::PublicKey,
+    index: u32,
+    rate_limiter: &Arc<RateLimiter>,
+) -> Tunn {
+    Tunn::new(
+        own_secret.clone(),
+        wg_public,
+        None,
+        None,
+        index,
+        Some(rate_limiter.clone()),
+    )
 }

@@ -92,6 +92,30 @@ impl PathMtu {
         None
     }
 
+    /// When [`PathMtu::poll`] next has something to say, with the same arguments.
+    pub fn deadline(
+        &self,
+        endpoint: Option<SocketAddr>,
+        active: bool,
+        now: Instant,
+    ) -> Option<Instant> {
+        let endpoint = endpoint.filter(SocketAddr::is_ipv6);
+        if endpoint != self.endpoint {
+            // A new path: measured at once.
+            return endpoint.map(|_| now);
+        }
+        self.endpoint?;
+        if let Some((_, _, sent)) = self.probe {
+            return Some(sent + WAIT);
+        }
+        let recheck = if active { RECHECK_ACTIVE } else { RECHECK };
+        let again = self.measured.map(|t| t + recheck);
+        match (self.next, again) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// A probe of inner size `size` went out with `nonce`.
     pub fn sent(&mut self, nonce: u64, size: u16, now: Instant) {
         self.probe = Some((nonce, size, now));

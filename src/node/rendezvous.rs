@@ -234,6 +234,11 @@ impl RendezvousLink {
         self.key.is_none_or(|k| k == *sender)
     }
 
+    /// Since when registrations have gone unanswered (`None` while answered).
+    pub fn unanswered_since(&self) -> Option<Instant> {
+        self.unanswered_since
+    }
+
     /// How long registrations have gone unanswered (zero while answered).
     pub fn unanswered_for(&self, now: Instant) -> Duration {
         self.unanswered_since
@@ -355,6 +360,13 @@ impl RendezvousLink {
     pub fn forget_registration(&mut self, now: Instant) {
         self.last_registered = None;
         self.next_register = Some(now);
+    }
+
+    /// When the NAT is next measured (see [`RendezvousLink::nat_probe_due`]).
+    pub fn nat_probe_deadline(&self) -> Option<Instant> {
+        (!self.over_stream && self.last_registered.is_some())
+            .then_some(self.next_nat_probe)
+            .flatten()
     }
 
     pub fn nat_probe_due(&self, now: Instant) -> bool {

@@ -21,6 +21,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::timers::{Earliest, Timer};
 use super::Node;
 use crate::identity::NodeKey;
 use crate::wire::control::Message;
@@ -99,6 +100,20 @@ impl Node {
         }
     }
 
+    /// When [`Node::drive_stream`] next has work: the move to the stream once UDP has been
+    /// silent long enough, and on the stream, the next UDP recheck.
+    pub(super) fn stream_deadlines(&self, base: Instant, next: &mut Earliest) {
+        let Some(link) = self.link.as_ref().filter(|l| l.config.stream.is_some()) else {
+            return;
+        };
+        if link.over_stream {
+            next.at(self.stream.next_probe.or(Some(base)), Timer::StreamRecheck);
+        } else if let Some(unanswered) = link.unanswered_since() {
+            let since = self.stream.udp_silent_since.unwrap_or(unanswered);
+            next.at(Some(since + STREAM_AFTER), Timer::Register);
+        }
+    }
+
     /// A signed answer from the rendezvous arrived over UDP (or, with the link on UDP, at
     /// all): UDP is not silent.
     pub(super) fn udp_answered(&mut self) {
@@ -127,7 +142,7 @@ impl Node {
         if let Some(link) = self.link.as_mut().filter(|l| l.over_stream) {
             link.use_stream(now);
             // Now, not at the next timer tick.
-            self.next_tick = Some(now);
+            self.wake_by(now, Timer::Register);
         }
     }
 

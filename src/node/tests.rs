@@ -434,8 +434,8 @@ fn timers_start_the_handshake_and_keep_it() {
     let mut p = Pair::new();
     p.a.handle_timeout(p.now);
     p.b.handle_timeout(p.now);
-    let (t, why) = p.a.poll_timeout().unwrap();
-    assert!(t > p.now && !why.is_empty());
+    // Nothing to time: no rendezvous, no keepalive, no traffic.
+    assert_eq!(p.a.poll_timeout(), None);
     // No traffic yet: WireGuard starts no handshake by itself without keepalive.
     p.run(vec![]);
     assert!(p.a_tun.is_empty() && p.b_tun.is_empty());
@@ -601,16 +601,16 @@ fn a_peer_whose_clock_went_back_gets_a_session_again_once_it_was_silent() {
 }
 
 #[test]
-fn an_idle_node_wakes_once_a_second_and_resets_no_rate_limit_nobody_used() {
-    // Issue 16, item 1: a node with nothing to do woke four times a second forever.
+fn an_idle_node_wakes_for_its_deadlines_only_and_resets_no_rate_limit_nobody_used() {
+    // Issue 16, item 1: a node with nothing to do woke four times a second forever, then once.
     let mut a = node(1, &[(2, Some(B_EP))]);
-    let now = Instant::now();
+    a.keepalive = Some(25);
+    let every = Duration::from_secs(25);
+    let now = a.clock.origin();
     a.handle_timeout(now);
-    assert_eq!(
-        a.poll_timeout(),
-        Some((now + Duration::from_secs(1), "timers"))
-    );
+    assert_eq!(a.poll_timeout(), Some((now + every, "keepalive")));
     // A handshake message starts the rate limit's second; it is reset once, then not again.
+    // Our answer to it is a datagram sent: the keepalive is due an interval after it.
     let (ia, ib) = (identity(2), identity(1));
     let mut b = wg_peer(&ia, &ib, 9);
     let mut out = vec![0u8; 2048];
@@ -619,23 +619,60 @@ fn an_idle_node_wakes_once_a_second_and_resets_no_rate_limit_nobody_used() {
         panic!()
     };
     let soon = now + Duration::from_millis(400);
-    a.handle_datagram(ep(B_EP), init, soon, &mut back);
+    let NetOutput::Send(response) = a.handle_datagram(ep(B_EP), init, soon, &mut back) else {
+        panic!()
+    };
+    // The peer confirms the session with a keepalive of its own.
+    let mut confirm = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(confirm) = b.decapsulate(None, response.payload, &mut confirm)
+    else {
+        panic!()
+    };
+    let mut sink = vec![0u8; 2048];
     assert_eq!(
-        a.poll_timeout(),
-        Some((now + Duration::from_secs(1), "timers"))
+        a.handle_datagram(ep(B_EP), confirm, soon, &mut sink),
+        NetOutput::Nothing
     );
-    let later = now + Duration::from_secs(1);
-    a.handle_timeout(later);
     let reset = soon + Duration::from_secs(1);
     assert_eq!(
         a.poll_timeout(),
         Some((reset, "handshake rate limit reset"))
     );
     a.handle_timeout(reset);
-    assert_eq!(
-        a.poll_timeout(),
-        Some((later + Duration::from_secs(1), "timers"))
+    assert_eq!(a.poll_timeout(), Some((soon + every, "keepalive")));
+    // Early calls change nothing.
+    a.handle_timeout(reset + Duration::from_secs(3));
+    assert_eq!(a.poll_timeout(), Some((soon + every, "keepalive")));
+    // The keepalive: an empty data packet in the session, and the next one an interval on.
+    let at = soon + every;
+    a.handle_timeout(at);
+    let t = a.poll_transmit(at, &mut back).expect("a keepalive");
+    assert_eq!((t.to, t.payload.len(), t.payload[0]), (ep(B_EP), 32, 4));
+    assert!(a.poll_transmit(at, &mut back).is_none());
+    assert_eq!(a.poll_timeout(), Some((at + every, "keepalive")));
+    // Data: WireGuard's timers run at the tick while it counts (16 s), then rest.
+    let data = at + Duration::from_secs(2);
+    let packet = udp_packet(a.ip, identity(2).address().to_ipv6(), b"hello");
+    assert!(matches!(
+        a.handle_tun_packet(&packet, data, &mut back),
+        TunOutput::Send(_)
+    ));
+    let (first, why) = a.poll_timeout().unwrap();
+    assert!(
+        first <= data + Duration::from_secs(1) && why == "wireguard timers",
+        "{why}"
     );
+    let mut t = data;
+    let mut wakes = 0;
+    while let Some((next, why)) = a.poll_timeout().filter(|(n, _)| *n < data + every) {
+        assert_eq!(why, "wireguard timers");
+        t = t.max(next);
+        a.handle_timeout(t);
+        while a.poll_transmit(t, &mut back).is_some() {}
+        wakes += 1;
+    }
+    assert!((16..=18).contains(&wakes), "{wakes} wake-ups");
+    assert_eq!(a.poll_timeout(), Some((data + every, "keepalive")));
 }
 
 #[test]

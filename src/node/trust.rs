@@ -776,6 +776,18 @@ impl TrustBook {
         })
     }
 
+    /// When the first pending request expires (Unix ms; see [`TrustBook::expire`]).
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        let incoming = self.incoming.values().map(|i| i.request.issued_ms);
+        let outgoing = (self.outgoing.values())
+            .filter(|o| o.rejected.is_none())
+            .map(|o| o.request.issued_ms);
+        incoming
+            .chain(outgoing)
+            .min()
+            .map(|issued| issued.saturating_add(REQUEST_LIFETIME_MS))
+    }
+
     /// Drops requests that expired. Returns whether anything was dropped.
     pub fn expire(&mut self, now_ms: u64) -> bool {
         let live = |issued: u64| now_ms.saturating_sub(issued) <= REQUEST_LIFETIME_MS;

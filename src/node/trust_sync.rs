@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::timers::{Earliest, Timer};
 use super::trust::{Gate, HandshakeOutcome, TrustBook, TrustState, VerbError};
 use super::{DropReason, Event, Node, PeerConfig};
 use crate::addr::Hostname;
@@ -255,7 +256,7 @@ impl Node {
             Gate::Closed(key) => {
                 if let Some(&index) = self.by_key.get(&key) {
                     if !self.peers[index].path.is_fixed() {
-                        self.peers[index].close(self.keepalive);
+                        self.peers[index].close();
                         self.pings.retain(|p| p.peer != index);
                     }
                 }
@@ -425,6 +426,30 @@ impl Node {
         }
         if self.trust.expire(self.clock.unix_ms(now)) {
             self.trust_dirty = true;
+        }
+    }
+
+    /// When [`Node::drive_trust`] next has work: statements to submit again, lookups to
+    /// resend or give up, and the first pending request to expire.
+    pub(super) fn trust_deadlines(&self, base: Instant, next: &mut Earliest) {
+        let registered = self.link.as_ref().is_some_and(|l| l.is_registered(base));
+        if registered && !self.trust.unsubmitted().is_empty() {
+            next.at(self.next_submit.or(Some(base)), Timer::TrustSubmit);
+        }
+        for lookup in self.lookups.values() {
+            next.at(Some(lookup.deadline), Timer::Lookup);
+            if registered {
+                next.at(Some(lookup.next_send), Timer::Lookup);
+            }
+        }
+        if let Some(expiry_ms) = self.trust.next_expiry_ms() {
+            let wait = expiry_ms.saturating_sub(self.clock.unix_ms(base));
+            // One millisecond past it: `TrustBook::expire` drops requests older than their
+            // lifetime, not as old.
+            next.at(
+                Some(base + Duration::from_millis(wait + 1)),
+                Timer::TrustExpiry,
+            );
         }
     }
 

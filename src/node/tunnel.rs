@@ -12,6 +12,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::path::Route;
+use super::timers::TIMER_TICK;
 use super::{
     DropReason, Event, NetOutput, Node, PathKind, PendingPing, Socket, Transmit, TunOutput,
     ICMP_ERRORS_PER_SEC,
@@ -63,7 +64,8 @@ const CLOCK_RESET_QUIET: Duration = super::liveness::ANSWER_WITHIN;
 /// Least time between two such restarts of one peer's tunnel.
 const CLOCK_RESET_INTERVAL: Duration = Duration::from_secs(30);
 
-/// WireGuard's message type of a handshake response.
+/// WireGuard's message types of a handshake initiation and response.
+const HANDSHAKE_INITIATION: u8 = 1;
 const HANDSHAKE_RESPONSE: u8 = 2;
 
 /// What a boringtun call produced, as positions in the caller's buffer.
@@ -107,11 +109,11 @@ impl Node {
             Via::Direct(from, socket) => Route::Direct(from, socket),
             Via::Relay(..) => Route::Relay,
         };
-        let mut produced = self.tunnel_io(index, route, out, |tunn, buf| {
+        let mut produced = self.tunnel_io(index, route, now, out, |tunn, buf| {
             tunn.decapsulate(Some(from.ip()), datagram, buf)
         });
         if matches!(produced, Produced::OlderTimestamp) && self.peer_clock_went_back(index, now) {
-            produced = self.tunnel_io(index, route, out, |tunn, buf| {
+            produced = self.tunnel_io(index, route, now, out, |tunn, buf| {
                 tunn.decapsulate(Some(from.ip()), datagram, buf)
             });
         }
@@ -126,6 +128,7 @@ impl Node {
         }
         if established(kind, &produced, via, out) {
             self.counters.handshakes += 1;
+            self.peers[index].session_at = Some(now);
         }
         // Authenticated: this is where the peer is now (roaming, NAT rebinding, a punched path).
         self.on_authenticated(index, via, now);
@@ -139,7 +142,10 @@ impl Node {
                     payload: &out[..len],
                 })
             }
-            Produced::Tunnel(range, src) => self.deliver(index, src, range, now, out),
+            Produced::Tunnel(range, src) => {
+                self.peers[index].data_at = Some(now);
+                self.deliver(index, src, range, now, out)
+            }
             Produced::TunnelV4 => {
                 self.counters.drop(DropReason::NotIpv6Inner);
                 NetOutput::Nothing
@@ -171,11 +177,10 @@ impl Node {
         {
             return false;
         }
-        let keepalive = self.keepalive;
         let name = self.trust.name_of(&self.peers[index].key);
         let peer = &mut self.peers[index];
         peer.last_clock_reset = Some(now);
-        peer.restart_tunnel(keepalive);
+        peer.restart_tunnel();
         self.counters.peer_clock_resets += 1;
         let _span = peer.log_span(name).entered();
         tracing::warn!(
@@ -191,10 +196,11 @@ impl Node {
         &mut self,
         index: usize,
         route: Route,
+        now: Instant,
         out: &mut [u8],
         op: impl for<'b> FnOnce(&mut Tunn, &'b mut [u8]) -> TunnResult<'b>,
     ) -> Option<((SocketAddr, Socket), usize)> {
-        match self.tunnel_io(index, route, out, op) {
+        match self.tunnel_io(index, route, now, out, op) {
             Produced::Network(to, len) => Some((to, len)),
             _ => None,
         }
@@ -221,9 +227,10 @@ impl Node {
             let (index, seq) = (self.pings[i].peer, self.pings[i].seq);
             self.pings[i].sent = Some(now);
             self.peers[index].liveness.sent_data(now);
+            self.peers[index].data_at = Some(now);
             let (packet, len) = self.write_ping(index, seq);
             let route = self.route(index, now);
-            if let Some(sent) = self.send_via_path(index, route, out, |tunn, buf| {
+            if let Some(sent) = self.send_via_path(index, route, now, out, |tunn, buf| {
                 tunn.encapsulate(&packet[..len], buf)
             }) {
                 return Some(sent);
@@ -260,27 +267,42 @@ impl Node {
             if kick && !kicked_lately {
                 self.peers[index].last_kick = Some(now);
                 let route = self.route(index, now);
-                let produced = self.tunnel_io(index, route, out, |tunn, buf| {
+                let produced = self.tunnel_io(index, route, now, out, |tunn, buf| {
                     tunn.format_handshake_initiation(buf, true)
                 });
                 if let Produced::Network(to, len) = produced {
                     return Some((to, len));
                 }
             }
-            let (flush, timers) = (self.peers[index].needs_flush, self.peers[index].timers_due);
-            if !flush && !timers {
+            let peer = &self.peers[index];
+            let (flush, timers, keepalive) =
+                (peer.needs_flush, peer.timers_due, peer.keepalive_due);
+            if !flush && !timers && !keepalive {
                 self.peers[index].queued = false;
                 self.work.pop_front();
                 continue;
             }
             let route = self.route(index, now);
             let produced = if flush {
-                self.tunnel_io(index, route, out, |tunn, buf| {
+                self.tunnel_io(index, route, now, out, |tunn, buf| {
                     tunn.decapsulate(None, &[], buf)
                 })
-            } else {
+            } else if timers {
                 self.peers[index].timers_due = false;
-                self.tunnel_io(index, route, out, |tunn, buf| tunn.update_timers(buf))
+                self.peers[index].timers_at = Some(now);
+                self.tunnel_io(index, route, now, out, |tunn, buf| tunn.update_timers(buf))
+            } else {
+                // An empty data packet; with no session, boringtun starts a handshake instead
+                // (as its own persistent keepalive does). Such a handshake is no hurry, as no
+                // data waits for it: it is retried with the next keepalive, not at the tick
+                // (a trusted peer that is offline would keep the node awake).
+                let urgent = self.peers[index].handshake_at;
+                self.peers[index].keepalive_due = false;
+                let produced = self.tunnel_io(index, route, now, out, |tunn, buf| {
+                    tunn.encapsulate(&[], buf)
+                });
+                self.peers[index].handshake_at = urgent;
+                produced
             };
             match produced {
                 // The peer stays at the front: it may have more queued.
@@ -426,9 +448,11 @@ impl Node {
         &mut self,
         index: usize,
         route: Route,
+        now: Instant,
         out: &mut [u8],
         op: impl for<'b> FnOnce(&mut Tunn, &'b mut [u8]) -> TunnResult<'b>,
     ) -> Produced {
+        self.freshen_timers(index, route, now, out);
         let relay_to = match route {
             Route::Relay => self.link.as_ref().map(|l| l.config.addr),
             _ => None,
@@ -458,6 +482,11 @@ impl Node {
         let Some(len) = network_len else {
             return produced;
         };
+        let peer = &mut self.peers[index];
+        peer.keepalive_from = Some(now);
+        if out.get(offset) == Some(&HANDSHAKE_INITIATION) {
+            peer.handshake_at = Some(now);
+        }
         match (route, relay_to) {
             (Route::Direct(to, socket), _) => Produced::Network((to, socket), len),
             (Route::Relay, Some(rendezvous)) => {
@@ -467,6 +496,23 @@ impl Node {
                 Produced::Network((rendezvous, Socket::Main), RELAY_HEADER_LEN + len)
             }
             _ => Produced::Done,
+        }
+    }
+
+    /// boringtun dates everything that happens by its last `update_timers`, and the node runs
+    /// those only when due (see `timers`): after a quiet spell, run them before the tunnel is
+    /// used, or a session would be dated when the timers last ran and expire early. What they
+    /// send (a rekey, a keepalive) goes out first.
+    fn freshen_timers(&mut self, index: usize, route: Route, now: Instant, out: &mut [u8]) {
+        let peer = &mut self.peers[index];
+        if peer.timers_at.is_some_and(|t| now < t + TIMER_TICK) {
+            return;
+        }
+        peer.timers_at = Some(now);
+        let produced = self.tunnel_io(index, route, now, out, |tunn, buf| tunn.update_timers(buf));
+        if let Produced::Network(to, len) = produced {
+            // Rare (a quiet spell ending in a rekey): a copy is fine.
+            self.control_out.push_back((to, out[..len].to_vec()));
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod net;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ struct SimNode {
     /// the packet task may): the state taken waits here meanwhile.
     slow_saves: bool,
     saving: Option<pilot::node::TrustState>,
+    /// How often `handle_timeout` ran, by the reason `poll_timeout` gave.
+    wakes: BTreeMap<&'static str, u64>,
 }
 
 impl SimNode {
@@ -166,6 +169,7 @@ impl Sim {
             tun: Vec::new(),
             slow_saves: false,
             saving: None,
+            wakes: BTreeMap::new(),
         });
         self.nodes.len() - 1
     }
@@ -260,11 +264,10 @@ impl Sim {
         loop {
             self.deliver_due();
             for i in 0..self.nodes.len() {
-                if self.nodes[i]
-                    .node
-                    .poll_timeout()
-                    .is_none_or(|(t, _)| t <= self.now)
-                {
+                let due = self.nodes[i].node.poll_timeout();
+                if due.is_none_or(|(t, _)| t <= self.now) {
+                    let why = due.map_or("nothing due", |(_, why)| why);
+                    *self.nodes[i].wakes.entry(why).or_default() += 1;
                     Sim::nudge_wireguard();
                     self.nodes[i].node.handle_timeout(self.now);
                 }
@@ -1438,4 +1441,37 @@ fn birthday_probing_that_fails_is_paced_bounded_and_backs_off() {
     }
     assert_eq!(sim.path(x, y), PathKind::Direct, "{}", sim.debug());
     assert_eq!(sim.path(y, x), PathKind::Direct, "{}", sim.debug());
+}
+
+#[test]
+fn an_idle_pair_wakes_for_its_keepalives_and_refreshes_not_every_second() {
+    // Issue 16, item 1: a node woke on a fixed tick whatever it had to do (4 a second, then
+    // 1). Now an idle pair wakes for what is due: keepalives, registration refreshes, NAT
+    // measurements, session ends. And after ten idle minutes it still answers at once.
+    let (mut sim, x, y) = Sim::pair(NatKind::Prc, NatKind::Prc);
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.path(x, y), PathKind::Direct, "{}", sim.debug());
+    assert!(traffic(&mut sim, x, y, Duration::from_secs(2)) >= 38);
+    sim.run_for(Duration::from_secs(60));
+    let total = |sim: &Sim, i: usize| sim.nodes[i].wakes.values().sum::<u64>();
+    let before = [total(&sim, x), total(&sim, y)];
+    let idle = Duration::from_secs(600);
+    sim.run_for(idle);
+    for (i, before) in [x, y].into_iter().zip(before) {
+        let wakes = total(&sim, i) - before;
+        eprintln!(
+            "node {i}: {wakes} wake-ups in {idle:?}: {:?}",
+            sim.nodes[i].wakes
+        );
+        assert!(
+            wakes <= idle.as_secs() / 4,
+            "node {i} woke {wakes} times in {idle:?} (a 1 s tick: 600): {:?}",
+            sim.nodes[i].wakes
+        );
+    }
+    assert_eq!(sim.path(x, y), PathKind::Direct, "{}", sim.debug());
+    let seen = sim.received(y).len();
+    sim.send_packet(x, y, b"after");
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.received(y).len(), seen + 1, "{}", sim.debug());
 }

@@ -19,6 +19,11 @@ impl LanWatch {
     pub fn new(now: Instant) -> LanWatch {
         LanWatch { next: now + RESCAN }
     }
+
+    /// When the addresses are read next (the loop wakes for it).
+    pub fn next(&self) -> Instant {
+        self.next
+    }
 }
 
 impl Core {
