@@ -36,8 +36,8 @@ if ((EUID != 0)); then
     sudo -v
 fi
 
-echo "== cargo fmt --check"
-cargo fmt --check
+echo "== cargo fmt --all --check"
+cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 # The simulation's build (its own feature and target directory: .cargo/config.toml).

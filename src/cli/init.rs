@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use super::config::{self, UpFile};
 use super::up_flags::{default_config_path, UpFlags};
 use crate::api::{self, ClientError, InfoReply, Request};
-use crate::identity::{self, Identity};
+use crate::identity;
 use crate::io::file::write_atomic;
 
 /// A new config file starts as the one the package ships: every key, commented out.
@@ -76,7 +76,7 @@ pub fn run(socket: &Path, args: InitArgs) -> Result<ExitCode, ClientError> {
 
     let state_dir = (file.state_dir.clone()).unwrap_or_else(identity::default_state_dir);
     let identity_created = !state_dir.join("identity.json").exists();
-    let id = Identity::load_or_create(&state_dir).map_err(|e| fail(e.to_string()))?;
+    let id = crate::identity::load_or_create(&state_dir).map_err(|e| fail(e.to_string()))?;
     let running = api::request(socket, &Request::Info {}, std::time::Duration::from_secs(2))
         .ok()
         .and_then(|v| serde_json::from_value::<InfoReply>(v).ok());

@@ -19,7 +19,7 @@ use crate::daemon::services::Expose;
 use crate::daemon::{
     self, UpOptions, Userspace, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_SOCKS5,
 };
-use crate::identity::{self, Identity};
+use crate::identity;
 use crate::node::{PeerConfig, RendezvousConfig};
 
 /// Log filter when neither `--log-level`, `PILOT_LOG` nor a config file sets one.
@@ -310,7 +310,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
 
 fn show_identity(state: StateArg, json: bool) -> anyhow::Result<()> {
     let dir = state.state_dir.unwrap_or_else(identity::default_state_dir);
-    let id = Identity::load_or_create(&dir)?;
+    let id = crate::identity::load_or_create(&dir)?;
     let (key, addr) = (id.public_key(), id.address());
     if json {
         let value = serde_json::json!({
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn peer_argument_forms() {
-        let key = Identity::from_secret_bytes(&[3; 32]).public_key();
+        let key = identity::Identity::from_secret_bytes(&[3; 32]).public_key();
         let p = parse_peer(&format!("{key}@192.0.2.7:51870")).unwrap();
         assert_eq!(p.key, key);
         assert_eq!(p.endpoint, Some("192.0.2.7:51870".parse().unwrap()));

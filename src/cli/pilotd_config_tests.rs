@@ -36,7 +36,7 @@ fn up_file(text: &str) -> UpFile {
 }
 
 fn key(seed: u8) -> NodeKey {
-    Identity::from_secret_bytes(&[seed; 32]).public_key()
+    identity::Identity::from_secret_bytes(&[seed; 32]).public_key()
 }
 
 /// Every flag can be set in the file too, so the two cannot drift apart; and every key but

@@ -19,7 +19,7 @@ use super::peer_table::who;
 use crate::api::socks5::{self, Reply, Target};
 use crate::api::StoredMessage;
 use crate::api::{ClientError, InfoReply, PeerRef, Request};
-use crate::wire::message::{self, MessageKind, MESSAGE_PORT};
+use crate::io::message::{self, MessageKind, MESSAGE_PORT};
 use crate::wire::printable::printable;
 
 /// Where a stream to a peer goes, and how.

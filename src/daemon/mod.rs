@@ -113,7 +113,7 @@ async fn up(options: UpOptions) -> anyhow::Result<()> {
     // Before anything else exists: a second daemon on this directory stops here, with nothing
     // to undo. Held until this function returns.
     let _lock = StateLock::acquire(&options.state_dir, LockedDir::State)?;
-    let identity = Identity::load_or_create(&options.state_dir)?;
+    let identity = crate::identity::load_or_create(&options.state_dir)?;
     let mut rendezvous = options.rendezvous.clone();
     let pin = rendezvous
         .as_ref()

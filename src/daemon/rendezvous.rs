@@ -39,7 +39,7 @@ use super::metrics::{self, MetricsListener, RendezvousMetrics};
 use super::state_lock::{LockError, LockedDir, StateLock};
 use crate::addr::Hostname;
 use crate::clock::WallClock;
-use crate::identity::{Identity, NodeKey};
+use crate::identity::NodeKey;
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
 use crate::rendezvous::streams::{connection_of, stream_endpoint};
 use crate::rendezvous::{Config, Port, Server, SqliteStore, Store, Transmit, DB_FILE};
@@ -125,7 +125,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     prepare_private_dir(&options.data_dir, "data directory")?;
     // One rendezvous per data directory (they would share the registry), held until return.
     let _lock = StateLock::acquire(&options.data_dir, LockedDir::Data)?;
-    let identity = Identity::load_or_create(&options.data_dir)?;
+    let identity = crate::identity::load_or_create(&options.data_dir)?;
     let key = identity.public_key();
     let main = bind(options.listen)?;
     let alt = bind(SocketAddr::new(options.listen.ip(), options.alt_port))?;

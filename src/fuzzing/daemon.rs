@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::api::socks5::{self, Target};
 use crate::api::{Request, Response};
-use crate::wire::message::{
+use crate::io::message::{
     read_request, read_response, validate, write_request, write_response, Status,
 };
 

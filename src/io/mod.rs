@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod lan_guard;
+pub mod message;
 pub mod netlink;
 pub mod offload;
 pub mod stack;

@@ -20,7 +20,7 @@ use tokio::time::timeout;
 
 use crate::api::PeerRef;
 use crate::daemon::services::inbox::{Inbox, InboxError};
-use crate::wire::message::{
+use crate::io::message::{
     read_request, validate, write_response, MessageError, MessageKind, Status, MAX_MESSAGE_BYTES,
 };
 

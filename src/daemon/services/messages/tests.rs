@@ -5,7 +5,7 @@ use tokio::io::{duplex, DuplexStream};
 use super::*;
 use crate::daemon::services::inbox::tests::{sender, TestDir};
 use crate::daemon::services::inbox::Limits;
-use crate::wire::message::{read_response, send, write_request, Response, SendError};
+use crate::io::message::{read_response, send, write_request, Response, SendError};
 
 const RECEIVED_MS: u64 = 1_700_000_000_000;
 

@@ -6,7 +6,7 @@ use super::*;
 
 const KINDS: [MessageKind; 3] = [MessageKind::Text, MessageKind::Json, MessageKind::Binary];
 
-async fn encode_request(kind: MessageKind, payload: &[u8]) -> Vec<u8> {
+async fn encoded(kind: MessageKind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     write_request(&mut out, kind, payload).await.unwrap();
     out
@@ -24,7 +24,7 @@ async fn requests_round_trip_in_turn_for_every_kind() {
     let payloads: [&[u8]; 3] = [b"hello \xc3\xa9", br#"{"a":[1,2]}"#, &[0, 255, 10, 13]];
     let mut stream = Vec::new();
     for (kind, payload) in KINDS.iter().zip(payloads) {
-        stream.extend(encode_request(*kind, payload).await);
+        stream.extend(encoded(*kind, payload).await);
     }
     assert_eq!(&stream[..10], b"PMSG\x01\x01\x00\x00\x00\x08");
     let mut r = &stream[..];
@@ -37,7 +37,7 @@ async fn requests_round_trip_in_turn_for_every_kind() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn every_truncated_request_is_an_error() {
-    let full = encode_request(MessageKind::Binary, b"0123456789").await;
+    let full = encoded(MessageKind::Binary, b"0123456789").await;
     let mut r = &full[..0];
     assert!(read_request(&mut r).await.unwrap().is_none());
     for cut in 1..full.len() {
@@ -81,7 +81,7 @@ async fn size_limit_is_inclusive() {
         err.to_string(),
         "message is 65537 bytes; the limit is 65536"
     );
-    let mut r = &encode_request(MessageKind::Binary, &at).await[..];
+    let mut r = &encoded(MessageKind::Binary, &at).await[..];
     assert_eq!(
         read_request(&mut r).await.unwrap().unwrap().1.len(),
         at.len()

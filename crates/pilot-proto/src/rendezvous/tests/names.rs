@@ -4,30 +4,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::addr::{Hostname, NodeAddr};
+use crate::addr::NodeAddr;
 use crate::wire::control::{Found, Query};
-
-fn name(s: &str) -> Hostname {
-    s.parse().unwrap()
-}
-
-fn registered(reply: Option<Message>) {
-    assert!(
-        matches!(reply, Some(Message::Registered { .. })),
-        "{reply:?}"
-    );
-}
-
-/// The key a lookup finds, and its hostname.
-fn look_up(sim: &mut Sim, asker: &mut Client, query: Query) -> Option<(NodeKey, Option<String>)> {
-    match asker.ask(sim, Port::Main, &Message::Lookup { query }) {
-        Some(Message::LookupReply { echo, found }) => {
-            assert_eq!(echo, asker.nonce);
-            found.map(|f| (f.key, f.hostname.map(|h| h.to_string())))
-        }
-        other => panic!("{other:?}"),
-    }
-}
 
 #[test]
 fn the_first_key_keeps_a_hostname_and_renaming_releases_the_old_one() {
@@ -161,32 +139,9 @@ fn a_name_expires_a_ttl_after_its_holder_last_registered() {
 }
 
 #[test]
-fn a_restart_does_not_reset_a_names_ttl_in_sqlite() {
-    let dir = std::env::temp_dir().join(format!("pilot-rdv-names-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(DB_FILE);
-    let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&path).unwrap()) };
-    let ttl = Duration::from_secs(3600);
-    let mut sim = Sim::on(open(), |c| c.name_ttl = ttl);
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut c = Client::new(3, "192.0.2.3:3");
-    registered(a.register_as(&mut sim, &[], Some("alice")));
-    sim.advance(Duration::from_secs(40 * 60));
-    sim.restart(open);
-    let found = look_up(&mut sim, &mut c, Query::Name(name("alice")));
-    assert_eq!(found, Some((a.key(), Some("alice".into()))), "still held");
-    // 40 + 21 minutes after a last registered: over the TTL although the server is younger.
-    sim.advance(Duration::from_secs(21 * 60));
-    assert_eq!(look_up(&mut sim, &mut c, Query::Name(name("alice"))), None);
-    registered(c.register_as(&mut sim, &[], Some("alice")));
-    // And a restart does not bring a's claim back.
-    sim.advance(Duration::from_secs(30 * 60));
-    sim.restart(open);
-    let found = look_up(&mut sim, &mut a, Query::Name(name("alice")));
-    assert_eq!(found, Some((c.key(), Some("alice".into()))));
-    drop(sim);
-    std::fs::remove_dir_all(&dir).unwrap();
+fn a_restart_does_not_reset_a_names_ttl_in_memory() {
+    let store = MemoryStore::new();
+    a_restart_does_not_reset_a_names_ttl(|| Box::new(store.clone()));
 }
 
 /// What a `ReleaseName` of `name` from `client` got back.

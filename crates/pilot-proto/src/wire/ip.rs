@@ -37,7 +37,7 @@ pub fn ipv6_addrs(packet: &[u8]) -> Option<(&[u8; 16], &[u8; 16])> {
 }
 
 /// Next-header field and payload, checked against the payload-length field.
-pub(crate) fn ipv6_payload(packet: &[u8]) -> Option<(u8, &[u8])> {
+pub fn ipv6_payload(packet: &[u8]) -> Option<(u8, &[u8])> {
     ipv6_addrs(packet)?;
     let len = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
     let payload = packet.get(IPV6_HEADER_LEN..IPV6_HEADER_LEN + len)?;
@@ -180,7 +180,7 @@ fn write_error(
 }
 
 /// Writes a 40-byte IPv6 header (no flow label, hop limit 64) at the start of `out`.
-pub(crate) fn write_ipv6_header(
+pub fn write_ipv6_header(
     out: &mut [u8],
     src: &[u8; 16],
     dst: &[u8; 16],
@@ -216,7 +216,7 @@ fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
 /// The Internet checksum over the IPv6 pseudo-header (RFC 8200 §8.1) and an upper-layer
 /// packet (ICMPv6, UDP) whose own checksum field is zero when writing; 0 when verifying a
 /// correct one.
-pub(crate) fn pseudo_header_checksum(
+pub fn pseudo_header_checksum(
     src: &[u8; 16],
     dst: &[u8; 16],
     next_header: u8,

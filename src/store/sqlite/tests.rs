@@ -1,7 +1,7 @@
 use ed25519_dalek::SigningKey;
 
 use super::*;
-use crate::rendezvous::store::NewDelivery;
+use crate::rendezvous::NewDelivery;
 use crate::wire::trust::{Revocation, TrustRecord, TrustRequest};
 
 const NOW: u64 = 1_800_000_000_000;
@@ -390,4 +390,38 @@ fn undecodable_registrations_are_reported_not_skipped() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     drop(store);
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The server's scenarios across restarts (`rendezvous::testing`), on a database file.
+mod across_restarts {
+    use std::path::PathBuf;
+
+    use pilot_proto::rendezvous::testing::{
+        a_request_waits_for_its_target_across_a_restart, a_restart_does_not_reset_a_names_ttl, Sim,
+    };
+
+    use super::*;
+
+    fn database(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pilot-rdv-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(DB_FILE)
+    }
+
+    #[test]
+    fn a_request_waits_for_its_target_across_a_restart_in_sqlite() {
+        let path = database("outbox");
+        let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&path).unwrap()) };
+        let sim = Sim::on(open(), |_| {});
+        a_request_waits_for_its_target_across_a_restart(sim, open);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_restart_does_not_reset_a_names_ttl_in_sqlite() {
+        let path = database("names");
+        a_restart_does_not_reset_a_names_ttl(|| Box::new(SqliteStore::open(&path).unwrap()));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
 }

@@ -1,76 +1,9 @@
 //! Delivery of trust statements: to nodes that are away, across restarts, until acknowledged.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
 use crate::wire::trust::{TrustRequest, REQUEST_LIFETIME_MS};
-
-fn request(from: &Client, to: &Client, issued_ms: u64) -> Statement {
-    let request = TrustRequest::sign(from.signing_key(), to.key(), issued_ms, 7, "backups");
-    Statement::Request(request.unwrap())
-}
-
-/// a (named "alice") asks b, who is not registered; the request reaches b when b registers
-/// after a restart of the server, is resent until b acknowledges it, and is gone after that.
-fn a_request_waits_for_its_target_across_a_restart(
-    mut sim: Sim,
-    reopen: impl Fn() -> Box<dyn Store>,
-) {
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    a.register_as(&mut sim, &[], Some("alice")).unwrap();
-    let ask = request(&a, &b, sim.now_ms());
-    assert!(matches!(
-        a.submit(&mut sim, &ask),
-        Some(Message::Stored { .. })
-    ));
-    assert_eq!(sim.drain(), vec![], "b is not registered");
-    assert_ne!(sim.server.poll_timeout().unwrap().1, "delivery");
-
-    sim.now += Duration::from_secs(10);
-    sim.restart(&reopen);
-    assert!(matches!(
-        b.register(&mut sim, &[]),
-        Some(Message::Registered { .. })
-    ));
-    let delivered = sim.deliveries_to(b.at);
-    let [(id, from_name, statement)] = &delivered[..] else {
-        panic!("{delivered:?}")
-    };
-    let id = *id;
-    assert_eq!(
-        from_name.as_deref(),
-        Some("alice"),
-        "named by the requester"
-    );
-    assert_eq!(statement, &ask);
-
-    // Unacknowledged, it comes again every two seconds. An ack from a is not b's.
-    assert_eq!(
-        sim.server.poll_timeout().unwrap(),
-        (sim.now + RESEND_INTERVAL, "delivery")
-    );
-    sim.advance(RESEND_INTERVAL);
-    assert_eq!(sim.deliveries_to(b.at)[0].0, id);
-    a.ack(&mut sim, id);
-    sim.advance(RESEND_INTERVAL);
-    assert_eq!(sim.deliveries_to(b.at)[0].0, id);
-
-    b.ack(&mut sim, id);
-    assert_eq!(sim.server.counters().acks, 1);
-    sim.advance(RESEND_INTERVAL * 5);
-    assert_eq!(
-        sim.deliveries_to(b.at),
-        vec![],
-        "acknowledged: no more resends"
-    );
-
-    // Acknowledged means deleted from the store: not even a restart brings it back.
-    sim.restart(&reopen);
-    b.register(&mut sim, &[]).unwrap();
-    assert_eq!(sim.deliveries_to(b.at), vec![]);
-}
 
 #[test]
 fn a_request_waits_for_its_target_across_a_restart_in_memory() {
@@ -80,19 +13,6 @@ fn a_request_waits_for_its_target_across_a_restart_in_memory() {
     assert!(store
         .outbox(&Client::new(2, "192.0.2.2:2").key())
         .is_empty());
-}
-
-#[test]
-fn a_request_waits_for_its_target_across_a_restart_in_sqlite() {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("pilot-rdv-outbox-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(DB_FILE);
-    let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&path).unwrap()) };
-    let sim = Sim::on(open(), |_| {});
-    a_request_waits_for_its_target_across_a_restart(sim, open);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -25,7 +25,6 @@ use std::io;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The overlay TCP port the message service listens on. Above 1024: a kernel-mode pilotd
 /// holds CAP_NET_ADMIN only, not CAP_NET_BIND_SERVICE. No other program can serve it in
@@ -39,8 +38,9 @@ pub const VERSION: u8 = 1;
 
 const REQUEST_MAGIC: &[u8; 4] = b"PMSG";
 const RESPONSE_MAGIC: &[u8; 4] = b"PACK";
-const REQUEST_HEADER_LEN: usize = 10;
-const RESPONSE_HEADER_LEN: usize = 8;
+/// Bytes of a request's header, and of a response's.
+pub const REQUEST_HEADER_LEN: usize = 10;
+pub const RESPONSE_HEADER_LEN: usize = 8;
 
 /// What a message's payload is, which decides how it is validated and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -127,37 +127,29 @@ pub fn validate(kind: MessageKind, payload: &[u8]) -> Result<(), MessageError> {
     }
 }
 
-/// Sends one message over `stream` and waits for the receiver's answer; returns the id it
-/// was stored under. The message is validated first, so an invalid one is never sent.
-pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    kind: MessageKind,
-    payload: &[u8],
-) -> Result<String, SendError> {
-    validate(kind, payload).map_err(SendError::Invalid)?;
-    write_request(stream, kind, payload)
-        .await
-        .map_err(SendError::Exchange)?;
-    let response = read_response(stream).await.map_err(SendError::Exchange)?;
-    match response.status {
-        Status::Stored => Ok(response.detail),
-        status => Err(SendError::Refused {
-            status,
-            detail: response.detail,
-        }),
+/// One request on the wire: header and payload, in one buffer (one write: a separate small
+/// header write can sit behind Nagle and delayed ACKs). Refuses a payload over
+/// [`MAX_MESSAGE_BYTES`].
+pub fn encode_request(kind: MessageKind, payload: &[u8]) -> Result<Vec<u8>, MessageError> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(MessageError::TooLarge {
+            size: payload.len(),
+        });
     }
+    let mut frame = Vec::with_capacity(REQUEST_HEADER_LEN + payload.len());
+    frame.extend_from_slice(REQUEST_MAGIC);
+    frame.extend_from_slice(&[VERSION, kind.code()]);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    Ok(frame)
 }
 
-/// Reads one request. `Ok(None)` when the stream ends cleanly before a request starts.
-/// Only the framing is checked here; [`validate`] checks the payload against its kind.
-pub async fn read_request<R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> Result<Option<(MessageKind, Vec<u8>)>, MessageError> {
-    let mut header = [0u8; REQUEST_HEADER_LEN];
-    if !read_first(r, &mut header, "in the middle of a request header").await? {
-        return Ok(None);
-    }
-    let [m0, m1, m2, m3, version, kind, l0, l1, l2, l3] = header;
+/// A request's header: the kind and the payload's length, checked before any of the payload
+/// is read (a length over [`MAX_MESSAGE_BYTES`] is refused without allocating it).
+pub fn parse_request_header(
+    header: &[u8; REQUEST_HEADER_LEN],
+) -> Result<(MessageKind, usize), MessageError> {
+    let [m0, m1, m2, m3, version, kind, l0, l1, l2, l3] = *header;
     if [m0, m1, m2, m3] != *REQUEST_MAGIC {
         return Err(MessageError::Malformed(
             "not a Pilot message request (bad magic)".to_owned(),
@@ -171,63 +163,12 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     if size > MAX_MESSAGE_BYTES {
         return Err(MessageError::TooLarge { size });
     }
-    let mut payload = vec![0u8; size];
-    read_all(r, &mut payload, "in the middle of a request body").await?;
-    Ok(Some((kind, payload)))
+    Ok((kind, size))
 }
 
-/// Writes one request and flushes it. Refuses a payload over [`MAX_MESSAGE_BYTES`].
-pub async fn write_request<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    kind: MessageKind,
-    payload: &[u8],
-) -> Result<(), MessageError> {
-    if payload.len() > MAX_MESSAGE_BYTES {
-        return Err(MessageError::TooLarge {
-            size: payload.len(),
-        });
-    }
-    let mut frame = Vec::with_capacity(REQUEST_HEADER_LEN + payload.len());
-    frame.extend_from_slice(REQUEST_MAGIC);
-    frame.extend_from_slice(&[VERSION, kind.code()]);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    // One write: a separate small header write can sit behind Nagle and delayed ACKs.
-    w.write_all(&frame).await?;
-    w.flush().await?;
-    Ok(())
-}
-
-/// Reads one response. A stream that ends before or inside it is an error.
-pub async fn read_response<R: AsyncRead + Unpin>(r: &mut R) -> Result<Response, MessageError> {
-    let mut header = [0u8; RESPONSE_HEADER_LEN];
-    if !read_first(r, &mut header, "in the middle of a response").await? {
-        return Err(MessageError::Closed("before the receiver answered"));
-    }
-    let [m0, m1, m2, m3, version, status, l0, l1] = header;
-    if [m0, m1, m2, m3] != *RESPONSE_MAGIC {
-        return Err(MessageError::Malformed(
-            "not a Pilot message response (bad magic)".to_owned(),
-        ));
-    }
-    check_version(version)?;
-    let status = Status::from_code(status)
-        .ok_or_else(|| MessageError::Malformed(format!("unknown response status {status}")))?;
-    // At most 64 KiB: the u16 bounds the allocation.
-    let mut detail = vec![0u8; usize::from(u16::from_be_bytes([l0, l1]))];
-    read_all(r, &mut detail, "in the middle of a response").await?;
-    let detail = String::from_utf8(detail)
-        .map_err(|_| MessageError::Malformed("response detail is not UTF-8".to_owned()))?;
-    Ok(Response { status, detail })
-}
-
-/// Writes one response and flushes it. A detail longer than a u16 can say is cut at a
-/// character boundary.
-pub async fn write_response<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    status: Status,
-    detail: &str,
-) -> io::Result<()> {
+/// One response on the wire. A detail longer than a u16 can say is cut at a character
+/// boundary.
+pub fn encode_response(status: Status, detail: &str) -> Vec<u8> {
     let mut end = detail.len().min(usize::from(u16::MAX));
     while !detail.is_char_boundary(end) {
         end -= 1;
@@ -238,8 +179,24 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     frame.extend_from_slice(&[VERSION, status as u8]);
     frame.extend_from_slice(&(detail.len() as u16).to_be_bytes());
     frame.extend_from_slice(detail);
-    w.write_all(&frame).await?;
-    w.flush().await
+    frame
+}
+
+/// A response's header: the status and the detail's length (at most 64 KiB: the u16 bounds
+/// the allocation).
+pub fn parse_response_header(
+    header: &[u8; RESPONSE_HEADER_LEN],
+) -> Result<(Status, usize), MessageError> {
+    let [m0, m1, m2, m3, version, status, l0, l1] = *header;
+    if [m0, m1, m2, m3] != *RESPONSE_MAGIC {
+        return Err(MessageError::Malformed(
+            "not a Pilot message response (bad magic)".to_owned(),
+        ));
+    }
+    check_version(version)?;
+    let status = Status::from_code(status)
+        .ok_or_else(|| MessageError::Malformed(format!("unknown response status {status}")))?;
+    Ok((status, usize::from(u16::from_be_bytes([l0, l1]))))
 }
 
 impl MessageKind {
@@ -329,39 +286,3 @@ fn check_version(version: u8) -> Result<(), MessageError> {
         "unsupported message protocol version {version} (this node speaks {VERSION})"
     )))
 }
-
-/// Fills `buf`, or returns `Ok(false)` if the stream ends before its first byte. An end
-/// after the first byte is [`MessageError::Closed`] with `where_`.
-async fn read_first<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-    where_: &'static str,
-) -> Result<bool, MessageError> {
-    let first = loop {
-        match r.read(buf).await {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    if first == 0 {
-        return Ok(false);
-    }
-    read_all(r, &mut buf[first..], where_).await?;
-    Ok(true)
-}
-
-async fn read_all<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-    where_: &'static str,
-) -> Result<(), MessageError> {
-    match r.read_exact(buf).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(MessageError::Closed(where_)),
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests;

@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
-use super::store::{
-    OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
-};
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
+use crate::rendezvous::{
+    OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
+};
 use crate::wire::control::{NatKind, MAX_LAN_ENDPOINTS};
 use crate::wire::trust::Statement;
 use schema::{migrate, SchemaError, SCHEMA_VERSION};

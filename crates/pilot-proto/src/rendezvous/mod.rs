@@ -43,10 +43,12 @@ mod rate;
 mod registry;
 mod relay;
 mod sources;
-mod sqlite;
 mod statements;
 mod store;
 pub mod streams;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -58,7 +60,6 @@ pub use counters::{Counters, Refusal, RelayDrop};
 pub use outbox::{DELIVERY_ROUND, RESEND_INTERVAL};
 pub use rate::Rate;
 use rate::TokenBucket;
-pub use sqlite::{SqliteStore, DB_FILE};
 pub use statements::MAX_OUTBOX;
 pub use store::{
     MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store,
