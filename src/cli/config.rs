@@ -20,7 +20,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use toml::Value;
 
-use super::{rendezvous, values};
+use super::values;
 use crate::addr::Hostname;
 use crate::daemon::services::Expose;
 use crate::daemon::{self, MTU_RANGE};
@@ -317,13 +317,13 @@ fn seconds_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error>
 
 fn period_u16<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
     integer(d, "seconds 1..65535", |s: u16| {
-        rendezvous::check_period(s.into()).is_ok()
+        values::check_period(s.into()).is_ok()
     })
 }
 
 fn period_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     integer(d, "seconds 1..4294967295", |s: u32| {
-        rendezvous::check_period(s.into()).is_ok()
+        values::check_period(s.into()).is_ok()
     })
 }
 
@@ -331,13 +331,13 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     parsed(
         d,
         "a duration such as \"30d\" (a string)",
-        rendezvous::parse_duration,
+        values::parse_duration,
     )
 }
 
 fn relay_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     integer(d, "a rate in Mbit/s (an integer from 0)", |rate: u64| {
-        rendezvous::relay_bytes_per_sec(rate).is_ok()
+        values::relay_bytes_per_sec(rate).is_ok()
     })
 }
 

@@ -1,7 +1,11 @@
 //! Values the command lines and the config files share, parsed and checked the same way in
-//! both: endpoints, hostnames, static peers, rendezvous, the SOCKS5 address, log filters.
+//! both: endpoints, hostnames, static peers, rendezvous, the SOCKS5 address, log filters,
+//! periods, durations and the relay rate.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::anyhow;
 
 use tracing_subscriber::EnvFilter;
 
@@ -117,4 +121,57 @@ pub fn log_filter(filter: &str) -> Result<EnvFilter, String> {
         }
     }
     EnvFilter::try_new(filter).map_err(|e| format!("`{filter}` is not a log filter ({e})"))
+}
+
+/// Longest name TTL accepted (ten years): longer means "never", which is not offered.
+const MAX_NAME_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// `--keepalive` and `--stats-interval` are periods of at least a second (0 would spin).
+pub fn check_period(secs: u64) -> Result<(), &'static str> {
+    match secs {
+        0 => Err("must be at least 1 second"),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a duration as people write one: a number with a unit, `s`, `m`, `h` or `d`
+/// (`30d`, `90m`), or several (`1d12h`); at least a second, at most ten years.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}`: expected a duration such as 30d, 12h, 90m or 45s");
+    let mut total: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let mut units = rest[digits..].chars();
+        let unit = match units.next() {
+            Some('s') => 1,
+            Some('m') => 60,
+            Some('h') => 3600,
+            Some('d') => 24 * 3600,
+            _ => return Err(bad()),
+        };
+        rest = units.as_str();
+        total = number
+            .checked_mul(unit)
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| format!("`{text}`: longer than ten years"))?;
+    }
+    let duration = Duration::from_secs(total);
+    if duration.is_zero() {
+        return Err(format!("`{text}`: must be at least 1s"));
+    }
+    if duration > MAX_NAME_TTL {
+        return Err(format!("`{text}`: longer than ten years"));
+    }
+    Ok(duration)
+}
+
+/// `--relay-rate` in bytes per second.
+pub fn relay_bytes_per_sec(mbit: u64) -> anyhow::Result<u64> {
+    mbit.checked_mul(1_000_000 / 8)
+        .ok_or_else(|| anyhow!("--relay-rate {mbit} Mbit/s is too large"))
 }

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::timers::Timer;
+use super::timers::{Earliest, Timer};
 use super::{Node, Socket};
 use crate::identity::NodeKey;
 use crate::wire::control::{Message, NatKind};
@@ -212,6 +212,13 @@ impl Node {
         self.counters.birthday_attempts += 1;
         tracing::debug!(peer = %key, ?role, %target, "birthday probing starts in 0.5 s");
         self.wake_by(now + TICK, Timer::Birthday);
+    }
+
+    /// While an attempt runs, the node ticks at [`TICK`].
+    pub(super) fn birthday_deadlines(&self, base: Instant, next: &mut Earliest) {
+        if self.birthday.is_running() {
+            next.at(Some(base + TICK), Timer::Birthday);
+        }
     }
 
     /// Runs the attempt: its probes due at `now`, and its end. Also keeps the set of spares in

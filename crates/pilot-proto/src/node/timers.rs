@@ -143,9 +143,7 @@ impl Node {
         self.failover_deadlines(base, &mut next);
         self.trust_deadlines(base, &mut next);
         self.release_deadlines(base, &mut next);
-        if self.birthday.is_running() {
-            next.at(Some(base + super::birthday::TICK), Timer::Birthday);
-        }
+        self.birthday_deadlines(base, &mut next);
         let registered = self.link.as_ref().is_some_and(|l| l.is_registered(base));
         for index in 0..self.peers.len() {
             if self.peers[index].trusted {
