@@ -9,8 +9,8 @@ use super::wire::fixed_identity;
 use crate::addr::Hostname;
 use crate::cli::config::{parse, ConfigError, RendezvousFile, UpFile};
 use crate::daemon::names::{render_hosts_block, splice_hosts_block};
-use crate::daemon::pin::RendezvousPin;
-use crate::daemon::trust_file::TrustFile;
+use crate::daemon::node::pin::RendezvousPin;
+use crate::daemon::node::trust_file::TrustFile;
 use crate::identity::Identity;
 use crate::node::TrustBook;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::daemon::control::Command;
+use crate::daemon::node::control::Command;
 use crate::portmap::{MapState, PortMapStatus, PortMapper, Protocol, REDISCOVER, SERVER_PORT};
 use upnp::{IgdError, IgdMapping};
 

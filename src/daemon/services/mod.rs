@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::api::socks5::{self, Reply};
 use crate::api::{ControlError, PeerRef};
 use crate::clock::unix_ms_now;
-use crate::daemon::control::{ask, Command};
+use crate::daemon::node::control::{ask, Command};
 use crate::io::stack::{Accepted, CONNECT_TIMEOUT};
 use crate::wire::message::MESSAGE_PORT;
 use inbox::Inbox;

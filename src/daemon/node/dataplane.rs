@@ -22,10 +22,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::control::Command;
-use super::services::inbox::Inbox;
-use super::services::Incoming;
 use super::trust_file::{SaveSchedule, TrustFile};
 use crate::api::{ControlError, PeerRef, PingReply, ReleasedName};
+use crate::daemon::services::inbox::Inbox;
+use crate::daemon::services::Incoming;
 use crate::io::offload::{segments, VirtioNetHdr};
 use crate::io::stack::Stack;
 use crate::io::tun::{TunDevice, OFFLOAD_READ_LEN};
@@ -64,7 +64,7 @@ pub struct Facts {
     pub rendezvous_pin: Option<super::pin::RendezvousPin>,
     pub trust_file: TrustFile,
     /// The opt-in hosts file kept listing this node's and its trusted peers' names.
-    pub hosts_file: Option<super::names::HostsFile>,
+    pub hosts_file: Option<crate::daemon::names::HostsFile>,
     /// When the daemon started, for its uptime.
     pub started: Instant,
     /// Where the metrics endpoint listens, if it does.

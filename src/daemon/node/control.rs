@@ -46,7 +46,7 @@ pub enum Command {
     Pending(oneshot::Sender<Vec<RequestInfo>>),
     Status(oneshot::Sender<StatusReply>),
     /// A snapshot for the metrics endpoint.
-    Metrics(oneshot::Sender<super::metrics::NodeMetrics>),
+    Metrics(oneshot::Sender<crate::daemon::metrics::NodeMetrics>),
     /// Userspace mode: a TCP connection to a peer through the stack (SOCKS5 CONNECT).
     OpenStream {
         target: crate::api::socks5::Target,
@@ -256,7 +256,7 @@ fn value<T: Serialize>(result: T) -> Result<serde_json::Value, ControlError> {
 
 /// Sends the data plane the command `make` builds around a reply channel and waits for the
 /// answer; `None` when the data plane has stopped.
-pub(super) async fn ask<T>(
+pub(in crate::daemon) async fn ask<T>(
     commands: &mpsc::Sender<Command>,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Option<T> {

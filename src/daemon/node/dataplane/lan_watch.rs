@@ -32,7 +32,7 @@ impl Core {
             return;
         }
         self.lan_watch.next = now + RESCAN;
-        let lan = crate::daemon::lan_endpoints(&self.facts.interface, self.facts.listen_port);
+        let lan = crate::daemon::node::lan_endpoints(&self.facts.interface, self.facts.listen_port);
         if self.node.set_lan(lan.clone(), now) {
             let lan: Vec<String> = lan.iter().map(ToString::to_string).collect();
             tracing::info!(endpoints = %lan.join(" "), "this host's addresses changed: offering peers the new ones");
