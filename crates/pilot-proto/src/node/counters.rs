@@ -127,12 +127,20 @@ pub struct Counters {
     /// one while they had been silent (their clock went back).
     pub peer_clock_resets: u64,
     drops: [u64; DropReason::ALL.len()],
+    /// Every drop, whatever its reason.
+    dropped: u64,
 }
 
 impl Counters {
     #[inline]
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
+        self.dropped += 1;
+    }
+
+    /// Every drop so far, whatever its reason.
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// A punch started or extended.

@@ -309,6 +309,11 @@ pub struct Node {
     wake: Option<(Instant, Timer)>,
     /// The earliest deadline inputs asked for since (see `Node::wake_by`).
     asked: Option<(Instant, Timer)>,
+    /// Bumped by every input that may change a deadline (see `Node::touch`).
+    generation: u64,
+    /// The table as last read afresh, for the generation it was read at: inputs that change
+    /// nothing (junk from the internet) do not make every batch read it again.
+    table: std::cell::Cell<(u64, Option<(Instant, Timer)>)>,
     /// When the timers last ran.
     timers_ran: Option<Instant>,
     next_rate_reset: Option<Instant>,
@@ -395,6 +400,8 @@ impl Node {
             counters: Counters::default(),
             wake: None,
             asked: None,
+            generation: 0,
+            table: std::cell::Cell::new((u64::MAX, None)),
             timers_ran: None,
             next_rate_reset: None,
             icmp_tokens: ICMP_ERRORS_PER_SEC,
@@ -454,6 +461,7 @@ impl Node {
     }
 
     pub fn add_peer(&mut self, config: &PeerConfig) -> Result<(), PeerError> {
+        self.touch();
         if config.key == self.key {
             return Err(PeerError::OwnKey(config.key));
         }
@@ -497,6 +505,7 @@ impl Node {
         now: Instant,
         out: &'a mut [u8],
     ) -> TunOutput<'a> {
+        self.touch();
         let Some((_, dst)) = ip::ipv6_addrs(packet) else {
             self.counters.drop(DropReason::NotIpv6);
             return TunOutput::Nothing;
@@ -567,6 +576,23 @@ impl Node {
         now: Instant,
         out: &'a mut [u8],
     ) -> NetOutput<'a> {
+        let dropped = self.counters.dropped();
+        let output = self.demux(socket, from, datagram, now, out);
+        // Junk (a drop and nothing else) leaves the timer table as it was.
+        if self.counters.dropped() == dropped {
+            self.touch();
+        }
+        output
+    }
+
+    fn demux<'a>(
+        &mut self,
+        socket: Socket,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> NetOutput<'a> {
         match classify(datagram) {
             DatagramKind::WireGuard => {
                 self.handle_wireguard(Via::Direct(from, socket), datagram, now, out)
@@ -602,7 +628,9 @@ impl Node {
             self.timers_ran = Some(now);
             self.asked = None;
             self.drive(now);
+            self.touch();
             self.wake = self.deadline(now);
+            self.table.set((self.generation, self.wake));
         }
         // The handshake rate limit counts per second, from the first handshake message seen
         // (see `Node::handshake_seen`); with none, there is nothing to reset.
@@ -628,7 +656,7 @@ impl Node {
         };
         let table = match self.wake {
             Some((t, timer)) if t <= ran + timers::TIMER_TICK => Some((t, timer)),
-            _ => self.deadline(ran),
+            _ => self.table_since(ran),
         };
         match (table, self.asked) {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
@@ -651,6 +679,12 @@ impl Node {
     /// The next datagram the node wants sent, written into `out`; `None` when there is none.
     /// Call until `None` after every batch of input and every timeout.
     pub fn poll_transmit<'a>(&mut self, now: Instant, out: &'a mut [u8]) -> Option<Transmit<'a>> {
+        // What goes out, and the work list walked on the way, move deadlines (a keepalive's,
+        // a deferred kick's); an empty call changes nothing.
+        let pings = self.pings.iter().any(|p| p.sent.is_none());
+        if !self.work.is_empty() || !self.control_out.is_empty() || pings {
+            self.touch();
+        }
         let ((to, socket), len) = self.next_transmit(now, out)?;
         Some(Transmit {
             to,
@@ -666,6 +700,7 @@ impl Node {
     /// Queues an ICMPv6 echo request to the peer owning `target`; the reply comes back as
     /// [`Event::PingReply`] and is not written to the TUN.
     pub fn ping(&mut self, target: NodeAddr, seq: u16, now: Instant) -> Result<(), PingError> {
+        self.touch();
         let &peer = self
             .by_addr
             .get(&target)
@@ -710,6 +745,7 @@ impl Node {
     /// This host's own endpoints now (its addresses changed): offered to peers from the
     /// registration this makes due at once. Returns whether they changed.
     pub fn set_lan(&mut self, lan: Vec<SocketAddr>, now: Instant) -> bool {
+        self.touch();
         if lan == self.lan {
             return false;
         }

@@ -62,6 +62,7 @@ impl Node {
     /// comes as [`Event::NameReleased`]. Returns the name. Refused, changing nothing, while
     /// not registered.
     pub fn release_name(&mut self, now: Instant) -> Result<Hostname, ReleaseError> {
+        self.touch();
         if let Some(pending) = &self.release {
             return Err(ReleaseError::Busy(pending.name.clone()));
         }

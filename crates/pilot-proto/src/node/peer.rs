@@ -15,7 +15,7 @@ use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
 
 /// A WireGuard session older than this is gone (boringtun's REJECT_AFTER_TIME is 180 s).
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+pub(super) const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 
 /// How a peer is configured: its key and, when known, where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,7 @@ impl Node {
         mapped: Option<SocketAddr>,
         now: Instant,
     ) {
+        self.touch();
         self.port_map = status;
         if mapped == self.mapped {
             return;

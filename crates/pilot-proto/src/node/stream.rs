@@ -139,6 +139,7 @@ impl Node {
     /// endpoint, so register there at once rather than at the next refresh (until then it
     /// would send our relayed traffic down a connection that is gone).
     pub fn stream_connected(&mut self, now: Instant) {
+        self.touch();
         if let Some(link) = self.link.as_mut().filter(|l| l.over_stream) {
             link.use_stream(now);
             // Now, not at the next timer tick.

@@ -601,6 +601,35 @@ fn a_peer_whose_clock_went_back_gets_a_session_again_once_it_was_silent() {
 }
 
 #[test]
+fn junk_from_the_internet_does_not_make_the_timer_table_be_read_again() {
+    // An idle node reads its table afresh after an input that may change a deadline; junk
+    // (a datagram that is only dropped) must not, or a flood would walk every peer per batch.
+    let mut a = node(1, &[(2, Some(B_EP))]);
+    a.keepalive = Some(25);
+    let now = a.clock.origin();
+    a.handle_timeout(now);
+    let before = a.generation;
+    let mut out = vec![0u8; 2048];
+    let stranger = ep("203.0.113.99:4444");
+    for junk in [&[0xff_u8; 40][..], &[1u8; 148][..], &[4u8; 64][..]] {
+        assert_eq!(
+            a.handle_datagram(stranger, junk, now, &mut out),
+            NetOutput::Nothing
+        );
+        assert!(a.poll_transmit(now, &mut out).is_none());
+    }
+    // (A junk initiation starts the handshake rate limit's second: that deadline is kept
+    // apart from the table, at no cost.)
+    assert_eq!(a.generation, before);
+    // A verb does.
+    let _ = a.lookup(
+        crate::wire::control::Query::Name("bob".parse().unwrap()),
+        now,
+    );
+    assert_ne!(a.generation, before);
+}
+
+#[test]
 fn an_idle_node_wakes_for_its_deadlines_only_and_resets_no_rate_limit_nobody_used() {
     // Issue 16, item 1: a node with nothing to do woke four times a second forever, then once.
     let mut a = node(1, &[(2, Some(B_EP))]);

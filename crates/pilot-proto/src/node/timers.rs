@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use super::path::Route;
-use super::peer::Peer;
+use super::peer::{Peer, SESSION_LIFETIME};
 use super::Node;
 
 /// The step of work that runs finer than its state says (see the module doc): boringtun keeps
@@ -182,6 +182,28 @@ impl Node {
         }
     }
 
+    /// An input that may have changed a deadline: the table is read afresh at the next
+    /// `poll_timeout` (see [`Node::table_since`]). Every public entry point but the timers'
+    /// own calls it, except for a datagram that was only dropped.
+    pub(super) fn touch(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// The table read at `ran`: afresh only when an input came since the last read, so junk
+    /// from the internet costs no walk over every peer per batch.
+    pub(super) fn table_since(&self, ran: Instant) -> Option<(Instant, Timer)> {
+        let (generation, table) = self.table.get();
+        if generation == self.generation {
+            // The tests and fuzzers build with debug assertions: an entry point that changed a
+            // deadline without `touch` fails them here.
+            debug_assert_eq!(table, self.deadline(ran), "a deadline changed untouched");
+            return table;
+        }
+        let table = self.deadline(ran);
+        self.table.set((self.generation, table));
+        table
+    }
+
     /// A punch of peer `index` started: its rounds are due within the tick.
     pub(super) fn punch_started(&mut self, index: usize) {
         if let Some(at) = self.peers[index].path.punch_deadline() {
@@ -205,10 +227,13 @@ impl Node {
 /// data, during a handshake), else when a session ends; `None` once nothing is left to time.
 pub(super) fn wireguard_deadline(peer: &Peer, now: Instant) -> Option<Instant> {
     let data = peer.data_at.is_some_and(|t| now < t + DATA_TIMERS);
+    // The session as of `now` by our own record (boringtun's reads the clock), so that the
+    // table is a function of the state and `now` alone.
+    let session = peer.session_at.is_some_and(|t| now < t + SESSION_LIFETIME);
     let handshake = peer
         .handshake_at
         .is_some_and(|t| now < t + HANDSHAKE_TIMERS)
-        && !peer.has_session();
+        && !session;
     if data || handshake {
         return Some(peer.timers_at.map_or(now, |t| t + TIMER_TICK));
     }

@@ -51,6 +51,7 @@ impl Node {
         justification: &str,
         now: Instant,
     ) -> Result<HandshakeOutcome, VerbError> {
+        self.touch();
         // Before the rendezvous check: a configured peer needs none, and asking again for
         // what holds changes nothing.
         let configured = (self.by_key.get(&peer)).is_some_and(|&i| self.peers[i].path.is_fixed());
@@ -69,6 +70,7 @@ impl Node {
 
     /// Approves `peer`'s pending request.
     pub fn approve(&mut self, peer: NodeKey, now: Instant) -> Result<(), VerbError> {
+        self.touch();
         self.require_rendezvous()?;
         let now_ms = self.clock.unix_ms(now);
         let gate = self.trust.approve(&self.signing, peer, now_ms)?;
@@ -78,6 +80,7 @@ impl Node {
 
     /// Rejects `peer`'s pending request, telling it `reason`.
     pub fn reject(&mut self, peer: NodeKey, reason: &str, now: Instant) -> Result<(), VerbError> {
+        self.touch();
         self.require_rendezvous()?;
         let now_ms = self.clock.unix_ms(now);
         let gate = self.trust.reject(&self.signing, peer, reason, now_ms)?;
@@ -88,6 +91,7 @@ impl Node {
     /// Ends trust with `peer` (or withdraws a request or an approval): its session is torn
     /// down at once, and the revocation goes to the rendezvous and the peer.
     pub fn untrust(&mut self, peer: NodeKey, now: Instant) -> Result<(), VerbError> {
+        self.touch();
         if let Some(&index) = self.by_key.get(&peer) {
             if self.peers[index].path.is_fixed() {
                 return Err(VerbError::Configured(self.trust.label(&peer)));
@@ -132,6 +136,7 @@ impl Node {
     /// Asks the rendezvous who `query` is; the answer comes as [`Event::LookupDone`] with the
     /// returned id (`found: None` when unknown or unanswered within 3 s).
     pub fn lookup(&mut self, query: Query, now: Instant) -> Result<u64, VerbError> {
+        self.touch();
         self.require_rendezvous()?;
         Ok(self.start_lookup(query, LookupFor::Caller, now))
     }
@@ -142,6 +147,7 @@ impl Node {
     /// back too, even those that change nothing: the copy they repeat may be the one being
     /// written.
     pub fn take_trust_state(&mut self) -> Option<TrustState> {
+        self.touch();
         if !self.trust_dirty {
             return None;
         }
@@ -179,6 +185,7 @@ impl Node {
     /// The state from [`Node::take_trust_state`] is durable: acknowledge what it contains,
     /// and what arrived meanwhile without changing anything (the durable state covers it).
     pub fn trust_saved(&mut self, now: Instant) {
+        self.touch();
         let mut acks = self.saving_acks.take().unwrap_or_default();
         if !self.trust_dirty {
             acks.append(&mut self.pending_acks);
@@ -191,6 +198,7 @@ impl Node {
     /// Saving failed: keep the acknowledgements back (the rendezvous delivers again) and offer
     /// the state again at the next [`Node::take_trust_state`].
     pub fn trust_save_failed(&mut self) {
+        self.touch();
         self.trust_dirty = true;
         if let Some(acks) = self.saving_acks.take() {
             self.pending_acks.extend(acks);
