@@ -117,10 +117,7 @@ impl Node {
                 self.peers[index].timers_due = true;
                 self.schedule(index);
             }
-            if self
-                .keepalive_deadline(index, now)
-                .is_some_and(|t| now >= t)
-            {
+            if self.keepalive_soon(index, now) {
                 let peer = &mut self.peers[index];
                 // Tried now, sent or not: the next is an interval away either way.
                 peer.keepalive_from = Some(now);

@@ -601,6 +601,48 @@ fn a_peer_whose_clock_went_back_gets_a_session_again_once_it_was_silent() {
 }
 
 #[test]
+fn keepalives_to_many_peers_go_out_together() {
+    // Peers last sent to at different moments: the keepalives due within half an interval go
+    // with the first one due, and stay in step after, so the node wakes once an interval.
+    let mut a = node(
+        1,
+        &[
+            (2, Some(B_EP)),
+            (3, Some("198.51.100.3:51870")),
+            (4, Some("198.51.100.4:51870")),
+        ],
+    );
+    a.keepalive = Some(25);
+    let t0 = a.clock.origin();
+    a.handle_timeout(t0);
+    a.peers[1].keepalive_from = Some(t0 + Duration::from_secs(5));
+    a.peers[2].keepalive_from = Some(t0 + Duration::from_secs(10));
+    a.touch();
+    let mut out = vec![0u8; 2048];
+    let mut wakes = Vec::new();
+    while let Some((t, why)) = a
+        .poll_timeout()
+        .filter(|(t, _)| *t < t0 + Duration::from_secs(60))
+    {
+        a.handle_timeout(t);
+        let mut sent = 0;
+        while a.poll_transmit(t, &mut out).is_some() {
+            sent += 1;
+        }
+        wakes.push(((t - t0).as_secs(), why, sent));
+    }
+    // Each goes out as a handshake initiation (no session yet); at 50 s boringtun, whose clock
+    // these tests do not move, sees its handshakes as just sent and holds the retries.
+    let times: Vec<_> = wakes.iter().map(|(t, why, _)| (*t, *why)).collect();
+    assert_eq!(
+        times,
+        [(25, "keepalive"), (50, "keepalive")],
+        "one wake an interval: {wakes:?}"
+    );
+    assert_eq!(wakes[0].2, 3, "every peer's keepalive in the first");
+}
+
+#[test]
 fn junk_from_the_internet_does_not_make_the_timer_table_be_read_again() {
     // An idle node reads its table afresh after an input that may change a deadline; junk
     // (a datagram that is only dropped) must not, or a flood would walk every peer per batch.

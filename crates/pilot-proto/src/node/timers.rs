@@ -211,6 +211,18 @@ impl Node {
         }
     }
 
+    /// Whether our keepalive to peer `index` goes out at this run of the timers: when due, or
+    /// due within half the interval. Early is harmless (a NAT mapping only needs one in time),
+    /// and it pulls the keepalives to every peer into step: an idle node with many peers wakes
+    /// about once an interval for them all, not once per peer.
+    pub(super) fn keepalive_soon(&self, index: usize, now: Instant) -> bool {
+        let Some(due) = self.keepalive_deadline(index, now) else {
+            return false;
+        };
+        let every = Duration::from_secs(self.keepalive.unwrap_or(0).into());
+        now + every / 2 >= due
+    }
+
     /// When our persistent keepalive to peer `index` is due: the interval after the last
     /// datagram we sent it (or the last keepalive tried), while there is a way to send.
     pub(super) fn keepalive_deadline(&self, index: usize, now: Instant) -> Option<Instant> {
