@@ -77,8 +77,6 @@ set -euo pipefail
 
 NL_SELF=$(basename "$0")
 NL_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib"
-# shellcheck source=lib/natlab-py.sh source-path=SCRIPTDIR
-source "$NL_LIB/natlab-py.sh"
 
 NL_RUN=${NATLAB_RUN_DIR:-/run/natlab}
 NL_HOSTS=(inet rdv nat1 nat2 a a2 b)
@@ -259,7 +257,7 @@ nl_public_of() {
 # (Re)writes the probe program into the state dir, atomically (another command of the same lab
 # may be running it).
 nl_write_probe() {
-    nl_py_probe >"$NL_DIR/probe.py.$$"
+    cp "$NL_LIB/natlab/probe.py" "$NL_DIR/probe.py.$$"
     mv -f "$NL_DIR/probe.py.$$" "$NL_DIR/probe.py"
 }
 
@@ -546,7 +544,7 @@ table ip natlab {
 EOF
     fi
     if nl_nonzero "$NL_DELAY"; then
-        nl_py_delay >"$NL_DIR/delay.py"
+        cp "$NL_LIB/natlab/delay.py" "$NL_DIR/delay.py"
         : >"$NL_DIR/delay.log"
         # Its own session, and no inherited descriptors: a caller that reads our output (or
         # kills our process group) must not wait for or stop the delayer.
