@@ -432,22 +432,7 @@ nl_v6_lan() {
     done
     ip -n "$(nl_ns inet)" -6 route add "$lan" via "$pub"
     [[ $kind == fw ]] || return 0
-    ip netns exec "$rns" nft -f - <<EOF
-table ip6 natlab6 {
-    chain forward {
-        type filter hook forward priority filter; policy drop;
-        iifname "br0" oifname "wan" accept
-        iifname "br0" oifname "br0" accept
-        iifname "wan" oifname "br0" ct state established,related accept
-    }
-    chain input {
-        type filter hook input priority filter; policy accept;
-        iifname "wan" ct state established,related accept
-        iifname "wan" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, echo-request } accept
-        iifname "wan" drop
-    }
-}
-EOF
+    ip netns exec "$rns" nft -f "$NL_LIB/natlab/fw6.nft"
 }
 
 nl_ipv6() {
@@ -476,44 +461,14 @@ nl_no_v4() {
     fi
 }
 
-# nl_nat ROUTER KIND LAN PUBLIC CONE_HOST_IP: the router's nftables ruleset.
+# nl_nat ROUTER KIND LAN PUBLIC CONE_HOST_IP: the router's nftables ruleset, from
+# lib/natlab/nat-KIND.nft.
 nl_nat() {
     local router=$1 kind=$2 lan=$3 pub=$4 cone_ip=$5
     [[ $kind == none ]] && return 0 # plain router: no NAT, no filter, no conntrack
-    local dnat="" snat="" dnat_ok="" masq="masquerade"
-    if [[ $kind == cone ]]; then
-        dnat="iifname \"wan\" ip daddr $pub dnat to $cone_ip"
-        snat="oifname \"wan\" ip saddr $cone_ip snat to $pub"
-        dnat_ok="iifname \"wan\" oifname \"br0\" ct status dnat accept"
-    elif [[ $kind == sym ]]; then
-        masq="masquerade fully-random"
-    fi
-    ip netns exec "$(nl_ns "$router")" nft -f - <<EOF
-table ip natlab {
-    chain prerouting {
-        type nat hook prerouting priority dstnat; policy accept;
-        $dnat
-    }
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        $snat
-        oifname "wan" ip saddr $lan $masq
-    }
-    chain forward {
-        type filter hook forward priority filter; policy drop;
-        iifname "br0" oifname "wan" accept
-        iifname "br0" oifname "br0" accept
-        iifname "wan" oifname "br0" ct state established,related accept
-        $dnat_ok
-    }
-    chain input {
-        type filter hook input priority filter; policy accept;
-        iifname "wan" ct state established,related accept
-        iifname "wan" icmp type echo-request accept
-        iifname "wan" drop
-    }
-}
-EOF
+    local defines=(-D "lan=$lan")
+    [[ $kind == cone ]] && defines+=(-D "pub=$pub" -D "host=$cone_ip")
+    ip netns exec "$(nl_ns "$router")" nft "${defines[@]}" -f "$NL_LIB/natlab/nat-$kind.nft"
 }
 
 nl_apply_nat() {
@@ -530,18 +485,7 @@ nl_impair() {
     if nl_nonzero "$NL_LOSS"; then
         local per10k
         per10k=$(awk -v p="$NL_LOSS" 'BEGIN { printf "%d", p * 100 + 0.5 }')
-        ip netns exec "$ins" nft -f - <<EOF
-table ip natlab {
-    chain loss_in {
-        type filter hook prerouting priority -300; policy accept;
-        iifname { "n1", "n2" } numgen random mod 10000 < $per10k counter drop
-    }
-    chain loss_out {
-        type filter hook postrouting priority -200; policy accept;
-        oifname { "n1", "n2" } numgen random mod 10000 < $per10k counter drop
-    }
-}
-EOF
+        ip netns exec "$ins" nft -D "per10k=$per10k" -f "$NL_LIB/natlab/loss.nft"
     fi
     if nl_nonzero "$NL_DELAY"; then
         cp "$NL_LIB/natlab/delay.py" "$NL_DIR/delay.py"
