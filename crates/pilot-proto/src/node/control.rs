@@ -39,6 +39,9 @@ impl Node {
             self.note_wrong_key(from, &opened, &message);
             return self.counters.drop(DropReason::UnexpectedControl);
         }
+        // Signed by someone entitled to speak to us: it may move a deadline (the clock's
+        // correction does, even for a message then refused as a replay).
+        self.touch();
         if message.is_from_rendezvous() {
             self.sync_clock(&opened, &message, now);
         }

@@ -578,7 +578,8 @@ impl Node {
     ) -> NetOutput<'a> {
         let dropped = self.counters.dropped();
         let output = self.demux(socket, from, datagram, now, out);
-        // Junk (a drop and nothing else) leaves the timer table as it was.
+        // Junk (a drop and nothing else) leaves the timer table as it was. What was
+        // authenticated before a drop has said so itself (see `Node::touch`).
         if self.counters.dropped() == dropped {
             self.touch();
         }

@@ -126,6 +126,9 @@ impl Node {
             }
             return NetOutput::Nothing;
         }
+        // Authenticated: it may move a deadline even if what it carries is then dropped (data
+        // with a spoofed inner source still counts as data for WireGuard's timers).
+        self.touch();
         if established(kind, &produced, via, out) {
             self.counters.handshakes += 1;
             self.peers[index].session_at = Some(now);
@@ -177,6 +180,7 @@ impl Node {
         {
             return false;
         }
+        self.touch();
         let name = self.trust.name_of(&self.peers[index].key);
         let peer = &mut self.peers[index];
         peer.last_clock_reset = Some(now);
