@@ -659,10 +659,7 @@ impl Node {
             Some((t, timer)) if t <= ran + timers::TIMER_TICK => Some((t, timer)),
             _ => self.table_since(ran),
         };
-        match (table, self.asked) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
+        timers::earlier(table, self.asked)
     }
 
     /// When the node next needs [`Node::handle_timeout`], and why.
@@ -671,22 +668,19 @@ impl Node {
         let reset = self
             .next_rate_reset
             .map(|t| (t, "handshake rate limit reset"));
-        match (timers, reset) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
+        timers::earlier(timers, reset)
     }
 
     /// The next datagram the node wants sent, written into `out`; `None` when there is none.
     /// Call until `None` after every batch of input and every timeout.
     pub fn poll_transmit<'a>(&mut self, now: Instant, out: &'a mut [u8]) -> Option<Transmit<'a>> {
         // What goes out, and the work list walked on the way, move deadlines (a keepalive's,
-        // a deferred kick's); an empty call changes nothing.
-        let pings = self.pings.iter().any(|p| p.sent.is_none());
-        if !self.work.is_empty() || !self.control_out.is_empty() || pings {
+        // a deferred kick's, a ping's data); an empty call changes nothing.
+        if !self.work.is_empty() || !self.pings.is_empty() {
             self.touch();
         }
         let ((to, socket), len) = self.next_transmit(now, out)?;
+        self.touch();
         Some(Transmit {
             to,
             socket,

@@ -255,3 +255,11 @@ pub(super) fn wireguard_deadline(peer: &Peer, now: Instant) -> Option<Instant> {
         .map(|d| session + *d)
         .find(|end| peer.timers_at.is_none_or(|t| t < *end))
 }
+
+/// The earlier of two deadlines, each with what it is for.
+pub(super) fn earlier<T>(a: Option<(Instant, T)>, b: Option<(Instant, T)>) -> Option<(Instant, T)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
