@@ -24,7 +24,7 @@
 #                     relay's own speed is measured; pilotd's default is 100 Mbit/s per node)
 #   PILOT_BIN=DIR     where pilotd/pilotctl are (default: target/release; built if missing)
 #
-# The NAT section builds a fresh natlab (scripts/natlab.sh) per pair, with a rendezvous on its
+# The NAT section builds a fresh NAT lab (natlab, crates/pilot-lab) per pair, with a rendezvous on its
 # "internet" and a node behind each router, starts both nodes, lets alice ask bob for trust and
 # bob approve (`pilotctl handshake`/`approve`), and measures from the approval the time to the
 # first byte of an HTTP reply across the overlay, the time until A reports the path to B as

@@ -10,10 +10,10 @@
 #                          as root it does all of it directly)
 #   DEMO_NAT1=KIND  node A's router (default prc: a home router, Linux masquerade)
 #   DEMO_NAT2=KIND  node B's router (default sym: carrier-grade / symmetric NAT)
-#                   KIND is none, cone, prc or sym (see scripts/natlab.sh)
+#                   KIND is none, cone, prc or sym (see natlab --help, crates/pilot-lab)
 #   PILOT_BIN=DIR   where pilotd/pilotctl are (default: target/release; built if missing)
 #
-# Everything runs inside a NAT lab of network namespaces (scripts/natlab.sh) created for this
+# Everything runs inside a NAT lab of network namespaces (natlab, crates/pilot-lab) created for this
 # run and removed at the end (also on Ctrl-C). Exits non-zero, showing the logs, if a step fails.
 set -euo pipefail
 
@@ -92,7 +92,7 @@ main() {
     local want
     want=$(np_expected_path "$DEMO_NAT1" "$DEMO_NAT2")
 
-    tn_say "Building a small internet out of network namespaces (scripts/natlab.sh)"
+    tn_say "Building a small internet out of network namespaces (natlab, crates/pilot-lab)"
     tn_ensure_binaries
     np_lab_up "$DEMO_NAT1" "$DEMO_NAT2" d
     tn_note "rendezvous  $NP_RDV_IP, a public address on the \"internet\""

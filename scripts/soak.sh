@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak: a rendezvous and three nodes in the NAT lab (scripts/natlab.sh) for a long time, under
+# Soak: a rendezvous and three nodes in the NAT lab (natlab, crates/pilot-lab) for a long time, under
 # what an unattended deployment meets, while the long-lived daemons are watched for growth.
 #
 # Usage: scripts/soak.sh [SECONDS]   (default 3600; CI runs 120)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lab::{ctl, eventually, ns_exec, Lab, NodeHandle};
 
-/// `scripts/natlab.sh` gives the rendezvous host these two addresses; the first is the one
+/// the NAT lab (`crates/pilot-lab`) gives the rendezvous host these two addresses; the first is the one
 /// the kernel prefers as a source towards the NAT routers.
 const FIRST: &str = "203.0.113.10";
 const SECOND: &str = "203.0.113.11";

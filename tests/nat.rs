@@ -1,4 +1,4 @@
-//! NAT traversal on the real kernel: `scripts/natlab.sh` topologies with nftables NAT routers,
+//! NAT traversal on the real kernel: NAT lab (crates/pilot-lab) topologies with nftables NAT routers,
 //! a real `pilotd rendezvous`, and nodes that find each other through it. Needs root.
 
 mod lab;
@@ -169,12 +169,11 @@ fn a_symmetric_nat_meets_a_port_restricted_one_direct_within_3_s_in_19_of_20_res
     }
     let mut w = world("prc", "sym", "b");
     w.settle("direct");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
     let mut took = Vec::new();
     for trial in 0..20 {
         let (_, old) = path_of(&w.a, &w.b).unwrap_or_default();
         assert!(w.lab.stop(&mut w.b, nix::sys::signal::Signal::SIGTERM));
-        lab::run("bash", &[script, "flush", &w.name, "nat2"]);
+        w.lab.flush("nat2");
         let started = std::time::Instant::now();
         w.lab
             .start_with(&mut w.b, &["--rendezvous".to_owned(), w.pinned.clone()]);
@@ -240,8 +239,7 @@ fn flushing_the_nat_mid_transfer_does_not_break_it() {
     // About 8 s at 2 MB/s; the NAT in front of a forgets every mapping 2 s in.
     let url = format!("http://[{}]:8080/big.bin", w.b.address);
     fetch_while(&mut w, &url, &big, "2M", Duration::from_secs(2), |w| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
-        lab::run("bash", &[script, "flush", &w.name, "nat1"]);
+        w.lab.flush("nat1");
     });
 }
 
@@ -379,11 +377,13 @@ fn a_1280_byte_link_on_the_path_carries_20_mb_even_where_icmp_is_dropped() {
 /// and reach the rendezvous over IPv6.
 fn ipv6_world(no_v4: bool) -> World {
     let mut lab = Lab::new();
-    let mut extra = vec!["--v6-1", "fw", "--v6-2", "fw"];
+    let mut options = lab::Options::new(lab::NatKind::Sym, lab::NatKind::Sym)
+        .v6(lab::Router::Nat1, lab::V6Kind::Fw)
+        .v6(lab::Router::Nat2, lab::V6Kind::Fw);
     if no_v4 {
-        extra.extend(["--no-v4", "1", "--no-v4", "2"]);
+        options = options.no_v4(lab::Router::Nat1).no_v4(lab::Router::Nat2);
     }
-    let name = lab.natlab_with("sym", "sym", &extra);
+    let name = lab.natlab_with(options);
     let (pinned, rendezvous) = lab.rendezvous(&format!("{name}-rdv"), "[::]:7000");
     let key = pinned.split('@').next().unwrap();
     let at = if no_v4 { "[2001:db8:f0::10]:7000" } else { RDV };

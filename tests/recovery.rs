@@ -1,5 +1,5 @@
 //! Issue 12, items 1 and 2, on the real kernel: state lost on one side comes back from the
-//! other with nobody typing anything. Nodes behind nftables NATs (`scripts/natlab.sh`), a real
+//! other with nobody typing anything. Nodes behind nftables NATs (the NAT lab (`crates/pilot-lab`)), a real
 //! rendezvous with its SQLite database. Needs root (see `lab::privileged`).
 
 mod lab;

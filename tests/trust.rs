@@ -1,5 +1,5 @@
 //! Bilateral trust and names on the real kernel: nodes behind nftables NATs
-//! (`scripts/natlab.sh`), a real rendezvous, and the `pilotctl` verbs a user types. Needs root.
+//! (the NAT lab (`crates/pilot-lab`)), a real rendezvous, and the `pilotctl` verbs a user types. Needs root.
 
 mod lab;
 

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Two pilot nodes behind NAT routers, found by each other through a rendezvous: the natlab
-# topology (scripts/natlab.sh) with pilotd in it, for scripts/demo.sh and scripts/bench.sh.
+# Two pilot nodes behind NAT routers, found by each other through a rendezvous: a NAT lab
+# (the `natlab` binary, crates/pilot-lab) with pilotd in it, for scripts/demo.sh and bench.sh.
 # Builds on twonode.sh (source that first): its cleanup, tn_spawn, tn_in_a/b, tn_ctl_a/b,
 # tn_wait_ready and tn_check_alive work unchanged on these nodes.
 #
@@ -14,7 +14,7 @@
 #
 # Usage (after tn_init):
 #   np_lab_up prc sym       # a fresh lab with a unique NAME; tn_release (or the EXIT trap)
-#                           # stops our processes and runs `natlab.sh down NAME`
+#                           # stops our processes and runs `natlab down NAME`
 #   np_make_identities DIR  # keys of the rendezvous and both nodes, state under DIR
 #   np_start_rendezvous     # in NAME-rdv, waits until it listens
 #   np_start_nodes          # pilotd up on a (alice) and b (bob), registering (no waiting)
@@ -28,7 +28,17 @@ NP_KINDS="none cone prc sym"
 NP_LAB=""         # the natlab this run brought up and has not removed yet
 NP_RDV_ARGS=()    # extra flags for `pilotd rendezvous` (bench.sh: --relay-rate)
 
-np_natlab() { bash "$TN_ROOT/scripts/natlab.sh" "$@"; }
+# np_natlab ARGS...: the natlab binary (crates/pilot-lab), beside pilotd or in this tree.
+np_natlab() {
+    local bin
+    for bin in "$TN_BIN/natlab" "$TN_ROOT/target/release/natlab" "$TN_ROOT/target/debug/natlab"; do
+        if [[ -x $bin ]]; then
+            "$bin" "$@"
+            return
+        fi
+    done
+    tn_die "no natlab binary (crates/pilot-lab) in $TN_BIN or target/: run cargo build --release"
+}
 
 np_is_kind() { [[ " $NP_KINDS " == *" $1 "* && -n $1 ]]; }
 
@@ -68,7 +78,7 @@ np_lab_down() {
 # or namespace; TN_NS_A, TN_NS_B and TN_NS_RDV then name the lab's a, b and rdv.
 np_lab_up() {
     local nat1=$1 nat2=$2 prefix=${3:-p} try name run=${NATLAB_RUN_DIR:-/run/natlab}
-    command -v nft >/dev/null || tn_die "missing command: nft (apt-get install nftables), needed by scripts/natlab.sh"
+    command -v nft >/dev/null || tn_die "missing command: nft (apt-get install nftables), needed by natlab"
     for ((try = 0; try < 50; try++)); do
         name=$(printf '%s%05d' "${prefix:0:1}" $((($$ + try * 7919 + (try > 0 ? RANDOM : 0)) % 100000)))
         [[ -e $run/$name ]] && continue
@@ -84,7 +94,7 @@ np_lab_up() {
     if ! out=$(np_natlab up "$name" --nat1 "$nat1" --nat2 "$nat2" 2>&1 </dev/null); then
         NP_LAB="" # not ours (or already rolled back by natlab)
         printf '%s\n' "$out" >&2
-        tn_die "natlab.sh up $name --nat1 $nat1 --nat2 $nat2 failed"
+        tn_die "natlab up $name --nat1 $nat1 --nat2 $nat2 failed"
     fi
     # shellcheck disable=SC2034 # twonode.sh's, read by tn_in_a/b, tn_spawn
     TN_NS_A="$name-a"

@@ -100,7 +100,8 @@ tn_init() {
 
 # Builds the release binaries if they are not there yet.
 tn_ensure_binaries() {
-    if [[ -x $TN_BIN/pilotd && -x $TN_BIN/pilotctl ]]; then
+    # This tree's target/ also holds the lab's natlab (natpair.sh); PILOT_BIN need not.
+    if [[ -x $TN_BIN/pilotd && -x $TN_BIN/pilotctl && (-n ${PILOT_BIN:-} || -x $TN_BIN/natlab) ]]; then
         tn_note "binaries: $TN_BIN"
         return
     fi

@@ -1,5 +1,6 @@
-//! A tiny lab for tests that need the real kernel: network namespaces joined by veth, `pilotd`
-//! processes inside them, and cleanup that removes everything a test made, even when it fails.
+//! The tests' side of the lab for tests that need the real kernel: `pilotd` processes (nodes,
+//! rendezvous) inside namespaces and NAT labs built by `pilot-lab` (crates/pilot-lab), and
+//! cleanup that removes everything a test made, even when it fails.
 //!
 //! Needs root. Without it a test prints why and passes — except under `CI=true`, where a
 //! missing prerequisite fails the test instead of hiding it.
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use pilot_lab::{NatKind, NatLab, Netns, Options, Router, V6Kind};
 
 pub const PILOTD: &str = env!("CARGO_BIN_EXE_pilotd");
 pub const PILOTCTL: &str = env!("CARGO_BIN_EXE_pilotctl");
@@ -68,9 +72,10 @@ pub fn command_exists(tool: &str) -> bool {
 pub struct Lab {
     pub tag: String,
     pub dir: PathBuf,
-    namespaces: Vec<String>,
+    /// Namespaces this lab made (deleted on drop, after its processes are stopped).
+    namespaces: Vec<Netns>,
     children: Vec<Child>,
-    /// A `scripts/natlab.sh` topology this lab brought up (taken down on drop).
+    /// A NAT lab (crates/pilot-lab) this lab brought up (taken down on drop).
     natlab: Option<String>,
     /// `/etc/netns/NS` directories this lab made (removed on drop).
     etc_dirs: Vec<PathBuf>,
@@ -110,31 +115,37 @@ impl Lab {
         }
     }
 
-    /// Brings up the NAT topology of `scripts/natlab.sh` with the given router kinds; returns
-    /// the lab name (namespaces are `NAME-a`, `NAME-a2`, `NAME-b`, `NAME-rdv`, …).
+    /// Brings up a NAT lab (crates/pilot-lab) with the given router kinds; returns its name
+    /// (namespaces are `NAME-a`, `NAME-a2`, `NAME-b`, `NAME-rdv`, …).
     pub fn natlab(&mut self, nat1: &str, nat2: &str) -> String {
-        self.natlab_with(nat1, nat2, &[])
+        self.natlab_with(Options::new(nat1.parse().unwrap(), nat2.parse().unwrap()))
     }
 
-    /// [`Lab::natlab`] with more `natlab.sh up` options (`--v6-1 fw`, `--no-v4 2`, …).
-    pub fn natlab_with(&mut self, nat1: &str, nat2: &str, extra: &[&str]) -> String {
+    /// [`Lab::natlab`] with more options (IPv6 LANs, IPv6-only hosts, loss, delay).
+    pub fn natlab_with(&mut self, options: Options) -> String {
         // natlab names are at most 6 characters.
         let unique = std::process::id() * 64 + NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         let name = format!("n{:x}", unique % 0xf_ffff);
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
         self.natlab = Some(name.clone());
-        let mut args = vec![script, "up", &name, "--nat1", nat1, "--nat2", nat2];
-        args.extend(extra);
-        run("bash", &args);
+        if let Err(e) = NatLab::up(&name, &options) {
+            panic!("natlab up {name}: {e:#}");
+        }
         name
+    }
+
+    /// Flushes a NAT router's conntrack table (every mapping): `router` is nat1 or nat2.
+    pub fn flush(&self, router: &str) {
+        let name = self.natlab.as_deref().expect("a natlab is up");
+        let lab = NatLab::open(name).unwrap();
+        lab.flush(router.parse().unwrap())
+            .unwrap_or_else(|e| panic!("natlab flush {name} {router}: {e:#}"));
     }
 
     /// A namespace with loopback up.
     pub fn netns(&mut self, suffix: &str) -> String {
         let name = format!("{}{}", self.tag, suffix);
-        run("ip", &["netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        let ns = Netns::add(&name).unwrap_or_else(|e| panic!("{e:#}"));
+        self.namespaces.push(ns);
         name
     }
 
@@ -142,16 +153,12 @@ impl Lab {
     pub fn two_hosts(&mut self) -> (String, String) {
         let (a, b) = (self.netns("a"), self.netns("b"));
         let (va, vb) = (format!("{}va", self.tag), format!("{}vb", self.tag));
-        run(
-            "ip",
-            &[
-                "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
-            ],
-        );
-        for (ns, dev, ip) in [(&a, &va, "198.51.100.1/24"), (&b, &vb, "198.51.100.2/24")] {
-            run("ip", &["-n", ns, "addr", "add", ip, "dev", dev]);
-            run("ip", &["-n", ns, "link", "set", dev, "up"]);
-        }
+        let [na, nb] = [
+            &self.namespaces[self.namespaces.len() - 2],
+            &self.namespaces[self.namespaces.len() - 1],
+        ];
+        na.veth(&va, "198.51.100.1/24", nb, &vb, "198.51.100.2/24")
+            .unwrap_or_else(|e| panic!("{e:#}"));
         (a, b)
     }
 
@@ -532,12 +539,11 @@ impl Drop for Lab {
                 let _ = child.wait();
             }
         }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        self.namespaces.clear();
         if let Some(name) = &self.natlab {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab.sh");
-            let _ = Command::new("bash").args([script, "down", name]).output();
+            if let Err(e) = NatLab::down(name) {
+                eprintln!("natlab down {name}: {e:#}");
+            }
         }
         for dir in &self.etc_dirs {
             let _ = fs::remove_dir_all(dir);

@@ -1,4 +1,4 @@
-"""natlab probe (scripts/natlab.sh check, flush; stdlib only).
+"""natlab probe (natlab check, flush; stdlib only).
 
 probe.py server EP...    a STUN-like UDP echo server: replies with the source ip:port it saw,
                          and on request sends unsolicited "pokes" from its other sockets.
@@ -8,7 +8,7 @@ probe.py isolation NS... checks that every interface of the given namespaces sta
 probe.py ctflush         empties the conntrack table of the namespace it runs in (what
                          `conntrack -F` does, over ctnetlink, so no conntrack package needed).
 
-natlab.sh copies it into the lab's state dir and runs it from there.
+natlab (crates/pilot-lab) writes it into the lab's state dir and runs it from there.
 """
 import heapq, itertools, json, os, select, socket, struct, subprocess, sys, time
 

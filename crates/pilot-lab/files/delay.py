@@ -1,10 +1,10 @@
-"""natlab delayer (scripts/natlab.sh --delay; stdlib only).
+"""natlab delayer (natlab up --delay; stdlib only).
 
 delay.py QUEUE MS   holds every packet the kernel puts in NFQUEUE number QUEUE for MS
                     milliseconds, then accepts it (the kernel here has no sch_netem). Speaks
                     nfnetlink_queue over a raw netlink socket; runs in the lab's inet namespace,
                     where the iptables NFQUEUE rules send it the packets of the NAT routers'
-                    public links. `up` copies it into the lab's state dir and runs it from there.
+                    public links. `up` writes it into the lab's state dir and runs it from there.
 """
 import collections, os, select, signal, socket, struct, sys, time
 
