@@ -7,6 +7,7 @@
 //! - [`natlab`]: bringing a lab up (rolled back on failure) and down, and the verbs on one.
 //! - [`check`]: measuring that a lab behaves as its options say.
 //! - [`netns`]: namespaces a test owns (deleted on drop), joined by veth pairs.
+//! - [`postgres`]: throwaway PostgreSQL clusters on a Unix socket, for the stores' tests.
 //!
 //! The routers' rulesets (`files/*.nft`) and the helper programs (`files/probe.py`, a STUN-like
 //! probe; `files/delay.py`, the delayer this kernel needs for lack of netem) are real files,
@@ -18,6 +19,7 @@
 pub mod check;
 pub mod natlab;
 pub mod netns;
+pub mod postgres;
 pub mod sh;
 pub mod topology;
 

@@ -19,19 +19,18 @@ mod tests;
 
 use std::fs;
 use std::io;
-use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
+use super::rows::{key_of, lan_text, ledger_row, outbox_row, to_sql, RawRegistration};
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::rendezvous::{
     OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
 };
-use crate::wire::control::{NatKind, MAX_LAN_ENDPOINTS};
 use crate::wire::trust::Statement;
 use schema::{migrate, SchemaError, SCHEMA_VERSION};
 
@@ -186,17 +185,7 @@ impl SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (low, high, bytes) = row.map_err(|e| self.classify(e))?;
-            let (Some(low), Some(high)) = (key_of(&low), key_of(&high)) else {
-                tracing::warn!("skipping a ledger row whose keys are not 32 bytes");
-                continue;
-            };
-            match Statement::decode(&bytes) {
-                Ok(s) if s.pair() == (low, high) => out.push(s),
-                Ok(_) => {
-                    tracing::warn!(%low, %high, "skipping ledger row: filed under another pair")
-                }
-                Err(e) => tracing::warn!(%low, %high, "skipping ledger row: {e}"),
-            }
+            out.extend(ledger_row(&low, &high, &bytes));
         }
         Ok(out)
     }
@@ -220,18 +209,7 @@ impl SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (id, target, bytes, stored_ms) = row.map_err(|e| self.classify(e))?;
-            let item = (|| {
-                Some(OutboxItem {
-                    id: u64::try_from(id).ok()?,
-                    target: key_of(&target)?,
-                    statement: Statement::decode(&bytes).ok()?,
-                    stored_ms: u64::try_from(stored_ms).ok()?,
-                })
-            })();
-            match item {
-                Some(item) => out.push(item),
-                None => tracing::warn!(id, "skipping outbox row: it does not decode"),
-            }
+            out.extend(outbox_row(id, &target, &bytes, stored_ms));
         }
         Ok(out)
     }
@@ -270,12 +248,11 @@ impl Store for SqliteStore {
                 )
                 .map_err(write)?;
             for r in records {
-                let lan: Vec<String> = r.lan.iter().map(|e| e.to_string()).collect();
                 upsert
                     .execute(params![
                         &r.key.0[..],
                         r.observed.to_string(),
-                        lan.join(" "),
+                        lan_text(&r.lan),
                         r.nat.as_str(),
                         to_sql(r.first_seen_ms),
                         to_sql(r.last_seen_ms),
@@ -405,75 +382,6 @@ impl Store for SqliteStore {
 
 fn write(e: rusqlite::Error) -> StoreError {
     StoreError::Write(e.to_string())
-}
-
-fn key_of(bytes: &[u8]) -> Option<NodeKey> {
-    bytes.try_into().ok().map(NodeKey)
-}
-
-/// A registration row as SQLite holds it, before it is checked.
-struct RawRegistration {
-    key: Vec<u8>,
-    observed: String,
-    lan: String,
-    nat: String,
-    first_seen_ms: i64,
-    last_seen_ms: i64,
-    name: Option<String>,
-}
-
-impl RawRegistration {
-    fn decode(self) -> Result<Registration, String> {
-        let key = key_of(&self.key).ok_or_else(|| "a key is not 32 bytes".to_string())?;
-        let endpoint = |text: &str| {
-            text.parse::<SocketAddr>()
-                .map_err(|_| format!("bad endpoint `{text}` for key {key}"))
-        };
-        let lan = self
-            .lan
-            .split_ascii_whitespace()
-            .map(endpoint)
-            .collect::<Result<Vec<_>, _>>()?;
-        if lan.len() > MAX_LAN_ENDPOINTS {
-            return Err(format!("too many LAN endpoints for key {key}"));
-        }
-        // A bad name costs the node its name, not its registration: it claims one again with
-        // its next `Register`.
-        let hostname = self.name.and_then(|name| match name.parse::<Hostname>() {
-            Ok(hostname) => Some(hostname),
-            Err(e) => {
-                tracing::warn!(node = %key, "ignoring stored hostname: {e}");
-                None
-            }
-        });
-        Ok(Registration {
-            key,
-            observed: endpoint(&self.observed)?,
-            lan,
-            hostname,
-            nat: nat_from_name(&self.nat)
-                .ok_or_else(|| format!("unknown NAT kind `{}` for key {key}", self.nat))?,
-            first_seen_ms: u64::try_from(self.first_seen_ms)
-                .map_err(|_| format!("negative time for key {key}"))?,
-            last_seen_ms: u64::try_from(self.last_seen_ms)
-                .map_err(|_| format!("negative time for key {key}"))?,
-        })
-    }
-}
-
-fn nat_from_name(name: &str) -> Option<NatKind> {
-    Some(match name {
-        "unknown" => NatKind::Unknown,
-        "none" => NatKind::None,
-        "endpoint_independent" => NatKind::EndpointIndependent,
-        "endpoint_dependent" => NatKind::EndpointDependent,
-        _ => return None,
-    })
-}
-
-/// SQLite integers are signed; times and ids beyond `i64::MAX` do not occur.
-fn to_sql(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The registry holds no secret, but node endpoints are nobody else's business.

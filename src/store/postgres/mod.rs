@@ -1,0 +1,444 @@
+//! The registry on PostgreSQL (`pilotd rendezvous --store postgres://USER@HOST[:PORT]/DB`), for
+//! operators who keep their state in a database they already run and back up.
+//!
+//! - Driver: tokio-postgres, pure Rust (no libpq), the client the rest of the async Rust
+//!   ecosystem builds on; its connection pipelines queries. It reads no environment, so the
+//!   password sources libpq users expect are implemented in [`target`].
+//! - Durability: a write returns `Ok` after `COMMIT`, which with PostgreSQL's default
+//!   `synchronous_commit = on` has reached the server's WAL on disk.
+//! - The same rows and the same rules as the SQLite store (its module doc): a registration that
+//!   does not decode is an error naming the database; a ledger or outbox row that does not is
+//!   skipped with a warning and left in place.
+//! - The [`Store`] trait is synchronous: the calls go to a thread of the store's own, which
+//!   owns the connection and a small runtime for it, and the caller waits for the answer (as
+//!   it waits for SQLite's fsync). A call that finds the connection gone reconnects first; a
+//!   call that fails half-way is not retried (the server's own retry rules apply). Every call
+//!   has a deadline ([`CALL_TIMEOUT`]), so a database that stops answering is an error, not
+//!   a hang.
+
+mod schema;
+pub mod target;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::rows::{key_of, lan_text, ledger_row, outbox_row, to_sql, RawRegistration};
+use crate::addr::Hostname;
+use crate::identity::NodeKey;
+use crate::rendezvous::{
+    PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
+};
+use schema::{migrate, SchemaError, SCHEMA_VERSION};
+pub use target::{PasswordSources, Target};
+
+/// How long one store call may take, connecting included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A job for the store's thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The registry in a PostgreSQL database.
+pub struct PostgresStore {
+    target: Target,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What the store's thread owns.
+struct Connection {
+    runtime: tokio::runtime::Runtime,
+    target: Target,
+    client: Option<Client>,
+}
+
+impl Connection {
+    /// Runs `f` on the connection (made first if there is none, or it was lost), within
+    /// [`CALL_TIMEOUT`]. A failure that lost the connection drops it, so the next call
+    /// reconnects.
+    fn run<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, Failed> {
+        let Connection {
+            runtime,
+            target,
+            client,
+        } = self;
+        let result = runtime.block_on(async {
+            tokio::time::timeout(CALL_TIMEOUT, async {
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    *client = None;
+                    let (c, connection) = target
+                        .config
+                        .connect(NoTls)
+                        .await
+                        .map_err(Failed::Connect)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::warn!("the registry database connection ended: {e}");
+                        }
+                    });
+                    *client = Some(c);
+                }
+                let c = client.as_mut().expect("connected above");
+                f(c).await.map_err(Failed::Query)
+            })
+            .await
+            .unwrap_or(Err(Failed::Timeout))
+        });
+        if let Err(failed) = &result {
+            if !matches!(failed, Failed::Query(e) if e.as_db_error().is_some()) {
+                // Not an answer from the server: the connection may be half-dead. Start over.
+                *client = None;
+            }
+        }
+        result
+    }
+
+    /// [`Connection::run`] for a [`Store`] call: a failure is a write error naming the
+    /// database.
+    fn call<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.run(f)
+            .map_err(|failed| StoreError::Write(format!("{}: {failed}", self.target)))
+    }
+}
+
+/// Why a call to the database failed.
+enum Failed {
+    Connect(tokio_postgres::Error),
+    Query(tokio_postgres::Error),
+    Timeout,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Connect(e) => write!(f, "cannot connect: {}", describe(e)),
+            Failed::Query(e) => f.write_str(&describe(e)),
+            Failed::Timeout => write!(f, "no answer within {} s", CALL_TIMEOUT.as_secs()),
+        }
+    }
+}
+
+/// The server's own message when there is one (tokio-postgres' Display says only "db
+/// error"), else the error with its causes ("invalid configuration: password missing").
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+impl PostgresStore {
+    /// Connects, brings the schema up to date (refusing a newer one), and returns the store.
+    pub fn open(target: Target) -> Result<PostgresStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: PathBuf::from(target.to_string()),
+            reason,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| open_err(format!("cannot start the database thread's runtime: {e}")))?;
+        let mut connection = Connection {
+            runtime,
+            target: target.clone(),
+            client: None,
+        };
+        let migrated = connection.run(async |client| Ok(migrate(client).await));
+        match migrated.map_err(|failed| open_err(failed.to_string()))? {
+            Ok(old) if old != 0 && old < SCHEMA_VERSION => {
+                tracing::info!("migrated {target} from schema {old} to {SCHEMA_VERSION}")
+            }
+            Ok(_) => {}
+            Err(SchemaError::Newer(version)) => {
+                return Err(StoreError::NewerSchema {
+                    path: PathBuf::from(target.to_string()),
+                    version: version.into(),
+                })
+            }
+            Err(SchemaError::Postgres(e)) => return Err(open_err(describe(&e))),
+        }
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let thread = thread::Builder::new()
+            .name("registry-db".into())
+            .spawn(move || {
+                while let Ok(job) = inbox.recv() {
+                    job(&mut connection);
+                }
+            })
+            .map_err(|e| open_err(format!("cannot start the database thread: {e}")))?;
+        Ok(PostgresStore {
+            target,
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Runs `job` on the store's thread and waits for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let gone = || StoreError::Write("the registry database thread has stopped".into());
+        let (answer, answered) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Box::new(move |c| {
+                let _ = answer.send(job(c));
+            }))
+            .map_err(|_| gone())?;
+        answered.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.jobs = None; // the thread's loop ends when its queue closes
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let target = self.target.clone();
+        let (registrations, ledger, outbox) = self.call(|c| {
+            c.call(async |client| {
+                let registrations = client
+                    .query(
+                        "SELECT r.key, r.observed, r.lan, r.nat, r.first_seen_ms, \
+                         r.last_seen_ms, n.name \
+                         FROM registrations r LEFT JOIN names n ON n.key = r.key",
+                        &[],
+                    )
+                    .await?;
+                let ledger = client
+                    .query("SELECT low, high, statement FROM ledger", &[])
+                    .await?;
+                let outbox = client
+                    .query(
+                        "SELECT id, target, statement, stored_ms FROM outbox ORDER BY id",
+                        &[],
+                    )
+                    .await?;
+                Ok((registrations, ledger, outbox))
+            })
+        })?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: PathBuf::from(target.to_string()),
+            reason,
+        };
+        let mut snapshot = Snapshot::default();
+        for r in registrations {
+            let raw = RawRegistration {
+                key: r.get(0),
+                observed: r.get(1),
+                lan: r.get(2),
+                nat: r.get(3),
+                first_seen_ms: r.get(4),
+                last_seen_ms: r.get(5),
+                name: r.get(6),
+            };
+            snapshot.registrations.push(raw.decode().map_err(corrupt)?);
+        }
+        for r in ledger {
+            let (low, high, bytes): (Vec<u8>, Vec<u8>, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+            snapshot.ledger.extend(ledger_row(&low, &high, &bytes));
+        }
+        for r in outbox {
+            let (target, bytes): (Vec<u8>, Vec<u8>) = (r.get(1), r.get(2));
+            snapshot
+                .outbox
+                .extend(outbox_row(r.get(0), &target, &bytes, r.get(3)));
+        }
+        Ok(snapshot)
+    }
+
+    fn save(&mut self, records: &[Registration]) -> Result<(), StoreError> {
+        let rows: Vec<_> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.key.0.to_vec(),
+                    r.observed.to_string(),
+                    lan_text(&r.lan),
+                    r.nat.as_str().to_owned(),
+                    to_sql(r.first_seen_ms),
+                    to_sql(r.last_seen_ms),
+                    r.hostname.as_ref().map(|h| h.as_str().to_owned()),
+                )
+            })
+            .collect();
+        self.call(move |c| {
+            c.call(async |client| {
+                let tx = client.transaction().await?;
+                let upsert = tx
+                    .prepare(
+                        "INSERT INTO registrations \
+                         (key, observed, lan, nat, first_seen_ms, last_seen_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (key) DO UPDATE SET observed = $2, lan = $3, nat = $4, \
+                         first_seen_ms = $5, last_seen_ms = $6",
+                    )
+                    .await?;
+                let release = tx.prepare("DELETE FROM names WHERE key = $1").await?;
+                // As in SQLite: the server checked that no other key holds the name; a row
+                // that says otherwise is a leftover, and the registration being written wins.
+                let claim = tx
+                    .prepare(
+                        "INSERT INTO names (name, key) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO UPDATE SET key = $2",
+                    )
+                    .await?;
+                for (key, observed, lan, nat, first, last, name) in &rows {
+                    tx.execute(&upsert, &[key, observed, lan, nat, first, last])
+                        .await?;
+                    tx.execute(&release, &[key]).await?;
+                    if let Some(name) = name {
+                        tx.execute(&claim, &[name, key]).await?;
+                    }
+                }
+                tx.commit().await
+            })
+        })
+    }
+
+    fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {
+        let ledger = submission.ledger.map(|s| {
+            let (low, high) = s.pair();
+            (low.0.to_vec(), high.0.to_vec(), s.to_bytes())
+        });
+        let replaces = submission.replaces.map(to_sql);
+        let deliver = submission.deliver.map(|d| {
+            (
+                d.target.0.to_vec(),
+                d.statement.to_bytes(),
+                to_sql(d.stored_ms),
+            )
+        });
+        let id: Option<i64> = self.call(move |c| {
+            c.call(async |client| {
+                let tx = client.transaction().await?;
+                if let Some((low, high, bytes)) = &ledger {
+                    tx.execute(
+                        "INSERT INTO ledger (low, high, statement) VALUES ($1, $2, $3) \
+                         ON CONFLICT (low, high) DO UPDATE SET statement = $3",
+                        &[low, high, bytes],
+                    )
+                    .await?;
+                }
+                if let Some(id) = &replaces {
+                    tx.execute("DELETE FROM outbox WHERE id = $1", &[id])
+                        .await?;
+                }
+                let id = match &deliver {
+                    None => None,
+                    Some((target, bytes, stored_ms)) => Some(
+                        tx.query_one(
+                            "INSERT INTO outbox (target, statement, stored_ms) \
+                             VALUES ($1, $2, $3) RETURNING id",
+                            &[target, bytes, stored_ms],
+                        )
+                        .await?
+                        .get(0),
+                    ),
+                };
+                tx.commit().await?;
+                Ok(id)
+            })
+        })?;
+        id.map(|id| u64::try_from(id).map_err(|_| StoreError::Write("negative outbox id".into())))
+            .transpose()
+    }
+
+    fn delivered(&mut self, id: u64) -> Result<(), StoreError> {
+        // No row has an id beyond i64::MAX, so there is nothing to delete for one.
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(());
+        };
+        self.call(move |c| {
+            c.call(async |client| {
+                client
+                    .execute("DELETE FROM outbox WHERE id = $1", &[&id])
+                    .await
+                    .map(drop)
+            })
+        })
+    }
+
+    fn purge(&mut self, before: PurgeBefore) -> Result<Purged, StoreError> {
+        let (names_ms, registrations_ms, deliveries_ms) = (
+            to_sql(before.names_ms),
+            to_sql(before.registrations_ms),
+            to_sql(before.deliveries_ms),
+        );
+        let (names, keys, deliveries) = self.call(move |c| {
+            c.call(async |client| {
+                let tx = client.transaction().await?;
+                // Names of holders silent too long, and leftovers whose registration is gone.
+                let names = tx
+                    .query(
+                        "DELETE FROM names WHERE key NOT IN \
+                         (SELECT key FROM registrations WHERE last_seen_ms >= $1) RETURNING name",
+                        &[&names_ms],
+                    )
+                    .await?;
+                // A holder's registration stays: its last_seen_ms is when its name expires.
+                let keys = tx
+                    .query(
+                        "DELETE FROM registrations WHERE last_seen_ms < $1 \
+                         AND key NOT IN (SELECT key FROM names) RETURNING key",
+                        &[&registrations_ms],
+                    )
+                    .await?;
+                let deliveries = tx
+                    .execute("DELETE FROM outbox WHERE stored_ms < $1", &[&deliveries_ms])
+                    .await?;
+                tx.commit().await?;
+                let names: Vec<String> = names.iter().map(|r| r.get(0)).collect();
+                let keys: Vec<Vec<u8>> = keys.iter().map(|r| r.get(0)).collect();
+                Ok((names, keys, deliveries))
+            })
+        })?;
+        Ok(Purged {
+            names: names.iter().filter_map(|n| n.parse().ok()).collect(),
+            keys: keys.iter().filter_map(|k| key_of(k)).collect(),
+            deliveries: usize::try_from(deliveries).unwrap_or(usize::MAX),
+        })
+    }
+
+    fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {
+        let name = name.as_str().to_owned();
+        let key: Option<Vec<u8>> = self.call(move |c| {
+            c.call(async |client| {
+                let row = client
+                    .query_opt("DELETE FROM names WHERE name = $1 RETURNING key", &[&name])
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })?;
+        Ok(key.as_deref().and_then(key_of))
+    }
+}

@@ -1,0 +1,289 @@
+//! The PostgreSQL store on real, throwaway clusters (`pilot_lab::postgres`): one per test,
+//! on a Unix socket in a temp dir. Without Debian's `postgresql` a test prints why and passes,
+//! except under `CI=true`, where it fails.
+
+use pilot_lab::postgres::Cluster;
+
+use super::*;
+use crate::rendezvous::Snapshot;
+use crate::store::testdata::*;
+use crate::wire::control::NatKind;
+
+/// A cluster with database `registry`, or `None` (after saying why) where there is none.
+fn cluster(test: &str) -> Option<Cluster> {
+    if pilot_lab::postgres::bin_dir().is_none() {
+        let why = "PostgreSQL's server programs (apt-get install postgresql)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: CI=true but this test cannot run: missing {why}");
+        }
+        eprintln!("SKIP {test}: needs {why}");
+        return None;
+    }
+    let cluster = Cluster::start().unwrap_or_else(|e| panic!("{test}: {e:#}"));
+    cluster.create_db("registry").unwrap();
+    Some(cluster)
+}
+
+fn with_password() -> PasswordSources {
+    PasswordSources {
+        env_password: Some(Cluster::PASSWORD.into()),
+        ..PasswordSources::default()
+    }
+}
+
+fn open(cluster: &Cluster) -> PostgresStore {
+    let target = Target::parse(&cluster.url("registry"), &with_password()).unwrap();
+    PostgresStore::open(target).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn sorted(mut snapshot: Snapshot) -> Vec<Registration> {
+    snapshot.registrations.sort_by_key(|r| r.key);
+    snapshot.registrations
+}
+
+#[test]
+fn saved_records_and_names_survive_reopening_and_go_when_purged() {
+    let Some(cluster) = cluster("saved_records_and_names_survive_reopening_and_go_when_purged")
+    else {
+        return;
+    };
+    let mut changed = record(1);
+    changed.lan.clear();
+    changed.hostname = None;
+    changed.nat = NatKind::Unknown;
+    {
+        let mut store = open(&cluster);
+        store.save(&[record(1), record(2)]).unwrap();
+        store.save(std::slice::from_ref(&changed)).unwrap();
+    }
+    let mut store = open(&cluster);
+    assert_eq!(sorted(store.load().unwrap()), vec![changed, record(2)]);
+    // Renaming releases the old name, which another key may then take.
+    let mut two = record(2);
+    two.hostname = Some("renamed".parse().unwrap());
+    let mut three = record(3);
+    three.hostname = Some("node-2".parse().unwrap());
+    store.save(&[two.clone()]).unwrap();
+    store.save(&[three.clone()]).unwrap();
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT count(*) FROM names")
+            .unwrap(),
+        "2"
+    );
+    // Node 1 (no name) and node 2 are silent too long; 3 keeps its own.
+    let purged = store.purge(before(1_700_000_025_003, 0)).unwrap();
+    assert_eq!(purged.keys.len(), 2, "{purged:?}");
+    assert_eq!(purged.names, vec!["renamed".parse().unwrap()]);
+    assert_eq!(sorted(store.load().unwrap()), vec![three]);
+    assert_eq!(
+        store.release_name(&"node-2".parse().unwrap()).unwrap(),
+        Some(NodeKey([3; 32]))
+    );
+    assert_eq!(
+        store.release_name(&"node-2".parse().unwrap()).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn ledger_and_outbox_survive_reopening_and_ids_are_never_reused() {
+    let Some(cluster) = cluster("ledger_and_outbox_survive_reopening_and_ids_are_never_reused")
+    else {
+        return;
+    };
+    let record = trust(1, 2, NOW);
+    let ask = request(3, 4);
+    let (first, second) = {
+        let mut store = open(&cluster);
+        let first = store
+            .submit(&Submission {
+                ledger: Some(&record),
+                ..deliver(public(1), &record, NOW)
+            })
+            .unwrap()
+            .unwrap();
+        // A newer request replaces the older one in one transaction.
+        let second = store
+            .submit(&Submission {
+                replaces: Some(first),
+                ..deliver(public(4), &ask, NOW + 2)
+            })
+            .unwrap()
+            .unwrap();
+        (first, second)
+    };
+    assert!(second > first);
+    let mut store = open(&cluster);
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.ledger, vec![record.clone()]);
+    assert_eq!(snapshot.outbox.len(), 1);
+    assert_eq!(
+        (snapshot.outbox[0].id, &snapshot.outbox[0].statement),
+        (second, &ask)
+    );
+    store.delivered(second).unwrap();
+    store.delivered(u64::MAX).unwrap(); // no such row: nothing to do
+    let third = store
+        .submit(&deliver(public(4), &ask, NOW))
+        .unwrap()
+        .unwrap();
+    assert!(
+        third > second,
+        "ids are never reused: {third} after {second}"
+    );
+    assert_eq!(store.purge(before(0, NOW + 1)).unwrap().deliveries, 1);
+    assert!(store.load().unwrap().outbox.is_empty());
+    // An undecodable ledger row is skipped and left in place.
+    cluster
+        .sql(
+            "registry",
+            "INSERT INTO ledger VALUES (decode(repeat('00', 32), 'hex'), \
+             decode(repeat('01', 32), 'hex'), '\\x00')",
+        )
+        .unwrap();
+    assert_eq!(store.load().unwrap().ledger, vec![record]);
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT count(*) FROM ledger")
+            .unwrap(),
+        "2"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_alone_and_a_bad_registration_is_an_error() {
+    let Some(cluster) =
+        cluster("a_newer_schema_is_refused_and_left_alone_and_a_bad_registration_is_an_error")
+    else {
+        return;
+    };
+    drop(open(&cluster));
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT version FROM pilot_schema")
+            .unwrap(),
+        "1"
+    );
+    cluster
+        .sql(
+            "registry",
+            "INSERT INTO registrations VALUES (decode(repeat('07', 32), 'hex'), \
+             'not an endpoint', '', 'none', 0, 0)",
+        )
+        .unwrap();
+    let target = Target::parse(&cluster.url("registry"), &with_password()).unwrap();
+    let e = PostgresStore::open(target.clone())
+        .unwrap()
+        .load()
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("not an endpoint"), "{e}");
+    cluster
+        .sql("registry", "UPDATE pilot_schema SET version = 9")
+        .unwrap();
+    let e = PostgresStore::open(target).err().expect("refused");
+    assert!(
+        matches!(e, StoreError::NewerSchema { version: 9, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("upgrade pilotd"), "{e}");
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT version FROM pilot_schema")
+            .unwrap(),
+        "9"
+    );
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT count(*) FROM registrations")
+            .unwrap(),
+        "1"
+    );
+}
+
+#[test]
+fn a_missing_or_wrong_password_is_a_clear_error_that_names_no_secret() {
+    let Some(cluster) =
+        cluster("a_missing_or_wrong_password_is_a_clear_error_that_names_no_secret")
+    else {
+        return;
+    };
+    let url = cluster.url("registry");
+    let none = Target::parse(&url, &PasswordSources::default()).unwrap();
+    let e = PostgresStore::open(none)
+        .err()
+        .expect("no password")
+        .to_string();
+    assert!(e.contains("password"), "{e}");
+    let wrong = PasswordSources {
+        env_password: Some("not-the-password".into()),
+        ..PasswordSources::default()
+    };
+    let e = PostgresStore::open(Target::parse(&url, &wrong).unwrap())
+        .err()
+        .expect("wrong password")
+        .to_string();
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(!e.contains("not-the-password"), "{e}");
+    let missing_db = Target::parse(&cluster.url("nosuchdb"), &with_password()).unwrap();
+    let e = PostgresStore::open(missing_db)
+        .err()
+        .expect("no database")
+        .to_string();
+    assert!(
+        e.contains("nosuchdb") && e.contains("does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_stopped_database_fails_writes_quickly_and_a_restarted_one_is_reconnected() {
+    let Some(mut cluster) =
+        cluster("a_stopped_database_fails_writes_quickly_and_a_restarted_one_is_reconnected")
+    else {
+        return;
+    };
+    let mut store = open(&cluster);
+    store.save(&[record(1)]).unwrap();
+    cluster.stop().unwrap();
+    let started = std::time::Instant::now();
+    let e = store.save(&[record(2)]).unwrap_err();
+    assert!(matches!(e, StoreError::Write(_)), "{e}");
+    assert!(
+        started.elapsed() < CALL_TIMEOUT,
+        "failed at once, not at the deadline"
+    );
+    assert!(store.save(&[record(2)]).is_err(), "still down");
+    cluster.restart().unwrap();
+    store.save(&[record(2)]).unwrap();
+    assert_eq!(sorted(store.load().unwrap()), vec![record(1), record(2)]);
+}
+
+/// The server's scenarios across restarts (`rendezvous::testing`), on PostgreSQL.
+mod across_restarts {
+    use pilot_proto::rendezvous::testing::{
+        a_request_waits_for_its_target_across_a_restart, a_restart_does_not_reset_a_names_ttl, Sim,
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_request_waits_for_its_target_across_a_restart_in_postgres() {
+        let Some(cluster) = cluster("a_request_waits_for_its_target_across_a_restart_in_postgres")
+        else {
+            return;
+        };
+        let open = || -> Box<dyn Store> { Box::new(open(&cluster)) };
+        let sim = Sim::on(open(), |_| {});
+        a_request_waits_for_its_target_across_a_restart(sim, open);
+    }
+
+    #[test]
+    fn a_restart_does_not_reset_a_names_ttl_in_postgres() {
+        let Some(cluster) = cluster("a_restart_does_not_reset_a_names_ttl_in_postgres") else {
+            return;
+        };
+        a_restart_does_not_reset_a_names_ttl(|| Box::new(open(&cluster)));
+    }
+}
