@@ -14,6 +14,7 @@ use pilot::identity::{Identity, NodeKey};
 use pilot::wire::control::{write_relay, Found, Message, Query, RefusalCode, RELAY_FROM, RELAY_TO};
 use pilot::wire::envelope::{open, seal};
 use pilot::wire::trust::{Statement, TrustRecord, TrustRequest};
+use pilot_lab::postgres::Cluster;
 
 const PILOTD: &str = env!("CARGO_BIN_EXE_pilotd");
 /// How long a silence must last to count as "no reply".
@@ -40,10 +41,15 @@ struct Rendezvous {
 
 impl Rendezvous {
     fn start(dir: &Path, args: &[&str]) -> Rendezvous {
+        Rendezvous::start_with_env(dir, args, &[])
+    }
+
+    fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Rendezvous {
         let mut child = Command::new(PILOTD)
             .args(["--log-level", "info", "rendezvous", "--data-dir"])
             .arg(dir)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -394,16 +400,64 @@ fn serves_registration_nat_probes_punches_and_relay_and_survives_kill_9() {
 #[test]
 fn a_request_reaches_an_absent_node_after_a_restart_and_names_are_kept() {
     let dir = temp("deliver");
-    let rdv = Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
+    let start = || Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
+    a_request_reaches_an_absent_node_after_a_kill_9(start);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn on_postgres_a_request_reaches_an_absent_node_after_a_restart_and_names_are_kept() {
+    let test = "on_postgres_a_request_reaches_an_absent_node_after_a_restart_and_names_are_kept";
+    let Some(cluster) = Cluster::for_test(test, "registry") else {
+        return;
+    };
+    let dir = temp("deliver-pg");
+    let url = cluster.url("registry");
+    let start = || {
+        let args = ["--listen", "127.0.0.1:0", "--store", &url];
+        Rendezvous::start_with_env(&dir, &args, &[("PGPASSWORD", Cluster::PASSWORD)])
+    };
+    a_request_reaches_an_absent_node_after_a_kill_9(start);
+    // It is all in the database (and nothing in the data directory but the identity).
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT count(*) FROM names")
+            .unwrap(),
+        "2"
+    );
+    assert!(!dir.join("rendezvous.db").exists());
+    // free-name works on the database too.
+    let out = Command::new(PILOTD)
+        .args(["rendezvous", "free-name", "alice", "--store", &url])
+        .env("PGPASSWORD", Cluster::PASSWORD)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("freed `alice`"),
+        "{out:?}"
+    );
+    assert_eq!(
+        cluster.sql("registry", "SELECT name FROM names").unwrap(),
+        "bob"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A node submits a trust request for one that is not registered; the rendezvous is killed
+/// with -9 right after answering `Stored` and started again on the same registry; the other
+/// node registers and gets the request, and the first keeps its name.
+fn a_request_reaches_an_absent_node_after_a_kill_9(start: impl Fn() -> Rendezvous) {
+    let rdv = start();
     let (mut a, mut b) = (Client::new(4), Client::new(5));
     a.register(&rdv, &[], Some("alice"));
     let ask =
         TrustRequest::sign(a.identity.signing_key(), b.key(), now_ms(), 1, "backups").unwrap();
     a.submit(&rdv, &Statement::Request(ask.clone()));
 
-    // kill -9 and a restart on the same directory.
+    // kill -9 and a restart on the same registry.
     drop(rdv);
-    let rdv = Rendezvous::start(&dir, &["--listen", "127.0.0.1:0"]);
+    let rdv = start();
     let Message::Challenge { cookie, .. } = b.ask(&rdv, &b.register_message(&[], None)) else {
         panic!("a first contact is challenged")
     };
@@ -461,7 +515,6 @@ fn a_request_reaches_an_absent_node_after_a_restart_and_names_are_kept() {
     ] {
         assert!(counters.contains(expected), "{expected} in {counters}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

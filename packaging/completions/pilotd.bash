@@ -186,7 +186,7 @@ _pilotd() {
             return 0
             ;;
         pilotd__subcmd__rendezvous)
-            opts="-h --config --listen --alt-port --data-dir --keepalive --expiry --name-ttl --relay-rate --stats-interval --metrics --tcp-listen --log-level --help free-name help"
+            opts="-h --config --listen --alt-port --data-dir --keepalive --expiry --name-ttl --relay-rate --stats-interval --metrics --tcp-listen --store --store-password-file --log-level --help free-name help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -236,6 +236,14 @@ _pilotd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --store)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --store-password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log-level)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -248,7 +256,7 @@ _pilotd() {
             return 0
             ;;
         pilotd__subcmd__rendezvous__subcmd__free__subcmd__name)
-            opts="-h --config --data-dir --log-level --help"
+            opts="-h --config --data-dir --store --store-password-file --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -259,6 +267,14 @@ _pilotd() {
                     return 0
                     ;;
                 --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --store)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --store-password-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -98,6 +98,10 @@ pub struct RendezvousFile {
     pub metrics: Option<SocketAddr>,
     #[serde(default, deserialize_with = "socket_addr")]
     pub tcp_listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "string")]
+    pub store: Option<String>,
+    #[serde(default, deserialize_with = "path")]
+    pub store_password_file: Option<PathBuf>,
 }
 
 /// Why a config file was refused.

@@ -110,6 +110,8 @@ stats_interval = 5
 log_level = "warn"
 metrics = "[::1]:9101"
 tcp_listen = "[::]:443"
+store = "postgres://pilot@db/pilot"
+store_password_file = "/etc/pilot/db.password"
 "#;
     sets_every_key(text, keys::<RendezvousFile>());
     let expected = RendezvousFile {
@@ -124,6 +126,8 @@ tcp_listen = "[::]:443"
         log_level: Some("warn".into()),
         metrics: Some("[::1]:9101".parse().unwrap()),
         tcp_listen: Some("[::]:443".parse().unwrap()),
+        store: Some("postgres://pilot@db/pilot".into()),
+        store_password_file: Some("/etc/pilot/db.password".into()),
     };
     assert_eq!(rdv(text).unwrap(), expected);
 }

@@ -188,7 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let file: RendezvousFile = config::load(args.config.as_deref())?;
                 init_logging(cli.log_level.as_deref().or(file.log_level.as_deref()));
                 let data_dir = args.data_dir(&file);
-                let key = crate::daemon::rendezvous::free_name(&data_dir, &args.name)?;
+                let store = args.store.clone().resolve(&file)?;
+                let key = crate::daemon::rendezvous::free_name(&data_dir, &store, &args.name)?;
                 println!(
                     "freed `{}` (held by {key}); any node may claim it now. If the node holding \
                      it still runs with that hostname, it claims it again at its next \

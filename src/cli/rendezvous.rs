@@ -9,8 +9,9 @@ use anyhow::{anyhow, bail};
 use super::config::RendezvousFile;
 use super::values::{check_period, parse_duration, parse_hostname, relay_bytes_per_sec};
 use crate::addr::Hostname;
-use crate::daemon::rendezvous::{default_data_dir, RendezvousOptions};
+use crate::daemon::rendezvous::{default_data_dir, RegistryStore, RendezvousOptions};
 use crate::rendezvous::DEFAULT_NAME_TTL;
+use crate::store::postgres::{PasswordSources, Target};
 
 /// Registration refresh interval told to nodes, seconds.
 const DEFAULT_KEEPALIVE: u16 = 25;
@@ -46,13 +47,15 @@ pub struct FreeNameArgs {
     /// The hostname to free.
     #[arg(value_name = "NAME", value_parser = parse_hostname)]
     pub name: Hostname,
-    /// Config file of the rendezvous (only its `data_dir` is used).
+    /// Config file of the rendezvous (only its `data_dir` and store settings are used).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Data directory holding rendezvous.db [default: /var/lib/pilot-rendezvous for root,
     /// ~/.pilot-rendezvous otherwise]
     #[arg(long, env = "PILOT_RENDEZVOUS_DIR")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 impl FreeNameArgs {
@@ -61,6 +64,41 @@ impl FreeNameArgs {
         (self.data_dir.clone())
             .or_else(|| file.data_dir.clone())
             .unwrap_or_else(default_data_dir)
+    }
+}
+
+/// Where the registry lives, for serving and for the offline commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Keep the registry in PostgreSQL instead of SQLite in the data directory:
+    /// postgres://USER@HOST[:PORT]/DB (a Unix socket directory as HOST, percent-encoded:
+    /// %2Frun%2Fpostgresql). No password here (`ps` shows flags): it comes from PGPASSWORD, a
+    /// passfile (PGPASSFILE, ~/.pgpass) or --store-password-file. With PostgreSQL, stop every
+    /// instance on the database before `free-name`.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL password (its first line; mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub store_password_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The flags' store, else the config file's, else SQLite.
+    pub fn resolve(self, file: &RendezvousFile) -> anyhow::Result<RegistryStore> {
+        let password_file = self
+            .store_password_file
+            .or_else(|| file.store_password_file.clone());
+        let Some(url) = self.store.or_else(|| file.store.clone()) else {
+            if password_file.is_some() {
+                bail!(
+                    "store_password_file is for a PostgreSQL store: give --store postgres://… too"
+                );
+            }
+            return Ok(RegistryStore::Sqlite);
+        };
+        let sources = PasswordSources::from_env(password_file);
+        let target = Target::parse(&url, &sources).map_err(|e| anyhow!("--store: {e}"))?;
+        Ok(RegistryStore::Postgres(Box::new(target)))
     }
 }
 
@@ -110,6 +148,8 @@ pub struct RendezvousArgs {
     /// pin. Off unless given.
     #[arg(long, value_name = "IP:PORT")]
     tcp_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 /// The rendezvous' settings: each from its flag if given, else from the config file, else its
@@ -171,6 +211,7 @@ pub(super) fn options(
         .or(file.relay_rate)
         .unwrap_or(DEFAULT_RELAY_RATE);
     let relay_bytes_per_sec = relay_bytes_per_sec(relay_rate)?;
+    let store = args.store.resolve(&file)?;
     Ok(RendezvousOptions {
         listen,
         alt_port,
@@ -185,6 +226,7 @@ pub(super) fn options(
         stats_interval: Duration::from_secs(stats_interval),
         metrics: args.metrics.or(file.metrics),
         tcp_listen: args.tcp_listen.or(file.tcp_listen),
+        store,
     })
 }
 
@@ -214,6 +256,36 @@ mod tests {
         assert_eq!(o.name_ttl, Duration::from_secs(30 * 24 * 3600));
         let o = parse(&["--listen", "[::]:0", "--keepalive", "10"]).unwrap();
         assert_eq!((o.alt_port, o.expiry), (0, Duration::from_secs(35)));
+    }
+
+    #[test]
+    fn the_registry_is_sqlite_unless_a_postgres_store_is_given_without_a_password() {
+        let o = parse(&["--listen", "192.0.2.1:7400"]).unwrap();
+        assert!(matches!(o.store, RegistryStore::Sqlite));
+        let o = parse(&[
+            "--listen",
+            "192.0.2.1:7400",
+            "--store",
+            "postgres://pilot@db:5433/reg",
+        ])
+        .unwrap();
+        let RegistryStore::Postgres(target) = o.store else {
+            panic!("not postgres");
+        };
+        assert_eq!(target.to_string(), "postgres://pilot@db:5433/reg");
+        let e = parse(&[
+            "--listen",
+            "192.0.2.1:7400",
+            "--store",
+            "postgres://p:hunter2@db/r",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("PGPASSWORD") && !e.contains("hunter2"), "{e}");
+        let e = parse(&["--listen", "192.0.2.1:7400", "--store-password-file", "/x"]).unwrap_err();
+        assert!(e.to_string().contains("--store postgres://"), "{e}");
+        let e = parse(&["--listen", "192.0.2.1:7400", "--store", "/var/lib/x.db"]).unwrap_err();
+        assert!(e.to_string().contains("postgres://USER@HOST"), "{e}");
     }
 
     #[test]

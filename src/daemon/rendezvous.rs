@@ -43,6 +43,7 @@ use crate::identity::NodeKey;
 use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
 use crate::rendezvous::streams::{connection_of, stream_endpoint};
 use crate::rendezvous::{Config, Port, Server, SqliteStore, Store, Transmit, DB_FILE};
+use crate::store::postgres::{PostgresStore, Target};
 use streams::{StreamEvent, StreamLimits, StreamRefusals};
 
 /// A scrape waiting for the loop's snapshot.
@@ -67,6 +68,39 @@ pub struct RendezvousOptions {
     /// Where to accept TLS streams from nodes whose network blocks UDP (opt-in; 443 is the
     /// port such networks let out).
     pub tcp_listen: Option<SocketAddr>,
+    /// Where the registry lives.
+    pub store: RegistryStore,
+}
+
+/// Where the registry lives: SQLite in the data directory (the default: no set-up), or a
+/// PostgreSQL database the operator runs.
+#[derive(Debug, Clone)]
+pub enum RegistryStore {
+    Sqlite,
+    Postgres(Box<Target>),
+}
+
+impl RegistryStore {
+    /// Opens it; the store and its SQLite file, if it is one (for the metrics' size figure).
+    fn open(&self, data_dir: &Path) -> anyhow::Result<(Box<dyn Store>, Option<PathBuf>)> {
+        Ok(match self {
+            RegistryStore::Sqlite => {
+                let db = data_dir.join(DB_FILE);
+                (Box::new(SqliteStore::open(&db)?), Some(db))
+            }
+            RegistryStore::Postgres(target) => {
+                (Box::new(PostgresStore::open((**target).clone())?), None)
+            }
+        })
+    }
+
+    /// Where it is, for log lines and errors (never with a password).
+    fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            RegistryStore::Sqlite => data_dir.join(DB_FILE).display().to_string(),
+            RegistryStore::Postgres(target) => target.to_string(),
+        }
+    }
 }
 
 /// The data directory when none is given: `/var/lib/pilot-rendezvous` for root,
@@ -93,7 +127,21 @@ pub fn run_rendezvous(options: RendezvousOptions) -> anyhow::Result<()> {
 /// only while no server runs on the directory: it takes the directory's lock (the server holds
 /// it for its whole life), and a running server makes it fail, saying what to do. With the
 /// lock held no server can start meanwhile, so nothing races the change.
-pub fn free_name(data_dir: &Path, name: &Hostname) -> anyhow::Result<NodeKey> {
+///
+/// On PostgreSQL every instance on the database holds the registry in memory: stop them all
+/// first (nothing here can tell whether one runs elsewhere).
+pub fn free_name(
+    data_dir: &Path,
+    store: &RegistryStore,
+    name: &Hostname,
+) -> anyhow::Result<NodeKey> {
+    if let RegistryStore::Postgres(target) = store {
+        let mut store = PostgresStore::open((**target).clone())?;
+        return match store.release_name(name)? {
+            Some(key) => Ok(key),
+            None => anyhow::bail!("no key holds the hostname `{name}` in {target}"),
+        };
+    }
     let db = data_dir.join(DB_FILE);
     if !db.exists() {
         anyhow::bail!(
@@ -162,22 +210,16 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
             AsyncFd::register(alt).map_err(io::Error::from)?,
         )
     };
-    let db = options.data_dir.join(DB_FILE);
-    let store = SqliteStore::open(&db)?;
+    let registry = options.store.describe(&options.data_dir);
+    let (store, db) = options.store.open(&options.data_dir)?;
     let mut config = Config::new(identity, main_port, alt_port);
     config.keepalive = options.keepalive;
     config.expiry = options.expiry;
     config.name_ttl = options.name_ttl;
     config.relay_bytes_per_sec = options.relay_bytes_per_sec;
     let seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
-    let server = Server::new(
-        config,
-        Box::new(store),
-        seed,
-        WallClock::system(),
-        Instant::now(),
-    )
-    .with_context(|| format!("loading registrations from {}", db.display()))?;
+    let server = Server::new(config, store, seed, WallClock::system(), Instant::now())
+        .with_context(|| format!("loading registrations from {registry}"))?;
     tracing::info!(
         public_key = %key,
         address = %options.listen.ip(),
@@ -185,6 +227,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         alt_port,
         registrations = server.registered(),
         data_dir = %options.data_dir.display(),
+        %registry,
         metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         streams = %tcp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "rendezvous listening"
@@ -255,7 +298,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
 async fn serve_metrics(
     listener: MetricsListener,
     loop_: mpsc::Sender<MetricsRequest>,
-    db: PathBuf,
+    db: Option<PathBuf>,
 ) {
     listener
         .serve(move || {
@@ -264,7 +307,7 @@ async fn serve_metrics(
                 let (tx, rx) = oneshot::channel();
                 loop_.send(tx).await.ok()?;
                 let mut snapshot = rx.await.ok()?;
-                snapshot.store_bytes = store_bytes(&db);
+                snapshot.store_bytes = db.as_deref().and_then(store_bytes);
                 Some(metrics::render_rendezvous(&snapshot))
             }
         })

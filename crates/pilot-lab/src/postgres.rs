@@ -43,6 +43,25 @@ impl Cluster {
     /// The superuser's password (clusters ask for it: SCRAM on the socket).
     pub const PASSWORD: &'static str = "lab-only-password";
 
+    /// For a test: a started cluster with database `db`; `None` (after saying why) where
+    /// Debian's postgresql is not installed, except under `CI=true`, where that panics.
+    pub fn for_test(test: &str, db: &str) -> Option<Cluster> {
+        if bin_dir().is_none() {
+            let why = "PostgreSQL's server programs (apt-get install postgresql)";
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: CI=true but this test cannot run: missing {why}"
+            );
+            eprintln!("SKIP {test}: needs {why}");
+            return None;
+        }
+        let cluster = Cluster::start().unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        cluster
+            .create_db(db)
+            .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        Some(cluster)
+    }
+
     /// Creates and starts a cluster.
     pub fn start() -> Result<Cluster> {
         let bin = bin_dir().context(

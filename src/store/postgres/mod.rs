@@ -146,6 +146,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 impl PostgresStore {
     /// Connects, brings the schema up to date (refusing a newer one), and returns the store.
+    /// Safe to call from async code: all database work happens on the store's thread.
     pub fn open(target: Target) -> Result<PostgresStore, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: PathBuf::from(target.to_string()),
@@ -160,7 +161,21 @@ impl PostgresStore {
             target: target.clone(),
             client: None,
         };
-        let migrated = connection.run(async |client| Ok(migrate(client).await));
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let thread = thread::Builder::new()
+            .name("registry-db".into())
+            .spawn(move || {
+                while let Ok(job) = inbox.recv() {
+                    job(&mut connection);
+                }
+            })
+            .map_err(|e| open_err(format!("cannot start the database thread: {e}")))?;
+        let store = PostgresStore {
+            target: target.clone(),
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        let migrated = store.call(|c| Ok(c.run(async |client| Ok(migrate(client).await))))?;
         match migrated.map_err(|failed| open_err(failed.to_string()))? {
             Ok(old) if old != 0 && old < SCHEMA_VERSION => {
                 tracing::info!("migrated {target} from schema {old} to {SCHEMA_VERSION}")
@@ -174,20 +189,7 @@ impl PostgresStore {
             }
             Err(SchemaError::Postgres(e)) => return Err(open_err(describe(&e))),
         }
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        let thread = thread::Builder::new()
-            .name("registry-db".into())
-            .spawn(move || {
-                while let Ok(job) = inbox.recv() {
-                    job(&mut connection);
-                }
-            })
-            .map_err(|e| open_err(format!("cannot start the database thread: {e}")))?;
-        Ok(PostgresStore {
-            target,
-            jobs: Some(jobs),
-            thread: Some(thread),
-        })
+        Ok(store)
     }
 
     pub fn target(&self) -> &Target {

@@ -9,19 +9,9 @@ use crate::rendezvous::Snapshot;
 use crate::store::testdata::*;
 use crate::wire::control::NatKind;
 
-/// A cluster with database `registry`, or `None` (after saying why) where there is none.
+/// A cluster with database `registry` (see `Cluster::for_test`).
 fn cluster(test: &str) -> Option<Cluster> {
-    if pilot_lab::postgres::bin_dir().is_none() {
-        let why = "PostgreSQL's server programs (apt-get install postgresql)";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: CI=true but this test cannot run: missing {why}");
-        }
-        eprintln!("SKIP {test}: needs {why}");
-        return None;
-    }
-    let cluster = Cluster::start().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-    cluster.create_db("registry").unwrap();
-    Some(cluster)
+    Cluster::for_test(test, "registry")
 }
 
 fn with_password() -> PasswordSources {
