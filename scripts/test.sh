@@ -44,6 +44,11 @@ cargo clippy --locked --all-targets -- -D warnings
 cargo sim-clippy --locked -- -D warnings
 echo "== cargo test ($scope)"
 cargo test --locked "${tests[@]}"
+# The rendezvous' scenarios again on a server that queues its writes, as the daemon's does
+# (its store's thread runs them): the same answers, only once written.
+echo "== rendezvous scenarios with queued store writes"
+PILOT_SIM_QUEUED_STORE=1 cargo test --locked -p pilot-proto --lib rendezvous::
+PILOT_SIM_QUEUED_STORE=1 cargo test --locked -p pilot --lib store::
 if [[ $scope == full ]]; then
     # The simulation runs WireGuard's timers on its own clock: a build of its own, in its own
     # target directory (`cargo sim`, .cargo/config.toml), so target/debug keeps a pilotd that

@@ -40,7 +40,7 @@ pub struct StreamStats {
     pub handshakes_failed: u64,
 }
 
-/// How the registry's writes of registrations went (see `Server::commit`).
+/// How the registry's writes of registrations went (`Server::commit` and `Server::flush`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CommitStats {
     pub writes: u64,
@@ -214,7 +214,7 @@ pub fn render(m: &RendezvousMetrics) -> String {
         (
             "pilot_rendezvous_store_commits_total",
             Kind::Counter,
-            "Writes of new and changed registrations (a receive batch's in one transaction).",
+            "Writes of registrations: a receive batch's new and changed ones in one transaction, and lazily kept refreshes.",
             Value::from(k.writes),
         ),
         (
@@ -226,7 +226,7 @@ pub fn render(m: &RendezvousMetrics) -> String {
         (
             "pilot_rendezvous_store_commit_seconds_total",
             Kind::Counter,
-            "Time those writes took, in all (the packet loop waits for them).",
+            "Time those writes took, in all (on the store's thread: answers wait for them, the packet loop does not).",
             Value::from(k.seconds),
         ),
         (
@@ -355,6 +355,7 @@ pilot_rendezvous_refusals_total{reason=\"name_claims\"} 0
 pilot_rendezvous_refusals_total{reason=\"ledger_full\"} 0
 pilot_rendezvous_refusals_total{reason=\"new_pairs\"} 0
 pilot_rendezvous_refusals_total{reason=\"wrong_transport\"} 0
+pilot_rendezvous_refusals_total{reason=\"store_busy\"} 0
 # HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
 # TYPE pilot_rendezvous_statements_stored_total counter
 pilot_rendezvous_statements_stored_total 4
@@ -397,13 +398,13 @@ pilot_rendezvous_trust_pairs 1
 # HELP pilot_rendezvous_outbox_items Trust statements waiting for delivery to their target.
 # TYPE pilot_rendezvous_outbox_items gauge
 pilot_rendezvous_outbox_items 0
-# HELP pilot_rendezvous_store_commits_total Writes of new and changed registrations (a receive batch's in one transaction).
+# HELP pilot_rendezvous_store_commits_total Writes of registrations: a receive batch's new and changed ones in one transaction, and lazily kept refreshes.
 # TYPE pilot_rendezvous_store_commits_total counter
 pilot_rendezvous_store_commits_total 3
 # HELP pilot_rendezvous_store_committed_total Registrations those writes held.
 # TYPE pilot_rendezvous_store_committed_total counter
 pilot_rendezvous_store_committed_total 5
-# HELP pilot_rendezvous_store_commit_seconds_total Time those writes took, in all (the packet loop waits for them).
+# HELP pilot_rendezvous_store_commit_seconds_total Time those writes took, in all (on the store's thread: answers wait for them, the packet loop does not).
 # TYPE pilot_rendezvous_store_commit_seconds_total counter
 pilot_rendezvous_store_commit_seconds_total 0.25
 # HELP pilot_rendezvous_store_commit_slowest_seconds The slowest of those writes since the rendezvous started.

@@ -9,6 +9,7 @@ use super::rate::{Rate, TokenBucket};
 use super::registry::{candidates, infer_nat, Buckets};
 use super::relay;
 use super::streams;
+use super::writes::{Pending, StoreOp, Written};
 use super::{
     Port, Queued, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
     FLUSH_INTERVAL, REGISTER_RATE,
@@ -212,13 +213,7 @@ impl Server {
         }
         // First come, first served; the registration is refused as a whole so the node does
         // not believe it holds a name it does not.
-        let holder = hostname.as_ref().and_then(|n| {
-            let mut waiting = self.uncommitted.iter().rev();
-            let claimed = waiting.find(|p| p.record.hostname.as_ref() == Some(n));
-            claimed
-                .map(|p| p.record.key)
-                .or_else(|| self.directory.holder(n))
-        });
+        let holder = hostname.as_ref().and_then(|n| self.claimed_name(n));
         if holder.is_some_and(|k| k != req.sender) {
             self.counters.refuse(Refusal::NameTaken);
             return self.refusal_reply(req, RefusalCode::NameTaken, now, out);
@@ -242,7 +237,7 @@ impl Server {
         // Written at once when the acknowledged content differs from the store's: a change, or
         // an earlier lazy change (an endpoint followed from a Connect) not yet written.
         let changed = renamed
-            || self.dirty.contains(&req.sender)
+            || self.is_dirty(&req.sender)
             || previous.is_none_or(|p| p.observed != req.from || p.lan != lan);
         let record = Registration {
             key: req.sender,
@@ -286,7 +281,24 @@ impl Server {
         }
         let waiting = std::mem::take(&mut self.uncommitted);
         let records: Vec<Registration> = waiting.iter().map(|p| p.record.clone()).collect();
-        if let Err(e) = self.store.save(&records) {
+        match self.write(StoreOp::Save(records)) {
+            Written::Now(result) => self.committed(waiting, result.map(drop), now),
+            Written::Queued(ticket) => {
+                self.wait_for(ticket, Pending::Commit(waiting));
+                0
+            }
+        }
+    }
+
+    /// The registrations of one `commit` are written (or not): in effect and answered (or
+    /// refused, and the nodes retry). Returns how many were answered.
+    pub(super) fn committed(
+        &mut self,
+        waiting: Vec<Uncommitted>,
+        result: Result<(), StoreError>,
+        now: Instant,
+    ) -> usize {
+        if let Err(e) = result {
             self.store_error(&e);
             for _ in &waiting {
                 self.counters.refuse(Refusal::StoreFailed);
@@ -580,7 +592,7 @@ impl Server {
     }
 
     /// [`Server::reply`] through the queue, for answers given after the request's batch.
-    fn queue_reply(&mut self, req: Request, message: &Message, now: Instant) {
+    pub(super) fn queue_reply(&mut self, req: Request, message: &Message, now: Instant) {
         let mut buf = vec![0u8; 1500];
         let Some(len) = self.seal(message, now, &mut buf) else {
             return;

@@ -53,6 +53,8 @@ pub enum Refusal {
     /// A datagram from a stream endpoint at a UDP port (spoofed), or over a stream from an
     /// endpoint that is not one.
     WrongTransport,
+    /// `Submit` while the submissions waiting for the store's writes are at their limit.
+    StoreBusy,
 }
 
 /// Why a relay frame was not forwarded.
@@ -75,7 +77,7 @@ pub enum RelayDrop {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 21] = [
         Refusal::Malformed,
         Refusal::BadSignature,
         Refusal::Stale,
@@ -96,6 +98,7 @@ impl Refusal {
         Refusal::LedgerFull,
         Refusal::NewPairs,
         Refusal::WrongTransport,
+        Refusal::StoreBusy,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -121,6 +124,7 @@ impl Refusal {
             Refusal::LedgerFull => "ledger_full",
             Refusal::NewPairs => "new_pairs",
             Refusal::WrongTransport => "wrong_transport",
+            Refusal::StoreBusy => "store_busy",
         }
     }
 }

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use super::control::Request;
 use super::rate::Rate;
-use super::{Refusal, Server, Transmit, LOOKUP_RATE, SUBMIT_RATE};
+use super::writes::{Pending, StoreOp, Written};
+use super::{Refusal, Server, StoreError, Transmit, LOOKUP_RATE, SUBMIT_RATE};
 use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
 use crate::wire::control::{Found, Message, Query, RefusalCode};
@@ -212,22 +213,49 @@ impl Server {
             return self.refusal_reply(req, code, now, out);
         }
         let held = self.directory.name_of(&req.sender) == Some(&name);
-        if held {
-            // Acknowledged only once stored: a crash right after must not bring it back.
-            if let Err(e) = self.store.release_name(&name) {
-                self.store_error(&e);
-                self.counters.refuse(Refusal::StoreFailed);
-                return None;
-            }
-            self.store_ok();
-            self.directory.set_name(req.sender, None);
-            tracing::info!(node = %req.sender, "hostname {name} released by its holder");
+        if !held {
+            let reply = Message::NameReleased {
+                echo: req.nonce,
+                held,
+            };
+            return self.reply(req, &reply, now, out);
         }
-        let reply = Message::NameReleased {
+        // Acknowledged only once stored: a crash right after must not bring it back.
+        match self.write(StoreOp::ReleaseName(name.clone())) {
+            Written::Now(result) => {
+                let reply = self.name_released(req, name, result.map(drop))?;
+                self.reply(req, &reply, now, out)
+            }
+            Written::Queued(ticket) => {
+                self.wait_for(ticket, Pending::NameRelease { req, name });
+                None
+            }
+        }
+    }
+
+    /// A node's release of its hostname is written (or not): the name is free, and the answer
+    /// to send; none when the write failed (the node retries).
+    pub(super) fn name_released(
+        &mut self,
+        req: Request,
+        name: Hostname,
+        result: Result<(), StoreError>,
+    ) -> Option<Message> {
+        if let Err(e) = result {
+            self.store_error(&e);
+            self.counters.refuse(Refusal::StoreFailed);
+            return None;
+        }
+        self.store_ok();
+        // A registration may have renamed it meanwhile; only the released name goes.
+        if self.directory.name_of(&req.sender) == Some(&name) {
+            self.directory.set_name(req.sender, None);
+        }
+        tracing::info!(node = %req.sender, "hostname {name} released by its holder");
+        Some(Message::NameReleased {
             echo: req.nonce,
-            held,
-        };
-        self.reply(req, &reply, now, out)
+            held: true,
+        })
     }
 }
 

@@ -51,6 +51,7 @@ pub mod streams;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod writes;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +66,8 @@ pub use store::{
     MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store,
     StoreError, Submission,
 };
+use writes::{Backend, Pending, Written};
+pub use writes::{OwnedSubmission, StoreDone, StoreOp};
 
 use crate::addr::Hostname;
 use crate::clock::WallClock;
@@ -255,7 +258,13 @@ pub struct Server {
     relay_rate: Rate,
     clock: WallClock,
     nonces: NonceSource,
-    store: Box<dyn Store>,
+    /// Where writes go: the server's own store, or a queue for the daemon (see `writes`).
+    backend: Backend,
+    /// What waits for each queued write, by ticket.
+    pending: BTreeMap<u64, Pending>,
+    /// Submissions that arrived while another was being written (see `statements`).
+    deferred_submits: VecDeque<(control::Request, Statement)>,
+    next_ticket: u64,
     registry: Registry,
     /// Hostnames, and keys by address.
     directory: Directory,
@@ -285,6 +294,8 @@ pub struct Server {
     queued: VecDeque<Queued>,
     /// Nodes whose in-memory state is ahead of the store.
     dirty: BTreeSet<NodeKey>,
+    /// Nodes whose lazy changes are being written (a queued flush): still ahead of the store.
+    flushing: BTreeSet<NodeKey>,
     /// Registrations that changed, to be written and answered by `commit`.
     uncommitted: Vec<control::Uncommitted>,
     next_flush: Option<Instant>,
@@ -298,7 +309,7 @@ pub struct Server {
 impl Server {
     /// A server over `store`, restoring what it holds: hostnames, the trust ledger, the outbox,
     /// and the registrations that have not expired at `now`. Deliveries to those nodes resume
-    /// at once.
+    /// at once. Each write runs on `store` at once, inside the call that needs it.
     pub fn new(
         config: Config,
         mut store: Box<dyn Store>,
@@ -307,6 +318,38 @@ impl Server {
         now: Instant,
     ) -> Result<Server, StoreError> {
         let snapshot = store.load()?;
+        Ok(Server::restored(
+            config,
+            Backend::Inline(store),
+            snapshot,
+            seed,
+            clock,
+            now,
+        ))
+    }
+
+    /// A server that restores `snapshot` (what the daemon loaded from its store) and never
+    /// runs a write itself: the daemon takes them with [`Server::poll_store`] and answers with
+    /// [`Server::handle_store`] (see `writes`).
+    pub fn with_queued_store(
+        config: Config,
+        snapshot: Snapshot,
+        seed: u64,
+        clock: WallClock,
+        now: Instant,
+    ) -> Server {
+        let backend = Backend::Queued(VecDeque::new());
+        Server::restored(config, backend, snapshot, seed, clock, now)
+    }
+
+    fn restored(
+        config: Config,
+        backend: Backend,
+        snapshot: Snapshot,
+        seed: u64,
+        clock: WallClock,
+        now: Instant,
+    ) -> Server {
         let registry = Registry::new(config.expiry);
         let rate = config.relay_bytes_per_sec;
         // Every registered node, plus those whose registration lapsed less than a freshness
@@ -322,7 +365,10 @@ impl Server {
             config,
             clock,
             nonces: NonceSource::new(seed),
-            store,
+            backend,
+            pending: BTreeMap::new(),
+            deferred_submits: VecDeque::new(),
+            next_ticket: 0,
             registry,
             directory: Directory::default(),
             ledger: TrustLedger::new(),
@@ -338,6 +384,7 @@ impl Server {
             counters: Counters::default(),
             queued: VecDeque::new(),
             dirty: BTreeSet::new(),
+            flushing: BTreeSet::new(),
             next_flush: None,
             uncommitted: Vec::new(),
             next_purge: now,
@@ -345,7 +392,7 @@ impl Server {
             store_failing: false,
         };
         server.restore(snapshot, now);
-        Ok(server)
+        server
     }
 
     /// The server's public key (nodes check replies against it).
@@ -438,9 +485,7 @@ impl Server {
             tracing::info!(node = %key, "hostname {name} released: its key has not registered for the name TTL");
             // Memory decides; the store follows now, or at the next purge (which releases the
             // same names by the same rule), and a restart does not load them either.
-            if let Err(e) = self.store.release_name(&name) {
-                self.store_error(&e);
-            }
+            let _ = self.write_quietly(StoreOp::ReleaseName(name));
         }
         if self.next_flush.is_some_and(|t| t <= now) {
             let _ = self.flush(now);
@@ -470,22 +515,44 @@ impl Server {
         Some(next)
     }
 
-    /// Writes everything kept lazily to the store now (call before a clean shutdown). On
+    /// Writes everything kept lazily to the store now (call before a clean shutdown; a server
+    /// with a queued store has then queued the write, see [`Server::store_pending`]). On
     /// failure it is retried [`FLUSH_INTERVAL`] later.
     pub fn flush(&mut self, now: Instant) -> Result<(), StoreError> {
         self.next_flush = None;
         if self.dirty.is_empty() {
             return Ok(());
         }
-        let records: Vec<Registration> = self.dirty.iter().filter_map(|k| self.record(k)).collect();
-        match self.store.save(&records) {
+        let keys: Vec<NodeKey> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let records: Vec<Registration> = keys.iter().filter_map(|k| self.record(k)).collect();
+        self.flushing.extend(keys.iter().copied());
+        match self.write(StoreOp::Save(records)) {
+            Written::Now(result) => self.flushed(keys, result.map(drop), now),
+            Written::Queued(ticket) => {
+                self.wait_for(ticket, Pending::Flush(keys));
+                Ok(())
+            }
+        }
+    }
+
+    /// The lazy write of `keys` is done: on failure they are dirty again, retried later.
+    fn flushed(
+        &mut self,
+        keys: Vec<NodeKey>,
+        result: Result<(), StoreError>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        for key in &keys {
+            self.flushing.remove(key);
+        }
+        match result {
             Ok(()) => {
-                self.dirty.clear();
                 self.store_ok();
                 Ok(())
             }
             Err(e) => {
                 self.store_error(&e);
+                self.dirty.extend(keys);
                 self.next_flush = Some(now + FLUSH_INTERVAL);
                 Err(e)
             }
@@ -639,7 +706,15 @@ impl Server {
             registrations_ms: before_ms(self.config.expiry + RETENTION),
             deliveries_ms: now_ms.saturating_sub(REQUEST_LIFETIME_MS),
         };
-        match self.store.purge(before) {
+        match self.write(StoreOp::Purge(before)) {
+            Written::Now(result) => self.purged(before, writes::purged_of(result)),
+            Written::Queued(ticket) => self.wait_for(ticket, Pending::Purge(before)),
+        }
+    }
+
+    /// A purge is done: memory forgets what the store forgot.
+    fn purged(&mut self, before: PurgeBefore, result: Result<Purged, StoreError>) {
+        match result {
             Ok(purged) => {
                 self.store_ok();
                 for key in &purged.keys {
@@ -666,9 +741,20 @@ impl Server {
     /// Frees `name` now, whoever holds it (an operator's decision): it no longer resolves and
     /// any key may claim it. Returns the key that held it. A holder that is still running
     /// claims it again at its next registration unless it stopped claiming it.
+    ///
+    /// With a queued store the write is queued and the answer is the key memory held it for.
     pub fn free_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {
         let held = self.directory.holder(name);
-        let stored = self.store.release_name(name)?;
+        let stored = match self.write(StoreOp::ReleaseName(name.clone())) {
+            Written::Now(result) => match result? {
+                StoreDone::Released(key) => key,
+                other => return Err(StoreError::Write(format!("release answered {other:?}"))),
+            },
+            Written::Queued(ticket) => {
+                self.wait_for(ticket, Pending::Quiet);
+                None
+            }
+        };
         if let Some(key) = held {
             self.directory.set_name(key, None);
         }

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use super::control::Request;
 use super::sources::Source;
-use super::{streams, Server};
+use super::writes::{Pending, StoreOp, Written};
+use super::{streams, Server, StoreError};
 use crate::identity::NodeKey;
 use crate::wire::control::Message;
 use crate::wire::trust::Statement;
@@ -269,16 +270,35 @@ impl Server {
             return;
         }
         // Items sent back from the ledger live in memory only: nothing to delete.
+        if id >= EPHEMERAL_IDS {
+            return self.acked(req.sender, id, Ok(()));
+        }
+        match self.write(StoreOp::Delivered(id)) {
+            Written::Now(result) => self.acked(req.sender, id, result.map(drop)),
+            // Until the delete is written the item stays (a resend meanwhile is harmless).
+            Written::Queued(ticket) => self.wait_for(
+                ticket,
+                Pending::Ack {
+                    node: req.sender,
+                    id,
+                },
+            ),
+        }
+    }
+
+    /// The delete of an acknowledged item is written (or not: the item stays, and is
+    /// delivered and acknowledged again).
+    pub(super) fn acked(&mut self, node: NodeKey, id: u64, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            self.store_error(&e);
+            return;
+        }
         if id < EPHEMERAL_IDS {
-            if let Err(e) = self.store.delivered(id) {
-                self.store_error(&e);
-                return;
-            }
             self.store_ok();
         }
         self.outbox.remove(id);
         self.counters.acks += 1;
-        tracing::debug!(node = %req.sender, id, "delivery acknowledged");
+        tracing::debug!(%node, id, "delivery acknowledged");
     }
 
     fn send_delivery(&mut self, id: u64, src_ip: Option<IpAddr>, to: SocketAddr, now: Instant) {

@@ -32,8 +32,8 @@ use std::time::Instant;
 use super::control::Request;
 use super::outbox::{Item, EPHEMERAL_IDS};
 use super::sources::Source;
-use super::store::{NewDelivery, Submission};
-use super::{Refusal, Server, Transmit, SUBMIT_RATE};
+use super::writes::{submitted_id, OwnedSubmission, Pending, StoreOp, Written};
+use super::{Refusal, Server, StoreError, Transmit, SUBMIT_RATE};
 use crate::identity::NodeKey;
 use crate::wire::control::{Message, RefusalCode};
 use crate::wire::trust::{PairState, Statement, TrustError, TrustLedger};
@@ -49,6 +49,30 @@ enum Kind {
     Request,
     Approval,
     Ledger,
+}
+
+/// Submissions that may wait while another is being written; more are refused (`RateLimited`,
+/// counted as `store_busy`), and their nodes retry.
+const MAX_DEFERRED_SUBMITS: usize = 4096;
+
+/// A refusal to answer `req` with.
+fn refused(req: Request, code: RefusalCode) -> Option<Message> {
+    Some(Message::Refused {
+        echo: req.nonce,
+        code,
+    })
+}
+
+/// A submission being written (see `writes`): what to do once it is.
+pub(super) struct SubmitWaiting {
+    pub req: Request,
+    statement: Statement,
+    target: NodeKey,
+    /// Admit it to the ledger.
+    ledger: bool,
+    /// The outbox item it supersedes.
+    replaces: Option<u64>,
+    now_ms: u64,
 }
 
 /// What to do with a statement that verified.
@@ -88,22 +112,59 @@ impl Server {
         if let Err(code) = self.admit_request(req, |b| &mut b.submits, SUBMIT_RATE, now) {
             return self.refusal_reply(req, code, now, out);
         }
+        // One submission is written at a time: each is planned against the ledger and outbox
+        // its predecessors left (with a store of its own there is never one waiting).
+        if self.submitting() {
+            if self.deferred_submits.len() >= MAX_DEFERRED_SUBMITS {
+                self.counters.refuse(Refusal::StoreBusy);
+                return self.refusal_reply(req, RefusalCode::RateLimited, now, out);
+            }
+            self.deferred_submits.push_back((req, statement));
+            return None;
+        }
+        let message = self.submit_step(req, statement, now)?;
+        self.reply(req, &message, now, out)
+    }
+
+    /// Takes up the submissions that waited for the one just written, until one is being
+    /// written again; their answers are queued.
+    pub(super) fn resume_submits(&mut self, now: Instant) {
+        while !self.submitting() {
+            let Some((req, statement)) = self.deferred_submits.pop_front() else {
+                return;
+            };
+            if let Some(message) = self.submit_step(req, statement, now) {
+                self.queue_reply(req, &message, now);
+            }
+        }
+    }
+
+    /// Whether a submission is being written.
+    fn submitting(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Submit(_)))
+    }
+
+    /// Plans, makes room for, and writes (or queues the write of) one admitted submission;
+    /// the answer to give now, if any (none: refused silently because the store failed, or
+    /// answered once written).
+    fn submit_step(&mut self, req: Request, statement: Statement, now: Instant) -> Option<Message> {
         let now_ms = self.clock.unix_ms(now);
         let plan = match self.plan(&req.sender, &statement, now_ms) {
             Ok(plan) => plan,
             Err(bad) => {
                 self.counters.refuse(Refusal::BadStatement);
                 tracing::debug!(node = %req.sender, "trust statement refused: {bad}");
-                return self.refusal_reply(req, RefusalCode::BadStatement, now, out);
+                return refused(req, RefusalCode::BadStatement);
             }
         };
         if let Err(refusal) = self.make_room(&req, &statement, &plan, now) {
             self.counters.refuse(refusal);
-            let code = match refusal {
-                Refusal::StoreFailed => return None,
-                _ => RefusalCode::RateLimited,
+            return match refusal {
+                Refusal::StoreFailed => None,
+                _ => refused(req, RefusalCode::RateLimited),
             };
-            return self.refusal_reply(req, code, now, out);
         }
         let Plan::Deliver {
             target,
@@ -112,18 +173,47 @@ impl Server {
             notify,
         } = plan
         else {
-            return self.reply(req, &Message::Stored { echo: req.nonce }, now, out);
+            return Some(Message::Stored { echo: req.nonce });
         };
-        let submission = Submission {
-            ledger: ledger.then_some(&statement),
+        let op = StoreOp::Submit(Box::new(OwnedSubmission {
+            ledger: ledger.then(|| statement.clone()),
             replaces,
-            deliver: notify.then_some(NewDelivery {
-                target,
-                statement: &statement,
-                stored_ms: now_ms,
-            }),
+            deliver: notify.then(|| (target, statement.clone(), now_ms)),
+        }));
+        let waiting = SubmitWaiting {
+            req,
+            statement,
+            target,
+            ledger,
+            replaces,
+            now_ms,
         };
-        let id = match self.store.submit(&submission) {
+        match self.write(op) {
+            Written::Now(result) => self.submitted(waiting, submitted_id(result), now),
+            Written::Queued(ticket) => {
+                self.wait_for(ticket, Pending::Submit(Box::new(waiting)));
+                None
+            }
+        }
+    }
+
+    /// A submission is written (or not): in effect, passed on, and the `Stored` to answer
+    /// with; none when the write failed (the node retries).
+    pub(super) fn submitted(
+        &mut self,
+        waiting: SubmitWaiting,
+        id: Result<Option<u64>, StoreError>,
+        now: Instant,
+    ) -> Option<Message> {
+        let SubmitWaiting {
+            req,
+            statement,
+            target,
+            ledger,
+            replaces,
+            now_ms,
+        } = waiting;
+        let id = match id {
             Ok(id) => id,
             Err(e) => {
                 self.store_error(&e);
@@ -151,7 +241,7 @@ impl Server {
         }
         self.counters.statements_stored += 1;
         tracing::debug!(from = %req.sender, to = %target, ledger, "trust statement stored");
-        self.reply(req, &Message::Stored { echo: req.nonce }, now, out)
+        Some(Message::Stored { echo: req.nonce })
     }
 
     /// Whether a statement that verified and changes something fits, making room for it if
@@ -222,8 +312,7 @@ impl Server {
         let Some(victim) = victim else {
             return Err(Refusal::OutboxFull);
         };
-        if let Err(e) = self.store.delivered(victim) {
-            self.store_error(&e);
+        if self.write_quietly(StoreOp::Delivered(victim)).is_err() {
             return Err(Refusal::StoreFailed);
         }
         self.outbox.remove(victim);
@@ -372,11 +461,8 @@ impl Server {
         let Some((id, _)) = self.outbox_item(&party, statement, Kind::Ledger) else {
             return;
         };
-        if id < EPHEMERAL_IDS {
-            if let Err(e) = self.store.delivered(id) {
-                self.store_error(&e);
-                return;
-            }
+        if id < EPHEMERAL_IDS && self.write_quietly(StoreOp::Delivered(id)).is_err() {
+            return;
         }
         self.outbox.remove(id);
     }

@@ -27,6 +27,35 @@ pub struct Sim {
     /// What the server had queued before an answer given by `commit` (see `Sim::deliver`):
     /// `poll` returns it first, so the order stays the server's.
     pub backlog: std::collections::VecDeque<(Option<IpAddr>, Sent)>,
+    /// The store of a server that queues its writes, as the daemon's does: the harness runs
+    /// them after each datagram and timer, as the daemon's store thread would. Chosen for
+    /// every `Sim` when `PILOT_SIM_QUEUED_STORE=1` (scripts/test.sh runs the suite both
+    /// ways); `None`: the server owns its store and writes at once.
+    pub writer: Option<Box<dyn Store>>,
+}
+
+/// Whether this run's servers queue their writes (`PILOT_SIM_QUEUED_STORE=1`).
+pub fn queued_store() -> bool {
+    std::env::var("PILOT_SIM_QUEUED_STORE").as_deref() == Ok("1")
+}
+
+/// A server on `store` the way this run asks for: owning it, or queueing its writes (then the
+/// store is returned, for the harness to run them on).
+fn server_on(
+    config: Config,
+    mut store: Box<dyn Store>,
+    seed: u64,
+    clock: WallClock,
+    now: Instant,
+    queued: bool,
+) -> (Server, Option<Box<dyn Store>>) {
+    if queued {
+        let snapshot = store.load().unwrap();
+        let server = Server::with_queued_store(config, snapshot, seed, clock, now);
+        (server, Some(store))
+    } else {
+        (Server::new(config, store, seed, clock, now).unwrap(), None)
+    }
 }
 
 pub struct Client {
@@ -186,6 +215,20 @@ impl Sim {
         Sim::with(MemoryStore::new(), |_| {})
     }
 
+    /// A server whose writes wait for [`Sim::run_store`], as the daemon's wait for its store's
+    /// thread, whatever `PILOT_SIM_QUEUED_STORE` says.
+    pub fn queued(store: MemoryStore) -> Sim {
+        let mut sim = Sim::with(store.clone(), |_| {});
+        let clock = WallClock::new(sim.t0, EPOCH_MS);
+        let config = Config {
+            name_ttl: sim.name_ttl,
+            ..Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT)
+        };
+        let (server, writer) = server_on(config, Box::new(store), 7, clock, sim.t0, true);
+        (sim.server, sim.writer) = (server, writer);
+        sim
+    }
+
     pub fn with(store: MemoryStore, tweak: impl FnOnce(&mut Config)) -> Sim {
         let mut sim = Sim::on(Box::new(store.clone()), tweak);
         sim.store = store;
@@ -199,7 +242,7 @@ impl Sim {
         tweak(&mut config);
         let name_ttl = config.name_ttl;
         let clock = WallClock::new(t0, EPOCH_MS);
-        let server = Server::new(config, store, 7, clock, t0).unwrap();
+        let (server, writer) = server_on(config, store, 7, clock, t0, queued_store());
         let store = MemoryStore::new();
         Sim {
             server,
@@ -209,6 +252,19 @@ impl Sim {
             out: vec![0; 65535],
             name_ttl,
             backlog: Default::default(),
+            writer,
+        }
+    }
+
+    /// Runs the writes a queued server asked for, in order, and hands back their results, as
+    /// the daemon's store thread does.
+    pub fn run_store(&mut self) {
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        while let Some((ticket, op)) = self.server.poll_store() {
+            let result = op.run(writer.as_mut());
+            self.server.handle_store(ticket, result, self.now);
         }
     }
 
@@ -232,13 +288,20 @@ impl Sim {
             .handle_datagram(port, local_ip, from, datagram, self.now, &mut self.out)
             .map(|t| (t.src_ip, (t.port, t.to, t.payload.to_vec())));
         if direct.is_some() {
+            self.run_store();
             return direct;
         }
-        // What was queued before stays ahead of the answer `commit` queues.
+        // What was queued before stays ahead of the answer `commit` (or a queued write)
+        // queues.
         while let Some(queued) = self.poll_server() {
             self.backlog.push_back(queued);
         }
-        if self.server.commit(self.now) > 0 {
+        let answered = self.server.commit(self.now);
+        if self.writer.is_some() {
+            self.run_store();
+            return self.poll_server();
+        }
+        if answered > 0 {
             return self.poll_server();
         }
         None
@@ -274,6 +337,7 @@ impl Sim {
             }
             self.now = self.now.max(t);
             self.server.handle_timeout(self.now);
+            self.run_store();
         }
         self.now = until;
     }
@@ -330,10 +394,14 @@ impl Sim {
         };
         let clock = WallClock::new(self.t0, EPOCH_MS);
         let placeholder = Box::new(MemoryStore::new());
+        let queued = queued_store() || self.writer.is_some();
+        self.writer = None;
         self.server = Server::new(config(), placeholder, 8, clock, self.now).unwrap();
-        self.server = Server::new(config(), open(), 9, clock, self.now).unwrap();
+        let (server, writer) = server_on(config(), open(), 9, clock, self.now, queued);
+        (self.server, self.writer) = (server, writer);
         // As the daemon does first thing.
         self.server.handle_timeout(self.now);
+        self.run_store();
     }
 }
 

@@ -6,6 +6,7 @@ mod delivery;
 mod introductions;
 mod memory;
 mod names;
+mod queued;
 mod registrations;
 mod streams;
 mod trust;

@@ -94,7 +94,15 @@ fn a_batch_of_new_registrations_is_one_write_and_answered_only_once_written() {
         .all(|(_, key, _)| sim.server.registration(key, sim.now).is_none()));
     assert!(sim.poll().is_none());
     assert_eq!(sim.store.saves(), saves);
-    assert_eq!(sim.server.commit(sim.now), 2);
+    let answered = sim.server.commit(sim.now);
+    if sim.writer.is_some() {
+        // A queued store: answered once the daemon has written the batch.
+        assert_eq!(answered, 0);
+        assert!(sim.poll().is_none(), "nothing answered before the write");
+        sim.run_store();
+    } else {
+        assert_eq!(answered, 2);
+    }
     assert_eq!(
         sim.store.saves(),
         saves + 1,
@@ -127,6 +135,7 @@ fn a_batch_of_new_registrations_is_one_write_and_answered_only_once_written() {
         .handle_datagram(Port::Main, None, late.at, &d, sim.now, &mut out)
         .is_none());
     assert_eq!(sim.server.commit(sim.now), 0);
+    sim.run_store();
     assert!(sim.poll().is_none());
     assert!(sim.server.registration(&late.key(), sim.now).is_none());
     assert_eq!(sim.server.counters().refused(Refusal::StoreFailed), 1);

@@ -2,7 +2,9 @@
 //! sockets (main and alternate port) and the clock, sends what it returns from the port it
 //! names, and logs its counters.
 //!
-//! One task owns the server, so nothing is locked. Each wake-up takes one recvmmsg batch from
+//! One task owns the server, so nothing is locked. The registry's writes run on a thread of
+//! their own (`store_thread`): the loop hands them over and takes their results as events, so
+//! a slow disk or database delays only the answers that wait for a write, never the loop. Each wake-up takes one recvmmsg batch from
 //! a socket (`io::udp`, with GRO), writes each answer or relayed frame into a preallocated
 //! buffer and queues it on the send batch of the port it leaves from; one sendmmsg (with GSO
 //! for runs of frames to one node) sends them. No allocation per datagram. A send batch that
@@ -20,6 +22,7 @@
 //! With `--tcp-listen`, nodes whose network blocks UDP reach the same server over TLS streams
 //! (`streams`); their datagrams come to this loop as frames and go back the same way.
 
+mod store_thread;
 mod streams;
 
 use crate::io::file::prepare_private_dir;
@@ -44,7 +47,11 @@ use crate::io::udp::{RecvBatch, SendBatch, UdpSocket, MAX_BATCH, MAX_DATAGRAM};
 use crate::rendezvous::streams::{connection_of, stream_endpoint};
 use crate::rendezvous::{Config, Port, Server, SqliteStore, Store, Transmit, DB_FILE};
 use crate::store::postgres::{PostgresStore, Target};
+use store_thread::StoreThread;
 use streams::{StreamEvent, StreamLimits, StreamRefusals};
+
+/// How long a clean stop waits for the registry's last writes.
+const FINISH_STORE: Duration = Duration::from_secs(15);
 
 /// A scrape waiting for the loop's snapshot.
 type MetricsRequest = oneshot::Sender<RendezvousMetrics>;
@@ -218,8 +225,13 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     config.name_ttl = options.name_ttl;
     config.relay_bytes_per_sec = options.relay_bytes_per_sec;
     let seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
-    let server = Server::new(config, store, seed, WallClock::system(), Instant::now())
-        .with_context(|| format!("loading registrations from {registry}"))?;
+    let mut store = store;
+    let snapshot =
+        (store.load()).with_context(|| format!("loading registrations from {registry}"))?;
+    let server =
+        Server::with_queued_store(config, snapshot, seed, WallClock::system(), Instant::now());
+    // From here on the store is its thread's: the loop never waits for a write.
+    let store = StoreThread::spawn(store).context("starting the registry store's thread")?;
     tracing::info!(
         public_key = %key,
         address = %options.listen.ip(),
@@ -276,6 +288,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         commits: metrics::CommitStats::default(),
         started,
+        store,
     };
     let metrics_rx = metrics_server.is_some().then_some(metrics_rx);
     let outcome = core
@@ -337,6 +350,8 @@ struct Core {
     started: Instant,
     /// How the writes of registrations went, for the metrics page.
     commits: metrics::CommitStats,
+    /// Runs the server's writes (see `store_thread`).
+    store: StoreThread,
 }
 
 impl Sockets {
@@ -367,6 +382,8 @@ impl Core {
         // Deliveries waiting for nodes restored from the store start at once.
         self.tick(sockets);
         loop {
+            // Whatever the last event asked of the store goes to its thread.
+            self.pump_store()?;
             let wake = self
                 .server
                 .poll_timeout()
@@ -390,6 +407,10 @@ impl Core {
                     None => streams = None,
                 },
                 () = tokio::time::sleep_until(wake.into()) => self.tick(sockets),
+                finished = self.store.done.recv() => match finished {
+                    Some(finished) => self.store_done(sockets, finished),
+                    None => anyhow::bail!("the registry store's thread stopped"),
+                },
                 request = next_request(&mut metrics) => match request {
                     Some(reply) => {
                         let _ = reply.send(self.metrics());
@@ -409,9 +430,7 @@ impl Core {
                 }
             }
         }
-        if let Err(e) = self.server.flush(Instant::now()) {
-            tracing::warn!("last registry write failed: {e}");
-        }
+        self.finish_store(sockets).await?;
         tracing::info!(
             send_errors = self.tx.udp_errors,
             stream_drops = self.tx.streams.dropped,
@@ -454,7 +473,7 @@ impl Core {
                 self.tx.queue(sockets, t);
             }
         }
-        self.commit(sockets, now);
+        self.commit(now);
         self.tx.flush(sockets);
         false
     }
@@ -490,22 +509,61 @@ impl Core {
                         self.tx.queue(sockets, t);
                     }
                 }
-                self.commit(sockets, now);
+                self.commit(now);
                 self.tx.flush(sockets);
             }
         }
     }
 
-    /// The batch's new and changed registrations: one write, then their answers.
-    fn commit(&mut self, sockets: &Sockets, now: Instant) {
-        let started = Instant::now();
-        let committed = self.server.commit(now);
-        if committed > 0 {
-            self.commits.record(committed, started.elapsed());
-            while let Some(t) = self.server.poll_transmit(&mut self.out) {
-                self.tx.queue(sockets, t);
+    /// The batch's new and changed registrations: one write, queued for the store's thread;
+    /// they are answered when it is done (`store_done`).
+    fn commit(&mut self, now: Instant) {
+        self.server.commit(now);
+    }
+
+    /// Hands the writes the server asked for to the store's thread.
+    fn pump_store(&mut self) -> anyhow::Result<()> {
+        while let Some((ticket, op)) = self.server.poll_store() {
+            if !self.store.send(ticket, op) {
+                anyhow::bail!("the registry store's thread stopped");
             }
         }
+        Ok(())
+    }
+
+    /// A write is done: what waited for it takes effect, and its answers leave.
+    fn store_done(&mut self, sockets: &Sockets, finished: store_thread::Finished) {
+        if finished.registrations > 0 && finished.result.is_ok() {
+            (self.commits).record(finished.registrations, finished.took);
+        }
+        (self.server).handle_store(finished.ticket, finished.result, Instant::now());
+        while let Some(t) = self.server.poll_transmit(&mut self.out) {
+            self.tx.queue(sockets, t);
+        }
+        self.tx.flush(sockets);
+    }
+
+    /// At exit: writes what is kept lazily and waits (up to [`FINISH_STORE`]) for every write
+    /// asked for, so nothing acknowledged or lazily kept is lost to a clean stop.
+    async fn finish_store(&mut self, sockets: &Sockets) -> anyhow::Result<()> {
+        let _ = self.server.flush(Instant::now());
+        let deadline = tokio::time::Instant::now() + FINISH_STORE;
+        while self.server.store_pending() > 0 {
+            self.pump_store()?;
+            match tokio::time::timeout_at(deadline, self.store.done.recv()).await {
+                Ok(Some(finished)) => self.store_done(sockets, finished),
+                Ok(None) => anyhow::bail!("the registry store's thread stopped"),
+                Err(_) => {
+                    tracing::warn!(
+                        pending = self.server.store_pending(),
+                        "registry writes still unfinished after {} s at exit",
+                        FINISH_STORE.as_secs()
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A copy of the counters and sizes for the metrics page (the store's size is read by
