@@ -167,6 +167,10 @@ pub struct Config {
     /// displaces its own items, not honest ones. Each node also has at most `MAX_OUTBOX`
     /// waiting. Ledger statements are bounded by the ledger instead (`max_trust_pairs`).
     pub max_outbox: usize,
+    /// Most writes a server with a queued store lets wait for it (see `writes`); beyond, a
+    /// write fails at once and what needed it is refused (nodes retry). A store that stopped
+    /// answering thus costs refusals, not memory.
+    pub max_pending_writes: usize,
     /// New keys registered per second from one source address, and the burst allowed (a NAT
     /// with many nodes behind it boots them at once). Refreshes are not counted.
     pub new_keys_per_source: Rate,
@@ -209,6 +213,7 @@ impl Config {
             relay_bytes_per_sec: 100_000_000 / 8,
             max_nodes: 1_000_000,
             max_outbox: 250_000,
+            max_pending_writes: 16_384,
             new_keys_per_source: Rate {
                 per_sec: 2,
                 burst: 64,

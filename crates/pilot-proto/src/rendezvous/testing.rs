@@ -218,12 +218,18 @@ impl Sim {
     /// A server whose writes wait for [`Sim::run_store`], as the daemon's wait for its store's
     /// thread, whatever `PILOT_SIM_QUEUED_STORE` says.
     pub fn queued(store: MemoryStore) -> Sim {
+        Sim::queued_with(store, |_| {})
+    }
+
+    /// [`Sim::queued`] with a configuration changed by `tweak`.
+    pub fn queued_with(store: MemoryStore, tweak: impl FnOnce(&mut Config)) -> Sim {
         let mut sim = Sim::with(store.clone(), |_| {});
         let clock = WallClock::new(sim.t0, EPOCH_MS);
-        let config = Config {
+        let mut config = Config {
             name_ttl: sim.name_ttl,
             ..Config::new(Identity::from_secret_bytes(&[0xee; 32]), MAIN, ALT)
         };
+        tweak(&mut config);
         let (server, writer) = server_on(config, Box::new(store), 7, clock, sim.t0, true);
         (sim.server, sim.writer) = (server, writer);
         sim

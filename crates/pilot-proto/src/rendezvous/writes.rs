@@ -136,10 +136,20 @@ pub(super) enum Written {
 }
 
 impl Server {
-    /// Runs `op` at once or queues it (see the module doc).
+    /// Runs `op` at once or queues it (see the module doc). A queue already holding
+    /// [`Config::max_pending_writes`] fails it at once: a store that stopped answering costs
+    /// refused writes (nodes retry), never unbounded memory.
+    ///
+    /// [`Config::max_pending_writes`]: super::Config::max_pending_writes
     pub(super) fn write(&mut self, op: StoreOp) -> Written {
         match &mut self.backend {
             Backend::Inline(store) => Written::Now(op.run(store.as_mut())),
+            Backend::Queued(_) if self.pending.len() >= self.config.max_pending_writes => {
+                Written::Now(Err(StoreError::Write(format!(
+                    "{} writes are waiting for the store already",
+                    self.config.max_pending_writes
+                ))))
+            }
             Backend::Queued(ops) => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;

@@ -129,3 +129,33 @@ fn submissions_are_written_one_at_a_time_each_planned_on_what_the_last_left() {
         .collect();
     assert_eq!(answers, vec![a.at, b.at]);
 }
+
+#[test]
+fn a_store_that_stops_answering_costs_refusals_not_memory() {
+    let store = MemoryStore::new();
+    let mut sim = Sim::queued_with(store.clone(), |c| c.max_pending_writes = 2);
+    let mut out = vec![0u8; 2048];
+    let mut clients: Vec<Client> = (0..3u8)
+        .map(|n| Client::new(10 + n, &format!("198.51.100.{}:40001", 10 + n)))
+        .collect();
+    for c in &mut clients {
+        c.fetch_cookie(&mut sim); // (runs the store: before any registration)
+    }
+    // Nobody runs the writes: two new nodes' registrations wait, the third is refused.
+    for (n, c) in clients.iter_mut().enumerate() {
+        let d = register_datagram(&sim, c, &format!("node{n}"));
+        let now = sim.now;
+        assert!(sim
+            .server
+            .handle_datagram(Port::Main, None, c.at, &d, now, &mut out)
+            .is_none());
+        assert_eq!(sim.server.commit(now), 0);
+    }
+    assert_eq!(sim.server.store_pending(), 2);
+    assert_eq!(sim.server.counters().refused(Refusal::StoreFailed), 1);
+    // The store answers again: the two are written and answered.
+    sim.run_store();
+    assert_eq!(store.len(), 2);
+    let registered = sim.drain();
+    assert_eq!(registered.len(), 2, "{registered:?}");
+}
