@@ -218,14 +218,13 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         )
     };
     let registry = options.store.describe(&options.data_dir);
-    let (store, db) = options.store.open(&options.data_dir)?;
+    let (mut store, db) = options.store.open(&options.data_dir)?;
     let mut config = Config::new(identity, main_port, alt_port);
     config.keepalive = options.keepalive;
     config.expiry = options.expiry;
     config.name_ttl = options.name_ttl;
     config.relay_bytes_per_sec = options.relay_bytes_per_sec;
     let seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
-    let mut store = store;
     let snapshot =
         (store.load()).with_context(|| format!("loading registrations from {registry}"))?;
     let server =

@@ -296,9 +296,11 @@ impl Server {
         if id < EPHEMERAL_IDS {
             self.store_ok();
         }
-        self.outbox.remove(id);
-        self.counters.acks += 1;
-        tracing::debug!(%node, id, "delivery acknowledged");
+        // Counted once, though a resend while the delete was written may bring a second ack.
+        if self.outbox.remove(id).is_some() {
+            self.counters.acks += 1;
+            tracing::debug!(%node, id, "delivery acknowledged");
+        }
     }
 
     fn send_delivery(&mut self, id: u64, src_ip: Option<IpAddr>, to: SocketAddr, now: Instant) {
