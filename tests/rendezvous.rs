@@ -444,6 +444,53 @@ fn on_postgres_a_request_reaches_an_absent_node_after_a_restart_and_names_are_ke
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn two_instances_on_one_database_keep_a_hostname_unique() {
+    let test = "two_instances_on_one_database_keep_a_hostname_unique";
+    let Some(cluster) = Cluster::for_test(test, "registry") else {
+        return;
+    };
+    let url = cluster.url("registry");
+    let (dir1, dir2) = (temp("two-pg-1"), temp("two-pg-2"));
+    let args = ["--listen", "127.0.0.1:0", "--store", &url];
+    let env = [("PGPASSWORD", Cluster::PASSWORD)];
+    let one = Rendezvous::start_with_env(&dir1, &args, &env);
+    let two = Rendezvous::start_with_env(&dir2, &args, &env);
+    let (mut a, mut b) = (Client::new(6), Client::new(7));
+    a.register(&one, &[], Some("alice"));
+    // b registers at the other instance claiming the same name: refused, as at one instance.
+    let Message::Challenge { cookie, .. } = b.ask(&two, &b.register_message(&[], None)) else {
+        panic!("a first contact is challenged")
+    };
+    b.cookie = Some(cookie);
+    let taken = b.ask(&two, &b.register_message(&[], Some("alice")));
+    assert!(
+        matches!(
+            taken,
+            Message::Refused {
+                code: RefusalCode::NameTaken,
+                ..
+            }
+        ),
+        "{taken:?}"
+    );
+    b.register(&two, &[], Some("bob"));
+    assert_eq!(
+        cluster
+            .sql(
+                "registry",
+                "SELECT string_agg(name, ',' ORDER BY name) FROM names"
+            )
+            .unwrap(),
+        "alice,bob"
+    );
+    let counters = two.stop();
+    assert!(counters.contains("refused_name_taken=1"), "{counters}");
+    drop(one);
+    std::fs::remove_dir_all(&dir1).unwrap();
+    std::fs::remove_dir_all(&dir2).unwrap();
+}
+
 /// A node submits a trust request for one that is not registered; the rendezvous is killed
 /// with -9 right after answering `Stored` and started again on the same registry; the other
 /// node registers and gets the request, and the first keeps its name.

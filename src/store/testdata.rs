@@ -64,3 +64,64 @@ pub(super) fn deliver(target: NodeKey, statement: &Statement, stored_ms: u64) ->
         ..Submission::default()
     }
 }
+
+/// Several servers share one store: a name filed under another key seen at or after
+/// `held_since` is not taken (that registration is not written, its key returned), a name
+/// filed under a key not seen since is a leftover and is taken, and a node renaming itself
+/// keeps its own name free of such checks. Every store passes it.
+pub(super) fn names_are_first_come_first_served_across_servers(
+    store: &mut dyn crate::rendezvous::Store,
+) {
+    let held_since = 1_700_000_025_000;
+    let holder = record(1); // node-1, seen at held_since + 1
+    assert_eq!(
+        store
+            .save(std::slice::from_ref(&holder), held_since)
+            .unwrap(),
+        vec![]
+    );
+    // Another key claims node-1 (at another server, which did not know): refused, unwritten.
+    let mut rival = record(2);
+    rival.hostname = Some("node-1".parse().unwrap());
+    let other = record(3);
+    let taken = store
+        .save(&[rival.clone(), other.clone()], held_since)
+        .unwrap();
+    assert_eq!(taken, vec![rival.key]);
+    let snapshot = store.load().unwrap();
+    let mut keys: Vec<NodeKey> = snapshot.registrations.iter().map(|r| r.key).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![holder.key, other.key],
+        "the rest of the batch is written"
+    );
+    // Once the holder has not been seen since held_since, its name is a leftover.
+    let taken = store
+        .save(&[rival.clone()], holder.last_seen_ms + 1)
+        .unwrap();
+    assert_eq!(taken, vec![]);
+    let snapshot = store.load().unwrap();
+    let named: Vec<(NodeKey, Option<String>)> = {
+        let mut v: Vec<_> = snapshot
+            .registrations
+            .iter()
+            .map(|r| (r.key, r.hostname.as_ref().map(|h| h.to_string())))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        named,
+        vec![
+            (holder.key, None),
+            (rival.key, Some("node-1".into())),
+            (other.key, Some("node-3".into())),
+        ]
+    );
+    // The holder renames itself, and claims its own name again: never refused.
+    let mut renamed = rival.clone();
+    renamed.hostname = Some("renamed".parse().unwrap());
+    assert_eq!(store.save(&[renamed], u64::MAX).unwrap(), vec![]);
+    assert_eq!(store.save(&[rival], 0).unwrap(), vec![]);
+}

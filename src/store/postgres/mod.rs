@@ -278,7 +278,11 @@ impl Store for PostgresStore {
         Ok(snapshot)
     }
 
-    fn save(&mut self, records: &[Registration]) -> Result<(), StoreError> {
+    fn save(
+        &mut self,
+        records: &[Registration],
+        held_since_ms: u64,
+    ) -> Result<Vec<NodeKey>, StoreError> {
         let rows: Vec<_> = records
             .iter()
             .map(|r| {
@@ -293,9 +297,10 @@ impl Store for PostgresStore {
                 )
             })
             .collect();
-        self.call(move |c| {
+        let held_since = to_sql(held_since_ms);
+        let taken: Vec<Vec<u8>> = self.call(move |c| {
             c.call(async |client| {
-                let tx = client.transaction().await?;
+                let mut tx = client.transaction().await?;
                 let upsert = tx
                     .prepare(
                         "INSERT INTO registrations \
@@ -305,26 +310,52 @@ impl Store for PostgresStore {
                          first_seen_ms = $5, last_seen_ms = $6",
                     )
                     .await?;
-                let release = tx.prepare("DELETE FROM names WHERE key = $1").await?;
-                // As in SQLite: the server checked that no other key holds the name; a row
-                // that says otherwise is a leftover, and the registration being written wins.
+                let release_all = tx.prepare("DELETE FROM names WHERE key = $1").await?;
+                let release_others = tx
+                    .prepare("DELETE FROM names WHERE key = $1 AND name <> $2")
+                    .await?;
+                // Several servers may share this database: the claim takes the name only if
+                // it is free, ours already, or filed under a key not seen since
+                // `held_since_ms` (a leftover), decided on the row itself, so two servers
+                // claiming one name at once cannot both get it.
                 let claim = tx
                     .prepare(
                         "INSERT INTO names (name, key) VALUES ($1, $2) \
-                         ON CONFLICT (name) DO UPDATE SET key = $2",
+                         ON CONFLICT (name) DO UPDATE SET key = EXCLUDED.key \
+                         WHERE names.key = EXCLUDED.key OR NOT EXISTS \
+                         (SELECT 1 FROM registrations r \
+                          WHERE r.key = names.key AND r.last_seen_ms >= $3) \
+                         RETURNING key",
                     )
                     .await?;
+                let mut taken = Vec::new();
                 for (key, observed, lan, nat, first, last, name) in &rows {
+                    match name {
+                        Some(name) => {
+                            let claiming = tx.savepoint("claim").await?;
+                            claiming.execute(&release_others, &[key, name]).await?;
+                            let got = claiming
+                                .query_opt(&claim, &[name, key, &held_since])
+                                .await?;
+                            if got.is_none() {
+                                claiming.rollback().await?;
+                                taken.push(key.clone());
+                                continue;
+                            }
+                            claiming.commit().await?;
+                        }
+                        None => {
+                            tx.execute(&release_all, &[key]).await?;
+                        }
+                    }
                     tx.execute(&upsert, &[key, observed, lan, nat, first, last])
                         .await?;
-                    tx.execute(&release, &[key]).await?;
-                    if let Some(name) = name {
-                        tx.execute(&claim, &[name, key]).await?;
-                    }
                 }
-                tx.commit().await
+                tx.commit().await?;
+                Ok(taken)
             })
-        })
+        })?;
+        Ok(taken.iter().filter_map(|k| key_of(k)).collect())
     }
 
     fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {

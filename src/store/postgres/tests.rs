@@ -43,8 +43,8 @@ fn saved_records_and_names_survive_reopening_and_go_when_purged() {
     changed.nat = NatKind::Unknown;
     {
         let mut store = open(&cluster);
-        store.save(&[record(1), record(2)]).unwrap();
-        store.save(std::slice::from_ref(&changed)).unwrap();
+        store.save(&[record(1), record(2)], 0).unwrap();
+        store.save(std::slice::from_ref(&changed), 0).unwrap();
     }
     let mut store = open(&cluster);
     assert_eq!(sorted(store.load().unwrap()), vec![changed, record(2)]);
@@ -53,8 +53,8 @@ fn saved_records_and_names_survive_reopening_and_go_when_purged() {
     two.hostname = Some("renamed".parse().unwrap());
     let mut three = record(3);
     three.hostname = Some("node-2".parse().unwrap());
-    store.save(&[two.clone()]).unwrap();
-    store.save(&[three.clone()]).unwrap();
+    store.save(&[two.clone()], 0).unwrap();
+    store.save(&[three.clone()], 0).unwrap();
     assert_eq!(
         cluster
             .sql("registry", "SELECT count(*) FROM names")
@@ -235,18 +235,18 @@ fn a_stopped_database_fails_writes_quickly_and_a_restarted_one_is_reconnected() 
         return;
     };
     let mut store = open(&cluster);
-    store.save(&[record(1)]).unwrap();
+    store.save(&[record(1)], 0).unwrap();
     cluster.stop().unwrap();
     let started = std::time::Instant::now();
-    let e = store.save(&[record(2)]).unwrap_err();
+    let e = store.save(&[record(2)], 0).unwrap_err();
     assert!(matches!(e, StoreError::Write(_)), "{e}");
     assert!(
         started.elapsed() < CALL_TIMEOUT,
         "failed at once, not at the deadline"
     );
-    assert!(store.save(&[record(2)]).is_err(), "still down");
+    assert!(store.save(&[record(2)], 0).is_err(), "still down");
     cluster.restart().unwrap();
-    store.save(&[record(2)]).unwrap();
+    store.save(&[record(2)], 0).unwrap();
     assert_eq!(sorted(store.load().unwrap()), vec![record(1), record(2)]);
 }
 
@@ -276,4 +276,13 @@ mod across_restarts {
         };
         a_restart_does_not_reset_a_names_ttl(|| Box::new(open(&cluster)));
     }
+}
+
+#[test]
+fn names_are_first_come_first_served_across_servers_in_postgres() {
+    let Some(cluster) = cluster("names_are_first_come_first_served_across_servers_in_postgres")
+    else {
+        return;
+    };
+    names_are_first_come_first_served_across_servers(&mut open(&cluster));
 }

@@ -23,7 +23,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use super::rows::{key_of, lan_text, ledger_row, outbox_row, to_sql, RawRegistration};
 use crate::addr::Hostname;
@@ -224,9 +224,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn save(&mut self, records: &[Registration]) -> Result<(), StoreError> {
+    fn save(
+        &mut self,
+        records: &[Registration],
+        held_since_ms: u64,
+    ) -> Result<Vec<NodeKey>, StoreError> {
         let tx = self.conn.transaction().map_err(write)?;
+        let mut taken = Vec::new();
         {
+            let mut holder = tx
+                .prepare_cached(
+                    "SELECT n.key, r.last_seen_ms FROM names n \
+                     LEFT JOIN registrations r ON r.key = n.key WHERE n.name = ?1",
+                )
+                .map_err(write)?;
             let mut upsert = tx
                 .prepare_cached(
                     "INSERT INTO registrations \
@@ -239,8 +250,8 @@ impl Store for SqliteStore {
             let mut release = tx
                 .prepare_cached("DELETE FROM names WHERE key = ?1")
                 .map_err(write)?;
-            // The server checked that no other key holds the name; a row that says otherwise
-            // can only be a leftover, and the registration being written wins.
+            // A name filed under a key not seen since `held_since_ms` is a leftover: the
+            // registration being written takes it.
             let mut claim = tx
                 .prepare_cached(
                     "INSERT INTO names (name, key) VALUES (?1, ?2) \
@@ -248,6 +259,19 @@ impl Store for SqliteStore {
                 )
                 .map_err(write)?;
             for r in records {
+                if let Some(name) = &r.hostname {
+                    let held: Option<(Vec<u8>, Option<i64>)> = holder
+                        .query_row([name.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                        .map_err(write)?;
+                    let by_other = held.is_some_and(|(key, seen)| {
+                        key != r.key.0 && seen.is_some_and(|ms| ms >= to_sql(held_since_ms))
+                    });
+                    if by_other {
+                        taken.push(r.key);
+                        continue;
+                    }
+                }
                 upsert
                     .execute(params![
                         &r.key.0[..],
@@ -266,7 +290,8 @@ impl Store for SqliteStore {
                 }
             }
         }
-        tx.commit().map_err(write)
+        tx.commit().map_err(write)?;
+        Ok(taken)
     }
 
     fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {

@@ -20,8 +20,8 @@ fn saved_records_survive_reopening_with_mode_0600() {
     changed.nat = NatKind::Unknown;
     {
         let mut store = SqliteStore::open(&path).unwrap();
-        store.save(&[record(1), record(2)]).unwrap();
-        store.save(std::slice::from_ref(&changed)).unwrap();
+        store.save(&[record(1), record(2)], 0).unwrap();
+        store.save(std::slice::from_ref(&changed), 0).unwrap();
     }
     let mut store = SqliteStore::open(&path).unwrap();
     let mut loaded = store.load().unwrap().registrations;
@@ -43,13 +43,13 @@ fn names_follow_their_registration_and_go_when_it_is_purged() {
     let dir = temp("names");
     let mut store = SqliteStore::open(&dir.join(DB_FILE)).unwrap();
     let mut one = record(1);
-    store.save(&[one.clone(), record(2)]).unwrap();
+    store.save(&[one.clone(), record(2)], 0).unwrap();
     // Renaming releases the old name, which another key may then take.
     one.hostname = Some("renamed".parse().unwrap());
     let mut three = record(3);
     three.hostname = Some("node-1".parse().unwrap());
-    store.save(&[one.clone()]).unwrap();
-    store.save(&[three.clone()]).unwrap();
+    store.save(&[one.clone()], 0).unwrap();
+    store.save(&[three.clone()], 0).unwrap();
     let mut loaded = store.load().unwrap().registrations;
     loaded.sort_by_key(|r| r.key);
     assert_eq!(loaded, vec![one, record(2), three.clone()]);
@@ -75,7 +75,7 @@ fn a_holder_keeps_its_registration_until_its_name_expires_and_released_names_sta
         let mut store = SqliteStore::open(&path).unwrap();
         let mut nameless = record(2);
         nameless.hostname = None;
-        store.save(&[record(1), nameless, record(3)]).unwrap();
+        store.save(&[record(1), nameless, record(3)], 0).unwrap();
         // Registrations are old enough to purge, names are not: only the nameless one goes.
         let purged = store
             .purge(PurgeBefore {
@@ -257,7 +257,7 @@ fn a_version_1_database_is_migrated_in_place_keeping_registrations() {
         .unwrap();
     assert_eq!(allow, 0, "allow column dropped");
     // The new tables work.
-    store.save(&[record(1)]).unwrap();
+    store.save(&[record(1)], 0).unwrap();
     store
         .submit(&deliver(public(2), &request(1, 2), NOW))
         .unwrap();
@@ -322,7 +322,7 @@ fn undecodable_registrations_are_reported_not_skipped() {
     let dir = temp("badrow");
     let path = dir.join(DB_FILE);
     let mut store = SqliteStore::open(&path).unwrap();
-    store.save(&[record(1)]).unwrap();
+    store.save(&[record(1)], 0).unwrap();
     store
         .conn
         .execute("UPDATE registrations SET observed = 'nowhere'", [])
@@ -365,4 +365,13 @@ mod across_restarts {
         a_restart_does_not_reset_a_names_ttl(|| Box::new(SqliteStore::open(&path).unwrap()));
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
+}
+
+#[test]
+fn names_are_first_come_first_served_across_servers_in_sqlite() {
+    let dir = temp("across");
+    let mut store = SqliteStore::open(&dir.join(DB_FILE)).unwrap();
+    names_are_first_come_first_served_across_servers(&mut store);
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
 }

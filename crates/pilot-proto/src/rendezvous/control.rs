@@ -9,7 +9,7 @@ use super::rate::{Rate, TokenBucket};
 use super::registry::{candidates, infer_nat, Buckets};
 use super::relay;
 use super::streams;
-use super::writes::{Pending, StoreOp, Written};
+use super::writes::{self, Pending, StoreOp, Written};
 use super::{
     Port, Queued, Refusal, Registration, RelayDrop, Server, StoreError, Transmit, CONNECT_RATE,
     FLUSH_INTERVAL, REGISTER_RATE,
@@ -281,8 +281,9 @@ impl Server {
         }
         let waiting = std::mem::take(&mut self.uncommitted);
         let records: Vec<Registration> = waiting.iter().map(|p| p.record.clone()).collect();
-        match self.write(StoreOp::Save(records)) {
-            Written::Now(result) => self.committed(waiting, result.map(drop), now),
+        let held_since_ms = self.names_held_since(now);
+        match self.write(StoreOp::Save(records, held_since_ms)) {
+            Written::Now(result) => self.committed(waiting, writes::saved(result), now),
             Written::Queued(ticket) => {
                 self.wait_for(ticket, Pending::Commit(waiting));
                 0
@@ -291,24 +292,39 @@ impl Server {
     }
 
     /// The registrations of one `commit` are written (or not): in effect and answered (or
-    /// refused, and the nodes retry). Returns how many were answered.
+    /// refused: the write failed, and the nodes retry, or another server's node holds the
+    /// name). Returns how many were answered, refusals of a name included.
     pub(super) fn committed(
         &mut self,
         waiting: Vec<Uncommitted>,
-        result: Result<(), StoreError>,
+        result: Result<Vec<NodeKey>, StoreError>,
         now: Instant,
     ) -> usize {
-        if let Err(e) = result {
-            self.store_error(&e);
-            for _ in &waiting {
-                self.counters.refuse(Refusal::StoreFailed);
+        let taken = match result {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.store_error(&e);
+                for _ in &waiting {
+                    self.counters.refuse(Refusal::StoreFailed);
+                }
+                return 0;
             }
-            return 0;
-        }
+        };
         self.store_ok();
         let answered = waiting.len();
         for registration in waiting {
             let req = registration.req;
+            if taken.contains(&req.sender) {
+                // Another server on the same store has a node holding the name: first come,
+                // first served across them too.
+                self.counters.refuse(Refusal::NameTaken);
+                let refusal = Message::Refused {
+                    echo: req.nonce,
+                    code: RefusalCode::NameTaken,
+                };
+                self.queue_reply(req, &refusal, now);
+                continue;
+            }
             self.dirty.remove(&req.sender);
             tracing::debug!(node = %req.sender, observed = %req.from, "registered");
             let reply = self.take_effect(registration, now);
@@ -317,6 +333,12 @@ impl Server {
             self.start_deliveries(req.sender, now);
         }
         answered
+    }
+
+    /// Since when (UNIX ms) a hostname's holder counts as holding it: its name TTL back.
+    pub(super) fn names_held_since(&self, now: Instant) -> u64 {
+        let ttl = u64::try_from(self.config.name_ttl.as_millis()).unwrap_or(u64::MAX);
+        self.clock.unix_ms(now).saturating_sub(ttl)
     }
 
     /// A registration in the store (or needing no write) takes effect: registry, names,
@@ -499,7 +521,7 @@ impl Server {
         }
     }
 
-    fn mark_dirty(&mut self, key: NodeKey, now: Instant) {
+    pub(super) fn mark_dirty(&mut self, key: NodeKey, now: Instant) {
         self.dirty.insert(key);
         let due = self.next_flush.get_or_insert(now + FLUSH_INTERVAL);
         // A full batch goes at the next timer tick; a failing store keeps its retry interval.

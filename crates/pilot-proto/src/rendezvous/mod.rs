@@ -531,8 +531,9 @@ impl Server {
         let keys: Vec<NodeKey> = std::mem::take(&mut self.dirty).into_iter().collect();
         let records: Vec<Registration> = keys.iter().filter_map(|k| self.record(k)).collect();
         self.flushing.extend(keys.iter().copied());
-        match self.write(StoreOp::Save(records)) {
-            Written::Now(result) => self.flushed(keys, result.map(drop), now),
+        let held_since_ms = self.names_held_since(now);
+        match self.write(StoreOp::Save(records, held_since_ms)) {
+            Written::Now(result) => self.flushed(keys, writes::saved(result), now),
             Written::Queued(ticket) => {
                 self.wait_for(ticket, Pending::Flush(keys));
                 Ok(())
@@ -544,15 +545,24 @@ impl Server {
     fn flushed(
         &mut self,
         keys: Vec<NodeKey>,
-        result: Result<(), StoreError>,
+        result: Result<Vec<NodeKey>, StoreError>,
         now: Instant,
     ) -> Result<(), StoreError> {
         for key in &keys {
             self.flushing.remove(key);
         }
         match result {
-            Ok(()) => {
+            Ok(taken) => {
                 self.store_ok();
+                // Another server's node took the name meanwhile (it was free there): this
+                // node is told at its next registration claiming it.
+                for key in taken {
+                    if let Some(name) = self.directory.name_of(&key).cloned() {
+                        tracing::warn!(node = %key, "hostname {name} is held at another server on the same store");
+                    }
+                    self.directory.set_name(key, None);
+                    self.mark_dirty(key, now);
+                }
                 Ok(())
             }
             Err(e) => {

@@ -128,10 +128,16 @@ pub trait Store: Send {
     /// Everything stored: registrations (expired or not) with their hostnames, the ledger and
     /// the outbox.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
-    /// Inserts or replaces these registrations (by key) and sets their hostnames, all or none.
-    /// The server has checked that no other key holds those names; should the store still
-    /// file one under another key, the registration being written takes it.
-    fn save(&mut self, records: &[Registration]) -> Result<(), StoreError>;
+    /// Inserts or replaces these registrations (by key) and sets their hostnames, all or none,
+    /// except those whose hostname the store files under another key seen at or after
+    /// `held_since_ms` (a node registered at another server on the same store holds it):
+    /// those are not written, and their keys are returned. A name filed under a key seen
+    /// before then is a leftover, and the registration being written takes it.
+    fn save(
+        &mut self,
+        records: &[Registration],
+        held_since_ms: u64,
+    ) -> Result<Vec<NodeKey>, StoreError>;
     /// Writes one accepted submission, all or none; returns the id of the new outbox item.
     fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError>;
     /// Deletes the outbox item `id`: its target has it.
@@ -238,11 +244,28 @@ impl Store for MemoryStore {
         })
     }
 
-    fn save(&mut self, records: &[Registration]) -> Result<(), StoreError> {
+    fn save(
+        &mut self,
+        records: &[Registration],
+        held_since_ms: u64,
+    ) -> Result<Vec<NodeKey>, StoreError> {
         self.check_writable()?;
         self.saves.fetch_add(1, Ordering::Relaxed);
         let mut contents = self.lock();
+        let mut taken = Vec::new();
         for r in records {
+            let holder = r
+                .hostname
+                .as_ref()
+                .and_then(|n| contents.names.get(n))
+                .copied();
+            let seen = holder
+                .and_then(|k| contents.records.get(&k))
+                .map(|h| h.last_seen_ms);
+            if holder.is_some_and(|k| k != r.key) && seen.is_some_and(|ms| ms >= held_since_ms) {
+                taken.push(r.key);
+                continue;
+            }
             contents.names.retain(|_, k| *k != r.key);
             if let Some(name) = &r.hostname {
                 let previous = contents.names.insert(name.clone(), r.key);
@@ -252,7 +275,7 @@ impl Store for MemoryStore {
             }
             contents.records.insert(r.key, r.clone());
         }
-        Ok(())
+        Ok(taken)
     }
 
     fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {

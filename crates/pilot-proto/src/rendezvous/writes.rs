@@ -32,8 +32,9 @@ use std::time::Instant;
 /// One write the server asks of its store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
-    /// [`Store::save`].
-    Save(Vec<Registration>),
+    /// [`Store::save`]: the registrations, and since when a name's holder counts as holding
+    /// it (UNIX ms).
+    Save(Vec<Registration>, u64),
     /// [`Store::submit`].
     Submit(Box<OwnedSubmission>),
     /// [`Store::delivered`].
@@ -56,7 +57,8 @@ pub struct OwnedSubmission {
 /// What a [`StoreOp`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreDone {
-    Saved,
+    /// The keys not written because their hostname is held by another key.
+    Saved(Vec<NodeKey>),
     /// The new outbox item's id, if one was made.
     Submitted(Option<u64>),
     Deleted,
@@ -69,7 +71,9 @@ impl StoreOp {
     /// Runs the write on `store`.
     pub fn run(&self, store: &mut dyn Store) -> Result<StoreDone, StoreError> {
         match self {
-            StoreOp::Save(records) => store.save(records).map(|()| StoreDone::Saved),
+            StoreOp::Save(records, held_since_ms) => {
+                store.save(records, *held_since_ms).map(StoreDone::Saved)
+            }
             StoreOp::Submit(s) => {
                 let deliver =
                     s.deliver
@@ -95,7 +99,7 @@ impl StoreOp {
     /// How many registrations a save writes (0 for other writes), for the daemon's metrics.
     pub fn registrations(&self) -> usize {
         match self {
-            StoreOp::Save(records) => records.len(),
+            StoreOp::Save(records, _) => records.len(),
             _ => 0,
         }
     }
@@ -212,10 +216,10 @@ impl Server {
         };
         match pending {
             Pending::Commit(waiting) => {
-                self.committed(waiting, result.map(drop), now);
+                self.committed(waiting, saved(result), now);
             }
             Pending::Flush(keys) => {
-                let _ = self.flushed(keys, result.map(drop), now);
+                let _ = self.flushed(keys, saved(result), now);
             }
             Pending::Submit(waiting) => {
                 let req = waiting.req;
@@ -271,6 +275,14 @@ impl Server {
 
 fn mismatch(done: &StoreDone) -> StoreError {
     StoreError::Write(format!("the store answered another write ({done:?})"))
+}
+
+/// A save's outcome: the keys not written because another key holds their hostname.
+pub(super) fn saved(result: Result<StoreDone, StoreError>) -> Result<Vec<NodeKey>, StoreError> {
+    result.and_then(|done| match done {
+        StoreDone::Saved(taken) => Ok(taken),
+        other => Err(mismatch(&other)),
+    })
 }
 
 /// A submit's outcome: the new outbox item's id, if one was made.

@@ -289,3 +289,30 @@ fn lookups_find_keys_by_name_and_address_and_names_by_key() {
     // Lookups belong on the main port.
     assert_eq!(a.ask(&mut sim, Port::Alt, &query), None);
 }
+
+#[test]
+fn a_hostname_is_unique_across_servers_sharing_a_store() {
+    // Two servers on one store, as instances on one database: neither holds the other's
+    // registrations in memory; the store decides.
+    let store = MemoryStore::new();
+    let mut one = Sim::with(store.clone(), |_| {});
+    let mut two = Sim::with(store.clone(), |_| {});
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register_as(&mut one, &[], Some("alice")));
+    let reply = b.register_as(&mut two, &[], Some("alice"));
+    assert_eq!(refused(reply), RefusalCode::NameTaken);
+    assert_eq!(two.server.counters().refused(Refusal::NameTaken), 1);
+    assert!(
+        two.server.registration(&b.key(), two.now).is_none(),
+        "not in effect"
+    );
+    assert_eq!(store.holder(&name("alice")), Some(a.key()));
+    // b takes another name there; alice stays a's.
+    registered(b.register_as(&mut two, &[], Some("bob")));
+    assert_eq!(store.holder(&name("bob")), Some(b.key()));
+    // a's name outlives a's silence only for the name TTL: then b may take it.
+    two.advance(one.name_ttl + Duration::from_secs(1));
+    registered(b.register_as(&mut two, &[], Some("alice")));
+    assert_eq!(store.holder(&name("alice")), Some(b.key()));
+}
