@@ -198,6 +198,26 @@ impl Client {
         reply
     }
 
+    /// A first contact claiming `name`, which another key holds: refused `NameTaken`.
+    fn is_refused_the_name(&mut self, rdv: &Rendezvous, name: &str) {
+        let Message::Challenge { cookie, .. } = self.ask(rdv, &self.register_message(&[], None))
+        else {
+            panic!("a first contact is challenged")
+        };
+        self.cookie = Some(cookie);
+        let taken = self.ask(rdv, &self.register_message(&[], Some(name)));
+        assert!(
+            matches!(
+                taken,
+                Message::Refused {
+                    code: RefusalCode::NameTaken,
+                    ..
+                }
+            ),
+            "{taken:?}"
+        );
+    }
+
     /// A registration as a node sends it: with the cookie, once challenged.
     fn register_message(&self, lan: &[&str], hostname: Option<&str>) -> Message {
         Message::Register {
@@ -459,21 +479,7 @@ fn two_instances_on_one_database_keep_a_hostname_unique() {
     let (mut a, mut b) = (Client::new(6), Client::new(7));
     a.register(&one, &[], Some("alice"));
     // b registers at the other instance claiming the same name: refused, as at one instance.
-    let Message::Challenge { cookie, .. } = b.ask(&two, &b.register_message(&[], None)) else {
-        panic!("a first contact is challenged")
-    };
-    b.cookie = Some(cookie);
-    let taken = b.ask(&two, &b.register_message(&[], Some("alice")));
-    assert!(
-        matches!(
-            taken,
-            Message::Refused {
-                code: RefusalCode::NameTaken,
-                ..
-            }
-        ),
-        "{taken:?}"
-    );
+    b.is_refused_the_name(&two, "alice");
     b.register(&two, &[], Some("bob"));
     assert_eq!(
         cluster
@@ -505,21 +511,7 @@ fn a_request_reaches_an_absent_node_after_a_kill_9(start: impl Fn() -> Rendezvou
     // kill -9 and a restart on the same registry.
     drop(rdv);
     let rdv = start();
-    let Message::Challenge { cookie, .. } = b.ask(&rdv, &b.register_message(&[], None)) else {
-        panic!("a first contact is challenged")
-    };
-    b.cookie = Some(cookie);
-    let taken = b.ask(&rdv, &b.register_message(&[], Some("alice")));
-    assert!(
-        matches!(
-            taken,
-            Message::Refused {
-                code: RefusalCode::NameTaken,
-                ..
-            }
-        ),
-        "{taken:?}"
-    );
+    b.is_refused_the_name(&rdv, "alice");
     b.register(&rdv, &[], Some("bob"));
     let (id, from_name, statement) = b.delivery(&rdv);
     assert_eq!(statement, Statement::Request(ask));
