@@ -497,6 +497,56 @@ fn two_instances_on_one_database_keep_a_hostname_unique() {
     std::fs::remove_dir_all(&dir2).unwrap();
 }
 
+#[test]
+fn with_its_database_stopped_an_instance_serves_what_it_holds_and_catches_up_after() {
+    let test = "with_its_database_stopped_an_instance_serves_what_it_holds_and_catches_up_after";
+    let Some(mut cluster) = Cluster::for_test(test, "registry") else {
+        return;
+    };
+    let url = cluster.url("registry");
+    let dir = temp("pg-down");
+    let args = ["--listen", "127.0.0.1:0", "--store", &url];
+    let rdv = Rendezvous::start_with_env(&dir, &args, &[("PGPASSWORD", Cluster::PASSWORD)]);
+    let (mut a, mut b) = (Client::new(8), Client::new(9));
+    a.register(&rdv, &[], Some("alice"));
+    cluster.stop().unwrap();
+    // A known node's refresh changes nothing stored (its time is written lazily): answered.
+    a.register(&rdv, &[], Some("alice"));
+    let found = a.ask(
+        &rdv,
+        &Message::Lookup {
+            query: Query::Name("alice".parse().unwrap()),
+        },
+    );
+    assert!(
+        matches!(found, Message::LookupReply { found: Some(_), .. }),
+        "{found:?}"
+    );
+    // A new node needs a write: no answer (nodes retry), and the refusal is counted.
+    let Message::Challenge { cookie, .. } = b.ask(&rdv, &b.register_message(&[], None)) else {
+        panic!("a first contact is challenged")
+    };
+    b.cookie = Some(cookie);
+    let d = b.sealed(&b.register_message(&[], Some("bob")));
+    b.send(&d, rdv.main);
+    b.assert_quiet("a registration that could not be written");
+    // The database is back: the next try is written and answered.
+    cluster.restart().unwrap();
+    b.register(&rdv, &[], Some("bob"));
+    assert_eq!(
+        cluster
+            .sql(
+                "registry",
+                "SELECT string_agg(name, ',' ORDER BY name) FROM names"
+            )
+            .unwrap(),
+        "alice,bob"
+    );
+    let counters = rdv.stop();
+    assert!(counters.contains("refused_store_failed=1"), "{counters}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A node submits a trust request for one that is not registered; the rendezvous is killed
 /// with -9 right after answering `Stored` and started again on the same registry; the other
 /// node registers and gets the request, and the first keeps its name.
