@@ -481,15 +481,7 @@ fn two_instances_on_one_database_keep_a_hostname_unique() {
     // b registers at the other instance claiming the same name: refused, as at one instance.
     b.is_refused_the_name(&two, "alice");
     b.register(&two, &[], Some("bob"));
-    assert_eq!(
-        cluster
-            .sql(
-                "registry",
-                "SELECT string_agg(name, ',' ORDER BY name) FROM names"
-            )
-            .unwrap(),
-        "alice,bob"
-    );
+    assert_eq!(names_in(&cluster), "alice,bob");
     let counters = two.stop();
     assert!(counters.contains("refused_name_taken=1"), "{counters}");
     drop(one);
@@ -533,18 +525,16 @@ fn with_its_database_stopped_an_instance_serves_what_it_holds_and_catches_up_aft
     // The database is back: the next try is written and answered.
     cluster.restart().unwrap();
     b.register(&rdv, &[], Some("bob"));
-    assert_eq!(
-        cluster
-            .sql(
-                "registry",
-                "SELECT string_agg(name, ',' ORDER BY name) FROM names"
-            )
-            .unwrap(),
-        "alice,bob"
-    );
+    assert_eq!(names_in(&cluster), "alice,bob");
     let counters = rdv.stop();
     assert!(counters.contains("refused_store_failed=1"), "{counters}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The hostnames in the cluster's registry, in order, comma-separated.
+fn names_in(cluster: &Cluster) -> String {
+    let sql = "SELECT string_agg(name, ',' ORDER BY name) FROM names";
+    cluster.sql("registry", sql).unwrap()
 }
 
 /// A node submits a trust request for one that is not registered; the rendezvous is killed
