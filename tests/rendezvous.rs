@@ -474,8 +474,21 @@ fn two_instances_on_one_database_keep_a_hostname_unique() {
     let (dir1, dir2) = (temp("two-pg-1"), temp("two-pg-2"));
     let args = ["--listen", "127.0.0.1:0", "--store", &url];
     let env = [("PGPASSWORD", Cluster::PASSWORD)];
-    let one = Rendezvous::start_with_env(&dir1, &args, &env);
+    let with_metrics = [&args[..], &["--metrics", "127.0.0.1:0"]].concat();
+    let one = Rendezvous::start_with_env(&dir1, &with_metrics, &env);
     let two = Rendezvous::start_with_env(&dir2, &args, &env);
+    // They find each other through the database's heartbeat table.
+    let metrics = one.metrics.unwrap();
+    let started = Instant::now();
+    let instances = loop {
+        let (_, _, page) = scrape(metrics, "/metrics");
+        let n = samples(&page).get("pilot_rendezvous_instances").copied();
+        if n == Some(2.0) || started.elapsed() > Duration::from_secs(8) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(instances, Some(2.0));
     let (mut a, mut b) = (Client::new(6), Client::new(7));
     a.register(&one, &[], Some("alice"));
     // b registers at the other instance claiming the same name: refused, as at one instance.

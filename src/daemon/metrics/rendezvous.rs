@@ -25,6 +25,8 @@ pub struct RendezvousMetrics {
     /// registrations they held, the time they took in all, and the slowest.
     pub commits: CommitStats,
     pub streams: StreamStats,
+    /// Rendezvous instances sharing the registry, this one included (1 on SQLite).
+    pub instances: usize,
 }
 
 /// The TLS streams of nodes whose network blocks UDP (`--tcp-listen`).
@@ -198,6 +200,12 @@ pub fn render(m: &RendezvousMetrics) -> String {
         m.streams.open,
     );
     page.single(
+        "pilot_rendezvous_instances",
+        Kind::Gauge,
+        "Rendezvous instances sharing the registry, this one included (1 on SQLite).",
+        m.instances,
+    );
+    page.single(
         "pilot_rendezvous_trust_pairs",
         Kind::Gauge,
         "Trust statements in force, one per pair (records and revocations).",
@@ -291,6 +299,7 @@ mod tests {
                 over_limit: 1,
                 handshakes_failed: 4,
             },
+            instances: 2,
         };
         let page = render(&m);
         let expected = "\
@@ -392,6 +401,9 @@ pilot_rendezvous_stream_handshakes_failed_total 4
 # HELP pilot_rendezvous_streams TLS stream connections open (nodes whose network blocks UDP).
 # TYPE pilot_rendezvous_streams gauge
 pilot_rendezvous_streams 2
+# HELP pilot_rendezvous_instances Rendezvous instances sharing the registry, this one included (1 on SQLite).
+# TYPE pilot_rendezvous_instances gauge
+pilot_rendezvous_instances 2
 # HELP pilot_rendezvous_trust_pairs Trust statements in force, one per pair (records and revocations).
 # TYPE pilot_rendezvous_trust_pairs gauge
 pilot_rendezvous_trust_pairs 1

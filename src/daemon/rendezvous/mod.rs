@@ -50,6 +50,9 @@ use crate::store::postgres::{PostgresStore, Target};
 use store_thread::StoreThread;
 use streams::{StreamEvent, StreamLimits, StreamRefusals};
 
+/// How often an instance on a shared database tells it it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// How long a clean stop waits for the registry's last writes.
 const FINISH_STORE: Duration = Duration::from_secs(15);
 
@@ -224,6 +227,11 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     config.expiry = options.expiry;
     config.name_ttl = options.name_ttl;
     config.relay_bytes_per_sec = options.relay_bytes_per_sec;
+    config.listen = Some(options.listen.ip());
+    if matches!(options.store, RegistryStore::Postgres(_)) {
+        // Several instances may share the database: each beats, and learns of the others.
+        config.heartbeat = Some(HEARTBEAT);
+    }
     let seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
     let snapshot =
         (store.load()).with_context(|| format!("loading registrations from {registry}"))?;
@@ -578,6 +586,7 @@ impl Core {
             send_errors: self.tx.udp_errors,
             store_bytes: None,
             commits: self.commits,
+            instances: self.server.instances().len(),
             streams: self.tx.streams.stats(),
         }
     }

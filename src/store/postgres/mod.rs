@@ -32,7 +32,7 @@ use super::rows::{key_of, lan_text, ledger_row, outbox_row, to_sql, RawRegistrat
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::rendezvous::{
-    PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
+    Instance, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
 };
 use schema::{migrate, SchemaError, SCHEMA_VERSION};
 pub use target::{PasswordSources, Target};
@@ -460,6 +460,60 @@ impl Store for PostgresStore {
             keys: keys.iter().filter_map(|k| key_of(k)).collect(),
             deliveries: usize::try_from(deliveries).unwrap_or(usize::MAX),
         })
+    }
+
+    /// Beats are dated by the database's clock, so the servers' own clocks (which may be off)
+    /// do not decide who is alive. Rows gone silent for a day are deleted.
+    fn heartbeat(&mut self, me: &Instance, within: Duration) -> Result<Vec<Instance>, StoreError> {
+        let (key, main) = (me.key.0.to_vec(), me.main.to_string());
+        let (alt_port, incarnation) = (i32::from(me.alt_port), me.incarnation as i64);
+        let within_ms = i64::try_from(within.as_millis()).unwrap_or(i64::MAX);
+        let rows: Vec<(Vec<u8>, String, i32, i64, i64)> = self.call(move |c| {
+            c.call(async |client| {
+                let now = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO instances (key, main, alt_port, incarnation, beat_ms) \
+                             VALUES ($1, $2, $3, $4, {now}) ON CONFLICT (key) DO UPDATE SET \
+                             main = $2, alt_port = $3, incarnation = $4, beat_ms = {now}"
+                        ),
+                        &[&key, &main, &alt_port, &incarnation],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        &format!("DELETE FROM instances WHERE beat_ms < {now} - 86400000"),
+                        &[],
+                    )
+                    .await?;
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT key, main, alt_port, incarnation, beat_ms FROM instances \
+                             WHERE beat_ms >= {now} - $1"
+                        ),
+                        &[&within_ms],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                    .collect())
+            })
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, main, alt_port, incarnation, beat_ms)| {
+                Some(Instance {
+                    key: key_of(&key)?,
+                    main: main.parse().ok()?,
+                    alt_port: u16::try_from(alt_port).ok()?,
+                    incarnation: incarnation as u64,
+                    beat_ms: u64::try_from(beat_ms).ok()?,
+                })
+            })
+            .collect())
     }
 
     fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {

@@ -3,6 +3,7 @@
 //! | version | change |
 //! |---|---|
 //! | 1 | `registrations`, `names`, `ledger`, `outbox` (as SQLite's schema 2) |
+//! | 2 | `instances`: the rendezvous servers sharing the database, and their heartbeats |
 //!
 //! The version lives in `pilot_schema`. Migrations run in one transaction with the version
 //! bump, under an advisory lock, so instances starting together migrate once and a crash
@@ -11,10 +12,11 @@
 use tokio_postgres::Client;
 
 /// The version this code reads and writes.
-pub(super) const SCHEMA_VERSION: i32 = 1;
+pub(super) const SCHEMA_VERSION: i32 = 2;
 
 /// `MIGRATIONS[n]` takes a database from version n to n + 1.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    "
 CREATE TABLE registrations (
     key bytea PRIMARY KEY CHECK (length(key) = 32),
     observed text NOT NULL,
@@ -40,7 +42,17 @@ CREATE TABLE outbox (
     stored_ms bigint NOT NULL
 );
 CREATE INDEX outbox_by_age ON outbox (stored_ms);
-"];
+",
+    "
+CREATE TABLE instances (
+    key bytea PRIMARY KEY CHECK (length(key) = 32),
+    main text NOT NULL,
+    alt_port integer NOT NULL,
+    incarnation bigint NOT NULL,
+    beat_ms bigint NOT NULL
+);
+",
+];
 
 /// An arbitrary constant: the advisory lock that serialises migrations ("pilot" in ASCII).
 const MIGRATION_LOCK: i64 = 0x70_69_6c_6f_74;

@@ -153,7 +153,7 @@ fn a_newer_schema_is_refused_and_left_alone_and_a_bad_registration_is_an_error()
         cluster
             .sql("registry", "SELECT version FROM pilot_schema")
             .unwrap(),
-        "1"
+        "2"
     );
     cluster
         .sql(
@@ -285,4 +285,89 @@ fn names_are_first_come_first_served_across_servers_in_postgres() {
         return;
     };
     names_are_first_come_first_served_across_servers(&mut open(&cluster));
+}
+
+#[test]
+fn instances_beat_by_the_database_clock_and_a_silent_one_drops_out() {
+    let Some(cluster) = cluster("instances_beat_by_the_database_clock_and_a_silent_one_drops_out")
+    else {
+        return;
+    };
+    let mut store = open(&cluster);
+    let instance = |n: u8| crate::rendezvous::Instance {
+        key: NodeKey([n; 32]),
+        main: "203.0.113.10:7000".parse().unwrap(),
+        alt_port: 7001,
+        incarnation: u64::from(n),
+        // The server's own clock, a year off: the database's clock decides.
+        beat_ms: 1,
+    };
+    let within = std::time::Duration::from_secs(6);
+    assert_eq!(store.heartbeat(&instance(1), within).unwrap().len(), 1);
+    let both = store.heartbeat(&instance(2), within).unwrap();
+    assert_eq!(both.iter().map(|i| i.key).collect::<Vec<_>>().len(), 2);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        both.iter().all(|i| i.beat_ms.abs_diff(now_ms) < 60_000),
+        "{both:?}"
+    );
+    // Instance 2 goes silent: with a window shorter than its silence it is gone.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alive = store
+        .heartbeat(&instance(1), std::time::Duration::from_millis(200))
+        .unwrap();
+    assert_eq!(
+        alive.iter().map(|i| i.key).collect::<Vec<_>>(),
+        vec![NodeKey([1; 32])]
+    );
+}
+
+#[test]
+fn a_version_1_database_is_migrated_keeping_its_rows() {
+    let Some(cluster) = cluster("a_version_1_database_is_migrated_keeping_its_rows") else {
+        return;
+    };
+    // A database as the first release left it: schema 1, one registration.
+    let v1 = [
+        "CREATE TABLE pilot_schema (version integer NOT NULL)",
+        "INSERT INTO pilot_schema VALUES (1)",
+        "CREATE TABLE registrations (key bytea PRIMARY KEY CHECK (length(key) = 32), \
+         observed text NOT NULL, lan text NOT NULL, nat text NOT NULL, \
+         first_seen_ms bigint NOT NULL, last_seen_ms bigint NOT NULL)",
+        "CREATE TABLE names (name text PRIMARY KEY, key bytea NOT NULL UNIQUE)",
+        "CREATE TABLE ledger (low bytea NOT NULL, high bytea NOT NULL, statement bytea NOT NULL, \
+         PRIMARY KEY (low, high))",
+        "CREATE TABLE outbox (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+         target bytea NOT NULL, statement bytea NOT NULL, stored_ms bigint NOT NULL)",
+        "INSERT INTO registrations VALUES (decode(repeat('05', 32), 'hex'), \
+         '192.0.2.1:4000', '', 'none', 1, 2)",
+    ];
+    for sql in v1 {
+        cluster.sql("registry", sql).unwrap();
+    }
+    let mut store = open(&cluster);
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT version FROM pilot_schema")
+            .unwrap(),
+        "2"
+    );
+    assert_eq!(store.load().unwrap().registrations[0].key, NodeKey([5; 32]));
+    let me = crate::rendezvous::Instance {
+        key: NodeKey([9; 32]),
+        main: "0.0.0.0:7000".parse().unwrap(),
+        alt_port: 7001,
+        incarnation: 1,
+        beat_ms: 0,
+    };
+    assert_eq!(
+        store
+            .heartbeat(&me, std::time::Duration::from_secs(6))
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -63,8 +63,8 @@ pub use rate::Rate;
 use rate::TokenBucket;
 pub use statements::MAX_OUTBOX;
 pub use store::{
-    MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store,
-    StoreError, Submission,
+    Instance, MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot,
+    Store, StoreError, Submission,
 };
 use writes::{Backend, Pending, Written};
 pub use writes::{OwnedSubmission, StoreDone, StoreOp};
@@ -171,6 +171,13 @@ pub struct Config {
     /// write fails at once and what needed it is refused (nodes retry). A store that stopped
     /// answering thus costs refusals, not memory.
     pub max_pending_writes: usize,
+    /// How often to tell the store this server is alive and learn who else shares it
+    /// ([`Store::heartbeat`]); `None` (the default) for a store only one server can use. A
+    /// server whose last beat is three intervals old counts as gone.
+    pub heartbeat: Option<Duration>,
+    /// Where this server listens, as the others sharing its store are told (the address may
+    /// be a wildcard; the ports are `main_port` and `alt_port`).
+    pub listen: Option<IpAddr>,
     /// New keys registered per second from one source address, and the burst allowed (a NAT
     /// with many nodes behind it boots them at once). Refreshes are not counted.
     pub new_keys_per_source: Rate,
@@ -214,6 +221,8 @@ impl Config {
             max_nodes: 1_000_000,
             max_outbox: 250_000,
             max_pending_writes: 16_384,
+            heartbeat: None,
+            listen: None,
             new_keys_per_source: Rate {
                 per_sec: 2,
                 burst: 64,
@@ -305,6 +314,13 @@ pub struct Server {
     uncommitted: Vec<control::Uncommitted>,
     next_flush: Option<Instant>,
     next_purge: Instant,
+    /// When to beat next ([`Config::heartbeat`]).
+    next_heartbeat: Option<Instant>,
+    /// This start's incarnation (see [`Instance`]).
+    incarnation: u64,
+    /// The servers sharing the store, as the last heartbeat found them (this one alone until
+    /// then, or without heartbeats).
+    instances: Vec<Instance>,
     /// Scratch for encoding message bodies, reused.
     body: Vec<u8>,
     /// The last store operation failed (warnings are logged on the change only).
@@ -393,11 +409,74 @@ impl Server {
             next_flush: None,
             uncommitted: Vec::new(),
             next_purge: now,
+            next_heartbeat: None,
+            incarnation: seed ^ 0x9e37_79b9_7f4a_7c15,
+            instances: Vec::new(),
             body: Vec::with_capacity(512),
             store_failing: false,
         };
+        server.next_heartbeat = server.config.heartbeat.map(|_| now);
+        server.instances = vec![server.instance(now)];
         server.restore(snapshot, now);
         server
+    }
+
+    /// This server as the others sharing its store see it.
+    fn instance(&self, now: Instant) -> Instance {
+        let ip = (self.config.listen).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Instance {
+            key: self.key,
+            main: SocketAddr::new(ip, self.config.main_port),
+            alt_port: self.config.alt_port,
+            incarnation: self.incarnation,
+            beat_ms: self.clock.unix_ms(now),
+        }
+    }
+
+    /// The servers sharing the store, this one included, as the last heartbeat found them.
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// Tells the store this server is alive (see [`Config::heartbeat`]).
+    fn heartbeat(&mut self, now: Instant) {
+        let Some(interval) = self.config.heartbeat else {
+            return;
+        };
+        self.next_heartbeat = Some(now + interval);
+        let op = StoreOp::Heartbeat(self.instance(now), interval * 3);
+        match self.write(op) {
+            Written::Now(result) => self.beaten(writes::alive_of(result)),
+            Written::Queued(ticket) => self.wait_for(ticket, Pending::Heartbeat),
+        }
+    }
+
+    /// A heartbeat's answer: who shares the store now. Arrivals and departures are logged.
+    pub(super) fn beaten(&mut self, alive: Result<Vec<Instance>, StoreError>) {
+        let mut alive = match alive {
+            Ok(alive) => alive,
+            Err(e) => return self.store_error(&e),
+        };
+        self.store_ok();
+        // This server is alive whatever the store says (its own row may lag a write).
+        if !alive.iter().any(|i| i.key == self.key) {
+            alive.extend(self.instances.iter().find(|i| i.key == self.key).cloned());
+        }
+        alive.sort_by_key(|i| i.key);
+        for i in alive
+            .iter()
+            .filter(|i| !self.instances.iter().any(|k| k.key == i.key))
+        {
+            tracing::info!(instance = %i.key, main = %i.main, "another rendezvous shares the registry");
+        }
+        for i in self
+            .instances
+            .iter()
+            .filter(|i| !alive.iter().any(|k| k.key == i.key))
+        {
+            tracing::info!(instance = %i.key, "a rendezvous sharing the registry stopped beating");
+        }
+        self.instances = alive;
     }
 
     /// The server's public key (nodes check replies against it).
@@ -500,6 +579,9 @@ impl Server {
             self.next_purge = now + PURGE_INTERVAL;
             self.purge(now);
         }
+        if self.next_heartbeat.is_some_and(|t| t <= now) {
+            self.heartbeat(now);
+        }
     }
 
     /// When [`Server::handle_timeout`] should run next, and why.
@@ -516,6 +598,9 @@ impl Server {
         }
         if let Some(t) = self.outbox.next_round().filter(|t| *t < next.0) {
             next = (t, "delivery");
+        }
+        if let Some(t) = self.next_heartbeat.filter(|t| *t < next.0) {
+            next = (t, "heartbeat");
         }
         Some(next)
     }

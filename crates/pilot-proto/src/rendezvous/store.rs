@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
@@ -44,6 +45,20 @@ pub struct OutboxItem {
     /// When it was stored (UNIX milliseconds); items are purged after
     /// [`REQUEST_LIFETIME_MS`](crate::wire::trust::REQUEST_LIFETIME_MS).
     pub stored_ms: u64,
+}
+
+/// A rendezvous server as the others sharing its store see it (see [`Store::heartbeat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Its public key (what nodes pin).
+    pub key: NodeKey,
+    /// Where its main port listens (the address may be a wildcard).
+    pub main: SocketAddr,
+    pub alt_port: u16,
+    /// Random per start: a restart is a new incarnation.
+    pub incarnation: u64,
+    /// Its last beat, UNIX ms (by the store's clock where the store has one).
+    pub beat_ms: u64,
 }
 
 /// Everything a server restores at start.
@@ -148,6 +163,13 @@ pub trait Store: Send {
     /// Frees the hostname `name` (the registration that held it stays); returns the key that
     /// held it, `None` when nobody did.
     fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError>;
+    /// Records that `me` is alive and returns every server sharing the store whose last beat
+    /// is at most `within` old, `me` included. A store only one server can use (SQLite holds
+    /// its lock) returns `me` alone, which is this default.
+    fn heartbeat(&mut self, me: &Instance, within: Duration) -> Result<Vec<Instance>, StoreError> {
+        let _ = within;
+        Ok(vec![me.clone()])
+    }
 }
 
 /// A store in memory, for simulations and tests. Clones share their contents, so a test can
@@ -168,6 +190,8 @@ struct Contents {
     outbox: BTreeMap<u64, OutboxItem>,
     /// Ids are never reused, as with SQLite's AUTOINCREMENT.
     last_id: u64,
+    /// The servers sharing this store, by key.
+    instances: BTreeMap<NodeKey, Instance>,
 }
 
 impl MemoryStore {
@@ -350,5 +374,19 @@ impl Store for MemoryStore {
             r.hostname = None;
         }
         Ok(Some(key))
+    }
+
+    /// Beats are dated by the beating server's clock (a simulation's servers share one).
+    fn heartbeat(&mut self, me: &Instance, within: Duration) -> Result<Vec<Instance>, StoreError> {
+        self.check_writable()?;
+        let mut contents = self.lock();
+        contents.instances.insert(me.key, me.clone());
+        let since = me.beat_ms.saturating_sub(within.as_millis() as u64);
+        Ok(contents
+            .instances
+            .values()
+            .filter(|i| i.beat_ms >= since)
+            .cloned()
+            .collect())
     }
 }

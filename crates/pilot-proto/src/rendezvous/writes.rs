@@ -22,12 +22,14 @@ use std::collections::VecDeque;
 use super::control::Request;
 use super::control::Uncommitted;
 use super::statements::SubmitWaiting;
-use super::store::{NewDelivery, PurgeBefore, Purged, Registration, Store, StoreError, Submission};
+use super::store::{
+    Instance, NewDelivery, PurgeBefore, Purged, Registration, Store, StoreError, Submission,
+};
 use super::Server;
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::wire::trust::Statement;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One write the server asks of its store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub enum StoreOp {
     Purge(PurgeBefore),
     /// [`Store::release_name`].
     ReleaseName(Hostname),
+    /// [`Store::heartbeat`]: this server, and how old a beat may be to count as alive.
+    Heartbeat(Instance, Duration),
 }
 
 /// A [`Submission`] that owns its statements (it crosses to the store's thread).
@@ -65,6 +69,8 @@ pub enum StoreDone {
     Purged(Purged),
     /// The key that held the name, if any.
     Released(Option<NodeKey>),
+    /// The servers alive on the store.
+    Beat(Vec<Instance>),
 }
 
 impl StoreOp {
@@ -93,6 +99,7 @@ impl StoreOp {
             StoreOp::Delivered(id) => store.delivered(*id).map(|()| StoreDone::Deleted),
             StoreOp::Purge(before) => store.purge(*before).map(StoreDone::Purged),
             StoreOp::ReleaseName(name) => store.release_name(name).map(StoreDone::Released),
+            StoreOp::Heartbeat(me, within) => store.heartbeat(me, *within).map(StoreDone::Beat),
         }
     }
 
@@ -127,6 +134,8 @@ pub(super) enum Pending {
     Purge(PurgeBefore),
     /// An acknowledged delivery, removed from memory once its delete is written.
     Ack { node: NodeKey, id: u64 },
+    /// A heartbeat, whose answer is who else is alive.
+    Heartbeat,
     /// Nothing but the outcome's count (an eviction, a superseded item, an expired name).
     Quiet,
 }
@@ -242,6 +251,7 @@ impl Server {
             }
             Pending::Purge(before) => self.purged(before, purged_of(result)),
             Pending::Ack { node, id } => self.acked(node, id, result.map(drop)),
+            Pending::Heartbeat => self.beaten(alive_of(result)),
             Pending::Quiet => match result {
                 Ok(_) => self.store_ok(),
                 Err(e) => self.store_error(&e),
@@ -291,6 +301,14 @@ pub(super) fn submitted_id(
 ) -> Result<Option<u64>, StoreError> {
     result.and_then(|done| match done {
         StoreDone::Submitted(id) => Ok(id),
+        other => Err(mismatch(&other)),
+    })
+}
+
+/// A heartbeat's outcome: the servers alive on the store.
+pub(super) fn alive_of(result: Result<StoreDone, StoreError>) -> Result<Vec<Instance>, StoreError> {
+    result.and_then(|done| match done {
+        StoreDone::Beat(alive) => Ok(alive),
         other => Err(mismatch(&other)),
     })
 }

@@ -159,3 +159,36 @@ fn a_store_that_stops_answering_costs_refusals_not_memory() {
     let registered = sim.drain();
     assert_eq!(registered.len(), 2, "{registered:?}");
 }
+
+#[test]
+fn servers_sharing_a_store_find_each_other_by_heartbeat_and_notice_one_stop() {
+    let store = MemoryStore::new();
+    let beat = Duration::from_secs(2);
+    let mut one = Sim::queued_with(store.clone(), |c| c.heartbeat = Some(beat));
+    let mut two = Sim::queued_with(store.clone(), |c| {
+        c.heartbeat = Some(beat);
+        c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
+    });
+    assert_eq!(one.server.instances().len(), 1, "alone until it beats");
+    for _ in 0..2 {
+        one.advance(beat);
+        two.advance(beat);
+    }
+    let keys =
+        |sim: &Sim| -> Vec<NodeKey> { sim.server.instances().iter().map(|i| i.key).collect() };
+    let mut both = vec![one.server.public_key(), two.server.public_key()];
+    both.sort();
+    assert_eq!(keys(&one), both);
+    assert_eq!(keys(&two), both);
+    // two stops beating (killed): three intervals later one counts itself alone.
+    one.advance(beat * 4);
+    assert_eq!(keys(&one), vec![one.server.public_key()]);
+    // A server without heartbeats (one store per server, as SQLite) never beats.
+    let mut alone = Sim::queued(MemoryStore::new());
+    alone.advance(Duration::from_secs(60));
+    assert_eq!(alone.server.instances().len(), 1);
+    assert_ne!(
+        alone.server.poll_timeout().map(|(_, why)| why),
+        Some("heartbeat")
+    );
+}
