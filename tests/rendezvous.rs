@@ -465,8 +465,8 @@ fn on_postgres_a_request_reaches_an_absent_node_after_a_restart_and_names_are_ke
 }
 
 #[test]
-fn two_instances_on_one_database_keep_a_hostname_unique() {
-    let test = "two_instances_on_one_database_keep_a_hostname_unique";
+fn two_instances_on_one_database_find_each_other_keep_names_unique_and_resolve_them() {
+    let test = "two_instances_on_one_database_find_each_other_keep_names_unique_and_resolve_them";
     let Some(cluster) = Cluster::for_test(test, "registry") else {
         return;
     };
@@ -495,6 +495,13 @@ fn two_instances_on_one_database_keep_a_hostname_unique() {
     b.is_refused_the_name(&two, "alice");
     b.register(&two, &[], Some("bob"));
     assert_eq!(names_in(&cluster), "alice,bob");
+    // b finds alice, who registered at the other instance, as `pilotctl resolve` asks.
+    let query = Query::Name("alice".parse().unwrap());
+    let found = b.ask(&two, &Message::Lookup { query });
+    assert!(
+        matches!(&found, Message::LookupReply { found: Some(f), .. } if f.key == a.key()),
+        "{found:?}"
+    );
     let counters = two.stop();
     assert!(counters.contains("refused_name_taken=1"), "{counters}");
     drop(one);

@@ -34,11 +34,18 @@ use crate::identity::NodeKey;
 use crate::rendezvous::{
     Instance, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
 };
+use crate::wire::control::{Found, Query};
 use schema::{migrate, SchemaError, SCHEMA_VERSION};
 pub use target::{PasswordSources, Target};
 
 /// How long one store call may take, connecting included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A lookup's parameter: a name or a key.
+enum LookUpParam {
+    Text(String),
+    Bytes(Vec<u8>),
+}
 
 /// A job for the store's thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -460,6 +467,42 @@ impl Store for PostgresStore {
             keys: keys.iter().filter_map(|k| key_of(k)).collect(),
             deliveries: usize::try_from(deliveries).unwrap_or(usize::MAX),
         })
+    }
+
+    /// What another instance registered: the holder of a name, or a key (seen since
+    /// `held_since_ms`), with its name.
+    fn look_up(&mut self, query: &Query, held_since_ms: u64) -> Result<Option<Found>, StoreError> {
+        let (sql, param) = match query {
+            Query::Name(name) => (
+                "SELECT n.key, n.name FROM names n JOIN registrations r ON r.key = n.key \
+                 WHERE n.name = $1 AND r.last_seen_ms >= $2",
+                LookUpParam::Text(name.as_str().to_owned()),
+            ),
+            Query::Key(key) => (
+                "SELECT r.key, n.name FROM registrations r LEFT JOIN names n ON n.key = r.key \
+                 WHERE r.key = $1 AND r.last_seen_ms >= $2",
+                LookUpParam::Bytes(key.0.to_vec()),
+            ),
+            Query::Address(_) => return Ok(None),
+        };
+        let held_since = to_sql(held_since_ms);
+        let row: Option<(Vec<u8>, Option<String>)> = self.call(move |c| {
+            c.call(async |client| {
+                let row = match &param {
+                    LookUpParam::Text(text) => client.query_opt(sql, &[text, &held_since]).await?,
+                    LookUpParam::Bytes(bytes) => {
+                        client.query_opt(sql, &[bytes, &held_since]).await?
+                    }
+                };
+                Ok(row.map(|r| (r.get(0), r.get(1))))
+            })
+        })?;
+        Ok(row.and_then(|(key, name)| {
+            Some(Found {
+                key: key_of(&key)?,
+                hostname: name.and_then(|n| n.parse().ok()),
+            })
+        }))
     }
 
     /// Beats are dated by the database's clock, so the servers' own clocks (which may be off)

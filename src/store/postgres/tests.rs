@@ -371,3 +371,45 @@ fn a_version_1_database_is_migrated_keeping_its_rows() {
         1
     );
 }
+
+#[test]
+fn a_lookup_finds_what_another_instance_registered() {
+    let Some(cluster) = cluster("a_lookup_finds_what_another_instance_registered") else {
+        return;
+    };
+    use crate::wire::control::{Found, Query};
+    let mut store = open(&cluster);
+    store.save(&[record(1)], 0).unwrap(); // node-1, seen at 1_700_000_025_001
+    let found = Some(Found {
+        key: NodeKey([1; 32]),
+        hostname: Some("node-1".parse().unwrap()),
+    });
+    let seen = record(1).last_seen_ms;
+    assert_eq!(
+        store
+            .look_up(&Query::Name("node-1".parse().unwrap()), seen)
+            .unwrap(),
+        found
+    );
+    assert_eq!(
+        store.look_up(&Query::Key(NodeKey([1; 32])), seen).unwrap(),
+        found
+    );
+    // Silent since before the hold: not found; nor is what nobody registered.
+    assert_eq!(
+        store
+            .look_up(&Query::Name("node-1".parse().unwrap()), seen + 1)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.look_up(&Query::Key(NodeKey([2; 32])), 0).unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .look_up(&Query::Name("nobody".parse().unwrap()), 0)
+            .unwrap(),
+        None
+    );
+}

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::control::Request;
 use super::rate::Rate;
-use super::writes::{Pending, StoreOp, Written};
+use super::writes::{Pending, StoreDone, StoreOp, Written};
 use super::{Refusal, Server, StoreError, Transmit, LOOKUP_RATE, SUBMIT_RATE};
 use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
@@ -190,12 +190,49 @@ impl Server {
             key,
             hostname: self.directory.name_of(&key).cloned(),
         });
+        // Not in memory, and other servers share the store: a node may have registered there.
+        let ask_store = found.is_none()
+            && self.config.heartbeat.is_some()
+            && !matches!(query, Query::Address(_));
+        if !ask_store {
+            let reply = self.looked_up(req, Ok(found))?;
+            return self.reply(req, &reply, now, out);
+        }
+        match self.write(StoreOp::LookUp(query, self.names_held_since(now))) {
+            Written::Now(result) => {
+                let found = result.and_then(|done| match done {
+                    StoreDone::Found(found) => Ok(found),
+                    other => Err(StoreError::Read(format!("lookup answered {other:?}"))),
+                });
+                let reply = self.looked_up(req, found)?;
+                self.reply(req, &reply, now, out)
+            }
+            Written::Queued(ticket) => {
+                self.wait_for(ticket, Pending::LookUp { req });
+                None
+            }
+        }
+    }
+
+    /// A lookup's answer. When the store could not be asked there is none (the node asks
+    /// again): "not found" is said only of what is known not to exist.
+    pub(super) fn looked_up(
+        &mut self,
+        req: Request,
+        found: Result<Option<Found>, StoreError>,
+    ) -> Option<Message> {
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                self.store_error(&e);
+                return None;
+            }
+        };
         self.counters.lookups += 1;
-        let reply = Message::LookupReply {
+        Some(Message::LookupReply {
             echo: req.nonce,
             found,
-        };
-        self.reply(req, &reply, now, out)
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
-use crate::wire::control::NatKind;
+use crate::wire::control::{Found, NatKind, Query};
 use crate::wire::trust::Statement;
 
 /// A registration as the rendezvous keeps it: wall-clock times (UNIX milliseconds), because
@@ -169,6 +169,14 @@ pub trait Store: Send {
     fn heartbeat(&mut self, me: &Instance, within: Duration) -> Result<Vec<Instance>, StoreError> {
         let _ = within;
         Ok(vec![me.clone()])
+    }
+    /// A node the store knows that the server's memory may not (it registered at another
+    /// server sharing the store): the holder of a name held since `held_since_ms`, or a
+    /// registered key with its name. Lookups by address are answered from memory only. A store
+    /// only one server can use has nothing memory lacks: this default finds nothing.
+    fn look_up(&mut self, query: &Query, held_since_ms: u64) -> Result<Option<Found>, StoreError> {
+        let _ = (query, held_since_ms);
+        Ok(None)
     }
 }
 
@@ -374,6 +382,23 @@ impl Store for MemoryStore {
             r.hostname = None;
         }
         Ok(Some(key))
+    }
+
+    fn look_up(&mut self, query: &Query, held_since_ms: u64) -> Result<Option<Found>, StoreError> {
+        self.check_writable()?; // a store that fails, fails reads too
+        let contents = self.lock();
+        let key = match query {
+            Query::Name(name) => contents.names.get(name).copied().filter(|k| {
+                let seen = contents.records.get(k).map(|r| r.last_seen_ms);
+                seen.is_some_and(|ms| ms >= held_since_ms)
+            }),
+            Query::Key(key) => contents.records.contains_key(key).then_some(*key),
+            Query::Address(_) => None,
+        };
+        Ok(key.map(|key| Found {
+            key,
+            hostname: contents.records.get(&key).and_then(|r| r.hostname.clone()),
+        }))
     }
 
     /// Beats are dated by the beating server's clock (a simulation's servers share one).

@@ -28,6 +28,7 @@ use super::store::{
 use super::Server;
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
+use crate::wire::control::{Found, Query};
 use crate::wire::trust::Statement;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ pub enum StoreOp {
     ReleaseName(Hostname),
     /// [`Store::heartbeat`]: this server, and how old a beat may be to count as alive.
     Heartbeat(Instance, Duration),
+    /// [`Store::look_up`] (a read: the only one, for what another server registered).
+    LookUp(Query, u64),
 }
 
 /// A [`Submission`] that owns its statements (it crosses to the store's thread).
@@ -71,6 +74,8 @@ pub enum StoreDone {
     Released(Option<NodeKey>),
     /// The servers alive on the store.
     Beat(Vec<Instance>),
+    /// What a lookup found.
+    Found(Option<Found>),
 }
 
 impl StoreOp {
@@ -100,6 +105,9 @@ impl StoreOp {
             StoreOp::Purge(before) => store.purge(*before).map(StoreDone::Purged),
             StoreOp::ReleaseName(name) => store.release_name(name).map(StoreDone::Released),
             StoreOp::Heartbeat(me, within) => store.heartbeat(me, *within).map(StoreDone::Beat),
+            StoreOp::LookUp(query, held_since_ms) => {
+                store.look_up(query, *held_since_ms).map(StoreDone::Found)
+            }
         }
     }
 
@@ -136,6 +144,8 @@ pub(super) enum Pending {
     Ack { node: NodeKey, id: u64 },
     /// A heartbeat, whose answer is who else is alive.
     Heartbeat,
+    /// A lookup memory could not answer, to answer from the store.
+    LookUp { req: Request },
     /// Nothing but the outcome's count (an eviction, a superseded item, an expired name).
     Quiet,
 }
@@ -252,6 +262,15 @@ impl Server {
             Pending::Purge(before) => self.purged(before, purged_of(result)),
             Pending::Ack { node, id } => self.acked(node, id, result.map(drop)),
             Pending::Heartbeat => self.beaten(alive_of(result)),
+            Pending::LookUp { req } => {
+                let found = result.and_then(|done| match done {
+                    StoreDone::Found(found) => Ok(found),
+                    other => Err(mismatch(&other)),
+                });
+                if let Some(reply) = self.looked_up(req, found) {
+                    self.queue_reply(req, &reply, now);
+                }
+            }
             Pending::Quiet => match result {
                 Ok(_) => self.store_ok(),
                 Err(e) => self.store_error(&e),
