@@ -24,7 +24,7 @@ pub use ledger::trust_ledger;
 pub use node::node_datagrams;
 pub use offload::{offload_coalesce, offload_segment};
 pub use portmap::port_mapping;
-pub use rendezvous::rendezvous_datagrams;
+pub use rendezvous::{rendezvous_datagrams, rendezvous_queued};
 pub use seeds::seeds;
 pub use wire::{control_message, dns_query, envelope, ip_packet, trust_statement};
 
@@ -51,6 +51,7 @@ pub const TARGETS: &[Target] = &[
     ("offload_coalesce", offload_coalesce),
     ("node_datagrams", node_datagrams),
     ("rendezvous_datagrams", rendezvous_datagrams),
+    ("rendezvous_queued", rendezvous_queued),
     ("port_mapping", port_mapping),
 ];
 

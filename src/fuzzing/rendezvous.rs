@@ -5,6 +5,10 @@
 //! over a TLS stream's endpoint, and that endpoint spoofed on UDP. The
 //! server never panics, never answers an endpoint it has not seen proven with more bytes
 //! than it was sent, and sends nothing unprompted but to registered endpoints.
+//!
+//! `rendezvous_queued` runs the same on a server whose writes are queued, as the daemon's are:
+//! between steps the input decides how many of the writes asked for the store runs (in order),
+//! and which of them fail, so answers and effects land at any point after what caused them.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +20,7 @@ use super::memo;
 use super::wire::fixed_identity;
 use crate::clock::WallClock;
 use crate::identity::{Identity, NodeKey};
-use crate::rendezvous::{Config, MemoryStore, Port, Server};
+use crate::rendezvous::{Config, MemoryStore, Port, Server, Store, StoreOp};
 use crate::wire::control::{write_relay, Message, Query, CHALLENGE, COOKIE_LEN, RELAY_TO};
 use crate::wire::envelope::open;
 use crate::wire::trust::{Revocation, Statement, TrustRecord, TrustRequest};
@@ -47,20 +51,35 @@ struct World {
     nonce: u64,
     last: Option<(Port, SocketAddr, Vec<u8>)>,
     out: Vec<u8>,
+    /// A queued server's store and the writes it asked for, not yet run.
+    writer: Option<(MemoryStore, std::collections::VecDeque<(u64, StoreOp)>)>,
+    /// Endpoints that sent something: a queued server answers them after its write.
+    senders: std::collections::BTreeSet<SocketAddr>,
 }
 
 pub fn rendezvous_datagrams(data: &[u8]) {
-    run(data);
+    run(data, false);
 }
 
-fn run(data: &[u8]) -> World {
+pub fn rendezvous_queued(data: &[u8]) {
+    run(data, true);
+}
+
+fn run(data: &[u8], queued: bool) -> World {
     let mut input = Input::new(data);
     let t0 = Instant::now();
     let identity = Identity::from_secret_bytes(&fixed_identity(SERVER_ID).signing_key().to_bytes());
     let config = Config::new(identity, 7400, 7401);
     let clock = WallClock::new(t0, EPOCH_MS);
-    let mut server = Server::new(config, Box::new(MemoryStore::new()), 11, clock, t0)
-        .expect("a memory store loads");
+    let store = MemoryStore::new();
+    let (mut server, writer) = if queued {
+        let snapshot = Default::default();
+        let server = Server::with_queued_store(config, snapshot, 11, clock, t0);
+        (server, Some((store, Default::default())))
+    } else {
+        let server = Server::new(config, Box::new(store), 11, clock, t0);
+        (server.expect("a memory store loads"), None)
+    };
     server.stream_opened(
         ep(ENDPOINTS[STREAM]),
         "203.0.113.50".parse().expect("an address"),
@@ -73,13 +92,21 @@ fn run(data: &[u8]) -> World {
         nonce: 0,
         last: None,
         out: vec![0; 65535],
+        writer,
+        senders: Default::default(),
     };
     for _ in 0..48 {
         if input.is_empty() {
             break;
         }
         world.step(&mut input);
+        if queued {
+            // (Read only here, so rendezvous_datagrams' inputs keep their meaning.)
+            let count = input.u8();
+            world.run_store(usize::from(count % 4), &mut input);
+        }
     }
+    world.run_store(usize::MAX, &mut input);
     world
 }
 
@@ -231,6 +258,7 @@ impl World {
 
     fn deliver(&mut self, port: Port, from: SocketAddr, datagram: &[u8]) {
         self.last = Some((port, from, datagram.to_vec()));
+        self.senders.insert(from);
         let proven = self.registered().contains(&from);
         let now = self.now;
         let mut out = std::mem::take(&mut self.out);
@@ -262,12 +290,45 @@ impl World {
     }
 
     /// Everything queued goes to registered endpoints.
+    /// A queued server's store runs up to `count` of the writes asked for, in order; the
+    /// input makes some fail.
+    fn run_store(&mut self, count: usize, input: &mut Input<'_>) {
+        let Some((_, ops)) = self.writer.as_mut() else {
+            return;
+        };
+        while let Some(op) = self.server.poll_store() {
+            ops.push_back(op);
+        }
+        for _ in 0..count {
+            let Some((store, ops)) = self.writer.as_mut() else {
+                return;
+            };
+            let Some((ticket, op)) = ops.pop_front() else {
+                return;
+            };
+            store.fail_writes(input.u8() % 16 == 15);
+            let mut handle = store.clone();
+            let result = op.run(&mut handle as &mut dyn Store);
+            self.server.handle_store(ticket, result, self.now);
+            self.drain();
+            // What the answers set off may ask for more writes, after these.
+            let Some((_, ops)) = self.writer.as_mut() else {
+                return;
+            };
+            while let Some(op) = self.server.poll_store() {
+                ops.push_back(op);
+            }
+        }
+    }
+
     fn drain(&mut self) {
         let mut out = std::mem::take(&mut self.out);
         while let Some(t) = self.server.poll_transmit(&mut out) {
             let (to, payload) = (t.to, t.payload.to_vec());
+            // A queued server answers once the write is done: to whoever asked.
+            let asked = self.writer.is_some() && self.senders.contains(&to);
             assert!(
-                self.registered().contains(&to),
+                asked || self.registered().contains(&to),
                 "queued datagram for an endpoint nobody registered"
             );
             self.learn(to, &payload);
@@ -332,14 +393,14 @@ mod tests {
     #[test]
     fn the_stream_seed_registers_its_node_over_the_stream() {
         let seeds = crate::fuzzing::seeds("rendezvous_datagrams");
-        let world = run(&seeds[1]);
+        let world = run(&seeds[1], false);
         let registration = world.server.registration(&key(0), world.now);
         assert_eq!(
             registration.map(|r| r.observed),
             Some(ep(ENDPOINTS[STREAM])),
             "node 0 registered over its stream"
         );
-        let udp = run(&seeds[0]);
+        let udp = run(&seeds[0], false);
         assert_eq!(
             udp.server
                 .registration(&key(0), udp.now)

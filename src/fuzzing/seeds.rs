@@ -120,7 +120,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 .collect(),
         ],
         "node_datagrams" => node_programs(),
-        "rendezvous_datagrams" => rendezvous_programs(),
+        "rendezvous_datagrams" | "rendezvous_queued" => rendezvous_programs(),
         // A PCP request answered as sent (mapped), time to its renewal, the renewal answered,
         // then release; and an SSDP answer for the UPnP parsers.
         "port_mapping" => vec![
