@@ -25,7 +25,6 @@ pub const UNPRIVILEGED: u32 = 65534;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// Whether root-only tests can run here. Under `CI=true` a missing prerequisite panics.
 /// Debian's libfaketime (package `faketime`); panics naming the package when it is missing.
 pub fn libfaketime() -> PathBuf {
     let found = fs::read_dir("/usr/lib").ok().and_then(|dirs| {
@@ -36,37 +35,18 @@ pub fn libfaketime() -> PathBuf {
     found.expect("libfaketime not found under /usr/lib/*/faketime: install the `faketime` package")
 }
 
+/// Whether root-only tests can run here. Under `CI=true` a missing prerequisite panics.
 pub fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root");
-    }
+    let tools = ["ip", "curl", "python3", "setpriv", "nft", "ping"];
+    let mut missing = pilot_lab::prereq::missing(true, &tools);
     if !Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun");
+        missing.push("/dev/net/tun".to_owned());
     }
-    for tool in ["ip", "curl", "python3", "setpriv", "nft", "ping"] {
-        if !command_exists(tool) {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{test}: CI=true but this test cannot run: missing {}",
-            missing.join(", ")
-        );
-    }
-    eprintln!("SKIP {test}: needs {}", missing.join(", "));
-    false
+    pilot_lab::prereq::can_run(test, &missing)
 }
 
-pub fn command_exists(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
-        .unwrap_or(false)
-}
+#[allow(unused_imports)] // some test binaries use it
+pub use pilot_lab::sh::command_exists;
 
 /// Namespaces, processes and a scratch directory, all removed on drop.
 pub struct Lab {

@@ -7,6 +7,7 @@
 //! - [`natlab`]: bringing a lab up (rolled back on failure) and down, and the verbs on one.
 //! - [`check`]: measuring that a lab behaves as its options say.
 //! - [`netns`]: namespaces a test owns (deleted on drop), joined by veth pairs.
+//! - [`prereq`]: whether a test that needs root and system tools can run (fails under CI).
 //! - [`postgres`]: throwaway PostgreSQL clusters on a Unix socket, for the stores' tests.
 //!
 //! The routers' rulesets (`files/*.nft`) and the helper programs (`files/probe.py`, a STUN-like
@@ -20,6 +21,7 @@ pub mod check;
 pub mod natlab;
 pub mod netns;
 pub mod postgres;
+pub mod prereq;
 pub mod sh;
 pub mod topology;
 

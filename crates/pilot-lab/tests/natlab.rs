@@ -12,26 +12,11 @@ const NATLAB: &str = env!("CARGO_BIN_EXE_natlab");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root");
-    }
-    for tool in ["ip", "nft", "python3", "ping", "iptables", "sysctl"] {
-        if !pilot_lab::sh::command_exists(tool) {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{test}: CI=true but this test cannot run: missing {}",
-            missing.join(", ")
-        );
-    }
-    eprintln!("SKIP {test}: needs {}", missing.join(", "));
-    false
+    let missing = pilot_lab::prereq::missing(
+        true,
+        &["ip", "nft", "python3", "ping", "iptables", "sysctl"],
+    );
+    pilot_lab::prereq::can_run(test, &missing)
 }
 
 /// A lab name no other test (or parallel run) uses: 6 characters.

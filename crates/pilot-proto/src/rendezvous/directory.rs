@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::control::Request;
 use super::rate::Rate;
-use super::writes::{Pending, StoreDone, StoreOp, Written};
+use super::writes::{self, Pending, StoreOp, Written};
 use super::{Refusal, Server, StoreError, Transmit, LOOKUP_RATE, SUBMIT_RATE};
 use crate::addr::{Hostname, NodeAddr};
 use crate::identity::NodeKey;
@@ -200,11 +200,7 @@ impl Server {
         }
         match self.write(StoreOp::LookUp(query, self.names_held_since(now))) {
             Written::Now(result) => {
-                let found = result.and_then(|done| match done {
-                    StoreDone::Found(found) => Ok(found),
-                    other => Err(StoreError::Read(format!("lookup answered {other:?}"))),
-                });
-                let reply = self.looked_up(req, found)?;
+                let reply = self.looked_up(req, writes::found_of(result))?;
                 self.reply(req, &reply, now, out)
             }
             Written::Queued(ticket) => {

@@ -263,11 +263,7 @@ impl Server {
             Pending::Ack { node, id } => self.acked(node, id, result.map(drop)),
             Pending::Heartbeat => self.beaten(alive_of(result)),
             Pending::LookUp { req } => {
-                let found = result.and_then(|done| match done {
-                    StoreDone::Found(found) => Ok(found),
-                    other => Err(mismatch(&other)),
-                });
-                if let Some(reply) = self.looked_up(req, found) {
+                if let Some(reply) = self.looked_up(req, found_of(result)) {
                     self.queue_reply(req, &reply, now);
                 }
             }
@@ -328,6 +324,14 @@ pub(super) fn submitted_id(
 pub(super) fn alive_of(result: Result<StoreDone, StoreError>) -> Result<Vec<Instance>, StoreError> {
     result.and_then(|done| match done {
         StoreDone::Beat(alive) => Ok(alive),
+        other => Err(mismatch(&other)),
+    })
+}
+
+/// A lookup's outcome.
+pub(super) fn found_of(result: Result<StoreDone, StoreError>) -> Result<Option<Found>, StoreError> {
+    result.and_then(|done| match done {
+        StoreDone::Found(found) => Ok(found),
         other => Err(mismatch(&other)),
     })
 }
