@@ -502,8 +502,28 @@ fn two_instances_on_one_database_find_each_other_keep_names_unique_and_resolve_t
         matches!(&found, Message::LookupReply { found: Some(f), .. } if f.key == a.key()),
         "{found:?}"
     );
+    // Trust across instances: a asks at one, b (registered at two) gets it from two, b's
+    // approval at two reaches a at one, and the record a completes at one reaches b.
+    let signer = |c: &Client| c.identity.signing_key().clone();
+    let ask = TrustRequest::sign(&signer(&a), b.key(), now_ms(), 1, "backups").unwrap();
+    a.submit(&one, &Statement::Request(ask.clone()));
+    let (id, _, delivered) = b.delivery(&two);
+    assert_eq!(delivered, Statement::Request(ask));
+    b.ack(&two, id);
+    let half = TrustRecord::approve(&signer(&b), a.key(), now_ms()).unwrap();
+    b.submit(&two, &Statement::Record(half.clone()));
+    let (id, _, delivered) = a.delivery(&one);
+    assert_eq!(delivered, Statement::Record(half.clone()));
+    a.ack(&one, id);
+    let record = Statement::Record(half.countersign(&signer(&a), now_ms()).unwrap());
+    a.submit(&one, &record);
+    let (id, _, delivered) = b.delivery(&two);
+    assert_eq!(delivered, record);
+    b.ack(&two, id);
     let counters = two.stop();
     assert!(counters.contains("refused_name_taken=1"), "{counters}");
+    // The request, the record and its delivery to b.
+    assert!(counters.contains("statements_shared=3"), "{counters}");
     drop(one);
     std::fs::remove_dir_all(&dir1).unwrap();
     std::fs::remove_dir_all(&dir2).unwrap();

@@ -4,9 +4,10 @@
 //! runs as `nobody` (PostgreSQL refuses to run as root). Stopped and deleted on drop.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +23,41 @@ pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     running: bool,
+}
+
+/// A connected psql session ([`Cluster::session`]); disconnected on drop (a transaction it
+/// holds open is rolled back).
+pub struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Session {
+    /// Runs SQL and waits until psql has run it; its output. An error stops the session.
+    pub fn run(&mut self, sql: &str) -> Result<String> {
+        const DONE: &str = "-- pilot-lab: done --";
+        writeln!(self.stdin, "{sql};\n\\echo '{DONE}'").context("writing to psql")?;
+        self.stdin.flush().context("writing to psql")?;
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line).context("reading psql")? == 0 {
+                bail!("psql stopped running {sql:?} (its error is above)");
+            }
+            if line.trim_end() == DONE {
+                return Ok(out.trim().to_owned());
+            }
+            out.push_str(&line);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The directory of the newest installed PostgreSQL's server programs.
@@ -147,29 +183,41 @@ impl Cluster {
 
     /// Runs SQL through psql as the superuser, in database `db`; its output.
     pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
-        let dir = self.dir.to_string_lossy().into_owned();
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-t",
-                "-A",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                &dir,
-                "-U",
-                USER,
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .env("PGPASSWORD", Cluster::PASSWORD)
+        let out = self
+            .psql(db)
+            .args(["-c", sql])
             .output()
             .context("running psql")?;
         check(&out, "psql")?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A psql session that stays connected between statements, e.g. to hold a transaction
+    /// open while something else runs.
+    pub fn session(&self, db: &str) -> Result<Session> {
+        let mut child = self
+            .psql(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("running psql")?;
+        let stdin = child.stdin.take().context("psql's stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("psql's stdout")?);
+        Ok(Session {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn psql(&self, db: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join("psql"));
+        cmd.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args(["-U", USER, "-d", db])
+            .env("PGPASSWORD", Cluster::PASSWORD);
+        cmd
     }
 
     /// Creates a database.

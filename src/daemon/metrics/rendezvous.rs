@@ -141,6 +141,11 @@ pub fn render(m: &RendezvousMetrics) -> String {
             c.statements_stored,
         ),
         (
+            "pilot_rendezvous_statements_shared_total",
+            "Trust statements another instance sharing the database took, learnt from it.",
+            c.statements_shared,
+        ),
+        (
             "pilot_rendezvous_outbox_evicted_total",
             "Requests and approvals dropped undelivered to make room in a full outbox.",
             c.outbox_evicted,
@@ -368,6 +373,9 @@ pilot_rendezvous_refusals_total{reason=\"store_busy\"} 0
 # HELP pilot_rendezvous_statements_stored_total Trust statements submitted that changed something and were stored.
 # TYPE pilot_rendezvous_statements_stored_total counter
 pilot_rendezvous_statements_stored_total 4
+# HELP pilot_rendezvous_statements_shared_total Trust statements another instance sharing the database took, learnt from it.
+# TYPE pilot_rendezvous_statements_shared_total counter
+pilot_rendezvous_statements_shared_total 0
 # HELP pilot_rendezvous_outbox_evicted_total Requests and approvals dropped undelivered to make room in a full outbox.
 # TYPE pilot_rendezvous_outbox_evicted_total counter
 pilot_rendezvous_outbox_evicted_total 0

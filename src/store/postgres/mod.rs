@@ -33,6 +33,7 @@ use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::rendezvous::{
     Instance, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
+    TrustChanges, TrustCursor,
 };
 use crate::wire::control::{Found, Query};
 use schema::{migrate, SchemaError, SCHEMA_VERSION};
@@ -40,6 +41,14 @@ pub use target::{PasswordSources, Target};
 
 /// How long one store call may take, connecting included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The oldest transaction still running, as of this statement's snapshot: every transaction
+/// before it has committed or aborted, so no row written by one of them can appear later.
+/// Ledger and outbox rows carry the transaction that wrote them (`written`, schema 3), and the
+/// trust changes are read between two such points ([`Store::trust_changes`]), none skipped
+/// however the writers' commits interleave (a plain id or timestamp would skip a row whose
+/// transaction commits after a later one's).
+const OLDEST_RUNNING: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
 
 /// A lookup's parameter: a name or a key.
 enum LookUpParam {
@@ -233,8 +242,11 @@ impl Drop for PostgresStore {
 impl Store for PostgresStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let target = self.target.clone();
-        let (registrations, ledger, outbox) = self.call(|c| {
+        let (cursor, registrations, ledger, outbox) = self.call(|c| {
             c.call(async |client| {
+                // First: what is written after this point is read as a change later (what
+                // is read below too, perhaps, and then taken as known).
+                let cursor: i64 = client.query_one(OLDEST_RUNNING, &[]).await?.get(0);
                 let registrations = client
                     .query(
                         "SELECT r.key, r.observed, r.lan, r.nat, r.first_seen_ms, \
@@ -252,14 +264,17 @@ impl Store for PostgresStore {
                         &[],
                     )
                     .await?;
-                Ok((registrations, ledger, outbox))
+                Ok((cursor, registrations, ledger, outbox))
             })
         })?;
         let corrupt = |reason: String| StoreError::Corrupt {
             path: PathBuf::from(target.to_string()),
             reason,
         };
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            cursor: TrustCursor(cursor.max(0) as u64),
+            ..Snapshot::default()
+        };
         for r in registrations {
             let raw = RawRegistration {
                 key: r.get(0),
@@ -384,7 +399,7 @@ impl Store for PostgresStore {
                 if let Some((low, high, bytes)) = &ledger {
                     tx.execute(
                         "INSERT INTO ledger (low, high, statement) VALUES ($1, $2, $3) \
-                         ON CONFLICT (low, high) DO UPDATE SET statement = $3",
+                         ON CONFLICT (low, high) DO UPDATE SET statement = $3, written = DEFAULT",
                         &[low, high, bytes],
                     )
                     .await?;
@@ -557,6 +572,55 @@ impl Store for PostgresStore {
                 })
             })
             .collect())
+    }
+
+    /// Rows written by transactions from `since` up to the oldest one still running, read in
+    /// one snapshot (see [`OLDEST_RUNNING`]). A transaction still running then is read the
+    /// next time, when it has ended.
+    fn trust_changes(&mut self, since: TrustCursor) -> Result<TrustChanges, StoreError> {
+        let since = i64::try_from(since.0).unwrap_or(i64::MAX);
+        let (upto, ledger, outbox) = self.call(move |c| {
+            c.call(async |client| {
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let upto: i64 = tx.query_one(OLDEST_RUNNING, &[]).await?.get(0);
+                let ledger = tx
+                    .query(
+                        "SELECT low, high, statement FROM ledger \
+                         WHERE written >= $1 AND written < $2",
+                        &[&since, &upto],
+                    )
+                    .await?;
+                let outbox = tx
+                    .query(
+                        "SELECT id, target, statement, stored_ms FROM outbox \
+                         WHERE written >= $1 AND written < $2 ORDER BY id",
+                        &[&since, &upto],
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok((upto, ledger, outbox))
+            })
+        })?;
+        let mut changes = TrustChanges {
+            cursor: TrustCursor(upto.max(since).max(0) as u64),
+            ..TrustChanges::default()
+        };
+        for r in ledger {
+            let (low, high, bytes): (Vec<u8>, Vec<u8>, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+            changes.ledger.extend(ledger_row(&low, &high, &bytes));
+        }
+        for r in outbox {
+            let (target, bytes): (Vec<u8>, Vec<u8>) = (r.get(1), r.get(2));
+            changes
+                .outbox
+                .extend(outbox_row(r.get(0), &target, &bytes, r.get(3)));
+        }
+        Ok(changes)
     }
 
     fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | 1 | `registrations`, `names`, `ledger`, `outbox` (as SQLite's schema 2) |
 //! | 2 | `instances`: the rendezvous servers sharing the database, and their heartbeats |
+//! | 3 | `ledger.written`, `outbox.written`: the transaction that wrote each row, for the trust changes others read |
 //!
 //! The version lives in `pilot_schema`. Migrations run in one transaction with the version
 //! bump, under an advisory lock, so instances starting together migrate once and a crash
@@ -12,7 +13,7 @@
 use tokio_postgres::Client;
 
 /// The version this code reads and writes.
-pub(super) const SCHEMA_VERSION: i32 = 2;
+pub(super) const SCHEMA_VERSION: i32 = 3;
 
 /// `MIGRATIONS[n]` takes a database from version n to n + 1.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
@@ -51,6 +52,13 @@ CREATE TABLE instances (
     incarnation bigint NOT NULL,
     beat_ms bigint NOT NULL
 );
+",
+    // The id of the transaction that wrote each row (`WRITTEN_BY`): see `trust_changes`.
+    "
+ALTER TABLE ledger ADD COLUMN written bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+ALTER TABLE outbox ADD COLUMN written bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+CREATE INDEX ledger_by_write ON ledger (written);
+CREATE INDEX outbox_by_write ON outbox (written);
 ",
 ];
 

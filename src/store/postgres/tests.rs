@@ -153,7 +153,7 @@ fn a_newer_schema_is_refused_and_left_alone_and_a_bad_registration_is_an_error()
         cluster
             .sql("registry", "SELECT version FROM pilot_schema")
             .unwrap(),
-        "2"
+        SCHEMA_VERSION.to_string()
     );
     cluster
         .sql(
@@ -353,7 +353,7 @@ fn a_version_1_database_is_migrated_keeping_its_rows() {
         cluster
             .sql("registry", "SELECT version FROM pilot_schema")
             .unwrap(),
-        "2"
+        SCHEMA_VERSION.to_string()
     );
     assert_eq!(store.load().unwrap().registrations[0].key, NodeKey([5; 32]));
     let me = crate::rendezvous::Instance {
@@ -412,4 +412,71 @@ fn a_lookup_finds_what_another_instance_registered() {
             .unwrap(),
         None
     );
+}
+
+/// `bytes` as a PostgreSQL bytea literal.
+fn bytea(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("'\\x{hex}'")
+}
+
+#[test]
+fn trust_changes_are_read_once_each_none_skipped_however_commits_interleave() {
+    let Some(cluster) =
+        cluster("trust_changes_are_read_once_each_none_skipped_however_commits_interleave")
+    else {
+        return;
+    };
+    let (mut one, mut two) = (open(&cluster), open(&cluster));
+    let start = two.load().unwrap().cursor;
+    let nothing = two.trust_changes(start).unwrap();
+    assert_eq!((nothing.ledger.len(), nothing.outbox.len()), (0, 0));
+    // A transaction begins writing a delivery and stays open (a slow writer elsewhere)...
+    let ask = request(3, 4);
+    let mut slow = cluster.session("registry").unwrap();
+    slow.run("BEGIN").unwrap();
+    slow.run(&format!(
+        "INSERT INTO outbox (target, statement, stored_ms) VALUES ({}, {}, {NOW})",
+        bytea(&public(4).0),
+        bytea(&ask.to_bytes())
+    ))
+    .unwrap();
+    // ... while one writes and commits a record after it.
+    let record = trust(1, 2, NOW);
+    let submitted = Submission {
+        ledger: Some(&record),
+        ..deliver(public(1), &record, NOW)
+    };
+    let id = one.submit(&submitted).unwrap().unwrap();
+    // Two waits for the older transaction: reading one's write now and moving past it would
+    // skip the slow one's when it commits.
+    let held = two.trust_changes(start).unwrap();
+    assert_eq!((held.ledger.len(), held.outbox.len()), (0, 0));
+    slow.run("COMMIT").unwrap();
+    let changes = two.trust_changes(held.cursor).unwrap();
+    assert_eq!(changes.ledger, vec![record.clone()]);
+    let outbox: Vec<(u64, &crate::wire::trust::Statement)> = (changes.outbox.iter())
+        .map(|i| (i.id, &i.statement))
+        .collect();
+    assert_eq!(outbox.len(), 2, "{outbox:?}");
+    assert_eq!((outbox[0].1, outbox[1]), (&ask, (id, &record)));
+    // Each once: nothing new, nothing again.
+    let again = two.trust_changes(changes.cursor).unwrap();
+    assert_eq!((again.ledger.len(), again.outbox.len()), (0, 0));
+    // A ledger row written again is a change again; a delivered item is gone.
+    let newer = trust(1, 2, NOW + 5);
+    one.submit(&Submission {
+        ledger: Some(&newer),
+        ..Submission::default()
+    })
+    .unwrap();
+    one.delivered(id).unwrap();
+    let last = two.trust_changes(again.cursor).unwrap();
+    assert_eq!(last.ledger, vec![newer]);
+    assert_eq!(last.outbox, vec![]);
+    // A store that cannot be read says so.
+    drop(slow);
+    let mut cluster = cluster;
+    cluster.stop().unwrap();
+    assert!(two.trust_changes(last.cursor).is_err());
 }

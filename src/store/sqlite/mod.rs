@@ -221,6 +221,8 @@ impl Store for SqliteStore {
             registrations: self.load_registrations()?,
             ledger: self.load_ledger()?,
             outbox: self.load_outbox()?,
+            // One server per database (it holds the lock): nobody else writes changes.
+            cursor: Default::default(),
         })
     }
 

@@ -183,6 +183,9 @@ pub struct Counters {
     pub acks: u64,
     /// `Lookup`s answered (found or not).
     pub lookups: u64,
+    /// Trust statements another server sharing the store took (ledger changes and
+    /// deliveries), learnt from the store.
+    pub statements_shared: u64,
     /// Store operations that failed (writes are retried; see `Refusal::StoreFailed`).
     pub store_errors: u64,
     refused: [u64; Refusal::ALL.len()],
@@ -216,7 +219,8 @@ impl fmt::Display for Counters {
         write!(
             f,
             "registrations={} nat_probes={} punches={} relay_frames={} relay_bytes={} \
-             expired={} statements_stored={} deliveries={} acks={} lookups={} store_errors={}",
+             expired={} statements_stored={} statements_shared={} deliveries={} acks={} \
+             lookups={} store_errors={}",
             self.registrations,
             self.nat_probes,
             self.punches,
@@ -224,6 +228,7 @@ impl fmt::Display for Counters {
             self.relay_bytes,
             self.expired,
             self.statements_stored,
+            self.statements_shared,
             self.deliveries,
             self.acks,
             self.lookups,

@@ -34,6 +34,7 @@
 //! keepalive interval.
 //!
 
+mod cluster;
 mod control;
 mod cookie;
 mod counters;
@@ -57,6 +58,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+pub use cluster::TRUST_READ_INTERVAL;
 pub use counters::{Counters, Refusal, RelayDrop};
 pub use outbox::{DELIVERY_ROUND, RESEND_INTERVAL};
 pub use rate::Rate;
@@ -64,7 +66,7 @@ use rate::TokenBucket;
 pub use statements::MAX_OUTBOX;
 pub use store::{
     Instance, MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot,
-    Store, StoreError, Submission,
+    Store, StoreError, Submission, TrustChanges, TrustCursor,
 };
 use writes::{Backend, Pending, Written};
 pub use writes::{OwnedSubmission, StoreDone, StoreOp};
@@ -321,6 +323,12 @@ pub struct Server {
     /// The servers sharing the store, as the last heartbeat found them (this one alone until
     /// then, or without heartbeats).
     instances: Vec<Instance>,
+    /// Where the next read of the trust changes other servers made starts (see `cluster`).
+    trust_cursor: TrustCursor,
+    /// When to read them next: `None` without heartbeats (nobody else shares the store).
+    next_trust_read: Option<Instant>,
+    /// A read is queued: no second one until it is answered.
+    reading_trust: bool,
     /// Scratch for encoding message bodies, reused.
     body: Vec<u8>,
     /// The last store operation failed (warnings are logged on the change only).
@@ -412,71 +420,17 @@ impl Server {
             next_heartbeat: None,
             incarnation: seed ^ 0x9e37_79b9_7f4a_7c15,
             instances: Vec::new(),
+            trust_cursor: snapshot.cursor,
+            next_trust_read: None,
+            reading_trust: false,
             body: Vec::with_capacity(512),
             store_failing: false,
         };
         server.next_heartbeat = server.config.heartbeat.map(|_| now);
+        server.next_trust_read = server.config.heartbeat.map(|_| now + TRUST_READ_INTERVAL);
         server.instances = vec![server.instance(now)];
         server.restore(snapshot, now);
         server
-    }
-
-    /// This server as the others sharing its store see it.
-    fn instance(&self, now: Instant) -> Instance {
-        let ip = (self.config.listen).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        Instance {
-            key: self.key,
-            main: SocketAddr::new(ip, self.config.main_port),
-            alt_port: self.config.alt_port,
-            incarnation: self.incarnation,
-            beat_ms: self.clock.unix_ms(now),
-        }
-    }
-
-    /// The servers sharing the store, this one included, as the last heartbeat found them.
-    pub fn instances(&self) -> &[Instance] {
-        &self.instances
-    }
-
-    /// Tells the store this server is alive (see [`Config::heartbeat`]).
-    fn heartbeat(&mut self, now: Instant) {
-        let Some(interval) = self.config.heartbeat else {
-            return;
-        };
-        self.next_heartbeat = Some(now + interval);
-        let op = StoreOp::Heartbeat(self.instance(now), interval * 3);
-        match self.write(op) {
-            Written::Now(result) => self.beaten(writes::alive_of(result)),
-            Written::Queued(ticket) => self.wait_for(ticket, Pending::Heartbeat),
-        }
-    }
-
-    /// A heartbeat's answer: who shares the store now. Arrivals and departures are logged.
-    pub(super) fn beaten(&mut self, alive: Result<Vec<Instance>, StoreError>) {
-        let mut alive = match alive {
-            Ok(alive) => alive,
-            Err(e) => return self.store_error(&e),
-        };
-        self.store_ok();
-        // This server is alive whatever the store says (its own row may lag a write).
-        if !alive.iter().any(|i| i.key == self.key) {
-            alive.extend(self.instances.iter().find(|i| i.key == self.key).cloned());
-        }
-        alive.sort_by_key(|i| i.key);
-        for i in alive
-            .iter()
-            .filter(|i| !self.instances.iter().any(|k| k.key == i.key))
-        {
-            tracing::info!(instance = %i.key, main = %i.main, "another rendezvous shares the registry");
-        }
-        for i in self
-            .instances
-            .iter()
-            .filter(|i| !alive.iter().any(|k| k.key == i.key))
-        {
-            tracing::info!(instance = %i.key, "a rendezvous sharing the registry stopped beating");
-        }
-        self.instances = alive;
     }
 
     /// The server's public key (nodes check replies against it).
@@ -582,6 +536,7 @@ impl Server {
         if self.next_heartbeat.is_some_and(|t| t <= now) {
             self.heartbeat(now);
         }
+        self.read_trust_changes(now);
     }
 
     /// When [`Server::handle_timeout`] should run next, and why.
@@ -601,6 +556,9 @@ impl Server {
         }
         if let Some(t) = self.next_heartbeat.filter(|t| *t < next.0) {
             next = (t, "heartbeat");
+        }
+        if let Some(t) = (self.next_trust_read).filter(|t| *t < next.0 && !self.reading_trust) {
+            next = (t, "trust changes");
         }
         Some(next)
     }

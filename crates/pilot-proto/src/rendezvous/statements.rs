@@ -45,7 +45,7 @@ const MAX_RESYNC: usize = 1024;
 
 /// What an item is for, in its target's outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Request,
     Approval,
     Ledger,
@@ -438,7 +438,7 @@ impl Server {
     }
 
     /// The item of this kind about the same pair in `target`'s outbox.
-    fn outbox_item(
+    pub(super) fn outbox_item(
         &self,
         target: &NodeKey,
         statement: &Statement,
@@ -490,7 +490,7 @@ fn fair_victim(items: &[(u64, Source)], newcomer: Source) -> Option<u64> {
     (largest != newcomer && count > mine + 1).then_some(oldest)
 }
 
-fn kind_of(statement: &Statement) -> Kind {
+pub(super) fn kind_of(statement: &Statement) -> Kind {
     match statement {
         Statement::Request(_) => Kind::Request,
         Statement::Record(r) if !r.is_complete() => Kind::Approval,
@@ -502,7 +502,7 @@ fn kind_of(statement: &Statement) -> Kind {
 /// ledger's own rule (the newest wins, a revocation wins a tie), asked before the store write
 /// because the ledger can only be changed, not rolled back, and nothing may change in memory
 /// unless it is durable.
-fn takes_effect(ledger: &TrustLedger, statement: &Statement) -> bool {
+pub(super) fn takes_effect(ledger: &TrustLedger, statement: &Statement) -> bool {
     let (a, b) = statement.pair();
     let issued = statement.issued_ms();
     let known = match ledger.state(&a, &b) {

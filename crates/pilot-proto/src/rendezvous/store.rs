@@ -68,6 +68,25 @@ pub struct Snapshot {
     /// The statement that holds for each pair: a complete record or a revocation.
     pub ledger: Vec<Statement>,
     pub outbox: Vec<OutboxItem>,
+    /// Where to read the trust changes other servers make from ([`Store::trust_changes`]):
+    /// at or before the point this snapshot was read.
+    pub cursor: TrustCursor,
+}
+
+/// A position in a shared store's trust changes (see [`Store::trust_changes`]). Opaque: only
+/// the store that gave it knows what it counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TrustCursor(pub u64);
+
+/// The ledger statements and outbox items written (by any server) since a [`TrustCursor`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustChanges {
+    /// The statement each changed pair's row holds now.
+    pub ledger: Vec<Statement>,
+    /// Outbox items written since, that are still there, oldest first.
+    pub outbox: Vec<OutboxItem>,
+    /// Where to read from next time.
+    pub cursor: TrustCursor,
 }
 
 /// What one accepted `Submit` changes, written all or none: if the node was told `Stored`, the
@@ -178,6 +197,17 @@ pub trait Store: Send {
         let _ = (query, held_since_ms);
         Ok(None)
     }
+    /// The trust changes written since `since` by any server sharing the store (this one's
+    /// own included), and the cursor to ask from next: nothing written may be skipped, though
+    /// a change may be returned twice (the server takes what it holds already as known). A
+    /// store only one server can use has no changes it did not make: this default returns
+    /// none.
+    fn trust_changes(&mut self, since: TrustCursor) -> Result<TrustChanges, StoreError> {
+        Ok(TrustChanges {
+            cursor: since,
+            ..TrustChanges::default()
+        })
+    }
 }
 
 /// A store in memory, for simulations and tests. Clones share their contents, so a test can
@@ -198,6 +228,11 @@ struct Contents {
     outbox: BTreeMap<u64, OutboxItem>,
     /// Ids are never reused, as with SQLite's AUTOINCREMENT.
     last_id: u64,
+    /// Counts trust writes; each ledger row and outbox item remembers the count that wrote it
+    /// (the cursor of [`Store::trust_changes`]).
+    writes: u64,
+    ledger_written: BTreeMap<(NodeKey, NodeKey), u64>,
+    outbox_written: BTreeMap<u64, u64>,
     /// The servers sharing this store, by key.
     instances: BTreeMap<NodeKey, Instance>,
 }
@@ -273,6 +308,7 @@ impl Store for MemoryStore {
             registrations: contents.records.values().cloned().collect(),
             ledger: contents.ledger.values().cloned().collect(),
             outbox: contents.outbox.values().cloned().collect(),
+            cursor: TrustCursor(contents.writes + 1),
         })
     }
 
@@ -313,11 +349,15 @@ impl Store for MemoryStore {
     fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {
         self.check_writable()?;
         let mut contents = self.lock();
+        contents.writes += 1;
+        let write = contents.writes;
         if let Some(statement) = submission.ledger {
             contents.ledger.insert(statement.pair(), statement.clone());
+            contents.ledger_written.insert(statement.pair(), write);
         }
         if let Some(id) = submission.replaces {
             contents.outbox.remove(&id);
+            contents.outbox_written.remove(&id);
         }
         let Some(new) = submission.deliver else {
             return Ok(None);
@@ -331,12 +371,15 @@ impl Store for MemoryStore {
             stored_ms: new.stored_ms,
         };
         contents.outbox.insert(id, item);
+        contents.outbox_written.insert(id, write);
         Ok(Some(id))
     }
 
     fn delivered(&mut self, id: u64) -> Result<(), StoreError> {
         self.check_writable()?;
-        self.lock().outbox.remove(&id);
+        let mut contents = self.lock();
+        contents.outbox.remove(&id);
+        contents.outbox_written.remove(&id);
         Ok(())
     }
 
@@ -365,9 +408,13 @@ impl Store for MemoryStore {
             keep
         });
         let before_len = contents.outbox.len();
-        contents
-            .outbox
-            .retain(|_, item| item.stored_ms >= before.deliveries_ms);
+        let Contents {
+            outbox,
+            outbox_written,
+            ..
+        } = &mut *contents;
+        outbox.retain(|_, item| item.stored_ms >= before.deliveries_ms);
+        outbox_written.retain(|id, _| outbox.contains_key(id));
         purged.deliveries = before_len - contents.outbox.len();
         Ok(purged)
     }
@@ -399,6 +446,25 @@ impl Store for MemoryStore {
             key,
             hostname: contents.records.get(&key).and_then(|r| r.hostname.clone()),
         }))
+    }
+
+    fn trust_changes(&mut self, since: TrustCursor) -> Result<TrustChanges, StoreError> {
+        self.check_writable()?; // a store that fails, fails reads too
+        let contents = self.lock();
+        let TrustCursor(since) = since;
+        let ledger = (contents.ledger_written.iter())
+            .filter(|(_, write)| **write >= since)
+            .filter_map(|(pair, _)| contents.ledger.get(pair).cloned())
+            .collect();
+        let outbox = (contents.outbox_written.iter())
+            .filter(|(_, write)| **write >= since)
+            .filter_map(|(id, _)| contents.outbox.get(id).cloned())
+            .collect();
+        Ok(TrustChanges {
+            ledger,
+            outbox,
+            cursor: TrustCursor(contents.writes + 1),
+        })
     }
 
     /// Beats are dated by the beating server's clock (a simulation's servers share one).

@@ -24,6 +24,7 @@ use super::control::Uncommitted;
 use super::statements::SubmitWaiting;
 use super::store::{
     Instance, NewDelivery, PurgeBefore, Purged, Registration, Store, StoreError, Submission,
+    TrustChanges, TrustCursor,
 };
 use super::Server;
 use crate::addr::Hostname;
@@ -48,8 +49,10 @@ pub enum StoreOp {
     ReleaseName(Hostname),
     /// [`Store::heartbeat`]: this server, and how old a beat may be to count as alive.
     Heartbeat(Instance, Duration),
-    /// [`Store::look_up`] (a read: the only one, for what another server registered).
+    /// [`Store::look_up`] (a read, for what another server registered).
     LookUp(Query, u64),
+    /// [`Store::trust_changes`] (a read, for what another server stored).
+    TrustChanges(TrustCursor),
 }
 
 /// A [`Submission`] that owns its statements (it crosses to the store's thread).
@@ -76,6 +79,8 @@ pub enum StoreDone {
     Beat(Vec<Instance>),
     /// What a lookup found.
     Found(Option<Found>),
+    /// The trust changes since the cursor asked from.
+    TrustChanges(TrustChanges),
 }
 
 impl StoreOp {
@@ -107,6 +112,9 @@ impl StoreOp {
             StoreOp::Heartbeat(me, within) => store.heartbeat(me, *within).map(StoreDone::Beat),
             StoreOp::LookUp(query, held_since_ms) => {
                 store.look_up(query, *held_since_ms).map(StoreDone::Found)
+            }
+            StoreOp::TrustChanges(since) => {
+                store.trust_changes(*since).map(StoreDone::TrustChanges)
             }
         }
     }
@@ -146,6 +154,8 @@ pub(super) enum Pending {
     Heartbeat,
     /// A lookup memory could not answer, to answer from the store.
     LookUp { req: Request },
+    /// A read of the trust changes other servers made.
+    TrustChanges,
     /// Nothing but the outcome's count (an eviction, a superseded item, an expired name).
     Quiet,
 }
@@ -267,6 +277,7 @@ impl Server {
                     self.queue_reply(req, &reply, now);
                 }
             }
+            Pending::TrustChanges => self.trust_changed(changes_of(result), now),
             Pending::Quiet => match result {
                 Ok(_) => self.store_ok(),
                 Err(e) => self.store_error(&e),
@@ -332,6 +343,16 @@ pub(super) fn alive_of(result: Result<StoreDone, StoreError>) -> Result<Vec<Inst
 pub(super) fn found_of(result: Result<StoreDone, StoreError>) -> Result<Option<Found>, StoreError> {
     result.and_then(|done| match done {
         StoreDone::Found(found) => Ok(found),
+        other => Err(mismatch(&other)),
+    })
+}
+
+/// A read of the trust changes' outcome.
+pub(super) fn changes_of(
+    result: Result<StoreDone, StoreError>,
+) -> Result<TrustChanges, StoreError> {
+    result.and_then(|done| match done {
+        StoreDone::TrustChanges(changes) => Ok(changes),
         other => Err(mismatch(&other)),
     })
 }

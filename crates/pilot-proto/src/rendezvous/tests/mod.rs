@@ -2,6 +2,7 @@
 
 mod addresses;
 mod amplification;
+mod cluster;
 mod delivery;
 mod introductions;
 mod memory;

@@ -4,7 +4,6 @@
 //! left. (The whole suite also runs this way: `PILOT_SIM_QUEUED_STORE=1`.)
 
 use super::*;
-use crate::wire::control::Query;
 
 fn register_datagram(sim: &Sim, c: &mut Client, hostname: &str) -> Vec<u8> {
     let msg = Message::Register {
@@ -159,68 +158,4 @@ fn a_store_that_stops_answering_costs_refusals_not_memory() {
     assert_eq!(store.len(), 2);
     let registered = sim.drain();
     assert_eq!(registered.len(), 2, "{registered:?}");
-}
-
-#[test]
-fn servers_sharing_a_store_find_each_other_by_heartbeat_and_notice_one_stop() {
-    let store = MemoryStore::new();
-    let beat = Duration::from_secs(2);
-    let mut one = Sim::queued_with(store.clone(), |c| c.heartbeat = Some(beat));
-    let mut two = Sim::queued_with(store.clone(), |c| {
-        c.heartbeat = Some(beat);
-        c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
-    });
-    assert_eq!(one.server.instances().len(), 1, "alone until it beats");
-    for _ in 0..2 {
-        one.advance(beat);
-        two.advance(beat);
-    }
-    let keys =
-        |sim: &Sim| -> Vec<NodeKey> { sim.server.instances().iter().map(|i| i.key).collect() };
-    let mut both = vec![one.server.public_key(), two.server.public_key()];
-    both.sort();
-    assert_eq!(keys(&one), both);
-    assert_eq!(keys(&two), both);
-    // two stops beating (killed): three intervals later one counts itself alone.
-    one.advance(beat * 4);
-    assert_eq!(keys(&one), vec![one.server.public_key()]);
-    // A server without heartbeats (one store per server, as SQLite) never beats.
-    let mut alone = Sim::queued(MemoryStore::new());
-    alone.advance(Duration::from_secs(60));
-    assert_eq!(alone.server.instances().len(), 1);
-    assert_ne!(
-        alone.server.poll_timeout().map(|(_, why)| why),
-        Some("heartbeat")
-    );
-}
-
-#[test]
-fn a_name_registered_at_another_server_is_found_through_the_store() {
-    let store = MemoryStore::new();
-    let beat = Some(Duration::from_secs(2));
-    let mut one = Sim::queued_with(store.clone(), |c| c.heartbeat = beat);
-    let mut two = Sim::queued_with(store.clone(), |c| {
-        c.heartbeat = beat;
-        c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
-    });
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    registered(a.register_as(&mut one, &[], Some("alice")));
-    registered(b.register_as(&mut two, &[], Some("bob")));
-    // b asks its own server for alice, who registered at the other one.
-    let found = look_up(&mut two, &mut b, Query::Name(name("alice")));
-    assert_eq!(found, Some((a.key(), Some("alice".into()))));
-    let found = look_up(&mut two, &mut b, Query::Key(a.key()));
-    assert_eq!(found, Some((a.key(), Some("alice".into()))));
-    // Nobody anywhere: not found.
-    assert_eq!(look_up(&mut two, &mut b, Query::Name(name("carol"))), None);
-    // The store cannot be read: no answer at all, never a false "not found".
-    store.fail_writes(true);
-    let d = b.sealed(
-        &two,
-        &Message::Lookup {
-            query: Query::Name(name("alice")),
-        },
-    );
-    assert!(two.send(Port::Main, b.at, &d).is_none());
 }

@@ -1,0 +1,217 @@
+//! What a server learns from the others sharing its store (several rendezvous instances on one
+//! PostgreSQL database): who is alive (heartbeats), and the trust statements the others took.
+//!
+//! Each server keeps the ledger and the outbox in memory, as the one that took a statement
+//! left them. The others learn it from the store: every [`TRUST_READ_INTERVAL`] a server reads
+//! the ledger rows and outbox items written since its [`TrustCursor`] (its own included, which
+//! it knows already) and takes them in as it took in its snapshot at start. So a trust request
+//! submitted at one instance reaches its target at another within about a second, and
+//! `Connect` and the relay at every instance follow the ledger. A store only one server can
+//! use has no changes to read ([`Config::heartbeat`] is `None`), and the server never asks.
+//!
+//! [`Config::heartbeat`]: super::Config::heartbeat
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::outbox::Item;
+use super::sources::Source;
+use super::statements::{kind_of, takes_effect, Kind};
+use super::store::{Instance, OutboxItem, StoreError, TrustChanges};
+use super::writes::{self, Pending, StoreOp, Written};
+use super::Server;
+use crate::wire::trust::Statement;
+
+/// How often a server sharing its store reads the trust changes the others made.
+pub const TRUST_READ_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Server {
+    /// This server as the others sharing its store see it.
+    pub(super) fn instance(&self, now: Instant) -> Instance {
+        let ip = (self.config.listen).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Instance {
+            key: self.key,
+            main: SocketAddr::new(ip, self.config.main_port),
+            alt_port: self.config.alt_port,
+            incarnation: self.incarnation,
+            beat_ms: self.clock.unix_ms(now),
+        }
+    }
+
+    /// The servers sharing the store, this one included, as the last heartbeat found them.
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// Tells the store this server is alive (see [`Config::heartbeat`]).
+    pub(super) fn heartbeat(&mut self, now: Instant) {
+        let Some(interval) = self.config.heartbeat else {
+            return;
+        };
+        self.next_heartbeat = Some(now + interval);
+        let op = StoreOp::Heartbeat(self.instance(now), interval * 3);
+        match self.write(op) {
+            Written::Now(result) => self.beaten(writes::alive_of(result)),
+            Written::Queued(ticket) => self.wait_for(ticket, Pending::Heartbeat),
+        }
+    }
+
+    /// A heartbeat's answer: who shares the store now. Arrivals and departures are logged.
+    pub(super) fn beaten(&mut self, alive: Result<Vec<Instance>, StoreError>) {
+        let mut alive = match alive {
+            Ok(alive) => alive,
+            Err(e) => return self.store_error(&e),
+        };
+        self.store_ok();
+        // This server is alive whatever the store says (its own row may lag a write).
+        if !alive.iter().any(|i| i.key == self.key) {
+            alive.extend(self.instances.iter().find(|i| i.key == self.key).cloned());
+        }
+        alive.sort_by_key(|i| i.key);
+        for i in alive
+            .iter()
+            .filter(|i| !self.instances.iter().any(|k| k.key == i.key))
+        {
+            tracing::info!(instance = %i.key, main = %i.main, "another rendezvous shares the registry");
+        }
+        for i in self
+            .instances
+            .iter()
+            .filter(|i| !alive.iter().any(|k| k.key == i.key))
+        {
+            tracing::info!(instance = %i.key, "a rendezvous sharing the registry stopped beating");
+        }
+        self.instances = alive;
+    }
+
+    /// Asks the store what the servers sharing it wrote to the ledger and outbox since the
+    /// last read (one read at a time).
+    pub(super) fn read_trust_changes(&mut self, now: Instant) {
+        let Some(next) = self.next_trust_read else {
+            return;
+        };
+        if next > now || self.reading_trust {
+            return;
+        }
+        self.next_trust_read = Some(now + TRUST_READ_INTERVAL);
+        match self.write(StoreOp::TrustChanges(self.trust_cursor)) {
+            Written::Now(result) => self.trust_changed(writes::changes_of(result), now),
+            Written::Queued(ticket) => {
+                self.reading_trust = true;
+                self.wait_for(ticket, Pending::TrustChanges);
+            }
+        }
+    }
+
+    /// Takes in the trust changes read from the store: ledger statements that take effect
+    /// (verified again, as at start), then outbox items memory lacks. A statement for a node
+    /// registered here starts its deliveries.
+    pub(super) fn trust_changed(
+        &mut self,
+        changes: Result<TrustChanges, StoreError>,
+        now: Instant,
+    ) {
+        self.reading_trust = false;
+        let changes = match changes {
+            Ok(changes) => changes,
+            Err(e) => return self.store_error(&e),
+        };
+        self.store_ok();
+        self.trust_cursor = changes.cursor;
+        let now_ms = self.clock.unix_ms(now);
+        for statement in changes.ledger {
+            if !takes_effect(&self.ledger, &statement) {
+                continue;
+            }
+            let (low, high) = statement.pair();
+            let admitted = match statement.clone() {
+                Statement::Record(r) => self.ledger.admit_record(r, now_ms),
+                Statement::Revocation(v) => self.ledger.admit_revocation(v, now_ms),
+                Statement::Request(_) => continue,
+            };
+            match admitted {
+                Ok(_) => {
+                    self.counters.statements_shared += 1;
+                    self.drop_outdated_ledger_items(&statement);
+                }
+                Err(e) => {
+                    tracing::warn!(%low, %high, "skipping a ledger statement another server stored: {e}")
+                }
+            }
+        }
+        for item in changes.outbox {
+            let target = item.target;
+            if self.take_shared_item(item) {
+                self.counters.statements_shared += 1;
+                // Told at once, as when the statement is stored here.
+                if self.registry.fresh(&target, now).is_some() {
+                    self.outbox.schedule(target, now);
+                }
+            }
+        }
+    }
+
+    /// Adds an outbox item another server stored, unless memory has it, or a newer one of its
+    /// kind about the same pair, or it is a ledger statement the ledger no longer holds. An
+    /// older one of its kind is dropped from memory (its writer deleted it from the store).
+    fn take_shared_item(&mut self, item: OutboxItem) -> bool {
+        if self.outbox.get(item.id).is_some() {
+            return false;
+        }
+        let (low, high) = item.statement.pair();
+        if item.target != low && item.target != high {
+            tracing::warn!(
+                id = item.id,
+                "skipping a delivery another server stored: not for a party"
+            );
+            return false;
+        }
+        let kind = kind_of(&item.statement);
+        let in_force = || self.ledger.state(&low, &high).map(|s| s.to_statement());
+        if kind == Kind::Ledger && in_force().as_ref() != Some(&item.statement) {
+            return false;
+        }
+        if let Some((id, _)) = self.outbox_item(&item.target, &item.statement, kind) {
+            if id > item.id {
+                return false;
+            }
+            self.outbox.remove(id);
+        }
+        let sender = if item.target == low { high } else { low };
+        // Requests and approvals share the outbox by source: where the sender registered
+        // from, if it registered here.
+        let source = (kind != Kind::Ledger).then(|| {
+            let observed = self.registry.record(&sender, None).map(|r| r.observed);
+            observed.map_or(Source::Unknown, |at: SocketAddr| Source::of(at.ip()))
+        });
+        let kept = Item {
+            target: item.target,
+            statement: item.statement,
+            stored_ms: item.stored_ms,
+            source,
+        };
+        self.outbox.insert(item.id, kept);
+        true
+    }
+
+    /// After the ledger took `statement` from another server: ledger items about its pair that
+    /// hold an older statement are dropped (from the store too: their writer may not have
+    /// known them), so no node gets a statement its partner has superseded.
+    fn drop_outdated_ledger_items(&mut self, statement: &Statement) {
+        let (low, high) = statement.pair();
+        for party in [low, high] {
+            let Some((id, item)) = self.outbox_item(&party, statement, Kind::Ledger) else {
+                continue;
+            };
+            if item.statement == *statement {
+                continue;
+            }
+            if id < super::outbox::EPHEMERAL_IDS
+                && self.write_quietly(StoreOp::Delivered(id)).is_err()
+            {
+                continue;
+            }
+            self.outbox.remove(id);
+        }
+    }
+}

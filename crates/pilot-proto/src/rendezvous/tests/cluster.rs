@@ -1,0 +1,213 @@
+//! Servers sharing one store (rendezvous instances on one PostgreSQL database, see
+//! `cluster`): they find each other by heartbeat, resolve what another registered, and take
+//! in the trust statements another took.
+
+use super::*;
+use crate::wire::control::Query;
+use crate::wire::trust::Revocation;
+
+const BEAT: Option<Duration> = Some(Duration::from_secs(2));
+
+/// Two queued servers with heartbeats on `store`.
+fn two_servers(store: &MemoryStore) -> (Sim, Sim) {
+    let one = Sim::queued_with(store.clone(), |c| c.heartbeat = BEAT);
+    let two = Sim::queued_with(store.clone(), |c| {
+        c.heartbeat = BEAT;
+        c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
+    });
+    (one, two)
+}
+
+fn stored(reply: Option<Message>) {
+    assert!(matches!(reply, Some(Message::Stored { .. })), "{reply:?}");
+}
+
+#[test]
+fn servers_sharing_a_store_find_each_other_by_heartbeat_and_notice_one_stop() {
+    let store = MemoryStore::new();
+    let beat = Duration::from_secs(2);
+    let mut one = Sim::queued_with(store.clone(), |c| c.heartbeat = Some(beat));
+    let mut two = Sim::queued_with(store.clone(), |c| {
+        c.heartbeat = Some(beat);
+        c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
+    });
+    assert_eq!(one.server.instances().len(), 1, "alone until it beats");
+    for _ in 0..2 {
+        one.advance(beat);
+        two.advance(beat);
+    }
+    let keys =
+        |sim: &Sim| -> Vec<NodeKey> { sim.server.instances().iter().map(|i| i.key).collect() };
+    let mut both = vec![one.server.public_key(), two.server.public_key()];
+    both.sort();
+    assert_eq!(keys(&one), both);
+    assert_eq!(keys(&two), both);
+    // two stops beating (killed): three intervals later one counts itself alone.
+    one.advance(beat * 4);
+    assert_eq!(keys(&one), vec![one.server.public_key()]);
+    // A server without heartbeats (one store per server, as SQLite) never beats.
+    let mut alone = Sim::queued(MemoryStore::new());
+    alone.advance(Duration::from_secs(60));
+    assert_eq!(alone.server.instances().len(), 1);
+    assert_ne!(
+        alone.server.poll_timeout().map(|(_, why)| why),
+        Some("heartbeat")
+    );
+}
+
+#[test]
+fn a_name_registered_at_another_server_is_found_through_the_store() {
+    let store = MemoryStore::new();
+    let beat = Some(Duration::from_secs(2));
+    let mut one = Sim::queued_with(store.clone(), |c| c.heartbeat = beat);
+    let mut two = Sim::queued_with(store.clone(), |c| {
+        c.heartbeat = beat;
+        c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
+    });
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register_as(&mut one, &[], Some("alice")));
+    registered(b.register_as(&mut two, &[], Some("bob")));
+    // b asks its own server for alice, who registered at the other one.
+    let found = look_up(&mut two, &mut b, Query::Name(name("alice")));
+    assert_eq!(found, Some((a.key(), Some("alice".into()))));
+    let found = look_up(&mut two, &mut b, Query::Key(a.key()));
+    assert_eq!(found, Some((a.key(), Some("alice".into()))));
+    // Nobody anywhere: not found.
+    assert_eq!(look_up(&mut two, &mut b, Query::Name(name("carol"))), None);
+    // The store cannot be read: no answer at all, never a false "not found".
+    store.fail_writes(true);
+    let d = b.sealed(
+        &two,
+        &Message::Lookup {
+            query: Query::Name(name("alice")),
+        },
+    );
+    assert!(two.send(Port::Main, b.at, &d).is_none());
+}
+
+#[test]
+fn trust_statements_taken_at_one_server_reach_nodes_and_the_ledger_at_another() {
+    let store = MemoryStore::new();
+    let (mut one, mut two) = two_servers(&store);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register(&mut one, &[]));
+    registered(b.register(&mut two, &[]));
+
+    // a asks at one; b, registered at two, hears it from two within a read interval.
+    let ask = request(&a, &b, one.now_ms());
+    stored(a.submit(&mut one, &ask));
+    assert_eq!(two.deliveries_to(b.at), vec![]);
+    two.advance(TRUST_READ_INTERVAL);
+    let delivered = two.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].2, ask);
+    b.ack(&mut two, delivered[0].0);
+    assert_eq!(
+        store.outbox(&b.key()),
+        vec![],
+        "acknowledged at two, gone for all"
+    );
+
+    // b approves at two; a hears it from one.
+    let half = Statement::Record(b.approve(&a, two.now_ms()));
+    stored(b.submit(&mut two, &half));
+    one.advance(TRUST_READ_INTERVAL);
+    let delivered = one.deliveries_to(a.at);
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].2, half);
+    a.ack(&mut one, delivered[0].0);
+
+    // a completes the record at one: both ledgers hold it, and b gets it from two.
+    let record = b.record_with(&a, one.now_ms());
+    stored(a.submit(&mut one, &record));
+    assert!(one.server.ledger().trusted(&a.key(), &b.key()));
+    assert!(!two.server.ledger().trusted(&a.key(), &b.key()));
+    two.advance(TRUST_READ_INTERVAL);
+    assert!(two.server.ledger().trusted(&a.key(), &b.key()));
+    let delivered = two.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].2, record);
+    // b does not acknowledge it (its node is away); then a revokes at one. Two's ledger
+    // follows, and b's next round brings the revocation, not the record it superseded.
+    one.advance(Duration::from_secs(1));
+    let revoke = Statement::Revocation(
+        Revocation::sign(a.signing_key(), b.key(), one.now_ms(), "").unwrap(),
+    );
+    stored(a.submit(&mut one, &revoke));
+    two.advance(TRUST_READ_INTERVAL);
+    assert!(!two.server.ledger().trusted(&a.key(), &b.key()));
+    two.advance(RESEND_INTERVAL);
+    let delivered = two.deliveries_to(b.at);
+    assert!(!delivered.is_empty());
+    assert!(
+        delivered.iter().all(|(_, _, s)| *s == revoke),
+        "{delivered:?}"
+    );
+    // request, record, its delivery to b, revocation, its delivery to b: each taken once,
+    // however often two reads.
+    assert_eq!(two.server.counters().statements_shared, 5);
+    two.advance(TRUST_READ_INTERVAL * 5);
+    assert_eq!(two.server.counters().statements_shared, 5);
+    assert_eq!(one.server.counters().statements_shared, 1, "b's approval");
+}
+
+#[test]
+fn a_server_that_cannot_read_the_store_catches_up_when_it_can() {
+    let store = MemoryStore::new();
+    let (mut one, mut two) = two_servers(&store);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register(&mut one, &[]));
+    registered(b.register(&mut two, &[]));
+    let ask = request(&a, &b, one.now_ms());
+    stored(a.submit(&mut one, &ask));
+    // The store fails two's reads for a while (one wrote before): nothing is lost, only late.
+    store.fail_writes(true);
+    two.advance(TRUST_READ_INTERVAL * 3);
+    assert_eq!(two.deliveries_to(b.at), vec![]);
+    assert!(two.server.counters().store_errors >= 3);
+    store.fail_writes(false);
+    two.advance(TRUST_READ_INTERVAL);
+    let delivered = two.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].2, ask);
+}
+
+#[test]
+fn a_server_that_restarts_reads_on_from_its_snapshot() {
+    let store = MemoryStore::new();
+    let (mut one, mut two) = two_servers(&store);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register(&mut one, &[]));
+    registered(b.register(&mut two, &[]));
+    // Before two restarts: in its snapshot. After: read as a change.
+    let ask = request(&a, &b, one.now_ms());
+    stored(a.submit(&mut one, &ask));
+    let (_, mut two) = (
+        two,
+        Sim::queued_with(store.clone(), |c| {
+            c.heartbeat = BEAT;
+            c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
+        }),
+    );
+    registered(b.register(&mut two, &[]));
+    two.advance(Duration::ZERO);
+    let delivered = two.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].2, ask);
+    b.ack(&mut two, delivered[0].0);
+    let record = b.record_with(&a, one.now_ms());
+    stored(a.submit(&mut one, &record));
+    two.advance(TRUST_READ_INTERVAL);
+    let delivered = two.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].2, record);
+    assert_eq!(
+        two.server.counters().statements_shared,
+        2,
+        "the record and its delivery"
+    );
+}
