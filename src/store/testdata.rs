@@ -3,7 +3,7 @@
 use ed25519_dalek::SigningKey;
 
 use crate::identity::NodeKey;
-use crate::rendezvous::{NewDelivery, PurgeBefore, Registration, Submission};
+use crate::rendezvous::{NewDelivery, PurgeBefore, Registration, Submission, Submitted};
 use crate::wire::control::NatKind;
 use crate::wire::trust::{Statement, TrustRecord, TrustRequest};
 
@@ -124,4 +124,50 @@ pub(super) fn names_are_first_come_first_served_across_servers(
     renamed.hostname = Some("renamed".parse().unwrap());
     assert_eq!(store.save(&[renamed], u64::MAX).unwrap(), vec![]);
     assert_eq!(store.save(&[rival], 0).unwrap(), vec![]);
+}
+
+/// Several servers share one store: a ledger statement is written over the pair's row only if
+/// it takes effect over it (the newer wins, a revocation wins a tie); otherwise the submission
+/// writes nothing at all, its delivery included, and says so by returning no id. A store
+/// several servers can share passes it (SQLite, which one server holds, writes what its
+/// server decided).
+pub(super) fn an_older_ledger_statement_is_not_written_over_a_newer_one(
+    store: &mut dyn crate::rendezvous::Store,
+) {
+    use crate::wire::trust::Revocation;
+    let revocation = |issued_ms| {
+        Statement::Revocation(Revocation::sign(&signer(1), public(2), issued_ms, "").unwrap())
+    };
+    let newer = trust(1, 2, NOW + 5);
+    fn with_delivery(statement: &Statement) -> Submission<'_> {
+        Submission {
+            ledger: Some(statement),
+            ..deliver(public(2), statement, NOW)
+        }
+    }
+    assert!(store.submit(&with_delivery(&newer)).unwrap().id().is_some());
+    // A server that had not read `newer` yet takes an older revocation: nothing is written.
+    let older = revocation(NOW);
+    assert_eq!(
+        store.submit(&with_delivery(&older)).unwrap(),
+        Submitted::Superseded
+    );
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.ledger, vec![newer.clone()]);
+    assert_eq!(snapshot.outbox.len(), 1, "only newer's delivery");
+    // A revocation issued with the record wins the tie; a record does not win it back.
+    let tie = revocation(NOW + 5);
+    assert!(store.submit(&with_delivery(&tie)).unwrap().id().is_some());
+    assert_eq!(
+        store.submit(&with_delivery(&newer)).unwrap(),
+        Submitted::Superseded
+    );
+    assert_eq!(store.load().unwrap().ledger, vec![tie]);
+    let renewed = trust(1, 2, NOW + 6);
+    assert!(store
+        .submit(&with_delivery(&renewed))
+        .unwrap()
+        .id()
+        .is_some());
+    assert_eq!(store.load().unwrap().ledger, vec![renewed]);
 }

@@ -33,9 +33,10 @@ use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::rendezvous::{
     Instance, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
-    TrustChanges, TrustCursor,
+    Submitted, TrustChanges, TrustCursor,
 };
 use crate::wire::control::{Found, Query};
+use crate::wire::trust::Statement;
 use schema::{migrate, SchemaError, SCHEMA_VERSION};
 pub use target::{PasswordSources, Target};
 
@@ -380,10 +381,17 @@ impl Store for PostgresStore {
         Ok(taken.iter().filter_map(|k| key_of(k)).collect())
     }
 
-    fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {
+    fn submit(&mut self, submission: &Submission<'_>) -> Result<Submitted, StoreError> {
         let ledger = submission.ledger.map(|s| {
             let (low, high) = s.pair();
-            (low.0.to_vec(), high.0.to_vec(), s.to_bytes())
+            let revoked = matches!(s, Statement::Revocation(_));
+            (
+                low.0.to_vec(),
+                high.0.to_vec(),
+                s.to_bytes(),
+                to_sql(s.issued_ms()),
+                revoked,
+            )
         });
         let replaces = submission.replaces.map(to_sql);
         let deliver = submission.deliver.map(|d| {
@@ -393,16 +401,31 @@ impl Store for PostgresStore {
                 to_sql(d.stored_ms),
             )
         });
-        let id: Option<i64> = self.call(move |c| {
+        // Err(()): superseded.
+        let id: Result<Option<i64>, ()> = self.call(move |c| {
             c.call(async |client| {
                 let tx = client.transaction().await?;
-                if let Some((low, high, bytes)) = &ledger {
-                    tx.execute(
-                        "INSERT INTO ledger (low, high, statement) VALUES ($1, $2, $3) \
-                         ON CONFLICT (low, high) DO UPDATE SET statement = $3, written = DEFAULT",
-                        &[low, high, bytes],
-                    )
-                    .await?;
+                if let Some((low, high, bytes, issued_ms, revoked)) = &ledger {
+                    // The ledger's rule (the newest wins, a revocation wins a tie), decided
+                    // on the row: another instance may have written a newer statement this
+                    // one has not read yet. Then nothing is written (the caller planned on
+                    // an older ledger; it reads the newer one at its next read of the trust
+                    // changes, and the node that submitted holds the newer one too).
+                    let written = tx
+                        .execute(
+                            "INSERT INTO ledger (low, high, statement, issued_ms, revoked) \
+                             VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (low, high) DO UPDATE SET statement = $3, \
+                             issued_ms = $4, revoked = $5, written = DEFAULT \
+                             WHERE ledger.issued_ms IS NULL OR $4 > ledger.issued_ms \
+                             OR ($5 AND $4 = ledger.issued_ms AND NOT ledger.revoked)",
+                            &[low, high, bytes, issued_ms, revoked],
+                        )
+                        .await?;
+                    if written == 0 {
+                        tx.rollback().await?;
+                        return Ok(Err(()));
+                    }
                 }
                 if let Some(id) = &replaces {
                     tx.execute("DELETE FROM outbox WHERE id = $1", &[id])
@@ -421,11 +444,16 @@ impl Store for PostgresStore {
                     ),
                 };
                 tx.commit().await?;
-                Ok(id)
+                Ok(Ok(id))
             })
         })?;
-        id.map(|id| u64::try_from(id).map_err(|_| StoreError::Write("negative outbox id".into())))
-            .transpose()
+        let Ok(id) = id else {
+            return Ok(Submitted::Superseded);
+        };
+        let id = id.map(|id| {
+            u64::try_from(id).map_err(|_| StoreError::Write("negative outbox id".into()))
+        });
+        id.transpose().map(Submitted::Written)
     }
 
     fn delivered(&mut self, id: u64) -> Result<(), StoreError> {

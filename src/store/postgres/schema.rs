@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 1 | `registrations`, `names`, `ledger`, `outbox` (as SQLite's schema 2) |
 //! | 2 | `instances`: the rendezvous servers sharing the database, and their heartbeats |
-//! | 3 | `ledger.written`, `outbox.written`: the transaction that wrote each row, for the trust changes others read |
+//! | 3 | `ledger.written`, `outbox.written`: the transaction that wrote each row, for the trust changes others read; `ledger.issued_ms`, `ledger.revoked`, so a statement older than the row's is not written over it |
 //!
 //! The version lives in `pilot_schema`. Migrations run in one transaction with the version
 //! bump, under an advisory lock, so instances starting together migrate once and a crash
@@ -53,9 +53,13 @@ CREATE TABLE instances (
     beat_ms bigint NOT NULL
 );
 ",
-    // The id of the transaction that wrote each row (`WRITTEN_BY`): see `trust_changes`.
+    // The id of the transaction that wrote each row: see `trust_changes`. When the row's
+    // statement was issued and whether it is a revocation: see `submit` (NULL in rows an
+    // older version wrote, which any statement replaces, as before).
     "
 ALTER TABLE ledger ADD COLUMN written bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+ALTER TABLE ledger ADD COLUMN issued_ms bigint;
+ALTER TABLE ledger ADD COLUMN revoked boolean;
 ALTER TABLE outbox ADD COLUMN written bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
 CREATE INDEX ledger_by_write ON ledger (written);
 CREATE INDEX outbox_by_write ON outbox (written);

@@ -92,6 +92,7 @@ fn ledger_and_outbox_survive_reopening_and_ids_are_never_reused() {
                 ..deliver(public(1), &record, NOW)
             })
             .unwrap()
+            .id()
             .unwrap();
         // A newer request replaces the older one in one transaction.
         let second = store
@@ -100,6 +101,7 @@ fn ledger_and_outbox_survive_reopening_and_ids_are_never_reused() {
                 ..deliver(public(4), &ask, NOW + 2)
             })
             .unwrap()
+            .id()
             .unwrap();
         (first, second)
     };
@@ -117,6 +119,7 @@ fn ledger_and_outbox_survive_reopening_and_ids_are_never_reused() {
     let third = store
         .submit(&deliver(public(4), &ask, NOW))
         .unwrap()
+        .id()
         .unwrap();
     assert!(
         third > second,
@@ -288,6 +291,36 @@ fn names_are_first_come_first_served_across_servers_in_postgres() {
 }
 
 #[test]
+fn an_older_ledger_statement_is_not_written_over_a_newer_one_in_postgres() {
+    let test = "an_older_ledger_statement_is_not_written_over_a_newer_one_in_postgres";
+    let Some(cluster) = cluster(test) else {
+        return;
+    };
+    an_older_ledger_statement_is_not_written_over_a_newer_one(&mut open(&cluster));
+    // A row an older version wrote (no issued_ms) is replaced by any statement, as then.
+    cluster
+        .sql(
+            "registry",
+            "UPDATE ledger SET issued_ms = NULL, revoked = NULL",
+        )
+        .unwrap();
+    let mut store = open(&cluster);
+    let old = trust(1, 2, NOW);
+    let written = store.submit(&Submission {
+        ledger: Some(&old),
+        ..Submission::default()
+    });
+    assert_eq!(written.unwrap(), Submitted::Written(None));
+    assert_eq!(store.load().unwrap().ledger, vec![old]);
+}
+
+#[test]
+fn an_older_ledger_statement_is_not_written_over_a_newer_one_in_memory() {
+    let mut store = crate::rendezvous::MemoryStore::new();
+    an_older_ledger_statement_is_not_written_over_a_newer_one(&mut store);
+}
+
+#[test]
 fn instances_beat_by_the_database_clock_and_a_silent_one_drops_out() {
     let Some(cluster) = cluster("instances_beat_by_the_database_clock_and_a_silent_one_drops_out")
     else {
@@ -447,7 +480,7 @@ fn trust_changes_are_read_once_each_none_skipped_however_commits_interleave() {
         ledger: Some(&record),
         ..deliver(public(1), &record, NOW)
     };
-    let id = one.submit(&submitted).unwrap().unwrap();
+    let id = one.submit(&submitted).unwrap().id().unwrap();
     // Two waits for the older transaction: reading one's write now and moving past it would
     // skip the slow one's when it commits.
     let held = two.trust_changes(start).unwrap();

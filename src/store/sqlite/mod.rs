@@ -30,6 +30,7 @@ use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::rendezvous::{
     OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
+    Submitted,
 };
 use crate::wire::trust::Statement;
 use schema::{migrate, SchemaError, SCHEMA_VERSION};
@@ -296,7 +297,8 @@ impl Store for SqliteStore {
         Ok(taken)
     }
 
-    fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {
+    /// Writes what its server decided: no other server shares the database.
+    fn submit(&mut self, submission: &Submission<'_>) -> Result<Submitted, StoreError> {
         let tx = self.conn.transaction().map_err(write)?;
         if let Some(statement) = submission.ledger {
             let (low, high) = statement.pair();
@@ -332,7 +334,7 @@ impl Store for SqliteStore {
             }
         };
         tx.commit().map_err(write)?;
-        Ok(id)
+        Ok(Submitted::Written(id))
     }
 
     fn delivered(&mut self, id: u64) -> Result<(), StoreError> {

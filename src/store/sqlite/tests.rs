@@ -123,21 +123,27 @@ fn ledger_and_outbox_survive_reopening_and_ids_are_never_reused() {
             ledger: Some(&record),
             ..deliver(public(1), &record, NOW)
         };
-        assert_eq!(store.submit(&first).unwrap(), Some(1));
+        assert_eq!(store.submit(&first).unwrap().id(), Some(1));
         // The revocation replaces the pair's row and the undelivered record.
         let second = Submission {
             ledger: Some(&revoked),
             replaces: Some(1),
             ..deliver(public(1), &revoked, NOW + 1)
         };
-        assert_eq!(store.submit(&second).unwrap(), Some(2));
+        assert_eq!(store.submit(&second).unwrap().id(), Some(2));
         store.delivered(2).unwrap();
         // The highest id was deleted; the next one is still new.
         assert_eq!(
-            store.submit(&deliver(public(4), &ask, NOW + 2)).unwrap(),
+            store
+                .submit(&deliver(public(4), &ask, NOW + 2))
+                .unwrap()
+                .id(),
             Some(3)
         );
-        assert_eq!(store.submit(&Submission::default()).unwrap(), None);
+        assert_eq!(
+            store.submit(&Submission::default()).unwrap(),
+            Submitted::Written(None)
+        );
     }
     let mut store = SqliteStore::open(&path).unwrap();
     let snapshot = store.load().unwrap();

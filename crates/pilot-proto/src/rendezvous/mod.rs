@@ -64,9 +64,10 @@ pub use outbox::{DELIVERY_ROUND, RESEND_INTERVAL};
 pub use rate::Rate;
 use rate::TokenBucket;
 pub use statements::MAX_OUTBOX;
+pub use store::takes_effect_over;
 pub use store::{
     Instance, MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot,
-    Store, StoreError, Submission, TrustChanges, TrustCursor,
+    Store, StoreError, Submission, Submitted, TrustChanges, TrustCursor,
 };
 use writes::{Backend, Pending, Written};
 pub use writes::{OwnedSubmission, StoreDone, StoreOp};

@@ -32,11 +32,13 @@ use std::time::Instant;
 use super::control::Request;
 use super::outbox::{Item, EPHEMERAL_IDS};
 use super::sources::Source;
-use super::writes::{submitted_id, OwnedSubmission, Pending, StoreOp, Written};
+use super::store::takes_effect_over;
+use super::store::Submitted;
+use super::writes::{submitted_of, OwnedSubmission, Pending, StoreOp, Written};
 use super::{Refusal, Server, StoreError, Transmit, SUBMIT_RATE};
 use crate::identity::NodeKey;
 use crate::wire::control::{Message, RefusalCode};
-use crate::wire::trust::{PairState, Statement, TrustError, TrustLedger};
+use crate::wire::trust::{Statement, TrustError, TrustLedger};
 
 /// Most requests and approvals waiting for one node.
 pub const MAX_OUTBOX: usize = 64;
@@ -189,7 +191,7 @@ impl Server {
             now_ms,
         };
         match self.write(op) {
-            Written::Now(result) => self.submitted(waiting, submitted_id(result), now),
+            Written::Now(result) => self.submitted(waiting, submitted_of(result), now),
             Written::Queued(ticket) => {
                 self.wait_for(ticket, Pending::Submit(Box::new(waiting)));
                 None
@@ -202,7 +204,7 @@ impl Server {
     pub(super) fn submitted(
         &mut self,
         waiting: SubmitWaiting,
-        id: Result<Option<u64>, StoreError>,
+        id: Result<Submitted, StoreError>,
         now: Instant,
     ) -> Option<Message> {
         let SubmitWaiting {
@@ -214,7 +216,15 @@ impl Server {
             now_ms,
         } = waiting;
         let id = match id {
-            Ok(id) => id,
+            Ok(Submitted::Written(id)) => id,
+            Ok(Submitted::Superseded) => {
+                // Another server sharing the store took a newer statement for the pair, which
+                // this one reads with the next trust changes; the node holds the newer one
+                // too. What it asked kept is kept, as with a statement superseded here.
+                self.store_ok();
+                tracing::debug!(from = %req.sender, to = %target, "trust statement superseded in the store");
+                return Some(Message::Stored { echo: req.nonce });
+            }
             Err(e) => {
                 self.store_error(&e);
                 self.counters.refuse(Refusal::StoreFailed);
@@ -504,14 +514,8 @@ pub(super) fn kind_of(statement: &Statement) -> Kind {
 /// unless it is durable.
 pub(super) fn takes_effect(ledger: &TrustLedger, statement: &Statement) -> bool {
     let (a, b) = statement.pair();
-    let issued = statement.issued_ms();
-    let known = match ledger.state(&a, &b) {
-        None => return !matches!(statement, Statement::Request(_)),
-        Some(state) => (state.issued_ms(), matches!(state, PairState::Revoked(_))),
-    };
-    match (statement, known) {
-        (Statement::Request(_), _) => false,
-        (Statement::Record(_), (at, _)) => issued > at,
-        (Statement::Revocation(_), (at, revoked)) => issued > at || (issued == at && !revoked),
+    match ledger.state(&a, &b) {
+        None => !matches!(statement, Statement::Request(_)),
+        Some(state) => takes_effect_over(statement, &state.to_statement()),
     }
 }

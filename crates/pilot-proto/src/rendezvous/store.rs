@@ -35,6 +35,39 @@ pub struct Registration {
     pub last_seen_ms: u64,
 }
 
+/// What [`Store::submit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Written, with the new outbox item's id if one was made.
+    Written(Option<u64>),
+    /// Nothing written: the ledger's row holds a statement the submission's does not take
+    /// effect over (another server sharing the store took it).
+    Superseded,
+}
+
+impl Submitted {
+    /// The new outbox item's id, if one was made.
+    pub fn id(self) -> Option<u64> {
+        match self {
+            Submitted::Written(id) => id,
+            Submitted::Superseded => None,
+        }
+    }
+}
+
+/// Whether the ledger statement `new` replaces `held` for their pair: the newer wins, and a
+/// revocation wins a tie with a record.
+pub fn takes_effect_over(new: &Statement, held: &Statement) -> bool {
+    let (issued, at) = (new.issued_ms(), held.issued_ms());
+    match new {
+        Statement::Request(_) => false,
+        Statement::Record(_) => issued > at,
+        Statement::Revocation(_) => {
+            issued > at || (issued == at && !matches!(held, Statement::Revocation(_)))
+        }
+    }
+}
+
 /// A trust statement waiting to be delivered to `target` (and acknowledged by it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {
@@ -172,8 +205,11 @@ pub trait Store: Send {
         records: &[Registration],
         held_since_ms: u64,
     ) -> Result<Vec<NodeKey>, StoreError>;
-    /// Writes one accepted submission, all or none; returns the id of the new outbox item.
-    fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError>;
+    /// Writes one accepted submission, all or none, with the id of the new outbox item. A
+    /// store several servers share writes nothing when the ledger's row holds a statement
+    /// that the submission's does not take effect over ([`takes_effect_over`]: another server
+    /// stored a newer one): [`Submitted::Superseded`].
+    fn submit(&mut self, submission: &Submission<'_>) -> Result<Submitted, StoreError>;
     /// Deletes the outbox item `id`: its target has it.
     fn delivered(&mut self, id: u64) -> Result<(), StoreError>;
     /// Deletes what is older than `before` says, all or none: first the hostnames of holders
@@ -346,9 +382,15 @@ impl Store for MemoryStore {
         Ok(taken)
     }
 
-    fn submit(&mut self, submission: &Submission<'_>) -> Result<Option<u64>, StoreError> {
+    fn submit(&mut self, submission: &Submission<'_>) -> Result<Submitted, StoreError> {
         self.check_writable()?;
         let mut contents = self.lock();
+        if let Some(statement) = submission.ledger {
+            let held = contents.ledger.get(&statement.pair());
+            if held.is_some_and(|held| !takes_effect_over(statement, held)) {
+                return Ok(Submitted::Superseded);
+            }
+        }
         contents.writes += 1;
         let write = contents.writes;
         if let Some(statement) = submission.ledger {
@@ -360,7 +402,7 @@ impl Store for MemoryStore {
             contents.outbox_written.remove(&id);
         }
         let Some(new) = submission.deliver else {
-            return Ok(None);
+            return Ok(Submitted::Written(None));
         };
         contents.last_id += 1;
         let id = contents.last_id;
@@ -372,7 +414,7 @@ impl Store for MemoryStore {
         };
         contents.outbox.insert(id, item);
         contents.outbox_written.insert(id, write);
-        Ok(Some(id))
+        Ok(Submitted::Written(Some(id)))
     }
 
     fn delivered(&mut self, id: u64) -> Result<(), StoreError> {

@@ -24,7 +24,7 @@ use super::control::Uncommitted;
 use super::statements::SubmitWaiting;
 use super::store::{
     Instance, NewDelivery, PurgeBefore, Purged, Registration, Store, StoreError, Submission,
-    TrustChanges, TrustCursor,
+    Submitted, TrustChanges, TrustCursor,
 };
 use super::Server;
 use crate::addr::Hostname;
@@ -69,8 +69,8 @@ pub struct OwnedSubmission {
 pub enum StoreDone {
     /// The keys not written because their hostname is held by another key.
     Saved(Vec<NodeKey>),
-    /// The new outbox item's id, if one was made.
-    Submitted(Option<u64>),
+    /// Written (with the new outbox item's id, if one was made), or superseded.
+    Submitted(Submitted),
     Deleted,
     Purged(Purged),
     /// The key that held the name, if any.
@@ -252,7 +252,7 @@ impl Server {
             }
             Pending::Submit(waiting) => {
                 let req = waiting.req;
-                let id = submitted_id(result);
+                let id = submitted_of(result);
                 // The answer goes ahead of the deliveries it sets off, as a direct answer
                 // would.
                 let mark = self.queued.len();
@@ -321,10 +321,8 @@ pub(super) fn saved(result: Result<StoreDone, StoreError>) -> Result<Vec<NodeKey
     })
 }
 
-/// A submit's outcome: the new outbox item's id, if one was made.
-pub(super) fn submitted_id(
-    result: Result<StoreDone, StoreError>,
-) -> Result<Option<u64>, StoreError> {
+/// A submit's outcome.
+pub(super) fn submitted_of(result: Result<StoreDone, StoreError>) -> Result<Submitted, StoreError> {
     result.and_then(|done| match done {
         StoreDone::Submitted(id) => Ok(id),
         other => Err(mismatch(&other)),

@@ -211,3 +211,39 @@ fn a_server_that_restarts_reads_on_from_its_snapshot() {
         "the record and its delivery"
     );
 }
+
+#[test]
+fn a_server_that_has_not_read_a_newer_statement_does_not_write_an_older_one_over_it() {
+    let store = MemoryStore::new();
+    let (mut one, mut two) = two_servers(&store);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register(&mut one, &[]));
+    registered(b.register(&mut two, &[]));
+    let now = one.now_ms();
+    // a revokes at one; before two reads it, b hands an older record in at two (as a node
+    // does that lost its state and restores its ledger).
+    let revoke =
+        Statement::Revocation(Revocation::sign(a.signing_key(), b.key(), now + 10, "").unwrap());
+    stored(a.submit(&mut one, &revoke));
+    let older = b.record_with(&a, now);
+    // Two answers Stored (what b asked kept is kept, superseded), writes nothing over the
+    // revocation and takes nothing in: the store said the record is superseded.
+    stored(b.submit(&mut two, &older));
+    assert_eq!(store.statement(&a.key(), &b.key()), Some(revoke.clone()));
+    assert_eq!(
+        store.outbox(&a.key()),
+        vec![],
+        "nothing for a from the older record"
+    );
+    assert!(!two.server.ledger().trusted(&a.key(), &b.key()));
+    assert_eq!(two.server.counters().statements_stored, 0);
+    // Its next read brings the revocation, and b gets it.
+    two.advance(TRUST_READ_INTERVAL);
+    let held = two.server.ledger().state(&a.key(), &b.key());
+    assert_eq!(held.map(|s| s.to_statement()), Some(revoke.clone()));
+    let delivered = two.deliveries_to(b.at);
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].2, revoke);
+    assert!(!one.server.ledger().trusted(&a.key(), &b.key()));
+}
