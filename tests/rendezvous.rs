@@ -465,8 +465,8 @@ fn on_postgres_a_request_reaches_an_absent_node_after_a_restart_and_names_are_ke
 }
 
 #[test]
-fn two_instances_on_one_database_find_each_other_keep_names_unique_and_resolve_them() {
-    let test = "two_instances_on_one_database_find_each_other_keep_names_unique_and_resolve_them";
+fn two_instances_on_one_database_act_as_one_registry() {
+    let test = "two_instances_on_one_database_act_as_one_registry";
     let Some(cluster) = Cluster::for_test(test, "registry") else {
         return;
     };
@@ -520,6 +520,20 @@ fn two_instances_on_one_database_find_each_other_keep_names_unique_and_resolve_t
     let (id, _, delivered) = b.delivery(&two);
     assert_eq!(delivered, record);
     b.ack(&two, id);
+    // a asks one for b, registered at two: one answers a, and two sends b the other half.
+    let punch = a.ask(&one, &Message::Connect { target: b.key() });
+    assert!(
+        matches!(&punch, Message::Punch { peer, candidates, .. }
+            if *peer == b.key() && candidates.first() == Some(&b.addr())),
+        "{punch:?}"
+    );
+    let (from, punch) = b.expect(&two);
+    assert_eq!(from, two.main);
+    assert!(
+        matches!(&punch, Message::Punch { peer, candidates, .. }
+            if *peer == a.key() && candidates.first() == Some(&a.addr())),
+        "{punch:?}"
+    );
     let counters = two.stop();
     assert!(counters.contains("refused_name_taken=1"), "{counters}");
     // The request, the record and its delivery to b.

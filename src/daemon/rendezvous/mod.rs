@@ -235,6 +235,16 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
     let seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
     let snapshot =
         (store.load()).with_context(|| format!("loading registrations from {registry}"))?;
+    // Registrations this instance writes are filed as its nodes (where others introduce and
+    // relay to them).
+    store.set_home(key);
+    if config.heartbeat.is_some() && options.listen.ip().is_unspecified() {
+        tracing::warn!(
+            "listening on {}: the other instances sharing the registry cannot reach this one \
+             to introduce or relay to its nodes; listen on the address they reach it at",
+            options.listen.ip()
+        );
+    }
     let server =
         Server::with_queued_store(config, snapshot, seed, WallClock::system(), Instant::now());
     // From here on the store is its thread's: the loop never waits for a write.

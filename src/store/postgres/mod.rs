@@ -32,7 +32,7 @@ use super::rows::{key_of, lan_text, ledger_row, outbox_row, to_sql, RawRegistrat
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::rendezvous::{
-    Instance, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
+    Instance, Located, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
     Submitted, TrustChanges, TrustCursor,
 };
 use crate::wire::control::{Found, Query};
@@ -63,6 +63,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// The registry in a PostgreSQL database.
 pub struct PostgresStore {
     target: Target,
+    /// The instance whose registrations this handle writes (see [`Store::set_home`]).
+    home: Option<Vec<u8>>,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -189,6 +191,7 @@ impl PostgresStore {
             .map_err(|e| open_err(format!("cannot start the database thread: {e}")))?;
         let store = PostgresStore {
             target: target.clone(),
+            home: None,
             jobs: Some(jobs),
             thread: Some(thread),
         };
@@ -321,16 +324,17 @@ impl Store for PostgresStore {
             })
             .collect();
         let held_since = to_sql(held_since_ms);
+        let home = self.home.clone();
         let taken: Vec<Vec<u8>> = self.call(move |c| {
             c.call(async |client| {
                 let mut tx = client.transaction().await?;
                 let upsert = tx
                     .prepare(
                         "INSERT INTO registrations \
-                         (key, observed, lan, nat, first_seen_ms, last_seen_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         (key, observed, lan, nat, first_seen_ms, last_seen_ms, home) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
                          ON CONFLICT (key) DO UPDATE SET observed = $2, lan = $3, nat = $4, \
-                         first_seen_ms = $5, last_seen_ms = $6",
+                         first_seen_ms = $5, last_seen_ms = $6, home = $7",
                     )
                     .await?;
                 let release_all = tx.prepare("DELETE FROM names WHERE key = $1").await?;
@@ -371,7 +375,7 @@ impl Store for PostgresStore {
                             tx.execute(&release_all, &[key]).await?;
                         }
                     }
-                    tx.execute(&upsert, &[key, observed, lan, nat, first, last])
+                    tx.execute(&upsert, &[key, observed, lan, nat, first, last, &home])
                         .await?;
                 }
                 tx.commit().await?;
@@ -649,6 +653,47 @@ impl Store for PostgresStore {
                 .extend(outbox_row(r.get(0), &target, &bytes, r.get(3)));
         }
         Ok(changes)
+    }
+
+    fn set_home(&mut self, server: NodeKey) {
+        self.home = Some(server.0.to_vec());
+    }
+
+    fn locate(&mut self, key: &NodeKey, seen_since_ms: u64) -> Result<Option<Located>, StoreError> {
+        let (key, seen_since) = (key.0.to_vec(), to_sql(seen_since_ms));
+        let row = self.call(move |c| {
+            c.call(async |client| {
+                let row = client
+                    .query_opt(
+                        "SELECT r.key, r.observed, r.lan, r.nat, r.first_seen_ms, \
+                         r.last_seen_ms, n.name, r.home \
+                         FROM registrations r LEFT JOIN names n ON n.key = r.key \
+                         WHERE r.key = $1 AND r.last_seen_ms >= $2 AND r.home IS NOT NULL",
+                        &[&key, &seen_since],
+                    )
+                    .await?;
+                Ok(row.map(|r| {
+                    let raw = RawRegistration {
+                        key: r.get(0),
+                        observed: r.get(1),
+                        lan: r.get(2),
+                        nat: r.get(3),
+                        first_seen_ms: r.get(4),
+                        last_seen_ms: r.get(5),
+                        name: r.get(6),
+                    };
+                    (raw, r.get::<_, Vec<u8>>(7))
+                }))
+            })
+        })?;
+        let Some((raw, home)) = row else {
+            return Ok(None);
+        };
+        // A row that does not decode is nobody to introduce (load names it at start).
+        let (Ok(registration), Some(home)) = (raw.decode(), key_of(&home)) else {
+            return Ok(None);
+        };
+        Ok(Some(Located { registration, home }))
     }
 
     fn release_name(&mut self, name: &Hostname) -> Result<Option<NodeKey>, StoreError> {

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 1 | `registrations`, `names`, `ledger`, `outbox` (as SQLite's schema 2) |
 //! | 2 | `instances`: the rendezvous servers sharing the database, and their heartbeats |
-//! | 3 | `ledger.written`, `outbox.written`: the transaction that wrote each row, for the trust changes others read; `ledger.issued_ms`, `ledger.revoked`, so a statement older than the row's is not written over it |
+//! | 3 | `ledger.written`, `outbox.written`: the transaction that wrote each row, for the trust changes others read; `ledger.issued_ms`, `ledger.revoked`, so a statement older than the row's is not written over it; `registrations.home`: the instance the node registered with |
 //!
 //! The version lives in `pilot_schema`. Migrations run in one transaction with the version
 //! bump, under an advisory lock, so instances starting together migrate once and a crash
@@ -58,6 +58,7 @@ CREATE TABLE instances (
     // older version wrote, which any statement replaces, as before).
     "
 ALTER TABLE ledger ADD COLUMN written bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+ALTER TABLE registrations ADD COLUMN home bytea CHECK (length(home) = 32);
 ALTER TABLE ledger ADD COLUMN issued_ms bigint;
 ALTER TABLE ledger ADD COLUMN revoked boolean;
 ALTER TABLE outbox ADD COLUMN written bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);

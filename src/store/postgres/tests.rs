@@ -513,3 +513,33 @@ fn trust_changes_are_read_once_each_none_skipped_however_commits_interleave() {
     cluster.stop().unwrap();
     assert!(two.trust_changes(last.cursor).is_err());
 }
+
+#[test]
+fn a_node_is_located_at_the_instance_that_last_saved_it() {
+    let Some(cluster) = cluster("a_node_is_located_at_the_instance_that_last_saved_it") else {
+        return;
+    };
+    let (mut one, mut two) = (open(&cluster), open(&cluster));
+    let node = record(1);
+    let seen = node.last_seen_ms;
+    // Saved before any instance said who it is: filed under no home, located nowhere.
+    one.save(std::slice::from_ref(&node), 0).unwrap();
+    assert_eq!(two.locate(&node.key, seen).unwrap(), None);
+    one.set_home(NodeKey([0xa1; 32]));
+    one.save(std::slice::from_ref(&node), 0).unwrap();
+    let located = two.locate(&node.key, seen).unwrap().unwrap();
+    assert_eq!(
+        (located.registration, located.home),
+        (node.clone(), NodeKey([0xa1; 32]))
+    );
+    // Not seen since: not located; nor a key nobody registered.
+    assert_eq!(two.locate(&node.key, seen + 1).unwrap(), None);
+    assert_eq!(two.locate(&NodeKey([7; 32]), 0).unwrap(), None);
+    // It moves to two (fails over): located there.
+    two.set_home(NodeKey([0xb2; 32]));
+    two.save(std::slice::from_ref(&node), 0).unwrap();
+    assert_eq!(
+        one.locate(&node.key, seen).unwrap().unwrap().home,
+        NodeKey([0xb2; 32])
+    );
+}

@@ -14,16 +14,27 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::control::{punch_nat_of, Request};
 use super::outbox::Item;
+use super::registry::{candidates, candidates_of};
 use super::sources::Source;
 use super::statements::{kind_of, takes_effect, Kind};
-use super::store::{Instance, OutboxItem, StoreError, TrustChanges};
+use super::store::{Instance, Located, OutboxItem, StoreError, TrustChanges};
 use super::writes::{self, Pending, StoreOp, Written};
-use super::Server;
+use super::{streams, Port, Refusal, Server, Transmit};
+use crate::identity::NodeKey;
+use crate::wire::control::{Message, NatKind, RefusalCode};
 use crate::wire::trust::Statement;
 
 /// How often a server sharing its store reads the trust changes the others made.
 pub const TRUST_READ_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a server remembers which other server a node is registered with (learnt from the
+/// store or from that server's `Introduce`) before it asks the store again.
+pub const HOME_TTL: Duration = Duration::from_secs(30);
+
+/// Most nodes registered elsewhere whose home a server remembers; the oldest go first.
+const MAX_HOMES: usize = 65_536;
 
 impl Server {
     /// This server as the others sharing its store see it.
@@ -36,6 +47,16 @@ impl Server {
             incarnation: self.incarnation,
             beat_ms: self.clock.unix_ms(now),
         }
+    }
+
+    /// Whether other servers may share the store (it has heartbeats: see `Config::heartbeat`).
+    pub(super) fn shares_store(&self) -> bool {
+        self.config.heartbeat.is_some()
+    }
+
+    /// Whether `key` is another server sharing the store, alive at its last heartbeat.
+    pub(super) fn is_peer_server(&self, key: &NodeKey) -> bool {
+        *key != self.key && self.instances.iter().any(|i| i.key == *key)
     }
 
     /// The servers sharing the store, this one included, as the last heartbeat found them.
@@ -213,5 +234,135 @@ impl Server {
             }
             self.outbox.remove(id);
         }
+    }
+
+    /// A `Connect` (trusted) to a node not registered here: the store says where it
+    /// registered, and the answer waits for it (no answer if the store cannot be read: the
+    /// node asks again).
+    pub(super) fn connect_elsewhere<'a>(
+        &mut self,
+        req: Request,
+        target: NodeKey,
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        let expiry_ms = self.config.expiry.as_millis() as u64;
+        let seen_since_ms = self.clock.unix_ms(now).saturating_sub(expiry_ms);
+        match self.write(StoreOp::Locate(target, seen_since_ms)) {
+            Written::Now(result) => {
+                let reply = self.located(req, target, writes::located_of(result), now)?;
+                self.reply(req, &reply, now, out)
+            }
+            Written::Queued(ticket) => {
+                self.wait_for(ticket, Pending::Connect { req, target });
+                None
+            }
+        }
+    }
+
+    /// Where `target` registered, for `req`'s `Connect`: its home server is sent an
+    /// `Introduce` (it sends `target` the `Punch` for the sender) and the sender is answered
+    /// with its own `Punch`. A node registered nowhere alive is `UnknownTarget`.
+    pub(super) fn located(
+        &mut self,
+        req: Request,
+        target: NodeKey,
+        located: Result<Option<Located>, StoreError>,
+        now: Instant,
+    ) -> Option<Message> {
+        let located = match located {
+            Ok(located) => located,
+            Err(e) => {
+                self.store_error(&e);
+                return None;
+            }
+        };
+        self.store_ok();
+        let home = located.as_ref().and_then(|l| {
+            let home = self
+                .instances
+                .iter()
+                .find(|i| i.key == l.home && i.key != self.key);
+            home.map(|i| i.main)
+                .filter(|main| !main.ip().is_unspecified())
+        });
+        let (Some(located), Some(home_main)) = (located, home) else {
+            self.counters.refuse(Refusal::UnknownTarget);
+            return Some(Message::Refused {
+                echo: req.nonce,
+                code: RefusalCode::UnknownTarget,
+            });
+        };
+        // The sender may have gone since it asked (the store took a moment).
+        let me = self.registry.fresh(&req.sender, now)?;
+        let introduce = Message::Introduce {
+            node: req.sender,
+            peer: target,
+            node_nat: punch_nat_of(me.observed, me.nat),
+            candidates: candidates(me),
+        };
+        // Both sides probe at the same moment: the introduction goes out before the answer.
+        self.queue(Port::Main, self.config.listen, home_main, &introduce, now);
+        self.remember_home(target, located.home, now);
+        self.counters.punches += 1;
+        tracing::debug!(from = %req.sender, to = %target, home = %located.home, "introduced through another server");
+        let peer = &located.registration;
+        Some(Message::Punch {
+            peer: target,
+            peer_nat: punch_nat_of(peer.observed, peer.nat),
+            candidates: candidates_of(peer.observed, &peer.lan),
+        })
+    }
+
+    /// Another server's `Introduce`: `node`, registered there, asked to meet `peer`,
+    /// registered here, and has its `Punch`; `peer` gets the other. Only from a server
+    /// sharing the store (its key is in the heartbeats), and only for a pair this server's
+    /// ledger trusts.
+    pub(super) fn introduced(
+        &mut self,
+        req: Request,
+        node: NodeKey,
+        peer: NodeKey,
+        node_nat: NatKind,
+        candidates: Vec<std::net::SocketAddr>,
+        now: Instant,
+    ) {
+        if !self.is_peer_server(&req.sender) {
+            self.counters.refuse(Refusal::Unexpected);
+            return;
+        }
+        if !self.ledger.trusted(&node, &peer) {
+            self.counters.refuse(Refusal::NotAllowed);
+            return;
+        }
+        let Some(entry) = self.registry.fresh(&peer, now) else {
+            self.counters.refuse(Refusal::UnknownTarget);
+            return;
+        };
+        let (local_ip, observed) = (entry.local_ip, entry.observed);
+        let punch = Message::Punch {
+            peer: node,
+            peer_nat: node_nat,
+            candidates,
+        };
+        self.queue(streams::port_of(&observed), local_ip, observed, &punch, now);
+        self.remember_home(node, req.sender, now);
+        self.counters.punches += 1;
+        tracing::debug!(%node, %peer, by = %req.sender, "introduced by another server");
+    }
+
+    /// Notes that `node` is registered at the server `home` (for relaying to it).
+    fn remember_home(&mut self, node: NodeKey, home: NodeKey, now: Instant) {
+        if self.homes.len() >= MAX_HOMES && !self.homes.contains_key(&node) {
+            let oldest = self
+                .homes
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                self.homes.remove(&oldest);
+            }
+        }
+        self.homes.insert(node, (home, now));
     }
 }

@@ -123,8 +123,9 @@ impl Server {
         };
         let registered = self.registry.get(&opened.sender);
         let at_registered = registered.is_some_and(|e| e.observed == from);
-        let served =
-            registered.is_some() || (with_cookie && self.registry.len() < self.config.max_nodes);
+        let served = registered.is_some()
+            || (with_cookie && self.registry.len() < self.config.max_nodes)
+            || self.is_peer_server(&opened.sender);
         if served {
             if let Err(e) = self.replay.check(&opened, now_ms) {
                 return self.refuse(refusal_of(e), from);
@@ -175,6 +176,18 @@ impl Server {
             }
             (Message::ReleaseName { name }, Port::Main | Port::Stream) => {
                 self.release_name(request, name, now, out)
+            }
+            (
+                Message::Introduce {
+                    node,
+                    peer,
+                    node_nat,
+                    candidates,
+                },
+                Port::Main,
+            ) => {
+                self.introduced(request, node, peer, node_nat, candidates, now);
+                None
             }
             _ => self.refuse(Refusal::Unexpected, from),
         }
@@ -437,6 +450,10 @@ impl Server {
             return self.refusal_reply(req, RefusalCode::NotAllowed, now, out);
         }
         let Some(peer) = self.registry.fresh(&target, now) else {
+            if self.shares_store() {
+                // Perhaps registered at another server sharing the store (see `cluster`).
+                return self.connect_elsewhere(req, target, now, out);
+            }
             self.counters.refuse(Refusal::UnknownTarget);
             return self.refusal_reply(req, RefusalCode::UnknownTarget, now, out);
         };
@@ -722,9 +739,14 @@ fn refusal_of(e: EnvelopeError) -> Refusal {
 /// public endpoint is not among its candidates (birthday probing aims at that endpoint's
 /// address, see `node::birthday`).
 fn punch_nat(entry: &super::registry::Entry) -> NatKind {
-    if super::streams::is_stream_endpoint(&entry.observed) {
+    punch_nat_of(entry.observed, entry.nat)
+}
+
+/// [`punch_nat`] of a node whose public endpoint is `observed` and NAT `nat`.
+pub(super) fn punch_nat_of(observed: SocketAddr, nat: NatKind) -> NatKind {
+    if super::streams::is_stream_endpoint(&observed) {
         NatKind::Unknown
     } else {
-        entry.nat
+        nat
     }
 }

@@ -58,7 +58,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-pub use cluster::TRUST_READ_INTERVAL;
+pub use cluster::{HOME_TTL, TRUST_READ_INTERVAL};
 pub use counters::{Counters, Refusal, RelayDrop};
 pub use outbox::{DELIVERY_ROUND, RESEND_INTERVAL};
 pub use rate::Rate;
@@ -66,8 +66,8 @@ use rate::TokenBucket;
 pub use statements::MAX_OUTBOX;
 pub use store::takes_effect_over;
 pub use store::{
-    Instance, MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration, Snapshot,
-    Store, StoreError, Submission, Submitted, TrustChanges, TrustCursor,
+    Instance, Located, MemoryStore, NewDelivery, OutboxItem, PurgeBefore, Purged, Registration,
+    Snapshot, Store, StoreError, Submission, Submitted, TrustChanges, TrustCursor,
 };
 use writes::{Backend, Pending, Written};
 pub use writes::{OwnedSubmission, StoreDone, StoreOp};
@@ -330,6 +330,9 @@ pub struct Server {
     next_trust_read: Option<Instant>,
     /// A read is queued: no second one until it is answered.
     reading_trust: bool,
+    /// Nodes registered at other servers sharing the store: their server, and since when
+    /// (see `cluster`).
+    homes: BTreeMap<NodeKey, (NodeKey, Instant)>,
     /// Scratch for encoding message bodies, reused.
     body: Vec<u8>,
     /// The last store operation failed (warnings are logged on the change only).
@@ -348,6 +351,7 @@ impl Server {
         now: Instant,
     ) -> Result<Server, StoreError> {
         let snapshot = store.load()?;
+        store.set_home(config.identity.public_key());
         Ok(Server::restored(
             config,
             Backend::Inline(store),
@@ -424,6 +428,7 @@ impl Server {
             trust_cursor: snapshot.cursor,
             next_trust_read: None,
             reading_trust: false,
+            homes: BTreeMap::new(),
             body: Vec::with_capacity(512),
             store_failing: false,
         };

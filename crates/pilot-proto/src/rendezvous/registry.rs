@@ -208,12 +208,17 @@ pub(super) fn infer_nat(
 /// then its LAN endpoints (work behind the same NAT), without repeats, at most
 /// [`MAX_CANDIDATES`].
 pub(super) fn candidates(entry: &Entry) -> Vec<SocketAddr> {
+    candidates_of(entry.observed, &entry.lan)
+}
+
+/// [`candidates`] of a node whose public endpoint is `observed` and LAN endpoints `lan`.
+pub(super) fn candidates_of(observed: SocketAddr, lan: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut out = Vec::with_capacity(MAX_CANDIDATES);
     // A stream's endpoint is no address at all to punch.
-    if !is_stream_endpoint(&entry.observed) {
-        out.push(entry.observed);
+    if !is_stream_endpoint(&observed) {
+        out.push(observed);
     }
-    for &endpoint in &entry.lan {
+    for &endpoint in lan {
         if out.len() == MAX_CANDIDATES {
             break;
         }

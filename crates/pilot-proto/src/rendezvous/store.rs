@@ -106,6 +106,14 @@ pub struct Snapshot {
     pub cursor: TrustCursor,
 }
 
+/// A node registered at another server sharing the store ([`Store::locate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub registration: Registration,
+    /// The key of the server it registered with (its home).
+    pub home: NodeKey,
+}
+
 /// A position in a shared store's trust changes (see [`Store::trust_changes`]). Opaque: only
 /// the store that gave it knows what it counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -244,6 +252,18 @@ pub trait Store: Send {
             ..TrustChanges::default()
         })
     }
+    /// Which server sharing the store writes its registrations: each one saved from now on is
+    /// filed as that server's node (its home). Stores only one server can use ignore it.
+    fn set_home(&mut self, server: NodeKey) {
+        let _ = server;
+    }
+    /// The registration of `key`, if it was seen at or after `seen_since_ms`, with the server
+    /// it registered with. Stores only one server can use know nothing memory does not:
+    /// this default finds nothing.
+    fn locate(&mut self, key: &NodeKey, seen_since_ms: u64) -> Result<Option<Located>, StoreError> {
+        let _ = (key, seen_since_ms);
+        Ok(None)
+    }
 }
 
 /// A store in memory, for simulations and tests. Clones share their contents, so a test can
@@ -254,6 +274,8 @@ pub struct MemoryStore {
     failing: Arc<AtomicBool>,
     /// `save` calls that wrote (each is one transaction, one fsync, on SQLite).
     saves: Arc<std::sync::atomic::AtomicU64>,
+    /// The server this handle saves for (each server's clone has its own).
+    home: Option<NodeKey>,
 }
 
 #[derive(Debug, Default)]
@@ -271,6 +293,8 @@ struct Contents {
     outbox_written: BTreeMap<u64, u64>,
     /// The servers sharing this store, by key.
     instances: BTreeMap<NodeKey, Instance>,
+    /// Which server last saved each registration.
+    homes: BTreeMap<NodeKey, NodeKey>,
 }
 
 impl MemoryStore {
@@ -378,6 +402,9 @@ impl Store for MemoryStore {
                 }
             }
             contents.records.insert(r.key, r.clone());
+            if let Some(home) = self.home {
+                contents.homes.insert(r.key, home);
+            }
         }
         Ok(taken)
     }
@@ -488,6 +515,25 @@ impl Store for MemoryStore {
             key,
             hostname: contents.records.get(&key).and_then(|r| r.hostname.clone()),
         }))
+    }
+
+    fn set_home(&mut self, server: NodeKey) {
+        self.home = Some(server);
+    }
+
+    fn locate(&mut self, key: &NodeKey, seen_since_ms: u64) -> Result<Option<Located>, StoreError> {
+        self.check_writable()?; // a store that fails, fails reads too
+        let contents = self.lock();
+        let Some(registration) = contents.records.get(key) else {
+            return Ok(None);
+        };
+        let home = contents.homes.get(key).copied();
+        Ok(home
+            .filter(|_| registration.last_seen_ms >= seen_since_ms)
+            .map(|home| Located {
+                registration: registration.clone(),
+                home,
+            }))
     }
 
     fn trust_changes(&mut self, since: TrustCursor) -> Result<TrustChanges, StoreError> {

@@ -49,6 +49,7 @@ fn server_on(
     now: Instant,
     queued: bool,
 ) -> (Server, Option<Box<dyn Store>>) {
+    store.set_home(config.identity.public_key());
     if queued {
         let snapshot = store.load().unwrap();
         let server = Server::with_queued_store(config, snapshot, seed, clock, now);

@@ -23,8 +23,8 @@ use super::control::Request;
 use super::control::Uncommitted;
 use super::statements::SubmitWaiting;
 use super::store::{
-    Instance, NewDelivery, PurgeBefore, Purged, Registration, Store, StoreError, Submission,
-    Submitted, TrustChanges, TrustCursor,
+    Instance, Located, NewDelivery, PurgeBefore, Purged, Registration, Store, StoreError,
+    Submission, Submitted, TrustChanges, TrustCursor,
 };
 use super::Server;
 use crate::addr::Hostname;
@@ -53,6 +53,8 @@ pub enum StoreOp {
     LookUp(Query, u64),
     /// [`Store::trust_changes`] (a read, for what another server stored).
     TrustChanges(TrustCursor),
+    /// [`Store::locate`] (a read): a node, if seen since (UNIX ms).
+    Locate(NodeKey, u64),
 }
 
 /// A [`Submission`] that owns its statements (it crosses to the store's thread).
@@ -81,6 +83,8 @@ pub enum StoreDone {
     Found(Option<Found>),
     /// The trust changes since the cursor asked from.
     TrustChanges(TrustChanges),
+    /// Where a node registered, if anywhere.
+    Located(Option<Located>),
 }
 
 impl StoreOp {
@@ -115,6 +119,9 @@ impl StoreOp {
             }
             StoreOp::TrustChanges(since) => {
                 store.trust_changes(*since).map(StoreDone::TrustChanges)
+            }
+            StoreOp::Locate(key, seen_since_ms) => {
+                store.locate(key, *seen_since_ms).map(StoreDone::Located)
             }
         }
     }
@@ -156,6 +163,9 @@ pub(super) enum Pending {
     LookUp { req: Request },
     /// A read of the trust changes other servers made.
     TrustChanges,
+    /// A `Connect` to a node this server does not hold, to answer once the store says
+    /// where it registered.
+    Connect { req: Request, target: NodeKey },
     /// Nothing but the outcome's count (an eviction, a superseded item, an expired name).
     Quiet,
 }
@@ -278,6 +288,11 @@ impl Server {
                 }
             }
             Pending::TrustChanges => self.trust_changed(changes_of(result), now),
+            Pending::Connect { req, target } => {
+                if let Some(reply) = self.located(req, target, located_of(result), now) {
+                    self.queue_reply(req, &reply, now);
+                }
+            }
             Pending::Quiet => match result {
                 Ok(_) => self.store_ok(),
                 Err(e) => self.store_error(&e),
@@ -341,6 +356,16 @@ pub(super) fn alive_of(result: Result<StoreDone, StoreError>) -> Result<Vec<Inst
 pub(super) fn found_of(result: Result<StoreDone, StoreError>) -> Result<Option<Found>, StoreError> {
     result.and_then(|done| match done {
         StoreDone::Found(found) => Ok(found),
+        other => Err(mismatch(&other)),
+    })
+}
+
+/// A locate's outcome.
+pub(super) fn located_of(
+    result: Result<StoreDone, StoreError>,
+) -> Result<Option<Located>, StoreError> {
+    result.and_then(|done| match done {
+        StoreDone::Located(located) => Ok(located),
         other => Err(mismatch(&other)),
     })
 }

@@ -23,6 +23,7 @@
 //! | 0x61 | `Challenge` (an address cookie) | rendezvous → node | rendezvous |
 //! | 0x62 | `ReleaseName` | node → rendezvous | node |
 //! | 0x63 | `NameReleased` | rendezvous → node | rendezvous |
+//! | 0x64 | `Introduce` (the other half of a `Connect`) | rendezvous → rendezvous sharing its registry | rendezvous |
 //!
 //! **Return routability.** The rendezvous believes a node's endpoint only once the node showed
 //! it receives there: a `Register` from an endpoint not yet proven is answered with a
@@ -65,6 +66,7 @@ pub const LOOKUP_REPLY: u8 = 0x60;
 pub const CHALLENGE: u8 = 0x61;
 pub const RELEASE_NAME: u8 = 0x62;
 pub const NAME_RELEASED: u8 = 0x63;
+pub const INTRODUCE: u8 = 0x64;
 
 /// The least size (whole datagram, envelope included) of a request that may come from an
 /// endpoint the rendezvous has not seen proven: at least its largest answer to such an
@@ -229,6 +231,15 @@ pub enum Message {
     /// Answers `ReleaseName` (nonce `echo`). `held`: the sender held the name, which is free
     /// now; false: it did not (it may be another key's), and nothing changed.
     NameReleased { echo: u64, held: bool },
+    /// From a rendezvous to another sharing its registry, where `peer` is registered: `node`
+    /// (registered at the sender) asked to be introduced to `peer`; send `peer` the `Punch`
+    /// for `node`, which has been sent its own.
+    Introduce {
+        node: NodeKey,
+        peer: NodeKey,
+        node_nat: NatKind,
+        candidates: Vec<SocketAddr>,
+    },
 }
 
 impl Message {
@@ -253,6 +264,7 @@ impl Message {
             Message::Challenge { .. } => CHALLENGE,
             Message::ReleaseName { .. } => RELEASE_NAME,
             Message::NameReleased { .. } => NAME_RELEASED,
+            Message::Introduce { .. } => INTRODUCE,
         }
     }
 
@@ -369,6 +381,21 @@ impl Message {
                 out.extend_from_slice(&echo.to_be_bytes());
                 out.push(u8::from(*held));
             }
+            Message::Introduce {
+                node,
+                peer,
+                node_nat,
+                candidates,
+            } => {
+                out.extend_from_slice(&node.0);
+                out.extend_from_slice(&peer.0);
+                out.push(nat_to_byte(*node_nat));
+                out.push(candidates.len().min(MAX_CANDIDATES) as u8);
+                candidates
+                    .iter()
+                    .take(MAX_CANDIDATES)
+                    .for_each(|e| put_endpoint(out, *e));
+            }
         }
         if self.may_come_unproven() {
             let min_body = REQUEST_MIN_LEN - super::envelope::OVERHEAD;
@@ -474,6 +501,12 @@ impl Message {
                     1 => true,
                     _ => return Err(DecodeError::BadValue),
                 },
+            },
+            INTRODUCE => Message::Introduce {
+                node: r.key()?,
+                peer: r.key()?,
+                node_nat: nat_from_byte(r.u8()?)?,
+                candidates: r.list(MAX_CANDIDATES, Reader::endpoint)?,
             },
             other => return Err(DecodeError::UnknownKind(other)),
         };
@@ -711,6 +744,12 @@ mod tests {
                 echo: 9,
                 held: false,
             },
+            Message::Introduce {
+                node: key(3),
+                peer: key(4),
+                node_nat: NatKind::EndpointDependent,
+                candidates: vec!["203.0.113.9:40000".parse().unwrap()],
+            },
         ]
     }
 
@@ -811,8 +850,15 @@ mod tests {
             Err(DecodeError::Truncated)
         );
         assert_eq!(
-            Message::decode(0x64, &[]),
-            Err(DecodeError::UnknownKind(0x64))
+            Message::decode(0x65, &[]),
+            Err(DecodeError::UnknownKind(0x65))
+        );
+        let mut introduce = [0u8; 66];
+        introduce[64] = 9;
+        assert_eq!(
+            Message::decode(INTRODUCE, &introduce),
+            Err(DecodeError::BadValue),
+            "an unknown NAT kind"
         );
         // A release names a hostname; an empty one, or a bad answer flag, is refused.
         assert_eq!(
@@ -846,7 +892,7 @@ mod tests {
             Err(DecodeError::BadValue)
         );
         let mut x = 0x9e37_79b9_u32;
-        for kind in REGISTER..=NAME_RELEASED {
+        for kind in REGISTER..=INTRODUCE {
             for len in 0..120 {
                 let junk: Vec<u8> = (0..len)
                     .map(|_| {

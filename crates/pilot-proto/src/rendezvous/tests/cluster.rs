@@ -8,14 +8,47 @@ use crate::wire::trust::Revocation;
 
 const BEAT: Option<Duration> = Some(Duration::from_secs(2));
 
+/// Where the two servers listen.
+const ONE: &str = "192.0.2.100";
+const TWO: &str = "192.0.2.200";
+
 /// Two queued servers with heartbeats on `store`.
 fn two_servers(store: &MemoryStore) -> (Sim, Sim) {
-    let one = Sim::queued_with(store.clone(), |c| c.heartbeat = BEAT);
+    let one = Sim::queued_with(store.clone(), |c| {
+        c.heartbeat = BEAT;
+        c.listen = Some(ONE.parse().unwrap());
+    });
     let two = Sim::queued_with(store.clone(), |c| {
         c.heartbeat = BEAT;
+        c.listen = Some(TWO.parse().unwrap());
         c.identity = Identity::from_secret_bytes(&[0xdd; 32]);
     });
     (one, two)
+}
+
+/// Two servers that know each other, `a` registered at one and `b` at two, trusting each
+/// other (the record taken at one, read by two).
+fn a_pair_across(store: &MemoryStore) -> (Sim, Sim, Client, Client) {
+    let (mut one, mut two) = two_servers(store);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register(&mut one, &["10.0.0.1:51870"]));
+    registered(b.register(&mut two, &["10.1.0.2:51870"]));
+    let record = b.record_with(&a, one.now_ms());
+    stored(a.submit(&mut one, &record));
+    // Both beat (and two reads the record).
+    for _ in 0..2 {
+        one.advance(Duration::from_secs(2));
+        two.advance(Duration::from_secs(2));
+    }
+    assert!(two.server.ledger().trusted(&a.key(), &b.key()));
+    one.drain();
+    two.drain();
+    (one, two, a, b)
+}
+
+fn server_at(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), MAIN)
 }
 
 fn stored(reply: Option<Message>) {
@@ -246,4 +279,114 @@ fn a_server_that_has_not_read_a_newer_statement_does_not_write_an_older_one_over
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     assert_eq!(delivered[0].2, revoke);
     assert!(!one.server.ledger().trusted(&a.key(), &b.key()));
+}
+
+#[test]
+fn a_connect_to_a_node_at_another_server_introduces_both_through_it() {
+    let store = MemoryStore::new();
+    let (mut one, mut two, mut a, b) = a_pair_across(&store);
+    // a asks one; one reads where b registered, tells two, and answers a.
+    let d = a.sealed(&one, &Message::Connect { target: b.key() });
+    let first = one.send(Port::Main, a.at, &d);
+    let sent: Vec<Sent> = first
+        .into_iter()
+        .chain(std::iter::from_fn(|| one.poll()))
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    // The introduction first (both sides must probe at once), to two's main port.
+    let (_, to, introduce) = &sent[0];
+    assert_eq!(*to, server_at(TWO));
+    match one.message(&sent[1]) {
+        Message::Punch {
+            peer, candidates, ..
+        } => {
+            assert_eq!(sent[1].1, a.at);
+            assert_eq!(peer, b.key());
+            let expected: Vec<SocketAddr> = vec![b.at, "10.1.0.2:51870".parse().unwrap()];
+            assert_eq!(candidates, expected);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Two sends b the other half.
+    assert!(two.send(Port::Main, server_at(ONE), introduce).is_none());
+    let punches = two.drain();
+    assert_eq!(punches.len(), 1, "{punches:?}");
+    let (to, punch) = &punches[0];
+    assert_eq!(*to, b.at);
+    match punch {
+        Message::Punch {
+            peer, candidates, ..
+        } => {
+            assert_eq!(*peer, a.key());
+            let expected: Vec<SocketAddr> = vec![a.at, "10.0.0.1:51870".parse().unwrap()];
+            assert_eq!(*candidates, expected);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(one.server.counters().punches, 1);
+    assert_eq!(two.server.counters().punches, 1);
+    // The same introduction again is a replay: dropped.
+    assert!(two.send(Port::Main, server_at(ONE), introduce).is_none());
+    assert_eq!(two.drain(), vec![]);
+    assert_eq!(two.server.counters().refused(Refusal::Replay), 1);
+}
+
+#[test]
+fn only_a_server_sharing_the_store_introduces_and_only_trusted_pairs() {
+    let store = MemoryStore::new();
+    let (mut one, mut two, a, b) = a_pair_across(&store);
+    // A node (any key but a server's) sending an Introduce gets nothing done.
+    let mut mallory = Client::new(9, "192.0.2.66:4000");
+    let forged = Message::Introduce {
+        node: a.key(),
+        peer: b.key(),
+        node_nat: NatKind::EndpointIndependent,
+        candidates: vec![mallory.at],
+    };
+    let d = mallory.sealed(&two, &forged);
+    assert!(two.send(Port::Main, mallory.at, &d).is_none());
+    assert_eq!(two.drain(), vec![]);
+    assert_eq!(two.server.counters().refused(Refusal::Unexpected), 1);
+    // One introducing a pair two's ledger does not trust: nothing.
+    let c = Client::new(3, "192.0.2.3:4000");
+    let mut as_one = Client {
+        identity: Identity::from_secret_bytes(&[0xee; 32]),
+        ..Client::new(0, &server_at(ONE).to_string())
+    };
+    let untrusted = Message::Introduce {
+        node: c.key(),
+        peer: b.key(),
+        node_nat: NatKind::EndpointIndependent,
+        candidates: vec![c.at],
+    };
+    let d = as_one.sealed(&two, &untrusted);
+    assert!(two.send(Port::Main, server_at(ONE), &d).is_none());
+    assert_eq!(two.drain(), vec![]);
+    assert_eq!(two.server.counters().refused(Refusal::NotAllowed), 1);
+    // Once two stops beating, one no longer introduces to its nodes.
+    one.advance(Duration::from_secs(8));
+    let mut a = a;
+    let reply = a.ask(&mut one, Port::Main, &Message::Connect { target: b.key() });
+    assert_eq!(refused(reply), RefusalCode::UnknownTarget);
+    let _ = &mut two;
+}
+
+#[test]
+fn a_connect_to_a_node_registered_nowhere_is_unknown_and_a_store_failure_unanswered() {
+    let store = MemoryStore::new();
+    let (mut one, _two, mut a, b) = a_pair_across(&store);
+    // The store cannot be read: no answer (a's node asks again), never a false one.
+    store.fail_writes(true);
+    let d = a.sealed(&one, &Message::Connect { target: b.key() });
+    assert!(
+        one.send(Port::Main, a.at, &d).is_none(),
+        "no answer, never a false one"
+    );
+    store.fail_writes(false);
+    // b stops refreshing (and two stops beating): once b's registration is older than the
+    // expiry, it is registered nowhere.
+    one.advance(Duration::from_secs(81));
+    registered(a.register(&mut one, &[]));
+    let reply = a.ask(&mut one, Port::Main, &Message::Connect { target: b.key() });
+    assert_eq!(refused(reply), RefusalCode::UnknownTarget);
 }
