@@ -534,8 +534,28 @@ fn two_instances_on_one_database_act_as_one_registry() {
             if *peer == a.key() && candidates.first() == Some(&a.addr())),
         "{punch:?}"
     );
+    // Relay across instances: a relays to one, which forwards to two, which relays to b;
+    // b's answer goes back the same way. (The first frame waits for one to read where b is.)
+    let relayed_from = |to: &Client, rdv: &Rendezvous, sender: &Client| {
+        let (from, frame) = to.recv(Duration::from_secs(1))?;
+        assert_eq!(from, rdv.main);
+        assert_eq!((frame[0], &frame[1..33]), (RELAY_FROM, &sender.key().0[..]));
+        Some(frame[33..].to_vec())
+    };
+    let got = (0..5).find_map(|_| {
+        a.relay_to(&one, &b.key(), b"\x04across");
+        relayed_from(&b, &two, &a)
+    });
+    assert_eq!(got.as_deref(), Some(&b"\x04across"[..]));
+    b.relay_to(&two, &a.key(), b"\x04back");
+    assert_eq!(
+        relayed_from(&a, &one, &b).as_deref(),
+        Some(&b"\x04back"[..])
+    );
     let counters = two.stop();
     assert!(counters.contains("refused_name_taken=1"), "{counters}");
+    assert!(counters.contains("relay_forwarded_bytes="), "{counters}");
+    assert!(!counters.contains("relay_forwarded_bytes=0 "), "{counters}");
     // The request, the record and its delivery to b.
     assert!(counters.contains("statements_shared=3"), "{counters}");
     drop(one);

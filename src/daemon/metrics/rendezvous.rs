@@ -115,6 +115,16 @@ pub fn render(m: &RendezvousMetrics) -> String {
             "Bytes of relay frames forwarded.",
             c.relay_bytes,
         ),
+        (
+            "pilot_rendezvous_relay_forwarded_frames_total",
+            "Relay frames sent on to another instance sharing the database, where their destination is registered.",
+            c.relay_forwarded_frames,
+        ),
+        (
+            "pilot_rendezvous_relay_forwarded_bytes_total",
+            "Bytes of relay frames sent on to another instance.",
+            c.relay_forwarded_bytes,
+        ),
     ] {
         page.single(name, Kind::Counter, help, value);
     }
@@ -338,6 +348,12 @@ pilot_rendezvous_relay_frames_total 40
 # HELP pilot_rendezvous_relay_bytes_total Bytes of relay frames forwarded.
 # TYPE pilot_rendezvous_relay_bytes_total counter
 pilot_rendezvous_relay_bytes_total 52000
+# HELP pilot_rendezvous_relay_forwarded_frames_total Relay frames sent on to another instance sharing the database, where their destination is registered.
+# TYPE pilot_rendezvous_relay_forwarded_frames_total counter
+pilot_rendezvous_relay_forwarded_frames_total 0
+# HELP pilot_rendezvous_relay_forwarded_bytes_total Bytes of relay frames sent on to another instance.
+# TYPE pilot_rendezvous_relay_forwarded_bytes_total counter
+pilot_rendezvous_relay_forwarded_bytes_total 0
 # HELP pilot_rendezvous_relay_drops_total Relay frames not forwarded, by reason.
 # TYPE pilot_rendezvous_relay_drops_total counter
 pilot_rendezvous_relay_drops_total{reason=\"malformed\"} 0
@@ -347,6 +363,7 @@ pilot_rendezvous_relay_drops_total{reason=\"unknown_target\"} 0
 pilot_rendezvous_relay_drops_total{reason=\"not_allowed\"} 1
 pilot_rendezvous_relay_drops_total{reason=\"rate_limited\"} 0
 pilot_rendezvous_relay_drops_total{reason=\"too_big\"} 0
+pilot_rendezvous_relay_drops_total{reason=\"bad_forward\"} 0
 # HELP pilot_rendezvous_refusals_total Control messages refused, by reason.
 # TYPE pilot_rendezvous_refusals_total counter
 pilot_rendezvous_refusals_total{reason=\"malformed\"} 0

@@ -30,8 +30,16 @@ use crate::wire::trust::Statement;
 pub const TRUST_READ_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a server remembers which other server a node is registered with (learnt from the
-/// store or from that server's `Introduce`) before it asks the store again.
-pub const HOME_TTL: Duration = Duration::from_secs(30);
+/// store or from that server's `Introduce`) before it asks the store again: a node that moved
+/// to a third server is relayed to there within this.
+pub const HOME_TTL: Duration = Duration::from_secs(5);
+
+/// How long a server remembers that a node is registered at no other server (so frames
+/// relayed to a node that is offline cost a store read this often, not one each).
+const NOWHERE_TTL: Duration = Duration::from_secs(2);
+
+/// Most reads of where a node registered waiting at once for relayed frames.
+const MAX_LOCATING: usize = 1024;
 
 /// Most nodes registered elsewhere whose home a server remembers; the oldest go first.
 const MAX_HOMES: usize = 65_536;
@@ -103,6 +111,10 @@ impl Server {
             tracing::info!(instance = %i.key, "a rendezvous sharing the registry stopped beating");
         }
         self.instances = alive;
+        // Links with servers that stopped are made again (new keys) if they come back.
+        let instances = &self.instances;
+        self.links
+            .retain(|key, _| instances.iter().any(|i| i.key == *key));
     }
 
     /// Asks the store what the servers sharing it wrote to the ledger and outbox since the
@@ -352,7 +364,7 @@ impl Server {
     }
 
     /// Notes that `node` is registered at the server `home` (for relaying to it).
-    fn remember_home(&mut self, node: NodeKey, home: NodeKey, now: Instant) {
+    pub(super) fn remember_home(&mut self, node: NodeKey, home: NodeKey, now: Instant) {
         if self.homes.len() >= MAX_HOMES && !self.homes.contains_key(&node) {
             let oldest = self
                 .homes
@@ -364,5 +376,50 @@ impl Server {
             }
         }
         self.homes.insert(node, (home, now));
+    }
+
+    /// The server `node` is registered at, if another, alive, and learnt within [`HOME_TTL`].
+    pub(super) fn home_of(&self, node: &NodeKey, now: Instant) -> Option<NodeKey> {
+        let (home, at) = self.homes.get(node)?;
+        (now.saturating_duration_since(*at) < HOME_TTL && self.is_peer_server(home))
+            .then_some(*home)
+    }
+
+    /// Asks the store where `node` registered, for relayed frames to it (at most one read per
+    /// node at a time, and none while it is known to be nowhere else).
+    pub(super) fn locate_for_relay(&mut self, node: NodeKey, now: Instant) {
+        let nowhere = self.homes.get(&node).is_some_and(|(home, at)| {
+            *home == self.key && now.saturating_duration_since(*at) < NOWHERE_TTL
+        });
+        if nowhere || self.locating.contains(&node) || self.locating.len() >= MAX_LOCATING {
+            return;
+        }
+        let expiry_ms = self.config.expiry.as_millis() as u64;
+        let seen_since_ms = self.clock.unix_ms(now).saturating_sub(expiry_ms);
+        match self.write(StoreOp::Locate(node, seen_since_ms)) {
+            Written::Now(result) => self.located_for_relay(node, writes::located_of(result), now),
+            Written::Queued(ticket) => {
+                self.locating.insert(node);
+                self.wait_for(ticket, Pending::Locate { node });
+            }
+        }
+    }
+
+    /// Where `node` registered, for relaying to it: remembered (nowhere else, too).
+    pub(super) fn located_for_relay(
+        &mut self,
+        node: NodeKey,
+        located: Result<Option<Located>, StoreError>,
+        now: Instant,
+    ) {
+        self.locating.remove(&node);
+        match located {
+            Ok(located) => {
+                self.store_ok();
+                let home = located.map(|l| l.home).filter(|h| self.is_peer_server(h));
+                self.remember_home(node, home.unwrap_or(self.key), now);
+            }
+            Err(e) => self.store_error(&e),
+        }
     }
 }

@@ -59,7 +59,17 @@ impl Server {
             return None;
         }
         let (registry, ledger, rate) = (&mut self.registry, &self.ledger, self.relay_rate);
-        match relay::forward(registry, ledger, rate, from, frame, now, out) {
+        let mut relayed = relay::forward(registry, ledger, rate, from, frame, now, out);
+        if relayed == Err(RelayDrop::UnknownTarget) && self.shares_store() {
+            relayed = self
+                .forward_elsewhere(from, frame, now, out)
+                .map(|(to, len)| (self.config.listen, to, len));
+            if let Ok((_, _, len)) = relayed {
+                self.counters.relay_forwarded_frames += 1;
+                self.counters.relay_forwarded_bytes += len as u64;
+            }
+        }
+        match relayed {
             Ok((src_ip, to, len)) => {
                 self.counters.relay_frames += 1;
                 self.counters.relay_bytes += len as u64;
@@ -74,6 +84,36 @@ impl Server {
             Err(reason) => {
                 self.counters.relay_drop(reason);
                 tracing::trace!(%from, reason = reason.name(), "relay frame dropped");
+                None
+            }
+        }
+    }
+
+    /// A frame another server sharing the store forwarded (see `links`), on the main port.
+    pub(super) fn relay_forwarded<'a>(
+        &mut self,
+        local: Port,
+        frame: &[u8],
+        now: Instant,
+        out: &'a mut [u8],
+    ) -> Option<Transmit<'a>> {
+        if local != Port::Main {
+            self.counters.relay_drop(RelayDrop::WrongPort);
+            return None;
+        }
+        match self.forwarded_in(frame, now, out) {
+            Ok((src_ip, to, len)) => {
+                self.counters.relay_frames += 1;
+                self.counters.relay_bytes += len as u64;
+                Some(Transmit {
+                    port: streams::port_of(&to),
+                    src_ip,
+                    to,
+                    payload: &out[..len],
+                })
+            }
+            Err(reason) => {
+                self.counters.relay_drop(reason);
                 None
             }
         }

@@ -74,6 +74,9 @@ pub enum RelayDrop {
     RateLimited,
     /// Larger than the caller's output buffer.
     TooBig,
+    /// A forwarded frame (from another server) whose server is unknown, whose tag fails or
+    /// whose counter was seen.
+    BadForward,
 }
 
 impl Refusal {
@@ -130,7 +133,7 @@ impl Refusal {
 }
 
 impl RelayDrop {
-    pub const ALL: [RelayDrop; 7] = [
+    pub const ALL: [RelayDrop; 8] = [
         RelayDrop::Malformed,
         RelayDrop::WrongPort,
         RelayDrop::UnknownSender,
@@ -138,6 +141,7 @@ impl RelayDrop {
         RelayDrop::NotAllowed,
         RelayDrop::RateLimited,
         RelayDrop::TooBig,
+        RelayDrop::BadForward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +153,7 @@ impl RelayDrop {
             RelayDrop::NotAllowed => "not_allowed",
             RelayDrop::RateLimited => "rate_limited",
             RelayDrop::TooBig => "too_big",
+            RelayDrop::BadForward => "bad_forward",
         }
     }
 }
@@ -167,6 +172,10 @@ pub struct Counters {
     /// Relay frames forwarded, and the bytes of those frames.
     pub relay_frames: u64,
     pub relay_bytes: u64,
+    /// Relay frames forwarded to another server sharing the store (their destination is
+    /// registered there), and the bytes of those frames.
+    pub relay_forwarded_frames: u64,
+    pub relay_forwarded_bytes: u64,
     /// Registrations that expired.
     pub expired: u64,
     /// `Submit`s that changed something (a new delivery, a ledger change) and were stored.
@@ -219,6 +228,7 @@ impl fmt::Display for Counters {
         write!(
             f,
             "registrations={} nat_probes={} punches={} relay_frames={} relay_bytes={} \
+             relay_forwarded_bytes={} \
              expired={} statements_stored={} statements_shared={} deliveries={} acks={} \
              lookups={} store_errors={}",
             self.registrations,
@@ -226,6 +236,7 @@ impl fmt::Display for Counters {
             self.punches,
             self.relay_frames,
             self.relay_bytes,
+            self.relay_forwarded_bytes,
             self.expired,
             self.statements_stored,
             self.statements_shared,

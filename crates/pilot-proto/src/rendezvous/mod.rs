@@ -39,6 +39,7 @@ mod control;
 mod cookie;
 mod counters;
 mod directory;
+mod links;
 mod outbox;
 mod rate;
 mod registry;
@@ -333,6 +334,10 @@ pub struct Server {
     /// Nodes registered at other servers sharing the store: their server, and since when
     /// (see `cluster`).
     homes: BTreeMap<NodeKey, (NodeKey, Instant)>,
+    /// Nodes relayed to whose server is being read from the store.
+    locating: BTreeSet<NodeKey>,
+    /// The authenticated links with the other servers, by key (see `links`).
+    links: BTreeMap<NodeKey, links::Link>,
     /// Scratch for encoding message bodies, reused.
     body: Vec<u8>,
     /// The last store operation failed (warnings are logged on the change only).
@@ -429,6 +434,8 @@ impl Server {
             next_trust_read: None,
             reading_trust: false,
             homes: BTreeMap::new(),
+            locating: BTreeSet::new(),
+            links: BTreeMap::new(),
             body: Vec::with_capacity(512),
             store_failing: false,
         };
@@ -466,6 +473,9 @@ impl Server {
         }
         if datagram.first() == Some(&RELAY_TO) {
             return self.relay(local, from, datagram, now, out);
+        }
+        if datagram.first() == Some(&links::FORWARD) {
+            return self.relay_forwarded(local, datagram, now, out);
         }
         let local_ip = local_ip.map(|ip| ip.to_canonical());
         self.control(local, local_ip, from, datagram, now, out)

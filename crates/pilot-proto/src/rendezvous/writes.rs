@@ -166,6 +166,8 @@ pub(super) enum Pending {
     /// A `Connect` to a node this server does not hold, to answer once the store says
     /// where it registered.
     Connect { req: Request, target: NodeKey },
+    /// Where a node relayed to registered (not here).
+    Locate { node: NodeKey },
     /// Nothing but the outcome's count (an eviction, a superseded item, an expired name).
     Quiet,
 }
@@ -288,6 +290,7 @@ impl Server {
                 }
             }
             Pending::TrustChanges => self.trust_changed(changes_of(result), now),
+            Pending::Locate { node } => self.located_for_relay(node, located_of(result), now),
             Pending::Connect { req, target } => {
                 if let Some(reply) = self.located(req, target, located_of(result), now) {
                     self.queue_reply(req, &reply, now);

@@ -390,3 +390,92 @@ fn a_connect_to_a_node_registered_nowhere_is_unknown_and_a_store_failure_unanswe
     let reply = a.ask(&mut one, Port::Main, &Message::Connect { target: b.key() });
     assert_eq!(refused(reply), RefusalCode::UnknownTarget);
 }
+
+/// A relay frame `from` sends to `to`.
+fn relay_frame(to: &Client, datagram: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8; 64 + datagram.len()];
+    let n = write_relay(&mut frame, RELAY_TO, &to.key(), datagram).unwrap();
+    frame.truncate(n);
+    frame
+}
+
+#[test]
+fn a_relayed_frame_to_a_node_at_another_server_goes_through_it_authenticated() {
+    let store = MemoryStore::new();
+    let (mut one, mut two, a, b) = a_pair_across(&store);
+    let frame = relay_frame(&b, b"\x04wireguard");
+    // The first frame makes one read where b is; it is dropped, the next ones go.
+    assert!(one.send(Port::Main, a.at, &frame).is_none());
+    let (port, to, forwarded) = one.send(Port::Main, a.at, &frame).expect("forwarded");
+    assert_eq!((port, to), (Port::Main, server_at(TWO)));
+    assert_eq!(one.server.counters().relay_forwarded_frames, 1);
+    // Two relays it to b, from a, as if a had relayed at two.
+    let (_, to, relayed) = two
+        .send(Port::Main, server_at(ONE), &forwarded)
+        .expect("relayed");
+    assert_eq!(to, b.at);
+    assert_eq!(relayed[0], RELAY_FROM);
+    assert_eq!(&relayed[1..33], &a.key().0);
+    assert_eq!(&relayed[33..], b"\x04wireguard");
+    // A replay of the forwarded frame, or one altered anywhere, is dropped.
+    assert!(two.send(Port::Main, server_at(ONE), &forwarded).is_none());
+    for i in [1, 12, 30, 60, forwarded.len() - 20, forwarded.len() - 1] {
+        let mut bad = forwarded.clone();
+        bad[i] ^= 0x40;
+        assert!(
+            two.send(Port::Main, server_at(ONE), &bad).is_none(),
+            "byte {i}"
+        );
+    }
+    assert_eq!(
+        two.server.counters().relay_dropped(RelayDrop::BadForward),
+        7
+    );
+    // b answers through two, which knows where a is from the frame: no read, no loss.
+    let back = relay_frame(&a, b"\x04reply");
+    let (_, to, forwarded) = two.send(Port::Main, b.at, &back).expect("forwarded back");
+    assert_eq!(to, server_at(ONE));
+    let (_, to, relayed) = one
+        .send(Port::Main, server_at(TWO), &forwarded)
+        .expect("relayed");
+    assert_eq!(to, a.at);
+    assert_eq!(&relayed[33..], b"\x04reply");
+    // Once one stops beating, two takes no frame from it (with a good tag or not).
+    let (_, _, late) = one.send(Port::Main, a.at, &frame).expect("forwarded");
+    two.advance(Duration::from_secs(8));
+    assert!(two.send(Port::Main, server_at(ONE), &late).is_none());
+    assert_eq!(
+        two.server.counters().relay_dropped(RelayDrop::BadForward),
+        8
+    );
+}
+
+#[test]
+fn frames_between_servers_follow_the_ledger_and_the_heartbeats() {
+    let store = MemoryStore::new();
+    let (mut one, mut two, mut a, b) = a_pair_across(&store);
+    // A node b does not trust relays nothing anywhere.
+    let mut c = Client::new(3, "192.0.2.3:4000");
+    registered(c.register(&mut one, &[]));
+    let frame = relay_frame(&b, b"\x04x");
+    assert!(one.send(Port::Main, c.at, &frame).is_none());
+    assert_eq!(
+        one.server.counters().relay_dropped(RelayDrop::NotAllowed),
+        1
+    );
+    assert!(one.send(Port::Main, a.at, &frame).is_none()); // locating b
+    let (_, _, forwarded) = one.send(Port::Main, a.at, &frame).expect("forwarded");
+    // a revokes at one; two reads it, and refuses what one forwarded before it knew.
+    one.advance(Duration::from_secs(1));
+    let revoke = Statement::Revocation(
+        Revocation::sign(a.signing_key(), b.key(), one.now_ms(), "").unwrap(),
+    );
+    stored(a.submit(&mut one, &revoke));
+    two.advance(TRUST_READ_INTERVAL);
+    assert!(two.send(Port::Main, server_at(ONE), &forwarded).is_none());
+    assert_eq!(
+        two.server.counters().relay_dropped(RelayDrop::NotAllowed),
+        1
+    );
+    let _ = &mut a;
+}
