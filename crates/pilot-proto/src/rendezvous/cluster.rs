@@ -41,6 +41,25 @@ const NOWHERE_TTL: Duration = Duration::from_secs(2);
 /// Most reads of where a node registered waiting at once for relayed frames.
 const MAX_LOCATING: usize = 1024;
 
+/// How long an `Introduce` for a pair this server's ledger does not trust yet waits for the
+/// trust changes (the record may be one the other server took a moment ago).
+const INTRODUCTION_WAIT: Duration = Duration::from_secs(2);
+/// Most such introductions waiting at once.
+const MAX_WAITING_INTRODUCTIONS: usize = 256;
+/// How soon the trust changes are read again while introductions wait for them.
+const REREAD: Duration = Duration::from_millis(100);
+
+/// An `Introduce` waiting for this server's ledger to learn the pair's record.
+#[derive(Debug)]
+pub(super) struct WaitingIntroduction {
+    server: NodeKey,
+    node: NodeKey,
+    peer: NodeKey,
+    node_nat: NatKind,
+    candidates: Vec<std::net::SocketAddr>,
+    since: Instant,
+}
+
 /// Most nodes registered elsewhere whose home a server remembers; the oldest go first.
 const MAX_HOMES: usize = 65_536;
 
@@ -147,7 +166,10 @@ impl Server {
         self.reading_trust = false;
         let changes = match changes {
             Ok(changes) => changes,
-            Err(e) => return self.store_error(&e),
+            Err(e) => {
+                self.store_error(&e);
+                return self.retry_introductions(now);
+            }
         };
         self.store_ok();
         self.trust_cursor = changes.cursor;
@@ -181,6 +203,30 @@ impl Server {
                     self.outbox.schedule(target, now);
                 }
             }
+        }
+        // What the changes brought leaves ahead of any introduction they make possible: a
+        // node takes a `Punch` only from a peer it already trusts.
+        self.run_deliveries(now);
+        self.retry_introductions(now);
+    }
+
+    /// Introductions that waited for the trust changes: made if the ledger trusts the pair
+    /// now, kept (and the changes read again soon) while younger than [`INTRODUCTION_WAIT`],
+    /// refused after.
+    fn retry_introductions(&mut self, now: Instant) {
+        let waiting = std::mem::take(&mut self.waiting_introductions);
+        for w in waiting {
+            if self.ledger.trusted(&w.node, &w.peer) {
+                self.punch_for_server(w.server, w.node, w.peer, w.node_nat, w.candidates, now);
+            } else if now.saturating_duration_since(w.since) < INTRODUCTION_WAIT {
+                self.waiting_introductions.push(w);
+            } else {
+                self.counters.refuse(Refusal::NotAllowed);
+            }
+        }
+        if !self.waiting_introductions.is_empty() {
+            let soon = now + REREAD;
+            self.next_trust_read = self.next_trust_read.map(|t| t.min(soon));
         }
     }
 
@@ -344,9 +390,37 @@ impl Server {
             return;
         }
         if !self.ledger.trusted(&node, &peer) {
-            self.counters.refuse(Refusal::NotAllowed);
+            // The other server checked its ledger; this one may not have read the record
+            // yet. It reads now, and introduces if the record is there.
+            if self.waiting_introductions.len() >= MAX_WAITING_INTRODUCTIONS {
+                self.counters.refuse(Refusal::NotAllowed);
+                return;
+            }
+            self.waiting_introductions.push(WaitingIntroduction {
+                server: req.sender,
+                node,
+                peer,
+                node_nat,
+                candidates,
+                since: now,
+            });
+            self.next_trust_read = self.next_trust_read.map(|t| t.min(now));
+            self.read_trust_changes(now);
             return;
         }
+        self.punch_for_server(req.sender, node, peer, node_nat, candidates, now);
+    }
+
+    /// Sends `peer` (registered here) the `Punch` for `node`, which `server` introduced.
+    fn punch_for_server(
+        &mut self,
+        server: NodeKey,
+        node: NodeKey,
+        peer: NodeKey,
+        node_nat: NatKind,
+        candidates: Vec<std::net::SocketAddr>,
+        now: Instant,
+    ) {
         let Some(entry) = self.registry.fresh(&peer, now) else {
             self.counters.refuse(Refusal::UnknownTarget);
             return;
@@ -358,9 +432,9 @@ impl Server {
             candidates,
         };
         self.queue(streams::port_of(&observed), local_ip, observed, &punch, now);
-        self.remember_home(node, req.sender, now);
+        self.remember_home(node, server, now);
         self.counters.punches += 1;
-        tracing::debug!(%node, %peer, by = %req.sender, "introduced by another server");
+        tracing::debug!(%node, %peer, by = %server, "introduced by another server");
     }
 
     /// Notes that `node` is registered at the server `home` (for relaying to it).

@@ -575,6 +575,11 @@ impl Server {
         if nat != entry.nat {
             entry.nat = nat;
             self.mark_dirty(key, now);
+            // Other servers sharing the store introduce this node from what the store holds,
+            // and its NAT kind decides how its peers punch: written now, not lazily.
+            if self.shares_store() && !self.store_failing {
+                self.next_flush = self.next_flush.map(|t| t.min(now));
+            }
         }
     }
 

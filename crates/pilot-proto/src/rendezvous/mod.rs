@@ -334,6 +334,8 @@ pub struct Server {
     /// Nodes registered at other servers sharing the store: their server, and since when
     /// (see `cluster`).
     homes: BTreeMap<NodeKey, (NodeKey, Instant)>,
+    /// Introductions from other servers waiting for the trust changes (see `cluster`).
+    waiting_introductions: Vec<cluster::WaitingIntroduction>,
     /// Nodes relayed to whose server is being read from the store.
     locating: BTreeSet<NodeKey>,
     /// The authenticated links with the other servers, by key (see `links`).
@@ -435,6 +437,7 @@ impl Server {
             reading_trust: false,
             homes: BTreeMap::new(),
             locating: BTreeSet::new(),
+            waiting_introductions: Vec::new(),
             links: BTreeMap::new(),
             body: Vec::with_capacity(512),
             store_failing: false,

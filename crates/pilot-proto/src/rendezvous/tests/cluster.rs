@@ -361,10 +361,18 @@ fn only_a_server_sharing_the_store_introduces_and_only_trusted_pairs() {
     };
     let d = as_one.sealed(&two, &untrusted);
     assert!(two.send(Port::Main, server_at(ONE), &d).is_none());
-    assert_eq!(two.drain(), vec![]);
+    // It waits for the trust changes a while (the record may be new), then is refused.
+    two.advance(Duration::from_secs(3));
+    let punches = two.drain();
+    assert!(
+        !punches
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Punch { .. })),
+        "{punches:?}"
+    );
     assert_eq!(two.server.counters().refused(Refusal::NotAllowed), 1);
     // Once two stops beating, one no longer introduces to its nodes.
-    one.advance(Duration::from_secs(8));
+    one.advance(Duration::from_secs(12));
     let mut a = a;
     let reply = a.ask(&mut one, Port::Main, &Message::Connect { target: b.key() });
     assert_eq!(refused(reply), RefusalCode::UnknownTarget);
@@ -478,4 +486,52 @@ fn frames_between_servers_follow_the_ledger_and_the_heartbeats() {
         1
     );
     let _ = &mut a;
+}
+
+#[test]
+fn an_introduction_for_a_record_the_other_server_just_took_waits_for_it() {
+    let store = MemoryStore::new();
+    let (mut one, mut two) = two_servers(&store);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register(&mut one, &[]));
+    registered(b.register(&mut two, &[]));
+    for _ in 0..2 {
+        one.advance(Duration::from_secs(2));
+        two.advance(Duration::from_secs(2));
+    }
+    one.drain();
+    two.drain();
+    // a completes the record at one and at once asks to meet b: two has not read it yet.
+    let record = b.record_with(&a, one.now_ms());
+    stored(a.submit(&mut one, &record));
+    assert!(!two.server.ledger().trusted(&a.key(), &b.key()));
+    let d = a.sealed(&one, &Message::Connect { target: b.key() });
+    let first = one.send(Port::Main, a.at, &d);
+    let sent: Vec<Sent> = first
+        .into_iter()
+        .chain(std::iter::from_fn(|| one.poll()))
+        .collect();
+    let introduce = sent
+        .iter()
+        .find(|s| s.1 == server_at(TWO))
+        .expect("an Introduce");
+    // Two reads the trust changes then and there, and b is punched without waiting, right
+    // after the record's delivery (a node takes a Punch only from a peer it trusts).
+    let first = two.send(Port::Main, server_at(ONE), &introduce.2);
+    let sent: Vec<Sent> = first
+        .into_iter()
+        .chain(std::iter::from_fn(|| two.poll()))
+        .collect();
+    let to_b: Vec<Message> = (sent.iter())
+        .filter(|s| s.1 == b.at)
+        .map(|s| two.message(s))
+        .collect();
+    assert!(
+        matches!(&to_b[..], [Message::Deliver { statement, .. }, Message::Punch { peer, .. }]
+            if *statement == record && *peer == a.key()),
+        "{to_b:?}"
+    );
+    assert_eq!(two.server.counters().punches, 1);
+    assert!(two.server.ledger().trusted(&a.key(), &b.key()));
 }
