@@ -64,6 +64,8 @@ struct Standby {
 struct Sim {
     net: Net,
     nodes: Vec<SimNode>,
+    /// Nodes (by number) that use the second instance first, the first as their standby.
+    second_first: Vec<u8>,
     server: Server,
     server_host: usize,
     /// The first rendezvous is dead: what reaches it is lost, its timers stop.
@@ -110,6 +112,7 @@ impl Sim {
         Sim {
             net,
             nodes: Vec::new(),
+            second_first: Vec::new(),
             server,
             server_host,
             primary_down: false,
@@ -129,6 +132,30 @@ impl Sim {
         let store = Box::new(MemoryStore::new());
         let server = Server::new(config, store, 9, sim.clock, sim.now).unwrap();
         sim.standby = Some(Standby { server, host });
+        sim
+    }
+
+    /// Two rendezvous instances on one registry (a shared store, as on PostgreSQL): each beats
+    /// and learns of the other, reads the other's trust changes, introduces and relays across.
+    /// Nodes made from now on use the first and fail over to the second, except those in
+    /// `second_first`, which use them the other way round.
+    fn with_instances() -> Sim {
+        let mut sim = Sim::new();
+        let store = MemoryStore::new();
+        let instance = |n: u8, ip: &str| {
+            let mut config = Config::new(identity(n), RDV_PORT, RDV_PORT + 1);
+            config.heartbeat = Some(Duration::from_secs(2));
+            config.listen = Some(ip.parse().unwrap());
+            config
+        };
+        let (one, two) = (instance(200, RDV_IP), instance(201, RDV2_IP));
+        sim.server = Server::new(one, Box::new(store.clone()), 7, sim.clock, sim.now).unwrap();
+        let host = sim.net.add_host(RDV2_IP, None);
+        let server = Server::new(two, Box::new(store), 9, sim.clock, sim.now).unwrap();
+        sim.standby = Some(Standby { server, host });
+        // They meet (a heartbeat each way).
+        sim.run_for(Duration::from_secs(3));
+        assert_eq!(sim.server.instances().len(), 2);
         sim
     }
 
@@ -197,6 +224,10 @@ impl Sim {
             key: Some(s.server.public_key()),
             stream: None,
         });
+        let (rendezvous, standby) = match standby {
+            Some(second) if self.second_first.contains(&n) => (second, Some(rendezvous)),
+            other => (rendezvous, other),
+        };
         Node::new(NodeConfig {
             standby_rendezvous: standby.into_iter().collect(),
             mtu: 1380,
@@ -1474,4 +1505,94 @@ fn an_idle_pair_wakes_for_its_keepalives_and_refreshes_not_every_second() {
     sim.send_packet(x, y, b"after");
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.received(y).len(), seen + 1, "{}", sim.debug());
+}
+
+#[test]
+fn every_nat_pair_split_across_two_instances_connects_as_on_one() {
+    // The multi-instance model: node 1 uses the first instance, node 2 the second; they share
+    // one registry. Trust (handed over at registration, at each instance) reaches both
+    // ledgers through it, the Connect at one instance introduces through the other, and
+    // what cannot go direct is relayed through both.
+    for a in ALL_KINDS {
+        for b in ALL_KINDS {
+            let mut sim = Sim::with_instances();
+            sim.second_first.push(2);
+            let (mut sim, x, y) = Sim::pair_in(sim, a, b);
+            sim.run_for(Duration::from_secs(2));
+            let arrived = traffic(&mut sim, x, y, Duration::from_secs(8));
+            assert!(
+                arrived >= 140,
+                "{a:?}/{b:?}: only {arrived} of 160 packets crossed\n{}",
+                sim.debug()
+            );
+            let want = expected_path(a, b);
+            assert_eq!(sim.path(x, y), want, "{a:?}/{b:?} from the first node");
+            assert_eq!(sim.path(y, x), want, "{a:?}/{b:?} from the second node");
+            let (one, two) = (&sim.server, &sim.standby.as_ref().unwrap().server);
+            let first = sim.nodes[x].node.net_status(sim.now).rendezvous;
+            let second = sim.nodes[y].node.net_status(sim.now).rendezvous;
+            assert_ne!(first, second, "{a:?}/{b:?}: on different instances");
+            if want == PathKind::Relay {
+                // Each instance forwarded its node's frames to the other.
+                let (c1, c2) = (one.counters(), two.counters());
+                assert!(
+                    c1.relay_forwarded_frames > 0 && c2.relay_forwarded_frames > 0,
+                    "{a:?}/{b:?}: {c1} / {c2}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn on_instances_sharing_a_registry_a_relayed_pair_fails_over_knowing_its_trust() {
+    // As `a_relayed_pair_moves_to_the_standby_rendezvous_when_the_first_dies`, with the two
+    // instances sharing a registry: the survivor knows the pair's trust already, and its own
+    // timing is the same, deterministically.
+    let sim = Sim::with_instances();
+    let (mut sim, x, y) = Sim::pair_in(sim, NatKind::Sym, NatKind::Sym);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.path(x, y), PathKind::Relay);
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 40);
+    let second = format!("{RDV2_IP}:{RDV_PORT}");
+    let (a, b) = (identity(1).public_key(), identity(2).public_key());
+    let survivor = &sim.standby.as_ref().unwrap().server;
+    assert!(survivor.ledger().trusted(&a, &b), "read from the registry");
+    let stored_before = survivor.counters().statements_stored;
+
+    sim.primary_down = true;
+    let died = sim.now;
+    let (mut moved, mut resumed) = (None, None);
+    for i in 0..200 {
+        sim.send_packet(x, y, format!("x{i}").as_bytes());
+        sim.send_packet(y, x, format!("y{i}").as_bytes());
+        let before = sim.received(x).len() + sim.received(y).len();
+        sim.run_for(Duration::from_millis(100));
+        let on_second = [x, y].iter().all(|&n| {
+            let status = sim.nodes[n].node.net_status(sim.now);
+            status.registered && status.rendezvous.as_deref() == Some(second.as_str())
+        });
+        if on_second && moved.is_none() {
+            moved = Some(sim.now - died);
+        }
+        let after = sim.received(x).len() + sim.received(y).len();
+        if moved.is_some() && after > before && resumed.is_none() {
+            resumed = Some(sim.now - died);
+            break;
+        }
+    }
+    let moved = moved.expect("both registered with the second instance");
+    let resumed = resumed.expect("relayed through the second instance");
+    assert!(moved <= Duration::from_secs(10), "moved after {moved:?}");
+    assert!(
+        resumed <= Duration::from_secs(10),
+        "relayed again after {resumed:?}"
+    );
+    assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 40);
+    // The nodes handed their records over (a new instance asks), and nothing had to be
+    // written: the registry had them.
+    let survivor = &sim.standby.as_ref().unwrap().server;
+    assert_eq!(survivor.counters().statements_stored, stored_before);
+    assert_eq!(survivor.instances().len(), 1, "the first stopped beating");
+    println!("shared registry: on the second instance {moved:?} after the first died; relayed again after {resumed:?}");
 }
