@@ -332,7 +332,7 @@ _pilotd() {
             return 0
             ;;
         pilotd__subcmd__up)
-            opts="-h --config --state-dir --interface --mtu --listen-port --peer --rendezvous --rendezvous-alt-port --rendezvous-tls-port --hostname --endpoint --public --no-port-mapping --auto-approve --hosts-file --keepalive --control --metrics --userspace --socks5 --expose --log-level --help"
+            opts="-h --config --state-dir --interface --mtu --listen-port --peer --rendezvous --rendezvous-alt-port --rendezvous-tls-port --shared-registry --hostname --endpoint --public --no-port-mapping --auto-approve --hosts-file --keepalive --control --metrics --userspace --socks5 --expose --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -46,6 +46,8 @@ pub struct UpFile {
     pub rendezvous_alt_port: Option<u16>,
     #[serde(default, deserialize_with = "port")]
     pub rendezvous_tls_port: Option<u16>,
+    #[serde(default, deserialize_with = "boolean")]
+    pub shared_registry: Option<bool>,
     #[serde(default, deserialize_with = "hostname")]
     pub hostname: Option<Hostname>,
     #[serde(default, deserialize_with = "endpoint")]

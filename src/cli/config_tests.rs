@@ -40,6 +40,7 @@ peers = [
 rendezvous = "{k1}@203.0.113.10:7000"
 rendezvous_alt_port = 7100
 rendezvous_tls_port = 8443
+shared_registry = true
 hostname = "alice"
 endpoint = "198.51.100.7:40000"
 auto_approve = true
@@ -79,6 +80,7 @@ expose = ["8080", "80:8081"]
         }]),
         rendezvous_alt_port: Some(7100),
         rendezvous_tls_port: Some(8443),
+        shared_registry: Some(true),
         hostname: Some("alice".parse().unwrap()),
         endpoint: Some("198.51.100.7:40000".parse().unwrap()),
         auto_approve: Some(true),
@@ -152,7 +154,7 @@ fn an_unknown_key_names_its_place_and_every_known_key() {
         err,
         "/etc/pilot/pilotd.toml:7:1: unknown key `rendevous`; expected one of: state_dir, \
          interface, mtu, listen_port, peers, rendezvous, rendezvous_alt_port, \
-         rendezvous_tls_port, hostname, \
+         rendezvous_tls_port, shared_registry, hostname, \
          endpoint, auto_approve, port_mapping, hosts_file, keepalive, control, log_level, metrics, userspace, socks5, \
          expose"
     );

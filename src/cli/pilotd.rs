@@ -98,6 +98,11 @@ struct UpArgs {
     /// network that blocks UDP); 0: never [default: 443]
     #[arg(long, value_name = "PORT")]
     rendezvous_tls_port: Option<u16>,
+    /// The rendezvous given are instances of one service on one registry (`pilotd rendezvous
+    /// --store postgres://…`): start at the one this node's key picks, which spreads a fleet
+    /// over them, and stay where failover takes it (without it: the first, and back to it)
+    #[arg(long)]
+    shared_registry: bool,
     /// Hostname to claim at the rendezvous (lowercase letters, digits and `-`, 1-63); peers then
     /// reach this node as NAME.pilot. The first node to claim a name keeps it.
     #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
@@ -235,6 +240,13 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
         }
     }
     let (mut rendezvous, standby_rendezvous) = rendezvous_list(list, alt_port)?;
+    let shared_registry = args.shared_registry || file.shared_registry.unwrap_or(false);
+    if shared_registry && standby_rendezvous.is_empty() {
+        bail!(
+            "--shared-registry spreads nodes over several rendezvous instances: give \
+             --rendezvous KEY@HOST:PORT once for each (or a list in `rendezvous`)"
+        );
+    }
     let hostname = args.hostname.or(file.hostname);
     let endpoint = args.endpoint.or(file.endpoint);
     if args.public && endpoint.is_none() {
@@ -291,6 +303,7 @@ fn up_options(args: UpArgs, file: UpFile) -> anyhow::Result<UpOptions> {
         peers,
         rendezvous,
         standby_rendezvous,
+        shared_registry,
         hostname,
         endpoint,
         auto_approve: args.auto_approve || file.auto_approve.unwrap_or(false),

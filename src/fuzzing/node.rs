@@ -71,6 +71,7 @@ impl World {
         let t0 = Instant::now();
         let node = Node::new(NodeConfig {
             standby_rendezvous: Vec::new(),
+            shared_registry: false,
             mtu: 1380,
             identity: clone_identity(ME),
             peers: vec![PeerConfig {

@@ -214,6 +214,7 @@ impl World {
         };
         Node::new(NodeConfig {
             standby_rendezvous: Vec::new(),
+            shared_registry: false,
             mtu: 1380,
             identity: Identity::from_secret_bytes(&identity.signing_key().to_bytes()),
             peers: Vec::new(),

@@ -230,6 +230,7 @@ impl Sim {
         };
         Node::new(NodeConfig {
             standby_rendezvous: standby.into_iter().collect(),
+            shared_registry: false,
             mtu: 1380,
             identity: identity(n),
             peers: Vec::new(),
@@ -893,6 +894,7 @@ fn nothing_passes_until_both_sides_agree_and_untrust_stops_it() {
     sim.run_for(Duration::from_secs(1));
     sim.nodes[y].node = Node::new(NodeConfig {
         standby_rendezvous: Vec::new(),
+        shared_registry: false,
         mtu: 1380,
         identity: identity(2),
         peers: vec![PeerConfig {

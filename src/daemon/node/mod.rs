@@ -58,6 +58,8 @@ pub struct UpOptions {
     /// More rendezvous, in order, to move to when the one in use stops answering (every one,
     /// and `rendezvous` then too, with a pinned key).
     pub standby_rendezvous: Vec<RendezvousConfig>,
+    /// Those rendezvous are instances of one service on one registry (`--shared-registry`).
+    pub shared_registry: bool,
     /// Hostname to claim at the rendezvous.
     pub hostname: Option<Hostname>,
     /// This node's public endpoint when the operator knows it (told to peers first).
@@ -318,6 +320,7 @@ async fn serve(
         seed: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
         rendezvous: start.rendezvous,
         standby_rendezvous: options.standby_rendezvous.clone(),
+        shared_registry: options.shared_registry,
         mtu: u16::try_from(options.mtu).unwrap_or(u16::MAX),
         lan: lan_endpoints(&local.interface, listen_port),
         endpoint: options.endpoint,

@@ -26,6 +26,11 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with(false)
+    }
+
+    /// With `shared`, the two rendezvous are instances on one registry (`shared_registry`).
+    fn with(shared: bool) -> World {
         let clock = WallClock::new(Instant::now(), 1_800_000_000_000);
         let first = (9, ep("203.0.113.10:7000"));
         let second = (8, ep("203.0.113.20:7000"));
@@ -45,6 +50,7 @@ impl World {
             seed: 5,
             rendezvous: Some(config(&first)),
             standby_rendezvous: vec![config(&second)],
+            shared_registry: shared,
             mtu: 1380,
             lan: Vec::new(),
             endpoint: None,
@@ -239,4 +245,60 @@ fn an_idle_node_asked_for_a_lookup_notices_a_dead_rendezvous_within_seconds() {
     }
     let moved = moved.expect("moved to the second");
     assert!(moved <= Duration::from_secs(10), "after {moved:?}");
+}
+
+#[test]
+fn on_one_registry_a_node_starts_where_its_key_says_and_stays_after_a_failover() {
+    let mut w = World::with(true);
+    w.alive = [true, true];
+    let sent = w.run(Duration::from_secs(1));
+    assert!(w.node.is_registered(w.now));
+    let start = w.node.net_status(w.now).rendezvous.unwrap();
+    let (used, left, other) = if start == w.first.1.to_string() {
+        (0, w.first.1, w.second.1)
+    } else {
+        (1, w.second.1, w.first.1)
+    };
+    assert!(
+        registers_to(&sent, other).is_empty(),
+        "one instance at a time"
+    );
+    assert_eq!(
+        w.node.net_status(w.now).preferred,
+        None,
+        "none is preferred"
+    );
+    // The one in use dies: the node moves to the other at its next refresh.
+    w.alive[used] = false;
+    w.run(Duration::from_secs(25) + FAILOVER_AFTER + FAILOVER_JITTER + Duration::from_secs(1));
+    assert!(w.node.is_registered(w.now));
+    assert_eq!(w.node.net_status(w.now).rendezvous, Some(other.to_string()));
+    // It comes back; the node stays (any instance serves any pair): no probe, no move.
+    w.alive = [true, true];
+    let sent = w.run(FAILBACK_EVERY * 3);
+    let probes = (sent.iter())
+        .filter(|(to, kind, _)| to.ip() == left.ip() && *kind == NAT_PROBE)
+        .count();
+    assert_eq!(probes, 0, "{sent:?}");
+    assert_eq!(w.node.counters().rendezvous_switches, 1);
+    assert_eq!(w.node.net_status(w.now).rendezvous, Some(other.to_string()));
+}
+
+#[test]
+fn a_node_that_finds_no_rendezvous_answering_backs_off_between_moves() {
+    let mut w = World::with(true);
+    w.alive = [true, true];
+    w.run(Duration::from_secs(1));
+    // Both die. Moving on every FAILOVER_AFTER plus up to FAILOVER_JITTER would be about 24
+    // moves in two minutes; each move in a row doubles the random wait (up to a minute).
+    w.alive = [false, false];
+    w.run(Duration::from_secs(25));
+    let before = w.node.counters().rendezvous_switches;
+    w.run(Duration::from_secs(120));
+    let moves = w.node.counters().rendezvous_switches - before;
+    assert!((3..=12).contains(&moves), "{moves} moves in two minutes");
+    // One answers again: the node registers, and its next move waits the short time again.
+    w.alive = [true, true];
+    w.run(Duration::from_secs(70));
+    assert!(w.node.is_registered(w.now));
 }

@@ -112,6 +112,10 @@ pub struct NodeConfig {
     /// Rendezvous to move to, in order, when the one in use stops answering (see `failover`);
     /// each with a pinned key.
     pub standby_rendezvous: Vec<RendezvousConfig>,
+    /// The rendezvous (first and standby) are instances of one service sharing a registry:
+    /// start at the one this node's key picks and stay where failover takes it (see
+    /// `failover`).
+    pub shared_registry: bool,
     /// The node's own endpoints on its local networks, offered to peers as candidates.
     pub lan: Vec<SocketAddr>,
     /// This node's public endpoint when the operator knows it (`--endpoint`: a fixed public
@@ -384,11 +388,11 @@ impl Node {
                 (config.rendezvous.iter().cloned())
                     .chain(config.standby_rendezvous)
                     .collect(),
+                config.shared_registry,
+                &key,
             ),
             stream: stream::StreamFallback::default(),
-            link: config
-                .rendezvous
-                .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE, config.endpoint)),
+            link: None,
             lan: config.lan,
             port_map: PortMapStatus::off(),
             mapped: None,
@@ -429,6 +433,11 @@ impl Node {
             last_source_scan: None,
             birthday: birthday::Birthday::new(config.seed),
         };
+        // The first choice: the first given, or on one registry the instance the key picks.
+        if config.rendezvous.is_some() {
+            node.link = (node.failover.first_choice().cloned())
+                .map(|r| RendezvousLink::new(r, DEFAULT_KEEPALIVE, config.endpoint));
+        }
         for peer in &config.peers {
             node.add_peer(peer)?;
             let index = node.peers.len() - 1;

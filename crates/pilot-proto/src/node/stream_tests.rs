@@ -56,6 +56,7 @@ impl World {
                 stream: Some(ep(TLS)),
             }),
             standby_rendezvous: Vec::new(),
+            shared_registry: false,
             mtu: 1380,
             lan: Vec::new(),
             endpoint: None,

@@ -53,6 +53,7 @@ pub(super) fn node_with_rendezvous(
 ) -> Node {
     Node::new(NodeConfig {
         standby_rendezvous: Vec::new(),
+        shared_registry: false,
         mtu: 1380,
         identity: identity(me),
         peers: Vec::new(),
@@ -78,6 +79,7 @@ pub(super) fn node_with_rendezvous(
 pub(super) fn node(me: u8, peers: &[(u8, Option<&str>)]) -> Node {
     Node::new(NodeConfig {
         standby_rendezvous: Vec::new(),
+        shared_registry: false,
         mtu: 1380,
         identity: identity(me),
         peers: peers
@@ -473,6 +475,7 @@ fn the_dns_stub_answers_own_and_trusted_names_only() {
     use crate::wire::dns::{tests::query, TYPE_A, TYPE_AAAA};
     let config = NodeConfig {
         standby_rendezvous: Vec::new(),
+        shared_registry: false,
         mtu: 1380,
         identity: identity(1),
         peers: Vec::new(),
