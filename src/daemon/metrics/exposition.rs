@@ -7,11 +7,13 @@ use std::fmt::Write;
 /// The `Content-Type` of what [`Exposition`] writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-/// What a family measures: a count that only grows, or a level that goes up and down.
+/// What a family measures: a count that only grows, a level that goes up and down, or a
+/// distribution (cumulative `_bucket{le}` counts, `_sum` and `_count`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// A sample's value.
@@ -72,6 +74,7 @@ impl Exposition {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         self.text.push_str("# HELP ");
         self.text.push_str(name);
@@ -121,7 +124,40 @@ impl Exposition {
 impl Family<'_> {
     /// One sample of the family, with these labels.
     pub fn sample(&mut self, labels: &[(&'static str, &str)], value: impl Into<Value>) {
+        self.sample_of("", labels, value);
+    }
+
+    /// One histogram's samples: `bounds` are the buckets' upper bounds, `counts` how many
+    /// observations fell at or below each (cumulative), then `+Inf` (`count`), `_sum`, `_count`.
+    pub fn histogram(
+        &mut self,
+        labels: &[(&'static str, &str)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+        count: u64,
+    ) {
+        for (bound, n) in bounds.iter().zip(counts) {
+            let le = bound.to_string();
+            let mut with_le: Vec<(&'static str, &str)> = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample_of("_bucket", &with_le, *n);
+        }
+        let mut with_le: Vec<(&'static str, &str)> = labels.to_vec();
+        with_le.push(("le", "+Inf"));
+        self.sample_of("_bucket", &with_le, count);
+        self.sample_of("_sum", labels, sum);
+        self.sample_of("_count", labels, count);
+    }
+
+    fn sample_of(
+        &mut self,
+        suffix: &str,
+        labels: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
         self.text.push_str(self.name);
+        self.text.push_str(suffix);
         if !labels.is_empty() {
             self.text.push('{');
             for (i, (name, value)) in labels.iter().enumerate() {

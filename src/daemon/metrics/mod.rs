@@ -13,4 +13,6 @@ pub use exposition::CONTENT_TYPE;
 pub(crate) use http::answer;
 pub use http::{MetricsListener, MAX_REQUEST};
 pub use node::{render as render_node, NodeMetrics};
-pub use rendezvous::{render as render_rendezvous, CommitStats, RendezvousMetrics, StreamStats};
+pub use rendezvous::{
+    render as render_rendezvous, CommitStats, RendezvousMetrics, StoreCalls, StreamStats,
+};

@@ -27,6 +27,49 @@ pub struct RendezvousMetrics {
     pub streams: StreamStats,
     /// Rendezvous instances sharing the registry, this one included (1 on SQLite).
     pub instances: usize,
+    /// Every store call's time and outcome, by operation.
+    pub calls: StoreCalls,
+}
+
+/// The upper bounds (seconds) of the store calls' histogram buckets.
+pub const CALL_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// How the store's calls went, by operation ([`StoreOp::NAMES`]).
+///
+/// [`StoreOp::NAMES`]: crate::rendezvous::StoreOp::NAMES
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreCalls {
+    pub ops: [CallStats; crate::rendezvous::StoreOp::NAMES.len()],
+}
+
+/// One operation's calls: a histogram of their time, and how many failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CallStats {
+    /// Calls at or below each of [`CALL_BUCKETS`] (cumulative).
+    pub buckets: [u64; CALL_BUCKETS.len()],
+    pub count: u64,
+    pub seconds: f64,
+    pub errors: u64,
+}
+
+impl StoreCalls {
+    /// One call of operation `op` that took `took`, and whether it failed.
+    pub fn record(&mut self, op: usize, took: Duration, failed: bool) {
+        let Some(stats) = self.ops.get_mut(op) else {
+            return;
+        };
+        let secs = took.as_secs_f64();
+        for (bound, n) in CALL_BUCKETS.iter().zip(&mut stats.buckets) {
+            if secs <= *bound {
+                *n += 1;
+            }
+        }
+        stats.count += 1;
+        stats.seconds += secs;
+        stats.errors += u64::from(failed);
+    }
 }
 
 /// The TLS streams of nodes whose network blocks UDP (`--tcp-listen`).
@@ -269,6 +312,28 @@ pub fn render(m: &RendezvousMetrics) -> String {
             bytes,
         );
     }
+    let mut calls = page.family(
+        "pilot_rendezvous_store_call_seconds",
+        Kind::Histogram,
+        "How long each call of the registry store took, by operation (on the store's thread; PostgreSQL's include the round trip).",
+    );
+    for (name, s) in crate::rendezvous::StoreOp::NAMES.iter().zip(&m.calls.ops) {
+        calls.histogram(
+            &[("op", name)],
+            &CALL_BUCKETS,
+            &s.buckets,
+            s.seconds,
+            s.count,
+        );
+    }
+    let mut failed = page.family(
+        "pilot_rendezvous_store_call_errors_total",
+        Kind::Counter,
+        "Calls of the registry store that failed, by operation.",
+    );
+    for (name, s) in crate::rendezvous::StoreOp::NAMES.iter().zip(&m.calls.ops) {
+        failed.sample(&[("op", name)], s.errors);
+    }
     page.finish()
 }
 
@@ -315,8 +380,14 @@ mod tests {
                 handshakes_failed: 4,
             },
             instances: 2,
+            calls: StoreCalls::default(),
         };
         let page = render(&m);
+        // The store calls' families close the page (`store_calls_render_as_histograms`).
+        let calls_at = page
+            .find("# HELP pilot_rendezvous_store_call_seconds")
+            .unwrap();
+        let (page, _) = page.split_at(calls_at);
         let expected = "\
 # HELP pilot_build_info The running pilotd's version; always 1.
 # TYPE pilot_build_info gauge
@@ -457,5 +528,59 @@ pilot_rendezvous_store_bytes 4096
             ..m
         });
         assert!(!without.contains("store_bytes"), "unknown size: no sample");
+    }
+
+    #[test]
+    fn store_calls_render_as_histograms_by_operation() {
+        let mut calls = StoreCalls::default();
+        calls.record(0, Duration::from_micros(1500), false);
+        calls.record(0, Duration::from_millis(30), false);
+        calls.record(8, Duration::from_secs(4), true);
+        let page = render(&RendezvousMetrics {
+            calls,
+            ..RendezvousMetrics::default()
+        });
+        let at = page
+            .find("# HELP pilot_rendezvous_store_call_seconds")
+            .unwrap();
+        let lines: Vec<&str> = page[at..].lines().collect();
+        let save = "\
+# TYPE pilot_rendezvous_store_call_seconds histogram
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.0005\"} 0
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.001\"} 0
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.002\"} 1
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.005\"} 1
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.01\"} 1
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.025\"} 1
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.05\"} 2
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.1\"} 2
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.25\"} 2
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"0.5\"} 2
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"1\"} 2
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"2.5\"} 2
+pilot_rendezvous_store_call_seconds_bucket{op=\"save\",le=\"+Inf\"} 2";
+        assert_eq!(lines[1..15].join("\n"), save);
+        let sum = lines[15].strip_prefix("pilot_rendezvous_store_call_seconds_sum{op=\"save\"} ");
+        let sum: f64 = sum.unwrap().parse().unwrap();
+        assert!((sum - 0.0315).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            lines[16],
+            "pilot_rendezvous_store_call_seconds_count{op=\"save\"} 2"
+        );
+        // A slow failed locate: in +Inf only, and counted as an error.
+        assert!(page.contains(
+            "pilot_rendezvous_store_call_seconds_bucket{op=\"locate\",le=\"2.5\"} 0\n\
+             pilot_rendezvous_store_call_seconds_bucket{op=\"locate\",le=\"+Inf\"} 1\n"
+        ));
+        assert!(page.contains("pilot_rendezvous_store_call_errors_total{op=\"locate\"} 1\n"));
+        assert!(page.contains("pilot_rendezvous_store_call_errors_total{op=\"save\"} 0\n"));
+        // Every operation, always: 15 lines each, and one error line each.
+        let buckets = lines.iter().filter(|l| l.contains("_bucket{")).count();
+        assert_eq!(buckets, 9 * 13);
+        let errors = lines
+            .iter()
+            .filter(|l| l.starts_with("pilot_rendezvous_store_call_errors_total{"))
+            .count();
+        assert_eq!(errors, 9);
     }
 }

@@ -304,6 +304,7 @@ async fn serve(options: RendezvousOptions) -> anyhow::Result<()> {
         },
         out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         commits: metrics::CommitStats::default(),
+        calls: metrics::StoreCalls::default(),
         started,
         store,
     };
@@ -367,6 +368,8 @@ struct Core {
     started: Instant,
     /// How the writes of registrations went, for the metrics page.
     commits: metrics::CommitStats,
+    /// Every store call's time and outcome, for the metrics page.
+    calls: metrics::StoreCalls,
     /// Runs the server's writes (see `store_thread`).
     store: StoreThread,
 }
@@ -553,6 +556,7 @@ impl Core {
         if finished.registrations > 0 && finished.result.is_ok() {
             (self.commits).record(finished.registrations, finished.took);
         }
+        (self.calls).record(finished.op, finished.took, finished.result.is_err());
         (self.server).handle_store(finished.ticket, finished.result, Instant::now());
         while let Some(t) = self.server.poll_transmit(&mut self.out) {
             self.tx.queue(sockets, t);
@@ -596,6 +600,7 @@ impl Core {
             send_errors: self.tx.udp_errors,
             store_bytes: None,
             commits: self.commits,
+            calls: self.calls.clone(),
             instances: self.server.instances().len(),
             streams: self.tx.streams.stats(),
         }

@@ -16,6 +16,8 @@ pub struct Finished {
     pub result: Result<StoreDone, StoreError>,
     /// Registrations the write saved (0 for other writes).
     pub registrations: usize,
+    /// Which operation it was ([`StoreOp::index`]).
+    pub op: usize,
     pub took: Duration,
 }
 
@@ -40,6 +42,7 @@ impl StoreThread {
                         ticket,
                         result,
                         registrations: op.registrations(),
+                        op: op.index(),
                         took: started.elapsed(),
                     };
                     if finished.send(done).is_err() {

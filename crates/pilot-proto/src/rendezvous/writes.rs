@@ -88,6 +88,34 @@ pub enum StoreDone {
 }
 
 impl StoreOp {
+    /// The operations' names, in the order of [`StoreOp::index`] (for metrics).
+    pub const NAMES: [&'static str; 9] = [
+        "save",
+        "submit",
+        "delivered",
+        "purge",
+        "release_name",
+        "heartbeat",
+        "look_up",
+        "trust_changes",
+        "locate",
+    ];
+
+    /// This operation's place in [`StoreOp::NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            StoreOp::Save(..) => 0,
+            StoreOp::Submit(_) => 1,
+            StoreOp::Delivered(_) => 2,
+            StoreOp::Purge(_) => 3,
+            StoreOp::ReleaseName(_) => 4,
+            StoreOp::Heartbeat(..) => 5,
+            StoreOp::LookUp(..) => 6,
+            StoreOp::TrustChanges(_) => 7,
+            StoreOp::Locate(..) => 8,
+        }
+    }
+
     /// Runs the write on `store`.
     pub fn run(&self, store: &mut dyn Store) -> Result<StoreDone, StoreError> {
         match self {
