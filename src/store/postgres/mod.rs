@@ -304,13 +304,18 @@ impl Store for PostgresStore {
         Ok(snapshot)
     }
 
+    /// Registrations claiming a name are written one by one (each claim is decided on its
+    /// row, under a savepoint); all the others in one statement (`unnest`), so a batch of
+    /// thousands is a handful of round trips.
     fn save(
         &mut self,
         records: &[Registration],
         held_since_ms: u64,
     ) -> Result<Vec<NodeKey>, StoreError> {
-        let rows: Vec<_> = records
-            .iter()
+        // One row per key (the last given): a statement may not update a row twice.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut rows: Vec<_> = (records.iter().rev())
+            .filter(|r| seen.insert(r.key))
             .map(|r| {
                 (
                     r.key.0.to_vec(),
@@ -323,60 +328,77 @@ impl Store for PostgresStore {
                 )
             })
             .collect();
+        rows.reverse();
         let held_since = to_sql(held_since_ms);
         let home = self.home.clone();
         let taken: Vec<Vec<u8>> = self.call(move |c| {
             c.call(async |client| {
                 let mut tx = client.transaction().await?;
-                let upsert = tx
-                    .prepare(
+                let mut taken: Vec<Vec<u8>> = Vec::new();
+                if rows.iter().any(|r| r.6.is_some()) {
+                    let release_others = tx
+                        .prepare("DELETE FROM names WHERE key = $1 AND name <> $2")
+                        .await?;
+                    // Several servers may share this database: the claim takes the name only
+                    // if it is free, ours already, or filed under a key not seen since
+                    // `held_since_ms` (a leftover), decided on the row itself, so two servers
+                    // claiming one name at once cannot both get it.
+                    let claim = tx
+                        .prepare(
+                            "INSERT INTO names (name, key) VALUES ($1, $2) \
+                             ON CONFLICT (name) DO UPDATE SET key = EXCLUDED.key \
+                             WHERE names.key = EXCLUDED.key OR NOT EXISTS \
+                             (SELECT 1 FROM registrations r \
+                              WHERE r.key = names.key AND r.last_seen_ms >= $3) \
+                             RETURNING key",
+                        )
+                        .await?;
+                    for (key, .., name) in &rows {
+                        let Some(name) = name else {
+                            continue;
+                        };
+                        let claiming = tx.savepoint("claim").await?;
+                        claiming.execute(&release_others, &[key, name]).await?;
+                        let got = claiming
+                            .query_opt(&claim, &[name, key, &held_since])
+                            .await?;
+                        if got.is_none() {
+                            claiming.rollback().await?;
+                            taken.push(key.clone());
+                            continue;
+                        }
+                        claiming.commit().await?;
+                    }
+                }
+                let nameless: Vec<&[u8]> = (rows.iter())
+                    .filter(|r| r.6.is_none())
+                    .map(|r| r.0.as_slice())
+                    .collect();
+                if !nameless.is_empty() {
+                    tx.execute("DELETE FROM names WHERE key = ANY($1)", &[&nameless])
+                        .await?;
+                }
+                let written: Vec<_> = rows.iter().filter(|r| !taken.contains(&r.0)).collect();
+                if !written.is_empty() {
+                    let keys: Vec<&[u8]> = written.iter().map(|r| r.0.as_slice()).collect();
+                    let observed: Vec<&str> = written.iter().map(|r| r.1.as_str()).collect();
+                    let lan: Vec<&str> = written.iter().map(|r| r.2.as_str()).collect();
+                    let nat: Vec<&str> = written.iter().map(|r| r.3.as_str()).collect();
+                    let first: Vec<i64> = written.iter().map(|r| r.4).collect();
+                    let last: Vec<i64> = written.iter().map(|r| r.5).collect();
+                    tx.execute(
                         "INSERT INTO registrations \
                          (key, observed, lan, nat, first_seen_ms, last_seen_ms, home) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         ON CONFLICT (key) DO UPDATE SET observed = $2, lan = $3, nat = $4, \
-                         first_seen_ms = $5, last_seen_ms = $6, home = $7",
+                         SELECT k, o, l, n, f, s, $7::bytea FROM unnest($1::bytea[], \
+                         $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) \
+                         AS t(k, o, l, n, f, s) \
+                         ON CONFLICT (key) DO UPDATE SET observed = EXCLUDED.observed, \
+                         lan = EXCLUDED.lan, nat = EXCLUDED.nat, \
+                         first_seen_ms = EXCLUDED.first_seen_ms, \
+                         last_seen_ms = EXCLUDED.last_seen_ms, home = EXCLUDED.home",
+                        &[&keys, &observed, &lan, &nat, &first, &last, &home],
                     )
                     .await?;
-                let release_all = tx.prepare("DELETE FROM names WHERE key = $1").await?;
-                let release_others = tx
-                    .prepare("DELETE FROM names WHERE key = $1 AND name <> $2")
-                    .await?;
-                // Several servers may share this database: the claim takes the name only if
-                // it is free, ours already, or filed under a key not seen since
-                // `held_since_ms` (a leftover), decided on the row itself, so two servers
-                // claiming one name at once cannot both get it.
-                let claim = tx
-                    .prepare(
-                        "INSERT INTO names (name, key) VALUES ($1, $2) \
-                         ON CONFLICT (name) DO UPDATE SET key = EXCLUDED.key \
-                         WHERE names.key = EXCLUDED.key OR NOT EXISTS \
-                         (SELECT 1 FROM registrations r \
-                          WHERE r.key = names.key AND r.last_seen_ms >= $3) \
-                         RETURNING key",
-                    )
-                    .await?;
-                let mut taken = Vec::new();
-                for (key, observed, lan, nat, first, last, name) in &rows {
-                    match name {
-                        Some(name) => {
-                            let claiming = tx.savepoint("claim").await?;
-                            claiming.execute(&release_others, &[key, name]).await?;
-                            let got = claiming
-                                .query_opt(&claim, &[name, key, &held_since])
-                                .await?;
-                            if got.is_none() {
-                                claiming.rollback().await?;
-                                taken.push(key.clone());
-                                continue;
-                            }
-                            claiming.commit().await?;
-                        }
-                        None => {
-                            tx.execute(&release_all, &[key]).await?;
-                        }
-                    }
-                    tx.execute(&upsert, &[key, observed, lan, nat, first, last, &home])
-                        .await?;
                 }
                 tx.commit().await?;
                 Ok(taken)
