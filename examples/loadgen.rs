@@ -1,10 +1,13 @@
 //! Load generator for the rendezvous (issue 14): N simulated nodes, each with its own Ed25519
-//! key and its own source address, register with a real `pilotd rendezvous` over real UDP
+//! key and its own source address, register with a real `pilotd rendezvous` (or several
+//! instances sharing a database, `--rendezvous` given once per instance: node i registers
+//! with instance i mod k) over real UDP
 //! (first contact, the address cookie's challenge, the registration with it) and refresh every
 //! `--refresh` seconds, as nodes do. Prints, every `--report` seconds and at the end,
 //! registrations answered per second, refreshes among them, p50/p99/max latency from a
-//! `Register` to its `Registered`, timeouts and refusals, and the server's CPU and RSS (read
-//! from /proc with `--server-pid`).
+//! `Register` to its `Registered`, timeouts and refusals, and the servers' CPU and RSS (read
+//! from /proc with `--server-pid`, once per instance) and the database's CPU (`--db-pid`: the
+//! PostgreSQL server and its backends).
 //!
 //! The answers' signatures are not verified (a node does; here the CPU goes to signing, the
 //! nodes' part of the load on the server).
@@ -38,9 +41,9 @@ use pilot::wire::trust::TrustLedger;
 #[derive(Parser)]
 #[command(about = "Drives N simulated nodes' registrations against a pilotd rendezvous")]
 struct Args {
-    /// The rendezvous' main port, IP:PORT.
-    #[arg(long)]
-    rendezvous: SocketAddr,
+    /// The rendezvous' main port, IP:PORT; once per instance of a service.
+    #[arg(long, required = true)]
+    rendezvous: Vec<SocketAddr>,
     /// Simulated nodes.
     #[arg(long)]
     nodes: u32,
@@ -62,9 +65,12 @@ struct Args {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
     report: u64,
-    /// The rendezvous' process, for its CPU and RSS.
+    /// The rendezvous' process, for its CPU and RSS; once per instance.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
+    /// The database server's process (PostgreSQL's postmaster), for its and its backends' CPU.
+    #[arg(long)]
+    db_pid: Option<u32>,
 }
 
 /// An unanswered registration is sent again after this long (as a node does).
@@ -103,6 +109,50 @@ impl Window {
         let i = ((sorted.len() - 1) as f64 * p).round() as usize;
         f64::from(sorted[i]) / 1000.0
     }
+}
+
+/// CPU seconds and RSS (KiB) of the servers together, and CPU seconds of the database.
+#[derive(Clone, Copy)]
+struct Usage {
+    servers: Option<(f64, u64)>,
+    db: Option<f64>,
+}
+
+fn usage(servers: &[u32], db: Option<u32>) -> Usage {
+    let each: Option<Vec<(f64, u64)>> = servers.iter().map(|p| proc_usage(*p)).collect();
+    let servers = each
+        .filter(|e| !e.is_empty())
+        .map(|e| e.iter().fold((0.0, 0), |(c, r), (c1, r1)| (c + c1, r + r1)));
+    let db = db.and_then(|pid| {
+        let own = proc_usage(pid)?.0;
+        Some(
+            own + children(pid)
+                .iter()
+                .filter_map(|c| proc_usage(*c))
+                .map(|u| u.0)
+                .sum::<f64>(),
+        )
+    });
+    Usage { servers, db }
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            fields.get(1).and_then(|pp| pp.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect()
 }
 
 /// CPU seconds (user + system) and RSS in KiB of a process, from /proc.
@@ -194,7 +244,7 @@ fn main() -> anyhow::Result<()> {
     let mut nonce: u64 = 1;
     let mut window = Window::default();
     let mut total = Window::default();
-    let server_start = args.server_pid.and_then(proc_usage);
+    let server_start = usage(&args.server_pid, args.db_pid);
     let me = std::process::id();
     let mut last_report = (started, server_start, proc_usage(me));
     let end = started + Duration::from_secs(args.duration);
@@ -243,7 +293,8 @@ fn main() -> anyhow::Result<()> {
                 let _ = batch.flush(&sockets[n.socket]);
                 batch.clear();
             }
-            batch.push_from(&sealed[..len], Some(IpAddr::V4(n.ip)), args.rendezvous);
+            let to = args.rendezvous[i as usize % args.rendezvous.len()];
+            batch.push_from(&sealed[..len], Some(IpAddr::V4(n.ip)), to);
         };
 
     loop {
@@ -342,7 +393,7 @@ fn main() -> anyhow::Result<()> {
         // Report.
         let now = Instant::now();
         if now >= last_report.0 + report {
-            let usage = args.server_pid.and_then(proc_usage);
+            let usage = usage(&args.server_pid, args.db_pid);
             let mine = proc_usage(me);
             let elapsed = now - last_report.0;
             print_window(&mut window, elapsed, last_report.1, usage, &nodes);
@@ -356,7 +407,7 @@ fn main() -> anyhow::Result<()> {
     }
     merge(&mut total, &mut window);
     let elapsed = started.elapsed();
-    let usage = args.server_pid.and_then(proc_usage);
+    let usage = usage(&args.server_pid, args.db_pid);
     println!("--- total");
     print_window(&mut total, elapsed, server_start, usage, &nodes);
     Ok(())
@@ -376,18 +427,12 @@ fn merge(total: &mut Window, w: &mut Window) {
     };
 }
 
-fn print_window(
-    w: &mut Window,
-    elapsed: Duration,
-    before: Option<(f64, u64)>,
-    after: Option<(f64, u64)>,
-    nodes: &[SimNode],
-) {
+fn print_window(w: &mut Window, elapsed: Duration, before: Usage, after: Usage, nodes: &[SimNode]) {
     let secs = elapsed.as_secs_f64().max(0.001);
     let mut sorted = w.latencies_us.clone();
     sorted.sort_unstable();
     let registered = nodes.iter().filter(|n| n.registered).count();
-    let server = match (before, after) {
+    let mut server = match (before.servers, after.servers) {
         (Some((cpu0, _)), Some((cpu1, rss))) => format!(
             "; server CPU {:.0} %, RSS {:.1} MiB ({:.2} KiB per registered node)",
             (cpu1 - cpu0) / secs * 100.0,
@@ -396,6 +441,12 @@ fn print_window(
         ),
         _ => String::new(),
     };
+    if let (Some(db0), Some(db1)) = (before.db, after.db) {
+        server.push_str(&format!(
+            "; database CPU {:.0} %",
+            (db1 - db0) / secs * 100.0
+        ));
+    }
     println!(
         "{registered} registered; {:.0} answers/s ({:.0} first, {:.0} refreshes), {:.0} challenges/s; \
          latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms; {} timeouts, {} refused{server}",

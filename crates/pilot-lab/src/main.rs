@@ -77,6 +77,11 @@ enum Verb {
     Public { name: String, host: Host },
     /// Flushes a router's conntrack table (all its NAT mappings).
     Flush { name: String, router: Router },
+    /// Runs a throwaway PostgreSQL cluster (Debian's server programs, a temp dir, a Unix
+    /// socket there, no TCP port) with database DB until interrupted, then removes it. Prints
+    /// three lines once it is up: the database's URL, the lab-only password, and the server's
+    /// process id.
+    Postgres { db: String },
 }
 
 extern "C" fn on_signal(_: std::ffi::c_int) {
@@ -196,6 +201,19 @@ fn run(verb: Verb) -> Result<ExitCode> {
         Verb::Flush { name, router } => {
             let lab = NatLab::open(&name)?;
             println!("lab {name}: {router}: {}", lab.flush(router)?);
+        }
+        Verb::Postgres { db } => {
+            catch_interrupts()?;
+            let cluster = pilot_lab::postgres::Cluster::start()?;
+            cluster.create_db(&db)?;
+            println!("{}", cluster.url(&db));
+            println!("{}", pilot_lab::postgres::Cluster::PASSWORD);
+            println!("{}", cluster.server_pid()?);
+            std::io::Write::flush(&mut std::io::stdout())?;
+            while !INTERRUPTED.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            drop(cluster);
         }
     }
     Ok(ExitCode::SUCCESS)

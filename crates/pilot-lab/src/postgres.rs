@@ -230,6 +230,17 @@ impl Cluster {
         &self.dir
     }
 
+    /// The server's (postmaster's) process id, from its pid file.
+    pub fn server_pid(&self) -> Result<u32> {
+        let file = self.dir.join("data").join("postmaster.pid");
+        let text =
+            fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let first = text.lines().next().unwrap_or_default().trim();
+        first
+            .parse()
+            .with_context(|| format!("{}: no pid", file.display()))
+    }
+
     fn data(&self) -> String {
         self.dir.join("data").to_string_lossy().into_owned()
     }
