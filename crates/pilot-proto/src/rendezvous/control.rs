@@ -93,6 +93,7 @@ impl Server {
     pub(super) fn relay_forwarded<'a>(
         &mut self,
         local: Port,
+        from: SocketAddr,
         frame: &[u8],
         now: Instant,
         out: &'a mut [u8],
@@ -101,7 +102,7 @@ impl Server {
             self.counters.relay_drop(RelayDrop::WrongPort);
             return None;
         }
-        match self.forwarded_in(frame, now, out) {
+        match self.forwarded_in(from, frame, now, out) {
             Ok((src_ip, to, len)) => {
                 self.counters.relay_frames += 1;
                 self.counters.relay_bytes += len as u64;

@@ -33,6 +33,10 @@ const TAG: usize = 16;
 pub const HEADER: usize = 1 + SENDER_ID + 8 + 32 + 32;
 /// Bytes a forwarded frame adds to the datagram.
 pub const OVERHEAD: usize = HEADER + TAG;
+/// The largest forwarded frame taken: a node's relayed datagram (at most a WireGuard packet of
+/// the largest MTU a node uses) and this overhead, with room to spare. Anything larger is
+/// dropped before its tag is computed.
+pub const MAX_FRAME: usize = 4096;
 /// Counters this far behind the highest seen are still taken once (frames reorder a little).
 const WINDOW: u64 = 128;
 

@@ -478,7 +478,7 @@ impl Server {
             return self.relay(local, from, datagram, now, out);
         }
         if datagram.first() == Some(&links::FORWARD) {
-            return self.relay_forwarded(local, datagram, now, out);
+            return self.relay_forwarded(local, from, datagram, now, out);
         }
         let local_ip = local_ip.map(|ip| ip.to_canonical());
         self.control(local, local_ip, from, datagram, now, out)

@@ -89,7 +89,10 @@ impl Server {
         if !sender.relay.take(rate, frame.len() as u64, now) {
             return Err(RelayDrop::RateLimited);
         }
-        let peer = self.instances.iter().find(|i| i.key == home);
+        // A server listening on a wildcard cannot be reached (it says so at start).
+        let peer = (self.instances.iter())
+            .find(|i| i.key == home)
+            .filter(|i| !i.main.ip().is_unspecified());
         let (main, theirs) = peer
             .map(|i| (i.main, i.incarnation))
             .ok_or(RelayDrop::UnknownTarget)?;
@@ -100,20 +103,26 @@ impl Server {
         Ok((main, len))
     }
 
-    /// A frame another server forwarded: checked (its server is in the heartbeats, its tag
-    /// and counter are good) and relayed to its destination, registered here, if this
-    /// server's ledger trusts the pair.
+    /// A frame another server forwarded: checked (its server is in the heartbeats and it
+    /// comes from that server's address, its tag and counter are good) and relayed to its
+    /// destination, registered here, if this server's ledger trusts the pair. The cheap checks
+    /// come first: a stranger's frames cost no HMAC unless they come from a server's address.
     pub(super) fn forwarded_in(
         &mut self,
+        from: SocketAddr,
         frame: &[u8],
         now: Instant,
         out: &mut [u8],
     ) -> Result<(Option<IpAddr>, SocketAddr, usize), RelayDrop> {
+        if frame.len() > links::MAX_FRAME {
+            return Err(RelayDrop::Malformed);
+        }
         let id = links::sender_id(frame).ok_or(RelayDrop::Malformed)?;
         let peer = self
             .instances
             .iter()
             .find(|i| i.key != self.key && links::is_sender(&i.key, id))
+            .filter(|i| i.main.ip().is_unspecified() || i.main.ip() == from.ip())
             .map(|i| (i.key, i.incarnation));
         let (server, theirs) = peer.ok_or(RelayDrop::BadForward)?;
         let link = self.link(server, theirs).ok_or(RelayDrop::BadForward)?;

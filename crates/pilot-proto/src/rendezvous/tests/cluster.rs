@@ -417,6 +417,13 @@ fn a_relayed_frame_to_a_node_at_another_server_goes_through_it_authenticated() {
     let (port, to, forwarded) = one.send(Port::Main, a.at, &frame).expect("forwarded");
     assert_eq!((port, to), (Port::Main, server_at(TWO)));
     assert_eq!(one.server.counters().relay_forwarded_frames, 1);
+    // Oversized, it is not even checked; nor from anywhere but one's address.
+    let mut big = forwarded.clone();
+    big.resize(crate::rendezvous::links::MAX_FRAME + 1, 0);
+    assert!(two.send(Port::Main, server_at(ONE), &big).is_none());
+    assert_eq!(two.server.counters().relay_dropped(RelayDrop::Malformed), 1);
+    let elsewhere: SocketAddr = "192.0.2.66:7000".parse().unwrap();
+    assert!(two.send(Port::Main, elsewhere, &forwarded).is_none());
     // Two relays it to b, from a, as if a had relayed at two.
     let (_, to, relayed) = two
         .send(Port::Main, server_at(ONE), &forwarded)
@@ -437,7 +444,7 @@ fn a_relayed_frame_to_a_node_at_another_server_goes_through_it_authenticated() {
     }
     assert_eq!(
         two.server.counters().relay_dropped(RelayDrop::BadForward),
-        7
+        8
     );
     // b answers through two, which knows where a is from the frame: no read, no loss.
     let back = relay_frame(&a, b"\x04reply");
@@ -454,7 +461,7 @@ fn a_relayed_frame_to_a_node_at_another_server_goes_through_it_authenticated() {
     assert!(two.send(Port::Main, server_at(ONE), &late).is_none());
     assert_eq!(
         two.server.counters().relay_dropped(RelayDrop::BadForward),
-        8
+        9
     );
 }
 
