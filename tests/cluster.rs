@@ -29,7 +29,7 @@ struct Service {
     a: NodeHandle,
     b: NodeHandle,
     /// Dropped last: the instances stop before their database.
-    _db: Cluster,
+    db: Cluster,
 }
 
 fn service(test: &str, nat1: &str, nat2: &str) -> Option<Service> {
@@ -60,7 +60,7 @@ fn service(test: &str, nat1: &str, nat2: &str) -> Option<Service> {
         two,
         a,
         b,
-        _db: db,
+        db,
     };
     service.wait_for_each_other();
     Some(service)
@@ -348,4 +348,93 @@ fn a_direct_pair_keeps_its_path_while_its_instance_dies() {
         "prc",
         "direct",
     );
+}
+
+#[test]
+fn a_hostname_held_at_one_instance_is_refused_at_the_other_and_resolves_there() {
+    let test = "a_hostname_held_at_one_instance_is_refused_at_the_other_and_resolves_there";
+    let Some(mut s) = service(test, "prc", "prc") else {
+        return;
+    };
+    let (one, two) = (s.one.0.clone(), s.two.0.clone());
+    let alice = ["--rendezvous", &one, "--hostname", "alice"].map(String::from);
+    s.lab.start_with(&mut s.a, &alice);
+    let registered = eventually(Duration::from_secs(10), || {
+        (netcheck(&s.a)["registered"] == true).then_some(())
+    });
+    assert!(registered.is_some(), "{}", s.logs());
+    // b claims the same name at the other instance: refused, and its daemon says why.
+    let state = s.b.state_dir.display().to_string();
+    let control = s.b.control.display().to_string();
+    let out = ns_exec(
+        &s.b.ns,
+        &[
+            "timeout",
+            "30",
+            lab::PILOTD,
+            "up",
+            "--state-dir",
+            &state,
+            "--control",
+            &control,
+            "--rendezvous",
+            &two,
+            "--hostname",
+            "alice",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("hostname `alice` is already registered by another node"),
+        "{said}\n{}",
+        s.logs()
+    );
+    // As bob it registers at two, and finds alice (registered at one) by name.
+    let bob = ["--rendezvous", &two, "--hostname", "bob"].map(String::from);
+    s.lab.start_with(&mut s.b, &bob);
+    let found = eventually(Duration::from_secs(10), || {
+        let out = ctl(&s.b, &["resolve", "alice", "--json"]);
+        let peer: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        peer["public_key"].as_str().map(str::to_owned)
+    });
+    assert_eq!(found.as_deref(), Some(s.a.key.as_str()), "{}", s.logs());
+}
+
+#[test]
+fn with_the_database_stopped_a_pair_relayed_across_instances_carries_on() {
+    let test = "with_the_database_stopped_a_pair_relayed_across_instances_carries_on";
+    let Some(mut s) = service(test, "sym", "sym") else {
+        return;
+    };
+    let (one, two) = (s.one.0.clone(), s.two.0.clone());
+    s.start(Which::A, &[&one]);
+    s.start(Which::B, &[&two]);
+    s.lab.trust(&s.a, &s.b);
+    settle(&s, &s.a, &s.b, "relay");
+    // The database stops for 15 s (longer than any cached answer lives): the instances
+    // relay what they know, with nothing to read or write.
+    s.db.stop().unwrap();
+    let down = Instant::now();
+    let mut answered = 0;
+    while down.elapsed() < Duration::from_secs(15) {
+        answered += usize::from(pings(&s.a, &s.b));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        answered >= 12,
+        "{answered} pings answered while the database was down\n{}",
+        s.logs()
+    );
+    // It comes back: the instances reconnect, still know each other, and the pair is relayed.
+    s.db.restart().unwrap();
+    let back = eventually(Duration::from_secs(15), || {
+        let log = fs::read_to_string(s.lab.dir.join("one.log")).ok()?;
+        log.contains("registry store works again").then_some(())
+    });
+    assert!(back.is_some(), "{}", s.logs());
+    assert!(pings(&s.a, &s.b), "{}", s.logs());
+    assert_eq!(path(&s.a, &s.b), "relay");
+    let one_log = fs::read_to_string(s.lab.dir.join("one.log")).unwrap();
+    assert!(!one_log.contains("stopped beating"), "{}", s.logs());
 }

@@ -108,9 +108,22 @@ impl Server {
     pub(super) fn beaten(&mut self, alive: Result<Vec<Instance>, StoreError>) {
         let mut alive = match alive {
             Ok(alive) => alive,
-            Err(e) => return self.store_error(&e),
+            Err(e) => {
+                self.beat_failed = true;
+                return self.store_error(&e);
+            }
         };
+        // After beats failed, the others' are as old as the outage (they could not write
+        // either): nobody counts as gone on that evidence. The next beat decides.
+        let recovering = std::mem::take(&mut self.beat_failed);
         self.store_ok();
+        if recovering {
+            for i in &self.instances {
+                if !alive.iter().any(|k| k.key == i.key) {
+                    alive.push(i.clone());
+                }
+            }
+        }
         // This server is alive whatever the store says (its own row may lag a write).
         if !alive.iter().any(|i| i.key == self.key) {
             alive.extend(self.instances.iter().find(|i| i.key == self.key).cloned());
@@ -457,6 +470,14 @@ impl Server {
         let (home, at) = self.homes.get(node)?;
         (now.saturating_duration_since(*at) < HOME_TTL && self.is_peer_server(home))
             .then_some(*home)
+    }
+
+    /// The server `node` was last known at, however long ago, if it is still alive: used
+    /// while the store is asked again (or cannot be read), so a pair relayed across servers
+    /// is not cut by a slow or stopped database.
+    pub(super) fn last_home(&self, node: &NodeKey) -> Option<NodeKey> {
+        let (home, _) = self.homes.get(node)?;
+        self.is_peer_server(home).then_some(*home)
     }
 
     /// Asks the store where `node` registered, for relayed frames to it (at most one read per

@@ -325,6 +325,8 @@ pub struct Server {
     /// The servers sharing the store, as the last heartbeat found them (this one alone until
     /// then, or without heartbeats).
     instances: Vec<Instance>,
+    /// The last heartbeat failed (see `cluster::beaten`).
+    beat_failed: bool,
     /// Where the next read of the trust changes other servers made starts (see `cluster`).
     trust_cursor: TrustCursor,
     /// When to read them next: `None` without heartbeats (nobody else shares the store).
@@ -432,6 +434,7 @@ impl Server {
             next_heartbeat: None,
             incarnation: seed ^ 0x9e37_79b9_7f4a_7c15,
             instances: Vec::new(),
+            beat_failed: false,
             trust_cursor: snapshot.cursor,
             next_trust_read: None,
             reading_trust: false,

@@ -78,8 +78,11 @@ impl Server {
             Some(home) => home,
             None => {
                 self.locate_for_relay(dst, now);
-                // A store that answers at once (simulations) has answered already.
-                self.home_of(&dst, now).ok_or(RelayDrop::UnknownTarget)?
+                // A store that answers at once (simulations) has answered already; else the
+                // last known home serves until it does.
+                (self.home_of(&dst, now))
+                    .or_else(|| self.last_home(&dst))
+                    .ok_or(RelayDrop::UnknownTarget)?
             }
         };
         let (rate, me) = (self.relay_rate, self.key);

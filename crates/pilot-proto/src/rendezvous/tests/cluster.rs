@@ -75,6 +75,17 @@ fn servers_sharing_a_store_find_each_other_by_heartbeat_and_notice_one_stop() {
     both.sort();
     assert_eq!(keys(&one), both);
     assert_eq!(keys(&two), both);
+    // The store fails for a while (neither can beat): once it is back, the other's old beat
+    // is no evidence that it stopped; it beats again and stays.
+    store.fail_writes(true);
+    one.advance(beat * 5);
+    two.advance(beat * 5);
+    store.fail_writes(false);
+    one.advance(beat);
+    assert_eq!(keys(&one), both, "not dropped on the outage's evidence");
+    two.advance(beat);
+    one.advance(beat);
+    assert_eq!(keys(&one), both);
     // two stops beating (killed): three intervals later one counts itself alone.
     one.advance(beat * 4);
     assert_eq!(keys(&one), vec![one.server.public_key()]);
