@@ -1598,3 +1598,53 @@ fn on_instances_sharing_a_registry_a_relayed_pair_fails_over_knowing_its_trust()
     assert_eq!(survivor.instances().len(), 1, "the first stopped beating");
     println!("shared registry: on the second instance {moved:?} after the first died; relayed again after {resumed:?}");
 }
+
+#[test]
+fn a_fleet_whose_instance_dies_arrives_at_the_survivor_spread_out_not_at_once() {
+    // 150 idle nodes, started over one keepalive interval as a fleet boots, all on the first
+    // instance. It dies: each notices at its own next refresh (the keepalive, 25 s), gives up
+    // 4 s later and waits up to 2 s more, so the survivor sees the fleet arrive over about
+    // half a minute; the busiest second brings a small share of it, not everyone at once.
+    let mut sim = Sim::with_instances();
+    let nodes: Vec<usize> = (10..160u8)
+        .map(|n| {
+            let host = sim.net.add_host(&format!("198.51.100.{n}"), None);
+            let i = sim.add_node(n, host, &[]);
+            sim.run_for(Duration::from_millis(166));
+            i
+        })
+        .collect();
+    sim.run_for(Duration::from_secs(5));
+    let on_first = nodes
+        .iter()
+        .filter(|&&i| sim.nodes[i].node.is_registered(sim.now))
+        .count();
+    assert_eq!(on_first, nodes.len());
+    sim.primary_down = true;
+    let mut arrivals = Vec::new();
+    let mut held = sim.standby.as_ref().unwrap().server.registered();
+    for _ in 0..45 {
+        sim.run_for(Duration::from_secs(1));
+        let now_held = sim.standby.as_ref().unwrap().server.registered();
+        arrivals.push(now_held - held);
+        held = now_held;
+    }
+    let moved = nodes
+        .iter()
+        .filter(|&&i| sim.nodes[i].node.is_registered(sim.now))
+        .count();
+    assert_eq!(
+        moved,
+        nodes.len(),
+        "all on the survivor within 45 s: {arrivals:?}"
+    );
+    let busiest = arrivals.iter().max().copied().unwrap_or(0);
+    let seconds_with_arrivals = arrivals.iter().filter(|&&a| a > 0).count();
+    println!("arrivals per second at the survivor: {arrivals:?}");
+    assert!(
+        busiest * 10 <= nodes.len(),
+        "busiest second {busiest} of {}: {arrivals:?}",
+        nodes.len()
+    );
+    assert!(seconds_with_arrivals >= 20, "{arrivals:?}");
+}
