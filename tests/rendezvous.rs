@@ -1036,3 +1036,71 @@ fn memory_per_stream_connection() {
     rdv.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_instance_started_on_an_older_database_migrates_it_and_serves_what_it_held() {
+    let test = "an_instance_started_on_an_older_database_migrates_it_and_serves_what_it_held";
+    let Some(cluster) = Cluster::for_test(test, "registry") else {
+        return;
+    };
+    // The database as the last release left it (schema 2), holding a node with a name.
+    let old = Client::new(9);
+    let key = old
+        .key()
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let seen = now_ms();
+    let v2 = [
+        "CREATE TABLE pilot_schema (version integer NOT NULL)".to_owned(),
+        "INSERT INTO pilot_schema VALUES (2)".to_owned(),
+        "CREATE TABLE registrations (key bytea PRIMARY KEY CHECK (length(key) = 32), \
+         observed text NOT NULL, lan text NOT NULL, nat text NOT NULL, \
+         first_seen_ms bigint NOT NULL, last_seen_ms bigint NOT NULL)"
+            .to_owned(),
+        "CREATE TABLE names (name text PRIMARY KEY, key bytea NOT NULL UNIQUE \
+         CHECK (length(key) = 32))"
+            .to_owned(),
+        "CREATE TABLE ledger (low bytea NOT NULL, high bytea NOT NULL, statement bytea NOT NULL, \
+         PRIMARY KEY (low, high))"
+            .to_owned(),
+        "CREATE TABLE outbox (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+         target bytea NOT NULL, statement bytea NOT NULL, stored_ms bigint NOT NULL)"
+            .to_owned(),
+        "CREATE TABLE instances (key bytea PRIMARY KEY, main text NOT NULL, \
+         alt_port integer NOT NULL, incarnation bigint NOT NULL, beat_ms bigint NOT NULL)"
+            .to_owned(),
+        format!(
+            "INSERT INTO registrations VALUES (decode('{key}', 'hex'), '192.0.2.9:4000', '', \
+             'none', {seen}, {seen})"
+        ),
+        format!("INSERT INTO names VALUES ('old-timer', decode('{key}', 'hex'))"),
+    ];
+    for sql in &v2 {
+        cluster.sql("registry", sql).unwrap();
+    }
+    let dir = temp("migrate-pg");
+    let url = cluster.url("registry");
+    let env = [("PGPASSWORD", Cluster::PASSWORD)];
+    let rdv = Rendezvous::start_with_env(&dir, &["--listen", "127.0.0.1:0", "--store", &url], &env);
+    assert_eq!(
+        cluster
+            .sql("registry", "SELECT version FROM pilot_schema")
+            .unwrap(),
+        "3"
+    );
+    // What it held is served: the name resolves, and is still taken.
+    let mut asker = Client::new(10);
+    asker.register(&rdv, &[], None);
+    let query = Query::Name("old-timer".parse().unwrap());
+    let found = asker.ask(&rdv, &Message::Lookup { query });
+    assert!(
+        matches!(&found, Message::LookupReply { found: Some(f), .. } if f.key == old.key()),
+        "{found:?}"
+    );
+    let mut squatter = Client::new(11);
+    squatter.is_refused_the_name(&rdv, "old-timer");
+    drop(rdv);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
