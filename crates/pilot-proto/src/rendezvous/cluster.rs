@@ -342,13 +342,22 @@ impl Server {
         now: Instant,
     ) -> Option<Message> {
         let located = match located {
-            Ok(located) => located,
+            Ok(located) => {
+                self.store_ok();
+                if let Some(l) = &located {
+                    self.remember_peer(l.clone());
+                }
+                located
+            }
             Err(e) => {
                 self.store_error(&e);
-                return None;
+                // The store cannot be read: a pair introduced before is introduced again
+                // from what was read then (the node asks again if this is stale); a pair
+                // never introduced gets no answer, never a false one.
+                let cached = self.peers_elsewhere.get(&target).cloned();
+                Some(cached.filter(|l| self.is_peer_server(&l.home))?)
             }
         };
-        self.store_ok();
         let home = located.as_ref().and_then(|l| {
             let home = self
                 .instances
@@ -448,6 +457,18 @@ impl Server {
         self.remember_home(node, server, now);
         self.counters.punches += 1;
         tracing::debug!(%node, %peer, by = %server, "introduced by another server");
+    }
+
+    /// Keeps what the store said of a node registered elsewhere, to introduce it while the
+    /// store cannot be read (at most [`MAX_HOMES`]; beyond, another one is forgotten).
+    fn remember_peer(&mut self, located: Located) {
+        let key = located.registration.key;
+        if self.peers_elsewhere.len() >= MAX_HOMES && !self.peers_elsewhere.contains_key(&key) {
+            if let Some(first) = self.peers_elsewhere.keys().next().copied() {
+                self.peers_elsewhere.remove(&first);
+            }
+        }
+        self.peers_elsewhere.insert(key, located);
     }
 
     /// Notes that `node` is registered at the server `home` (for relaying to it).

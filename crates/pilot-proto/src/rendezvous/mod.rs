@@ -338,6 +338,9 @@ pub struct Server {
     homes: BTreeMap<NodeKey, (NodeKey, Instant)>,
     /// Introductions from other servers waiting for the trust changes (see `cluster`).
     waiting_introductions: Vec<cluster::WaitingIntroduction>,
+    /// What the store last said of nodes registered elsewhere that were introduced from here
+    /// (see `cluster::located`).
+    peers_elsewhere: BTreeMap<NodeKey, Located>,
     /// Nodes relayed to whose server is being read from the store.
     locating: BTreeSet<NodeKey>,
     /// The authenticated links with the other servers, by key (see `links`).
@@ -440,6 +443,7 @@ impl Server {
             reading_trust: false,
             homes: BTreeMap::new(),
             locating: BTreeSet::new(),
+            peers_elsewhere: BTreeMap::new(),
             waiting_introductions: Vec::new(),
             links: BTreeMap::new(),
             body: Vec::with_capacity(512),

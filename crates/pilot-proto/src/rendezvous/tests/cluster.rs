@@ -553,3 +553,42 @@ fn an_introduction_for_a_record_the_other_server_just_took_waits_for_it() {
     assert_eq!(two.server.counters().punches, 1);
     assert!(two.server.ledger().trusted(&a.key(), &b.key()));
 }
+
+#[test]
+fn a_pair_introduced_across_servers_is_introduced_again_while_the_store_is_down() {
+    let store = MemoryStore::new();
+    let (mut one, mut two, mut a, b) = a_pair_across(&store);
+    let connect = |one: &mut Sim, a: &mut Client| -> Vec<Sent> {
+        let d = a.sealed(one, &Message::Connect { target: b.key() });
+        let first = one.send(Port::Main, a.at, &d);
+        first
+            .into_iter()
+            .chain(std::iter::from_fn(|| one.poll()))
+            .collect()
+    };
+    assert_eq!(
+        connect(&mut one, &mut a).len(),
+        2,
+        "introduced through the store"
+    );
+    // The store stops answering: introduced again from what it said last time.
+    store.fail_writes(true);
+    one.now += Duration::from_secs(1);
+    let sent = connect(&mut one, &mut a);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0].1, server_at(TWO));
+    assert!(
+        matches!(one.message(&sent[1]), Message::Punch { peer, .. } if peer == b.key()),
+        "{sent:?}"
+    );
+    // Two (which holds the pair's record in memory) punches b.
+    assert!(two.send(Port::Main, server_at(ONE), &sent[0].2).is_none());
+    let punched = two.drain();
+    assert!(
+        punched
+            .iter()
+            .any(|(to, m)| *to == b.at
+                && matches!(m, Message::Punch { peer, .. } if *peer == a.key())),
+        "{punched:?}"
+    );
+}
