@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use pilot_lab::postgres::Cluster;
 use sha2::{Digest, Sha256};
 
-use lab::{ctl, eventually, ns_exec, Lab, NodeHandle};
+use lab::{ctl, eventually, netcheck, ns_exec, path, pings, Lab, NodeHandle};
 
 /// The two instances' addresses (the rendezvous namespace has both).
 const ONE: &str = "203.0.113.10:7000";
@@ -92,6 +92,13 @@ impl Service {
         self.lab.start_with(node, &flags);
     }
 
+    /// Starts `a` on instance one and `b` on instance two, each with only its own.
+    fn split(&mut self) {
+        let (one, two) = (self.one.0.clone(), self.two.0.clone());
+        self.start(Which::A, &[&one]);
+        self.start(Which::B, &[&two]);
+    }
+
     fn logs(&self) -> String {
         let read = |n: &str| fs::read_to_string(self.lab.dir.join(n)).unwrap_or_default();
         format!(
@@ -107,25 +114,6 @@ impl Service {
 enum Which {
     A,
     B,
-}
-
-fn pings(from: &NodeHandle, to: &NodeHandle) -> bool {
-    ctl(from, &["ping", &to.address, "-c", "1", "-W", "1"])
-        .status
-        .success()
-}
-
-/// The path `from` uses to `to`, from `pilotctl peers --json`.
-fn path(from: &NodeHandle, to: &NodeHandle) -> String {
-    let out = ctl(from, &["peers", "--json"]);
-    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let peer = peers.as_array().and_then(|p| {
-        p.iter()
-            .find(|p| p["public_key"] == to.key.as_str())
-            .cloned()
-    });
-    peer.map(|p| p["path"].as_str().unwrap_or("-").to_owned())
-        .unwrap_or_default()
 }
 
 /// Pings until `from` reports `want` as its path to `to`; how long it took.
@@ -144,20 +132,13 @@ fn settle(s: &Service, from: &NodeHandle, to: &NodeHandle, want: &str) -> Durati
     started.elapsed()
 }
 
-fn netcheck(n: &NodeHandle) -> serde_json::Value {
-    let out = ctl(n, &["netcheck", "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
 #[test]
 fn a_trust_request_crosses_instances_and_the_pair_is_introduced_direct() {
     let test = "a_trust_request_crosses_instances_and_the_pair_is_introduced_direct";
     let Some(mut s) = service(test, "prc", "sym") else {
         return;
     };
-    let (one, two) = (s.one.0.clone(), s.two.0.clone());
-    s.start(Which::A, &[&one]);
-    s.start(Which::B, &[&two]);
+    s.split();
     // a asks at one; b, at two, sees the request and approves there; a learns it from one.
     s.lab.trust(&s.a, &s.b);
     // a's Connect at one introduces b at two: both punch, and the pair goes direct.
@@ -182,9 +163,7 @@ fn a_symmetric_pair_across_instances_is_relayed_through_both_and_carries_20_mb()
     let Some(mut s) = service(test, "sym", "sym") else {
         return;
     };
-    let (one, two) = (s.one.0.clone(), s.two.0.clone());
-    s.start(Which::A, &[&one]);
-    s.start(Which::B, &[&two]);
+    s.split();
     s.lab.trust(&s.a, &s.b);
     settle(&s, &s.a, &s.b, "relay");
     // 20 MB from b to a: a relays to one, one forwards to two, two relays to b, and back.
@@ -407,9 +386,7 @@ fn with_the_database_stopped_a_pair_relayed_across_instances_carries_on() {
     let Some(mut s) = service(test, "sym", "sym") else {
         return;
     };
-    let (one, two) = (s.one.0.clone(), s.two.0.clone());
-    s.start(Which::A, &[&one]);
-    s.start(Which::B, &[&two]);
+    s.split();
     s.lab.trust(&s.a, &s.b);
     settle(&s, &s.a, &s.b, "relay");
     // The database stops for 15 s (longer than any cached answer lives): the instances

@@ -9,30 +9,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use lab::{ctl, eventually, Lab, NodeHandle};
+use lab::{ctl, eventually, netcheck, path, pings, Lab, NodeHandle};
 
 const RDV: &str = "203.0.113.10:7000";
 /// Seconds between registrations, told to the nodes by the rendezvous (25 by default).
 const KEEPALIVE: u64 = 5;
-
-fn pings(from: &NodeHandle, to: &NodeHandle) -> bool {
-    ctl(from, &["ping", &to.address, "-c", "1", "-W", "1"])
-        .status
-        .success()
-}
-
-/// The path `from` uses to `to`, from `pilotctl peers --json`.
-fn path(from: &NodeHandle, to: &NodeHandle) -> String {
-    let out = ctl(from, &["peers", "--json"]);
-    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let peer = peers.as_array().and_then(|p| {
-        p.iter()
-            .find(|p| p["public_key"] == to.key.as_str())
-            .cloned()
-    });
-    peer.map(|p| p["path"].as_str().unwrap_or("-").to_owned())
-        .unwrap_or_default()
-}
 
 fn rendezvous(lab: &mut Lab, ns: &str) -> (String, usize) {
     let keepalive = KEEPALIVE.to_string();
@@ -192,10 +173,6 @@ fn a_relayed_pair_moves_to_the_second_rendezvous_when_the_first_dies() {
     let up = eventually(Duration::from_secs(10), || pings(&a, &b).then_some(()));
     assert!(up.is_some(), "no ping\n{}", a.log_text());
     assert_eq!(path(&a, &b), "relay");
-    let netcheck = |n: &NodeHandle| -> serde_json::Value {
-        let out = ctl(n, &["netcheck", "--json"]);
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    };
     assert_eq!(netcheck(&a)["rendezvous"], RDV);
     assert_eq!(netcheck(&a)["standby"][0], "203.0.113.11:7000");
 

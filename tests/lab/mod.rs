@@ -448,6 +448,32 @@ impl Lab {
     }
 }
 
+/// Whether one overlay ping from `from` to `to` is answered (`pilotctl ping`, 1 s).
+pub fn pings(from: &NodeHandle, to: &NodeHandle) -> bool {
+    ctl(from, &["ping", &to.address, "-c", "1", "-W", "1"])
+        .status
+        .success()
+}
+
+/// The path `from` uses to `to`, from `pilotctl peers --json` (empty when it has none).
+pub fn path(from: &NodeHandle, to: &NodeHandle) -> String {
+    let out = ctl(from, &["peers", "--json"]);
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let peer = peers.as_array().and_then(|p| {
+        p.iter()
+            .find(|p| p["public_key"] == to.key.as_str())
+            .cloned()
+    });
+    peer.map(|p| p["path"].as_str().unwrap_or("-").to_owned())
+        .unwrap_or_default()
+}
+
+/// `pilotctl netcheck --json` of a node (null when it does not answer).
+pub fn netcheck(node: &NodeHandle) -> serde_json::Value {
+    let out = ctl(node, &["netcheck", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
 /// A TCP server answering `echo:` + everything it read, once the client has finished sending.
 const ECHO_SERVER: &str = r#"
 import socket, sys, threading

@@ -1251,34 +1251,8 @@ fn a_relayed_pair_moves_to_the_standby_rendezvous_when_the_first_dies() {
     sim.run_for(Duration::from_secs(3));
     assert_eq!(sim.path(x, y), PathKind::Relay);
     assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 40);
-    let standby = format!("{RDV2_IP}:{RDV_PORT}");
 
-    sim.primary_down = true;
-    let died = sim.now;
-    let mut moved = None;
-    let mut resumed = None;
-    for i in 0..200 {
-        sim.send_packet(x, y, format!("x{i}").as_bytes());
-        sim.send_packet(y, x, format!("y{i}").as_bytes());
-        let before = sim.received(x).len() + sim.received(y).len();
-        sim.run_for(Duration::from_millis(100));
-        let on_standby = [x, y].iter().all(|&n| {
-            let status = sim.nodes[n].node.net_status(sim.now);
-            status.registered && status.rendezvous.as_deref() == Some(standby.as_str())
-        });
-        if on_standby && moved.is_none() {
-            moved = Some(sim.now - died);
-        }
-        let after = sim.received(x).len() + sim.received(y).len();
-        if moved.is_some() && after > before && resumed.is_none() {
-            resumed = Some(sim.now - died);
-        }
-        if resumed.is_some() {
-            break;
-        }
-    }
-    let moved = moved.expect("both registered with the standby");
-    let resumed = resumed.expect("relayed through the standby");
+    let (moved, resumed) = kill_the_first(&mut sim, x, y);
     // A node relaying traffic refreshes every 3 s, gives up on 4 s without an answer and
     // waits up to 2 s more (jitter), then two round trips (challenge, registration).
     assert!(moved <= Duration::from_secs(10), "moved after {moved:?}");
@@ -1294,6 +1268,34 @@ fn a_relayed_pair_moves_to_the_standby_rendezvous_when_the_first_dies() {
         .ledger()
         .trusted(&identity(1).public_key(), &identity(2).public_key()));
     println!("registered with the standby {moved:?} after the first died; relayed again after {resumed:?}");
+}
+
+/// The first rendezvous dies while `x` and `y` send each other a packet every 100 ms: how long
+/// until both are registered with the second (at `RDV2_IP`), and until a packet crosses again.
+fn kill_the_first(sim: &mut Sim, x: usize, y: usize) -> (Duration, Duration) {
+    let second = format!("{RDV2_IP}:{RDV_PORT}");
+    sim.primary_down = true;
+    let died = sim.now;
+    let mut moved = None;
+    for i in 0..200 {
+        sim.send_packet(x, y, format!("x{i}").as_bytes());
+        sim.send_packet(y, x, format!("y{i}").as_bytes());
+        let before = sim.received(x).len() + sim.received(y).len();
+        sim.run_for(Duration::from_millis(100));
+        let on_second = [x, y].iter().all(|&n| {
+            let status = sim.nodes[n].node.net_status(sim.now);
+            status.registered && status.rendezvous.as_deref() == Some(second.as_str())
+        });
+        if on_second && moved.is_none() {
+            moved = Some(sim.now - died);
+        }
+        let after = sim.received(x).len() + sim.received(y).len();
+        if let Some(moved) = moved.filter(|_| after > before) {
+            return (moved, sim.now - died);
+        }
+    }
+    let moved = moved.expect("both registered with the second rendezvous");
+    panic!("registered with the second after {moved:?}, but never relayed through it");
 }
 
 /// Two nodes `n` (behind a NAT of kind `a`) and `n + 1` (kind `b`), trusting each other.
@@ -1556,35 +1558,12 @@ fn on_instances_sharing_a_registry_a_relayed_pair_fails_over_knowing_its_trust()
     sim.run_for(Duration::from_secs(3));
     assert_eq!(sim.path(x, y), PathKind::Relay);
     assert_eq!(traffic(&mut sim, x, y, Duration::from_secs(2)), 40);
-    let second = format!("{RDV2_IP}:{RDV_PORT}");
     let (a, b) = (identity(1).public_key(), identity(2).public_key());
     let survivor = &sim.standby.as_ref().unwrap().server;
     assert!(survivor.ledger().trusted(&a, &b), "read from the registry");
     let stored_before = survivor.counters().statements_stored;
 
-    sim.primary_down = true;
-    let died = sim.now;
-    let (mut moved, mut resumed) = (None, None);
-    for i in 0..200 {
-        sim.send_packet(x, y, format!("x{i}").as_bytes());
-        sim.send_packet(y, x, format!("y{i}").as_bytes());
-        let before = sim.received(x).len() + sim.received(y).len();
-        sim.run_for(Duration::from_millis(100));
-        let on_second = [x, y].iter().all(|&n| {
-            let status = sim.nodes[n].node.net_status(sim.now);
-            status.registered && status.rendezvous.as_deref() == Some(second.as_str())
-        });
-        if on_second && moved.is_none() {
-            moved = Some(sim.now - died);
-        }
-        let after = sim.received(x).len() + sim.received(y).len();
-        if moved.is_some() && after > before && resumed.is_none() {
-            resumed = Some(sim.now - died);
-            break;
-        }
-    }
-    let moved = moved.expect("both registered with the second instance");
-    let resumed = resumed.expect("relayed through the second instance");
+    let (moved, resumed) = kill_the_first(&mut sim, x, y);
     assert!(moved <= Duration::from_secs(10), "moved after {moved:?}");
     assert!(
         resumed <= Duration::from_secs(10),

@@ -32,8 +32,8 @@ use super::rows::{key_of, lan_text, ledger_row, outbox_row, to_sql, RawRegistrat
 use crate::addr::Hostname;
 use crate::identity::NodeKey;
 use crate::rendezvous::{
-    Instance, Located, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError, Submission,
-    Submitted, TrustChanges, TrustCursor,
+    Instance, Located, OutboxItem, PurgeBefore, Purged, Registration, Snapshot, Store, StoreError,
+    Submission, Submitted, TrustChanges, TrustCursor,
 };
 use crate::wire::control::{Found, Query};
 use crate::wire::trust::Statement;
@@ -42,6 +42,48 @@ pub use target::{PasswordSources, Target};
 
 /// How long one store call may take, connecting included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every registration with its name and home (columns in [`raw_registration`]'s order).
+const REGISTRATIONS: &str = "SELECT r.key, r.observed, r.lan, r.nat, r.first_seen_ms, \
+                             r.last_seen_ms, n.name, r.home \
+                             FROM registrations r LEFT JOIN names n ON n.key = r.key";
+/// The ledger's rows (for [`ledger_rows`]).
+const LEDGER: &str = "SELECT low, high, statement FROM ledger";
+/// The outbox's rows (for [`outbox_rows`]).
+const OUTBOX: &str = "SELECT id, target, statement, stored_ms FROM outbox";
+
+/// A registration row of [`REGISTRATIONS`], not yet decoded.
+fn raw_registration(r: &tokio_postgres::Row) -> RawRegistration {
+    RawRegistration {
+        key: r.get(0),
+        observed: r.get(1),
+        lan: r.get(2),
+        nat: r.get(3),
+        first_seen_ms: r.get(4),
+        last_seen_ms: r.get(5),
+        name: r.get(6),
+    }
+}
+
+/// The statements of [`LEDGER`] rows (rows that do not decode are skipped, with a warning).
+fn ledger_rows(rows: &[tokio_postgres::Row]) -> Vec<Statement> {
+    (rows.iter())
+        .filter_map(|r| {
+            let (low, high, bytes): (Vec<u8>, Vec<u8>, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+            ledger_row(&low, &high, &bytes)
+        })
+        .collect()
+}
+
+/// The items of [`OUTBOX`] rows (rows that do not decode are skipped, with a warning).
+fn outbox_rows(rows: &[tokio_postgres::Row]) -> Vec<OutboxItem> {
+    (rows.iter())
+        .filter_map(|r| {
+            let (target, bytes): (Vec<u8>, Vec<u8>) = (r.get(1), r.get(2));
+            outbox_row(r.get(0), &target, &bytes, r.get(3))
+        })
+        .collect()
+}
 
 /// The oldest transaction still running, as of this statement's snapshot: every transaction
 /// before it has committed or aborted, so no row written by one of them can appear later.
@@ -251,23 +293,9 @@ impl Store for PostgresStore {
                 // First: what is written after this point is read as a change later (what
                 // is read below too, perhaps, and then taken as known).
                 let cursor: i64 = client.query_one(OLDEST_RUNNING, &[]).await?.get(0);
-                let registrations = client
-                    .query(
-                        "SELECT r.key, r.observed, r.lan, r.nat, r.first_seen_ms, \
-                         r.last_seen_ms, n.name \
-                         FROM registrations r LEFT JOIN names n ON n.key = r.key",
-                        &[],
-                    )
-                    .await?;
-                let ledger = client
-                    .query("SELECT low, high, statement FROM ledger", &[])
-                    .await?;
-                let outbox = client
-                    .query(
-                        "SELECT id, target, statement, stored_ms FROM outbox ORDER BY id",
-                        &[],
-                    )
-                    .await?;
+                let registrations = client.query(REGISTRATIONS, &[]).await?;
+                let ledger = client.query(LEDGER, &[]).await?;
+                let outbox = client.query(&format!("{OUTBOX} ORDER BY id"), &[]).await?;
                 Ok((cursor, registrations, ledger, outbox))
             })
         })?;
@@ -279,28 +307,12 @@ impl Store for PostgresStore {
             cursor: TrustCursor(cursor.max(0) as u64),
             ..Snapshot::default()
         };
-        for r in registrations {
-            let raw = RawRegistration {
-                key: r.get(0),
-                observed: r.get(1),
-                lan: r.get(2),
-                nat: r.get(3),
-                first_seen_ms: r.get(4),
-                last_seen_ms: r.get(5),
-                name: r.get(6),
-            };
-            snapshot.registrations.push(raw.decode().map_err(corrupt)?);
+        for r in &registrations {
+            let registration = raw_registration(r).decode().map_err(corrupt)?;
+            snapshot.registrations.push(registration);
         }
-        for r in ledger {
-            let (low, high, bytes): (Vec<u8>, Vec<u8>, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
-            snapshot.ledger.extend(ledger_row(&low, &high, &bytes));
-        }
-        for r in outbox {
-            let (target, bytes): (Vec<u8>, Vec<u8>) = (r.get(1), r.get(2));
-            snapshot
-                .outbox
-                .extend(outbox_row(r.get(0), &target, &bytes, r.get(3)));
-        }
+        snapshot.ledger = ledger_rows(&ledger);
+        snapshot.outbox = outbox_rows(&outbox);
         Ok(snapshot)
     }
 
@@ -642,39 +654,22 @@ impl Store for PostgresStore {
                     .start()
                     .await?;
                 let upto: i64 = tx.query_one(OLDEST_RUNNING, &[]).await?.get(0);
+                let between = "WHERE written >= $1 AND written < $2";
                 let ledger = tx
-                    .query(
-                        "SELECT low, high, statement FROM ledger \
-                         WHERE written >= $1 AND written < $2",
-                        &[&since, &upto],
-                    )
+                    .query(&format!("{LEDGER} {between}"), &[&since, &upto])
                     .await?;
                 let outbox = tx
-                    .query(
-                        "SELECT id, target, statement, stored_ms FROM outbox \
-                         WHERE written >= $1 AND written < $2 ORDER BY id",
-                        &[&since, &upto],
-                    )
+                    .query(&format!("{OUTBOX} {between} ORDER BY id"), &[&since, &upto])
                     .await?;
                 tx.commit().await?;
                 Ok((upto, ledger, outbox))
             })
         })?;
-        let mut changes = TrustChanges {
+        Ok(TrustChanges {
+            ledger: ledger_rows(&ledger),
+            outbox: outbox_rows(&outbox),
             cursor: TrustCursor(upto.max(since).max(0) as u64),
-            ..TrustChanges::default()
-        };
-        for r in ledger {
-            let (low, high, bytes): (Vec<u8>, Vec<u8>, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
-            changes.ledger.extend(ledger_row(&low, &high, &bytes));
-        }
-        for r in outbox {
-            let (target, bytes): (Vec<u8>, Vec<u8>) = (r.get(1), r.get(2));
-            changes
-                .outbox
-                .extend(outbox_row(r.get(0), &target, &bytes, r.get(3)));
-        }
-        Ok(changes)
+        })
     }
 
     fn set_home(&mut self, server: NodeKey) {
@@ -687,25 +682,14 @@ impl Store for PostgresStore {
             c.call(async |client| {
                 let row = client
                     .query_opt(
-                        "SELECT r.key, r.observed, r.lan, r.nat, r.first_seen_ms, \
-                         r.last_seen_ms, n.name, r.home \
-                         FROM registrations r LEFT JOIN names n ON n.key = r.key \
-                         WHERE r.key = $1 AND r.last_seen_ms >= $2 AND r.home IS NOT NULL",
+                        &format!(
+                            "{REGISTRATIONS} WHERE r.key = $1 AND r.last_seen_ms >= $2 \
+                             AND r.home IS NOT NULL"
+                        ),
                         &[&key, &seen_since],
                     )
                     .await?;
-                Ok(row.map(|r| {
-                    let raw = RawRegistration {
-                        key: r.get(0),
-                        observed: r.get(1),
-                        lan: r.get(2),
-                        nat: r.get(3),
-                        first_seen_ms: r.get(4),
-                        last_seen_ms: r.get(5),
-                        name: r.get(6),
-                    };
-                    (raw, r.get::<_, Vec<u8>>(7))
-                }))
+                Ok(row.map(|r| (raw_registration(&r), r.get::<_, Vec<u8>>(7))))
             })
         })?;
         let Some((raw, home)) = row else {

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use super::control::{punch_nat_of, Request};
 use super::outbox::Item;
 use super::registry::{candidates, candidates_of};
-use super::sources::Source;
 use super::statements::{kind_of, takes_effect, Kind};
 use super::store::{Instance, Located, OutboxItem, StoreError, TrustChanges};
 use super::writes::{self, Pending, StoreOp, Written};
@@ -56,7 +55,7 @@ pub(super) struct WaitingIntroduction {
     node: NodeKey,
     peer: NodeKey,
     node_nat: NatKind,
-    candidates: Vec<std::net::SocketAddr>,
+    candidates: Vec<SocketAddr>,
     since: Instant,
 }
 
@@ -191,13 +190,9 @@ impl Server {
             if !takes_effect(&self.ledger, &statement) {
                 continue;
             }
+            // (`takes_effect` refuses requests: no ledger statement.)
             let (low, high) = statement.pair();
-            let admitted = match statement.clone() {
-                Statement::Record(r) => self.ledger.admit_record(r, now_ms),
-                Statement::Revocation(v) => self.ledger.admit_revocation(v, now_ms),
-                Statement::Request(_) => continue,
-            };
-            match admitted {
+            match self.ledger.admit(statement.clone(), now_ms) {
                 Ok(_) => {
                     self.counters.statements_shared += 1;
                     self.drop_outdated_ledger_items(&statement);
@@ -247,42 +242,33 @@ impl Server {
     /// kind about the same pair, or it is a ledger statement the ledger no longer holds. An
     /// older one of its kind is dropped from memory (its writer deleted it from the store).
     fn take_shared_item(&mut self, item: OutboxItem) -> bool {
-        if self.outbox.get(item.id).is_some() {
+        let id = item.id;
+        if self.outbox.get(id).is_some() {
             return false;
         }
-        let (low, high) = item.statement.pair();
-        if item.target != low && item.target != high {
+        // The sender's source: where it registered from, if it registered here.
+        let registry = &self.registry;
+        let sender_ip = |k: &NodeKey| registry.record(k, None).map(|r| r.observed.ip());
+        let Some(kept) = Item::from_stored(item, sender_ip) else {
             tracing::warn!(
-                id = item.id,
+                id,
                 "skipping a delivery another server stored: not for a party"
             );
             return false;
-        }
-        let kind = kind_of(&item.statement);
+        };
+        let (low, high) = kept.statement.pair();
+        let kind = kind_of(&kept.statement);
         let in_force = || self.ledger.state(&low, &high).map(|s| s.to_statement());
-        if kind == Kind::Ledger && in_force().as_ref() != Some(&item.statement) {
+        if kind == Kind::Ledger && in_force().as_ref() != Some(&kept.statement) {
             return false;
         }
-        if let Some((id, _)) = self.outbox_item(&item.target, &item.statement, kind) {
-            if id > item.id {
+        if let Some((older, _)) = self.outbox_item(&kept.target, &kept.statement, kind) {
+            if older > id {
                 return false;
             }
-            self.outbox.remove(id);
+            self.outbox.remove(older);
         }
-        let sender = if item.target == low { high } else { low };
-        // Requests and approvals share the outbox by source: where the sender registered
-        // from, if it registered here.
-        let source = (kind != Kind::Ledger).then(|| {
-            let observed = self.registry.record(&sender, None).map(|r| r.observed);
-            observed.map_or(Source::Unknown, |at: SocketAddr| Source::of(at.ip()))
-        });
-        let kept = Item {
-            target: item.target,
-            statement: item.statement,
-            stored_ms: item.stored_ms,
-            source,
-        };
-        self.outbox.insert(item.id, kept);
+        self.outbox.insert(id, kept);
         true
     }
 
@@ -404,7 +390,7 @@ impl Server {
         node: NodeKey,
         peer: NodeKey,
         node_nat: NatKind,
-        candidates: Vec<std::net::SocketAddr>,
+        candidates: Vec<SocketAddr>,
         now: Instant,
     ) {
         if !self.is_peer_server(&req.sender) {
@@ -440,7 +426,7 @@ impl Server {
         node: NodeKey,
         peer: NodeKey,
         node_nat: NatKind,
-        candidates: Vec<std::net::SocketAddr>,
+        candidates: Vec<SocketAddr>,
         now: Instant,
     ) {
         let Some(entry) = self.registry.fresh(&peer, now) else {

@@ -69,6 +69,17 @@ impl Server {
                 self.counters.relay_forwarded_bytes += len as u64;
             }
         }
+        self.relayed(from, relayed, out)
+    }
+
+    /// A relay frame's outcome, counted: the frame written into `out` and where it goes
+    /// (from the server address given), or why it was dropped.
+    fn relayed<'a>(
+        &mut self,
+        from: SocketAddr,
+        relayed: Result<(Option<IpAddr>, SocketAddr, usize), RelayDrop>,
+        out: &'a [u8],
+    ) -> Option<Transmit<'a>> {
         match relayed {
             Ok((src_ip, to, len)) => {
                 self.counters.relay_frames += 1;
@@ -102,22 +113,8 @@ impl Server {
             self.counters.relay_drop(RelayDrop::WrongPort);
             return None;
         }
-        match self.forwarded_in(from, frame, now, out) {
-            Ok((src_ip, to, len)) => {
-                self.counters.relay_frames += 1;
-                self.counters.relay_bytes += len as u64;
-                Some(Transmit {
-                    port: streams::port_of(&to),
-                    src_ip,
-                    to,
-                    payload: &out[..len],
-                })
-            }
-            Err(reason) => {
-                self.counters.relay_drop(reason);
-                None
-            }
-        }
+        let relayed = self.forwarded_in(from, frame, now, out);
+        self.relayed(from, relayed, out)
     }
 
     pub(super) fn control<'a>(

@@ -736,41 +736,20 @@ impl Server {
         }
         for statement in snapshot.ledger {
             let (low, high) = statement.pair();
-            let admitted = match statement {
-                Statement::Record(r) => self.ledger.admit_record(r, now_ms),
-                Statement::Revocation(v) => self.ledger.admit_revocation(v, now_ms),
-                Statement::Request(_) => {
-                    tracing::warn!(%low, %high, "skipping stored ledger statement: a request");
-                    continue;
-                }
-            };
-            if let Err(e) = admitted {
+            if matches!(statement, Statement::Request(_)) {
+                tracing::warn!(%low, %high, "skipping stored ledger statement: a request");
+                continue;
+            }
+            if let Err(e) = self.ledger.admit(statement, now_ms) {
                 tracing::warn!(%low, %high, "skipping stored ledger statement: {e}");
             }
         }
         for item in snapshot.outbox {
-            let (low, high) = item.statement.pair();
-            if item.target != low && item.target != high {
-                tracing::warn!(id = item.id, "skipping stored delivery: not for a party");
-                continue;
+            let id = item.id;
+            match Item::from_stored(item, |k| registered_from.get(k).copied()) {
+                Some(kept) => self.outbox.insert(id, kept),
+                None => tracing::warn!(id, "skipping stored delivery: not for a party"),
             }
-            let sender = if item.target == low { high } else { low };
-            let open = match &item.statement {
-                Statement::Request(_) => true,
-                Statement::Record(r) => !r.is_complete(),
-                Statement::Revocation(_) => false,
-            };
-            let source = open.then(|| {
-                let from = registered_from.get(&sender);
-                from.map_or(Source::Unknown, |ip| Source::of(*ip))
-            });
-            let kept = Item {
-                target: item.target,
-                statement: item.statement,
-                stored_ms: item.stored_ms,
-                source,
-            };
-            self.outbox.insert(item.id, kept);
         }
         let waiting: Vec<NodeKey> = self.outbox.targets().collect();
         for target in waiting {

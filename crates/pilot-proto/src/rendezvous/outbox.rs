@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::control::Request;
 use super::sources::Source;
+use super::store::OutboxItem;
 use super::writes::{Pending, StoreOp, Written};
 use super::{streams, Server, StoreError};
 use crate::identity::NodeKey;
@@ -51,6 +52,34 @@ pub(super) struct Item {
     /// submitted it from: these share the outbox's global cap by source (see
     /// [`Outbox::largest_share`]). None for ledger statements, which the ledger bounds.
     pub source: Option<Source>,
+}
+
+impl Item {
+    /// The item a stored row holds (at start, or written by another server), `None` if its
+    /// target is no party to its statement. A request's or approval's source is taken to be
+    /// where its sender registered from (`sender_ip`), as that is not stored.
+    pub fn from_stored(
+        stored: OutboxItem,
+        sender_ip: impl FnOnce(&NodeKey) -> Option<IpAddr>,
+    ) -> Option<Item> {
+        let (low, high) = stored.statement.pair();
+        if stored.target != low && stored.target != high {
+            return None;
+        }
+        let sender = if stored.target == low { high } else { low };
+        let open = match &stored.statement {
+            Statement::Request(_) => true,
+            Statement::Record(r) => !r.is_complete(),
+            Statement::Revocation(_) => false,
+        };
+        let source = open.then(|| sender_ip(&sender).map_or(Source::Unknown, Source::of));
+        Some(Item {
+            target: stored.target,
+            statement: stored.statement,
+            stored_ms: stored.stored_ms,
+            source,
+        })
+    }
 }
 
 #[derive(Debug, Default)]

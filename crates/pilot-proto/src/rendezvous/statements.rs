@@ -479,11 +479,7 @@ impl Server {
 
     /// Admits a stored record or revocation to the ledger (it was verified just before).
     fn admit(&mut self, statement: Statement, now_ms: u64) {
-        let admitted = match statement {
-            Statement::Record(r) => self.ledger.admit_record(r, now_ms),
-            Statement::Revocation(v) => self.ledger.admit_revocation(v, now_ms),
-            Statement::Request(_) => Ok(false),
-        };
+        let admitted = self.ledger.admit(statement, now_ms);
         debug_assert_eq!(admitted, Ok(true), "takes_effect disagrees with the ledger");
     }
 }

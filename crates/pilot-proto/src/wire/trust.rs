@@ -521,6 +521,16 @@ impl TrustLedger {
         Ok(wins)
     }
 
+    /// Admits a record or a revocation (see [`TrustLedger::admit_record`] and
+    /// [`TrustLedger::admit_revocation`]); a request is no ledger statement and changes nothing.
+    pub fn admit(&mut self, statement: Statement, now_ms: u64) -> Result<bool, TrustError> {
+        match statement {
+            Statement::Record(r) => self.admit_record(r, now_ms),
+            Statement::Revocation(v) => self.admit_revocation(v, now_ms),
+            Statement::Request(_) => Ok(false),
+        }
+    }
+
     /// Whether `a` and `b` trust each other now.
     pub fn trusted(&self, a: &NodeKey, b: &NodeKey) -> bool {
         matches!(
