@@ -277,10 +277,7 @@ impl Message {
                 trust_digest,
                 cookie,
             } => {
-                out.push(lan.len().min(MAX_LAN_ENDPOINTS) as u8);
-                lan.iter()
-                    .take(MAX_LAN_ENDPOINTS)
-                    .for_each(|e| put_endpoint(out, *e));
+                put_endpoints(out, lan, MAX_LAN_ENDPOINTS);
                 put_name(out, hostname.as_ref());
                 out.extend_from_slice(&trust_digest.to_be_bytes());
                 // Absent, it is nothing at all (the padding's zeros read the same).
@@ -320,11 +317,7 @@ impl Message {
             } => {
                 out.extend_from_slice(&peer.0);
                 out.push(nat_to_byte(*peer_nat));
-                out.push(candidates.len().min(MAX_CANDIDATES) as u8);
-                candidates
-                    .iter()
-                    .take(MAX_CANDIDATES)
-                    .for_each(|e| put_endpoint(out, *e));
+                put_endpoints(out, candidates, MAX_CANDIDATES);
             }
             Message::ProbeAck { echo, observed } => {
                 out.extend_from_slice(&echo.to_be_bytes());
@@ -390,11 +383,7 @@ impl Message {
                 out.extend_from_slice(&node.0);
                 out.extend_from_slice(&peer.0);
                 out.push(nat_to_byte(*node_nat));
-                out.push(candidates.len().min(MAX_CANDIDATES) as u8);
-                candidates
-                    .iter()
-                    .take(MAX_CANDIDATES)
-                    .for_each(|e| put_endpoint(out, *e));
+                put_endpoints(out, candidates, MAX_CANDIDATES);
             }
         }
         if self.may_come_unproven() {
@@ -569,6 +558,12 @@ pub fn parse_relay(frame: &[u8]) -> Option<(NodeKey, &[u8])> {
 /// Whether a control datagram of this type is a (unsigned) relay frame.
 pub fn is_relay(kind: u8) -> bool {
     kind == RELAY_TO || kind == RELAY_FROM
+}
+
+/// A list of endpoints: how many (at most `max`, the rest left out), then each.
+fn put_endpoints(out: &mut Vec<u8>, list: &[SocketAddr], max: usize) {
+    out.push(list.len().min(max) as u8);
+    list.iter().take(max).for_each(|e| put_endpoint(out, *e));
 }
 
 fn put_endpoint(out: &mut Vec<u8>, endpoint: SocketAddr) {

@@ -26,6 +26,16 @@ fn two_servers(store: &MemoryStore) -> (Sim, Sim) {
     (one, two)
 }
 
+/// Two servers on `store`, node `a` registered at one and `b` at two.
+fn registered_across(store: &MemoryStore) -> (Sim, Sim, Client, Client) {
+    let (mut one, mut two) = two_servers(store);
+    let mut a = Client::new(1, "198.51.100.1:40001");
+    let mut b = Client::new(2, "203.0.113.2:40002");
+    registered(a.register(&mut one, &[]));
+    registered(b.register(&mut two, &[]));
+    (one, two, a, b)
+}
+
 /// Two servers that know each other, `a` registered at one and `b` at two, trusting each
 /// other (the record taken at one, read by two).
 fn a_pair_across(store: &MemoryStore) -> (Sim, Sim, Client, Client) {
@@ -133,11 +143,7 @@ fn a_name_registered_at_another_server_is_found_through_the_store() {
 #[test]
 fn trust_statements_taken_at_one_server_reach_nodes_and_the_ledger_at_another() {
     let store = MemoryStore::new();
-    let (mut one, mut two) = two_servers(&store);
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    registered(a.register(&mut one, &[]));
-    registered(b.register(&mut two, &[]));
+    let (mut one, mut two, mut a, mut b) = registered_across(&store);
 
     // a asks at one; b, registered at two, hears it from two within a read interval.
     let ask = request(&a, &b, one.now_ms());
@@ -200,11 +206,7 @@ fn trust_statements_taken_at_one_server_reach_nodes_and_the_ledger_at_another() 
 #[test]
 fn a_server_that_cannot_read_the_store_catches_up_when_it_can() {
     let store = MemoryStore::new();
-    let (mut one, mut two) = two_servers(&store);
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    registered(a.register(&mut one, &[]));
-    registered(b.register(&mut two, &[]));
+    let (mut one, mut two, mut a, b) = registered_across(&store);
     let ask = request(&a, &b, one.now_ms());
     stored(a.submit(&mut one, &ask));
     // The store fails two's reads for a while (one wrote before): nothing is lost, only late.
@@ -222,11 +224,7 @@ fn a_server_that_cannot_read_the_store_catches_up_when_it_can() {
 #[test]
 fn a_server_that_restarts_reads_on_from_its_snapshot() {
     let store = MemoryStore::new();
-    let (mut one, mut two) = two_servers(&store);
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    registered(a.register(&mut one, &[]));
-    registered(b.register(&mut two, &[]));
+    let (mut one, two, mut a, mut b) = registered_across(&store);
     // Before two restarts: in its snapshot. After: read as a change.
     let ask = request(&a, &b, one.now_ms());
     stored(a.submit(&mut one, &ask));
@@ -259,11 +257,7 @@ fn a_server_that_restarts_reads_on_from_its_snapshot() {
 #[test]
 fn a_server_that_has_not_read_a_newer_statement_does_not_write_an_older_one_over_it() {
     let store = MemoryStore::new();
-    let (mut one, mut two) = two_servers(&store);
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    registered(a.register(&mut one, &[]));
-    registered(b.register(&mut two, &[]));
+    let (mut one, mut two, mut a, mut b) = registered_across(&store);
     let now = one.now_ms();
     // a revokes at one; before two reads it, b hands an older record in at two (as a node
     // does that lost its state and restores its ledger).
@@ -509,11 +503,7 @@ fn frames_between_servers_follow_the_ledger_and_the_heartbeats() {
 #[test]
 fn an_introduction_for_a_record_the_other_server_just_took_waits_for_it() {
     let store = MemoryStore::new();
-    let (mut one, mut two) = two_servers(&store);
-    let mut a = Client::new(1, "198.51.100.1:40001");
-    let mut b = Client::new(2, "203.0.113.2:40002");
-    registered(a.register(&mut one, &[]));
-    registered(b.register(&mut two, &[]));
+    let (mut one, mut two, mut a, b) = registered_across(&store);
     for _ in 0..2 {
         one.advance(Duration::from_secs(2));
         two.advance(Duration::from_secs(2));
